@@ -1,0 +1,3 @@
+from rfwatch.cli import main
+
+raise SystemExit(main())

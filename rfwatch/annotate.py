@@ -1,0 +1,56 @@
+"""Draw the classification on a copy of an image (``classify --save`` and the ``annotate`` action)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from .prepare import ImageError, open_image, _to_rgb
+from .result import Prediction
+
+__all__ = ["label_text", "annotate_image"]
+
+
+def label_text(prediction: Prediction) -> str:
+    if prediction.multi_label:
+        shown = prediction.predicted_classes or (prediction.top,)
+        return ", ".join(f"{c} {prediction.confidence_of(c):.0%}" for c in shown if c) or "(no class)"
+    return f"{prediction.top or '(no class)'} {prediction.confidence:.0%}"
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow built without FreeType
+        return ImageFont.load_default()
+
+
+def annotate_image(source: str | os.PathLike[str], prediction: Prediction, out: str | os.PathLike[str]) -> Path:
+    """Write an upright copy of ``source`` with the label drawn on a banner; the source is only read."""
+    out = Path(out)
+    with open_image(source) as img:
+        try:
+            img = ImageOps.exif_transpose(img)
+        except Exception:
+            pass
+        canvas = _to_rgb(img).copy()
+    text = label_text(prediction)
+    size = max(12, canvas.height // 20)
+    font = _font(size)
+    draw = ImageDraw.Draw(canvas)
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    pad = max(4, size // 4)
+    draw.rectangle((0, 0, right - left + 2 * pad, bottom - top + 2 * pad), fill=(0, 0, 0))
+    draw.text((pad - left, pad - top), text, fill=(255, 255, 255), font=font)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.rfwatch-tmp")
+    fmt = Image.registered_extensions().get(out.suffix.lower(), "JPEG")
+    try:
+        canvas.save(tmp, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+        os.replace(tmp, out)
+    except (OSError, ValueError) as exc:
+        tmp.unlink(missing_ok=True)
+        raise ImageError(out, f"cannot write annotated copy: {exc}") from None
+    return out

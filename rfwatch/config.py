@@ -1,0 +1,407 @@
+"""Load and validate rfwatch's YAML configuration into typed objects.
+
+Errors name the key path and what was expected, e.g.
+``roboflow.max_size: expected a positive integer, got 'big'``. Relative
+paths are relative to the config file's folder; ``${VAR}`` and
+``${VAR:-default}`` are expanded from the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .client import DEFAULT_API_URL, ModelId
+
+__all__ = [
+    "ConfigError",
+    "Config",
+    "RoboflowConfig",
+    "WatchConfig",
+    "RuleConfig",
+    "When",
+    "ActionSpec",
+    "load_config",
+    "config_from_dict",
+    "default_state_path",
+]
+
+DEFAULT_INCLUDE = ("*.jpg", "*.jpeg", "*.png", "*.webp", "*.tif", "*.tiff", "*.bmp", "*.heic", "*.heif", "*.avif")
+DEFAULT_EXCLUDE = ("*.part", "*.tmp", "*.crdownload", ".*", "~$*")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
+
+
+class ConfigError(ValueError):
+    """A configuration problem; ``str()`` starts with the key path."""
+
+
+@dataclass(frozen=True)
+class RoboflowConfig:
+    api_key: str | None = field(default=None, repr=False)
+    model: str | None = None
+    api_url: str = DEFAULT_API_URL
+    confidence: float = 0.01
+    max_size: int = 1024
+    timeout: float = 60.0
+    connect_timeout: float = 10.0
+    retries: int = 5
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    path: Path
+    recursive: bool = True
+    include: tuple[str, ...] = DEFAULT_INCLUDE
+    exclude: tuple[str, ...] = DEFAULT_EXCLUDE
+    settle: float = 1.0
+    polling: bool = False
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class When:
+    classes: tuple[str, ...] = ()
+    min_confidence: float | None = None
+    max_confidence: float | None = None
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    name: str
+    options: Any
+    key: str  # e.g. "rules[0].then[1]", for error messages
+
+
+@dataclass(frozen=True)
+class RuleConfig:
+    name: str
+    when: When
+    then: tuple[ActionSpec, ...]
+    continue_: bool = False
+    key: str = ""
+
+
+@dataclass(frozen=True)
+class Config:
+    base_dir: Path
+    source: Path | None = None
+    roboflow: RoboflowConfig = field(default_factory=RoboflowConfig)
+    state: Path | None = None
+    concurrency: int = 8
+    rate_limit: float = 0.0
+    watch: tuple[WatchConfig, ...] = ()
+    failed: Path | None = None
+    rules: tuple[RuleConfig, ...] = ()
+    plugins: tuple[str, ...] = ()
+    rescan_interval: float = 0.0
+    metrics_listen: str | None = None
+    log_format: str = "text"
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def resolve(self, path: str | os.PathLike[str]) -> Path:
+        """A path from the config, made absolute against the config file's folder."""
+        p = Path(os.path.expanduser(os.fspath(path)))
+        return p if p.is_absolute() else self.base_dir / p
+
+    @property
+    def state_path(self) -> Path:
+        return self.state or default_state_path()
+
+
+def default_state_path() -> Path:
+    # systemd's StateDirectory= sets $STATE_DIRECTORY (possibly several, colon-separated).
+    state_dir = os.environ.get("STATE_DIRECTORY")
+    if state_dir:
+        return Path(state_dir.split(":")[0]) / "journal.db"
+    xdg = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(xdg) / "rfwatch" / "journal.db"
+
+
+# --- helpers -------------------------------------------------------------------
+
+
+def _show(value: Any) -> str:
+    return repr(value) if not isinstance(value, str) else f'"{value}"'
+
+
+def _expand(value: Any, key: str) -> Any:
+    if isinstance(value, str):
+
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"{key}: environment variable {name} is not set")
+
+        return _ENV_REF.sub(sub, value)
+    if isinstance(value, list):
+        return [_expand(v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: _expand(v, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
+    return value
+
+
+class _Section:
+    """Typed access to one mapping of the config, tracking the key path and unknown keys."""
+
+    def __init__(self, data: Any, key: str, known: set[str]):
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{key or 'config'}: expected a mapping, got {_show(data)}")
+        unknown = sorted(str(k) for k in data if k not in known)
+        if unknown:
+            raise ConfigError(
+                f"{_join(key, unknown[0])}: unknown key (expected one of: {', '.join(sorted(known))})"
+            )
+        self.data = data
+        self.key = key
+
+    def path_of(self, name: str) -> str:
+        return _join(self.key, name)
+
+    def has(self, name: str) -> bool:
+        return self.data.get(name) is not None
+
+    def str(self, name: str, default: str | None = None) -> str | None:
+        v = self.data.get(name, default)
+        if v is None:
+            return None
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            v = str(v)
+        if not isinstance(v, str) or not v.strip():
+            raise ConfigError(f"{self.path_of(name)}: expected a non-empty string, got {_show(v)}")
+        return v
+
+    def bool(self, name: str, default: bool) -> bool:
+        v = self.data.get(name, default)
+        if not isinstance(v, bool):
+            raise ConfigError(f"{self.path_of(name)}: expected true or false, got {_show(v)}")
+        return v
+
+    def number(self, name: str, default: float | None, *, minimum: float = 0.0, maximum: float | None = None,
+               positive: bool = False, integer: bool = False, what: str = "") -> Any:
+        v = self.data.get(name, default)
+        if v is None:
+            return None
+        kind = "integer" if integer else "number"
+        expected = what or (f"a positive {kind}" if positive else f"a {kind} >= {minimum:g}")
+        if maximum is not None and not what:
+            expected = f"a {kind} between {minimum:g} and {maximum:g}"
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if ok and integer and not float(v).is_integer():
+            ok = False
+        if ok and (v <= 0 if positive else v < minimum):
+            ok = False
+        if ok and maximum is not None and v > maximum:
+            ok = False
+        if not ok:
+            raise ConfigError(f"{self.path_of(name)}: expected {expected}, got {_show(v)}")
+        return int(v) if integer else float(v)
+
+    def str_list(self, name: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+        v = self.data.get(name)
+        if v is None:
+            return default
+        if isinstance(v, str):
+            v = [v]
+        if not isinstance(v, list) or not all(isinstance(x, (str, int, float)) and not isinstance(x, bool) for x in v):
+            raise ConfigError(f"{self.path_of(name)}: expected a string or a list of strings, got {_show(v)}")
+        return tuple(str(x) for x in v)
+
+    def section(self, name: str, known: set[str]) -> "_Section":
+        return _Section(self.data.get(name), self.path_of(name), known)
+
+
+def _join(key: str, name: str) -> str:
+    return f"{key}.{name}" if key else name
+
+
+# --- the sections -----------------------------------------------------------------
+
+
+def _roboflow(sec: _Section, resolve: Any) -> RoboflowConfig:
+    api_key = sec.str("api_key")
+    key_file = sec.str("api_key_file")
+    if api_key is None and key_file is not None:
+        path = resolve(key_file)
+        try:
+            api_key = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{sec.path_of('api_key_file')}: cannot read {path}: {exc.strerror or exc}") from None
+        if not api_key:
+            raise ConfigError(f"{sec.path_of('api_key_file')}: {path} is empty")
+    if api_key is None:
+        api_key = os.environ.get("ROBOFLOW_API_KEY") or None
+    model = sec.str("model")
+    if model is not None:
+        try:
+            ModelId.parse(model)
+        except ValueError as exc:
+            raise ConfigError(f"{sec.path_of('model')}: {exc}") from None
+    api_url = sec.str("api_url", DEFAULT_API_URL) or DEFAULT_API_URL
+    if not api_url.startswith(("http://", "https://")):
+        raise ConfigError(f"{sec.path_of('api_url')}: expected an http:// or https:// URL, got {_show(api_url)}")
+    return RoboflowConfig(
+        api_key=api_key,
+        model=model,
+        api_url=api_url,
+        confidence=sec.number("confidence", 0.01, minimum=0.01, maximum=1.0),
+        max_size=sec.number("max_size", 1024, positive=True, integer=True),
+        timeout=sec.number("timeout", 60.0, positive=True),
+        connect_timeout=sec.number("connect_timeout", 10.0, positive=True),
+        retries=sec.number("retries", 5, minimum=1, integer=True, what="an integer >= 1"),
+    )
+
+
+_WATCH_KEYS = {"path", "recursive", "include", "exclude", "settle", "polling", "model"}
+
+
+def _watch(items: Any, resolve: Any) -> tuple[WatchConfig, ...]:
+    if items is None:
+        return ()
+    if isinstance(items, (str, dict)):
+        items = [items]
+    if not isinstance(items, list):
+        raise ConfigError(f"watch: expected a list of folders, got {_show(items)}")
+    out = []
+    for i, item in enumerate(items):
+        key = f"watch[{i}]"
+        if isinstance(item, str):
+            item = {"path": item}
+        sec = _Section(item, key, _WATCH_KEYS)
+        path = sec.str("path")
+        if path is None:
+            raise ConfigError(f"{key}.path: expected the folder to watch")
+        model = sec.str("model")
+        if model is not None:
+            try:
+                ModelId.parse(model)
+            except ValueError as exc:
+                raise ConfigError(f"{key}.model: {exc}") from None
+        out.append(
+            WatchConfig(
+                path=resolve(path),
+                recursive=sec.bool("recursive", True),
+                include=tuple(p.lower() for p in sec.str_list("include", DEFAULT_INCLUDE)),
+                exclude=sec.str_list("exclude", DEFAULT_EXCLUDE),
+                settle=sec.number("settle", 1.0, minimum=0.0),
+                polling=sec.bool("polling", False),
+                model=model,
+            )
+        )
+    return tuple(out)
+
+
+_RULE_KEYS = {"name", "when", "then", "continue"}
+_WHEN_KEYS = {"class", "min_confidence", "max_confidence", "path"}
+
+
+def _rules(items: Any) -> tuple[RuleConfig, ...]:
+    if items is None:
+        return ()
+    if not isinstance(items, list):
+        raise ConfigError(f"rules: expected a list of rules, got {_show(items)}")
+    out = []
+    for i, item in enumerate(items):
+        key = f"rules[{i}]"
+        sec = _Section(item, key, _RULE_KEYS)
+        when_sec = sec.section("when", _WHEN_KEYS)
+        lo = when_sec.number("min_confidence", None, minimum=0.0, maximum=1.0)
+        hi = when_sec.number("max_confidence", None, minimum=0.0, maximum=1.0)
+        if lo is not None and hi is not None and lo > hi:
+            raise ConfigError(f"{key}.when: min_confidence {lo:g} is above max_confidence {hi:g}")
+        then = sec.data.get("then")
+        if then is None:
+            raise ConfigError(f"{key}.then: expected a list of actions")
+        if isinstance(then, dict):
+            then = [then]
+        if not isinstance(then, list) or not then:
+            raise ConfigError(f"{key}.then: expected a list of actions, got {_show(then)}")
+        actions = []
+        for j, act in enumerate(then):
+            akey = f"{key}.then[{j}]"
+            if isinstance(act, str):
+                act = {act: None}
+            if not isinstance(act, dict) or len(act) != 1:
+                raise ConfigError(f"{akey}: expected one action such as 'move: \"sorted/{{class}}/{{name}}\"', got {_show(act)}")
+            (name, options), = act.items()
+            actions.append(ActionSpec(str(name), options, f"{akey}.{name}"))
+        out.append(
+            RuleConfig(
+                name=sec.str("name", f"rule {i + 1}") or f"rule {i + 1}",
+                when=When(
+                    classes=when_sec.str_list("class"),
+                    min_confidence=lo,
+                    max_confidence=hi,
+                    path=when_sec.str("path"),
+                ),
+                then=tuple(actions),
+                continue_=sec.bool("continue", False),
+                key=key,
+            )
+        )
+    return tuple(out)
+
+
+_TOP_KEYS = {
+    "roboflow", "state", "concurrency", "rate_limit", "watch", "failed", "rules", "plugins",
+    "rescan_interval", "metrics", "log_format",
+}
+
+
+def config_from_dict(data: Any, base_dir: Path, source: Path | None = None) -> Config:
+    data = _expand(data if data is not None else {}, "")
+    top = _Section(data, "", _TOP_KEYS)
+
+    def resolve(p: str) -> Path:
+        q = Path(os.path.expanduser(p))
+        return q if q.is_absolute() else base_dir / q
+
+    state = top.str("state")
+    failed = top.str("failed")
+    metrics = top.section("metrics", {"listen"})
+    log_format = top.str("log_format", "text") or "text"
+    if log_format not in ("text", "json"):
+        raise ConfigError(f"log_format: expected text or json, got {_show(log_format)}")
+    plugins = top.str_list("plugins")
+    return Config(
+        base_dir=base_dir,
+        source=source,
+        roboflow=_roboflow(top.section("roboflow", {
+            "api_key", "api_key_file", "model", "api_url", "confidence", "max_size", "timeout",
+            "connect_timeout", "retries",
+        }), resolve),
+        state=resolve(state) if state else None,
+        concurrency=top.number("concurrency", 8, minimum=1, maximum=64, integer=True),
+        rate_limit=top.number("rate_limit", 0.0, minimum=0.0),
+        watch=_watch(data.get("watch"), resolve),
+        failed=resolve(failed) if failed else None,
+        rules=_rules(data.get("rules")),
+        plugins=tuple(str(resolve(p)) if p.endswith(".py") else p for p in plugins),
+        rescan_interval=top.number("rescan_interval", 0.0, minimum=0.0),
+        metrics_listen=metrics.str("listen"),
+        log_format=log_format,
+        raw=data,
+    )
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read config file: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    return config_from_dict(data, p.resolve().parent, p.resolve())

@@ -1,0 +1,201 @@
+"""Turn any image file into a small, upright JPEG for upload.
+
+The official client re-encodes the full-size picture and drops the EXIF
+orientation, so phone photos arrive sideways and a 12 MP file costs ~6 MB of
+upload. Here the pixels are rotated as the camera meant, reduced to at most
+``max_size`` on the longest side (decoding JPEGs at a reduced scale where
+that is enough) and encoded as JPEG.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = ["PreparedImage", "ImageError", "prepare_image", "MAX_UPLOAD_BYTES", "open_image"]
+
+log = logging.getLogger(__name__)
+
+#: The hosted legacy API rejects request bodies over 5 MB (base64 included).
+MAX_UPLOAD_BYTES = 5 * 1000 * 1000
+_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1")
+_AVIF_BRANDS = (b"avif", b"avis")
+_plugins_loaded = False
+
+
+class ImageError(Exception):
+    """The file cannot be used as an image; the message names the file and the reason."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str):
+        self.path = os.fspath(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    jpeg: bytes
+    #: Upright size of the original picture, as a viewer shows it.
+    original_size: tuple[int, int]
+    #: Size of the picture that is uploaded.
+    upload_size: tuple[int, int]
+
+
+def _load_optional_decoders() -> None:
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    try:
+        import pillow_heif  # type: ignore[import-not-found]
+
+        pillow_heif.register_heif_opener()
+        if hasattr(pillow_heif, "register_avif_opener"):
+            try:
+                pillow_heif.register_avif_opener()
+            except Exception:  # newer pillow-heif dropped AVIF; Pillow 11.2+ reads it natively
+                pass
+    except ImportError:
+        pass
+
+
+def _container_brand(head: bytes) -> str | None:
+    if len(head) >= 12 and head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in _HEIF_BRANDS:
+            return "HEIC/HEIF"
+        if brand in _AVIF_BRANDS:
+            return "AVIF"
+    return None
+
+
+def open_image(path: str | os.PathLike[str]) -> Image.Image:
+    """Open an image lazily, with a clear :class:`ImageError` for every way that can fail."""
+    _load_optional_decoders()
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(32)
+    except IsADirectoryError:
+        raise ImageError(path, "is a directory, not an image file") from None
+    except FileNotFoundError:
+        raise ImageError(path, "file no longer exists") from None
+    except OSError as exc:
+        raise ImageError(path, f"cannot read file: {exc.strerror or exc}") from None
+    if not head:
+        raise ImageError(path, "file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(path, f"refused as a possible decompression bomb: {exc}") from None
+    except UnidentifiedImageError:
+        brand = _container_brand(head)
+        if brand:
+            raise ImageError(
+                path,
+                f"{brand} images need an extra decoder: pip install 'rfwatch[heif]' (pillow-heif)",
+            ) from None
+        raise ImageError(path, "not a recognised image format") from None
+    except OSError as exc:
+        raise ImageError(path, f"cannot decode image: {exc}") from None
+
+
+def _draft_request(size: tuple[int, int], max_size: int) -> tuple[int, int]:
+    # JPEG can decode at 1/2, 1/4 or 1/8 scale almost for free. Accept a scale
+    # that leaves the longest side at 3/4 of max_size or more: at 12 MP that
+    # means decoding at 1/4 (1000 px) instead of 1/2, about twice as fast, for
+    # an upload that is still well within "at most max_size".
+    w, h = size
+    longest = max(w, h)
+    floor = max_size * 3 / 4
+    return (max(1, int(w * floor / longest)), max(1, int(h * floor / longest)))
+
+
+def _stretch_to_l(img: Image.Image) -> Image.Image:
+    lo, hi = img.getextrema()
+    if hi <= 255 and lo >= 0:
+        return img.convert("L")
+    scale = 255.0 / ((hi - lo) or 1)
+    offset = -lo * scale
+    return img.point(lambda v: v * scale + offset).convert("L")
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I") or img.mode == "F":
+        # 16-bit and float greyscale (microscopes, scientific TIFF): stretch the
+        # used range to 8 bits instead of letting convert() clip at 255.
+        return _stretch_to_l(img.convert("F" if img.mode == "F" else "I")).convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        background.alpha_composite(rgba)
+        return background.convert("RGB")
+    return img.convert("RGB")
+
+
+def _encode(img: Image.Image, quality: int) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality, optimize=False)
+    return buf.getvalue()
+
+
+def prepare_image(path: str | os.PathLike[str], max_size: int = 1024, quality: int = 90) -> PreparedImage:
+    """Read ``path`` and return an upright RGB JPEG whose longest side is at most ``max_size``."""
+    img = open_image(path)
+    try:
+        with img:
+            orientation = _orientation(img)
+            original = _upright(img.size, orientation)
+            if img.format == "JPEG":
+                img.draft("RGB", _draft_request(img.size, max_size))
+            try:
+                upright = ImageOps.exif_transpose(img)
+            except Exception as exc:  # damaged EXIF must not stop classification
+                log.debug("%s: ignoring unreadable EXIF orientation (%s)", path, exc)
+                upright = img
+            rgb = _to_rgb(upright)
+            if max(rgb.size) > max_size:
+                rgb.thumbnail((max_size, max_size), Image.Resampling.LANCZOS, reducing_gap=2.0)
+            jpeg = _encode(rgb, quality)
+            # Only reachable with a very large max_size: shrink until the
+            # base64 body fits the hosted API's limit.
+            while len(jpeg) * 4 / 3 > MAX_UPLOAD_BYTES * 0.98:
+                rgb = rgb.resize((max(1, rgb.width * 3 // 4), max(1, rgb.height * 3 // 4)), Image.Resampling.LANCZOS)
+                jpeg = _encode(rgb, quality)
+            return PreparedImage(jpeg=jpeg, original_size=original, upload_size=rgb.size)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(path, f"refused as a possible decompression bomb: {exc}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        # Pillow reports truncated or corrupt data as OSError/SyntaxError/ValueError.
+        raise ImageError(path, f"cannot decode image: {exc}") from None
+    except MemoryError:
+        raise ImageError(path, "image too large to decode in memory") from None
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        return int(img.getexif().get(0x0112, 1) or 1)
+    except Exception:
+        return 1
+
+
+def _upright(size: tuple[int, int], orientation: int) -> tuple[int, int]:
+    w, h = size
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """Upright size of the picture in ``path`` without decoding its pixels."""
+    with open_image(Path(path)) as img:
+        return _upright(img.size, _orientation(img))

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import io
+import os
+import random
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from roboflow_server import VALID_KEY, RoboflowServer  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = Path(os.environ.get("RFWATCH_SAMPLES", REPO.parent / "shared" / "samples")) / "exif-samples"
+
+
+@pytest.fixture(scope="session")
+def samples() -> Path:
+    if not SAMPLES.is_dir():
+        pytest.fail(f"sample images not found at {SAMPLES} (set RFWATCH_SAMPLES)")
+    return SAMPLES
+
+
+@pytest.fixture
+def server():
+    srv = RoboflowServer().start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def api_key(monkeypatch) -> str:
+    monkeypatch.setenv("ROBOFLOW_API_KEY", VALID_KEY)
+    return VALID_KEY
+
+
+def solid_jpeg(color: tuple[int, int, int], size=(64, 48), noise: int = 0, seed: int = 0) -> bytes:
+    img = Image.new("RGB", size, color)
+    if noise:
+        rnd = random.Random(seed)
+        px = img.load()
+        for _ in range(noise):
+            x, y = rnd.randrange(size[0]), rnd.randrange(size[1])
+            px[x, y] = (rnd.randrange(256), rnd.randrange(256), rnd.randrange(256))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def make_jpeg():
+    return solid_jpeg
