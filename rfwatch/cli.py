@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__
-from .client import ApiError, RetryPolicy, RoboflowClient, is_url
-from .config import Config, ConfigError, RoboflowConfig, config_from_dict, load_config
+from .client import ApiError, is_url
+from .config import Config, ConfigError, config_from_dict, load_config
 from .logsetup import setup_logging
 from .prepare import ImageError
 from .redact import redact
 from .result import ResponseFormatError
+from .runtime import make_client
 
 log = logging.getLogger("rfwatch")
 
@@ -36,29 +37,6 @@ def _load(args: argparse.Namespace) -> Config:
     return config_from_dict({}, Path.cwd())
 
 
-def make_client(cfg: RoboflowConfig, pool_size: int = 10, **overrides) -> RoboflowClient:
-    settings = {
-        "api_key": cfg.api_key,
-        "model": cfg.model,
-        "api_url": cfg.api_url,
-        "confidence": cfg.confidence,
-        "max_size": cfg.max_size,
-        "timeout": cfg.timeout,
-        "connect_timeout": cfg.connect_timeout,
-        "retry": RetryPolicy(attempts=cfg.retries),
-        "pool_size": pool_size,
-    }
-    settings.update({k: v for k, v in overrides.items() if v is not None})
-    if not settings["api_key"]:
-        raise UsageError("no Roboflow API key: set ROBOFLOW_API_KEY, or roboflow.api_key / roboflow.api_key_file in the config")
-    if not settings["model"]:
-        raise UsageError("no model: pass --model project/version or set roboflow.model in the config")
-    try:
-        return RoboflowClient(**settings)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-
-
 # --- classify ------------------------------------------------------------------
 
 
@@ -66,7 +44,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     cfg = _load(args)
     if args.confidence is not None and not 0.01 <= args.confidence <= 1:
         raise UsageError(f"--confidence: expected a number between 0.01 and 1, got {args.confidence}")
-    client = make_client(cfg.roboflow, model=args.model, api_url=args.api_url, confidence=args.confidence)
+    client = make_client(cfg, pool_size=4, model=args.model, api_url=args.api_url, confidence=args.confidence)
     if args.save and len(args.images) > 1 and not (Path(args.save).is_dir() or args.save.endswith(os.sep)):
         raise UsageError("--save: with several inputs, give a folder (ending in /) for the annotated copies")
     failures = 0

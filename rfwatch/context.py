@@ -1,0 +1,110 @@
+"""What an action sees about one file: :class:`FileContext`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from .result import Prediction
+
+if TYPE_CHECKING:
+    from .config import Config
+
+__all__ = ["FileContext", "exif_datetime"]
+
+
+def exif_datetime(path: Path) -> dt.datetime | None:
+    """EXIF DateTimeOriginal (else DateTime) without decoding pixels; None when absent or unreadable."""
+    try:
+        from PIL import Image
+
+        with Image.open(path) as img:
+            exif = img.getexif()
+            value = exif.get_ifd(0x8769).get(0x9003) or exif.get(0x0132)
+        if isinstance(value, bytes):
+            value = value.decode("ascii", "ignore")
+        return dt.datetime.strptime(str(value).strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S") if value else None
+    except Exception:
+        return None
+
+
+@dataclass
+class FileContext:
+    """One file on its way through the rules. Actions read it and may update ``path``."""
+
+    #: Where the file is now. An action that moves the file sets this.
+    path: Path
+    #: Where the file was found.
+    source: Path
+    #: The watched folder it was found in (its parent for files given on the command line).
+    watch_root: Path
+    prediction: Prediction
+    config: "Config"
+    model: str
+    sha256: str = ""
+    file_id: int | None = None
+    #: The rule now running (None before rules run or when none matched).
+    rule: str | None = None
+    #: The class the rule matched (the top class unless a multi-label rule matched another).
+    matched_class: str | None = None
+    #: Each finished action: {"action", "ok", "result" | "error"}.
+    results: list[dict[str, Any]] = field(default_factory=list)
+    dry_run: bool = False
+    #: What this action recorded before a crash, when a step is being redone; else None.
+    resume: dict[str, Any] | None = None
+    #: Set by the pipeline: durably records an action's intent before its side effect.
+    _record_intent: Callable[[dict[str, Any]], None] | None = field(default=None, repr=False)
+    _record_produced: Callable[[Path], None] | None = field(default=None, repr=False)
+    _date: dt.datetime | None = field(default=None, repr=False)
+
+    def intent(self, **detail: Any) -> None:
+        """Record what the action is about to do, durably, before doing it (crash recovery reads it back as ``resume``)."""
+        if self._record_intent is not None:
+            self._record_intent(detail)
+
+    def produced(self, path: Path) -> None:
+        """Tell rfwatch that an action wrote ``path``, so a watcher on that folder does not take it as new."""
+        if self._record_produced is not None:
+            self._record_produced(Path(path))
+
+    @property
+    def date(self) -> dt.datetime:
+        if self._date is None:
+            self._date = exif_datetime(self.path) or _mtime(self.path)
+        return self._date
+
+    def values(self) -> dict[str, Any]:
+        """Placeholder values for templates (see rfwatch.templates.PLACEHOLDERS)."""
+        name = self.path.name
+        stem, dot, ext = name.rpartition(".")
+        if not dot:
+            stem, ext = name, ""
+        try:
+            rel = os.path.relpath(self.source, self.watch_root)
+        except ValueError:
+            rel = self.source.name
+        cls = self.matched_class if self.matched_class is not None else self.prediction.top
+        return {
+            "class": cls or "unclassified",
+            "confidence": self.prediction.confidence_of(cls) if cls else self.prediction.confidence,
+            "name": name,
+            "stem": stem,
+            "ext": ext,
+            "parent": self.path.parent.name,
+            "relpath": rel,
+            "model": self.model,
+            "rule": self.rule or "",
+            "date": self.date,
+            "now": dt.datetime.now(),
+            "path": str(self.path),
+        }
+
+
+def _mtime(path: Path) -> dt.datetime:
+    try:
+        return dt.datetime.fromtimestamp(path.stat().st_mtime)
+    except OSError:
+        return dt.datetime.now()

@@ -1,0 +1,341 @@
+"""The daemon: watchers feed a bounded queue, workers run the pipeline, the main loop keeps time.
+
+Threads: watchdog's observers (events -> settler), one scanner (start-up,
+overflow and reconcile scans, streamed in constant memory), ``concurrency``
+workers, and the main thread (settle ticks, signals, reload, systemd pings).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import Config, ConfigError, WatchConfig, load_config
+from .journal import Journal
+from .pipeline import ApiBlocked, Pipeline
+from .runtime import Runtime, build_runtime
+from .sdnotify import Notifier
+from .watcher import FolderWatcher, WatchLimitError, scan
+
+__all__ = ["Daemon", "EXIT_API_REJECTED"]
+
+log = logging.getLogger("rfwatch.daemon")
+
+EXIT_API_REJECTED = 3
+
+
+@dataclass(frozen=True)
+class _Job:
+    path: Path | None = None
+    watch: WatchConfig | None = None
+    file_id: int | None = None
+
+
+class ApiGate:
+    """Closes when the API cannot classify (down, bad key, quota); lets one probe through when it is time."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.reason: str | None = None
+        self._retry_at = 0.0
+        self._backoff = 0.0
+        self._probing = False
+
+    def wait(self, stop: threading.Event) -> bool:
+        """Block until this worker may call the API; False if stopping."""
+        with self._cond:
+            while not stop.is_set():
+                if self.reason is None:
+                    return True
+                if not self._probing and time.monotonic() >= self._retry_at:
+                    self._probing = True
+                    return True
+                self._cond.wait(timeout=min(0.5, max(0.01, self._retry_at - time.monotonic())))
+            return False
+
+    def blocked(self, error: ApiBlocked) -> None:
+        with self._cond:
+            first = self.reason is None
+            self._backoff = 60.0 if error.permanent else min(60.0, max(2.0, self._backoff * 2))
+            self.reason = str(error)
+            self._retry_at = time.monotonic() + self._backoff
+            self._probing = False
+        if first:
+            log.error("API unavailable, files wait in the queue: %s (next try in %.0fs)", error, self._backoff)
+
+    def success(self) -> None:
+        with self._cond:
+            if self.reason is not None:
+                log.warning("API answers again; resuming")
+            self.reason = None
+            self._backoff = 0.0
+            self._probing = False
+            self._cond.notify_all()
+
+    def done_probing(self) -> None:
+        with self._cond:
+            self._probing = False
+
+
+class Daemon:
+    def __init__(self, config_path: str | Path | None, *, config: Config | None = None, dry_run: bool = False,
+                 once: bool = False, notifier: Notifier | None = None, progress: bool = False):
+        self.config_path = config_path
+        self.config = config if config is not None else load_config(config_path)  # type: ignore[arg-type]
+        self.dry_run = dry_run
+        self.once = once
+        self.notifier = notifier or Notifier()
+        self.progress = progress
+        self.runtime: Runtime = build_runtime(self.config)
+        if not self.config.watch:
+            raise ConfigError("watch: expected at least one folder to watch")
+        self.journal = Journal(":memory:" if dry_run else self.config.state_path)
+        self.pipeline = Pipeline(self.runtime, self.journal, dry_run=dry_run)
+        self.stop_event = threading.Event()
+        self.reload_event = threading.Event()
+        self.gate = ApiGate()
+        self.queue: queue.Queue[_Job] = queue.Queue(maxsize=self.config.concurrency * 4)
+        self.retry_jobs: collections.deque[_Job] = collections.deque()
+        self.scan_requests: queue.Queue[tuple[WatchConfig, Path | None]] = queue.Queue()
+        self._busy = 0
+        self._busy_since: dict[int, float] = {}
+        self._lock = threading.Lock()
+        self._scanning = 0
+        self.exit_code = 0
+        self.counts = collections.Counter()
+        self.watcher = FolderWatcher(self.config.watch, self._enqueue_path, self._request_scan)
+
+    # --- feeding the queue --------------------------------------------------------
+
+    def _put(self, job: _Job) -> bool:
+        while not self.stop_event.is_set():
+            try:
+                self.queue.put(job, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _enqueue_path(self, path: Path, watch: WatchConfig) -> None:
+        self._put(_Job(path=path, watch=watch))
+
+    def _request_scan(self, watch: WatchConfig, folder: Path | None) -> None:
+        with self._lock:
+            self._scanning += 1
+        self.scan_requests.put((watch, folder))
+
+    def _scanner(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                watch, folder = self.scan_requests.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                now = time.time()
+                for path, st in scan(watch, folder):
+                    if self.stop_event.is_set():
+                        break
+                    # Untouched for `settle` seconds already: no need to hold it in memory to watch it settle.
+                    if now - st.st_mtime >= watch.settle:
+                        self._put(_Job(path=path, watch=watch))
+                    else:
+                        self.watcher.settler.offer(path, watch)
+            except Exception:
+                log.exception("scan of %s failed", folder or watch.path)
+            finally:
+                with self._lock:
+                    self._scanning -= 1
+
+    # --- workers --------------------------------------------------------------------
+
+    def _next_job(self) -> _Job | None:
+        try:
+            return self.retry_jobs.popleft()
+        except IndexError:
+            pass
+        try:
+            return self.queue.get(timeout=0.2)
+        except queue.Empty:
+            return None
+
+    def _worker(self) -> None:
+        me = threading.get_ident()
+        while not self.stop_event.is_set():
+            job = self._next_job()
+            if job is None:
+                continue
+            if not self.gate.wait(self.stop_event):
+                break
+            with self._lock:
+                self._busy += 1
+                self._busy_since[me] = time.monotonic()
+            try:
+                pipeline = self.pipeline
+                outcome = pipeline.take(job.path, job.watch) if job.file_id is None else pipeline.process(job.file_id)
+                self.counts[outcome.state] += 1
+                self.gate.success() if outcome.state != "skipped" or job.file_id else self.gate.done_probing()
+            except ApiBlocked as blocked:
+                self.counts["waiting"] += 1
+                if self.once:
+                    log.error("stopping: %s; unprocessed files stay for the next run", blocked)
+                    self.exit_code = EXIT_API_REJECTED
+                    self.stop_event.set()
+                else:
+                    self.gate.blocked(blocked)
+                    self.retry_jobs.append(_Job(file_id=blocked.file_id))
+            except Exception:
+                log.exception("unexpected error processing %s", job.path or f"journal row {job.file_id}")
+                self.counts["error"] += 1
+                self.gate.done_probing()
+            finally:
+                with self._lock:
+                    self._busy -= 1
+                    self._busy_since.pop(me, None)
+
+    # --- reload ------------------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """Load the config again; keep the old one if the new one is broken."""
+        self.notifier.reloading()
+        try:
+            config = load_config(self.config_path)  # type: ignore[arg-type]
+            runtime = build_runtime(config)
+        except Exception as exc:
+            log.error("reload failed, keeping the running config: %s", exc)
+            self.notifier.ready(self.status_line())
+            return False
+        if config.watch != self.config.watch:
+            log.warning("watch: changes to watched folders take effect on restart")
+        old = self.runtime
+        self.config, self.runtime = config, runtime
+        self.pipeline.runtime = runtime
+        self.pipeline.limiter.__init__(config.rate_limit)
+        runtime.plugins.call("startup", config=config)
+        old.client.close()
+        log.info("config reloaded: %d rules, plugins: %s", len(runtime.rules), ", ".join(runtime.plugins.names()))
+        self.notifier.ready(self.status_line())
+        return True
+
+    # --- status --------------------------------------------------------------------------
+
+    def queued(self) -> int:
+        return self.queue.qsize() + len(self.retry_jobs) + len(self.watcher.settler)
+
+    def status_line(self) -> str:
+        c = self.counts
+        text = f"{c['done']} done, {c['unmatched']} unmatched, {c['failed']} failed, {self.queued()} queued"
+        if self.gate.reason:
+            text += f"; waiting for the API: {self.gate.reason}"
+        return text
+
+    def _idle(self) -> bool:
+        with self._lock:
+            busy, scanning = self._busy, self._scanning
+        return busy == 0 and scanning == 0 and self.queued() == 0 and self.scan_requests.empty()
+
+    def healthy(self) -> bool:
+        """Worth a WATCHDOG=1: threads alive and no file stuck far longer than the API could take."""
+        limit = self.config.roboflow.timeout * self.config.roboflow.retries + 120
+        now = time.monotonic()
+        with self._lock:
+            stuck = any(now - t > limit for t in self._busy_since.values())
+        return not stuck and all(t.is_alive() for t in self._threads) and (self.once or self.watcher.alive())
+
+    # --- main loop ------------------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, lambda *_: self.reload_event.set())
+
+    def run(self) -> int:
+        self._install_signals()
+        self.runtime.plugins.call("startup", config=self.config)
+        self._threads = [threading.Thread(target=self._scanner, name="rfwatch-scan", daemon=True)]
+        self._threads += [threading.Thread(target=self._worker, name=f"rfwatch-worker-{i}", daemon=True)
+                          for i in range(self.config.concurrency)]
+        for t in self._threads:
+            t.start()
+        for file_id in self.journal.active_ids():  # interrupted by a crash or a stop: finish them first
+            self.retry_jobs.append(_Job(file_id=file_id))
+        try:
+            if not self.once:
+                self.watcher.start()
+        except (WatchLimitError, FileNotFoundError) as exc:
+            log.error("%s", exc.strerror if isinstance(exc, WatchLimitError) else exc)
+            self.stop_event.set()
+            return 1
+        for watch in self.config.watch:
+            self._request_scan(watch, None)
+        models = sorted({str(w.model or self.config.roboflow.model) for w in self.config.watch})
+        log.info("%s %d folder(s) with model %s%s; journal %s", "scanning" if self.once else "watching",
+                 len(self.config.watch), ", ".join(models), " (dry run)" if self.dry_run else "", self.journal.path)
+        self.notifier.ready(self.status_line())
+        try:
+            self._loop()
+        finally:
+            self._shutdown()
+        return self.exit_code or (1 if self.once and self.counts["failed"] else 0)
+
+    def _loop(self) -> None:
+        next_ping = next_status = next_rescan = 0.0
+        ping_every = self.notifier.watchdog_interval
+        rescan = self.config.rescan_interval
+        if rescan:
+            next_rescan = time.monotonic() + rescan
+        idle_since = None
+        while not self.stop_event.is_set():
+            self.watcher.settler.tick()
+            now = time.monotonic()
+            if self.reload_event.is_set():
+                self.reload_event.clear()
+                self.reload()
+            if ping_every and now >= next_ping and self.healthy():
+                self.notifier.watchdog()
+                next_ping = now + ping_every
+            if now >= next_status:
+                self.notifier.status(self.status_line())
+                if self.progress:
+                    sys.stderr.write("\r" + self.status_line() + " " * 8)
+                    sys.stderr.flush()
+                next_status = now + 1.0
+            if rescan and now >= next_rescan:
+                for watch in self.config.watch:
+                    self._request_scan(watch, None)
+                next_rescan = now + rescan
+            if self.once:
+                if self._idle():
+                    # twice in a row, a tick apart, so nothing is in flight between two queues
+                    if idle_since is not None:
+                        break
+                    idle_since = now
+                else:
+                    idle_since = None
+            self.stop_event.wait(0.1)
+
+    def _shutdown(self) -> None:
+        self.notifier.stopping()
+        self.stop_event.set()
+        if not self.once:
+            self.watcher.stop()
+        deadline = time.monotonic() + 30
+        for t in self._threads:
+            t.join(timeout=max(0.1, deadline - time.monotonic()))
+        if self.progress:
+            sys.stderr.write("\r" + self.status_line() + "\n")
+        self.runtime.plugins.call("shutdown")
+        log.info("stopped: %s", self.status_line())
+        self.runtime.close()
+        self.journal.close()
+        self.notifier.close()

@@ -1,0 +1,106 @@
+"""Rules: which actions run for a classified file.
+
+Rules are tried in order; the first whose ``when`` matches runs its ``then``
+list, and ``continue: true`` lets later rules be tried as well.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import ActionSpec, Config, ConfigError, RuleConfig, When
+from .result import Prediction
+
+__all__ = ["Rule", "BoundAction", "compile_rules", "matching_rules"]
+
+
+@dataclass(frozen=True)
+class BoundAction:
+    name: str
+    run: Callable[..., Any]
+    spec: ActionSpec
+
+    def describe(self, ctx: Any) -> str:
+        describe = getattr(self.run, "describe", None)
+        if describe is not None:
+            return f"{self.name} {describe(ctx)}"
+        return f"{self.name} {self.spec.options!r}" if self.spec.options is not None else self.name
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    when: When
+    actions: tuple[BoundAction, ...]
+    continue_: bool = False
+
+    def match(self, prediction: Prediction, source: Path) -> str | None:
+        """The class this rule matched (the top class when it names none), or None for no match."""
+        when = self.when
+        if when.classes:
+            candidates = prediction.predicted_classes if prediction.multi_label else (prediction.top,)
+            matched = next((c for c in candidates if c in when.classes), None)
+            if matched is None:
+                return None
+        else:
+            matched = prediction.top
+        confidence = prediction.confidence_of(matched) if prediction.multi_label else prediction.confidence
+        if when.min_confidence is not None and confidence < when.min_confidence:
+            return None
+        if when.max_confidence is not None and confidence > when.max_confidence:
+            return None
+        if when.path is not None and not fnmatch.fnmatchcase(str(source), when.path):
+            return None
+        return matched
+
+    def describe_when(self) -> str:
+        w = self.when
+        parts = []
+        if w.classes:
+            parts.append("class in " + "/".join(w.classes))
+        if w.min_confidence is not None:
+            parts.append(f"confidence >= {w.min_confidence:g}")
+        if w.max_confidence is not None:
+            parts.append(f"confidence <= {w.max_confidence:g}")
+        if w.path:
+            parts.append(f"path matches {w.path}")
+        return " and ".join(parts) or "always"
+
+
+def compile_rules(config: Config, actions: dict[str, tuple[Callable[[Any], Any], str]]) -> tuple[Rule, ...]:
+    """Build every rule's actions now, so bad options fail at load time with their key path."""
+    rules = []
+    for rc in config.rules:
+        rules.append(Rule(rc.name, rc.when, tuple(_bind(spec, actions) for spec in rc.then), rc.continue_))
+    return tuple(rules)
+
+
+def _bind(spec: ActionSpec, actions: dict[str, tuple[Callable[[Any], Any], str]]) -> BoundAction:
+    if spec.name not in actions:
+        known = ", ".join(sorted(actions)) or "none"
+        raise ConfigError(f"{spec.key}: unknown action {spec.name!r} (known: {known})")
+    factory, owner = actions[spec.name]
+    try:
+        run = factory(spec.options)
+    except ConfigError as exc:
+        raise ConfigError(f"{spec.key}: {exc}") from None
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{spec.key}: {exc}") from None
+    if not callable(run):
+        raise ConfigError(f"{spec.key}: plugin {owner} returned {run!r} instead of a callable action")
+    return BoundAction(spec.name, run, spec)
+
+
+def matching_rules(rules: tuple[Rule, ...], prediction: Prediction, source: Path) -> list[tuple[Rule, str]]:
+    out = []
+    for rule in rules:
+        matched = rule.match(prediction, source)
+        if matched is None:
+            continue
+        out.append((rule, matched))
+        if not rule.continue_:
+            break
+    return out

@@ -1,0 +1,139 @@
+"""Path and argument templates such as ``sorted/{class}/{date:%Y/%m}/{name}``.
+
+Placeholders are checked when the config loads. Values that come from
+outside (class names from the API, file names) are made safe before they
+become part of a path, and a rendered destination can never leave the
+template's fixed root: the part before the first placeholder.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = ["PLACEHOLDERS", "Template", "TemplateError", "safe_component", "UnsafePathError"]
+
+#: Every placeholder a template may use, with what it stands for.
+PLACEHOLDERS: dict[str, str] = {
+    "class": "the matched class (the top class unless the rule matched another predicted class)",
+    "confidence": "its confidence, 0..1 (format it like {confidence:.0%})",
+    "name": "the file name, e.g. IMG_1.jpg",
+    "stem": "the file name without its extension, e.g. IMG_1",
+    "ext": "the extension without the dot, e.g. jpg",
+    "parent": "the name of the folder the file is in",
+    "relpath": "the file's path below the watched folder, e.g. cam1/IMG_1.jpg",
+    "model": "the model id, e.g. my-project/3 (as one path component: my-project_3)",
+    "rule": "the rule's name",
+    "date": "EXIF DateTimeOriginal, else the file's mtime (strftime format, default %Y-%m-%d)",
+    "now": "the current time (strftime format, default %Y-%m-%d)",
+    "path": "the file's current full path",
+}
+_PATHLIKE = {"relpath", "path"}  # may contain separators on purpose
+_MAX_COMPONENT_BYTES = 200
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\]")
+
+
+class TemplateError(ValueError):
+    pass
+
+
+class UnsafePathError(ValueError):
+    """A rendered path would leave its destination root."""
+
+
+def safe_component(value: str, limit: int = _MAX_COMPONENT_BYTES) -> str:
+    """One path component from untrusted text: no separators, control characters or leading dots."""
+    text = _UNSAFE.sub("_", value).strip()
+    text = text.lstrip(".")
+    if not text:
+        return "_"
+    encoded = os.fsencode(text)
+    if len(encoded) > limit:
+        text = os.fsdecode(encoded[:limit])
+        # a cut inside a multi-byte character leaves surrogates; drop them
+        text = text.encode("utf-8", "ignore").decode("utf-8", "ignore") or "_"
+    return text
+
+
+def _safe_relpath(value: str) -> str:
+    parts = [safe_component(p) for p in re.split(r"[/\\]+", value) if p not in ("", ".", "..")]
+    return "/".join(parts) or "_"
+
+
+class _Formatter(string.Formatter):
+    def format_field(self, value: Any, format_spec: str) -> str:
+        if isinstance(value, dt.datetime):
+            return value.strftime(format_spec or "%Y-%m-%d")
+        if isinstance(value, float) and not format_spec:
+            return f"{value:.2f}"
+        return format(value, format_spec)
+
+
+_FORMATTER = _Formatter()
+
+
+@dataclass(frozen=True)
+class Template:
+    text: str
+    allowed: frozenset[str] = frozenset(PLACEHOLDERS)
+
+    def __post_init__(self) -> None:
+        fields = self.fields()  # raises on syntax errors
+        unknown = [f for f in fields if f not in self.allowed]
+        if unknown:
+            raise TemplateError(
+                f"unknown placeholder {{{unknown[0]}}} in {self.text!r} "
+                f"(known: {', '.join('{' + p + '}' for p in sorted(self.allowed))})"
+            )
+
+    def fields(self) -> list[str]:
+        try:
+            parsed = list(_FORMATTER.parse(self.text))
+        except ValueError as exc:
+            raise TemplateError(f"bad template {self.text!r}: {exc}") from None
+        out = []
+        for _, field_name, _, conversion in parsed:
+            if field_name is None:
+                continue
+            if field_name == "" or not re.fullmatch(r"[a-z_]+", field_name):
+                raise TemplateError(f"bad placeholder {{{field_name}}} in {self.text!r}: use a name such as {{class}}")
+            if conversion:
+                raise TemplateError(f"conversions like !{conversion} are not supported in {self.text!r}")
+            out.append(field_name)
+        return out
+
+    @property
+    def fixed_root(self) -> str:
+        """The folder part of the template before the first placeholder ("" means the config's folder)."""
+        if "{" not in self.text:
+            return os.path.dirname(self.text)
+        literal = self.text.split("{", 1)[0]
+        head = literal.rpartition("/")[0]
+        return head or ("/" if literal.startswith("/") else "")
+
+    def render(self, values: Mapping[str, Any]) -> str:
+        safe: dict[str, Any] = {}
+        for key, value in values.items():
+            if isinstance(value, str):
+                safe[key] = _safe_relpath(value) if key == "relpath" else value if key == "path" else safe_component(value)
+            else:
+                safe[key] = value
+        try:
+            return _FORMATTER.vformat(self.text, (), safe)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise TemplateError(f"cannot render {self.text!r}: {exc}") from None
+
+    def render_path(self, values: Mapping[str, Any], base_dir: Path) -> Path:
+        """Render as a destination path, absolute against ``base_dir``, confined to the fixed root."""
+        rendered = Path(os.path.expanduser(self.render(values)))
+        dest = Path(os.path.normpath(rendered if rendered.is_absolute() else base_dir / rendered))
+        root_text = os.path.expanduser(self.fixed_root) or "."
+        root = Path(os.path.normpath(root_text if os.path.isabs(root_text) else base_dir / root_text))
+        if dest == root or root not in dest.parents:
+            raise UnsafePathError(f"{self.text!r} rendered to {dest}, outside its root {root}")
+        return dest

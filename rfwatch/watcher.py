@@ -1,0 +1,265 @@
+"""Finding files: watchdog observers, start-up and reconcile scans, and the settle check.
+
+A file is handed on only once it is complete: for inotify, closed after its
+last write; for every source, size and mtime unchanged for ``settle`` seconds.
+Temporary names (``*.part``, dot files, ...) never are. Files moved in by
+rsync-style writers (temp name, then rename) arrive as ``moved`` events and
+are taken by their destination name.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import logging
+import os
+import stat
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from watchdog.events import (
+    DirCreatedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.polling import PollingObserver
+
+from .config import WatchConfig
+
+__all__ = ["FileFilter", "Settler", "FolderWatcher", "WatchLimitError", "scan"]
+
+log = logging.getLogger("rfwatch.watcher")
+
+#: A file seen being written but never seen closed (missed event) is taken after this long unchanged.
+OPEN_WRITE_GRACE = 60.0
+
+Ready = Callable[[Path, WatchConfig], None]
+
+
+class WatchLimitError(OSError):
+    pass
+
+
+class FileFilter:
+    """include/exclude patterns, case-insensitive, on the name; exclude also on every folder below the root."""
+
+    def __init__(self, watch: WatchConfig):
+        self.root = watch.path
+        self.include = tuple(p.lower() for p in watch.include)
+        self.exclude = tuple(p.lower() for p in watch.exclude)
+
+    def excluded_name(self, name: str) -> bool:
+        lowered = name.lower()
+        return any(fnmatch.fnmatchcase(lowered, p) for p in self.exclude)
+
+    def accepts(self, path: Path) -> bool:
+        try:
+            rel = path.relative_to(self.root)
+        except ValueError:
+            return False
+        parts = rel.parts
+        if not parts or any(self.excluded_name(p) for p in parts):
+            return False
+        name = parts[-1].lower()
+        return any(fnmatch.fnmatchcase(name, p) for p in self.include)
+
+
+def scan(watch: WatchConfig, folder: Path | None = None) -> Iterator[tuple[Path, os.stat_result]]:
+    """Every candidate file below ``folder`` (default: the watch root), lazily, in constant memory."""
+    filt = FileFilter(watch)
+    stack = [folder or watch.path]
+    while stack:
+        current = stack.pop()
+        try:
+            with os.scandir(current) as it:
+                entries = list(it)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                log.warning("cannot list %s: %s", current, exc.strerror or exc)
+            continue
+        entries.sort(key=lambda e: e.name)
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    if watch.recursive and not filt.excluded_name(entry.name):
+                        stack.append(Path(entry.path))
+                    continue
+                path = Path(entry.path)
+                if filt.accepts(path):
+                    yield path, entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+
+
+@dataclass
+class _Pending:
+    watch: WatchConfig
+    size: int
+    mtime_ns: int
+    since: float
+    writing: bool = False
+
+
+class Settler:
+    """Holds files until they have stopped changing, then hands them to ``ready``."""
+
+    def __init__(self, ready: Ready, clock: Callable[[], float] = time.monotonic):
+        self.ready = ready
+        self.clock = clock
+        self._pending: dict[Path, _Pending] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def offer(self, path: Path, watch: WatchConfig, writing: bool | None = None) -> None:
+        """A sign of life from ``path``. ``writing`` True: a write was seen; False: closed after writing."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            with self._lock:
+                self._pending.pop(path, None)
+            return
+        if not stat.S_ISREG(st.st_mode):
+            return
+        now = self.clock()
+        with self._lock:
+            p = self._pending.get(path)
+            if p is None:
+                p = self._pending[path] = _Pending(watch, st.st_size, st.st_mtime_ns, now)
+            elif (st.st_size, st.st_mtime_ns) != (p.size, p.mtime_ns):
+                p.size, p.mtime_ns, p.since = st.st_size, st.st_mtime_ns, now
+            if writing is not None:
+                p.writing = writing
+                if not writing:
+                    p.since = min(p.since, now)
+
+    def tick(self) -> int:
+        """Hand on every file that has settled; returns how many are still pending."""
+        now = self.clock()
+        ready: list[tuple[Path, WatchConfig]] = []
+        with self._lock:
+            items = list(self._pending.items())
+        for path, p in items:
+            try:
+                st = os.stat(path)
+            except OSError:
+                with self._lock:
+                    self._pending.pop(path, None)
+                continue
+            with self._lock:
+                if (st.st_size, st.st_mtime_ns) != (p.size, p.mtime_ns):
+                    p.size, p.mtime_ns, p.since = st.st_size, st.st_mtime_ns, now
+                    continue
+                quiet = now - p.since
+                if quiet < p.watch.settle or (p.writing and quiet < max(OPEN_WRITE_GRACE, p.watch.settle)):
+                    continue
+                self._pending.pop(path, None)
+            ready.append((path, p.watch))
+        for path, watch in ready:
+            self.ready(path, watch)
+        with self._lock:
+            return len(self._pending)
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, watcher: "FolderWatcher", watch: WatchConfig):
+        self.watcher = watcher
+        self.watch = watch
+        self.filter = FileFilter(watch)
+
+    def _file(self, raw: str | bytes, writing: bool | None) -> None:
+        path = Path(os.fsdecode(raw))
+        if self.filter.accepts(path):
+            self.watcher.settler.offer(path, self.watch, writing)
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        try:
+            if isinstance(event, FileModifiedEvent):
+                self._file(event.src_path, True if not self.watch.polling else None)
+            elif isinstance(event, FileClosedEvent):
+                self._file(event.src_path, False)
+            elif isinstance(event, FileCreatedEvent):
+                self._file(event.src_path, None)
+            elif isinstance(event, FileMovedEvent):
+                self._file(event.dest_path, None)
+            elif isinstance(event, (DirCreatedEvent, DirMovedEvent)):
+                # Files can land in a new folder before its watch exists: look inside.
+                folder = event.dest_path if isinstance(event, DirMovedEvent) else event.src_path
+                self.watcher.request_scan(self.watch, Path(os.fsdecode(folder)))
+        except Exception:  # never let one odd event kill watchdog's thread
+            log.exception("error handling %r", event)
+
+
+class _OverflowSpy(logging.Filter):
+    """watchdog reports IN_Q_OVERFLOW only as a log line; a filter on its logger lets us rescan."""
+
+    def __init__(self, on_overflow: Callable[[], None]):
+        super().__init__()
+        self.on_overflow = on_overflow
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "overflow" in str(record.msg).lower():
+            self.on_overflow()
+        return True
+
+
+class FolderWatcher:
+    """Observers for every watched folder, plus scans on start, on overflow and on request."""
+
+    def __init__(self, watches: tuple[WatchConfig, ...], ready: Ready, on_scan_request: Callable[[WatchConfig, Path | None], None]):
+        self.watches = watches
+        self.settler = Settler(ready)
+        self.request_scan = on_scan_request
+        self._observers: list = []
+        self._spy = _OverflowSpy(self._overflowed)
+
+    def _overflowed(self) -> None:
+        log.warning("filesystem events were lost (inotify queue overflow); rescanning the watched folders")
+        for watch in self.watches:
+            self.request_scan(watch, None)
+
+    def start(self) -> None:
+        logging.getLogger("watchdog.observers.inotify_c").addFilter(self._spy)
+        logging.getLogger("watchdog.observers.inotify").addFilter(self._spy)
+        for watch in self.watches:
+            if not watch.path.is_dir():
+                raise FileNotFoundError(errno.ENOENT, f"watched folder does not exist: {watch.path}", str(watch.path))
+            observer = PollingObserver(timeout=1.0) if watch.polling else Observer()
+            observer.schedule(_Handler(self, watch), str(watch.path), recursive=watch.recursive)
+            try:
+                observer.start()
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    raise WatchLimitError(exc.errno, (
+                        f"cannot watch {watch.path}: the inotify watch limit is reached; raise it with "
+                        "sysctl fs.inotify.max_user_watches=524288 (persist in /etc/sysctl.d/), "
+                        "or set polling: true for this folder")) from None
+                if exc.errno == errno.EMFILE:
+                    raise WatchLimitError(exc.errno, (
+                        f"cannot watch {watch.path}: too many inotify instances; raise "
+                        "sysctl fs.inotify.max_user_instances (e.g. to 1024)")) from None
+                raise
+            self._observers.append(observer)
+
+    def stop(self) -> None:
+        for observer in self._observers:
+            observer.stop()
+        for observer in self._observers:
+            observer.join(timeout=5)
+        self._observers.clear()
+        for name in ("watchdog.observers.inotify_c", "watchdog.observers.inotify"):
+            logging.getLogger(name).removeFilter(self._spy)
+
+    def alive(self) -> bool:
+        return all(o.is_alive() for o in self._observers)
