@@ -35,7 +35,10 @@ def make_client(config: Config, pool_size: int | None = None, **overrides) -> Ro
                           "roboflow.api_key or roboflow.api_key_file")
     if not settings["model"]:
         raise ConfigError("roboflow.model: expected a model such as my-project/3 (or --model)")
-    return RoboflowClient(**settings)
+    try:
+        return RoboflowClient(**settings)
+    except ValueError as exc:
+        raise ConfigError(f"roboflow.model: {exc}") from None
 
 
 def build_runtime_parts(config: Config) -> tuple[PluginHost, tuple[Rule, ...]]:

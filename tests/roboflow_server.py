@@ -94,7 +94,13 @@ class RoboflowServer:
         class Handler(_Handler):
             owner = server
 
-        httpd = ThreadingHTTPServer((self.host, self.port), Handler)
+        class Server(ThreadingHTTPServer):
+            allow_reuse_address = True
+
+            def handle_error(self, request, client_address):  # clients that hang up are part of the tests
+                pass
+
+        httpd = Server((self.host, self.port), Handler)
         httpd.daemon_threads = True
         self.port = httpd.server_address[1]
         self._httpd = httpd

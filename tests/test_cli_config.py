@@ -1,0 +1,147 @@
+"""`rfwatch classify` and `rfwatch check` from the shell, and config validation."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from helpers import run_cli, unique_jpeg, write_config
+from rfwatch.config import ConfigError, config_from_dict, load_config
+from roboflow_server import VALID_KEY
+
+
+def test_classify_files_and_urls_prints_one_documented_object_each(tmp_path, server):
+    a = tmp_path / "a.jpg"
+    a.write_bytes(unique_jpeg((10, 200, 10), 1, size=(300, 200)))
+    server.files["b.jpg"] = unique_jpeg((10, 10, 200), 2)
+    url = f"{server.url}/files/b.jpg"
+    result = run_cli("classify", "--api-url", server.url, "--model", "colors/1", str(a), url)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2
+    first, second = map(json.loads, lines)
+    assert first["top"] == "green" and first["image"] == {"width": 300, "height": 200}
+    assert first["prediction_type"] == "ClassificationModel" and first["image_path"] == str(a)
+    assert second["top"] == "blue" and second["image_path"] == url
+
+
+def test_classify_reports_each_failure_and_exits_1(tmp_path, server):
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("text")
+    good = tmp_path / "good.jpg"
+    good.write_bytes(unique_jpeg((200, 0, 0), 3))
+    result = run_cli("classify", "--api-url", server.url, "--model", "colors/1", str(bad), str(good),
+                     str(tmp_path / "missing.jpg"))
+    assert result.returncode == 1
+    assert len(result.stdout.splitlines()) == 1
+    errors = result.stderr.strip().splitlines()
+    assert any(str(bad) in e and "not a recognised image format" in e for e in errors)
+    assert any("missing.jpg" in e and "no longer exists" in e for e in errors)
+
+
+def test_classify_with_a_bad_key_never_shows_it(tmp_path, server):
+    good = tmp_path / "good.jpg"
+    good.write_bytes(unique_jpeg((200, 0, 0), 4))
+    secret = "rf_secret_value_that_must_not_leak"
+    result = run_cli("classify", "-vv", "--api-url", server.url, "--model", "colors/1", str(good),
+                     env={"ROBOFLOW_API_KEY": secret})
+    assert result.returncode == 1 and "HTTP 401" in result.stderr
+    assert secret not in result.stdout + result.stderr
+    assert "api_key=***" in result.stderr  # the DEBUG URL line was there, masked
+
+
+def test_classify_save_writes_an_annotated_image(tmp_path, server):
+    src = tmp_path / "a.jpg"
+    src.write_bytes(unique_jpeg((200, 0, 0), 5, size=(320, 240)))
+    before = src.read_bytes()
+    out = tmp_path / "out" / "labelled.png"
+    result = run_cli("classify", "--api-url", server.url, "--model", "colors/1", "--save", str(out), str(src))
+    assert result.returncode == 0, result.stderr
+    with Image.open(out) as img:
+        assert img.size == (320, 240) and img.format == "PNG"
+        assert img.convert("RGB").getpixel((1, 1)) == (0, 0, 0)  # the label's banner
+    assert src.read_bytes() == before
+
+
+def test_usage_errors_exit_2(tmp_path, server):
+    img = tmp_path / "a.jpg"
+    img.write_bytes(unique_jpeg((1, 2, 3), 6))
+    no_key = run_cli("classify", "--api-url", server.url, "--model", "colors/1", str(img), env={"ROBOFLOW_API_KEY": ""})
+    assert no_key.returncode == 2 and "ROBOFLOW_API_KEY" in no_key.stderr
+    no_model = run_cli("classify", "--api-url", server.url, str(img))
+    assert no_model.returncode == 2 and "model" in no_model.stderr
+    bad_model = run_cli("classify", "--model", "nonsense", str(img))
+    assert bad_model.returncode == 2 and "project/version" in bad_model.stderr
+
+
+def test_python_dash_m_and_key_file(tmp_path, server):
+    key_file = tmp_path / "key"
+    key_file.write_text(VALID_KEY + "\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"roboflow:\n  api_key_file: key\n  model: ws/colors/1\n  api_url: {server.url}\n")
+    img = tmp_path / "a.jpg"
+    img.write_bytes(unique_jpeg((1, 2, 200), 7))
+    result = run_cli("classify", "-c", str(cfg), str(img), env={"ROBOFLOW_API_KEY": ""})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["top"] == "blue"
+
+
+@pytest.mark.parametrize("doc,message", [
+    ({"roboflow": {"max_size": "big"}}, 'roboflow.max_size: expected a positive integer, got "big"'),
+    ({"roboflow": {"confidence": 2}}, "roboflow.confidence: expected a number between 0.01 and 1, got 2"),
+    ({"roboflow": {"model": "x"}}, "roboflow.model: expected 'project/version'"),
+    ({"roboflow": {"api_url": "ftp://x"}}, "roboflow.api_url: expected an http:// or https:// URL"),
+    ({"roboflow": {"modle": "a/1"}}, "roboflow.modle: unknown key"),
+    ({"concurrency": 0}, "concurrency: expected a integer between 1 and 64, got 0"),
+    ({"watch": [{"recursive": True}]}, "watch[0].path: expected the folder to watch"),
+    ({"watch": [{"path": "x", "settle": -1}]}, "watch[0].settle: expected a number >= 0, got -1"),
+    ({"rules": [{"when": {"min_confidence": 0.9, "max_confidence": 0.1}, "then": ["x"]}]},
+     "rules[0].when: min_confidence 0.9 is above max_confidence 0.1"),
+    ({"rules": [{"then": []}]}, "rules[0].then: expected a list of actions"),
+    ({"roboflow": {"api_key": "${RFWATCH_SURELY_UNSET}"}}, "roboflow.api_key: environment variable RFWATCH_SURELY_UNSET is not set"),
+])
+def test_config_errors_name_the_key(tmp_path, doc, message):
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(doc, tmp_path)
+    assert message in str(info.value)
+
+
+def test_env_expansion_and_relative_paths(tmp_path, monkeypatch):
+    monkeypatch.setenv("INBOX", "drop")
+    cfg = config_from_dict({"watch": ["${INBOX}", {"path": "/abs"}], "failed": "${NOPE:-bad}",
+                            "roboflow": {"model": "${M:-p/2}"}}, tmp_path)
+    assert [w.path for w in cfg.watch] == [tmp_path / "drop", Path("/abs")]
+    assert cfg.failed == tmp_path / "bad" and cfg.roboflow.model == "p/2"
+
+
+@pytest.mark.parametrize("rules,message", [
+    ([{"then": [{"mvoe": "x"}]}], "rules[0].then[0].mvoe: unknown action 'mvoe' (known: copy, move)"),
+    ([{"then": [{"move": "sorted/{klass}/{name}"}]}], "rules[0].then[0].move: unknown placeholder {klass}"),
+    ([{"then": [{"copy": {"to": "x/{name}", "on_conflict": "clobber"}}]}], "on_conflict: expected one of"),
+    ([{"then": [{"move": {"dest": "x"}}]}], "rules[0].then[0].move: unknown option 'dest'"),
+])
+def test_rule_errors_at_load_name_the_key(tmp_path, server, rules, message):
+    cfg = write_config(tmp_path, server, rules=rules)
+    result = run_cli("check", "-c", str(cfg))
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_check_summarises_a_good_config(tmp_path, server):
+    cfg = write_config(tmp_path, server)
+    result = run_cli("check", "-c", str(cfg))
+    assert result.returncode == 0, result.stderr
+    assert "model: colors/1" in result.stdout and "rule 'sort': always -> move" in result.stdout
+
+
+def test_example_config_loads_and_checks(monkeypatch):
+    repo = Path(__file__).resolve().parents[1]
+    result = run_cli("check", "-c", str(repo / "config.example.yaml"), env={"ROBOFLOW_API_KEY": "k"})
+    assert result.returncode == 0, result.stderr
+    monkeypatch.setenv("ROBOFLOW_API_KEY", "k")
+    cfg = load_config(repo / "config.example.yaml")
+    assert cfg.watch[0].path == repo / "inbox" and cfg.failed == repo / "failed"

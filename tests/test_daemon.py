@@ -1,0 +1,291 @@
+"""The daemon with real watchdog observers on temporary folders and a real protocol server."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import DaemonThread, files_under, run_cli, unique_jpeg, wait_for, write_config
+from roboflow_server import VALID_KEY
+
+RED, GREEN, BLUE = (230, 10, 10), (10, 230, 10), (10, 10, 230)
+
+
+@pytest.fixture(autouse=True)
+def _key(api_key):
+    return api_key
+
+
+def test_files_present_before_start_are_sorted(tmp_path, server):
+    cfg = write_config(tmp_path, server)
+    (tmp_path / "inbox" / "a.jpg").write_bytes(unique_jpeg(RED, 1))
+    (tmp_path / "inbox" / "deep" / "er").mkdir(parents=True)
+    (tmp_path / "inbox" / "deep" / "er" / "b.JPG").write_bytes(unique_jpeg(BLUE, 2))
+    with DaemonThread(cfg):
+        wait_for(lambda: len(files_under(tmp_path / "sorted")) == 2, what="two sorted files")
+    assert (tmp_path / "sorted" / "red" / "a.jpg").read_bytes() == unique_jpeg(RED, 1)
+    assert (tmp_path / "sorted" / "blue" / "b.JPG").exists()
+    assert files_under(tmp_path / "inbox") == []
+
+
+def test_slow_writer_is_not_taken_before_it_closes(tmp_path, server):
+    cfg = write_config(tmp_path, server, settle=0.2)
+    data = unique_jpeg(GREEN, 3, size=(400, 300))
+    target = tmp_path / "inbox" / "slow.jpg"
+    with DaemonThread(cfg):
+        with open(target, "wb") as fh:
+            for i in range(0, len(data), len(data) // 4 + 1):
+                fh.write(data[i:i + len(data) // 4 + 1])
+                fh.flush()
+                time.sleep(0.6)  # pauses three times longer than settle
+                assert server.inference_requests() == [], "taken while still being written"
+        wait_for(lambda: (tmp_path / "sorted" / "green" / "slow.jpg").exists(), what="slow.jpg sorted")
+    (req,) = server.inference_requests()
+    assert req.image.size == (400, 300)
+    assert (tmp_path / "sorted" / "green" / "slow.jpg").read_bytes() == data
+
+
+def test_temp_name_then_rename_is_taken_once_by_its_final_name(tmp_path, server):
+    cfg = write_config(tmp_path, server)
+    with DaemonThread(cfg):
+        part = tmp_path / "inbox" / "upload.jpg.part"
+        part.write_bytes(unique_jpeg(RED, 4))
+        time.sleep(0.6)
+        assert server.inference_requests() == []
+        part.rename(tmp_path / "inbox" / "upload.jpg")
+        wait_for(lambda: (tmp_path / "sorted" / "red" / "upload.jpg").exists(), what="renamed file sorted")
+        time.sleep(0.5)
+    assert len(server.inference_requests()) == 1
+    # rsync style: written under a hidden temporary name, renamed into place
+    with DaemonThread(cfg):
+        tmp = tmp_path / "inbox" / ".rsync.tmp123"
+        tmp.write_bytes(unique_jpeg(BLUE, 5))
+        tmp.rename(tmp_path / "inbox" / "synced.jpg")
+        wait_for(lambda: (tmp_path / "sorted" / "blue" / "synced.jpg").exists(), what="rsynced file sorted")
+
+
+def test_burst_of_500_one_request_per_distinct_image_and_restart_makes_none(tmp_path, server):
+    cfg = write_config(tmp_path, server, concurrency=8, settle=0.3)
+    inbox = tmp_path / "inbox"
+    colors = [RED, GREEN, BLUE]
+    expected = {}
+    with DaemonThread(cfg):
+        for i in range(500):
+            seed = i % 400  # 100 files repeat earlier content
+            data = unique_jpeg(colors[seed % 3], seed)
+            sub = inbox / f"cam{i % 5}"
+            sub.mkdir(exist_ok=True)
+            (sub / f"img{i:03}.jpg").write_bytes(data)
+            expected[f"img{i:03}.jpg"] = data
+        wait_for(lambda: len(files_under(tmp_path / "sorted")) == 500, timeout=120, what="500 sorted files")
+    requests = server.inference_requests()
+    assert len(requests) == 400
+    sorted_files = files_under(tmp_path / "sorted")
+    assert sorted(p.name for p in sorted_files) == sorted(expected)
+    for p in sorted_files:
+        assert p.read_bytes() == expected[p.name]
+        assert p.parent.name == ["red", "green", "blue"][int(p.stem[3:]) % 400 % 3]
+    assert files_under(inbox) == []
+    with DaemonThread(cfg):
+        time.sleep(1.0)
+    assert len(server.inference_requests()) == 400, "a restart must not classify finished files again"
+
+
+def test_unmatched_files_stay_and_the_journal_says_so(tmp_path, server):
+    rules = [{"name": "reds only", "when": {"class": "red"}, "then": [{"move": "sorted/{name}"}]}]
+    cfg = write_config(tmp_path, server, rules=rules)
+    (tmp_path / "inbox" / "g.jpg").write_bytes(unique_jpeg(GREEN, 6))
+    assert run_cli("run", "-c", str(cfg), "--once").returncode == 0
+    assert (tmp_path / "inbox" / "g.jpg").exists()
+    db = sqlite3.connect(tmp_path / "state" / "journal.db")
+    assert db.execute("SELECT state FROM files").fetchall() == [("unmatched",)]
+    # and it is not classified again on the next run
+    assert run_cli("run", "-c", str(cfg), "--once").returncode == 0
+    assert len(server.inference_requests()) == 1
+
+
+def test_bad_images_go_to_failed_with_a_reason_and_good_ones_are_sorted(tmp_path, server):
+    cfg = write_config(tmp_path, server, failed="failed")
+    inbox = tmp_path / "inbox"
+    (inbox / "text.jpg").write_text("not an image")
+    (inbox / "empty.jpg").write_bytes(b"")
+    (inbox / "good.jpg").write_bytes(unique_jpeg(RED, 7))
+    result = run_cli("run", "-c", str(cfg), "--once")
+    assert result.returncode == 1  # something failed
+    assert "text.jpg: failed: not a recognised image format" in result.stderr
+    assert "empty.jpg: failed: file is empty" in result.stderr
+    assert sorted(p.name for p in files_under(tmp_path / "failed")) == ["empty.jpg", "text.jpg"]
+    assert (tmp_path / "sorted" / "red" / "good.jpg").exists()
+
+
+def test_api_rejection_of_one_image_fails_only_that_file(tmp_path, server):
+    cfg = write_config(tmp_path, server, failed="failed", concurrency=1)
+    (tmp_path / "inbox" / "a.jpg").write_bytes(unique_jpeg(RED, 8))
+    server.fail_next(400, message="Could not decode the input image.")
+    result = run_cli("run", "-c", str(cfg), "--once")
+    assert "a.jpg: failed: rejected by the API" in result.stderr and "Could not decode" in result.stderr
+    assert (tmp_path / "failed" / "a.jpg").exists()
+
+
+@pytest.mark.parametrize("mode,expect", [
+    ("rename", {"x.jpg": "old", "x (1).jpg": "new"}),
+    ("skip", {"x.jpg": "old"}),
+    ("overwrite", {"x.jpg": "new"}),
+])
+def test_conflicts(tmp_path, server, mode, expect):
+    rules = [{"name": "r", "then": [{"move": {"to": "sorted/{name}", "on_conflict": mode}}]}]
+    cfg = write_config(tmp_path, server, rules=rules)
+    (tmp_path / "sorted").mkdir()
+    old, new = unique_jpeg(RED, 9), unique_jpeg(RED, 10)
+    (tmp_path / "sorted" / "x.jpg").write_bytes(old)
+    (tmp_path / "inbox" / "x.jpg").write_bytes(new)
+    run_cli("run", "-c", str(cfg), "--once")
+    found = {p.name: p.read_bytes() for p in files_under(tmp_path / "sorted")}
+    assert found == {k: {"old": old, "new": new}[v] for k, v in expect.items()}
+    assert (tmp_path / "inbox" / "x.jpg").exists() == (mode == "skip")
+
+
+def test_dedupe_drops_identical_and_renames_different(tmp_path, server):
+    rules = [{"name": "r", "then": [{"move": {"to": "sorted/{name}", "on_conflict": "dedupe"}}]}]
+    cfg = write_config(tmp_path, server, rules=rules)
+    (tmp_path / "sorted").mkdir()
+    same, other = unique_jpeg(RED, 11), unique_jpeg(RED, 12)
+    (tmp_path / "sorted" / "a.jpg").write_bytes(same)
+    (tmp_path / "sorted" / "b.jpg").write_bytes(same)
+    (tmp_path / "inbox" / "a.jpg").write_bytes(same)
+    (tmp_path / "inbox" / "b.jpg").write_bytes(other)
+    run_cli("run", "-c", str(cfg), "--once")
+    assert {p.name: p.read_bytes() for p in files_under(tmp_path / "sorted")} == {
+        "a.jpg": same, "b.jpg": same, "b (1).jpg": other}
+    assert files_under(tmp_path / "inbox") == []
+
+
+def test_hostile_class_names_cannot_escape_the_destination(tmp_path, server):
+    hostile = ["../../escape", "/etc/passwd", "a/../../b", "..", "\x00nul\nline", ".hidden", "x" * 600, "c:\\win"]
+    counter = iter(range(1000))
+    server.classifier = lambda image: {hostile[next(counter) % len(hostile)]: 0.9, "other": 0.1}
+    cfg = write_config(tmp_path, server, concurrency=1)
+    for i in range(len(hostile)):
+        (tmp_path / "inbox" / f"h{i}.jpg").write_bytes(unique_jpeg(RED, 100 + i))
+    run_cli("run", "-c", str(cfg), "--once")
+    outside = [p for p in files_under(tmp_path) if not str(p).startswith(str(tmp_path / "sorted"))
+               and "state" not in p.parts and p.name != "config.yaml"]
+    assert outside == []
+    sorted_files = files_under(tmp_path / "sorted")
+    assert len(sorted_files) == len(hostile)
+    for p in sorted_files:
+        cls = p.parent.relative_to(tmp_path / "sorted")
+        assert len(cls.parts) == 1 and not cls.name.startswith(".")
+        assert len(os.fsencode(cls.name)) <= 200 and "\n" not in cls.name
+
+
+def test_cross_device_move(tmp_path, server):
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("no second filesystem (tmpfs at /dev/shm) here")
+    dest = Path(os.path.realpath(shm)) / f"rfwatch-test-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        rules = [{"name": "r", "then": [{"move": str(dest) + "/{class}/{name}"}]}]
+        cfg = write_config(tmp_path, server, rules=rules)
+        data = unique_jpeg(BLUE, 13)
+        (tmp_path / "inbox" / "x.jpg").write_bytes(data)
+        (tmp_path / "inbox" / "x.jpg.xmp").write_text("<x:xmpmeta xmlns:x='adobe:ns:meta/'/>")
+        assert run_cli("run", "-c", str(cfg), "--once").returncode == 0
+        assert (dest / "blue" / "x.jpg").read_bytes() == data
+        assert (dest / "blue" / "x.jpg.xmp").exists(), "the sidecar travels with the file"
+        assert files_under(tmp_path / "inbox") == []
+        assert [p.name for p in dest.rglob("*") if p.name.startswith(".rfwatch-tmp")] == []
+    finally:
+        import shutil
+
+        shutil.rmtree(dest, ignore_errors=True)
+
+
+def test_dry_run_changes_nothing(tmp_path, server):
+    cfg = write_config(tmp_path, server)
+    (tmp_path / "inbox" / "a.jpg").write_bytes(unique_jpeg(RED, 14))
+    before = {p: p.stat().st_mtime_ns for p in files_under(tmp_path)}
+    result = run_cli("run", "-c", str(cfg), "--once", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "would move -> " in result.stderr and str(tmp_path / "sorted" / "red" / "a.jpg") in result.stderr
+    assert {p: p.stat().st_mtime_ns for p in files_under(tmp_path)} == before
+    assert not (tmp_path / "state").exists() and not (tmp_path / "sorted").exists()
+
+
+def test_copy_into_a_watched_tree_is_not_taken_again(tmp_path, server):
+    rules = [{"name": "r", "then": [{"copy": "inbox/copies/{class}/{name}"}]}]
+    cfg = write_config(tmp_path, server, rules=rules)
+    with DaemonThread(cfg):
+        (tmp_path / "inbox" / "a.jpg").write_bytes(unique_jpeg(GREEN, 15))
+        wait_for(lambda: (tmp_path / "inbox" / "copies" / "green" / "a.jpg").exists(), what="copy")
+        time.sleep(1.0)
+    with DaemonThread(cfg):
+        time.sleep(0.8)
+    assert len(files_under(tmp_path / "inbox")) == 2
+    db = sqlite3.connect(tmp_path / "state" / "journal.db")
+    assert db.execute("SELECT COUNT(*) FROM files").fetchone()[0] == 1
+
+
+def test_plugin_from_a_py_path_adds_an_action(tmp_path, server):
+    (tmp_path / "myplugin.py").write_text(
+        "import rfwatch\n"
+        "from pathlib import Path\n"
+        "@rfwatch.hookimpl\n"
+        "def register_actions(register):\n"
+        "    def factory(options):\n"
+        "        out = options['file']\n"
+        "        def action(ctx):\n"
+        "            Path(ctx.config.resolve(out)).open('a').write(f'{ctx.path.name} {ctx.prediction.top}\\n')\n"
+        "            return {'wrote': out}\n"
+        "        return action\n"
+        "    register('note', factory)\n"
+    )
+    rules = [{"name": "r", "then": [{"note": {"file": "notes.txt"}}, {"move": "sorted/{name}"}]}]
+    cfg = write_config(tmp_path, server, rules=rules, plugins=["myplugin.py"])
+    (tmp_path / "inbox" / "a.jpg").write_bytes(unique_jpeg(BLUE, 16))
+    result = run_cli("run", "-c", str(cfg), "--once")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "notes.txt").read_text() == "a.jpg blue\n"
+    listing = run_cli("plugins", "-c", str(cfg)).stdout
+    assert "myplugin.py" in listing and "note" in listing
+
+
+def test_a_plugin_that_raises_in_a_hook_does_not_stop_the_daemon(tmp_path, server):
+    (tmp_path / "boom.py").write_text(
+        "import rfwatch\n"
+        "@rfwatch.hookimpl\n"
+        "def file_classified(ctx):\n"
+        "    raise RuntimeError('boom from plugin')\n"
+    )
+    cfg = write_config(tmp_path, server, plugins=["boom.py"])
+    (tmp_path / "inbox" / "a.jpg").write_bytes(unique_jpeg(RED, 17))
+    result = run_cli("run", "-c", str(cfg), "--once")
+    assert result.returncode == 0
+    assert "boom.py failed in file_classified" in result.stderr
+    assert (tmp_path / "sorted" / "red" / "a.jpg").exists()
+
+
+def test_multi_label_rules_match_any_predicted_class(tmp_path, server):
+    rules = [{"name": "greens", "when": {"class": ["green"]}, "then": [{"move": "sorted/{class}/{name}"}]}]
+    cfg = write_config(tmp_path, server, rules=rules, model="tags/1")
+    (tmp_path / "inbox" / "yellow.jpg").write_bytes(unique_jpeg((230, 230, 0), 18))
+    run_cli("run", "-c", str(cfg), "--once")
+    assert (tmp_path / "sorted" / "green" / "yellow.jpg").exists()
+
+
+def test_continue_lets_later_rules_run(tmp_path, server):
+    rules = [
+        {"name": "copy all", "continue": True, "then": [{"copy": "all/{name}"}]},
+        {"name": "never", "when": {"class": "blue"}, "then": [{"move": "blue/{name}"}]},
+        {"name": "then move", "then": [{"move": "sorted/{class}/{confidence:.0%}-{name}"}]},
+    ]
+    cfg = write_config(tmp_path, server, rules=rules)
+    (tmp_path / "inbox" / "a.jpg").write_bytes(unique_jpeg(RED, 19))
+    run_cli("run", "-c", str(cfg), "--once")
+    assert (tmp_path / "all" / "a.jpg").exists()
+    (moved,) = files_under(tmp_path / "sorted")
+    assert moved.parent.name == "red" and moved.name.endswith("%-a.jpg")
