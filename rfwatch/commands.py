@@ -71,7 +71,7 @@ def status_report(config) -> dict[str, Any]:
             "last_done": [_row_brief(r) for r in journal.recent(("done", "unmatched"))],
             "last_failed": [_row_brief(r) for r in journal.recent(("failed",))],
             "waiting_reason": _waiting_reason(journal),
-            "outbox": journal.outbox_depth() if hasattr(journal, "outbox_depth") else 0,
+            "outbox": journal.outbox_depth(),
             "plugins": PluginHost.load(config.plugins).names(),
         }
     finally:

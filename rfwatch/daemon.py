@@ -8,6 +8,7 @@ workers, and the main thread (settle ticks, signals, reload, systemd pings).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import queue
 import signal
@@ -89,7 +90,10 @@ class Daemon:
     def __init__(self, config_path: str | Path | None, *, config: Config | None = None, dry_run: bool = False,
                  once: bool = False, notifier: Notifier | None = None, progress: bool = False):
         self.config_path = config_path
-        self.config = config if config is not None else load_config(config_path)  # type: ignore[arg-type]
+        config = config if config is not None else load_config(config_path)  # type: ignore[arg-type]
+        if dry_run:  # nothing may be written, not even by plugins that keep state next to the journal
+            config = dataclasses.replace(config, state=Path(":memory:"))
+        self.config = config
         self.dry_run = dry_run
         self.once = once
         self.notifier = notifier or Notifier()
@@ -97,7 +101,7 @@ class Daemon:
         self.runtime: Runtime = build_runtime(self.config)
         if not self.config.watch:
             raise ConfigError("watch: expected at least one folder to watch")
-        self.journal = Journal(":memory:" if dry_run else self.config.state_path)
+        self.journal = Journal(self.config.state_path)
         self.pipeline = Pipeline(self.runtime, self.journal, dry_run=dry_run)
         self.stop_event = threading.Event()
         self.reload_event = threading.Event()
@@ -207,6 +211,8 @@ class Daemon:
         self.notifier.reloading()
         try:
             config = load_config(self.config_path)  # type: ignore[arg-type]
+            if self.dry_run:
+                config = dataclasses.replace(config, state=Path(":memory:"))
             runtime = build_runtime(config)
         except Exception as exc:
             log.error("reload failed, keeping the running config: %s", exc)

@@ -118,7 +118,8 @@ class Journal:
 
     def __init__(self, path: str | os.PathLike[str], synchronous: str = "FULL"):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.row_factory = sqlite3.Row
@@ -215,6 +216,12 @@ class Journal:
                     out.append(FileRow.from_row(row))
             return out
         return [FileRow.from_row(r) for r in self._all("SELECT * FROM files WHERE state='failed' ORDER BY id")]
+
+    def outbox_depth(self) -> int:
+        """Webhook events not yet delivered (the webhook plugin owns that table)."""
+        if self._one("SELECT 1 FROM sqlite_master WHERE type='table' AND name='outbox'") is None:
+            return 0
+        return self._one("SELECT COUNT(*) FROM outbox WHERE state='pending'")[0]
 
     def integrity_check(self) -> str:
         return self._one("PRAGMA integrity_check")[0]

@@ -273,7 +273,10 @@ class Pipeline:
         """A file that cannot be processed: into ``failed:`` if configured, else left in place."""
         path = row.path
         failed_dir = self.runtime.config.failed
-        if failed_dir is not None and not self.dry_run and os.path.lexists(path):
+        # Only a file still where it was found goes to failed/: one that an earlier
+        # action already sorted stays there, and `rfwatch retry` redoes the failed step.
+        untouched = row.path == row.source
+        if failed_dir is not None and untouched and not self.dry_run and os.path.lexists(path):
             try:
                 path = self._quarantine(row, failed_dir, resume)
             except OSError as exc:

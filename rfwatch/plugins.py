@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PLUGINS = (
     "rfwatch.default_plugins.move_copy",
+    "rfwatch.default_plugins.tag",
+    "rfwatch.default_plugins.webhook",
+    "rfwatch.default_plugins.annotate",
+    "rfwatch.default_plugins.log",
+    "rfwatch.default_plugins.command",
 )
 
 ActionFactory = Callable[[Any], Callable[..., Any]]

@@ -119,7 +119,7 @@ def test_env_expansion_and_relative_paths(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("rules,message", [
-    ([{"then": [{"mvoe": "x"}]}], "rules[0].then[0].mvoe: unknown action 'mvoe' (known: copy, move)"),
+    ([{"then": [{"mvoe": "x"}]}], "rules[0].then[0].mvoe: unknown action 'mvoe' (known: annotate, command, copy, log, move"),
     ([{"then": [{"move": "sorted/{klass}/{name}"}]}], "rules[0].then[0].move: unknown placeholder {klass}"),
     ([{"then": [{"copy": {"to": "x/{name}", "on_conflict": "clobber"}}]}], "on_conflict: expected one of"),
     ([{"then": [{"move": {"dest": "x"}}]}], "rules[0].then[0].move: unknown option 'dest'"),

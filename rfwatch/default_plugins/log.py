@@ -1,0 +1,104 @@
+"""The ``log`` action: one JSON line (or CSV row) per file, appended atomically.
+
+Each record is written with a single ``write()`` on an ``O_APPEND`` descriptor,
+so concurrent workers never interleave lines.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import hookimpl
+from ..context import FileContext
+from ..templates import Template, TemplateError
+from .common import mapping_options
+
+CSV_FIELDS = ["time", "event", "source", "path", "model", "top", "confidence", "predicted_classes", "rule", "actions"]
+_header_lock = threading.Lock()
+
+
+class LogAction:
+    def __init__(self, options: Any):
+        opts = mapping_options(options, "path", {"path", "format"}, 'a file path or {path: ..., format: jsonl|csv}')
+        path = opts.get("path")
+        if not isinstance(path, str) or not path.strip():
+            raise ValueError(f"path: expected a file path, got {path!r}")
+        try:
+            self.template = Template(path)
+        except TemplateError as exc:
+            raise ValueError(f"path: {exc}") from None
+        self.format = opts.get("format", "csv" if path.lower().endswith(".csv") else "jsonl")
+        if self.format not in ("jsonl", "json", "csv"):
+            raise ValueError(f"format: expected jsonl or csv, got {self.format!r}")
+
+    def _target(self, ctx: FileContext) -> Path:
+        rendered = Path(os.path.expanduser(self.template.render(ctx.values())))
+        return rendered if rendered.is_absolute() else ctx.config.base_dir / rendered
+
+    def describe(self, ctx: FileContext) -> str:
+        return f"-> {self._target(ctx)}"
+
+    def __call__(self, ctx: FileContext) -> dict[str, Any]:
+        target = self._target(ctx)
+        event = f"{ctx.file_id}:{ctx.rule}:{len(ctx.results)}"
+        if ctx.resume and _already_written(target, event):
+            return {"appended": str(target), "event": event, "recovered": True}
+        ctx.intent(event=event)
+        pred = ctx.prediction
+        record = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "event": event,
+            "source": str(ctx.source),
+            "path": str(ctx.path),
+            "model": ctx.model,
+            "top": pred.top,
+            "confidence": pred.confidence,
+            "predicted_classes": list(pred.predicted_classes),
+            "rule": ctx.rule,
+            "actions": ctx.results,
+        }
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if self.format == "csv":
+            row = dict(record, predicted_classes="|".join(record["predicted_classes"]),
+                       actions=json.dumps(record["actions"], default=str, ensure_ascii=False))
+            buf = io.StringIO()
+            csv.DictWriter(buf, CSV_FIELDS, lineterminator="\n").writerow(row)
+            with _header_lock:  # the header must be the file's first line, written once
+                _append(target, buf.getvalue().encode(), header=",".join(CSV_FIELDS) + "\n")
+        else:
+            line = json.dumps(record, default=str, ensure_ascii=False) + "\n"
+            _append(target, line.encode())
+        return {"appended": str(target), "event": event}
+
+
+def _append(target: Path, data: bytes, header: str | None = None) -> None:
+    fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        if header is not None and os.fstat(fd).st_size == 0:
+            data = header.encode() + data
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _already_written(target: Path, event: str) -> bool:
+    try:
+        with open(target, "rb") as fh:
+            fh.seek(max(0, os.fstat(fh.fileno()).st_size - 1024 * 1024))
+            tail = fh.read()
+    except OSError:
+        return False
+    return f'"event": "{event}"'.encode() in tail or f",{event},".encode() in tail
+
+
+@hookimpl
+def register_actions(register):
+    register("log", LogAction)

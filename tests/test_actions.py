@@ -1,0 +1,214 @@
+"""webhook, annotate, log and command actions; the full rule on real camera files."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import os
+import shutil
+import sqlite3
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from standardwebhooks import Webhook
+
+from helpers import DaemonThread, files_under, run_cli, unique_jpeg, wait_for, write_config
+from metadata_reader import jpeg_parts, read_xmp
+from roboflow_server import VALID_KEY
+from webhook_receiver import Receiver
+
+SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+RED, GREEN = (230, 10, 10), (10, 230, 10)
+
+
+@pytest.fixture(autouse=True)
+def _key(api_key):
+    return api_key
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver().start()
+    yield r
+    r.stop()
+
+
+def webhook_rule(receiver, **extra):
+    return [{"name": "notify", "then": [{"move": "sorted/{class}/{name}"},
+                                        {"webhook": {"url": receiver.url, **extra}}]}]
+
+
+def test_webhooks_are_signed_and_verify_with_standardwebhooks(tmp_path, server, receiver):
+    cfg = write_config(tmp_path, server, rules=webhook_rule(receiver, secret=SECRET, headers={"X-Team": "lab"}))
+    for i in range(3):
+        (tmp_path / "inbox" / f"a{i}.jpg").write_bytes(unique_jpeg(RED, i))
+    assert run_cli("run", "-c", str(cfg), "--once").returncode == 0
+    wait_for(lambda: len(receiver.ok()) == 3, what="3 deliveries")
+    verifier = Webhook(SECRET)
+    for d in receiver.ok():
+        payload = verifier.verify(d.body, d.headers)
+        assert d.headers["x-team"] == "lab" and d.headers["webhook-id"] == payload["id"]
+        data = payload["data"]
+        assert data["prediction"]["top"] == "red" and data["rule"] == "notify"
+        assert data["path"].startswith(str(tmp_path / "sorted" / "red"))
+        assert data["source"].startswith(str(tmp_path / "inbox"))
+        assert data["actions"][0]["result"]["outcome"] == "moved"
+        assert payload["host"] and payload["timestamp"]
+        assert VALID_KEY not in d.body.decode()
+
+
+def test_without_a_secret_the_request_goes_unsigned(tmp_path, server, receiver):
+    cfg = write_config(tmp_path, server, rules=webhook_rule(receiver))
+    (tmp_path / "inbox" / "a.jpg").write_bytes(unique_jpeg(RED, 1))
+    run_cli("run", "-c", str(cfg), "--once")
+    (d,) = wait_for(receiver.ok, what="delivery")
+    assert "webhook-signature" not in d.headers and d.headers["webhook-id"].startswith("msg_")
+
+
+def test_receiver_down_then_back_across_restarts_same_ids(tmp_path, server, receiver):
+    receiver.status = 503
+    cfg = write_config(tmp_path, server, rules=webhook_rule(receiver, secret=SECRET))
+    for i in range(4):
+        (tmp_path / "inbox" / f"a{i}.jpg").write_bytes(unique_jpeg(RED, 10 + i))
+    with DaemonThread(cfg):
+        wait_for(lambda: len({d.headers["webhook-id"] for d in receiver.deliveries}) == 4, what="first attempts")
+        receiver.stop()  # and now it is gone entirely
+    db = sqlite3.connect(tmp_path / "state" / "journal.db")
+    assert db.execute("SELECT COUNT(*) FROM outbox WHERE state='pending'").fetchone()[0] == 4
+    failed_ids = {d.headers["webhook-id"] for d in receiver.deliveries}
+    status = json.loads(run_cli("status", "-c", str(cfg), "--json").stdout)
+    assert status["outbox"] == 4
+    receiver.status = 200
+    receiver.start()  # same port
+    db.execute("UPDATE outbox SET next_at=0")  # skip the backoff wait, keep everything else
+    db.commit()
+    with DaemonThread(cfg):
+        wait_for(lambda: len(receiver.ok()) == 4, timeout=30, what="deliveries after the receiver came back")
+    verifier = Webhook(SECRET)
+    ok_ids = {verifier.verify(d.body, d.headers)["id"] for d in receiver.ok()}
+    assert ok_ids == failed_ids
+    assert db.execute("SELECT COUNT(*) FROM outbox WHERE state='delivered'").fetchone()[0] == 4
+
+
+def test_410_stops_deliveries_and_redirects_are_not_followed(tmp_path, server, receiver):
+    receiver.status = 302
+    cfg = write_config(tmp_path, server, rules=webhook_rule(receiver))
+    (tmp_path / "inbox" / "a.jpg").write_bytes(unique_jpeg(RED, 20))
+    run_cli("run", "-c", str(cfg), "--once")
+    wait_for(lambda: receiver.deliveries, what="an attempt")
+    assert [d.path for d in receiver.deliveries] == ["/hook"]  # the redirect target was never asked
+    receiver.status = 410
+    db = sqlite3.connect(tmp_path / "state" / "journal.db")
+    db.execute("UPDATE outbox SET next_at=0")
+    db.commit()
+    (tmp_path / "inbox" / "b.jpg").write_bytes(unique_jpeg(RED, 21))
+    run_cli("run", "-c", str(cfg), "--once")
+    assert db.execute("SELECT state FROM outbox").fetchall() == [("gone",), ("gone",)]
+    n = len(receiver.deliveries)
+    (tmp_path / "inbox" / "c.jpg").write_bytes(unique_jpeg(RED, 22))
+    run_cli("run", "-c", str(cfg), "--once")
+    time.sleep(0.5)
+    assert len(receiver.deliveries) == n, "no deliveries after 410 Gone"
+
+
+def test_a_slow_receiver_does_not_hold_up_classification(tmp_path, server, receiver):
+    receiver.delay = 3.0
+    cfg = write_config(tmp_path, server, rules=webhook_rule(receiver))
+    with DaemonThread(cfg):
+        started = time.monotonic()
+        for i in range(12):
+            (tmp_path / "inbox" / f"s{i}.jpg").write_bytes(unique_jpeg(GREEN, 30 + i))
+        wait_for(lambda: len(files_under(tmp_path / "sorted")) == 12, what="12 sorted")
+        elapsed = time.monotonic() - started
+    assert elapsed < 3.0 * 3, f"sorting waited for the webhook receiver ({elapsed:.1f}s)"
+
+
+def test_annotate_log_and_command(tmp_path, server):
+    script = tmp_path / "hook.py"
+    script.write_text("import sys, os\n"
+                      "open(sys.argv[1], 'a').write(' '.join(sys.argv[2:]) + ' ' + os.environ['RFWATCH_CLASS'] + '\\n')\n"
+                      "sys.exit(3 if 'fail' in sys.argv[2] else 0)\n")
+    rules = [{"name": "all", "then": [
+        {"annotate": "annotated/{class}/{stem}.png"},
+        {"log": {"path": "results.jsonl"}},
+        {"log": {"path": "results.csv", "format": "csv"}},
+        {"command": [sys.executable, str(script), str(tmp_path / "cmd.txt"), "{name}", "{confidence:.2f}"]},
+    ]}]
+    cfg = write_config(tmp_path, server, rules=rules, concurrency=8)
+    originals = {}
+    for i in range(20):
+        data = unique_jpeg(RED if i % 2 else GREEN, 40 + i, size=(200, 150))
+        (tmp_path / "inbox" / f"p{i:02}.jpg").write_bytes(data)
+        originals[f"p{i:02}.jpg"] = data
+    assert run_cli("run", "-c", str(cfg), "--once").returncode == 0
+    for name, data in originals.items():
+        assert (tmp_path / "inbox" / name).read_bytes() == data, "originals are never touched"
+    annotated = files_under(tmp_path / "annotated")
+    assert len(annotated) == 20
+    with Image.open(annotated[0]) as img:
+        assert img.size == (200, 150)
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 20
+    records = [json.loads(line) for line in lines]  # whole lines, never interleaved
+    assert {r["source"] for r in records} == {str(tmp_path / "inbox" / n) for n in originals}
+    assert all(r["top"] in ("red", "green") and r["actions"][0]["action"] == "annotate" for r in records)
+    rows = list(csv.DictReader(open(tmp_path / "results.csv")))
+    assert len(rows) == 20 and rows[0].keys() >= {"source", "top", "confidence", "rule"}
+    assert (tmp_path / "results.csv").read_text().count("time,event,source") == 1
+    cmd = sorted((tmp_path / "cmd.txt").read_text().splitlines())
+    assert len(cmd) == 20 and cmd[0].startswith("p00.jpg 1.00 green") or cmd[0].startswith("p00.jpg 0.9")
+
+
+def test_a_failing_command_is_a_failed_action_with_stderr(tmp_path, server):
+    rules = [{"name": "r", "then": [{"move": "sorted/{name}"},
+                                    {"command": {"args": ["sh", "-c", "echo oh no >&2; exit 4"], "timeout": 5}}]}]
+    cfg = write_config(tmp_path, server, rules=rules, failed="failed")
+    (tmp_path / "inbox" / "a.jpg").write_bytes(unique_jpeg(RED, 60))
+    result = run_cli("run", "-c", str(cfg), "--once")
+    assert result.returncode == 1
+    assert "action command (rule 'r') failed: sh exited with 4: oh no" in result.stderr
+    # the file had already been sorted: it stays there rather than going to failed/
+    assert (tmp_path / "sorted" / "a.jpg").exists() and not (tmp_path / "failed").exists()
+    history = run_cli("history", "-c", str(cfg), str(tmp_path / "inbox" / "a.jpg")).stdout
+    assert "move done" in history and "command failed" in history
+
+
+@pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool not installed")
+def test_full_rule_on_real_camera_files(tmp_path, server, receiver, samples):
+    """tag + webhook + annotate + log + command on every camera JPEG, with the receiver down for a while."""
+    receiver.stop()
+    rules = [{"name": "everything", "then": [
+        {"tag": {"mode": "embed", "keywords": ["{class}", "rfwatch"], "hierarchy": "rfwatch"}},
+        {"move": "sorted/{class}/{name}"},
+        {"annotate": "annotated/{class}/{name}"},
+        {"log": "results.jsonl"},
+        {"command": ["sh", "-c", "echo \"$1\" >> done.txt", "sh", "{name}"]},
+        {"webhook": {"url": receiver.url, "secret": SECRET}},
+    ]}]
+    cfg = write_config(tmp_path, server, rules=rules)
+    originals = {}
+    for src in sorted((samples / "jpg").glob("*.jpg")):
+        shutil.copyfile(src, tmp_path / "inbox" / src.name)
+        originals[src.name] = src
+    with DaemonThread(cfg):
+        wait_for(lambda: len(files_under(tmp_path / "sorted")) == len(originals), timeout=60, what="all sorted")
+        time.sleep(1.5)  # deliveries fail while the receiver is away
+        receiver.start()
+        db = sqlite3.connect(tmp_path / "state" / "journal.db")
+        db.execute("UPDATE outbox SET next_at=0")
+        db.commit()
+        wait_for(lambda: len(receiver.ok()) >= len(originals), timeout=30, what="webhooks after the receiver returned")
+    verifier = Webhook(SECRET)
+    ids = [verifier.verify(d.body, d.headers)["id"] for d in receiver.ok()]
+    assert len(set(ids)) == len(originals)
+    for moved in files_under(tmp_path / "sorted"):
+        original = originals[moved.name]
+        assert "rfwatch" in read_xmp(moved)["subject"]
+        assert jpeg_parts(moved)[1] == jpeg_parts(original)[1], "image data unchanged"
+    assert len(files_under(tmp_path / "annotated")) == len(originals)
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == len(originals)
+    assert len((tmp_path / "done.txt").read_text().splitlines()) == len(originals)

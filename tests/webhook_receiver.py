@@ -1,0 +1,76 @@
+"""A webhook receiver on 127.0.0.1 that records deliveries and can fail, redirect, go away or come back."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class Delivery:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    status: int
+    at: float
+
+
+class Receiver:
+    def __init__(self, port: int = 0):
+        self.port = port
+        self.deliveries: list[Delivery] = []
+        self.status = 204
+        self.delay = 0.0
+        self.lock = threading.Lock()
+        self._httpd = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def start(self) -> "Receiver":
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if owner.delay:
+                    time.sleep(owner.delay)
+                status = owner.status
+                with owner.lock:
+                    owner.deliveries.append(Delivery(self.path, {k.lower(): v for k, v in self.headers.items()},
+                                                     body, status, time.monotonic()))
+                self.send_response(status)
+                if status in (301, 302, 307, 308):
+                    self.send_header("Location", f"http://127.0.0.1:{owner.port}/elsewhere")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        class Server(ThreadingHTTPServer):
+            allow_reuse_address = True
+            daemon_threads = True
+
+            def handle_error(self, request, client_address):
+                pass
+
+        self._httpd = Server(("127.0.0.1", self.port), Handler)
+        self.port = self._httpd.server_address[1]
+        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    def ok(self) -> list[Delivery]:
+        with self.lock:
+            return [d for d in self.deliveries if 200 <= d.status < 300]
