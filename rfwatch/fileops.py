@@ -26,6 +26,7 @@ __all__ = [
     "Placed",
     "sha256_file",
     "fsync_dir",
+    "fsync_file",
     "rename_noreplace",
     "place_file",
     "recover_placement",
@@ -64,7 +65,7 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_file(path: Path) -> None:
+def fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -157,7 +158,7 @@ def place_file(
         raise ValueError(f"on_conflict must be one of {', '.join(CONFLICT_MODES)}")
     dst.parent.mkdir(parents=True, exist_ok=True)
     if not keep_source:
-        _fsync_file(src)
+        fsync_file(src)
     tmp: Path | None = None
     try:
         for n in range(1, 10000):

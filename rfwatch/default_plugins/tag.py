@@ -17,7 +17,7 @@ from typing import Any
 
 from .. import hookimpl
 from ..context import FileContext
-from ..fileops import fsync_dir
+from ..fileops import fsync_dir, fsync_file
 from ..templates import Template, TemplateError
 from .common import mapping_options
 
@@ -171,11 +171,7 @@ def _remove_exiftool_leftovers(path: Path) -> None:
 
 
 def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_file(path)
     fsync_dir(path.parent)
 
 
