@@ -21,6 +21,7 @@ from typing import Any
 
 from .config import Config, ConfigError, WatchConfig, load_config
 from .journal import Journal
+from .metrics import start_metrics
 from .pipeline import ApiBlocked, Pipeline
 from .runtime import Runtime, build_runtime
 from .sdnotify import Notifier
@@ -43,12 +44,13 @@ class _Job:
 class ApiGate:
     """Closes when the API cannot classify (down, bad key, quota); lets one probe through when it is time."""
 
-    def __init__(self) -> None:
+    def __init__(self, min_backoff: float = 2.0, max_backoff: float = 60.0, permanent_backoff: float = 60.0) -> None:
+        self.min_backoff, self.max_backoff, self.permanent_backoff = min_backoff, max_backoff, permanent_backoff
         self._cond = threading.Condition()
         self.reason: str | None = None
         self._retry_at = 0.0
         self._backoff = 0.0
-        self._probing = False
+        self._prober: int | None = None
 
     def wait(self, stop: threading.Event) -> bool:
         """Block until this worker may call the API; False if stopping."""
@@ -56,8 +58,8 @@ class ApiGate:
             while not stop.is_set():
                 if self.reason is None:
                     return True
-                if not self._probing and time.monotonic() >= self._retry_at:
-                    self._probing = True
+                if self._prober is None and time.monotonic() >= self._retry_at:
+                    self._prober = threading.get_ident()
                     return True
                 self._cond.wait(timeout=min(0.5, max(0.01, self._retry_at - time.monotonic())))
             return False
@@ -65,10 +67,12 @@ class ApiGate:
     def blocked(self, error: ApiBlocked) -> None:
         with self._cond:
             first = self.reason is None
-            self._backoff = 60.0 if error.permanent else min(60.0, max(2.0, self._backoff * 2))
+            # A bad key or quota is re-checked at a steady pace; an outage with growing pauses.
+            self._backoff = (self.permanent_backoff if error.permanent
+                             else min(self.max_backoff, max(self.min_backoff, self._backoff * 2)))
             self.reason = str(error)
             self._retry_at = time.monotonic() + self._backoff
-            self._probing = False
+            self._prober = None
         if first:
             log.error("API unavailable, files wait in the queue: %s (next try in %.0fs)", error, self._backoff)
 
@@ -78,12 +82,13 @@ class ApiGate:
                 log.warning("API answers again; resuming")
             self.reason = None
             self._backoff = 0.0
-            self._probing = False
+            self._prober = None
             self._cond.notify_all()
 
     def done_probing(self) -> None:
         with self._cond:
-            self._probing = False
+            if self._prober == threading.get_ident():
+                self._prober = None
 
 
 class Daemon:
@@ -116,6 +121,16 @@ class Daemon:
         self.exit_code = 0
         self.counts = collections.Counter()
         self.watcher = FolderWatcher(self.config.watch, self._enqueue_path, self._request_scan)
+        self.metrics = start_metrics(self.config.metrics_listen, self.queued, self.journal.outbox_depth)
+        self._wire_metrics(self.runtime)
+
+    def _wire_metrics(self, runtime: Runtime) -> None:
+        runtime.client.on_retry = self.metrics.retried
+        self.pipeline.on_classified_latency = self._api_answered
+
+    def _api_answered(self, seconds: float) -> None:
+        self.gate.success()
+        self.metrics.classified(seconds)
 
     # --- feeding the queue --------------------------------------------------------
 
@@ -185,7 +200,8 @@ class Daemon:
                 pipeline = self.pipeline
                 outcome = pipeline.take(job.path, job.watch) if job.file_id is None else pipeline.process(job.file_id)
                 self.counts[outcome.state] += 1
-                self.gate.success() if outcome.state != "skipped" or job.file_id else self.gate.done_probing()
+                if outcome.state != "skipped":
+                    self.metrics.file_done(outcome.state)
             except ApiBlocked as blocked:
                 self.counts["waiting"] += 1
                 if self.once:
@@ -198,8 +214,8 @@ class Daemon:
             except Exception:
                 log.exception("unexpected error processing %s", job.path or f"journal row {job.file_id}")
                 self.counts["error"] += 1
-                self.gate.done_probing()
             finally:
+                self.gate.done_probing()  # a probe that never reached the API proves nothing either way
                 with self._lock:
                     self._busy -= 1
                     self._busy_since.pop(me, None)
@@ -223,6 +239,7 @@ class Daemon:
         old = self.runtime
         self.config, self.runtime = config, runtime
         self.pipeline.runtime = runtime
+        self._wire_metrics(runtime)
         self.pipeline.limiter.__init__(config.rate_limit)
         runtime.plugins.call("startup", config=config)
         old.client.close()
@@ -343,5 +360,6 @@ class Daemon:
         self.runtime.plugins.call("shutdown")
         log.info("stopped: %s", self.status_line())
         self.runtime.close()
+        self.metrics.stop()
         self.journal.close()
         self.notifier.close()

@@ -77,6 +77,7 @@ class RoboflowServer:
         self.hang_seconds = 30.0
         self.classifier: Callable[[Image.Image], dict[str, float]] = color_scores
         self.files: dict[str, bytes] = {}
+        self.valid_keys = {VALID_KEY}
         self.keep_images = True
         self.rng = random.Random(1234)
         self._httpd: ThreadingHTTPServer | None = None
@@ -219,7 +220,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(rec, 400, "API key is required")
         if key == FORBIDDEN_KEY:
             return self._error(rec, 403, "Unauthorized access to this model.")
-        if key != VALID_KEY:
+        if key not in owner.valid_keys:
             return self._error(rec, 401, "Unauthorized api_key")
         if project not in ("colors", "tags"):
             return self._error(rec, 404, f"Model {project}/{parts[1]} does not exist")

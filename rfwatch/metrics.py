@@ -1,0 +1,75 @@
+"""Optional Prometheus metrics (``metrics: {listen: "127.0.0.1:9464"}``, needs prometheus-client)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from .config import ConfigError
+
+__all__ = ["Metrics", "start_metrics"]
+
+
+class Metrics:
+    """No-op unless started; the daemon calls it from its workers."""
+
+    def __init__(self) -> None:
+        self.enabled = False
+
+    def file_done(self, outcome: str) -> None: ...
+    def classified(self, seconds: float) -> None: ...
+    def retried(self, *_: Any) -> None: ...
+    def stop(self) -> None: ...
+
+
+class _Prometheus(Metrics):
+    def __init__(self, listen: str, queue_depth: Callable[[], int], outbox_depth: Callable[[], int]):
+        super().__init__()
+        import prometheus_client as pc
+
+        host, _, port = listen.rpartition(":")
+        self.registry = pc.CollectorRegistry()
+        self.files = pc.Counter("rfwatch_files", "Files processed, by outcome", ["outcome"], registry=self.registry)
+        self.latency = pc.Histogram("rfwatch_classify_seconds", "Time to classify one file (API call included)",
+                                    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60), registry=self.registry)
+        self.retries = pc.Counter("rfwatch_api_retries", "Requests to the API that were retried", registry=self.registry)
+        self.last_success = pc.Gauge("rfwatch_last_success_timestamp_seconds", "When a file was last done",
+                                     registry=self.registry)
+        pc.Gauge("rfwatch_queue_depth", "Files waiting to be processed",
+                 registry=self.registry).set_function(queue_depth)
+        pc.Gauge("rfwatch_webhook_outbox_depth", "Webhook events not yet delivered",
+                 registry=self.registry).set_function(outbox_depth)
+        self.server, self.thread = pc.start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1",
+                                                        registry=self.registry)
+        self.enabled = True
+
+    def file_done(self, outcome: str) -> None:
+        self.files.labels(outcome).inc()
+        if outcome == "done":
+            self.last_success.set(time.time())
+
+    def classified(self, seconds: float) -> None:
+        self.latency.observe(seconds)
+
+    def retried(self, *_: Any) -> None:
+        self.retries.inc()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def start_metrics(listen: str | None, queue_depth: Callable[[], int], outbox_depth: Callable[[], int]) -> Metrics:
+    if not listen:
+        return Metrics()
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f'metrics.listen: expected "host:port" such as "127.0.0.1:9464", got "{listen}"')
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        raise ConfigError("metrics.listen: needs prometheus-client: pip install 'rfwatch[metrics]'") from None
+    try:
+        return _Prometheus(listen, queue_depth, outbox_depth)
+    except OSError as exc:
+        raise ConfigError(f"metrics.listen: cannot listen on {listen}: {exc.strerror or exc}") from None

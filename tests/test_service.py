@@ -1,0 +1,267 @@
+"""Running unattended: the systemd units, sd_notify over a real socket, status, retry, outages, metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from helpers import DaemonThread, files_under, rfwatch_cmd, run_cli, unique_jpeg, wait_for, write_config
+from roboflow_server import VALID_KEY, RoboflowServer
+from rfwatch.sdnotify import Notifier
+
+REPO = Path(__file__).resolve().parents[1]
+RED, GREEN = (230, 10, 10), (10, 230, 10)
+needs_systemd = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+
+
+@pytest.fixture(autouse=True)
+def _key(api_key):
+    return api_key
+
+
+def _units(tmp_path: Path) -> Path:
+    """The units as shipped, with ExecStart pointing at this environment's rfwatch (verify checks it exists)."""
+    exe = shutil.which("rfwatch") or str(Path(sys.executable).parent / "rfwatch")
+    for unit in ("rfwatch.service", "rfwatch@.service"):
+        text = (REPO / "systemd" / unit).read_text().replace("/usr/local/bin/rfwatch", exe)
+        (tmp_path / unit).write_text(text)
+    return tmp_path
+
+
+@needs_systemd
+@pytest.mark.parametrize("unit", ["rfwatch.service", "rfwatch@lab.service"])
+def test_units_verify_cleanly_and_are_hardened(tmp_path, unit):
+    folder = _units(tmp_path)
+    verify = subprocess.run(["systemd-analyze", "verify", str(folder / unit)], capture_output=True, text=True)
+    assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr
+    security = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(folder / unit)],
+                              capture_output=True, text=True)
+    score = float(re.search(r"Overall exposure level for \S+: ([\d.]+)", security.stdout).group(1))
+    assert score <= 2.0, security.stdout[-3000:]
+    text = (folder / unit.replace("lab", "")).read_text()
+    for line in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "ExecReload=/bin/kill -HUP $MAINPID",
+                 "User=rfwatch", "StateDirectory=rfwatch", "LoadCredential=roboflow:", "ProtectSystem=strict",
+                 "CapabilityBoundingSet=\n", "SystemCallFilter=@system-service", "NoNewPrivileges=yes"):
+        assert line in text, line
+
+
+def _listen(address: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(address)
+    sock.settimeout(0.2)
+    return sock
+
+
+def _receive(sock: socket.socket, until: float) -> list[tuple[float, str]]:
+    out = []
+    while time.monotonic() < until:
+        try:
+            out.append((time.monotonic(), sock.recv(4096).decode()))
+        except socket.timeout:
+            continue
+    return out
+
+
+def test_notify_protocol_with_an_abstract_socket(tmp_path, server):
+    """A real rfwatch process: READY=1, STATUS with counts, WATCHDOG=1 at half of WATCHDOG_USEC, STOPPING=1."""
+    name = f"rfwatch-test-{os.getpid()}-{time.monotonic_ns()}"
+    sock = _listen("\0" + name)
+    cfg = write_config(tmp_path, server)
+    (tmp_path / "inbox" / "a.jpg").write_bytes(unique_jpeg(RED, 1))
+    env = dict(os.environ, ROBOFLOW_API_KEY=VALID_KEY, NOTIFY_SOCKET="@" + name, WATCHDOG_USEC="1000000")
+    proc = subprocess.Popen(rfwatch_cmd("run", "-c", str(cfg)), env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        messages = _receive(sock, time.monotonic() + 4)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rest = _receive(sock, time.monotonic() + 2)
+        assert proc.wait(timeout=30) == 0
+    texts = [m for _, m in messages]
+    assert texts and texts[0].startswith("READY=1")
+    pings = [t for t, m in messages if m == "WATCHDOG=1"]
+    assert len(pings) >= 5, texts  # every 0.5 s for 1 s WATCHDOG_USEC
+    assert max(b - a for a, b in zip(pings, pings[1:])) < 1.0
+    assert any(re.match(r"STATUS=1 done, 0 unmatched, 0 failed, \d+ queued", m) for m in texts), texts
+    assert "STOPPING=1" in [m for _, m in rest]
+
+
+def test_ready_is_sent_only_once_the_watches_exist(tmp_path, server):
+    path = str(tmp_path / "notify.sock")
+    sock = _listen(path)
+    cfg = write_config(tmp_path, server)
+    (tmp_path / "inbox" / "early.jpg").write_bytes(unique_jpeg(RED, 2))
+    at_ready = []
+
+    class Snapshot(Notifier):
+        """The real notifier, plus a look at the daemon at the instant READY=1 goes out."""
+
+        def ready(self, status=""):
+            d = holder.daemon
+            at_ready.append((len(d.watcher._observers), d.watcher.alive(),
+                             d._scanning + d.queue.qsize() + d._busy + sum(d.counts.values())))
+            super().ready(status)
+
+    holder = DaemonThread(cfg, notifier=Snapshot({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"}))
+    with holder:
+        messages = [m for _, m in _receive(sock, time.monotonic() + 2.5)]
+        wait_for(lambda: (tmp_path / "sorted" / "red" / "early.jpg").exists(), what="start-up scan result")
+    assert at_ready[0][0] == 1 and at_ready[0][1], "READY=1 before the observer ran"
+    assert at_ready[0][2] >= 1, "READY=1 before the start-up scan was queued"
+    assert messages[0].startswith("READY=1") and messages.count("WATCHDOG=1") >= 4
+
+
+def test_a_stuck_worker_stops_the_watchdog_pings(tmp_path, server):
+    cfg = write_config(tmp_path, server)
+    with DaemonThread(cfg) as d:
+        assert d.daemon.healthy()
+        d.daemon._busy_since[12345] = time.monotonic() - 10_000  # a file in flight for hours
+        assert not d.daemon.healthy()
+        del d.daemon._busy_since[12345]
+
+
+def test_status_json_reports_true_counts_and_retry_requeues(tmp_path, server):
+    rules = [{"name": "reds", "when": {"class": "red"}, "then": [{"move": "sorted/{name}"}]}]
+    cfg = write_config(tmp_path, server, rules=rules, failed="failed")
+    inbox = tmp_path / "inbox"
+    for i in range(3):
+        (inbox / f"r{i}.jpg").write_bytes(unique_jpeg(RED, 10 + i))
+    (inbox / "g.jpg").write_bytes(unique_jpeg(GREEN, 20))
+    (inbox / "broken.jpg").write_bytes(unique_jpeg(RED, 21)[:300])
+    (inbox / "text.jpg").write_text("hello")
+    assert run_cli("run", "-c", str(cfg), "--once").returncode == 1
+    status = json.loads(run_cli("status", "-c", str(cfg), "--json").stdout)
+    assert status["counts"] == {"detected": 0, "classified": 0, "done": 3, "unmatched": 1, "failed": 2}
+    assert status["backlog"] == 0 and status["model"] == "colors/1"
+    assert {Path(f["source"]).name for f in status["last_failed"]} == {"broken.jpg", "text.jpg"}
+    assert any("cannot decode image" in f["error"] for f in status["last_failed"])
+    assert "rfwatch.default_plugins.move_copy" in status["plugins"] and status["outbox"] == 0
+    text = run_cli("status", "-c", str(cfg)).stdout
+    assert "done 3, unmatched 1, failed 2, backlog 0" in text
+    # fix one failed file in place, then retry just that one
+    (tmp_path / "failed" / "text.jpg").write_bytes(unique_jpeg(RED, 22))
+    out = run_cli("retry", "-c", str(cfg), str(tmp_path / "failed" / "text.jpg"))
+    assert out.returncode == 0 and "1 file(s) will be processed again" in out.stdout
+    assert run_cli("run", "-c", str(cfg), "--once").returncode == 0
+    status = json.loads(run_cli("status", "-c", str(cfg), "--json").stdout)
+    assert status["counts"]["failed"] == 1 and status["counts"]["done"] == 4
+    history = run_cli("history", "-c", str(cfg), str(inbox / "text.jpg")).stdout
+    for step in ("detected", "failed: not a recognised image format", "queued again by retry", "move done", "done"):
+        assert step in history, history
+
+
+def test_files_wait_through_an_outage_and_are_all_processed_after(tmp_path):
+    server = RoboflowServer().start()
+    port = server.port
+    cfg = write_config(tmp_path, server, failed="failed")
+    try:
+        with DaemonThread(cfg) as d:
+            d.daemon.gate.min_backoff = 0.5
+            server.stop()  # the API goes away
+            for i in range(10):
+                (tmp_path / "inbox" / f"o{i}.jpg").write_bytes(unique_jpeg(RED, 30 + i))
+            wait_for(lambda: d.daemon.gate.reason, timeout=20, what="the daemon to notice the outage")
+            assert "cannot connect" in d.daemon.status_line()
+            time.sleep(2)
+            assert files_under(tmp_path / "sorted") == [] and not (tmp_path / "failed").exists()
+            status = json.loads(run_cli("status", "-c", str(cfg), "--json").stdout)
+            assert status["counts"]["failed"] == 0 and "cannot connect" in (status["waiting_reason"] or "")
+            server = RoboflowServer(port=port).start()  # back, same address
+            wait_for(lambda: len(files_under(tmp_path / "sorted")) == 10, timeout=60, what="all files after the outage")
+            assert d.daemon.gate.reason is None
+    finally:
+        server.stop()
+    assert not (tmp_path / "failed").exists()
+
+
+def test_a_bad_key_makes_files_wait_and_they_resume_with_a_good_one(tmp_path, server, monkeypatch):
+    monkeypatch.setenv("ROBOFLOW_API_KEY", "expired-key")
+    cfg = write_config(tmp_path, server, failed="failed")
+    with DaemonThread(cfg) as d:
+        d.daemon.gate.permanent_backoff = 0.5
+        for i in range(3):
+            (tmp_path / "inbox" / f"k{i}.jpg").write_bytes(unique_jpeg(GREEN, 40 + i))
+        wait_for(lambda: d.daemon.gate.reason and "401" in d.daemon.gate.reason, what="401 noticed")
+        time.sleep(1.5)
+        assert files_under(tmp_path / "sorted") == [] and not (tmp_path / "failed").exists()
+        probes = len(server.inference_requests())
+        assert probes <= 3 + 6, "files are not hammering the API one by one"
+        # the key is re-enabled (or the quota topped up) on Roboflow's side: the same key works again
+        server.valid_keys.add("expired-key")
+        wait_for(lambda: len(files_under(tmp_path / "sorted")) == 3, timeout=30, what="resumed")
+
+
+def test_run_once_with_a_rejected_key_exits_promptly_and_leaves_files(tmp_path, server):
+    cfg = write_config(tmp_path, server)
+    for i in range(5):
+        (tmp_path / "inbox" / f"q{i}.jpg").write_bytes(unique_jpeg(RED, 50 + i))
+    started = time.monotonic()
+    result = run_cli("run", "-c", str(cfg), "--once", env={"ROBOFLOW_API_KEY": "wrong"})
+    assert time.monotonic() - started < 20
+    assert result.returncode == 3
+    assert "HTTP 401" in result.stderr and "unprocessed files stay for the next run" in result.stderr
+    assert len(files_under(tmp_path / "inbox")) == 5
+    assert run_cli("run", "-c", str(cfg), "--once").returncode == 0
+    assert len(files_under(tmp_path / "sorted")) == 5
+
+
+def test_rescan_interval_takes_files_the_watcher_missed(tmp_path, server):
+    cfg = write_config(tmp_path, server, rescan_interval=0.5)
+    with DaemonThread(cfg) as d:
+        d.daemon.watcher.stop()  # blind, as inotify is on a network share or after lost events
+        (tmp_path / "inbox" / "late.jpg").write_bytes(unique_jpeg(RED, 60))
+        wait_for(lambda: (tmp_path / "sorted" / "red" / "late.jpg").exists(), timeout=10, what="the reconcile scan")
+
+
+def test_metrics_endpoint(tmp_path, server):
+    pytest.importorskip("prometheus_client")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = write_config(tmp_path, server, metrics={"listen": f"127.0.0.1:{port}"})
+    server.fail_next(503, count=1, retry_after="0")
+    with DaemonThread(cfg):
+        (tmp_path / "inbox" / "m.jpg").write_bytes(unique_jpeg(RED, 70))
+        wait_for(lambda: (tmp_path / "sorted" / "red" / "m.jpg").exists(), what="sorted")
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert 'rfwatch_files_total{outcome="done"} 1.0' in body
+    assert "rfwatch_classify_seconds_count 1.0" in body
+    assert "rfwatch_api_retries_total 1.0" in body
+    assert "rfwatch_queue_depth 0.0" in body and "rfwatch_webhook_outbox_depth 0.0" in body
+    assert re.search(r"rfwatch_last_success_timestamp_seconds \d", body)
+
+
+def test_under_systemd_log_lines_have_no_timestamp(tmp_path, server):
+    cfg = write_config(tmp_path, server)
+    (tmp_path / "inbox" / "a.jpg").write_bytes(unique_jpeg(RED, 80))
+    plain = run_cli("run", "-c", str(cfg), "--once").stderr.splitlines()
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", plain[0])
+    (tmp_path / "inbox" / "b.jpg").write_bytes(unique_jpeg(RED, 81))
+    journald = run_cli("run", "-c", str(cfg), "--once", env={"JOURNAL_STREAM": "8:1234"}).stderr.splitlines()
+    assert journald and all(line.startswith(("INFO ", "WARNING ", "ERROR ")) for line in journald), journald
+    (tmp_path / "inbox" / "c.jpg").write_bytes(unique_jpeg(RED, 82))
+    as_json = run_cli("run", "-c", str(cfg), "--once", "--log-format", "json", env={"JOURNAL_STREAM": "8:1"})
+    docs = [json.loads(line) for line in as_json.stderr.splitlines()]
+    assert all("time" not in d for d in docs) and any("c.jpg" in d["message"] for d in docs)
+
+
+def test_the_service_config_loads_with_the_credential(tmp_path, monkeypatch):
+    (tmp_path / "roboflow").write_text("key-from-credential\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    from rfwatch.config import load_config
+
+    cfg = load_config(REPO / "systemd" / "config.yaml")
+    assert cfg.roboflow.api_key == "key-from-credential"
+    assert cfg.state_path == Path("/var/lib/rfwatch/journal.db")
+    assert all(str(w.path).startswith("/srv/rfwatch/") for w in cfg.watch)
+    assert "ReadWritePaths=/srv/rfwatch" in (REPO / "systemd" / "rfwatch.service").read_text()
