@@ -142,6 +142,10 @@ def _add_daemon_commands(sub, common) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # File names need not be UTF-8; print them escaped rather than crash.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
     verbosity = -1 if getattr(args, "quiet", False) else getattr(args, "verbose", 0)

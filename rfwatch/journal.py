@@ -85,6 +85,11 @@ def _p(blob: bytes) -> Path:
     return Path(os.fsdecode(blob))
 
 
+def _t(text: str | None) -> str | None:
+    """Text columns must be valid UTF-8; file names need not be (their bytes are kept in BLOB columns)."""
+    return None if text is None else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 @dataclass(frozen=True)
 class FileRow:
     id: int
@@ -237,12 +242,12 @@ class Journal:
                 (_b(path), _b(path), _b(watch_root), size, mtime_ns, sha256, model, now, now),
             )
             file_id = int(cur.lastrowid)
-            db.execute("INSERT INTO events VALUES (?,?,?)", (file_id, now, f"detected {os.fsdecode(_b(path))}"))
+            db.execute("INSERT INTO events VALUES (?,?,?)", (file_id, now, _t(f"detected {path}")))
         return file_id
 
     def event(self, file_id: int, message: str) -> None:
         with self._tx() as db:
-            db.execute("INSERT INTO events VALUES (?,?,?)", (file_id, time.time(), message))
+            db.execute("INSERT INTO events VALUES (?,?,?)", (file_id, time.time(), _t(message)))
 
     def classified(self, file_id: int, prediction: dict[str, Any], sha256: str, model: str, cached: bool) -> None:
         now = time.time()
@@ -264,8 +269,8 @@ class Journal:
         """A transient failure: the file stays queued."""
         now = time.time()
         with self._tx() as db:
-            db.execute("UPDATE files SET attempts=attempts+1, last_error=?, updated=? WHERE id=?", (error, now, file_id))
-            db.execute("INSERT INTO events VALUES (?,?,?)", (file_id, now, f"attempt failed: {error}"))
+            db.execute("UPDATE files SET attempts=attempts+1, last_error=?, updated=? WHERE id=?", (_t(error), now, file_id))
+            db.execute("INSERT INTO events VALUES (?,?,?)", (file_id, now, _t(f"attempt failed: {error}")))
 
     def begin_step(self, file_id: int, seq: int, rule: str, action: str) -> dict[str, Any] | None:
         """Mark a step pending; return the intent recorded by an earlier, interrupted run of it."""
@@ -274,8 +279,8 @@ class Journal:
             row = db.execute("SELECT state, intent FROM steps WHERE file_id=? AND seq=?", (file_id, seq)).fetchone()
             if row is not None:
                 return json.loads(row["intent"]) if row["intent"] else None
-            db.execute("INSERT INTO steps VALUES (?,?,?,?,'pending',NULL,NULL,?)", (file_id, seq, rule, action, now))
-            db.execute("UPDATE files SET rule=?, updated=? WHERE id=?", (rule, now, file_id))
+            db.execute("INSERT INTO steps VALUES (?,?,?,?,'pending',NULL,NULL,?)", (file_id, seq, _t(rule), action, now))
+            db.execute("UPDATE files SET rule=?, updated=? WHERE id=?", (_t(rule), now, file_id))
         return None
 
     def step_state(self, file_id: int, seq: int) -> str | None:
@@ -321,8 +326,8 @@ class Journal:
         with self._tx() as db:
             if path is not None:
                 db.execute("UPDATE files SET path=? WHERE id=?", (_b(path), file_id))
-            db.execute("UPDATE files SET state=?, last_error=?, updated=? WHERE id=?", (state, error, now, file_id))
-            db.execute("INSERT INTO events VALUES (?,?,?)", (file_id, now, state + (f": {error}" if error else "")))
+            db.execute("UPDATE files SET state=?, last_error=?, updated=? WHERE id=?", (state, _t(error), now, file_id))
+            db.execute("INSERT INTO events VALUES (?,?,?)", (file_id, now, _t(state + (f": {error}" if error else ""))))
 
     def requeue(self, file_id: int) -> None:
         """Put a failed file back in the queue (``rfwatch retry``): its failed steps will run again."""

@@ -45,7 +45,8 @@ class RedactingFilter(logging.Filter):
             message = record.getMessage()
         except Exception:  # a broken format string is still worth logging
             message = str(record.msg)
-        cleaned = redact(message)
+        # A file name with a newline must not be able to forge a second log line.
+        cleaned = redact(message).replace("\n", "\\n").replace("\r", "\\r")
         if cleaned != message or record.args:
             record.msg, record.args = cleaned, ()
         if record.exc_info and record.exc_info[1] is not None and not record.exc_text:

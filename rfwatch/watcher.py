@@ -90,6 +90,9 @@ def scan(watch: WatchConfig, folder: Path | None = None) -> Iterator[tuple[Path,
         for entry in entries:
             try:
                 if entry.is_dir(follow_symlinks=False):
+                    if filt.accepts(Path(entry.path)):
+                        log.info("%s: a folder named like an image: its contents are %s, it is not taken",
+                                 entry.path, "scanned" if watch.recursive else "ignored (recursive: false)")
                     if watch.recursive and not filt.excluded_name(entry.name):
                         stack.append(Path(entry.path))
                     continue
@@ -129,6 +132,7 @@ class Settler:
         except OSError:
             with self._lock:
                 self._pending.pop(path, None)
+            log.info("%s: removed before it settled; nothing to do", path)
             return
         if not stat.S_ISREG(st.st_mode):
             return
@@ -156,6 +160,7 @@ class Settler:
             except OSError:
                 with self._lock:
                     self._pending.pop(path, None)
+                log.info("%s: removed before it settled; nothing to do", path)
                 continue
             with self._lock:
                 if (st.st_size, st.st_mtime_ns) != (p.size, p.mtime_ns):

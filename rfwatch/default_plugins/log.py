@@ -71,10 +71,10 @@ class LogAction:
             buf = io.StringIO()
             csv.DictWriter(buf, CSV_FIELDS, lineterminator="\n").writerow(row)
             with _header_lock:  # the header must be the file's first line, written once
-                _append(target, buf.getvalue().encode(), header=",".join(CSV_FIELDS) + "\n")
+                _append(target, buf.getvalue().encode("utf-8", "backslashreplace"), header=",".join(CSV_FIELDS) + "\n")
         else:
             line = json.dumps(record, default=str, ensure_ascii=False) + "\n"
-            _append(target, line.encode())
+            _append(target, line.encode("utf-8", "backslashreplace"))  # non-UTF-8 names: \udcXX escapes
         return {"appended": str(target), "event": event}
 
 

@@ -39,6 +39,9 @@ class PlaceAction:
             target = Path(resumed["target"])
             tmp = Path(resumed["tmp"]) if resumed.get("tmp") else None
             if recover_placement(src, target, tmp, ctx.sha256, self.keep_source):
+                # The crash may have come between the file and its sidecars.
+                for sidecar in sidecars_of(src):
+                    self._carry_sidecar(src, sidecar, target)
                 return self._done(ctx, src, target, "moved" if not self.keep_source else "copied", recovered=True)
         dst = self.destination(ctx)
         sidecars = sidecars_of(src)

@@ -276,7 +276,7 @@ class WebhookAction:
                 "prediction": ctx.prediction.json(),
                 "actions": ctx.results,
             },
-        }, ensure_ascii=False, default=str).encode()
+        }, ensure_ascii=False, default=str).encode("utf-8", "backslashreplace")  # non-UTF-8 names: \udcXX escapes
         if not dispatcher.outbox.add(msg_id, self.target.url, body):
             return {"queued": False, "reason": "receiver answered 410 Gone earlier"}
         dispatcher.wake()
