@@ -155,6 +155,7 @@ class RoboflowClient:
     api_url: str = DEFAULT_API_URL
     confidence: float = 0.01
     max_size: int = 1024
+    jpeg_quality: int = 90
     connect_timeout: float = 10.0
     timeout: float = 60.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -199,7 +200,7 @@ class RoboflowClient:
         return self.classify_file(source, model)
 
     def classify_file(self, path: str, model: ModelId | str | None = None) -> Prediction:
-        prepared = prepare_image(path, self.max_size)
+        prepared = prepare_image(path, self.max_size, self.jpeg_quality)
         return self.classify_prepared(prepared, str(path), model)
 
     def classify_prepared(

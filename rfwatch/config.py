@@ -47,6 +47,7 @@ class RoboflowConfig:
     api_url: str = DEFAULT_API_URL
     confidence: float = 0.01
     max_size: int = 1024
+    jpeg_quality: int = 90
     timeout: float = 60.0
     connect_timeout: float = 10.0
     retries: int = 5
@@ -256,6 +257,7 @@ def _roboflow(sec: _Section, resolve: Any) -> RoboflowConfig:
         api_url=api_url,
         confidence=sec.number("confidence", 0.01, minimum=0.01, maximum=1.0),
         max_size=sec.number("max_size", 1024, positive=True, integer=True),
+        jpeg_quality=sec.number("jpeg_quality", 90, minimum=30, maximum=95, integer=True),
         timeout=sec.number("timeout", 60.0, positive=True),
         connect_timeout=sec.number("connect_timeout", 10.0, positive=True),
         retries=sec.number("retries", 5, minimum=1, integer=True, what="an integer >= 1"),
@@ -377,7 +379,7 @@ def config_from_dict(data: Any, base_dir: Path, source: Path | None = None) -> C
         base_dir=base_dir,
         source=source,
         roboflow=_roboflow(top.section("roboflow", {
-            "api_key", "api_key_file", "model", "api_url", "confidence", "max_size", "timeout",
+            "api_key", "api_key_file", "model", "api_url", "confidence", "max_size", "jpeg_quality", "timeout",
             "connect_timeout", "retries",
         }), resolve),
         state=resolve(state) if state else None,

@@ -87,7 +87,7 @@ class FileContext:
         except ValueError:
             rel = self.source.name
         cls = self.matched_class if self.matched_class is not None else self.prediction.top
-        return {
+        return _LazyValues(self, {
             "class": cls or "unclassified",
             "confidence": self.prediction.confidence_of(cls) if cls else self.prediction.confidence,
             "name": name,
@@ -97,10 +97,23 @@ class FileContext:
             "relpath": rel,
             "model": self.model,
             "rule": self.rule or "",
-            "date": self.date,
             "now": dt.datetime.now(),
             "path": str(self.path),
-        }
+        })
+
+
+class _LazyValues(dict):
+    """Placeholder values; {date} reads EXIF only when a template asks for it."""
+
+    def __init__(self, ctx: "FileContext", values: dict[str, Any]):
+        super().__init__(values)
+        self._ctx = ctx
+
+    def __missing__(self, key: str) -> Any:
+        if key == "date":
+            self[key] = self._ctx.date
+            return self[key]
+        raise KeyError(key)
 
 
 def _mtime(path: Path) -> dt.datetime:

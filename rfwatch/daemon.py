@@ -345,7 +345,7 @@ class Daemon:
                     idle_since = now
                 else:
                     idle_since = None
-            self.stop_event.wait(0.1)
+            self.stop_event.wait(0.02)  # the settle check's resolution: it adds to every file's latency
 
     def _shutdown(self) -> None:
         self.notifier.stopping()

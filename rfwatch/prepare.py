@@ -194,8 +194,3 @@ def _upright(size: tuple[int, int], orientation: int) -> tuple[int, int]:
     w, h = size
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
-
-def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
-    """Upright size of the picture in ``path`` without decoding its pixels."""
-    with open_image(Path(path)) as img:
-        return _upright(img.size, _orientation(img))

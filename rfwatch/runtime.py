@@ -24,6 +24,7 @@ def make_client(config: Config, pool_size: int | None = None, **overrides) -> Ro
         "api_url": r.api_url,
         "confidence": r.confidence,
         "max_size": r.max_size,
+        "jpeg_quality": r.jpeg_quality,
         "timeout": r.timeout,
         "connect_timeout": r.connect_timeout,
         "retry": RetryPolicy(attempts=r.retries),

@@ -77,6 +77,25 @@ class _Formatter(string.Formatter):
 _FORMATTER = _Formatter()
 
 
+class _Sanitized(Mapping[str, Any]):
+    """Makes each value safe as it is looked up, so values a template does not use are never computed."""
+
+    def __init__(self, values: Mapping[str, Any]):
+        self.values = values
+
+    def __getitem__(self, key: str) -> Any:
+        value = self.values[key]
+        if not isinstance(value, str) or key == "path":
+            return value
+        return _safe_relpath(value) if key == "relpath" else safe_component(value)
+
+    def __iter__(self):
+        return iter(self.values)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
 @dataclass(frozen=True)
 class Template:
     text: str
@@ -117,14 +136,8 @@ class Template:
         return head or ("/" if literal.startswith("/") else "")
 
     def render(self, values: Mapping[str, Any]) -> str:
-        safe: dict[str, Any] = {}
-        for key, value in values.items():
-            if isinstance(value, str):
-                safe[key] = _safe_relpath(value) if key == "relpath" else value if key == "path" else safe_component(value)
-            else:
-                safe[key] = value
         try:
-            return _FORMATTER.vformat(self.text, (), safe)
+            return _FORMATTER.vformat(self.text, (), _Sanitized(values))
         except (ValueError, TypeError, KeyError) as exc:
             raise TemplateError(f"cannot render {self.text!r}: {exc}") from None
 

@@ -41,6 +41,9 @@ log = logging.getLogger("rfwatch.watcher")
 
 #: A file seen being written but never seen closed (missed event) is taken after this long unchanged.
 OPEN_WRITE_GRACE = 60.0
+#: However old its mtime, a file is watched this long before it is taken, so every event already
+#: queued for it (a write, a close) is seen first.
+MIN_OBSERVATION = 0.25
 
 Ready = Callable[[Path, WatchConfig], None]
 
@@ -109,6 +112,7 @@ class _Pending:
     size: int
     mtime_ns: int
     since: float
+    mtime: float
     writing: bool = False
 
 
@@ -140,9 +144,9 @@ class Settler:
         with self._lock:
             p = self._pending.get(path)
             if p is None:
-                p = self._pending[path] = _Pending(watch, st.st_size, st.st_mtime_ns, now)
+                p = self._pending[path] = _Pending(watch, st.st_size, st.st_mtime_ns, now, st.st_mtime)
             elif (st.st_size, st.st_mtime_ns) != (p.size, p.mtime_ns):
-                p.size, p.mtime_ns, p.since = st.st_size, st.st_mtime_ns, now
+                p.size, p.mtime_ns, p.since, p.mtime = st.st_size, st.st_mtime_ns, now, st.st_mtime
             if writing is not None:
                 p.writing = writing
                 if not writing:
@@ -164,10 +168,19 @@ class Settler:
                 continue
             with self._lock:
                 if (st.st_size, st.st_mtime_ns) != (p.size, p.mtime_ns):
-                    p.size, p.mtime_ns, p.since = st.st_size, st.st_mtime_ns, now
+                    p.size, p.mtime_ns, p.since, p.mtime = st.st_size, st.st_mtime_ns, now, st.st_mtime
                     continue
-                quiet = now - p.since
-                if quiet < p.watch.settle or (p.writing and quiet < max(OPEN_WRITE_GRACE, p.watch.settle)):
+                observed = now - p.since
+                quiet = observed
+                if not p.watch.polling:
+                    # On a local filesystem the mtime says how long the file has really been
+                    # unchanged: a file renamed in complete, or one whose events watchdog delivered
+                    # late, need not wait a whole settle period again. (Not trusted on network
+                    # shares, whose clocks may differ from ours.)
+                    quiet = max(observed, time.time() - p.mtime)
+                    if observed < min(MIN_OBSERVATION, p.watch.settle):
+                        continue
+                if quiet < p.watch.settle or (p.writing and observed < max(OPEN_WRITE_GRACE, p.watch.settle)):
                     continue
                 self._pending.pop(path, None)
             ready.append((path, p.watch))

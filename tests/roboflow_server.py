@@ -79,6 +79,15 @@ class RoboflowServer:
         self.files: dict[str, bytes] = {}
         self.valid_keys = {VALID_KEY}
         self.keep_images = True
+        # Benchmark knobs: API latency (seconds, +- jitter) and a shared uplink that each request body
+        # occupies for len(body) * 8 / uplink_bps seconds, in arrival order. decode_images=False
+        # answers without decoding (the benchmark's server must not eat the CPU it is measuring).
+        self.latency = 0.0
+        self.jitter = 0.0
+        self.uplink_bps = 0.0
+        self.decode_images = True
+        self.max_body = MAX_BODY  # 5 MB like the legacy hosted API; serverless v2 accepts 20 MB
+        self._link_free_at = 0.0
         self.rng = random.Random(1234)
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -210,6 +219,14 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(rec, fault.status or 500, fault.message, extra)
         if owner.delay:
             time.sleep(owner.delay)
+        if owner.uplink_bps:
+            with owner.lock:
+                start = max(time.monotonic(), owner._link_free_at)
+                owner._link_free_at = start + len(body) * 8 / owner.uplink_bps
+                free_at = owner._link_free_at
+            time.sleep(max(0.0, free_at - time.monotonic()))
+        if owner.latency:
+            time.sleep(max(0.0, owner.latency + owner.rng.uniform(-owner.jitter, owner.jitter)))
 
         parts = [p for p in split.path.split("/") if p]
         if len(parts) != 2 or not parts[1].isdigit():
@@ -239,7 +256,7 @@ class _Handler(BaseHTTPRequestHandler):
             except Exception as exc:
                 return self._error(rec, 400, f"Could not load image from URL: {exc}")
         else:
-            if len(body) > MAX_BODY:
+            if len(body) > owner.max_body:
                 return self._error(rec, 413, "Request Entity Too Large")
             if not self.headers.get("Content-Type"):
                 return self._error(rec, 400, "Content-Type header is required")
@@ -250,6 +267,12 @@ class _Handler(BaseHTTPRequestHandler):
                 raw = base64.b64decode(text, validate=True)
             except (binascii.Error, ValueError):
                 return self._error(rec, 400, "Malformed base64 input image.")
+        if not owner.decode_images:
+            if raw[:2] != b"\xff\xd8":
+                return self._error(rec, 400, "Could not decode the input image.")
+            answer = _answer(project, {"red": 0.9, "green": 0.06, "blue": 0.04}, threshold, (0, 0))
+            rec.answer, rec.status = answer, 200
+            return self._send(200, answer)
         try:
             image = Image.open(io.BytesIO(raw))
             image.load()
