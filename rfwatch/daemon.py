@@ -118,6 +118,7 @@ class Daemon:
         self._busy_since: dict[int, float] = {}
         self._lock = threading.Lock()
         self._scanning = 0
+        self.found = 0  # files the scans handed on (the progress bar's total)
         self.exit_code = 0
         self.counts = collections.Counter()
         self.watcher = FolderWatcher(self.config.watch, self._enqueue_path, self._request_scan)
@@ -167,6 +168,7 @@ class Daemon:
                         self._put(_Job(path=path, watch=watch))
                     else:
                         self.watcher.settler.offer(path, watch)
+                    self.found += 1
             except Exception:
                 log.exception("scan of %s failed", folder or watch.path)
             finally:
@@ -259,6 +261,16 @@ class Daemon:
             text += f"; waiting for the API: {self.gate.reason}"
         return text
 
+    def progress_line(self, width: int = 30) -> str:
+        """``[#######-------] 120/300 files, 2 failed``: the total grows while the scan is still running."""
+        c = self.counts
+        handled = c["done"] + c["unmatched"] + c["failed"] + c["skipped"] + c["error"]
+        total = max(self.found, handled)
+        filled = int(width * handled / total) if total else 0
+        scanning = "+" if self._scanning else ""
+        return (f"[{'#' * filled}{'-' * (width - filled)}] {handled}/{total}{scanning} files, "
+                f"{c['done']} done, {c['unmatched']} unmatched, {c['failed']} failed   ")
+
     def _idle(self) -> bool:
         with self._lock:
             busy, scanning = self._busy, self._scanning
@@ -282,8 +294,17 @@ class Daemon:
         if hasattr(signal, "SIGHUP"):
             signal.signal(signal.SIGHUP, lambda *_: self.reload_event.set())
 
+    def _log_above_the_progress_bar(self) -> None:
+        # Each log line first clears the bar's line; the bar is redrawn below it on the next tick.
+        for handler in logging.getLogger().handlers:
+            if getattr(handler, "_rfwatch", False):
+                plain = handler.format
+                handler.format = lambda record, _plain=plain: "\r\x1b[K" + _plain(record)  # type: ignore[method-assign]
+
     def run(self) -> int:
         self._install_signals()
+        if self.progress:
+            self._log_above_the_progress_bar()
         self.runtime.plugins.call("startup", config=self.config)
         self._threads = [threading.Thread(target=self._scanner, name="rfwatch-scan", daemon=True)]
         self._threads += [threading.Thread(target=self._worker, name=f"rfwatch-worker-{i}", daemon=True)
@@ -330,9 +351,9 @@ class Daemon:
             if now >= next_status:
                 self.notifier.status(self.status_line())
                 if self.progress:
-                    sys.stderr.write("\r" + self.status_line() + " " * 8)
+                    sys.stderr.write("\r" + self.progress_line())
                     sys.stderr.flush()
-                next_status = now + 1.0
+                next_status = now + (0.2 if self.progress else 1.0)
             if rescan and now >= next_rescan:
                 for watch in self.config.watch:
                     self._request_scan(watch, None)
@@ -356,7 +377,7 @@ class Daemon:
         for t in self._threads:
             t.join(timeout=max(0.1, deadline - time.monotonic()))
         if self.progress:
-            sys.stderr.write("\r" + self.status_line() + "\n")
+            sys.stderr.write("\r" + self.progress_line() + "\n")
         self.runtime.plugins.call("shutdown")
         log.info("stopped: %s", self.status_line())
         self.runtime.close()

@@ -145,3 +145,20 @@ def test_example_config_loads_and_checks(monkeypatch):
     monkeypatch.setenv("ROBOFLOW_API_KEY", "k")
     cfg = load_config(repo / "config.example.yaml")
     assert cfg.watch[0].path == repo / "inbox" and cfg.failed == repo / "failed"
+
+
+def test_the_example_config_runs_as_it_is_from_a_copy_of_the_repository(tmp_path, server):
+    """The README's quick start: set the key and the model, run config.example.yaml, drop images into inbox/."""
+    import shutil
+
+    repo = Path(__file__).resolve().parents[1]
+    shutil.copyfile(repo / "config.example.yaml", tmp_path / "config.example.yaml")
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "inbox" / "a.jpg").write_bytes(unique_jpeg((200, 0, 0), 1))
+    (tmp_path / "inbox" / "b.jpg").write_text("not a picture")
+    env = {"ROBOFLOW_MODEL": "colors/1", "ROBOFLOW_API_URL": server.url, "XDG_STATE_HOME": str(tmp_path / "xdg")}
+    result = run_cli("run", "-c", "config.example.yaml", "--once", env=env, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr  # b.jpg failed
+    assert (tmp_path / "sorted" / "red" / "a.jpg").exists()
+    assert (tmp_path / "failed" / "b.jpg").exists()
+    assert (tmp_path / "xdg" / "rfwatch" / "journal.db").exists()

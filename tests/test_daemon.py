@@ -289,3 +289,31 @@ def test_continue_lets_later_rules_run(tmp_path, server):
     assert (tmp_path / "all" / "a.jpg").exists()
     (moved,) = files_under(tmp_path / "sorted")
     assert moved.parent.name == "red" and moved.name.endswith("%-a.jpg")
+
+
+def test_once_shows_a_progress_bar_on_a_tty(tmp_path, server):
+    import pty
+    import subprocess
+
+    from helpers import rfwatch_cmd
+
+    cfg = write_config(tmp_path, server)
+    for i in range(5):
+        (tmp_path / "inbox" / f"p{i}.jpg").write_bytes(unique_jpeg(RED, 300 + i))
+    leader, follower = pty.openpty()
+    env = dict(os.environ, ROBOFLOW_API_KEY=VALID_KEY)
+    proc = subprocess.run(rfwatch_cmd("run", "-c", str(cfg), "--once"), stderr=follower,
+                          stdout=subprocess.DEVNULL, env=env, timeout=60)
+    os.close(follower)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(leader)
+    assert proc.returncode == 0
+    assert b"[" + b"#" * 30 + b"] 5/5 files, 5 done, 0 unmatched, 0 failed" in out

@@ -265,3 +265,45 @@ def test_the_service_config_loads_with_the_credential(tmp_path, monkeypatch):
     assert cfg.state_path == Path("/var/lib/rfwatch/journal.db")
     assert all(str(w.path).startswith("/srv/rfwatch/") for w in cfg.watch)
     assert "ReadWritePaths=/srv/rfwatch" in (REPO / "systemd" / "rfwatch.service").read_text()
+
+
+def test_an_event_overflow_triggers_a_rescan(tmp_path, server):
+    import logging
+
+    cfg = write_config(tmp_path, server)
+    with DaemonThread(cfg) as d:
+        for observer in d.daemon.watcher._observers:  # events are lost from here on...
+            observer.unschedule_all()
+        (tmp_path / "inbox" / "lost.jpg").write_bytes(unique_jpeg(RED, 90))
+        time.sleep(0.8)
+        assert not (tmp_path / "sorted").exists()
+        # ...and watchdog reports the kernel's IN_Q_OVERFLOW the only way it does: a log line
+        logging.getLogger("watchdog.observers.inotify_c").warning("Inotify queue overflowed; filesystem events were lost")
+        wait_for(lambda: (tmp_path / "sorted" / "red" / "lost.jpg").exists(), what="the rescan after the overflow")
+
+
+def test_the_inotify_watch_limit_error_names_the_sysctl(tmp_path, server, monkeypatch):
+    import errno
+
+    import rfwatch.watcher
+
+    class FullObserver(rfwatch.watcher.Observer):
+        def start(self):
+            raise OSError(errno.ENOSPC, "inotify watch limit reached")
+
+    monkeypatch.setattr(rfwatch.watcher, "Observer", FullObserver)
+    cfg = write_config(tmp_path, server)
+    from rfwatch.daemon import Daemon
+
+    import logging
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("rfwatch.daemon").addHandler(handler)
+    try:
+        assert Daemon(cfg).run() == 1
+    finally:
+        logging.getLogger("rfwatch.daemon").removeHandler(handler)
+    message = " ".join(r.getMessage() for r in records)
+    assert "fs.inotify.max_user_watches" in message and "polling: true" in message

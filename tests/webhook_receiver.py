@@ -40,10 +40,12 @@ class Receiver:
                 pass
 
             def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                expected = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(expected)
                 if owner.delay:
                     time.sleep(owner.delay)
-                status = owner.status
+                # A sender killed mid-request leaves a short body: a real receiver rejects it.
+                status = owner.status if len(body) == expected else 400
                 with owner.lock:
                     owner.deliveries.append(Delivery(self.path, {k.lower(): v for k, v in self.headers.items()},
                                                      body, status, time.monotonic()))
