@@ -387,7 +387,7 @@ def main() -> int:
             m = n if label.startswith("camera") else min(n, args.official_files)
             rows.append((label, "official client", run_official(files[:m], server, work)))
         print("latency when not saturated (12 MP, one file every 0.5 s, concurrency 8) ...", flush=True)
-        paced = run_rfwatch(workloads["12 MP"][:min(20, args.files)], 8, server, work, args.settle, pace=0.5)
+        paced = run_rfwatch(workloads["12 MP"][:min(40, args.files)], 8, server, work, args.settle, pace=0.5)
         backlog = None
         if args.backlog:
             print(f"peak RSS with a {args.backlog:,}-file backlog ...", flush=True)

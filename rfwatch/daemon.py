@@ -22,7 +22,7 @@ from typing import Any
 from .config import Config, ConfigError, WatchConfig, load_config
 from .journal import Journal
 from .metrics import start_metrics
-from .pipeline import ApiBlocked, Pipeline
+from .pipeline import ApiBlocked, Pipeline, RateLimiter
 from .runtime import Runtime, build_runtime
 from .sdnotify import Notifier
 from .watcher import FolderWatcher, WatchLimitError, scan
@@ -39,6 +39,7 @@ class _Job:
     path: Path | None = None
     watch: WatchConfig | None = None
     file_id: int | None = None
+    settled_at: float = 0.0
 
 
 class ApiGate:
@@ -144,8 +145,8 @@ class Daemon:
                 continue
         return False
 
-    def _enqueue_path(self, path: Path, watch: WatchConfig) -> None:
-        self._put(_Job(path=path, watch=watch))
+    def _enqueue_path(self, path: Path, watch: WatchConfig, settled_at: float = 0.0) -> None:
+        self._put(_Job(path=path, watch=watch, settled_at=settled_at))
 
     def _request_scan(self, watch: WatchConfig, folder: Path | None) -> None:
         with self._lock:
@@ -200,7 +201,12 @@ class Daemon:
                 self._busy_since[me] = time.monotonic()
             try:
                 pipeline = self.pipeline
-                outcome = pipeline.take(job.path, job.watch) if job.file_id is None else pipeline.process(job.file_id)
+                if job.file_id is None:
+                    outcome = pipeline.take(job.path, job.watch, job.settled_at)
+                    if outcome.detail == "changing":  # written to again: watch it settle anew
+                        self.watcher.settler.offer(job.path, job.watch)
+                else:
+                    outcome = pipeline.process(job.file_id)
                 self.counts[outcome.state] += 1
                 if outcome.state != "skipped":
                     self.metrics.file_done(outcome.state)
@@ -242,7 +248,7 @@ class Daemon:
         self.config, self.runtime = config, runtime
         self.pipeline.runtime = runtime
         self._wire_metrics(runtime)
-        self.pipeline.limiter.__init__(config.rate_limit)
+        self.pipeline.limiter = RateLimiter(config.rate_limit)
         runtime.plugins.call("startup", config=config)
         old.client.close()
         log.info("config reloaded: %d rules, plugins: %s", len(runtime.rules), ", ".join(runtime.plugins.names()))

@@ -21,7 +21,7 @@ from .config import WatchConfig
 from .context import FileContext
 from .fileops import place_file, recover_placement, sha256_file
 from .journal import FileRow, Journal
-from .prepare import ImageError
+from .prepare import ImageError, PreparedImage, prepare_image
 from .redact import redact
 from .result import Prediction, ResponseFormatError
 from .rules import matching_rules
@@ -84,19 +84,24 @@ class Pipeline:
 
     # --- taking a new file -------------------------------------------------------
 
-    def take(self, path: Path, watch: WatchConfig | None) -> Outcome:
-        """Process a file that has settled. Safe to call twice for the same path."""
+    def take(self, path: Path, watch: WatchConfig | None, settled_at: float = 0.0) -> Outcome:
+        """Process a file that has settled, or will have at ``settled_at`` (time.monotonic()).
+
+        A file handed on shortly before it settles is hashed and its upload prepared while the
+        settle time runs out; nothing is journaled or sent unless it is still unchanged then.
+        Safe to call twice for the same path.
+        """
         with self._lock:
             if path in self._active_paths:
                 return Outcome("skipped", detail="already being processed")
             self._active_paths.add(path)
         try:
-            return self._take(path, watch)
+            return self._take(path, watch, settled_at)
         finally:
             with self._lock:
                 self._active_paths.discard(path)
 
-    def _take(self, path: Path, watch: WatchConfig | None) -> Outcome:
+    def _take(self, path: Path, watch: WatchConfig | None, settled_at: float = 0.0) -> Outcome:
         try:
             st = os.lstat(path)
         except FileNotFoundError:
@@ -129,17 +134,34 @@ class Pipeline:
         except OSError as exc:
             file_log.warning("%s: cannot read: %s", path, exc.strerror or exc)
             return Outcome("skipped", detail=str(exc))
+        root = watch.path if watch else path.parent
+        model = (watch.model if watch and watch.model else None) or str(self.runtime.config.roboflow.model)
+        prepared = None
+        if settled_at > time.monotonic():
+            if self.journal.cached_prediction(sha, model) is None:
+                prepared = self._prepare_early(path)
+            time.sleep(max(0.0, settled_at - time.monotonic()))
+            try:
+                after = os.stat(path)
+            except OSError:
+                file_log.info("%s: vanished before it settled; nothing to do", path)
+                return Outcome("skipped", detail="vanished")
         if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
             file_log.info("%s: still changing; will be taken once it settles", path)
             return Outcome("skipped", detail="changing")
-        root = watch.path if watch else path.parent
-        model = (watch.model if watch and watch.model else None) or str(self.runtime.config.roboflow.model)
         file_id = self.journal.create(path, root, st.st_size, st.st_mtime_ns, sha, model)
-        return self.process(file_id)
+        return self.process(file_id, prepared)
+
+    def _prepare_early(self, path: Path) -> PreparedImage | None:
+        client = self.runtime.client
+        try:
+            return prepare_image(path, client.max_size, client.jpeg_quality)
+        except ImageError:
+            return None  # reported properly once the file has settled
 
     # --- the steps ------------------------------------------------------------------
 
-    def process(self, file_id: int) -> Outcome:
+    def process(self, file_id: int, prepared: PreparedImage | None = None) -> Outcome:
         """Carry a journaled file from wherever it stopped to a terminal state."""
         row = self.journal.get(file_id)
         if row.state in ("done", "unmatched", "failed"):
@@ -151,7 +173,7 @@ class Pipeline:
         if not os.path.lexists(row.path) and not self.journal.steps(file_id):
             return self._finish_missing(row)
         if row.state == "detected":
-            prediction = self._classify(row)
+            prediction = self._classify(row, prepared)
             if prediction is None:
                 row = self.journal.get(file_id)
                 return self._fail(row, row.last_error or "classification failed")
@@ -159,18 +181,18 @@ class Pipeline:
             prediction = Prediction.from_json(row.prediction or {})
         return self._act(self.journal.get(file_id), prediction)
 
-    def _classify(self, row: FileRow) -> Prediction | None:
+    def _classify(self, row: FileRow, prepared: PreparedImage | None = None) -> Prediction | None:
         doc = self.journal.cached_prediction(row.sha256, row.model)
         was_cached = doc is not None
         if doc is None:
-            doc = self._classify_once_per_content(row)
+            doc = self._classify_once_per_content(row, prepared)
             if doc is None:
                 return None
         doc = dict(doc, image_path=str(row.path))
         self.journal.classified(row.id, doc, row.sha256, row.model, was_cached)
         return Prediction.from_json(doc)
 
-    def _classify_once_per_content(self, row: FileRow) -> dict[str, Any] | None:
+    def _classify_once_per_content(self, row: FileRow, prepared: PreparedImage | None = None) -> dict[str, Any] | None:
         """Call the API, unless another worker is already classifying identical content: then wait for it."""
         key = (row.sha256, row.model)
         while True:
@@ -187,7 +209,11 @@ class Pipeline:
             self.limiter.acquire()
             started = time.monotonic()
             try:
-                prediction = self.runtime.client.classify_file(str(row.path), model=row.model)
+                client = self.runtime.client
+                if prepared is not None:
+                    prediction = client.classify_prepared(prepared, str(row.path), model=row.model)
+                else:
+                    prediction = client.classify_file(str(row.path), model=row.model)
             except (ImageError, ResponseFormatError) as exc:
                 self.journal.attempt_failed(row.id, _reason(exc, row.path))
                 return None

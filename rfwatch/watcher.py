@@ -44,8 +44,12 @@ OPEN_WRITE_GRACE = 60.0
 #: However old its mtime, a file is watched this long before it is taken, so every event already
 #: queued for it (a write, a close) is seen first.
 MIN_OBSERVATION = 0.25
+#: A file is handed on this long before it settles, so that hashing and preparing its upload
+#: overlap the end of the settle time; the worker checks it is still unchanged before going on.
+EARLY_LEAD = 0.15
 
-Ready = Callable[[Path, WatchConfig], None]
+#: ready(path, watch, settled_at): settled_at is the time.monotonic() at which the file will have settled.
+Ready = Callable[[Path, WatchConfig, float], None]
 
 
 class WatchLimitError(OSError):
@@ -155,7 +159,7 @@ class Settler:
     def tick(self) -> int:
         """Hand on every file that has settled; returns how many are still pending."""
         now = self.clock()
-        ready: list[tuple[Path, WatchConfig]] = []
+        ready: list[tuple[Path, WatchConfig, float]] = []
         with self._lock:
             items = list(self._pending.items())
         for path, p in items:
@@ -180,12 +184,13 @@ class Settler:
                     quiet = max(observed, time.time() - p.mtime)
                     if observed < min(MIN_OBSERVATION, p.watch.settle):
                         continue
-                if quiet < p.watch.settle or (p.writing and observed < max(OPEN_WRITE_GRACE, p.watch.settle)):
+                lead = min(EARLY_LEAD, p.watch.settle / 2)
+                if quiet < p.watch.settle - lead or (p.writing and observed < max(OPEN_WRITE_GRACE, p.watch.settle)):
                     continue
                 self._pending.pop(path, None)
-            ready.append((path, p.watch))
-        for path, watch in ready:
-            self.ready(path, watch)
+            ready.append((path, p.watch, now + max(0.0, p.watch.settle - quiet)))
+        for path, watch, settled_at in ready:
+            self.ready(path, watch, settled_at)
         with self._lock:
             return len(self._pending)
 
