@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS files (
     updated REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS files_path ON files(path);
+CREATE INDEX IF NOT EXISTS files_source ON files(source);
 CREATE INDEX IF NOT EXISTS files_state ON files(state);
 CREATE INDEX IF NOT EXISTS files_sha ON files(sha256);
 CREATE TABLE IF NOT EXISTS steps (
@@ -166,10 +167,9 @@ class Journal:
             raise KeyError(file_id)
         return FileRow.from_row(row)
 
-    def latest_at(self, path: Path) -> FileRow | None:
-        """The newest row whose file is (or was last) at ``path``."""
-        row = self._one("SELECT * FROM files WHERE path=? ORDER BY id DESC LIMIT 1", (_b(path),))
-        return FileRow.from_row(row) if row else None
+    def was_found_at(self, path: Path) -> bool:
+        """Whether a file was ever taken from ``path`` (it may have been moved on since)."""
+        return self._one("SELECT 1 FROM files WHERE source=? OR path=? LIMIT 1", (_b(path), _b(path))) is not None
 
     def known(self, path: Path, size: int, mtime_ns: int) -> FileRow | None:
         """A row for this very file (same path, size and mtime), if any: it needs no new work."""

@@ -105,7 +105,8 @@ class Pipeline:
         try:
             st = os.lstat(path)
         except FileNotFoundError:
-            level = logging.DEBUG if self.journal.latest_at(path) else logging.INFO
+            # Queued twice (an event and a scan) and already moved on by the first: not news.
+            level = logging.DEBUG if self.journal.was_found_at(path) else logging.INFO
             file_log.log(level, "%s: vanished before it was taken; nothing to do", path)
             return Outcome("skipped", detail="vanished")
         except OSError as exc:
