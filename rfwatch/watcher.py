@@ -119,6 +119,13 @@ class _Pending:
     mtime: float
     writing: bool = False
 
+    def changed(self, st: os.stat_result, now: float) -> bool:
+        """Record ``st``; True (and the quiet time restarts) if the file changed since last seen."""
+        if (st.st_size, st.st_mtime_ns) == (self.size, self.mtime_ns):
+            return False
+        self.size, self.mtime_ns, self.since, self.mtime = st.st_size, st.st_mtime_ns, now, st.st_mtime
+        return True
+
 
 class Settler:
     """Holds files until they have stopped changing, then hands them to ``ready``."""
@@ -133,24 +140,27 @@ class Settler:
         with self._lock:
             return len(self._pending)
 
-    def offer(self, path: Path, watch: WatchConfig, writing: bool | None = None) -> None:
-        """A sign of life from ``path``. ``writing`` True: a write was seen; False: closed after writing."""
+    def _stat_or_forget(self, path: Path) -> os.stat_result | None:
         try:
-            st = os.stat(path)
+            return os.stat(path)
         except OSError:
             with self._lock:
                 self._pending.pop(path, None)
             log.info("%s: removed before it settled; nothing to do", path)
-            return
-        if not stat.S_ISREG(st.st_mode):
+            return None
+
+    def offer(self, path: Path, watch: WatchConfig, writing: bool | None = None) -> None:
+        """A sign of life from ``path``. ``writing`` True: a write was seen; False: closed after writing."""
+        st = self._stat_or_forget(path)
+        if st is None or not stat.S_ISREG(st.st_mode):
             return
         now = self.clock()
         with self._lock:
             p = self._pending.get(path)
             if p is None:
                 p = self._pending[path] = _Pending(watch, st.st_size, st.st_mtime_ns, now, st.st_mtime)
-            elif (st.st_size, st.st_mtime_ns) != (p.size, p.mtime_ns):
-                p.size, p.mtime_ns, p.since, p.mtime = st.st_size, st.st_mtime_ns, now, st.st_mtime
+            else:
+                p.changed(st, now)
             if writing is not None:
                 p.writing = writing
                 if not writing:
@@ -163,16 +173,11 @@ class Settler:
         with self._lock:
             items = list(self._pending.items())
         for path, p in items:
-            try:
-                st = os.stat(path)
-            except OSError:
-                with self._lock:
-                    self._pending.pop(path, None)
-                log.info("%s: removed before it settled; nothing to do", path)
+            st = self._stat_or_forget(path)
+            if st is None:
                 continue
             with self._lock:
-                if (st.st_size, st.st_mtime_ns) != (p.size, p.mtime_ns):
-                    p.size, p.mtime_ns, p.since, p.mtime = st.st_size, st.st_mtime_ns, now, st.st_mtime
+                if p.changed(st, now):
                     continue
                 observed = now - p.since
                 quiet = observed

@@ -49,6 +49,18 @@ def unique_jpeg(color: tuple[int, int, int], seed: int, size=(48, 32)) -> bytes:
     return buf.getvalue()
 
 
+def write_burst(inbox: Path, written: dict[str, bytes], first: int, count: int, seed_base: int) -> int:
+    """Write ``count`` distinct images named ``<class>-<n>.jpg`` (the class they will be sorted into)."""
+    colors = {"red": (230, 10, 10), "green": (10, 230, 10), "blue": (10, 10, 230)}
+    for n in range(first, first + count):
+        cls = list(colors)[n % 3]
+        data = unique_jpeg(colors[cls], seed_base + n)
+        name = f"{cls}-{n:04}.jpg"
+        (inbox / name).write_bytes(data)
+        written[name] = data
+    return first + count
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05, what: str = "") -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

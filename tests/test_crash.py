@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import files_under, rfwatch_cmd, run_cli, unique_jpeg, wait_for, write_config
+from helpers import files_under, rfwatch_cmd, run_cli, unique_jpeg, wait_for, write_burst, write_config
 from roboflow_server import VALID_KEY
 
 COLORS = [(230, 10, 10), (10, 230, 10), (10, 10, 230)]
@@ -59,12 +59,7 @@ def test_kill_9_mid_burst_then_restart(tmp_path, server):
     proc = _start(cfg, log)
     n = 0
     for round_ in range(8):
-        for _ in range(25):  # a burst arrives while the daemon runs
-            data = unique_jpeg(COLORS[n % 3], 5000 + n)
-            name = f"f{n:04}.jpg"
-            (tmp_path / "inbox" / name).write_bytes(data)
-            written[name] = data
-            n += 1
+        n = write_burst(tmp_path / "inbox", written, n, 25, 5000)  # a burst arrives while the daemon runs
         time.sleep(rnd.uniform(0.2, 1.2))
         proc.send_signal(signal.SIGKILL)
         proc.wait()

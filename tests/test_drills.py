@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import DaemonThread, files_under, rfwatch_cmd, run_cli, unique_jpeg, wait_for, write_config
+from helpers import DaemonThread, files_under, rfwatch_cmd, run_cli, unique_jpeg, wait_for, write_burst, write_config
 from roboflow_server import VALID_KEY, Fault
 from test_crash import assert_each_exactly_once
 from webhook_receiver import Receiver
@@ -81,13 +81,8 @@ def _kill_storm(tmp_path: Path, server, receiver: Receiver) -> None:
     n, kills = 0, 0
     proc = subprocess.Popen(rfwatch_cmd("run", "-c", str(cfg)), env=env, stdout=log, stderr=log)
     while kills < 22:
-        for _ in range(14 if n < 300 else 0):
-            cls = list(COLORS)[n % 3]
-            data = unique_jpeg(COLORS[cls], 9000 + n)
-            name = f"{cls}-{n:03}.jpg"
-            (tmp_path / "inbox" / name).write_bytes(data)
-            written[name] = data
-            n += 1
+        if n < 300:
+            n = write_burst(tmp_path / "inbox", written, n, 14, 9000)
         time.sleep(rnd.uniform(0.5, 1.6))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
