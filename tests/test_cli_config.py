@@ -162,3 +162,16 @@ def test_the_example_config_runs_as_it_is_from_a_copy_of_the_repository(tmp_path
     assert (tmp_path / "sorted" / "red" / "a.jpg").exists()
     assert (tmp_path / "failed" / "b.jpg").exists()
     assert (tmp_path / "xdg" / "rfwatch" / "journal.db").exists()
+
+
+def test_journal_commands_need_no_key_and_run_says_what_is_missing(tmp_path, server):
+    import shutil
+
+    repo = Path(__file__).resolve().parents[1]
+    shutil.copyfile(repo / "config.example.yaml", tmp_path / "c.yaml")
+    env = {"ROBOFLOW_API_KEY": "", "XDG_STATE_HOME": str(tmp_path / "xdg")}
+    (tmp_path / "inbox").mkdir()
+    run = run_cli("run", "-c", str(tmp_path / "c.yaml"), "--once", env=env)
+    assert run.returncode == 2 and "roboflow.api_key: no Roboflow API key: set ROBOFLOW_API_KEY" in run.stderr
+    status = run_cli("status", "-c", str(tmp_path / "c.yaml"), env=env)
+    assert "no journal at" in status.stderr  # about the journal, not the key
