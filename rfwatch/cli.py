@@ -91,7 +91,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     r = cfg.roboflow
     print(f"config: {cfg.source}")
     print(f"model: {r.model or '(none)'} at {r.api_url}; confidence {r.confidence:g}; max_size {r.max_size}")
-    print(f"api key: {'set' if r.api_key else 'MISSING'}")
+    print(f"api key: {'set' if r.api_key else 'MISSING: ' + (r.api_key_problem or 'set ROBOFLOW_API_KEY')}")
     print(f"journal: {cfg.state_path}")
     for w in cfg.watch:
         print(f"watch: {w.path} ({'polling' if w.polling else 'inotify'}, settle {w.settle:g}s"

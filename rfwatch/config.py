@@ -43,6 +43,8 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class RoboflowConfig:
     api_key: str | None = field(default=None, repr=False)
+    #: Why there is no key (an unreadable api_key_file), for the error when one is needed.
+    api_key_problem: str | None = None
     model: str | None = None
     api_url: str = DEFAULT_API_URL
     confidence: float = 0.01
@@ -232,15 +234,18 @@ def _join(key: str, name: str) -> str:
 def _roboflow(sec: _Section, resolve: Any) -> RoboflowConfig:
     api_key = sec.str("api_key")
     key_file = sec.str("api_key_file")
+    problem = None
     if api_key is None and key_file is not None:
+        # Only classifying needs the key: status, retry and history must work for a user who may
+        # read the journal but not the key (the service's key file is root's).
         path = resolve(key_file)
         try:
-            api_key = path.read_text(encoding="utf-8").strip()
+            api_key = path.read_text(encoding="utf-8").strip() or None
+            if api_key is None:
+                problem = f"{sec.path_of('api_key_file')}: {path} is empty"
         except OSError as exc:
-            raise ConfigError(f"{sec.path_of('api_key_file')}: cannot read {path}: {exc.strerror or exc}") from None
-        if not api_key:
-            raise ConfigError(f"{sec.path_of('api_key_file')}: {path} is empty")
-    if api_key is None:
+            problem = f"{sec.path_of('api_key_file')}: cannot read {path}: {exc.strerror or exc}"
+    elif api_key is None:
         api_key = os.environ.get("ROBOFLOW_API_KEY") or None
     model = sec.str("model")
     if model is not None:
@@ -253,6 +258,7 @@ def _roboflow(sec: _Section, resolve: Any) -> RoboflowConfig:
         raise ConfigError(f"{sec.path_of('api_url')}: expected an http:// or https:// URL, got {_show(api_url)}")
     return RoboflowConfig(
         api_key=api_key,
+        api_key_problem=problem,
         model=model,
         api_url=api_url,
         confidence=sec.number("confidence", 0.01, minimum=0.01, maximum=1.0),

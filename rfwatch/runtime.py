@@ -32,7 +32,7 @@ def make_client(config: Config, pool_size: int | None = None, **overrides) -> Ro
     }
     settings.update({k: v for k, v in overrides.items() if v is not None})
     if not settings["api_key"]:
-        raise ConfigError("roboflow.api_key: no Roboflow API key: set ROBOFLOW_API_KEY, "
+        raise ConfigError(r.api_key_problem or "roboflow.api_key: no Roboflow API key: set ROBOFLOW_API_KEY, "
                           "roboflow.api_key or roboflow.api_key_file")
     if not settings["model"]:
         raise ConfigError("roboflow.model: expected a model such as my-project/3 (or --model)")

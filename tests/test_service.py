@@ -307,3 +307,16 @@ def test_the_inotify_watch_limit_error_names_the_sysctl(tmp_path, server, monkey
         logging.getLogger("rfwatch.daemon").removeHandler(handler)
     message = " ".join(r.getMessage() for r in records)
     assert "fs.inotify.max_user_watches" in message and "polling: true" in message
+
+
+def test_journal_commands_work_without_access_to_the_key_file(tmp_path, server):
+    cfg = write_config(tmp_path, server)
+    (tmp_path / "inbox" / "a.jpg").write_bytes(unique_jpeg(RED, 95))
+    assert run_cli("run", "-c", str(cfg), "--once").returncode == 0
+    text = cfg.read_text().replace("roboflow:", "roboflow:\n  api_key_file: /nonexistent/roboflow", 1)
+    cfg.write_text(text)
+    env = {"ROBOFLOW_API_KEY": ""}
+    status = run_cli("status", "-c", str(cfg), "--json", env=env)
+    assert status.returncode == 0 and json.loads(status.stdout)["counts"]["done"] == 1
+    run = run_cli("run", "-c", str(cfg), "--once", env=env)
+    assert run.returncode == 2 and "roboflow.api_key_file: cannot read /nonexistent/roboflow" in run.stderr
