@@ -147,6 +147,21 @@ def cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    import time
+
+    if args.older_than < 0:
+        raise ConfigError(f"--older-than: expected a number of days >= 0, got {args.older_than:g}")
+    config = load_config(args.config)
+    journal = _journal(config)
+    try:
+        counts = journal.prune(time.time() - args.older_than * 86400)
+    finally:
+        journal.close()
+    print("removed " + ", ".join(f"{n} {what}" for what, n in counts.items()))
+    return 0
+
+
 def add_commands(sub, common) -> None:
     p = sub.add_parser("run", help="watch the configured folders and process new images")
     common(p, True)
@@ -170,6 +185,12 @@ def add_commands(sub, common) -> None:
     p.add_argument("--failed", action="store_true", help="every failed file (the default without PATHs)")
     p.add_argument("paths", nargs="*", metavar="PATH")
     p.set_defaults(func=cmd_retry)
+
+    p = sub.add_parser("prune", help="forget old step-by-step history (finished files stay known)")
+    common(p, True)
+    p.add_argument("--older-than", type=float, default=90, metavar="DAYS",
+                   help="files finished more than DAYS ago (default 90)")
+    p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("history", help="what happened to one file, step by step")
     common(p, True)

@@ -329,6 +329,24 @@ class Journal:
             db.execute("UPDATE files SET state=?, last_error=?, updated=? WHERE id=?", (state, _t(error), now, file_id))
             db.execute("INSERT INTO events VALUES (?,?,?)", (file_id, now, _t(state + (f": {error}" if error else ""))))
 
+    def prune(self, older_than: float) -> dict[str, int]:
+        """Forget the step-by-step history of files finished before ``older_than`` (a Unix time).
+
+        Each file's row stays: it is what keeps a finished file from being processed again.
+        """
+        finished = "SELECT id FROM files WHERE state IN ('done','unmatched','failed') AND updated < ?"
+        counts: dict[str, int] = {}
+        with self._tx() as db:
+            counts["events"] = db.execute(f"DELETE FROM events WHERE file_id IN ({finished})", (older_than,)).rowcount
+            counts["steps"] = db.execute(f"DELETE FROM steps WHERE file_id IN ({finished})", (older_than,)).rowcount
+            if db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='outbox'").fetchone():
+                counts["webhook events"] = db.execute(
+                    "DELETE FROM outbox WHERE state IN ('delivered','gone') AND created < ?", (older_than,)).rowcount
+            gone = [row[0] for row in db.execute("SELECT path FROM produced") if not os.path.lexists(_p(row[0]))]
+            db.executemany("DELETE FROM produced WHERE path=?", [(p,) for p in gone])
+            counts["outputs no longer on disk"] = len(gone)
+        return counts
+
     def requeue(self, file_id: int) -> None:
         """Put a failed file back in the queue (``rfwatch retry``): its failed steps will run again."""
         now = time.time()

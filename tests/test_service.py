@@ -320,3 +320,25 @@ def test_journal_commands_work_without_access_to_the_key_file(tmp_path, server):
     assert status.returncode == 0 and json.loads(status.stdout)["counts"]["done"] == 1
     run = run_cli("run", "-c", str(cfg), "--once", env=env)
     assert run.returncode == 2 and "roboflow.api_key_file: cannot read /nonexistent/roboflow" in run.stderr
+
+
+def test_prune_forgets_history_but_finished_files_stay_known(tmp_path, server):
+    import sqlite3
+
+    rules = [{"name": "r", "then": [{"copy": "copies/{name}"}]}]  # the originals stay in the inbox
+    cfg = write_config(tmp_path, server, rules=rules)
+    for i in range(3):
+        (tmp_path / "inbox" / f"k{i}.jpg").write_bytes(unique_jpeg(RED, 120 + i))
+    assert run_cli("run", "-c", str(cfg), "--once").returncode == 0
+    (tmp_path / "copies" / "k0.jpg").unlink()
+    recent = run_cli("prune", "-c", str(cfg))  # default: 90 days, nothing that old
+    assert "removed 0 events, 0 steps, 1 outputs no longer on disk" in recent.stdout
+    out = run_cli("prune", "-c", str(cfg), "--older-than", "0")
+    assert out.returncode == 0 and "removed 12 events, 3 steps" in out.stdout
+    db = sqlite3.connect(tmp_path / "state" / "journal.db")
+    assert db.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 0
+    assert db.execute("SELECT COUNT(*) FROM steps").fetchone()[0] == 0
+    assert db.execute("SELECT COUNT(*) FROM files WHERE state='done'").fetchone()[0] == 3
+    assert run_cli("run", "-c", str(cfg), "--once").returncode == 0
+    assert len(server.inference_requests()) == 3, "pruned files were classified again"
+    assert len(files_under(tmp_path / "copies")) == 2
