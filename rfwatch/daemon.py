@@ -25,7 +25,7 @@ from .metrics import start_metrics
 from .pipeline import ApiBlocked, Pipeline, RateLimiter
 from .runtime import Runtime, build_runtime
 from .sdnotify import Notifier
-from .watcher import FolderWatcher, WatchLimitError, scan
+from .watcher import FolderWatcher, WatchLimitError, mtime_quiet, scan
 
 __all__ = ["Daemon", "EXIT_API_REJECTED"]
 
@@ -165,7 +165,7 @@ class Daemon:
                     if self.stop_event.is_set():
                         break
                     # Untouched for `settle` seconds already: no need to hold it in memory to watch it settle.
-                    if now - st.st_mtime >= watch.settle:
+                    if mtime_quiet(watch, st.st_mtime, now) >= watch.settle:
                         self._put(_Job(path=path, watch=watch))
                     else:
                         self.watcher.settler.offer(path, watch)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import errno
 import fnmatch
+import heapq
+import itertools
 import logging
 import os
 import stat
@@ -110,6 +112,17 @@ def scan(watch: WatchConfig, folder: Path | None = None) -> Iterator[tuple[Path,
                 continue
 
 
+def mtime_quiet(watch: WatchConfig, mtime: float, wall: float) -> float:
+    """How long the mtime says a file has been unchanged; 0 where the mtime is not trusted.
+
+    On a local filesystem the mtime tells how long the file has really been unchanged, so a file
+    renamed in complete, or one whose events watchdog delivered late (it holds inotify events
+    ~0.5 s to pair moves), need not wait a whole settle period again. Network shares (polling)
+    may have clocks that differ from ours: there only the time rfwatch watched the file counts.
+    """
+    return 0.0 if watch.polling else wall - mtime
+
+
 @dataclass
 class _Pending:
     watch: WatchConfig
@@ -118,6 +131,7 @@ class _Pending:
     since: float
     mtime: float
     writing: bool = False
+    due: float = 0.0  # when tick() next looks at it
 
     def changed(self, st: os.stat_result, now: float) -> bool:
         """Record ``st``; True (and the quiet time restarts) if the file changed since last seen."""
@@ -126,19 +140,44 @@ class _Pending:
         self.size, self.mtime_ns, self.since, self.mtime = st.st_size, st.st_mtime_ns, now, st.st_mtime
         return True
 
+    def quiet(self, now: float, wall: float) -> float:
+        return max(now - self.since, mtime_quiet(self.watch, self.mtime, wall))
+
+    def wait(self, now: float, wall: float) -> float:
+        """Seconds until it may be handed on if nothing changes meanwhile; 0 means now."""
+        settle = self.watch.settle
+        observed = now - self.since
+        wait = settle - min(EARLY_LEAD, settle / 2) - self.quiet(now, wall)
+        if not self.watch.polling:
+            wait = max(wait, min(MIN_OBSERVATION, settle) - observed)
+        if self.writing:
+            wait = max(wait, max(OPEN_WRITE_GRACE, settle) - observed)
+        return max(0.0, wait)
+
 
 class Settler:
-    """Holds files until they have stopped changing, then hands them to ``ready``."""
+    """Holds files until they have stopped changing, then hands them to ``ready``.
+
+    Each pending file is looked at (one stat) only when it could be due, not on every tick:
+    changes in between arrive as events and reschedule it. A burst of thousands of files
+    therefore costs thousands of stats, not thousands per tick.
+    """
 
     def __init__(self, ready: Ready, clock: Callable[[], float] = time.monotonic):
         self.ready = ready
         self.clock = clock
         self._pending: dict[Path, _Pending] = {}
+        self._due: list[tuple[float, int, Path]] = []  # a heap; entries whose time is not p.due are stale
+        self._seq = itertools.count()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         with self._lock:
             return len(self._pending)
+
+    def _schedule(self, path: Path, p: _Pending, when: float) -> None:
+        p.due = when
+        heapq.heappush(self._due, (when, next(self._seq), path))
 
     def _stat_or_forget(self, path: Path) -> os.stat_result | None:
         try:
@@ -163,37 +202,33 @@ class Settler:
                 p.changed(st, now)
             if writing is not None:
                 p.writing = writing
-                if not writing:
-                    p.since = min(p.since, now)
+            self._schedule(path, p, now + p.wait(now, time.time()))
 
     def tick(self) -> int:
         """Hand on every file that has settled; returns how many are still pending."""
-        now = self.clock()
+        now, wall = self.clock(), time.time()
         ready: list[tuple[Path, WatchConfig, float]] = []
-        with self._lock:
-            items = list(self._pending.items())
-        for path, p in items:
+        while True:
+            with self._lock:
+                if not self._due or self._due[0][0] > now:
+                    break
+                due, _, path = heapq.heappop(self._due)
+                p = self._pending.get(path)
+                if p is None or p.due != due:
+                    continue
             st = self._stat_or_forget(path)
             if st is None:
                 continue
             with self._lock:
-                if p.changed(st, now):
+                if self._pending.get(path) is not p:
                     continue
-                observed = now - p.since
-                quiet = observed
-                if not p.watch.polling:
-                    # On a local filesystem the mtime says how long the file has really been
-                    # unchanged: a file renamed in complete, or one whose events watchdog delivered
-                    # late, need not wait a whole settle period again. (Not trusted on network
-                    # shares, whose clocks may differ from ours.)
-                    quiet = max(observed, time.time() - p.mtime)
-                    if observed < min(MIN_OBSERVATION, p.watch.settle):
-                        continue
-                lead = min(EARLY_LEAD, p.watch.settle / 2)
-                if quiet < p.watch.settle - lead or (p.writing and observed < max(OPEN_WRITE_GRACE, p.watch.settle)):
+                p.changed(st, now)
+                wait = p.wait(now, wall)
+                if wait > 0:
+                    self._schedule(path, p, now + wait)
                     continue
-                self._pending.pop(path, None)
-            ready.append((path, p.watch, now + max(0.0, p.watch.settle - quiet)))
+                del self._pending[path]
+            ready.append((path, p.watch, now + max(0.0, p.watch.settle - p.quiet(now, wall))))
         for path, watch, settled_at in ready:
             self.ready(path, watch, settled_at)
         with self._lock:

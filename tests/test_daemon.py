@@ -317,3 +317,31 @@ def test_once_shows_a_progress_bar_on_a_tty(tmp_path, server):
     os.close(leader)
     assert proc.returncode == 0
     assert b"[" + b"#" * 30 + b"] 5/5 files, 5 done, 0 unmatched, 0 failed" in out
+
+
+def test_polling_watch_takes_new_and_existing_files(tmp_path, server):
+    cfg = write_config(tmp_path, server, watch=[{"path": "inbox", "settle": 0.3, "polling": True}])
+    (tmp_path / "inbox" / "old.jpg").write_bytes(unique_jpeg(RED, 400))
+    os.utime(tmp_path / "inbox" / "old.jpg", (1, 1))  # a share's clock may be anything: not trusted
+    with DaemonThread(cfg):
+        (tmp_path / "inbox" / "new.jpg").write_bytes(unique_jpeg(GREEN, 401))
+        wait_for(lambda: len(files_under(tmp_path / "sorted")) == 2, what="both files via polling")
+
+
+def test_a_large_pending_set_is_not_restated_on_every_tick(tmp_path, monkeypatch):
+    from rfwatch.config import WatchConfig
+    from rfwatch.watcher import Settler
+
+    ready = []
+    settler = Settler(lambda *a: ready.append(a))
+    watch = WatchConfig(path=tmp_path, settle=30.0)
+    for i in range(500):
+        p = tmp_path / f"f{i}.jpg"
+        p.write_bytes(b"x")
+        settler.offer(p, watch)
+    stats = []
+    real_stat = os.stat
+    monkeypatch.setattr(os, "stat", lambda *a, **k: stats.append(a) or real_stat(*a, **k))
+    for _ in range(50):
+        assert settler.tick() == 500
+    assert stats == [] and ready == []
