@@ -18,7 +18,6 @@ import base64
 import email.utils
 import logging
 import random
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -163,7 +162,6 @@ class RoboflowClient:
     #: Called as on_retry(attempt, delay, error) before each retry (metrics, logs).
     on_retry: Callable[[int, float, ApiError], None] | None = None
     _session: requests.Session = field(init=False, repr=False)
-    _local: threading.local = field(init=False, repr=False, default_factory=threading.local)
 
     def __post_init__(self) -> None:
         if not self.api_key:

@@ -198,7 +198,7 @@ class _Section:
         kind = "integer" if integer else "number"
         expected = what or (f"a positive {kind}" if positive else f"a {kind} >= {minimum:g}")
         if maximum is not None and not what:
-            expected = f"a {kind} between {minimum:g} and {maximum:g}"
+            expected = f"{'an' if integer else 'a'} {kind} between {minimum:g} and {maximum:g}"
         ok = isinstance(v, (int, float)) and not isinstance(v, bool)
         if ok and integer and not float(v).is_integer():
             ok = False

@@ -128,7 +128,7 @@ class Daemon:
 
     def _wire_metrics(self, runtime: Runtime) -> None:
         runtime.client.on_retry = self.metrics.retried
-        self.pipeline.on_classified_latency = self._api_answered
+        self.pipeline.on_api_answer = self._api_answered
 
     def _api_answered(self, seconds: float) -> None:
         self.gate.success()
@@ -309,6 +309,13 @@ class Daemon:
 
     def run(self) -> int:
         self._install_signals()
+        try:  # first, so that nothing is processed when the folders cannot be watched
+            if not self.once:
+                self.watcher.start()
+        except (WatchLimitError, FileNotFoundError) as exc:
+            log.error("%s", exc.strerror if isinstance(exc, WatchLimitError) else exc)
+            self._close()
+            return 1
         if self.progress:
             self._log_above_the_progress_bar()
         self.runtime.plugins.call("startup", config=self.config)
@@ -319,13 +326,6 @@ class Daemon:
             t.start()
         for file_id in self.journal.active_ids():  # interrupted by a crash or a stop: finish them first
             self.retry_jobs.append(_Job(file_id=file_id))
-        try:
-            if not self.once:
-                self.watcher.start()
-        except (WatchLimitError, FileNotFoundError) as exc:
-            log.error("%s", exc.strerror if isinstance(exc, WatchLimitError) else exc)
-            self.stop_event.set()
-            return 1
         for watch in self.config.watch:
             self._request_scan(watch, None)
         models = sorted({str(w.model or self.config.roboflow.model) for w in self.config.watch})
@@ -377,8 +377,7 @@ class Daemon:
     def _shutdown(self) -> None:
         self.notifier.stopping()
         self.stop_event.set()
-        if not self.once:
-            self.watcher.stop()
+        self.watcher.stop()  # take no new files while in-flight ones finish
         deadline = time.monotonic() + 30
         for t in self._threads:
             t.join(timeout=max(0.1, deadline - time.monotonic()))
@@ -386,6 +385,11 @@ class Daemon:
             sys.stderr.write("\r" + self.progress_line() + "\n")
         self.runtime.plugins.call("shutdown")
         log.info("stopped: %s", self.status_line())
+        self._close()
+
+    def _close(self) -> None:
+        self.stop_event.set()
+        self.watcher.stop()
         self.runtime.close()
         self.metrics.stop()
         self.journal.close()

@@ -283,6 +283,11 @@ class Journal:
             db.execute("UPDATE files SET rule=?, updated=? WHERE id=?", (_t(rule), now, file_id))
         return None
 
+    def pending_intent(self, file_id: int, seq: int) -> dict[str, Any] | None:
+        """The intent an interrupted (still pending) step recorded, if any."""
+        row = self._one("SELECT intent FROM steps WHERE file_id=? AND seq=? AND state='pending'", (file_id, seq))
+        return json.loads(row["intent"]) if row and row["intent"] else None
+
     def step_state(self, file_id: int, seq: int) -> str | None:
         row = self._one("SELECT state FROM steps WHERE file_id=? AND seq=?", (file_id, seq))
         return row["state"] if row else None

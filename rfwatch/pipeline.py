@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .client import ApiError, AuthError, ModelNotFoundError, QuotaError, UnavailableError
 from .config import WatchConfig
@@ -80,7 +80,8 @@ class Pipeline:
         self._lock = threading.Lock()
         self._active_paths: set[Path] = set()
         self._inflight: dict[tuple[str, str], threading.Event] = {}
-        self.on_classified_latency = None  # metrics hook: fn(seconds)
+        #: Called with the seconds a successful API call took (the daemon reopens its gate, records metrics).
+        self.on_api_answer: Callable[[float], None] | None = None
 
     # --- taking a new file -------------------------------------------------------
 
@@ -167,8 +168,7 @@ class Pipeline:
         row = self.journal.get(file_id)
         if row.state in ("done", "unmatched", "failed"):
             return Outcome(row.state, file_id)
-        pending_quarantine = self.journal.begin_step(file_id, _QUARANTINE_SEQ, "", "quarantine") \
-            if self.journal.step_state(file_id, _QUARANTINE_SEQ) == "pending" else None
+        pending_quarantine = self.journal.pending_intent(file_id, _QUARANTINE_SEQ)
         if pending_quarantine is not None:
             return self._fail(row, row.last_error or "failed", resume=pending_quarantine)
         if not os.path.lexists(row.path) and not self.journal.steps(file_id):
@@ -224,8 +224,8 @@ class Pipeline:
             except ApiError as exc:  # 400, 413 and the like: this image is the problem
                 self.journal.attempt_failed(row.id, f"rejected by the API: {redact(str(exc))}")
                 return None
-            if self.on_classified_latency is not None:
-                self.on_classified_latency(time.monotonic() - started)
+            if self.on_api_answer is not None:
+                self.on_api_answer(time.monotonic() - started)
             doc = prediction.json()
             # Stored before waiters wake, so they find it instead of calling the API again.
             self.journal.store_prediction(row.sha256, row.model, doc)

@@ -32,10 +32,22 @@ class BoundAction:
 
 @dataclass(frozen=True)
 class Rule:
-    name: str
-    when: When
+    """A rule from the config with its actions built."""
+
+    spec: RuleConfig
     actions: tuple[BoundAction, ...]
-    continue_: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def when(self) -> When:
+        return self.spec.when
+
+    @property
+    def continue_(self) -> bool:
+        return self.spec.continue_
 
     def match(self, prediction: Prediction, source: Path) -> str | None:
         """The class this rule matched (the top class when it names none), or None for no match."""
@@ -74,7 +86,7 @@ def compile_rules(config: Config, actions: dict[str, tuple[Callable[[Any], Any],
     """Build every rule's actions now, so bad options fail at load time with their key path."""
     rules = []
     for rc in config.rules:
-        rules.append(Rule(rc.name, rc.when, tuple(_bind(spec, actions) for spec in rc.then), rc.continue_))
+        rules.append(Rule(rc, tuple(_bind(spec, actions) for spec in rc.then)))
     return tuple(rules)
 
 

@@ -96,7 +96,7 @@ def test_python_dash_m_and_key_file(tmp_path, server):
     ({"roboflow": {"model": "x"}}, "roboflow.model: expected 'project/version'"),
     ({"roboflow": {"api_url": "ftp://x"}}, "roboflow.api_url: expected an http:// or https:// URL"),
     ({"roboflow": {"modle": "a/1"}}, "roboflow.modle: unknown key"),
-    ({"concurrency": 0}, "concurrency: expected a integer between 1 and 64, got 0"),
+    ({"concurrency": 0}, "concurrency: expected an integer between 1 and 64, got 0"),
     ({"watch": [{"recursive": True}]}, "watch[0].path: expected the folder to watch"),
     ({"watch": [{"path": "x", "settle": -1}]}, "watch[0].settle: expected a number >= 0, got -1"),
     ({"rules": [{"when": {"min_confidence": 0.9, "max_confidence": 0.1}, "then": ["x"]}]},
