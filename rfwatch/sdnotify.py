@@ -36,7 +36,9 @@ class Notifier:
         if self._sock is None:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         try:
-            self._sock.sendto("\n".join(fields).encode(), self.address)
+            # Never block: a listener that stops reading must not be able to stall the main loop
+            # (and with it SIGTERM handling); a status line that cannot be sent now is simply dropped.
+            self._sock.sendto("\n".join(fields).encode(), socket.MSG_DONTWAIT, self.address)
             return True
         except OSError:
             return False

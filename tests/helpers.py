@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import os
 import random
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -102,6 +104,84 @@ class DaemonThread:
     def __exit__(self, *exc: Any) -> None:
         if self.thread.is_alive():
             self.stop()
+
+
+class DaemonProcess:
+    """``rfwatch run`` as a real process whose start-up is observable: it is ready once it sends READY=1.
+
+    Each process gets its own notify socket (sd_notify's protocol, as under systemd), so a test waits for
+    the daemon it started, not for a count of log lines that an earlier, killed daemon may or may not have
+    written. Used as a context manager it is killed on the way out, whatever the test did.
+    """
+
+    def __init__(self, config: Path, log: Path, *args: str, env: dict[str, str] | None = None):
+        self.config, self.log = config, log
+        # Socket paths are limited to 108 bytes: a short name in /tmp, not one below pytest's tmp_path.
+        self._sock_path = f"/tmp/rfw-{os.getpid()}-{time.monotonic_ns()}.sock"
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(self._sock_path)
+        full_env = dict(os.environ, ROBOFLOW_API_KEY=VALID_KEY, NOTIFY_SOCKET=self._sock_path)
+        full_env.pop("JOURNAL_STREAM", None)
+        full_env.update(env or {})
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(rfwatch_cmd("run", "-c", str(config), *args), env=full_env,
+                                         stdout=out, stderr=out)
+        self.messages: list[str] = []
+        self._ready = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        # Drained all the time, as systemd does, so the daemon's datagrams never pile up unread.
+        self._sock.settimeout(0.1)
+        while True:
+            try:
+                message = self._sock.recv(65536).decode()
+            except socket.timeout:
+                continue
+            except OSError:  # closed
+                return
+            self.messages.append(message)
+            if "READY=1" in message.split("\n"):
+                self._ready.set()
+
+    def wait_ready(self, timeout: float = 60.0) -> "DaemonProcess":
+        deadline = time.monotonic() + timeout
+        while not self._ready.wait(0.1):
+            if self.proc.poll() is not None:
+                raise AssertionError(f"rfwatch exited with {self.proc.returncode} before it was ready: "
+                                     + self.log.read_text(errors="replace")[-2000:])
+            if time.monotonic() > deadline:
+                raise AssertionError(f"rfwatch not ready after {timeout}s")
+        return self
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        self._close()
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        """SIGTERM, the way systemd stops it; returns the exit status."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        self._sock.close()
+        try:
+            os.unlink(self._sock_path)
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self) -> "DaemonProcess":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.kill()
 
 
 def rfwatch_cmd(*args: str) -> list[str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import files_under, rfwatch_cmd, run_cli, unique_jpeg, wait_for, write_burst, write_config
+from helpers import DaemonProcess, files_under, rfwatch_cmd, run_cli, unique_jpeg, wait_for, write_burst, write_config
 from roboflow_server import VALID_KEY
 
 COLORS = [(230, 10, 10), (10, 230, 10), (10, 10, 230)]
@@ -56,17 +56,15 @@ def test_kill_9_mid_burst_then_restart(tmp_path, server):
     rnd = random.Random(42)
     written = {}
     log = tmp_path / "daemon.log"
-    proc = _start(cfg, log)
     n = 0
     for round_ in range(8):
-        n = write_burst(tmp_path / "inbox", written, n, 25, 5000)  # a burst arrives while the daemon runs
-        time.sleep(rnd.uniform(0.2, 1.2))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        proc = _start(cfg, log)
-    wait_for(lambda: log.read_bytes().count(b"watching") == 9, what="the last start")
-    proc.terminate()
-    assert proc.wait(timeout=60) == 0
+        # Killed at a random instant: during start-up recovery as well as mid-burst.
+        with DaemonProcess(cfg, log):
+            n = write_burst(tmp_path / "inbox", written, n, 25, 5000)  # a burst arrives while the daemon runs
+            time.sleep(rnd.uniform(0.2, 1.2))
+    with DaemonProcess(cfg, log) as last:
+        last.wait_ready()
+        assert last.terminate() == 0
     result = run_cli("run", "-c", str(cfg), "--once")
     assert result.returncode == 0, result.stderr[-2000:]
     assert files_under(tmp_path / "inbox") == []

@@ -5,17 +5,15 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import signal
 import sqlite3
 import struct
-import subprocess
 import time
 import zlib
 from pathlib import Path
 
 import pytest
 
-from helpers import DaemonThread, files_under, rfwatch_cmd, run_cli, unique_jpeg, wait_for, write_burst, write_config
+from helpers import DaemonProcess, DaemonThread, files_under, run_cli, unique_jpeg, wait_for, write_burst, write_config
 from roboflow_server import VALID_KEY, Fault
 from test_crash import assert_each_exactly_once
 from webhook_receiver import Receiver
@@ -74,30 +72,27 @@ def _kill_storm(tmp_path: Path, server, receiver: Receiver) -> None:
         {"webhook": {"url": receiver.url}},
     ]}]
     cfg = write_config(tmp_path, server, rules=rules, concurrency=6, settle=0.1, failed="failed")
-    env = dict(os.environ, ROBOFLOW_API_KEY=VALID_KEY)
-    log = open(tmp_path / "daemon.log", "ab")
+    log = tmp_path / "daemon.log"
     rnd = random.Random(7)
     written: dict[str, bytes] = {}
     n, kills = 0, 0
-    proc = subprocess.Popen(rfwatch_cmd("run", "-c", str(cfg)), env=env, stdout=log, stderr=log)
     while kills < 22:
-        if n < 300:
-            n = write_burst(tmp_path / "inbox", written, n, 14, 9000)
-        time.sleep(rnd.uniform(0.5, 1.6))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        with DaemonProcess(cfg, log):  # killed on the way out, at a random instant (start-up included)
+            if n < 300:
+                n = write_burst(tmp_path / "inbox", written, n, 14, 9000)
+            time.sleep(rnd.uniform(0.5, 1.6))
         kills += 1
-        proc = subprocess.Popen(rfwatch_cmd("run", "-c", str(cfg)), env=env, stdout=log, stderr=log)
-    # Let the last one finish the burst, then deliver whatever the outbox still holds.
-    wait_for(lambda: len([p for p in files_under(tmp_path / "sorted") if p.suffix == ".jpg"]) == len(written),
-             timeout=300, what="every file sorted after the storm")
-    db = sqlite3.connect(tmp_path / "state" / "journal.db", timeout=30)
-    db.execute("UPDATE outbox SET next_at=0 WHERE state='pending'")
-    db.commit()
-    wait_for(lambda: db.execute("SELECT COUNT(*) FROM outbox WHERE state='pending'").fetchone()[0] == 0,
-             timeout=120, what="the outbox to drain")
-    proc.terminate()
-    assert proc.wait(timeout=60) == 0
+    with DaemonProcess(cfg, log) as last:
+        # Let the last one finish the burst, then deliver whatever the outbox still holds.
+        wait_for(lambda: len([p for p in files_under(tmp_path / "sorted") if p.suffix == ".jpg"]) == len(written),
+                 timeout=300, what="every file sorted after the storm")
+        db = sqlite3.connect(tmp_path / "state" / "journal.db", timeout=30)
+        db.execute("UPDATE outbox SET next_at=0 WHERE state='pending'")
+        db.commit()
+        wait_for(lambda: db.execute("SELECT COUNT(*) FROM outbox WHERE state='pending'").fetchone()[0] == 0,
+                 timeout=120, what="the outbox to drain")
+        last.wait_ready()
+        assert last.terminate() == 0
     assert kills >= 20 and len(written) >= 300
 
     assert files_under(tmp_path / "inbox") == []
@@ -133,7 +128,7 @@ def _bomb_png(path: Path) -> None:
                      + chunk(b"IEND", b""))
 
 
-def test_bad_input_corpus(tmp_path, server, samples):
+def test_bad_input_corpus(tmp_path, server, samples, heic_file):
     cfg = write_config(tmp_path, server, failed="failed", concurrency=4)
     inbox = tmp_path / "inbox"
     whole = (samples / "jpg" / "Canon_40D.jpg").read_bytes()
@@ -146,7 +141,7 @@ def test_bad_input_corpus(tmp_path, server, samples):
         fh.truncate(200 * 1024 * 1024)
     import shutil
 
-    shutil.copyfile(samples / "heic" / "IMG_5195.HEIC", inbox / "phone.heic")
+    shutil.copyfile(heic_file, inbox / "phone.heic")
     outside = tmp_path / "outside.jpg"
     outside.write_bytes(unique_jpeg(COLORS["red"], 2))
     (inbox / "link.jpg").symlink_to(outside)
@@ -165,20 +160,17 @@ def test_bad_input_corpus(tmp_path, server, samples):
     blocker.mkdir()
     (blocker / "pillow_heif.py").write_text("raise ImportError('pillow-heif is not installed')\n")
 
-    proc = subprocess.Popen(rfwatch_cmd("run", "-c", str(cfg)), stderr=subprocess.PIPE,
-                            env=dict(os.environ, ROBOFLOW_API_KEY=VALID_KEY, PYTHONPATH=str(blocker)))
-    try:
-        time.sleep(1.0)
+    log = tmp_path / "daemon.log"
+    with DaemonProcess(cfg, log, env={"PYTHONPATH": str(blocker)}) as proc:
+        proc.wait_ready()
         late = inbox / "deleted-before-taken.jpg"
         late.write_bytes(unique_jpeg(COLORS["red"], 8))
         late.unlink()
         wait_for(lambda: len(files_under(tmp_path / "failed")) == 5, timeout=120, what="five failures")
         wait_for(lambda: len(files_under(tmp_path / "sorted")) == 6, timeout=60, what="six good files sorted")
-        time.sleep(0.5)
-    finally:
-        proc.terminate()
-        stderr = proc.communicate(timeout=60)[1].decode("utf-8", "replace")
-        assert proc.returncode == 0, stderr[-3000:]
+        wait_for(lambda: b"deleted-before-taken.jpg" in log.read_bytes(), what="the deleted file's log line")
+        assert proc.terminate() == 0
+    stderr = log.read_text("utf-8", "replace")
     expect = {
         "zero.jpg": "file is empty",
         "truncated.jpg": "cannot decode image",

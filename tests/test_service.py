@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -342,3 +343,20 @@ def test_prune_forgets_history_but_finished_files_stay_known(tmp_path, server):
     assert run_cli("run", "-c", str(cfg), "--once").returncode == 0
     assert len(server.inference_requests()) == 3, "pruned files were classified again"
     assert len(files_under(tmp_path / "copies")) == 2
+
+
+def test_the_notifier_never_blocks_on_a_listener_that_stopped_reading(tmp_path):
+    """A full notify socket must not stall the main loop (it would stop SIGTERM from being handled)."""
+    path = f"/tmp/rfw-full-{os.getpid()}.sock"
+    sock = _listen(path)
+    try:
+        notifier = Notifier({"NOTIFY_SOCKET": path})
+        sender = threading.Thread(target=lambda: [notifier.status(f"{i} done") for i in range(5000)], daemon=True)
+        sender.start()
+        sender.join(timeout=10)
+        assert not sender.is_alive(), "sendto blocked on the full socket"
+        assert sock.recv(4096).decode() == "STATUS=0 done"
+        notifier.close()
+    finally:
+        sock.close()
+        os.unlink(path)
