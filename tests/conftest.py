@@ -14,14 +14,22 @@ sys.path.insert(0, str(Path(__file__).parent))
 from roboflow_server import VALID_KEY, RoboflowServer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLES = Path(os.environ.get("RFWATCH_SAMPLES", REPO.parent / "shared" / "samples")) / "exif-samples"
+# The repository's own small set (tests/data/README.md); RFWATCH_SAMPLES may name a folder holding a larger
+# exif-samples/ of the same layout.
+SAMPLES = Path(os.environ.get("RFWATCH_SAMPLES") or REPO / "tests" / "data") / "exif-samples"
 
 
 @pytest.fixture(scope="session")
 def samples() -> Path:
     if not SAMPLES.is_dir():
-        pytest.fail(f"sample images not found at {SAMPLES} (set RFWATCH_SAMPLES)")
+        pytest.fail(f"sample images not found at {SAMPLES} (RFWATCH_SAMPLES names a folder holding exif-samples/)")
     return SAMPLES
+
+
+@pytest.fixture(scope="session")
+def heic_file(samples) -> Path:
+    """A HEIC/HEIF file from the samples (the repository has one; a larger set may have several)."""
+    return sorted(p for p in (samples / "heic").iterdir() if p.suffix.lower() in (".heic", ".heif"))[0]
 
 
 @pytest.fixture

@@ -327,12 +327,12 @@ def test_heic_works_with_the_extra(server, samples):
     assert all(max(r.image.size) <= 1024 for r in server.inference_requests())
 
 
-def test_heic_without_the_extra_says_what_to_install(samples):
+def test_heic_without_the_extra_says_what_to_install(heic_file):
     code = (
         "import sys; sys.modules['pillow_heif'] = None\n"
         "from rfwatch.prepare import prepare_image, ImageError\n"
-        f"try: prepare_image({str(samples / 'heic' / 'IMG_5195.HEIC')!r})\n"
+        f"try: prepare_image({str(heic_file)!r})\n"
         "except ImageError as e: print(e)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert "IMG_5195.HEIC" in out and "pip install 'rfwatch[heif]'" in out
+    assert heic_file.name in out and "pip install 'rfwatch[heif]'" in out

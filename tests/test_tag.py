@@ -123,10 +123,10 @@ def test_new_sidecar_and_multi_label_classes(tmp_path, samples):
     assert xmp["rfwatch"]["Class"] == "cat"
 
 
-def test_formats_that_cannot_embed_fall_back_to_a_sidecar(tmp_path, samples, caplog):
+def test_formats_that_cannot_embed_fall_back_to_a_sidecar(tmp_path, heic_file, caplog):
     caplog.set_level("INFO")
     heic = tmp_path / "phone.HEIC"
-    shutil.copyfile(samples / "heic" / "IMG_5195.HEIC", heic)
+    shutil.copyfile(heic_file, heic)
     bmp = tmp_path / "scan.bmp"
     Image.new("RGB", (8, 8)).save(bmp)
     for path in (heic, bmp):
