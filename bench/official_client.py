@@ -18,8 +18,13 @@ from roboflow.models.classification import ClassificationModel
 def main() -> None:
     api_url, out_dir, *files = sys.argv[1:]
     # As project.version(1).model builds it: id "workspace/project/version".
-    model = ClassificationModel(os.environ["ROBOFLOW_API_KEY"], "workspace/colors/1", name="colors", version="1",
-                                local=api_url.rstrip("/") + "/")
+    model = ClassificationModel(
+        os.environ["ROBOFLOW_API_KEY"],
+        "workspace/colors/1",
+        name="colors",
+        version="1",
+        local=api_url.rstrip("/") + "/",
+    )
     times, failures = [], []
     started = time.monotonic()
     cpu0 = time.process_time()
@@ -34,8 +39,16 @@ def main() -> None:
         dest.mkdir(parents=True, exist_ok=True)
         shutil.move(f, dest / Path(f).name)
         times.append(time.monotonic() - t)
-    print(json.dumps({"seconds": time.monotonic() - started, "cpu": time.process_time() - cpu0,
-                      "times": times, "failures": failures}))
+    print(
+        json.dumps(
+            {
+                "seconds": time.monotonic() - started,
+                "cpu": time.process_time() - cpu0,
+                "times": times,
+                "failures": failures,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from PIL import Image, ImageDraw, ImageFilter  # noqa: E402
-
 from roboflow_server import VALID_KEY, RoboflowServer  # noqa: E402
 
 SAMPLES = Path(os.environ.get("RFWATCH_SAMPLES", REPO.parent / "shared" / "samples")) / "exif-samples" / "jpg"
@@ -58,8 +57,12 @@ def camera_like(width: int, height: int, seed: int) -> bytes:
     for _ in range(80):
         x, y, r = rnd.randrange(width), rnd.randrange(height), rnd.randrange(20, width // 6)
         fill = tuple(rnd.randrange(256) for _ in range(3)) if rnd.random() < 0.3 else None
-        draw.ellipse((x - r, y - r, x + r, y + r), fill=fill, outline=tuple(rnd.randrange(256) for _ in range(3)),
-                     width=rnd.randrange(1, 6))
+        draw.ellipse(
+            (x - r, y - r, x + r, y + r),
+            fill=fill,
+            outline=tuple(rnd.randrange(256) for _ in range(3)),
+            width=rnd.randrange(1, 6),
+        )
     base = base.filter(ImageFilter.GaussianBlur(1.5))
     noise = Image.merge("RGB", [Image.effect_noise((width, height), 30) for _ in range(3)])
     img = Image.blend(base, noise, 0.35)
@@ -126,21 +129,29 @@ def pct(values: list[float], q: float) -> float:
 
 def write_config(folder: Path, server: RoboflowServer, concurrency: int, settle: float) -> Path:
     cfg = folder / "config.yaml"
-    cfg.write_text(json.dumps({
-        "roboflow": {"model": "colors/1", "api_url": server.url, "timeout": 120},
-        "state": "state/journal.db",
-        "concurrency": concurrency,
-        "watch": [{"path": "inbox", "settle": settle}],
-        "rules": [{"name": "sort", "then": [{"move": "sorted/{class}/{name}"}]}],
-    }))
+    cfg.write_text(
+        json.dumps(
+            {
+                "roboflow": {"model": "colors/1", "api_url": server.url, "timeout": 120},
+                "state": "state/journal.db",
+                "concurrency": concurrency,
+                "watch": [{"path": "inbox", "settle": settle}],
+                "rules": [{"name": "sort", "then": [{"move": "sorted/{class}/{name}"}]}],
+            }
+        )
+    )
     (folder / "inbox").mkdir()
     return cfg
 
 
 def start_rfwatch(cfg: Path, log: Path) -> subprocess.Popen:
     env = dict(os.environ, ROBOFLOW_API_KEY=VALID_KEY)
-    proc = subprocess.Popen([sys.executable, "-m", "rfwatch", "run", "-c", str(cfg), "-q"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rfwatch", "run", "-c", str(cfg), "-q"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(log, "wb"),
+    )
     deadline = time.monotonic() + 30
     state = cfg.parent / "state" / "journal.db"
     while not state.exists() and time.monotonic() < deadline:
@@ -149,8 +160,9 @@ def start_rfwatch(cfg: Path, log: Path) -> subprocess.Popen:
     return proc
 
 
-def run_rfwatch(files: list[Path], concurrency: int, server: RoboflowServer, work: Path, settle: float,
-                pace: float = 0.0) -> dict:
+def run_rfwatch(
+    files: list[Path], concurrency: int, server: RoboflowServer, work: Path, settle: float, pace: float = 0.0
+) -> dict:
     """Each file is timed from the moment it is complete in the inbox until it is in its class folder.
 
     Without ``pace`` the files arrive as one burst, renamed in complete (a finished upload). With
@@ -198,10 +210,15 @@ def run_rfwatch(files: list[Path], concurrency: int, server: RoboflowServer, wor
     span = max(moved.values()) - min(dropped.values()) if moved else float("nan")
     shutil.rmtree(folder, ignore_errors=True)
     return {
-        "files": len(files), "done": len(moved), "seconds": span, "fps": len(moved) / span if moved else 0.0,
-        "p50": pct(latencies, 0.5), "p95": pct(latencies, 0.95),
+        "files": len(files),
+        "done": len(moved),
+        "seconds": span,
+        "fps": len(moved) / span if moved else 0.0,
+        "p50": pct(latencies, 0.5),
+        "p95": pct(latencies, 0.95),
         "bytes": statistics.mean(r.body_bytes for r in requests) if requests else float("nan"),
-        "cpu": cpu / max(1, len(moved)), "rss": rss,
+        "cpu": cpu / max(1, len(moved)),
+        "rss": rss,
     }
 
 
@@ -213,8 +230,13 @@ def run_official(files: list[Path], server: RoboflowServer, work: Path) -> dict:
         copies.append(str(folder / f.name))
     first_request = len(server.requests)
     env = dict(os.environ, ROBOFLOW_API_KEY=VALID_KEY)
-    out = subprocess.run([sys.executable, str(REPO / "bench" / "official_client.py"), server.url,
-                          str(folder / "sorted"), *copies], env=env, capture_output=True, text=True, timeout=3600)
+    out = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "official_client.py"), server.url, str(folder / "sorted"), *copies],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
     if out.returncode != 0:
         raise RuntimeError(f"official client run failed: {out.stderr[-2000:]}")
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -222,11 +244,15 @@ def run_official(files: list[Path], server: RoboflowServer, work: Path) -> dict:
     shutil.rmtree(folder, ignore_errors=True)
     done = len(result["times"])
     return {
-        "files": len(files), "done": done, "seconds": result["seconds"],
+        "files": len(files),
+        "done": done,
+        "seconds": result["seconds"],
         "fps": done / result["seconds"] if done else 0.0,
-        "p50": pct(result["times"], 0.5), "p95": pct(result["times"], 0.95),
+        "p50": pct(result["times"], 0.5),
+        "p95": pct(result["times"], 0.95),
         "bytes": statistics.mean(r.body_bytes for r in requests) if requests else float("nan"),
-        "cpu": result["cpu"] / max(1, done), "failures": result["failures"],
+        "cpu": result["cpu"] / max(1, done),
+        "failures": result["failures"],
     }
 
 
@@ -298,8 +324,10 @@ def cpu_breakdown(path: Path, repeat: int = 5) -> list[tuple[str, float]]:
         ("decode at 1/2 scale", best(half_decode)),
         ("decode at the draft scale rfwatch picks", best(draft_decode)),
         ("rotate upright (EXIF orientation)", best(lambda: ImageOps.exif_transpose(drafted))),
-        (f"resize the {upright.width}x{upright.height} draft to at most 1024 px (LANCZOS; none needed below 1024)",
-         best(lambda: _to_rgb(upright).copy().thumbnail((1024, 1024), Image.Resampling.LANCZOS))),
+        (
+            f"resize the {upright.width}x{upright.height} draft to at most 1024 px (LANCZOS; none needed below 1024)",
+            best(lambda: _to_rgb(upright).copy().thumbnail((1024, 1024), Image.Resampling.LANCZOS)),
+        ),
         ("encode JPEG q90", best(lambda: _encode(small, 90))),
     ]
 
@@ -310,7 +338,12 @@ def upload_tradeoffs(path: Path) -> list[tuple[str, float]]:
 
     out = []
     for max_size, quality in ((1024, 90), (1024, 80), (768, 90), (768, 80)):
-        out.append((f"max_size {max_size}, jpeg_quality {quality}", len(prepare_image(path, max_size, quality).jpeg) * 4 / 3 / 1000))
+        out.append(
+            (
+                f"max_size {max_size}, jpeg_quality {quality}",
+                len(prepare_image(path, max_size, quality).jpeg) * 4 / 3 / 1000,
+            )
+        )
     return out
 
 
@@ -387,7 +420,7 @@ def main() -> int:
             m = n if label.startswith("camera") else min(n, args.official_files)
             rows.append((label, "official client", run_official(files[:m], server, work)))
         print("latency when not saturated (12 MP, one file every 0.5 s, concurrency 8) ...", flush=True)
-        paced = run_rfwatch(workloads["12 MP"][:min(40, args.files)], 8, server, work, args.settle, pace=0.5)
+        paced = run_rfwatch(workloads["12 MP"][: min(40, args.files)], 8, server, work, args.settle, pace=0.5)
         backlog = None
         if args.backlog:
             print(f"peak RSS with a {args.backlog:,}-file backlog ...", flush=True)
@@ -427,13 +460,23 @@ def render(rows, paced, backlog, args, command, breakdown, tradeoffs) -> str:
     official = {label: r for label, who, r in rows if who == "official client"}
     for label, who, r in rows:
         done = f"{r['done']}/{r['files']}"
-        lines.append(f"| {label} | {who} | {done} | {fmt(r['fps'])} | {fmt(r['p50'], ' s')} | "
-                     f"{fmt(r['p95'], ' s')} | {kb(r['bytes'])} | {fmt(r['cpu'], '', 3)} |")
-    lines += ["", "In the burst runs every file arrives at once, so their latency includes queueing; the paced run "
-              "below is the latency of a single file. The benchmark's own server and harness share the two "
-              "cores with rfwatch, which is where throughput levels off at concurrency 8-16."]
-    lines += ["", "Ratios against the official client (rfwatch at its best concurrency):", "",
-              "| workload | throughput | bytes uploaded | CPU per file |", "|---|---|---|---|"]
+        lines.append(
+            f"| {label} | {who} | {done} | {fmt(r['fps'])} | {fmt(r['p50'], ' s')} | "
+            f"{fmt(r['p95'], ' s')} | {kb(r['bytes'])} | {fmt(r['cpu'], '', 3)} |"
+        )
+    lines += [
+        "",
+        "In the burst runs every file arrives at once, so their latency includes queueing; the paced run "
+        "below is the latency of a single file. The benchmark's own server and harness share the two "
+        "cores with rfwatch, which is where throughput levels off at concurrency 8-16.",
+    ]
+    lines += [
+        "",
+        "Ratios against the official client (rfwatch at its best concurrency):",
+        "",
+        "| workload | throughput | bytes uploaded | CPU per file |",
+        "|---|---|---|---|",
+    ]
     ratios = {}
     for label, base in official.items():
         ours = [r for lab, who, r in rows if lab == label and who != "official client"]
@@ -443,41 +486,64 @@ def render(rows, paced, backlog, args, command, breakdown, tradeoffs) -> str:
         c = base["cpu"] / best["cpu"] if best["cpu"] else float("nan")
         ratios[label] = (t, b)
         lines.append(f"| {label} | {fmt(t, 'x', 1)} | {fmt(b, 'x fewer', 1)} | {fmt(c, 'x less', 1)} |")
-    lines += ["", f"Not saturated (12 MP, one file every 0.5 s, concurrency 8): p50 {fmt(paced['p50'], ' s')}, "
-              f"p95 {fmt(paced['p95'], ' s')} from the file appearing to it being in its class folder "
-              f"(target: under settle + 2 x latency = {args.settle + 2 * args.latency:.2f} s)."]
+    lines += [
+        "",
+        f"Not saturated (12 MP, one file every 0.5 s, concurrency 8): p50 {fmt(paced['p50'], ' s')}, "
+        f"p95 {fmt(paced['p95'], ' s')} from the file appearing to it being in its class folder "
+        f"(target: under settle + 2 x latency = {args.settle + 2 * args.latency:.2f} s).",
+    ]
     if backlog:
-        lines += ["", f"Backlog: peak RSS {backlog['rss']:.0f} MB while {backlog['files']:,} small files were "
-                  f"queued ({backlog['processed']:,} journaled in the first {backlog['seconds']:.0f} s; target "
-                  "under 200 MB)."]
+        lines += [
+            "",
+            f"Backlog: peak RSS {backlog['rss']:.0f} MB while {backlog['files']:,} small files were "
+            f"queued ({backlog['processed']:,} journaled in the first {backlog['seconds']:.0f} s; target "
+            "under 200 MB).",
+        ]
     for label, base in official.items():
         if base.get("failures"):
-            lines += ["", f"Official client failures on {label}: {len(base['failures'])} of {base['files']}, e.g. "
-                      f"`{base['failures'][0]}`"]
+            lines += [
+                "",
+                f"Official client failures on {label}: {len(base['failures'])} of {base['files']}, e.g. "
+                f"`{base['failures'][0]}`",
+            ]
     lines += ["", "## Where the CPU goes (one 12 MP file, best of 5, CPU ms)", "", "| stage | ms |", "|---|---|"]
     lines += [f"| {stage} | {ms:.0f} |" for stage, ms in breakdown]
     official_12 = official.get("12 MP", {}).get("bytes", float("nan"))
-    lines += ["", "## Upload size against settings (the same 12 MP file, base64)", "",
-              "| settings | upload | fewer bytes than the official client |", "|---|---|---|"]
+    lines += [
+        "",
+        "## Upload size against settings (the same 12 MP file, base64)",
+        "",
+        "| settings | upload | fewer bytes than the official client |",
+        "|---|---|---|",
+    ]
     lines += [f"| {label} | {size:.0f} kB | {official_12 / 1000 / size:.1f}x |" for label, size in tradeoffs]
     lines += ["", "## Targets", ""]
     t12, b12 = ratios.get("12 MP", (float("nan"), float("nan")))
-    lines.append(f"- Throughput on 12 MP JPEGs at least 20x the official client: {fmt(t12, 'x', 1)} "
-                 f"({'met' if t12 >= 20 else 'missed'}).")
-    lines.append(f"- At least 50x fewer bytes uploaded on 12 MP: {fmt(b12, 'x', 1)} "
-                 f"({'met' if b12 >= 50 else 'missed'}).")
+    lines.append(
+        f"- Throughput on 12 MP JPEGs at least 20x the official client: {fmt(t12, 'x', 1)} "
+        f"({'met' if t12 >= 20 else 'missed'})."
+    )
+    lines.append(
+        f"- At least 50x fewer bytes uploaded on 12 MP: {fmt(b12, 'x', 1)} ({'met' if b12 >= 50 else 'missed'})."
+    )
     if b12 < 50:
-        lines.append("  With the defaults the issue fixes (longest side 1024 px, JPEG quality 90) the upload is "
-                     "a 1000x750 picture (the 1/4 draft scale), 1/16 of the pixels, and quality 90 keeps much "
-                     "of the texture a camera records; the ratio is bounded near 30x on this content. The table "
-                     "above shows what `jpeg_quality` and `max_size` buy on a slow link; the defaults are kept "
-                     "because classification accuracy is the model owner's call.")
+        lines.append(
+            "  With the defaults the issue fixes (longest side 1024 px, JPEG quality 90) the upload is "
+            "a 1000x750 picture (the 1/4 draft scale), 1/16 of the pixels, and quality 90 keeps much "
+            "of the texture a camera records; the ratio is bounded near 30x on this content. The table "
+            "above shows what `jpeg_quality` and `max_size` buy on a slow link; the defaults are kept "
+            "because classification accuracy is the model owner's call."
+        )
     target = args.settle + 2 * args.latency
-    lines.append(f"- p95 latency under settle + 2 x latency ({target:.2f} s) when not saturated: "
-                 f"{fmt(paced['p95'], ' s')} ({'met' if paced['p95'] < target else 'missed'}).")
+    lines.append(
+        f"- p95 latency under settle + 2 x latency ({target:.2f} s) when not saturated: "
+        f"{fmt(paced['p95'], ' s')} ({'met' if paced['p95'] < target else 'missed'})."
+    )
     if backlog:
-        lines.append(f"- Peak RSS under 200 MB with a {backlog['files']:,}-file backlog: {backlog['rss']:.0f} MB "
-                     f"({'met' if backlog['rss'] < 200 else 'missed'}).")
+        lines.append(
+            f"- Peak RSS under 200 MB with a {backlog['files']:,}-file backlog: {backlog['rss']:.0f} MB "
+            f"({'met' if backlog['rss'] < 200 else 'missed'})."
+        )
     lines.append("")
     return "\n".join(lines)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from .prepare import ImageError, open_image, _to_rgb
+from .prepare import ImageError, _to_rgb, open_image
 from .result import Prediction
 
 __all__ = ["label_text", "annotate_image"]

@@ -10,8 +10,8 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from . import __version__
 from .client import ApiError, is_url
@@ -94,8 +94,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"api key: {'set' if r.api_key else 'MISSING: ' + (r.api_key_problem or 'set ROBOFLOW_API_KEY')}")
     print(f"journal: {cfg.state_path}")
     for w in cfg.watch:
-        print(f"watch: {w.path} ({'polling' if w.polling else 'inotify'}, settle {w.settle:g}s"
-              f"{', model ' + w.model if w.model else ''})")
+        print(
+            f"watch: {w.path} ({'polling' if w.polling else 'inotify'}, settle {w.settle:g}s"
+            f"{', model ' + w.model if w.model else ''})"
+        )
     for rule in rules:
         print(f"rule {rule.name!r}: {rule.describe_when()} -> {', '.join(a.name for a in rule.actions)}")
     print(f"plugins: {', '.join(plugins.names()) or '(none)'}")

@@ -19,8 +19,9 @@ import email.utils
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -106,7 +107,7 @@ class ModelId:
     version: str
 
     @classmethod
-    def parse(cls, text: str) -> "ModelId":
+    def parse(cls, text: str) -> ModelId:
         """Accept ``project/version`` or ``workspace/project/version`` (as the official client does)."""
         parts = [p for p in str(text).strip().strip("/").split("/")]
         if len(parts) == 3:
@@ -183,7 +184,7 @@ class RoboflowClient:
     def close(self) -> None:
         self._session.close()
 
-    def __enter__(self) -> "RoboflowClient":
+    def __enter__(self) -> RoboflowClient:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -31,8 +31,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         from .logsetup import setup_logging
 
         setup_logging(-1 if args.quiet else args.verbose, config.log_format)
-    daemon = Daemon(args.config, config=config, dry_run=args.dry_run, once=args.once,
-                    progress=args.once and sys.stderr.isatty() and not args.quiet)
+    daemon = Daemon(
+        args.config,
+        config=config,
+        dry_run=args.dry_run,
+        once=args.once,
+        progress=args.once and sys.stderr.isatty() and not args.quiet,
+    )
     return daemon.run()
 
 
@@ -87,8 +92,14 @@ def _waiting_reason(journal: Journal) -> str | None:
 def _row_brief(row) -> dict[str, Any]:
     pred = row.prediction or {}
     return {
-        "path": str(row.path), "source": str(row.source), "state": row.state, "class": pred.get("top"),
-        "confidence": pred.get("confidence"), "rule": row.rule, "error": row.last_error, "at": _ts(row.updated),
+        "path": str(row.path),
+        "source": str(row.source),
+        "state": row.state,
+        "class": pred.get("top"),
+        "confidence": pred.get("confidence"),
+        "rule": row.rule,
+        "error": row.last_error,
+        "at": _ts(row.updated),
     }
 
 
@@ -99,15 +110,21 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     c = report["counts"]
     print(f"model {report['model']}; journal {report['journal']}")
-    print(f"done {c['done']}, unmatched {c['unmatched']}, failed {c['failed']}, backlog {report['backlog']}, "
-          f"webhook outbox {report['outbox']}")
+    print(
+        f"done {c['done']}, unmatched {c['unmatched']}, failed {c['failed']}, backlog {report['backlog']}, "
+        f"webhook outbox {report['outbox']}"
+    )
     if report["waiting_reason"]:
         print(f"waiting: {report['waiting_reason']}")
     for title, rows in (("last processed", report["last_done"]), ("last failures", report["last_failed"])):
         if rows:
             print(f"{title}:")
             for r in rows:
-                what = r["error"] if r["state"] == "failed" else f"{r['class']} {r['confidence']} ({r['rule'] or 'no rule'})"
+                what = (
+                    r["error"]
+                    if r["state"] == "failed"
+                    else f"{r['class']} {r['confidence']} ({r['rule'] or 'no rule'})"
+                )
                 print(f"  {r['at']}  {r['source']}: {what}")
     print("plugins: " + ", ".join(report["plugins"]))
     return 0
@@ -188,8 +205,9 @@ def add_commands(sub, common) -> None:
 
     p = sub.add_parser("prune", help="forget old step-by-step history (finished files stay known)")
     common(p, True)
-    p.add_argument("--older-than", type=float, default=90, metavar="DAYS",
-                   help="files finished more than DAYS ago (default 90)")
+    p.add_argument(
+        "--older-than", type=float, default=90, metavar="DAYS", help="files finished more than DAYS ago (default 90)"
+    )
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("history", help="what happened to one file, step by step")

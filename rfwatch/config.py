@@ -162,9 +162,7 @@ class _Section:
             raise ConfigError(f"{key or 'config'}: expected a mapping, got {_show(data)}")
         unknown = sorted(str(k) for k in data if k not in known)
         if unknown:
-            raise ConfigError(
-                f"{_join(key, unknown[0])}: unknown key (expected one of: {', '.join(sorted(known))})"
-            )
+            raise ConfigError(f"{_join(key, unknown[0])}: unknown key (expected one of: {', '.join(sorted(known))})")
         self.data = data
         self.key = key
 
@@ -190,8 +188,17 @@ class _Section:
             raise ConfigError(f"{self.path_of(name)}: expected true or false, got {_show(v)}")
         return v
 
-    def number(self, name: str, default: float | None, *, minimum: float = 0.0, maximum: float | None = None,
-               positive: bool = False, integer: bool = False, what: str = "") -> Any:
+    def number(
+        self,
+        name: str,
+        default: float | None,
+        *,
+        minimum: float = 0.0,
+        maximum: float | None = None,
+        positive: bool = False,
+        integer: bool = False,
+        what: str = "",
+    ) -> Any:
         v = self.data.get(name, default)
         if v is None:
             return None
@@ -220,7 +227,7 @@ class _Section:
             raise ConfigError(f"{self.path_of(name)}: expected a string or a list of strings, got {_show(v)}")
         return tuple(str(x) for x in v)
 
-    def section(self, name: str, known: set[str]) -> "_Section":
+    def section(self, name: str, known: set[str]) -> _Section:
         return _Section(self.data.get(name), self.path_of(name), known)
 
 
@@ -340,8 +347,10 @@ def _rules(items: Any) -> tuple[RuleConfig, ...]:
             if isinstance(act, str):
                 act = {act: None}
             if not isinstance(act, dict) or len(act) != 1:
-                raise ConfigError(f"{akey}: expected one action such as 'move: \"sorted/{{class}}/{{name}}\"', got {_show(act)}")
-            (name, options), = act.items()
+                raise ConfigError(
+                    f"{akey}: expected one action such as 'move: \"sorted/{{class}}/{{name}}\"', got {_show(act)}"
+                )
+            ((name, options),) = act.items()
             actions.append(ActionSpec(str(name), options, f"{akey}.{name}"))
         out.append(
             RuleConfig(
@@ -361,8 +370,17 @@ def _rules(items: Any) -> tuple[RuleConfig, ...]:
 
 
 _TOP_KEYS = {
-    "roboflow", "state", "concurrency", "rate_limit", "watch", "failed", "rules", "plugins",
-    "rescan_interval", "metrics", "log_format",
+    "roboflow",
+    "state",
+    "concurrency",
+    "rate_limit",
+    "watch",
+    "failed",
+    "rules",
+    "plugins",
+    "rescan_interval",
+    "metrics",
+    "log_format",
 }
 
 
@@ -384,10 +402,24 @@ def config_from_dict(data: Any, base_dir: Path, source: Path | None = None) -> C
     return Config(
         base_dir=base_dir,
         source=source,
-        roboflow=_roboflow(top.section("roboflow", {
-            "api_key", "api_key_file", "model", "api_url", "confidence", "max_size", "jpeg_quality", "timeout",
-            "connect_timeout", "retries",
-        }), resolve),
+        roboflow=_roboflow(
+            top.section(
+                "roboflow",
+                {
+                    "api_key",
+                    "api_key_file",
+                    "model",
+                    "api_url",
+                    "confidence",
+                    "max_size",
+                    "jpeg_quality",
+                    "timeout",
+                    "connect_timeout",
+                    "retries",
+                },
+            ),
+            resolve,
+        ),
         state=resolve(state) if state else None,
         concurrency=top.number("concurrency", 8, minimum=1, maximum=64, integer=True),
         rate_limit=top.number("rate_limit", 0.0, minimum=0.0),

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from .result import Prediction
 
@@ -42,7 +43,7 @@ class FileContext:
     #: The watched folder it was found in (its parent for files given on the command line).
     watch_root: Path
     prediction: Prediction
-    config: "Config"
+    config: Config
     model: str
     sha256: str = ""
     file_id: int | None = None
@@ -87,25 +88,28 @@ class FileContext:
         except ValueError:
             rel = self.source.name
         cls = self.matched_class if self.matched_class is not None else self.prediction.top
-        return _LazyValues(self, {
-            "class": cls or "unclassified",
-            "confidence": self.prediction.confidence_of(cls) if cls else self.prediction.confidence,
-            "name": name,
-            "stem": stem,
-            "ext": ext,
-            "parent": self.path.parent.name,
-            "relpath": rel,
-            "model": self.model,
-            "rule": self.rule or "",
-            "now": dt.datetime.now(),
-            "path": str(self.path),
-        })
+        return _LazyValues(
+            self,
+            {
+                "class": cls or "unclassified",
+                "confidence": self.prediction.confidence_of(cls) if cls else self.prediction.confidence,
+                "name": name,
+                "stem": stem,
+                "ext": ext,
+                "parent": self.path.parent.name,
+                "relpath": rel,
+                "model": self.model,
+                "rule": self.rule or "",
+                "now": dt.datetime.now(),
+                "path": str(self.path),
+            },
+        )
 
 
 class _LazyValues(dict):
     """Placeholder values; {date} reads EXIF only when a template asks for it."""
 
-    def __init__(self, ctx: "FileContext", values: dict[str, Any]):
+    def __init__(self, ctx: FileContext, values: dict[str, Any]):
         super().__init__(values)
         self._ctx = ctx
 

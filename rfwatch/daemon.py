@@ -17,7 +17,6 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from .config import Config, ConfigError, WatchConfig, load_config
 from .journal import Journal
@@ -69,8 +68,11 @@ class ApiGate:
         with self._cond:
             first = self.reason is None
             # A bad key or quota is re-checked at a steady pace; an outage with growing pauses.
-            self._backoff = (self.permanent_backoff if error.permanent
-                             else min(self.max_backoff, max(self.min_backoff, self._backoff * 2)))
+            self._backoff = (
+                self.permanent_backoff
+                if error.permanent
+                else min(self.max_backoff, max(self.min_backoff, self._backoff * 2))
+            )
             self.reason = str(error)
             self._retry_at = time.monotonic() + self._backoff
             self._prober = None
@@ -93,8 +95,16 @@ class ApiGate:
 
 
 class Daemon:
-    def __init__(self, config_path: str | Path | None, *, config: Config | None = None, dry_run: bool = False,
-                 once: bool = False, notifier: Notifier | None = None, progress: bool = False):
+    def __init__(
+        self,
+        config_path: str | Path | None,
+        *,
+        config: Config | None = None,
+        dry_run: bool = False,
+        once: bool = False,
+        notifier: Notifier | None = None,
+        progress: bool = False,
+    ):
         self.config_path = config_path
         config = config if config is not None else load_config(config_path)  # type: ignore[arg-type]
         if dry_run:  # nothing may be written, not even by plugins that keep state next to the journal
@@ -274,8 +284,10 @@ class Daemon:
         total = max(self.found, handled)
         filled = int(width * handled / total) if total else 0
         scanning = "+" if self._scanning else ""
-        return (f"[{'#' * filled}{'-' * (width - filled)}] {handled}/{total}{scanning} files, "
-                f"{c['done']} done, {c['unmatched']} unmatched, {c['failed']} failed   ")
+        return (
+            f"[{'#' * filled}{'-' * (width - filled)}] {handled}/{total}{scanning} files, "
+            f"{c['done']} done, {c['unmatched']} unmatched, {c['failed']} failed   "
+        )
 
     def _idle(self) -> bool:
         with self._lock:
@@ -320,8 +332,10 @@ class Daemon:
             self._log_above_the_progress_bar()
         self.runtime.plugins.call("startup", config=self.config)
         self._threads = [threading.Thread(target=self._scanner, name="rfwatch-scan", daemon=True)]
-        self._threads += [threading.Thread(target=self._worker, name=f"rfwatch-worker-{i}", daemon=True)
-                          for i in range(self.config.concurrency)]
+        self._threads += [
+            threading.Thread(target=self._worker, name=f"rfwatch-worker-{i}", daemon=True)
+            for i in range(self.config.concurrency)
+        ]
         for t in self._threads:
             t.start()
         for file_id in self.journal.active_ids():  # interrupted by a crash or a stop: finish them first
@@ -329,8 +343,14 @@ class Daemon:
         for watch in self.config.watch:
             self._request_scan(watch, None)
         models = sorted({str(w.model or self.config.roboflow.model) for w in self.config.watch})
-        log.info("%s %d folder(s) with model %s%s; journal %s", "scanning" if self.once else "watching",
-                 len(self.config.watch), ", ".join(models), " (dry run)" if self.dry_run else "", self.journal.path)
+        log.info(
+            "%s %d folder(s) with model %s%s; journal %s",
+            "scanning" if self.once else "watching",
+            len(self.config.watch),
+            ", ".join(models),
+            " (dry run)" if self.dry_run else "",
+            self.journal.path,
+        )
         self.notifier.ready(self.status_line())
         try:
             self._loop()

@@ -16,9 +16,9 @@ import hashlib
 import os
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 __all__ = [
     "CONFLICT_MODES",
@@ -260,8 +260,11 @@ def sidecars_of(path: Path) -> list[Path]:
         found.append(full)
     for candidate in (path.with_suffix(".xmp"), path.with_suffix(".XMP")):
         if candidate != path and candidate.is_file():
-            siblings = [p for p in path.parent.glob(_glob_escape(path.stem) + ".*")
-                        if p != path and p.suffix.lower() != ".xmp" and not p.name.endswith(".xmp")]
+            siblings = [
+                p
+                for p in path.parent.glob(_glob_escape(path.stem) + ".*")
+                if p != path and p.suffix.lower() != ".xmp" and not p.name.endswith(".xmp")
+            ]
             if not siblings:
                 found.append(candidate)
             break

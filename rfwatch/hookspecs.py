@@ -9,7 +9,8 @@ other files.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -25,7 +26,7 @@ hookspec = pluggy.HookspecMarker("rfwatch")
 
 
 @hookspec
-def register_actions(register: Callable[[str, Callable[[Any], Callable[["FileContext"], Any]]], None]) -> None:
+def register_actions(register: Callable[[str, Callable[[Any], Callable[[FileContext], Any]]], None]) -> None:
     """Add actions usable in a rule's ``then:`` list; called once each time a config loads.
 
     Call ``register(name, factory)``. ``factory(options)`` is called once per use in
@@ -42,7 +43,7 @@ def register_actions(register: Callable[[str, Callable[[Any], Callable[["FileCon
 
 
 @hookspec
-def startup(config: "Config") -> None:
+def startup(config: Config) -> None:
     """Called when the daemon (or ``run --once``) starts and after each reload, before any file is taken.
 
     ``config`` is the loaded :class:`rfwatch.config.Config`. Return value: ignored.
@@ -58,7 +59,7 @@ def shutdown() -> None:
 
 
 @hookspec(firstresult=True)
-def ignore_file(path: "Path") -> bool | None:
+def ignore_file(path: Path) -> bool | None:
     """Called for every candidate file before it is taken (after include/exclude patterns).
 
     Return True to skip the file (it stays where it is and is not journaled).
@@ -67,7 +68,7 @@ def ignore_file(path: "Path") -> bool | None:
 
 
 @hookspec
-def file_classified(ctx: "FileContext") -> None:
+def file_classified(ctx: FileContext) -> None:
     """Called after a file has a prediction and before any rule runs.
 
     ``ctx.prediction`` is set; ``ctx.rule`` is still None. Return value: ignored.
@@ -75,7 +76,7 @@ def file_classified(ctx: "FileContext") -> None:
 
 
 @hookspec
-def file_processed(ctx: "FileContext") -> None:
+def file_processed(ctx: FileContext) -> None:
     """Called after a file's rules ran (or no rule matched: ``ctx.rule`` is None).
 
     ``ctx.path`` is where the file is now; ``ctx.results`` lists each action's
@@ -84,7 +85,7 @@ def file_processed(ctx: "FileContext") -> None:
 
 
 @hookspec
-def file_failed(path: "Path", error: str) -> None:
+def file_failed(path: Path, error: str) -> None:
     """Called when a file cannot be processed: unreadable, rejected by the API, or an action failed.
 
     ``path`` is where the file is now (inside ``failed:`` when that is set);

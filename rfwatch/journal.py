@@ -13,10 +13,11 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 __all__ = ["Journal", "FileRow", "TERMINAL_STATES", "ACTIVE_STATES"]
 
@@ -110,12 +111,23 @@ class FileRow:
     updated: float
 
     @classmethod
-    def from_row(cls, r: sqlite3.Row) -> "FileRow":
+    def from_row(cls, r: sqlite3.Row) -> FileRow:
         return cls(
-            id=r["id"], path=_p(r["path"]), source=_p(r["source"]), watch_root=_p(r["watch_root"]),
-            size=r["size"], mtime_ns=r["mtime_ns"], sha256=r["sha256"], model=r["model"], state=r["state"],
-            prediction=json.loads(r["prediction"]) if r["prediction"] else None, rule=r["rule"],
-            attempts=r["attempts"], last_error=r["last_error"], created=r["created"], updated=r["updated"],
+            id=r["id"],
+            path=_p(r["path"]),
+            source=_p(r["source"]),
+            watch_root=_p(r["watch_root"]),
+            size=r["size"],
+            mtime_ns=r["mtime_ns"],
+            sha256=r["sha256"],
+            model=r["model"],
+            state=r["state"],
+            prediction=json.loads(r["prediction"]) if r["prediction"] else None,
+            rule=r["rule"],
+            attempts=r["attempts"],
+            last_error=r["last_error"],
+            created=r["created"],
+            updated=r["updated"],
         )
 
 
@@ -184,8 +196,7 @@ class Journal:
         return row is not None and row["size"] == size and row["mtime_ns"] == mtime_ns
 
     def active_ids(self) -> list[int]:
-        return [r["id"] for r in self._all(
-            "SELECT id FROM files WHERE state IN ('detected','classified') ORDER BY id")]
+        return [r["id"] for r in self._all("SELECT id FROM files WHERE state IN ('detected','classified') ORDER BY id")]
 
     def cached_prediction(self, sha256: str, model: str) -> dict[str, Any] | None:
         row = self._one("SELECT prediction FROM predictions WHERE sha256=? AND model=?", (sha256, model))
@@ -195,8 +206,10 @@ class Journal:
         return self._all("SELECT * FROM steps WHERE file_id=? ORDER BY seq", (file_id,))
 
     def events(self, file_id: int) -> list[tuple[float, str]]:
-        return [(r["at"], r["message"]) for r in self._all(
-            "SELECT at, message FROM events WHERE file_id=? ORDER BY rowid", (file_id,))]
+        return [
+            (r["at"], r["message"])
+            for r in self._all("SELECT at, message FROM events WHERE file_id=? ORDER BY rowid", (file_id,))
+        ]
 
     def history_for(self, path: Path) -> list[FileRow]:
         rows = self._all("SELECT * FROM files WHERE path=? OR source=? ORDER BY id", (_b(path), _b(path)))
@@ -207,16 +220,19 @@ class Journal:
 
     def recent(self, states: tuple[str, ...], limit: int = 5) -> list[FileRow]:
         marks = ",".join("?" * len(states))
-        rows = self._all(f"SELECT * FROM files WHERE state IN ({marks}) ORDER BY updated DESC, id DESC LIMIT ?",
-                         (*states, limit))
+        rows = self._all(
+            f"SELECT * FROM files WHERE state IN ({marks}) ORDER BY updated DESC, id DESC LIMIT ?", (*states, limit)
+        )
         return [FileRow.from_row(r) for r in rows]
 
     def failed_rows(self, paths: list[Path] | None = None) -> list[FileRow]:
         if paths:
             out = []
             for p in paths:
-                row = self._one("SELECT * FROM files WHERE (path=? OR source=?) AND state='failed' "
-                                "ORDER BY id DESC LIMIT 1", (_b(p), _b(p)))
+                row = self._one(
+                    "SELECT * FROM files WHERE (path=? OR source=?) AND state='failed' ORDER BY id DESC LIMIT 1",
+                    (_b(p), _b(p)),
+                )
                 if row:
                     out.append(FileRow.from_row(row))
             return out
@@ -253,23 +269,36 @@ class Journal:
         now = time.time()
         doc = json.dumps(prediction)
         with self._tx() as db:
-            db.execute("UPDATE files SET state='classified', prediction=?, attempts=attempts+1, last_error=NULL,"
-                       " updated=? WHERE id=?", (doc, now, file_id))
+            db.execute(
+                "UPDATE files SET state='classified', prediction=?, attempts=attempts+1, last_error=NULL,"
+                " updated=? WHERE id=?",
+                (doc, now, file_id),
+            )
             db.execute("INSERT OR IGNORE INTO predictions VALUES (?,?,?,?)", (sha256, model, doc, now))
-            db.execute("INSERT INTO events VALUES (?,?,?)", (
-                file_id, now, f"classified {prediction.get('top') or prediction.get('predicted_classes')}"
-                + (" (cached prediction for identical content)" if cached else "")))
+            db.execute(
+                "INSERT INTO events VALUES (?,?,?)",
+                (
+                    file_id,
+                    now,
+                    f"classified {prediction.get('top') or prediction.get('predicted_classes')}"
+                    + (" (cached prediction for identical content)" if cached else ""),
+                ),
+            )
 
     def store_prediction(self, sha256: str, model: str, prediction: dict[str, Any]) -> None:
         with self._tx() as db:
-            db.execute("INSERT OR IGNORE INTO predictions VALUES (?,?,?,?)",
-                       (sha256, model, json.dumps(prediction), time.time()))
+            db.execute(
+                "INSERT OR IGNORE INTO predictions VALUES (?,?,?,?)",
+                (sha256, model, json.dumps(prediction), time.time()),
+            )
 
     def attempt_failed(self, file_id: int, error: str) -> None:
         """A transient failure: the file stays queued."""
         now = time.time()
         with self._tx() as db:
-            db.execute("UPDATE files SET attempts=attempts+1, last_error=?, updated=? WHERE id=?", (_t(error), now, file_id))
+            db.execute(
+                "UPDATE files SET attempts=attempts+1, last_error=?, updated=? WHERE id=?", (_t(error), now, file_id)
+            )
             db.execute("INSERT INTO events VALUES (?,?,?)", (file_id, now, _t(f"attempt failed: {error}")))
 
     def begin_step(self, file_id: int, seq: int, rule: str, action: str) -> dict[str, Any] | None:
@@ -279,7 +308,9 @@ class Journal:
             row = db.execute("SELECT state, intent FROM steps WHERE file_id=? AND seq=?", (file_id, seq)).fetchone()
             if row is not None:
                 return json.loads(row["intent"]) if row["intent"] else None
-            db.execute("INSERT INTO steps VALUES (?,?,?,?,'pending',NULL,NULL,?)", (file_id, seq, _t(rule), action, now))
+            db.execute(
+                "INSERT INTO steps VALUES (?,?,?,?,'pending',NULL,NULL,?)", (file_id, seq, _t(rule), action, now)
+            )
             db.execute("UPDATE files SET rule=?, updated=? WHERE id=?", (_t(rule), now, file_id))
         return None
 
@@ -298,20 +329,30 @@ class Journal:
 
     def record_intent(self, file_id: int, seq: int, intent: dict[str, Any]) -> None:
         with self._tx() as db:
-            db.execute("UPDATE steps SET intent=?, updated=? WHERE file_id=? AND seq=?",
-                       (json.dumps(intent), time.time(), file_id, seq))
+            db.execute(
+                "UPDATE steps SET intent=?, updated=? WHERE file_id=? AND seq=?",
+                (json.dumps(intent), time.time(), file_id, seq),
+            )
 
     def finish_step(self, file_id: int, seq: int, ok: bool, result: Any, path: Path | None = None) -> None:
         now = time.time()
         with self._tx() as db:
-            db.execute("UPDATE steps SET state=?, result=?, updated=? WHERE file_id=? AND seq=?",
-                       ("done" if ok else "failed", json.dumps(result, default=str), now, file_id, seq))
+            db.execute(
+                "UPDATE steps SET state=?, result=?, updated=? WHERE file_id=? AND seq=?",
+                ("done" if ok else "failed", json.dumps(result, default=str), now, file_id, seq),
+            )
             if path is not None:
                 db.execute("UPDATE files SET path=?, updated=? WHERE id=?", (_b(path), now, file_id))
             action = db.execute("SELECT action FROM steps WHERE file_id=? AND seq=?", (file_id, seq)).fetchone()
-            db.execute("INSERT INTO events VALUES (?,?,?)", (
-                file_id, now, f"{action['action'] if action else 'step'} {'done' if ok else 'failed'}: "
-                + json.dumps(result, default=str)[:500]))
+            db.execute(
+                "INSERT INTO events VALUES (?,?,?)",
+                (
+                    file_id,
+                    now,
+                    f"{action['action'] if action else 'step'} {'done' if ok else 'failed'}: "
+                    + json.dumps(result, default=str)[:500],
+                ),
+            )
 
     def set_path(self, file_id: int, path: Path) -> None:
         with self._tx() as db:
@@ -323,7 +364,9 @@ class Journal:
         except OSError:
             return
         with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO produced VALUES (?,?,?,?)", (_b(path), st.st_size, st.st_mtime_ns, file_id))
+            db.execute(
+                "INSERT OR REPLACE INTO produced VALUES (?,?,?,?)", (_b(path), st.st_size, st.st_mtime_ns, file_id)
+            )
 
     def finish(self, file_id: int, state: str, error: str | None = None, path: Path | None = None) -> None:
         assert state in TERMINAL_STATES
@@ -346,7 +389,8 @@ class Journal:
             counts["steps"] = db.execute(f"DELETE FROM steps WHERE file_id IN ({finished})", (older_than,)).rowcount
             if db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='outbox'").fetchone():
                 counts["webhook events"] = db.execute(
-                    "DELETE FROM outbox WHERE state IN ('delivered','gone') AND created < ?", (older_than,)).rowcount
+                    "DELETE FROM outbox WHERE state IN ('delivered','gone') AND created < ?", (older_than,)
+                ).rowcount
             gone = [row[0] for row in db.execute("SELECT path FROM produced") if not os.path.lexists(_p(row[0]))]
             db.executemany("DELETE FROM produced WHERE path=?", [(p,) for p in gone])
             counts["outputs no longer on disk"] = len(gone)

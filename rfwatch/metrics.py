@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .config import ConfigError
 
@@ -30,17 +31,27 @@ class _Prometheus(Metrics):
         host, _, port = listen.rpartition(":")
         self.registry = pc.CollectorRegistry()
         self.files = pc.Counter("rfwatch_files", "Files processed, by outcome", ["outcome"], registry=self.registry)
-        self.latency = pc.Histogram("rfwatch_classify_seconds", "Time to classify one file (API call included)",
-                                    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60), registry=self.registry)
-        self.retries = pc.Counter("rfwatch_api_retries", "Requests to the API that were retried", registry=self.registry)
-        self.last_success = pc.Gauge("rfwatch_last_success_timestamp_seconds", "When a file was last done",
-                                     registry=self.registry)
-        pc.Gauge("rfwatch_queue_depth", "Files waiting to be processed",
-                 registry=self.registry).set_function(queue_depth)
-        pc.Gauge("rfwatch_webhook_outbox_depth", "Webhook events not yet delivered",
-                 registry=self.registry).set_function(outbox_depth)
-        self.server, self.thread = pc.start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1",
-                                                        registry=self.registry)
+        self.latency = pc.Histogram(
+            "rfwatch_classify_seconds",
+            "Time to classify one file (API call included)",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+            registry=self.registry,
+        )
+        self.retries = pc.Counter(
+            "rfwatch_api_retries", "Requests to the API that were retried", registry=self.registry
+        )
+        self.last_success = pc.Gauge(
+            "rfwatch_last_success_timestamp_seconds", "When a file was last done", registry=self.registry
+        )
+        pc.Gauge("rfwatch_queue_depth", "Files waiting to be processed", registry=self.registry).set_function(
+            queue_depth
+        )
+        pc.Gauge(
+            "rfwatch_webhook_outbox_depth", "Webhook events not yet delivered", registry=self.registry
+        ).set_function(outbox_depth)
+        self.server, self.thread = pc.start_http_server(
+            int(port), addr=host.strip("[]") or "127.0.0.1", registry=self.registry
+        )
         self.enabled = True
 
     def file_done(self, outcome: str) -> None:

@@ -12,9 +12,10 @@ import os
 import stat
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .client import ApiError, AuthError, ModelNotFoundError, QuotaError, UnavailableError
 from .config import WatchConfig
@@ -114,7 +115,9 @@ class Pipeline:
             file_log.warning("%s: cannot read: %s", path, exc.strerror or exc)
             return Outcome("skipped", detail=str(exc))
         if stat.S_ISLNK(st.st_mode):
-            file_log.warning("%s: skipped: symbolic links are not followed (the target may be outside the watched folder)", path)
+            file_log.warning(
+                "%s: skipped: symbolic links are not followed (the target may be outside the watched folder)", path
+            )
             return Outcome("skipped", detail="symlink")
         if not stat.S_ISREG(st.st_mode):
             file_log.info("%s: skipped: not a regular file", path)
@@ -236,8 +239,15 @@ class Pipeline:
 
     def _context(self, row: FileRow, prediction: Prediction) -> FileContext:
         return FileContext(
-            path=row.path, source=row.source, watch_root=row.watch_root, prediction=prediction,
-            config=self.runtime.config, model=row.model, sha256=row.sha256, file_id=row.id, dry_run=self.dry_run,
+            path=row.path,
+            source=row.source,
+            watch_root=row.watch_root,
+            prediction=prediction,
+            config=self.runtime.config,
+            model=row.model,
+            sha256=row.sha256,
+            file_id=row.id,
+            dry_run=self.dry_run,
             _record_produced=lambda p: self.journal.add_produced(p, row.id),
         )
 
@@ -249,8 +259,12 @@ class Pipeline:
         summary = f"{prediction.top or '(none)'} {prediction.confidence:.2f}"
         if not matches:
             self.journal.finish(row.id, "unmatched")
-            file_log.info("%s: %s: no rule matched; left in place", row.path, summary,
-                          extra={"file": str(row.path), "outcome": "unmatched"})
+            file_log.info(
+                "%s: %s: no rule matched; left in place",
+                row.path,
+                summary,
+                extra={"file": str(row.path), "outcome": "unmatched"},
+            )
             plugins.call("file_processed", ctx=ctx)
             return Outcome("unmatched", row.id)
         done: list[str] = []
@@ -263,7 +277,9 @@ class Pipeline:
                     done.append(f"would {action.describe(ctx)}")
                     continue
                 if self.journal.step_state(row.id, seq) == "done":
-                    ctx.results.append({"action": action.name, "ok": True, "result": self.journal.step_result(row.id, seq)})
+                    ctx.results.append(
+                        {"action": action.name, "ok": True, "result": self.journal.step_result(row.id, seq)}
+                    )
                     continue
                 ctx.resume = self.journal.begin_step(row.id, seq, rule.name, action.name)
                 ctx._record_intent = lambda detail, _seq=seq: self.journal.record_intent(row.id, _seq, detail)
@@ -271,7 +287,9 @@ class Pipeline:
                 try:
                     result = action.run(ctx)
                 except Exception as exc:
-                    reason = f"action {action.name} (rule {rule.name!r}) failed: {redact(str(exc)) or type(exc).__name__}"
+                    reason = (
+                        f"action {action.name} (rule {rule.name!r}) failed: {redact(str(exc)) or type(exc).__name__}"
+                    )
                     self.journal.finish_step(row.id, seq, False, {"error": reason})
                     ctx.results.append({"action": action.name, "ok": False, "error": reason})
                     if not isinstance(exc, (OSError, ValueError)):
@@ -284,19 +302,32 @@ class Pipeline:
                 done.append(_describe_result(action.name, result))
         rules = ", ".join(repr(r.name) for r, _ in matches)
         if self.dry_run:
-            file_log.info("%s: %s: rule %s: %s (dry run)", row.path, summary, rules, "; ".join(done),
-                          extra={"file": str(row.path), "rule": rules, "outcome": "dry-run"})
+            file_log.info(
+                "%s: %s: rule %s: %s (dry run)",
+                row.path,
+                summary,
+                rules,
+                "; ".join(done),
+                extra={"file": str(row.path), "rule": rules, "outcome": "dry-run"},
+            )
             return Outcome("done", row.id, "dry run")
         self.journal.finish(row.id, "done", path=ctx.path)
-        file_log.info("%s: %s: rule %s: %s", row.source, summary, rules, "; ".join(done),
-                      extra={"file": str(row.source), "rule": rules, "outcome": "done"})
+        file_log.info(
+            "%s: %s: rule %s: %s",
+            row.source,
+            summary,
+            rules,
+            "; ".join(done),
+            extra={"file": str(row.source), "rule": rules, "outcome": "done"},
+        )
         plugins.call("file_processed", ctx=ctx)
         return Outcome("done", row.id)
 
     # --- failure -----------------------------------------------------------------------
 
-    def _fail(self, row: FileRow, reason: str, ctx: FileContext | None = None,
-              resume: dict[str, Any] | None = None) -> Outcome:
+    def _fail(
+        self, row: FileRow, reason: str, ctx: FileContext | None = None, resume: dict[str, Any] | None = None
+    ) -> Outcome:
         """A file that cannot be processed: into ``failed:`` if configured, else left in place."""
         path = row.path
         failed_dir = self.runtime.config.failed
@@ -310,9 +341,13 @@ class Pipeline:
                 log.error("%s: could not move into %s: %s", row.path, failed_dir, exc)
         if not self.dry_run:
             self.journal.finish(row.id, "failed", error=reason, path=path)
-        file_log.warning("%s: failed: %s%s", row.source, reason,
-                         f"; moved to {path}" if path != row.path else "",
-                         extra={"file": str(row.source), "outcome": "failed"})
+        file_log.warning(
+            "%s: failed: %s%s",
+            row.source,
+            reason,
+            f"; moved to {path}" if path != row.path else "",
+            extra={"file": str(row.source), "outcome": "failed"},
+        )
         self.runtime.plugins.call("file_failed", path=path, error=reason)
         return Outcome("failed", row.id, reason)
 
@@ -325,7 +360,10 @@ class Pipeline:
                 return target
         self.journal.begin_step(row.id, _QUARANTINE_SEQ, "", "quarantine")
         placed = place_file(
-            row.path, failed_dir / row.path.name, keep_source=False, src_hash=row.sha256,
+            row.path,
+            failed_dir / row.path.name,
+            keep_source=False,
+            src_hash=row.sha256,
             record=lambda **d: self.journal.record_intent(row.id, _QUARANTINE_SEQ, dict(src=str(row.path), **d)),
         )
         self.journal.add_produced(placed.path, row.id)

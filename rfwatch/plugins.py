@@ -12,9 +12,10 @@ import importlib
 import importlib.util
 import logging
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import pluggy
 
@@ -45,7 +46,7 @@ class PluginHost:
     actions: dict[str, tuple[ActionFactory, str]] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, extra: Iterable[str] = (), entry_points: bool = True) -> "PluginHost":
+    def load(cls, extra: Iterable[str] = (), entry_points: bool = True) -> PluginHost:
         pm = pluggy.PluginManager("rfwatch")
         pm.add_hookspecs(hookspecs)
         for name in DEFAULT_PLUGINS:
@@ -89,7 +90,9 @@ class PluginHost:
         for name, plugin in self.pm.list_name_plugin():
             hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
             actions = sorted(a for a, (_, owner) in self.actions.items() if owner == name)
-            dist = next((d.project_name + " " + d.version for p, d in self.pm.list_plugin_distinfo() if p is plugin), None)
+            dist = next(
+                (d.project_name + " " + d.version for p, d in self.pm.list_plugin_distinfo() if p is plugin), None
+            )
             out.append({"name": name, "hooks": hooks, "actions": actions, "distribution": dist})
         return out
 

@@ -14,7 +14,6 @@ import logging
 import os
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -193,4 +192,3 @@ def _orientation(img: Image.Image) -> int:
 def _upright(size: tuple[int, int], orientation: int) -> tuple[int, int]:
     w, h = size
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
-

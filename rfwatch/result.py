@@ -45,9 +45,7 @@ class Prediction:
     raw: dict[str, Any] = field(repr=False, compare=False)
 
     @classmethod
-    def from_response(
-        cls, raw: Any, image_path: str = "", image_size: tuple[int, int] | None = None
-    ) -> "Prediction":
+    def from_response(cls, raw: Any, image_path: str = "", image_size: tuple[int, int] | None = None) -> Prediction:
         if not isinstance(raw, dict) or "predictions" not in raw:
             raise ResponseFormatError(f"answer has no 'predictions': {str(raw)[:200]}")
         preds = raw["predictions"]
@@ -104,7 +102,9 @@ class Prediction:
 
     def json(self) -> dict[str, Any]:
         """The documented response object (see the Roboflow classification docs)."""
-        image = {"width": self.image_size[0], "height": self.image_size[1]} if self.image_size else self.raw.get("image")
+        image = (
+            {"width": self.image_size[0], "height": self.image_size[1]} if self.image_size else self.raw.get("image")
+        )
         if self.multi_label:
             return {
                 "time": self.time,
@@ -125,7 +125,7 @@ class Prediction:
         }
 
     @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> "Prediction":
+    def from_json(cls, doc: dict[str, Any]) -> Prediction:
         """Rebuild from :meth:`json` output (the journal stores predictions that way)."""
         image = doc.get("image") or {}
         size = (int(image["width"]), int(image["height"])) if image.get("width") is not None else None

@@ -7,9 +7,10 @@ list, and ``continue: true`` lets later rules be tried as well.
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .config import ActionSpec, Config, ConfigError, RuleConfig, When
 from .result import Prediction

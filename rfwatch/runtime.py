@@ -32,8 +32,10 @@ def make_client(config: Config, pool_size: int | None = None, **overrides) -> Ro
     }
     settings.update({k: v for k, v in overrides.items() if v is not None})
     if not settings["api_key"]:
-        raise ConfigError(r.api_key_problem or "roboflow.api_key: no Roboflow API key: set ROBOFLOW_API_KEY, "
-                          "roboflow.api_key or roboflow.api_key_file")
+        raise ConfigError(
+            r.api_key_problem
+            or "roboflow.api_key: no Roboflow API key: set ROBOFLOW_API_KEY, roboflow.api_key or roboflow.api_key_file"
+        )
     if not settings["model"]:
         raise ConfigError("roboflow.model: expected a model such as my-project/3 (or --model)")
     try:
@@ -60,8 +62,9 @@ class Runtime:
 
 def build_runtime(config: Config, **client_overrides) -> Runtime:
     if config.roboflow.model is None and not all(w.model for w in config.watch):
-        raise ConfigError("roboflow.model: expected a model such as my-project/3 "
-                          "(every watch without its own model uses it)")
+        raise ConfigError(
+            "roboflow.model: expected a model such as my-project/3 (every watch without its own model uses it)"
+        )
     plugins, rules = build_runtime_parts(config)
     client = make_client(config, **client_overrides)
     return Runtime(config, plugins, rules, client)

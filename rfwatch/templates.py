@@ -12,9 +12,10 @@ import datetime as dt
 import os
 import re
 import string
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = ["PLACEHOLDERS", "Template", "TemplateError", "safe_component", "UnsafePathError"]
 

@@ -18,9 +18,9 @@ import os
 import stat
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -100,8 +100,11 @@ def scan(watch: WatchConfig, folder: Path | None = None) -> Iterator[tuple[Path,
             try:
                 if entry.is_dir(follow_symlinks=False):
                     if filt.accepts(Path(entry.path)):
-                        log.info("%s: a folder named like an image: its contents are %s, it is not taken",
-                                 entry.path, "scanned" if watch.recursive else "ignored (recursive: false)")
+                        log.info(
+                            "%s: a folder named like an image: its contents are %s, it is not taken",
+                            entry.path,
+                            "scanned" if watch.recursive else "ignored (recursive: false)",
+                        )
                     if watch.recursive and not filt.excluded_name(entry.name):
                         stack.append(Path(entry.path))
                     continue
@@ -236,7 +239,7 @@ class Settler:
 
 
 class _Handler(FileSystemEventHandler):
-    def __init__(self, watcher: "FolderWatcher", watch: WatchConfig):
+    def __init__(self, watcher: FolderWatcher, watch: WatchConfig):
         self.watcher = watcher
         self.watch = watch
         self.filter = FileFilter(watch)
@@ -280,7 +283,12 @@ class _OverflowSpy(logging.Filter):
 class FolderWatcher:
     """Observers for every watched folder, plus scans on start, on overflow and on request."""
 
-    def __init__(self, watches: tuple[WatchConfig, ...], ready: Ready, on_scan_request: Callable[[WatchConfig, Path | None], None]):
+    def __init__(
+        self,
+        watches: tuple[WatchConfig, ...],
+        ready: Ready,
+        on_scan_request: Callable[[WatchConfig, Path | None], None],
+    ):
         self.watches = watches
         self.settler = Settler(ready)
         self.request_scan = on_scan_request
@@ -304,14 +312,22 @@ class FolderWatcher:
                 observer.start()
             except OSError as exc:
                 if exc.errno == errno.ENOSPC:
-                    raise WatchLimitError(exc.errno, (
-                        f"cannot watch {watch.path}: the inotify watch limit is reached; raise it with "
-                        "sysctl fs.inotify.max_user_watches=524288 (persist in /etc/sysctl.d/), "
-                        "or set polling: true for this folder")) from None
+                    raise WatchLimitError(
+                        exc.errno,
+                        (
+                            f"cannot watch {watch.path}: the inotify watch limit is reached; raise it with "
+                            "sysctl fs.inotify.max_user_watches=524288 (persist in /etc/sysctl.d/), "
+                            "or set polling: true for this folder"
+                        ),
+                    ) from None
                 if exc.errno == errno.EMFILE:
-                    raise WatchLimitError(exc.errno, (
-                        f"cannot watch {watch.path}: too many inotify instances; raise "
-                        "sysctl fs.inotify.max_user_instances (e.g. to 1024)")) from None
+                    raise WatchLimitError(
+                        exc.errno,
+                        (
+                            f"cannot watch {watch.path}: too many inotify instances; raise "
+                            "sysctl fs.inotify.max_user_instances (e.g. to 1024)"
+                        ),
+                    ) from None
                 raise
             self._observers.append(observer)
 

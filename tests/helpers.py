@@ -11,12 +11,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 from PIL import Image
-
 from roboflow_server import VALID_KEY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,8 +25,12 @@ REPO = Path(__file__).resolve().parents[1]
 def write_config(tmp: Path, server, rules: list | None = None, **extra: Any) -> Path:
     watch = extra.pop("watch", None) or [{"path": "inbox", "settle": extra.pop("settle", 0.2)}]
     doc = {
-        "roboflow": {"model": extra.pop("model", "colors/1"), "api_url": server.url, "retries": 3,
-                     "timeout": extra.pop("timeout", 10)},
+        "roboflow": {
+            "model": extra.pop("model", "colors/1"),
+            "api_url": server.url,
+            "retries": 3,
+            "timeout": extra.pop("timeout", 10),
+        },
         "state": "state/journal.db",
         "concurrency": extra.pop("concurrency", 4),
         "watch": watch,
@@ -90,7 +94,7 @@ class DaemonThread:
     def _run(self) -> None:
         self.result = self.daemon.run()
 
-    def __enter__(self) -> "DaemonThread":
+    def __enter__(self) -> DaemonThread:
         self.thread.start()
         wait_for(lambda: self.daemon.watcher._observers or self.daemon.once, what="watches")
         return self
@@ -124,8 +128,9 @@ class DaemonProcess:
         full_env.pop("JOURNAL_STREAM", None)
         full_env.update(env or {})
         with open(log, "ab") as out:
-            self.proc = subprocess.Popen(rfwatch_cmd("run", "-c", str(config), *args), env=full_env,
-                                         stdout=out, stderr=out)
+            self.proc = subprocess.Popen(
+                rfwatch_cmd("run", "-c", str(config), *args), env=full_env, stdout=out, stderr=out
+            )
         self.messages: list[str] = []
         self._ready = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -137,7 +142,7 @@ class DaemonProcess:
         while True:
             try:
                 message = self._sock.recv(65536).decode()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:  # closed
                 return
@@ -145,12 +150,14 @@ class DaemonProcess:
             if "READY=1" in message.split("\n"):
                 self._ready.set()
 
-    def wait_ready(self, timeout: float = 60.0) -> "DaemonProcess":
+    def wait_ready(self, timeout: float = 60.0) -> DaemonProcess:
         deadline = time.monotonic() + timeout
         while not self._ready.wait(0.1):
             if self.proc.poll() is not None:
-                raise AssertionError(f"rfwatch exited with {self.proc.returncode} before it was ready: "
-                                     + self.log.read_text(errors="replace")[-2000:])
+                raise AssertionError(
+                    f"rfwatch exited with {self.proc.returncode} before it was ready: "
+                    + self.log.read_text(errors="replace")[-2000:]
+                )
             if time.monotonic() > deadline:
                 raise AssertionError(f"rfwatch not ready after {timeout}s")
         return self
@@ -177,7 +184,7 @@ class DaemonProcess:
         except FileNotFoundError:
             pass
 
-    def __enter__(self) -> "DaemonProcess":
+    def __enter__(self) -> DaemonProcess:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -188,7 +195,9 @@ def rfwatch_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "rfwatch", *args]
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120, **kw: Any) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120, **kw: Any
+) -> subprocess.CompletedProcess:
     full_env = dict(os.environ, ROBOFLOW_API_KEY=VALID_KEY)
     full_env.update(env or {})
     return subprocess.run(rfwatch_cmd(*args), capture_output=True, text=True, env=full_env, timeout=timeout, **kw)

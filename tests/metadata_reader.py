@@ -42,7 +42,7 @@ def read_xmp(path: Path) -> dict[str, object]:
     if not data:
         return {"subject": [], "hierarchical": [], "tagslist": [], "rfwatch": {}}
     text = data.decode("utf-8", "replace")
-    text = text[text.index("<x:xmpmeta"): text.rindex("</x:xmpmeta>") + len("</x:xmpmeta>")]
+    text = text[text.index("<x:xmpmeta") : text.rindex("</x:xmpmeta>") + len("</x:xmpmeta>")]
     root = ET.fromstring(text)
     own = {}
     for desc in root.iter(f"{{{NS['rdf']}}}Description"):
@@ -78,16 +78,17 @@ def jpeg_parts(path: Path) -> tuple[list[tuple[int, bytes]], bytes]:
         marker = data[i + 1]
         if marker == 0xDA:  # start of scan: the compressed image data follows
             return segments, data[i:]
-        length = struct.unpack(">H", data[i + 2:i + 4])[0]
-        segments.append((marker, data[i + 4:i + 2 + length]))
+        length = struct.unpack(">H", data[i + 2 : i + 4])[0]
+        segments.append((marker, data[i + 4 : i + 2 + length]))
         i += 2 + length
     raise AssertionError("no scan data")
 
 
 def jpeg_non_xmp_segments(path: Path) -> list[tuple[int, bytes]]:
     segments, _ = jpeg_parts(path)
-    return [(m, p) for m, p in segments
-            if not (m == 0xE1 and p.startswith(XMP_APP1)) and m != 0xED]  # XMP, Photoshop IRB (IPTC)
+    return [
+        (m, p) for m, p in segments if not (m == 0xE1 and p.startswith(XMP_APP1)) and m != 0xED
+    ]  # XMP, Photoshop IRB (IPTC)
 
 
 def chunks(path: Path) -> list[tuple[bytes, bytes]]:
@@ -97,14 +98,14 @@ def chunks(path: Path) -> list[tuple[bytes, bytes]]:
     if data[:8] == b"\x89PNG\r\n\x1a\n":
         i = 8
         while i < len(data):
-            n = struct.unpack(">I", data[i:i + 4])[0]
-            out.append((data[i + 4:i + 8], data[i + 8:i + 8 + n]))
+            n = struct.unpack(">I", data[i : i + 4])[0]
+            out.append((data[i + 4 : i + 8], data[i + 8 : i + 8 + n]))
             i += 12 + n
     elif data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         i = 12
         while i < len(data):
-            n = struct.unpack("<I", data[i + 4:i + 8])[0]
-            out.append((data[i:i + 4], data[i + 8:i + 8 + n]))
+            n = struct.unpack("<I", data[i + 4 : i + 8])[0]
+            out.append((data[i : i + 4], data[i + 8 : i + 8 + n]))
             i += 8 + n + (n & 1)
     return out
 
@@ -114,7 +115,7 @@ def tiff_strips(path: Path) -> list[bytes]:
         offsets = img.tag_v2.get(273) or img.tag_v2.get(324)
         counts = img.tag_v2.get(279) or img.tag_v2.get(325)
     data = path.read_bytes()
-    return [data[o:o + c] for o, c in zip(offsets, counts)]
+    return [data[o : o + c] for o, c in zip(offsets, counts, strict=False)]
 
 
 def tiff_tags(path: Path) -> dict[int, object]:

@@ -25,9 +25,10 @@ import time
 import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 
 from PIL import Image
 
@@ -61,7 +62,7 @@ def color_scores(image: Image.Image) -> dict[str, float]:
     data = image.convert("RGB").resize((16, 16)).tobytes()
     sums = [sum(data[i::3]) for i in range(3)]
     total = sum(sums) or 1
-    return {name: round(s / total, 4) for name, s in zip(("red", "green", "blue"), sums)}
+    return {name: round(s / total, 4) for name, s in zip(("red", "green", "blue"), sums, strict=False)}
 
 
 class RoboflowServer:
@@ -98,7 +99,7 @@ class RoboflowServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self) -> "RoboflowServer":
+    def start(self) -> RoboflowServer:
         server = self
 
         class Handler(_Handler):

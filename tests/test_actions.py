@@ -5,20 +5,17 @@ from __future__ import annotations
 import base64
 import csv
 import json
-import os
 import shutil
 import sqlite3
 import sys
 import time
-from pathlib import Path
 
 import pytest
-from PIL import Image
-from standardwebhooks import Webhook
-
 from helpers import DaemonThread, files_under, run_cli, unique_jpeg, wait_for, write_config
 from metadata_reader import jpeg_parts, read_xmp
+from PIL import Image
 from roboflow_server import VALID_KEY
+from standardwebhooks import Webhook
 from webhook_receiver import Receiver
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
@@ -38,8 +35,9 @@ def receiver():
 
 
 def webhook_rule(receiver, **extra):
-    return [{"name": "notify", "then": [{"move": "sorted/{class}/{name}"},
-                                        {"webhook": {"url": receiver.url, **extra}}]}]
+    return [
+        {"name": "notify", "then": [{"move": "sorted/{class}/{name}"}, {"webhook": {"url": receiver.url, **extra}}]}
+    ]
 
 
 def test_webhooks_are_signed_and_verify_with_standardwebhooks(tmp_path, server, receiver):
@@ -129,15 +127,22 @@ def test_a_slow_receiver_does_not_hold_up_classification(tmp_path, server, recei
 
 def test_annotate_log_and_command(tmp_path, server):
     script = tmp_path / "hook.py"
-    script.write_text("import sys, os\n"
-                      "open(sys.argv[1], 'a').write(' '.join(sys.argv[2:]) + ' ' + os.environ['RFWATCH_CLASS'] + '\\n')\n"
-                      "sys.exit(3 if 'fail' in sys.argv[2] else 0)\n")
-    rules = [{"name": "all", "then": [
-        {"annotate": "annotated/{class}/{stem}.png"},
-        {"log": {"path": "results.jsonl"}},
-        {"log": {"path": "results.csv", "format": "csv"}},
-        {"command": [sys.executable, str(script), str(tmp_path / "cmd.txt"), "{name}", "{confidence:.2f}"]},
-    ]}]
+    script.write_text(
+        "import sys, os\n"
+        "open(sys.argv[1], 'a').write(' '.join(sys.argv[2:]) + ' ' + os.environ['RFWATCH_CLASS'] + '\\n')\n"
+        "sys.exit(3 if 'fail' in sys.argv[2] else 0)\n"
+    )
+    rules = [
+        {
+            "name": "all",
+            "then": [
+                {"annotate": "annotated/{class}/{stem}.png"},
+                {"log": {"path": "results.jsonl"}},
+                {"log": {"path": "results.csv", "format": "csv"}},
+                {"command": [sys.executable, str(script), str(tmp_path / "cmd.txt"), "{name}", "{confidence:.2f}"]},
+            ],
+        }
+    ]
     cfg = write_config(tmp_path, server, rules=rules, concurrency=8)
     originals = {}
     for i in range(20):
@@ -164,8 +169,15 @@ def test_annotate_log_and_command(tmp_path, server):
 
 
 def test_a_failing_command_is_a_failed_action_with_stderr(tmp_path, server):
-    rules = [{"name": "r", "then": [{"move": "sorted/{name}"},
-                                    {"command": {"args": ["sh", "-c", "echo oh no >&2; exit 4"], "timeout": 5}}]}]
+    rules = [
+        {
+            "name": "r",
+            "then": [
+                {"move": "sorted/{name}"},
+                {"command": {"args": ["sh", "-c", "echo oh no >&2; exit 4"], "timeout": 5}},
+            ],
+        }
+    ]
     cfg = write_config(tmp_path, server, rules=rules, failed="failed")
     (tmp_path / "inbox" / "a.jpg").write_bytes(unique_jpeg(RED, 60))
     result = run_cli("run", "-c", str(cfg), "--once")
@@ -181,14 +193,19 @@ def test_a_failing_command_is_a_failed_action_with_stderr(tmp_path, server):
 def test_full_rule_on_real_camera_files(tmp_path, server, receiver, samples):
     """tag + webhook + annotate + log + command on every camera JPEG, with the receiver down for a while."""
     receiver.stop()
-    rules = [{"name": "everything", "then": [
-        {"tag": {"mode": "embed", "keywords": ["{class}", "rfwatch"], "hierarchy": "rfwatch"}},
-        {"move": "sorted/{class}/{name}"},
-        {"annotate": "annotated/{class}/{name}"},
-        {"log": "results.jsonl"},
-        {"command": ["sh", "-c", "echo \"$1\" >> done.txt", "sh", "{name}"]},
-        {"webhook": {"url": receiver.url, "secret": SECRET}},
-    ]}]
+    rules = [
+        {
+            "name": "everything",
+            "then": [
+                {"tag": {"mode": "embed", "keywords": ["{class}", "rfwatch"], "hierarchy": "rfwatch"}},
+                {"move": "sorted/{class}/{name}"},
+                {"annotate": "annotated/{class}/{name}"},
+                {"log": "results.jsonl"},
+                {"command": ["sh", "-c", 'echo "$1" >> done.txt', "sh", "{name}"]},
+                {"webhook": {"url": receiver.url, "secret": SECRET}},
+            ],
+        }
+    ]
     cfg = write_config(tmp_path, server, rules=rules)
     originals = {}
     for src in sorted((samples / "jpg").glob("*.jpg")):

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
 from helpers import run_cli, unique_jpeg, write_config
-from rfwatch.config import ConfigError, config_from_dict, load_config
+from PIL import Image
 from roboflow_server import VALID_KEY
+
+from rfwatch.config import ConfigError, config_from_dict, load_config
 
 
 def test_classify_files_and_urls_prints_one_documented_object_each(tmp_path, server):
@@ -34,8 +33,9 @@ def test_classify_reports_each_failure_and_exits_1(tmp_path, server):
     bad.write_text("text")
     good = tmp_path / "good.jpg"
     good.write_bytes(unique_jpeg((200, 0, 0), 3))
-    result = run_cli("classify", "--api-url", server.url, "--model", "colors/1", str(bad), str(good),
-                     str(tmp_path / "missing.jpg"))
+    result = run_cli(
+        "classify", "--api-url", server.url, "--model", "colors/1", str(bad), str(good), str(tmp_path / "missing.jpg")
+    )
     assert result.returncode == 1
     assert len(result.stdout.splitlines()) == 1
     errors = result.stderr.strip().splitlines()
@@ -47,8 +47,9 @@ def test_classify_with_a_bad_key_never_shows_it(tmp_path, server):
     good = tmp_path / "good.jpg"
     good.write_bytes(unique_jpeg((200, 0, 0), 4))
     secret = "rf_secret_value_that_must_not_leak"
-    result = run_cli("classify", "-vv", "--api-url", server.url, "--model", "colors/1", str(good),
-                     env={"ROBOFLOW_API_KEY": secret})
+    result = run_cli(
+        "classify", "-vv", "--api-url", server.url, "--model", "colors/1", str(good), env={"ROBOFLOW_API_KEY": secret}
+    )
     assert result.returncode == 1 and "HTTP 401" in result.stderr
     assert secret not in result.stdout + result.stderr
     assert "api_key=***" in result.stderr  # the DEBUG URL line was there, masked
@@ -90,20 +91,28 @@ def test_python_dash_m_and_key_file(tmp_path, server):
     assert json.loads(result.stdout)["top"] == "blue"
 
 
-@pytest.mark.parametrize("doc,message", [
-    ({"roboflow": {"max_size": "big"}}, 'roboflow.max_size: expected a positive integer, got "big"'),
-    ({"roboflow": {"confidence": 2}}, "roboflow.confidence: expected a number between 0.01 and 1, got 2"),
-    ({"roboflow": {"model": "x"}}, "roboflow.model: expected 'project/version'"),
-    ({"roboflow": {"api_url": "ftp://x"}}, "roboflow.api_url: expected an http:// or https:// URL"),
-    ({"roboflow": {"modle": "a/1"}}, "roboflow.modle: unknown key"),
-    ({"concurrency": 0}, "concurrency: expected an integer between 1 and 64, got 0"),
-    ({"watch": [{"recursive": True}]}, "watch[0].path: expected the folder to watch"),
-    ({"watch": [{"path": "x", "settle": -1}]}, "watch[0].settle: expected a number >= 0, got -1"),
-    ({"rules": [{"when": {"min_confidence": 0.9, "max_confidence": 0.1}, "then": ["x"]}]},
-     "rules[0].when: min_confidence 0.9 is above max_confidence 0.1"),
-    ({"rules": [{"then": []}]}, "rules[0].then: expected a list of actions"),
-    ({"roboflow": {"api_key": "${RFWATCH_SURELY_UNSET}"}}, "roboflow.api_key: environment variable RFWATCH_SURELY_UNSET is not set"),
-])
+@pytest.mark.parametrize(
+    "doc,message",
+    [
+        ({"roboflow": {"max_size": "big"}}, 'roboflow.max_size: expected a positive integer, got "big"'),
+        ({"roboflow": {"confidence": 2}}, "roboflow.confidence: expected a number between 0.01 and 1, got 2"),
+        ({"roboflow": {"model": "x"}}, "roboflow.model: expected 'project/version'"),
+        ({"roboflow": {"api_url": "ftp://x"}}, "roboflow.api_url: expected an http:// or https:// URL"),
+        ({"roboflow": {"modle": "a/1"}}, "roboflow.modle: unknown key"),
+        ({"concurrency": 0}, "concurrency: expected an integer between 1 and 64, got 0"),
+        ({"watch": [{"recursive": True}]}, "watch[0].path: expected the folder to watch"),
+        ({"watch": [{"path": "x", "settle": -1}]}, "watch[0].settle: expected a number >= 0, got -1"),
+        (
+            {"rules": [{"when": {"min_confidence": 0.9, "max_confidence": 0.1}, "then": ["x"]}]},
+            "rules[0].when: min_confidence 0.9 is above max_confidence 0.1",
+        ),
+        ({"rules": [{"then": []}]}, "rules[0].then: expected a list of actions"),
+        (
+            {"roboflow": {"api_key": "${RFWATCH_SURELY_UNSET}"}},
+            "roboflow.api_key: environment variable RFWATCH_SURELY_UNSET is not set",
+        ),
+    ],
+)
 def test_config_errors_name_the_key(tmp_path, doc, message):
     with pytest.raises(ConfigError) as info:
         config_from_dict(doc, tmp_path)
@@ -112,18 +121,26 @@ def test_config_errors_name_the_key(tmp_path, doc, message):
 
 def test_env_expansion_and_relative_paths(tmp_path, monkeypatch):
     monkeypatch.setenv("INBOX", "drop")
-    cfg = config_from_dict({"watch": ["${INBOX}", {"path": "/abs"}], "failed": "${NOPE:-bad}",
-                            "roboflow": {"model": "${M:-p/2}"}}, tmp_path)
+    cfg = config_from_dict(
+        {"watch": ["${INBOX}", {"path": "/abs"}], "failed": "${NOPE:-bad}", "roboflow": {"model": "${M:-p/2}"}},
+        tmp_path,
+    )
     assert [w.path for w in cfg.watch] == [tmp_path / "drop", Path("/abs")]
     assert cfg.failed == tmp_path / "bad" and cfg.roboflow.model == "p/2"
 
 
-@pytest.mark.parametrize("rules,message", [
-    ([{"then": [{"mvoe": "x"}]}], "rules[0].then[0].mvoe: unknown action 'mvoe' (known: annotate, command, copy, log, move"),
-    ([{"then": [{"move": "sorted/{klass}/{name}"}]}], "rules[0].then[0].move: unknown placeholder {klass}"),
-    ([{"then": [{"copy": {"to": "x/{name}", "on_conflict": "clobber"}}]}], "on_conflict: expected one of"),
-    ([{"then": [{"move": {"dest": "x"}}]}], "rules[0].then[0].move: unknown option 'dest'"),
-])
+@pytest.mark.parametrize(
+    "rules,message",
+    [
+        (
+            [{"then": [{"mvoe": "x"}]}],
+            "rules[0].then[0].mvoe: unknown action 'mvoe' (known: annotate, command, copy, log, move",
+        ),
+        ([{"then": [{"move": "sorted/{klass}/{name}"}]}], "rules[0].then[0].move: unknown placeholder {klass}"),
+        ([{"then": [{"copy": {"to": "x/{name}", "on_conflict": "clobber"}}]}], "on_conflict: expected one of"),
+        ([{"then": [{"move": {"dest": "x"}}]}], "rules[0].then[0].move: unknown option 'dest'"),
+    ],
+)
 def test_rule_errors_at_load_name_the_key(tmp_path, server, rules, message):
     cfg = write_config(tmp_path, server, rules=rules)
     result = run_cli("check", "-c", str(cfg))

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import base64
-import io
 import logging
 import subprocess
 import sys
 import time
-import urllib.parse
 
 import pytest
-from PIL import Image, ImageChops, ImageOps, ImageStat
+from PIL import Image, ImageChops, ImageStat
+from roboflow_server import FORBIDDEN_KEY, VALID_KEY
 
 from rfwatch.client import (
     ApiError,
@@ -25,7 +24,6 @@ from rfwatch.client import (
     UnavailableError,
 )
 from rfwatch.prepare import MAX_UPLOAD_BYTES, ImageError, prepare_image
-from roboflow_server import FORBIDDEN_KEY, VALID_KEY
 
 FAST_RETRY = RetryPolicy(attempts=4, backoff=0.01, max_backoff=0.05, total=10)
 
@@ -107,8 +105,15 @@ def test_hosted_url_sends_no_body(server, make_jpeg):
 
 @pytest.mark.parametrize(
     "status,exc_type",
-    [(400, RejectedError), (402, QuotaError), (403, AuthError), (404, ModelNotFoundError), (413, RejectedError),
-     (423, QuotaError), (401, AuthError)],
+    [
+        (400, RejectedError),
+        (402, QuotaError),
+        (403, AuthError),
+        (404, ModelNotFoundError),
+        (413, RejectedError),
+        (423, QuotaError),
+        (401, AuthError),
+    ],
 )
 def test_permanent_errors_are_not_retried(server, red, status, exc_type):
     server.fail_next(status, message=f"server says {status}")
@@ -136,7 +141,9 @@ def test_server_rejects_what_the_real_one_rejects(server, make_jpeg):
 
     url = f"{server.url}/colors/1?api_key={VALID_KEY}"
     body = base64.b64encode(make_jpeg((1, 2, 3)))
-    assert requests.post(url, data=body, headers={"Content-Type": "application/x-www-form-urlencoded"}).status_code == 200
+    assert (
+        requests.post(url, data=body, headers={"Content-Type": "application/x-www-form-urlencoded"}).status_code == 200
+    )
     no_ct = requests.Request("POST", url, data=body).prepare()
     no_ct.headers.pop("Content-Type", None)
     assert requests.Session().send(no_ct).status_code == 400
@@ -220,8 +227,16 @@ def test_api_key_never_leaks(server, red, caplog):
 
 def _closest_transform(received: Image.Image, reference: Image.Image) -> int:
     """Which of the 8 EXIF orientations, applied to the upright reference, matches ``received`` best."""
-    ops = [None, Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.ROTATE_180, Image.Transpose.FLIP_TOP_BOTTOM,
-           Image.Transpose.TRANSPOSE, Image.Transpose.ROTATE_270, Image.Transpose.TRANSVERSE, Image.Transpose.ROTATE_90]
+    ops = [
+        None,
+        Image.Transpose.FLIP_LEFT_RIGHT,
+        Image.Transpose.ROTATE_180,
+        Image.Transpose.FLIP_TOP_BOTTOM,
+        Image.Transpose.TRANSPOSE,
+        Image.Transpose.ROTATE_270,
+        Image.Transpose.TRANSVERSE,
+        Image.Transpose.ROTATE_90,
+    ]
     best, best_diff = -1, float("inf")
     for i, op in enumerate(ops):
         candidate = reference if op is None else reference.transpose(op)

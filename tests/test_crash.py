@@ -11,9 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
 import yaml
-
 from helpers import DaemonProcess, files_under, rfwatch_cmd, run_cli, unique_jpeg, wait_for, write_burst, write_config
 from roboflow_server import VALID_KEY
 
@@ -25,8 +23,9 @@ def _env():
 
 
 def _start(cfg: Path, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(rfwatch_cmd("run", "-c", str(cfg)), env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=open(log, "ab"))
+    return subprocess.Popen(
+        rfwatch_cmd("run", "-c", str(cfg)), env=_env(), stdout=subprocess.DEVNULL, stderr=open(log, "ab")
+    )
 
 
 def _digest(data: bytes) -> str:
@@ -51,13 +50,19 @@ def assert_each_exactly_once(tmp_path: Path, written: dict[str, bytes], places: 
 
 def test_kill_9_mid_burst_then_restart(tmp_path, server):
     server.delay = 0.02
-    cfg = write_config(tmp_path, server, concurrency=4, settle=0.2, failed="failed", rules=[
-        {"name": "sort", "then": [{"move": "sorted/{class}/{name}"}]}])
+    cfg = write_config(
+        tmp_path,
+        server,
+        concurrency=4,
+        settle=0.2,
+        failed="failed",
+        rules=[{"name": "sort", "then": [{"move": "sorted/{class}/{name}"}]}],
+    )
     rnd = random.Random(42)
     written = {}
     log = tmp_path / "daemon.log"
     n = 0
-    for round_ in range(8):
+    for _round in range(8):
         # Killed at a random instant: during start-up recovery as well as mid-burst.
         with DaemonProcess(cfg, log):
             n = write_burst(tmp_path / "inbox", written, n, 25, 5000)  # a burst arrives while the daemon runs

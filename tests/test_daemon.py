@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import DaemonThread, files_under, run_cli, unique_jpeg, wait_for, write_config
 from roboflow_server import VALID_KEY
 
@@ -39,7 +38,7 @@ def test_slow_writer_is_not_taken_before_it_closes(tmp_path, server):
     with DaemonThread(cfg):
         with open(target, "wb") as fh:
             for i in range(0, len(data), len(data) // 4 + 1):
-                fh.write(data[i:i + len(data) // 4 + 1])
+                fh.write(data[i : i + len(data) // 4 + 1])
                 fh.flush()
                 time.sleep(0.6)  # pauses three times longer than settle
                 assert server.inference_requests() == [], "taken while still being written"
@@ -131,11 +130,14 @@ def test_api_rejection_of_one_image_fails_only_that_file(tmp_path, server):
     assert (tmp_path / "failed" / "a.jpg").exists()
 
 
-@pytest.mark.parametrize("mode,expect", [
-    ("rename", {"x.jpg": "old", "x (1).jpg": "new"}),
-    ("skip", {"x.jpg": "old"}),
-    ("overwrite", {"x.jpg": "new"}),
-])
+@pytest.mark.parametrize(
+    "mode,expect",
+    [
+        ("rename", {"x.jpg": "old", "x (1).jpg": "new"}),
+        ("skip", {"x.jpg": "old"}),
+        ("overwrite", {"x.jpg": "new"}),
+    ],
+)
 def test_conflicts(tmp_path, server, mode, expect):
     rules = [{"name": "r", "then": [{"move": {"to": "sorted/{name}", "on_conflict": mode}}]}]
     cfg = write_config(tmp_path, server, rules=rules)
@@ -160,7 +162,10 @@ def test_dedupe_drops_identical_and_renames_different(tmp_path, server):
     (tmp_path / "inbox" / "b.jpg").write_bytes(other)
     run_cli("run", "-c", str(cfg), "--once")
     assert {p.name: p.read_bytes() for p in files_under(tmp_path / "sorted")} == {
-        "a.jpg": same, "b.jpg": same, "b (1).jpg": other}
+        "a.jpg": same,
+        "b.jpg": same,
+        "b (1).jpg": other,
+    }
     assert files_under(tmp_path / "inbox") == []
 
 
@@ -172,8 +177,11 @@ def test_hostile_class_names_cannot_escape_the_destination(tmp_path, server):
     for i in range(len(hostile)):
         (tmp_path / "inbox" / f"h{i}.jpg").write_bytes(unique_jpeg(RED, 100 + i))
     run_cli("run", "-c", str(cfg), "--once")
-    outside = [p for p in files_under(tmp_path) if not str(p).startswith(str(tmp_path / "sorted"))
-               and "state" not in p.parts and p.name != "config.yaml"]
+    outside = [
+        p
+        for p in files_under(tmp_path)
+        if not str(p).startswith(str(tmp_path / "sorted")) and "state" not in p.parts and p.name != "config.yaml"
+    ]
     assert outside == []
     sorted_files = files_under(tmp_path / "sorted")
     assert len(sorted_files) == len(hostile)
@@ -256,10 +264,7 @@ def test_plugin_from_a_py_path_adds_an_action(tmp_path, server):
 
 def test_a_plugin_that_raises_in_a_hook_does_not_stop_the_daemon(tmp_path, server):
     (tmp_path / "boom.py").write_text(
-        "import rfwatch\n"
-        "@rfwatch.hookimpl\n"
-        "def file_classified(ctx):\n"
-        "    raise RuntimeError('boom from plugin')\n"
+        "import rfwatch\n@rfwatch.hookimpl\ndef file_classified(ctx):\n    raise RuntimeError('boom from plugin')\n"
     )
     cfg = write_config(tmp_path, server, plugins=["boom.py"])
     (tmp_path / "inbox" / "a.jpg").write_bytes(unique_jpeg(RED, 17))
@@ -302,8 +307,9 @@ def test_once_shows_a_progress_bar_on_a_tty(tmp_path, server):
         (tmp_path / "inbox" / f"p{i}.jpg").write_bytes(unique_jpeg(RED, 300 + i))
     leader, follower = pty.openpty()
     env = dict(os.environ, ROBOFLOW_API_KEY=VALID_KEY)
-    proc = subprocess.run(rfwatch_cmd("run", "-c", str(cfg), "--once"), stderr=follower,
-                          stdout=subprocess.DEVNULL, env=env, timeout=60)
+    proc = subprocess.run(
+        rfwatch_cmd("run", "-c", str(cfg), "--once"), stderr=follower, stdout=subprocess.DEVNULL, env=env, timeout=60
+    )
     os.close(follower)
     out = b""
     while True:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import sqlite3
@@ -12,9 +11,8 @@ import zlib
 from pathlib import Path
 
 import pytest
-
 from helpers import DaemonProcess, DaemonThread, files_under, run_cli, unique_jpeg, wait_for, write_burst, write_config
-from roboflow_server import VALID_KEY, Fault
+from roboflow_server import Fault
 from test_crash import assert_each_exactly_once
 from webhook_receiver import Receiver
 
@@ -30,8 +28,13 @@ def test_faulty_api_every_file_classified_and_moved_exactly_once(tmp_path, serve
     """30% of requests fail: 500, 503, 429 with Retry-After, hangs past the timeout, connection resets."""
     server.fault_rate = 0.3
     server.hang_seconds = 1.5
-    server.fault_mix = [Fault(500), Fault(503, retry_after="0"), Fault(429, retry_after="1"),
-                        Fault(None, "hang"), Fault(None, "reset")]
+    server.fault_mix = [
+        Fault(500),
+        Fault(503, retry_after="0"),
+        Fault(429, retry_after="1"),
+        Fault(None, "hang"),
+        Fault(None, "reset"),
+    ]
     cfg = write_config(tmp_path, server, concurrency=8, timeout=0.5, failed="failed")
     written = {}
     for i in range(120):
@@ -66,11 +69,18 @@ def test_kill_9_storm_with_move_tag_and_webhook(tmp_path, server):
 def _kill_storm(tmp_path: Path, server, receiver: Receiver) -> None:
     import shutil
 
-    rules = [{"name": "all", "then": [
-        {"tag": {"mode": "sidecar", "keywords": ["{class}"]}} if shutil.which("exiftool") else {"log": "log.jsonl"},
-        {"move": "sorted/{class}/{name}"},
-        {"webhook": {"url": receiver.url}},
-    ]}]
+    rules = [
+        {
+            "name": "all",
+            "then": [
+                {"tag": {"mode": "sidecar", "keywords": ["{class}"]}}
+                if shutil.which("exiftool")
+                else {"log": "log.jsonl"},
+                {"move": "sorted/{class}/{name}"},
+                {"webhook": {"url": receiver.url}},
+            ],
+        }
+    ]
     cfg = write_config(tmp_path, server, rules=rules, concurrency=6, settle=0.1, failed="failed")
     log = tmp_path / "daemon.log"
     rnd = random.Random(7)
@@ -84,13 +94,19 @@ def _kill_storm(tmp_path: Path, server, receiver: Receiver) -> None:
         kills += 1
     with DaemonProcess(cfg, log) as last:
         # Let the last one finish the burst, then deliver whatever the outbox still holds.
-        wait_for(lambda: len([p for p in files_under(tmp_path / "sorted") if p.suffix == ".jpg"]) == len(written),
-                 timeout=300, what="every file sorted after the storm")
+        wait_for(
+            lambda: len([p for p in files_under(tmp_path / "sorted") if p.suffix == ".jpg"]) == len(written),
+            timeout=300,
+            what="every file sorted after the storm",
+        )
         db = sqlite3.connect(tmp_path / "state" / "journal.db", timeout=30)
         db.execute("UPDATE outbox SET next_at=0 WHERE state='pending'")
         db.commit()
-        wait_for(lambda: db.execute("SELECT COUNT(*) FROM outbox WHERE state='pending'").fetchone()[0] == 0,
-                 timeout=120, what="the outbox to drain")
+        wait_for(
+            lambda: db.execute("SELECT COUNT(*) FROM outbox WHERE state='pending'").fetchone()[0] == 0,
+            timeout=120,
+            what="the outbox to drain",
+        )
         last.wait_ready()
         assert last.terminate() == 0
     assert kills >= 20 and len(written) >= 300
@@ -124,8 +140,9 @@ def _bomb_png(path: Path) -> None:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0)  # 3.6 G pixels declared
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+    )
 
 
 def test_bad_input_corpus(tmp_path, server, samples, heic_file):
@@ -179,7 +196,7 @@ def test_bad_input_corpus(tmp_path, server, samples, heic_file):
         "phone.heic": "pip install 'rfwatch[heif]'",
     }
     for name, reason in expect.items():
-        line = next((l for l in stderr.splitlines() if name in l and "failed:" in l), "")
+        line = next((x for x in stderr.splitlines() if name in x and "failed:" in x), "")
         assert reason in line, f"{name}: {line or 'no log line'}"
         assert (tmp_path / "failed" / name).exists()
     assert "link.jpg: skipped: symbolic links are not followed" in stderr
@@ -202,9 +219,17 @@ def test_the_api_key_appears_nowhere(tmp_path, server):
     server.valid_keys.add(secret)
     receiver = Receiver().start()
     try:
-        rules = [{"name": "all", "then": [
-            {"move": "sorted/{class}/{name}"}, {"log": "results.jsonl"},
-            {"command": ["sh", "-c", "env > env.txt"]}, {"webhook": {"url": receiver.url}}]}]
+        rules = [
+            {
+                "name": "all",
+                "then": [
+                    {"move": "sorted/{class}/{name}"},
+                    {"log": "results.jsonl"},
+                    {"command": ["sh", "-c", "env > env.txt"]},
+                    {"webhook": {"url": receiver.url}},
+                ],
+            }
+        ]
         cfg = write_config(tmp_path, server, rules=rules, failed="failed")
         for i in range(6):
             (tmp_path / "inbox" / f"s{i}.jpg").write_bytes(unique_jpeg(COLORS["red"], 100 + i))
@@ -215,10 +240,19 @@ def test_the_api_key_appears_nowhere(tmp_path, server):
         good = run_cli("run", "-c", str(cfg), "--once", "-vv", env={"ROBOFLOW_API_KEY": secret})
         wait_for(receiver.ok, what="webhooks")
         (tmp_path / "inbox" / "t.jpg").write_bytes(unique_jpeg(COLORS["red"], 200))
-        rejected = run_cli("run", "-c", str(cfg), "--once", "-vv", "--log-format", "json",
-                           env={"ROBOFLOW_API_KEY": secret + "x"})  # 401
-        classify = run_cli("classify", "-vv", "--api-url", server.url, "--model", "colors/1",
-                           str(tmp_path / "inbox" / "t.jpg"), env={"ROBOFLOW_API_KEY": secret + "x"})
+        rejected = run_cli(
+            "run", "-c", str(cfg), "--once", "-vv", "--log-format", "json", env={"ROBOFLOW_API_KEY": secret + "x"}
+        )  # 401
+        classify = run_cli(
+            "classify",
+            "-vv",
+            "--api-url",
+            server.url,
+            "--model",
+            "colors/1",
+            str(tmp_path / "inbox" / "t.jpg"),
+            env={"ROBOFLOW_API_KEY": secret + "x"},
+        )
     finally:
         receiver.stop()
     assert rejected.returncode == 3 and "HTTP 401" in rejected.stderr

@@ -16,9 +16,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from helpers import DaemonThread, files_under, rfwatch_cmd, run_cli, unique_jpeg, wait_for, write_config
 from roboflow_server import VALID_KEY, RoboflowServer
+
 from rfwatch.sdnotify import Notifier
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,14 +46,25 @@ def test_units_verify_cleanly_and_are_hardened(tmp_path, unit):
     folder = _units(tmp_path)
     verify = subprocess.run(["systemd-analyze", "verify", str(folder / unit)], capture_output=True, text=True)
     assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr
-    security = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(folder / unit)],
-                              capture_output=True, text=True)
+    security = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", str(folder / unit)], capture_output=True, text=True
+    )
     score = float(re.search(r"Overall exposure level for \S+: ([\d.]+)", security.stdout).group(1))
     assert score <= 2.0, security.stdout[-3000:]
     text = (folder / unit.replace("lab", "")).read_text()
-    for line in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "ExecReload=/bin/kill -HUP $MAINPID",
-                 "User=rfwatch", "StateDirectory=rfwatch", "LoadCredential=roboflow:", "ProtectSystem=strict",
-                 "CapabilityBoundingSet=\n", "SystemCallFilter=@system-service", "NoNewPrivileges=yes"):
+    for line in (
+        "Type=notify",
+        "WatchdogSec=",
+        "Restart=on-failure",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "User=rfwatch",
+        "StateDirectory=rfwatch",
+        "LoadCredential=roboflow:",
+        "ProtectSystem=strict",
+        "CapabilityBoundingSet=\n",
+        "SystemCallFilter=@system-service",
+        "NoNewPrivileges=yes",
+    ):
         assert line in text, line
 
 
@@ -69,7 +80,7 @@ def _receive(sock: socket.socket, until: float) -> list[tuple[float, str]]:
     while time.monotonic() < until:
         try:
             out.append((time.monotonic(), sock.recv(4096).decode()))
-        except socket.timeout:
+        except TimeoutError:
             continue
     return out
 
@@ -92,7 +103,7 @@ def test_notify_protocol_with_an_abstract_socket(tmp_path, server):
     assert texts and texts[0].startswith("READY=1")
     pings = [t for t, m in messages if m == "WATCHDOG=1"]
     assert len(pings) >= 5, texts  # every 0.5 s for 1 s WATCHDOG_USEC
-    assert max(b - a for a, b in zip(pings, pings[1:])) < 1.0
+    assert max(b - a for a, b in zip(pings, pings[1:], strict=False)) < 1.0
     assert any(re.match(r"STATUS=1 done, 0 unmatched, 0 failed, \d+ queued", m) for m in texts), texts
     assert "STOPPING=1" in [m for _, m in rest]
 
@@ -109,8 +120,13 @@ def test_ready_is_sent_only_once_the_watches_exist(tmp_path, server):
 
         def ready(self, status=""):
             d = holder.daemon
-            at_ready.append((len(d.watcher._observers), d.watcher.alive(),
-                             d._scanning + d.queue.qsize() + d._busy + sum(d.counts.values())))
+            at_ready.append(
+                (
+                    len(d.watcher._observers),
+                    d.watcher.alive(),
+                    d._scanning + d.queue.qsize() + d._busy + sum(d.counts.values()),
+                )
+            )
             super().ready(status)
 
     holder = DaemonThread(cfg, notifier=Snapshot({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"}))
@@ -279,7 +295,9 @@ def test_an_event_overflow_triggers_a_rescan(tmp_path, server):
         time.sleep(0.8)
         assert not (tmp_path / "sorted").exists()
         # ...and watchdog reports the kernel's IN_Q_OVERFLOW the only way it does: a log line
-        logging.getLogger("watchdog.observers.inotify_c").warning("Inotify queue overflowed; filesystem events were lost")
+        logging.getLogger("watchdog.observers.inotify_c").warning(
+            "Inotify queue overflowed; filesystem events were lost"
+        )
         wait_for(lambda: (tmp_path / "sorted" / "red" / "lost.jpg").exists(), what="the rescan after the overflow")
 
 
@@ -294,9 +312,9 @@ def test_the_inotify_watch_limit_error_names_the_sysctl(tmp_path, server, monkey
 
     monkeypatch.setattr(rfwatch.watcher, "Observer", FullObserver)
     cfg = write_config(tmp_path, server)
-    from rfwatch.daemon import Daemon
-
     import logging
+
+    from rfwatch.daemon import Daemon
 
     records = []
     handler = logging.Handler()

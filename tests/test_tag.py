@@ -6,10 +6,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from metadata_reader import chunks, iptc_keywords, jpeg_non_xmp_segments, jpeg_parts, read_xmp, tiff_strips, tiff_tags
 from PIL import Image
 
-from metadata_reader import (chunks, iptc_keywords, jpeg_non_xmp_segments, jpeg_parts, read_xmp, tiff_strips,
-                             tiff_tags)
 from rfwatch.config import config_from_dict
 from rfwatch.context import FileContext
 from rfwatch.default_plugins.tag import TagAction
@@ -17,17 +16,35 @@ from rfwatch.result import Prediction
 
 pytestmark = pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool not installed")
 
-SINGLE = {"time": 0.1, "image": {"width": 10, "height": 10}, "predictions": [
-    {"class": "iguana", "confidence": 0.91}, {"class": "lizard", "confidence": 0.07}],
-    "top": "iguana", "confidence": 0.91, "image_path": "", "prediction_type": "ClassificationModel"}
-MULTI = {"time": 0.1, "image": {"width": 10, "height": 10},
-         "predictions": {"cat": {"confidence": 0.8}, "dog": {"confidence": 0.7}, "fox": {"confidence": 0.1}},
-         "predicted_classes": ["cat", "dog"], "image_path": "", "prediction_type": "ClassificationModel"}
+SINGLE = {
+    "time": 0.1,
+    "image": {"width": 10, "height": 10},
+    "predictions": [{"class": "iguana", "confidence": 0.91}, {"class": "lizard", "confidence": 0.07}],
+    "top": "iguana",
+    "confidence": 0.91,
+    "image_path": "",
+    "prediction_type": "ClassificationModel",
+}
+MULTI = {
+    "time": 0.1,
+    "image": {"width": 10, "height": 10},
+    "predictions": {"cat": {"confidence": 0.8}, "dog": {"confidence": 0.7}, "fox": {"confidence": 0.1}},
+    "predicted_classes": ["cat", "dog"],
+    "image_path": "",
+    "prediction_type": "ClassificationModel",
+}
 
 
 def run_tag(path: Path, options: dict, doc: dict = SINGLE) -> dict:
-    ctx = FileContext(path=path, source=path, watch_root=path.parent, prediction=Prediction.from_json(doc),
-                      config=config_from_dict({}, path.parent), model="animals/3", rule="r")
+    ctx = FileContext(
+        path=path,
+        source=path,
+        watch_root=path.parent,
+        prediction=Prediction.from_json(doc),
+        config=config_from_dict({}, path.parent),
+        model="animals/3",
+        rule="r",
+    )
     return TagAction(options)(ctx)
 
 
@@ -38,7 +55,8 @@ def camera_jpegs(samples: Path) -> list[Path]:
 
 def test_embed_into_every_camera_jpeg_is_lossless(samples, tmp_path):
     files = camera_jpegs(samples)
-    assert len(files) >= 40
+    kinds = {f.parent.name for f in files}
+    assert len(files) >= 35 and {"jpg", "orientation", "gps", "xmp", "invalid"} <= kinds, "the sample set is incomplete"
     for original in files:
         path = tmp_path / f"{original.parent.name}-{original.name}"
         shutil.copyfile(original, path)
@@ -104,7 +122,8 @@ def test_sidecar_names_and_merge(samples, tmp_path, naming, name):
         "<rdf:Description rdf:about='' xmlns:dc='http://purl.org/dc/elements/1.1/' "
         "xmlns:xmp='http://ns.adobe.com/xap/1.0/' xmp:Rating='4'>"
         "<dc:subject><rdf:Bag><rdf:li>mine</rdf:li></rdf:Bag></dc:subject>"
-        "</rdf:Description></rdf:RDF></x:xmpmeta>")
+        "</rdf:Description></rdf:RDF></x:xmpmeta>"
+    )
     for _ in range(2):
         result = run_tag(path, {"sidecar_name": naming, "hierarchy": "animals"})
     assert result["sidecar"] == str(sidecar)
@@ -138,8 +157,10 @@ def test_formats_that_cannot_embed_fall_back_to_a_sidecar(tmp_path, heic_file, c
 
 
 def test_bad_tag_options_are_config_errors():
-    for options, message in [({"mode": "inline"}, "mode: expected one of"),
-                             ({"sidecar_name": "x"}, "sidecar_name: expected full"),
-                             ({"keywords": ["{klass}"]}, "unknown placeholder {klass}")]:
+    for options, message in [
+        ({"mode": "inline"}, "mode: expected one of"),
+        ({"sidecar_name": "x"}, "sidecar_name: expected full"),
+        ({"keywords": ["{klass}"]}, "unknown placeholder {klass}"),
+    ]:
         with pytest.raises(ValueError, match=message):
             TagAction(options)

@@ -18,8 +18,15 @@ DOC = {"predictions": [{"class": "cat", "confidence": 0.876}], "top": "cat", "co
 
 
 def ctx_for(path: Path, root: Path) -> FileContext:
-    return FileContext(path=path, source=path, watch_root=root, prediction=Prediction.from_json(DOC),
-                       config=config_from_dict({}, root), model="pets/2", rule="r1")
+    return FileContext(
+        path=path,
+        source=path,
+        watch_root=root,
+        prediction=Prediction.from_json(DOC),
+        config=config_from_dict({}, root),
+        model="pets/2",
+        rule="r1",
+    )
 
 
 def test_every_placeholder_renders(tmp_path, samples):
@@ -44,10 +51,19 @@ def test_unknown_and_malformed_placeholders_fail_at_load():
             Template(text)
 
 
-@pytest.mark.parametrize("value,expected", [
-    ("../../etc", "_.._etc"), ("/abs", "_abs"), ("..", "_"), (".hidden", "hidden"), ("a\x00b\nc", "a_b_c"),
-    ("c:\\win", "c:_win"), ("", "_"), ("ok name", "ok name"),
-])
+@pytest.mark.parametrize(
+    "value,expected",
+    [
+        ("../../etc", "_.._etc"),
+        ("/abs", "_abs"),
+        ("..", "_"),
+        (".hidden", "hidden"),
+        ("a\x00b\nc", "a_b_c"),
+        ("c:\\win", "c:_win"),
+        ("", "_"),
+        ("ok name", "ok name"),
+    ],
+)
 def test_safe_component(value, expected):
     assert safe_component(value) == expected
 

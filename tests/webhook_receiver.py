@@ -30,7 +30,7 @@ class Receiver:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/hook"
 
-    def start(self) -> "Receiver":
+    def start(self) -> Receiver:
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -47,8 +47,11 @@ class Receiver:
                 # A sender killed mid-request leaves a short body: a real receiver rejects it.
                 status = owner.status if len(body) == expected else 400
                 with owner.lock:
-                    owner.deliveries.append(Delivery(self.path, {k.lower(): v for k, v in self.headers.items()},
-                                                     body, status, time.monotonic()))
+                    owner.deliveries.append(
+                        Delivery(
+                            self.path, {k.lower(): v for k, v in self.headers.items()}, body, status, time.monotonic()
+                        )
+                    )
                 self.send_response(status)
                 if status in (301, 302, 307, 308):
                     self.send_header("Location", f"http://127.0.0.1:{owner.port}/elsewhere")

@@ -19,8 +19,9 @@ from .common import mapping_options
 
 class CommandAction:
     def __init__(self, options: Any):
-        opts = mapping_options(options, "args", {"args", "timeout"},
-                               'a list such as ["/usr/local/bin/notify", "{path}", "{class}"]')
+        opts = mapping_options(
+            options, "args", {"args", "timeout"}, 'a list such as ["/usr/local/bin/notify", "{path}", "{class}"]'
+        )
         args = opts.get("args")
         if not isinstance(args, list) or not args or not all(isinstance(a, (str, int, float)) for a in args):
             raise ValueError(f"expected a non-empty list of arguments (no shell is used), got {args!r}")
@@ -43,12 +44,22 @@ class CommandAction:
     def __call__(self, ctx: FileContext) -> dict[str, Any]:
         argv = self._argv(ctx)
         env = {k: v for k, v in os.environ.items() if k != "ROBOFLOW_API_KEY"}
-        env.update(RFWATCH_PATH=str(ctx.path), RFWATCH_CLASS=ctx.prediction.top,
-                   RFWATCH_CONFIDENCE=f"{ctx.prediction.confidence:.4f}", RFWATCH_RULE=ctx.rule or "")
+        env.update(
+            RFWATCH_PATH=str(ctx.path),
+            RFWATCH_CLASS=ctx.prediction.top,
+            RFWATCH_CONFIDENCE=f"{ctx.prediction.confidence:.4f}",
+            RFWATCH_RULE=ctx.rule or "",
+        )
         try:
             # Run from the config's folder, so relative paths mean the same as everywhere else in it.
-            proc = subprocess.run(argv, capture_output=True, timeout=self.timeout, env=env, stdin=subprocess.DEVNULL,
-                                  cwd=ctx.config.base_dir)
+            proc = subprocess.run(
+                argv,
+                capture_output=True,
+                timeout=self.timeout,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                cwd=ctx.config.base_dir,
+            )
         except subprocess.TimeoutExpired:
             raise RuntimeError(f"{argv[0]} timed out after {self.timeout:g}s") from None
         except OSError as exc:

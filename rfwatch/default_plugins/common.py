@@ -22,8 +22,12 @@ def mapping_options(options: Any, short_key: str, known: set[str], what: str) ->
 
 
 def destination_options(options: Any, extra: set[str] = frozenset()) -> tuple[Template, dict[str, Any]]:
-    opts = mapping_options(options, "to", {"to", "on_conflict"} | set(extra),
-                           'a destination such as "sorted/{class}/{name}" or {to: ..., on_conflict: rename}')
+    opts = mapping_options(
+        options,
+        "to",
+        {"to", "on_conflict"} | set(extra),
+        'a destination such as "sorted/{class}/{name}" or {to: ..., on_conflict: rename}',
+    )
     to = opts.get("to")
     if not isinstance(to, str) or not to.strip():
         raise ValueError(f"to: expected a destination path template, got {to!r}")

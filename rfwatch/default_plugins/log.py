@@ -26,7 +26,7 @@ _header_lock = threading.Lock()
 
 class LogAction:
     def __init__(self, options: Any):
-        opts = mapping_options(options, "path", {"path", "format"}, 'a file path or {path: ..., format: jsonl|csv}')
+        opts = mapping_options(options, "path", {"path", "format"}, "a file path or {path: ..., format: jsonl|csv}")
         path = opts.get("path")
         if not isinstance(path, str) or not path.strip():
             raise ValueError(f"path: expected a file path, got {path!r}")
@@ -66,8 +66,11 @@ class LogAction:
         }
         target.parent.mkdir(parents=True, exist_ok=True)
         if self.format == "csv":
-            row = dict(record, predicted_classes="|".join(record["predicted_classes"]),
-                       actions=json.dumps(record["actions"], default=str, ensure_ascii=False))
+            row = dict(
+                record,
+                predicted_classes="|".join(record["predicted_classes"]),
+                actions=json.dumps(record["actions"], default=str, ensure_ascii=False),
+            )
             buf = io.StringIO()
             csv.DictWriter(buf, CSV_FIELDS, lineterminator="\n").writerow(row)
             with _header_lock:  # the header must be the file's first line, written once

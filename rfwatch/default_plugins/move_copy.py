@@ -49,8 +49,9 @@ class PlaceAction:
         def record(**detail: Any) -> None:
             ctx.intent(src=str(src), **detail)
 
-        placed = place_file(src, dst, keep_source=self.keep_source, on_conflict=self.on_conflict,
-                            src_hash=ctx.sha256, record=record)
+        placed = place_file(
+            src, dst, keep_source=self.keep_source, on_conflict=self.on_conflict, src_hash=ctx.sha256, record=record
+        )
         if placed.outcome in ("moved", "copied"):
             for sidecar in sidecars:
                 self._carry_sidecar(src, sidecar, placed.path)

@@ -42,14 +42,29 @@ class ExifToolError(RuntimeError):
 def exiftool_path() -> str:
     found = shutil.which("exiftool")
     if not found:
-        raise ValueError("needs exiftool: apt-get install libimage-exiftool-perl (Debian/Ubuntu) "
-                         "or see https://exiftool.org/install.html")
+        raise ValueError(
+            "needs exiftool: apt-get install libimage-exiftool-perl (Debian/Ubuntu) "
+            "or see https://exiftool.org/install.html"
+        )
     return found
 
 
 def run_exiftool(args: list[str], target: Path, timeout: float = 60) -> None:
-    cmd = [exiftool_path(), "-config", str(EXIFTOOL_CONFIG), "-overwrite_original", "-P", "-m", "-q", "-q",
-           "-charset", "filename=utf8", *args, "--", os.fsdecode(target)]
+    cmd = [
+        exiftool_path(),
+        "-config",
+        str(EXIFTOOL_CONFIG),
+        "-overwrite_original",
+        "-P",
+        "-m",
+        "-q",
+        "-q",
+        "-charset",
+        "filename=utf8",
+        *args,
+        "--",
+        os.fsdecode(target),
+    ]
     try:
         proc = subprocess.run(cmd, capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -65,9 +80,12 @@ def sidecar_path(path: Path, naming: str) -> Path:
 
 class TagAction:
     def __init__(self, options: Any):
-        opts = mapping_options(options if options is not None else {}, "keywords",
-                               {"mode", "sidecar_name", "keywords", "hierarchy", "timeout"},
-                               "a mapping such as {mode: sidecar, keywords: ['{class}']}")
+        opts = mapping_options(
+            options if options is not None else {},
+            "keywords",
+            {"mode", "sidecar_name", "keywords", "hierarchy", "timeout"},
+            "a mapping such as {mode: sidecar, keywords: ['{class}']}",
+        )
         self.mode = opts.get("mode", "sidecar")
         if self.mode not in _MODES:
             raise ValueError(f"mode: expected one of {', '.join(_MODES)}, got {self.mode!r}")
@@ -122,9 +140,13 @@ class TagAction:
             args.append("-IPTC:CodedCharacterSet=UTF8")
         pred = ctx.prediction
         when = dt.datetime.now(dt.timezone.utc).strftime("%Y:%m:%d %H:%M:%S+00:00")
-        args += [f"-XMP-rfwatch:Model={ctx.model}", f"-XMP-rfwatch:Class={pred.top}",
-                 f"-XMP-rfwatch:Confidence={pred.confidence:.4f}", f"-XMP-rfwatch:ClassifiedAt={when}",
-                 "-XMP-rfwatch:Classes="]
+        args += [
+            f"-XMP-rfwatch:Model={ctx.model}",
+            f"-XMP-rfwatch:Class={pred.top}",
+            f"-XMP-rfwatch:Confidence={pred.confidence:.4f}",
+            f"-XMP-rfwatch:ClassifiedAt={when}",
+            "-XMP-rfwatch:Classes=",
+        ]
         args += [f"-XMP-rfwatch:Classes+={c}" for c in pred.predicted_classes]
         return args
 
@@ -133,7 +155,9 @@ class TagAction:
         result: dict[str, Any] = {"keywords": self._keywords(ctx)}
         mode = self.mode
         if mode in ("embed", "both") and path.suffix.lower() not in EMBEDDABLE:
-            log.info("%s: %s files cannot carry embedded XMP here; writing a sidecar instead", path, path.suffix or "such")
+            log.info(
+                "%s: %s files cannot carry embedded XMP here; writing a sidecar instead", path, path.suffix or "such"
+            )
             mode = "sidecar"
             result["fallback"] = "sidecar"
         if mode in ("embed", "both"):

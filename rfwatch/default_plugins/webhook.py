@@ -68,7 +68,7 @@ def sign(secret: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
 
 
 def parse_secret(secret: str) -> bytes:
-    raw = secret[len("whsec_"):] if secret.startswith("whsec_") else secret
+    raw = secret[len("whsec_") :] if secret.startswith("whsec_") else secret
     try:
         key = base64.b64decode(raw, validate=True)
     except ValueError:
@@ -93,25 +93,35 @@ class Outbox:
         with self.lock:
             if self.db.execute("SELECT 1 FROM gone_urls WHERE url=?", (url,)).fetchone():
                 return False
-            self.db.execute("INSERT OR IGNORE INTO outbox (id, url, body, state, next_at, created) "
-                            "VALUES (?,?,?,'pending',?,?)", (msg_id, url, body, time.time(), time.time()))
+            self.db.execute(
+                "INSERT OR IGNORE INTO outbox (id, url, body, state, next_at, created) VALUES (?,?,?,'pending',?,?)",
+                (msg_id, url, body, time.time(), time.time()),
+            )
         return True
 
     def due(self, limit: int = 16) -> list[tuple[str, str, bytes, int]]:
         with self.lock:
-            return self.db.execute("SELECT id, url, body, attempts FROM outbox WHERE state='pending' AND next_at<=? "
-                                   "ORDER BY next_at LIMIT ?", (time.time(), limit)).fetchall()
+            return self.db.execute(
+                "SELECT id, url, body, attempts FROM outbox WHERE state='pending' AND next_at<=? "
+                "ORDER BY next_at LIMIT ?",
+                (time.time(), limit),
+            ).fetchall()
 
     def delivered(self, msg_id: str, status: int) -> None:
         with self.lock:
-            self.db.execute("UPDATE outbox SET state='delivered', attempts=attempts+1, last_status=?, last_error=NULL,"
-                            " delivered=? WHERE id=?", (status, time.time(), msg_id))
+            self.db.execute(
+                "UPDATE outbox SET state='delivered', attempts=attempts+1, last_status=?, last_error=NULL,"
+                " delivered=? WHERE id=?",
+                (status, time.time(), msg_id),
+            )
 
     def failed(self, msg_id: str, attempts: int, status: int | None, error: str) -> float:
         delay = min(MAX_BACKOFF, 2.0 ** min(attempts, 12)) * random.uniform(0.75, 1.25)
         with self.lock:
-            self.db.execute("UPDATE outbox SET attempts=attempts+1, last_status=?, last_error=?, next_at=? WHERE id=?",
-                            (status, error[:500], time.time() + delay, msg_id))
+            self.db.execute(
+                "UPDATE outbox SET attempts=attempts+1, last_status=?, last_error=?, next_at=? WHERE id=?",
+                (status, error[:500], time.time() + delay, msg_id),
+            )
         return delay
 
     def gone(self, url: str) -> None:
@@ -140,8 +150,9 @@ class Dispatcher:
         self._stop = threading.Event()
         self._claimed: set[str] = set()
         self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, name=f"rfwatch-webhook-{i}", daemon=True)
-                         for i in range(threads)]
+        self._threads = [
+            threading.Thread(target=self._run, name=f"rfwatch-webhook-{i}", daemon=True) for i in range(threads)
+        ]
         for t in self._threads:
             t.start()
 
@@ -177,8 +188,13 @@ class Dispatcher:
             self.outbox.failed(msg_id, attempts, None, "no webhook with this URL in the running config")
             return False
         timestamp = int(time.time())
-        headers = {"Content-Type": "application/json", "User-Agent": "rfwatch-webhook/0.1",
-                   "webhook-id": msg_id, "webhook-timestamp": str(timestamp), **target.headers}
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "rfwatch-webhook/0.1",
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(timestamp),
+            **target.headers,
+        }
         if target.secret is not None:
             headers["webhook-signature"] = sign(target.secret, msg_id, timestamp, body)
         try:
@@ -235,8 +251,12 @@ def dispatcher_for(config: Config) -> Dispatcher:
 
 class WebhookAction:
     def __init__(self, options: Any):
-        opts = mapping_options(options, "url", {"url", "secret", "headers", "timeout"},
-                               "a URL or {url: ..., secret: whsec_..., headers: {...}, timeout: 15}")
+        opts = mapping_options(
+            options,
+            "url",
+            {"url", "secret", "headers", "timeout"},
+            "a URL or {url: ..., secret: whsec_..., headers: {...}, timeout: 15}",
+        )
         url = opts.get("url")
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ValueError(f"url: expected an http:// or https:// URL, got {url!r}")
@@ -251,8 +271,9 @@ class WebhookAction:
             raise ValueError(f"timeout: expected a positive number of seconds, got {timeout!r}")
         for value in [secret, *map(str, headers.values())]:
             register_secret(value)
-        self.target = Target(url, parse_secret(secret) if secret else None,
-                             {str(k): str(v) for k, v in headers.items()}, float(timeout))
+        self.target = Target(
+            url, parse_secret(secret) if secret else None, {str(k): str(v) for k, v in headers.items()}, float(timeout)
+        )
 
     def describe(self, ctx: FileContext) -> str:
         return f"POST {redact(self.target.url)}"
@@ -261,22 +282,31 @@ class WebhookAction:
         dispatcher = dispatcher_for(ctx.config)
         dispatcher.targets[self.target.url] = self.target
         # Derived from the journal row and step, so a step redone after a crash queues the same event.
-        msg_id = "msg_" + uuid.uuid5(uuid.NAMESPACE_URL, f"{ctx.config.state_path}#{ctx.file_id}#{ctx.rule}#"
-                                     f"{len(ctx.results)}#{self.target.url}").hex
-        body = json.dumps({
-            "type": "file.processed",
-            "id": msg_id,
-            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "host": dispatcher.host,
-            "data": {
-                "source": str(ctx.source),
-                "path": str(ctx.path),
-                "rule": ctx.rule,
-                "model": ctx.model,
-                "prediction": ctx.prediction.json(),
-                "actions": ctx.results,
+        msg_id = (
+            "msg_"
+            + uuid.uuid5(
+                uuid.NAMESPACE_URL,
+                f"{ctx.config.state_path}#{ctx.file_id}#{ctx.rule}#{len(ctx.results)}#{self.target.url}",
+            ).hex
+        )
+        body = json.dumps(
+            {
+                "type": "file.processed",
+                "id": msg_id,
+                "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "host": dispatcher.host,
+                "data": {
+                    "source": str(ctx.source),
+                    "path": str(ctx.path),
+                    "rule": ctx.rule,
+                    "model": ctx.model,
+                    "prediction": ctx.prediction.json(),
+                    "actions": ctx.results,
+                },
             },
-        }, ensure_ascii=False, default=str).encode("utf-8", "backslashreplace")  # non-UTF-8 names: \udcXX escapes
+            ensure_ascii=False,
+            default=str,
+        ).encode("utf-8", "backslashreplace")  # non-UTF-8 names: \udcXX escapes
         if not dispatcher.outbox.add(msg_id, self.target.url, body):
             return {"queued": False, "reason": "receiver answered 410 Gone earlier"}
         dispatcher.wake()
