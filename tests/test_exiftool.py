@@ -1,0 +1,379 @@
+"""rfwatch.exiftool: stay-open exiftool processes, their pool, the one-shot fallback, failures and cleanup.
+
+Real exiftool on real JPEGs; keywords are read back with a separate ``exiftool -j`` process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from rfwatch.exiftool import (
+    DEFAULT_CONFIG,
+    ExifTool,
+    ExifToolError,
+    ExifToolPool,
+    argfile_problem,
+    close_shared_pools,
+    oneshot_reason,
+    run_oneshot,
+    shared_pool,
+)
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("exiftool") is None, reason="exiftool not installed (apt-get install libimage-exiftool-perl)"
+)
+
+#: one-shot calls in the timing comparison; each costs a process start (~0.3 s here), so the default keeps the
+#: file fast. RFWATCH_EXIFTOOL_ONESHOTS=100 compares 100 with 100.
+ONESHOTS = int(os.environ.get("RFWATCH_EXIFTOOL_ONESHOTS", "15"))
+
+
+def make_jpeg(path: Path | bytes, color=(200, 10, 10)) -> Path | bytes:
+    Image.new("RGB", (64, 48), color).save(os.fsdecode(path), "JPEG")
+    return path
+
+
+def subjects(*paths: Path | bytes) -> dict[bytes, list[str]]:
+    """dc:subject of each file, read by one separate exiftool process."""
+    names = [os.fsencode(p) for p in paths]
+    proc = subprocess.run(
+        ["exiftool", "-j", "-XMP-dc:Subject", "-charset", "filename=utf8", "--", *names],
+        capture_output=True,
+    )
+    docs = json.loads(proc.stdout.decode("utf-8", "surrogateescape"))
+    out = {}
+    for name, doc in zip(names, docs, strict=True):
+        value = doc.get("Subject", [])
+        out[name] = [str(v) for v in (value if isinstance(value, list) else [value])]
+    return out
+
+
+def subject(path: Path | bytes) -> list[str]:
+    return next(iter(subjects(path).values()))
+
+
+def add(kw: str) -> list[str]:
+    return [f"-XMP-dc:Subject-={kw}", f"-XMP-dc:Subject+={kw}"]
+
+
+@pytest.fixture
+def pool():
+    p = ExifToolPool(2)
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def jpeg(tmp_path) -> Path:
+    return make_jpeg(tmp_path / "a.jpg")
+
+
+def the_process(pool: ExifToolPool) -> subprocess.Popen[bytes]:
+    (tool,) = pool.tools
+    assert tool.process is not None
+    return tool.process
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the protocol
+
+
+def test_writes_keywords_and_reports_the_summary(jpeg):
+    with ExifTool() as et:
+        result = et.run([*add("iguana"), *add("lizard"), "-XMP-rfwatch:Class=iguana"], jpeg, 10)
+        assert (result.status, result.updated, result.failed, result.oneshot) == (0, 1, 0, False)
+        again = et.run(add("iguana"), jpeg, 10)  # merged, never duplicated
+        assert again.updated == 1
+        read = et.run(["-j", "-XMP-rfwatch:Class"], jpeg, 10, expect_write=False)
+        assert json.loads(read.stdout)[0]["Class"] == "iguana"
+        assert et.starts == 1
+    assert subject(jpeg) == ["iguana", "lizard"]
+    assert not list(jpeg.parent.glob("*_original")) and not list(jpeg.parent.glob("*_exiftool_tmp"))
+
+
+def test_many_sequential_calls_share_one_process_and_are_faster(tmp_path, pool, capsys):
+    files = [make_jpeg(tmp_path / f"seq{i}.jpg") for i in range(10)]
+    pool.run(add("warmup"), files[0], 10)  # the process start is not part of the comparison
+    start = time.perf_counter()
+    for i in range(100):
+        pool.run(add(f"kw{i}"), files[i % 10], 10)
+    pooled = time.perf_counter() - start
+    assert len(pool.tools) == 1 and pool.tools[0].starts == 1 and pool.tools[0].calls == 101
+
+    start = time.perf_counter()
+    for i in range(ONESHOTS):
+        run_oneshot(add(f"one{i}"), files[i % 10], 10, config=DEFAULT_CONFIG)
+    oneshot = time.perf_counter() - start
+    with capsys.disabled():
+        print(
+            f"\nexiftool: 100 calls through the pool {pooled:.2f}s ({pooled * 10:.1f} ms/call); "
+            f"{ONESHOTS} one-shot calls {oneshot:.2f}s ({oneshot / ONESHOTS * 1000:.1f} ms/call)"
+        )
+    found = subjects(*files)
+    for i in range(100):
+        assert f"kw{i}" in found[os.fsencode(files[i % 10])]
+
+
+def test_threads_share_the_pool(tmp_path, pool):
+    files = [[make_jpeg(tmp_path / f"t{t}-{i}.jpg") for i in range(6)] for t in range(4)]
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        try:
+            for f in files[t]:
+                pool.run([*add(f"thread{t}"), *add(f.stem)], f, 20)
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    assert 1 <= len(pool.tools) <= 2 and sum(t.calls for t in pool.tools) == 24
+    found = subjects(*[f for row in files for f in row])
+    for t, row in enumerate(files):
+        for f in row:
+            assert found[os.fsencode(f)] == [f"thread{t}", f.stem]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# processes that die or hang
+
+
+def test_killed_idle_process_is_restarted(jpeg, pool):
+    pool.run(add("before"), jpeg, 10)
+    proc = the_process(pool)
+    os.kill(proc.pid, signal.SIGKILL)
+    try:  # noticed before the call (poll) or during it (EOF): that call may fail, cleanly
+        pool.run(add("maybe"), jpeg, 10)
+    except ExifToolError as exc:
+        assert "exited" in str(exc)
+    pool.run(add("after"), jpeg, 10)
+    assert proc.returncode == -signal.SIGKILL
+    assert the_process(pool).pid != proc.pid and pool.tools[0].starts == 2
+    assert {"before", "after"} <= set(subject(jpeg))
+
+
+def test_process_killed_during_a_call_fails_that_call(jpeg, pool):
+    pool.run(add("before"), jpeg, 10)
+    proc = the_process(pool)
+    os.kill(proc.pid, signal.SIGSTOP)  # the request waits in the pipe
+    outcome: list[BaseException | object] = []
+    th = threading.Thread(target=lambda: outcome.append(_call(pool, add("lost"), jpeg, 30)))
+    th.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    os.kill(proc.pid, signal.SIGKILL)
+    th.join(10)
+    assert time.monotonic() - started < 5  # EOF noticed at once, not at the 30 s timeout
+    (exc,) = outcome
+    assert isinstance(exc, ExifToolError) and "exited" in str(exc) and "a.jpg" in str(exc)
+    assert pool.run(add("after"), jpeg, 10).updated == 1
+    assert subject(jpeg) == ["before", "after"]
+
+
+def _call(pool: ExifToolPool, args: list[str], target: Path, timeout: float) -> BaseException | object:
+    try:
+        return pool.run(args, target, timeout)
+    except BaseException as exc:  # noqa: BLE001 - returned to the test
+        return exc
+
+
+def test_timeout_on_a_stopped_process_kills_it_and_the_next_call_works(jpeg, pool):
+    pool.run(add("before"), jpeg, 10)
+    proc = the_process(pool)
+    os.kill(proc.pid, signal.SIGSTOP)
+    started = time.monotonic()
+    with pytest.raises(ExifToolError, match=r"timed out after 0.5s on .*a\.jpg"):
+        pool.run(add("late"), jpeg, 0.5)
+    assert time.monotonic() - started < 3
+    assert proc.returncode == -signal.SIGKILL
+    assert pool.run(add("after"), jpeg, 10).updated == 1
+    assert subject(jpeg) == ["before", "after"]  # the timed-out request never ran
+
+
+def test_timeout_on_a_long_command(jpeg, pool):
+    pool.run(add("before"), jpeg, 10)
+    many = [f"-XMP-dc:Subject+=k{i}" for i in range(20000)]  # ~0.3 MB of request, seconds of work
+    with pytest.raises(ExifToolError, match="timed out"):
+        pool.run(many, jpeg, 0.05)
+    assert pool.run(add("after"), jpeg, 10).updated == 1
+    assert not list(jpeg.parent.glob("*_exiftool_tmp"))
+    assert subject(jpeg) == ["before", "after"]
+
+
+FAKE_EXIFTOOL = """\
+import os, sys, time
+args = []
+for line in sys.stdin.buffer:
+    line = line.rstrip(b"\\n")
+    if line.startswith(b"-execute"):
+        with open(args[-1] + b"_exiftool_tmp", "wb") as f:  # what exiftool writes before its rename
+            f.write(b"half a file")
+        if os.environ.get("FAKE_EXIFTOOL") == "die":
+            os._exit(3)
+        time.sleep(60)
+    args.append(line)
+"""
+
+
+@pytest.mark.parametrize("mode", ["die", "hang"])
+def test_no_temporary_file_is_left_when_a_process_is_lost_mid_write(tmp_path, jpeg, monkeypatch, mode):
+    fake = tmp_path / "fake-exiftool"
+    fake.write_text(f"#!{sys.executable}\n{FAKE_EXIFTOOL}")
+    fake.chmod(0o755)
+    monkeypatch.setenv("FAKE_EXIFTOOL", mode)
+    with ExifTool(executable=str(fake)) as et:
+        with pytest.raises(ExifToolError, match="exited" if mode == "die" else "timed out"):
+            et.run(add("x"), jpeg, 10 if mode == "die" else 0.5)
+    assert not (tmp_path / "a.jpg_exiftool_tmp").exists()
+
+
+def test_close_ends_every_process(tmp_path, jpeg):
+    pool = ExifToolPool(2)
+    files = [make_jpeg(tmp_path / f"c{i}.jpg") for i in range(8)]
+    threads = [threading.Thread(target=lambda f=f: pool.run(add("c"), f, 20)) for f in files]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    procs = [t.process for t in pool.tools]
+    assert procs and all(p is not None and p.poll() is None for p in procs)
+    pool.close()
+    assert all(p.returncode is not None and p.returncode >= 0 for p in procs)  # exited, not killed
+    assert all(t.process is None for t in pool.tools)
+    with pytest.raises(ExifToolError, match="closed"):
+        pool.run(add("late"), jpeg, 10)
+
+
+def test_close_kills_a_process_that_does_not_exit(jpeg):
+    pool = ExifToolPool(1)
+    pool.run(add("x"), jpeg, 10)
+    proc = the_process(pool)
+    os.kill(proc.pid, signal.SIGSTOP)
+    pool.close(timeout=0.5)
+    assert proc.returncode == -signal.SIGKILL
+
+
+# ------------------------------------------------------------------------------------------------------------
+# what the argfile cannot carry, and file names
+
+
+@pytest.mark.parametrize(
+    "arg, carried",
+    [
+        (b"-XMP-dc:Subject+=kw", True),
+        (b"-XMP-dc:Subject+=#hashtag", True),
+        (b"-XMP-dc:Subject+=trailing ", True),
+        (b"-XMP-dc:Subject+=caf\xc3\xa9", True),
+        (b"-P", True),
+        (b"-XMP-dc:Subject+=two\nlines", False),
+        (b"-XMP-dc:Subject+=cr\r", False),
+        (b"", False),
+        (b"#comment", False),
+        (b" -P", False),
+        (b"-XMP-dc:Subject+= leading", False),
+        (b"-XMP-dc:Subject = x", False),
+        (b"-execute", False),
+        (b"-EXECUTE7", False),
+        (b"-stay_open", False),
+        (b"-@", False),
+    ],
+)
+def test_argfile_problem(arg, carried):
+    assert (argfile_problem(arg) is None) is carried
+
+
+def test_newline_in_a_file_name_falls_back_to_one_shot(tmp_path, pool):
+    path = make_jpeg(tmp_path / "two\nlines.jpg")
+    assert "line break" in oneshot_reason(add("kw"), path)
+    result = pool.run(add("newline"), path, 10)
+    assert result.oneshot and result.updated == 1
+    assert not pool.tools  # no process was started for it
+    assert subject(path) == ["newline"]
+
+
+def test_arguments_the_argfile_would_change_keep_every_character(jpeg, pool):
+    result = pool.run([*add(" leading space"), *add("two\nlines")], jpeg, 10)
+    assert result.oneshot
+    assert subject(jpeg) == [" leading space", "two\nlines"]
+
+
+def test_non_utf8_file_name(tmp_path, pool):
+    path = make_jpeg(os.path.join(os.fsencode(tmp_path), b"caf\xe9.jpg"))
+    assert oneshot_reason(add("kw"), path) is None  # bytes pass through the argfile unchanged
+    result = pool.run(add("latin1"), path, 10)
+    assert not result.oneshot and result.updated == 1
+    assert pool.run(add("as-str"), os.fsdecode(path), 10).updated == 1  # surrogate-escaped str, same file
+    both = make_jpeg(os.path.join(os.fsencode(tmp_path), b"caf\xe9\n.jpg"))  # and the one-shot path
+    assert pool.run(add("oneshot"), both, 10).oneshot
+    assert subject(path) == ["latin1", "as-str"]
+    assert subject(both) == ["oneshot"]
+
+
+def test_relative_names_and_working_directory(tmp_path, pool, monkeypatch):
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    make_jpeg(tmp_path / "one" / "-dash.jpg")
+    make_jpeg(tmp_path / "two" / "-dash.jpg")
+    monkeypatch.chdir(tmp_path / "one")
+    assert not pool.run(add("one"), "-dash.jpg", 10).oneshot  # sent as ./-dash.jpg, not an option
+    monkeypatch.chdir(tmp_path / "two")
+    pool.run(add("two"), Path("-dash.jpg"), 10)
+    assert pool.tools[0].starts == 2  # restarted in the new directory
+    assert subject(tmp_path / "one" / "-dash.jpg") == ["one"]
+    assert subject(tmp_path / "two" / "-dash.jpg") == ["two"]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# errors
+
+
+def test_not_an_image_raises_with_exiftools_message_and_leaves_the_file(tmp_path, pool):
+    bad = tmp_path / "text.jpg"
+    bad.write_text("not a jpeg\n")
+    for name in (bad, tmp_path / "text\n.jpg"):  # stay-open and one-shot say the same
+        if name != bad:
+            shutil.copy(bad, name)
+        with pytest.raises(
+            ExifToolError, match=r"(?s)exiftool failed on .*text.*\.jpg: Error: Not a valid JPG"
+        ) as info:
+            pool.run(add("kw"), name, 10)
+        assert info.value.result is not None and info.value.result.failed == 1
+        assert name.read_text() == "not a jpeg\n"
+    assert {p.name for p in tmp_path.iterdir()} == {"text.jpg", "text\n.jpg"}  # no _exiftool_tmp, no _original
+
+
+def test_missing_file_and_nothing_written_raise(tmp_path, jpeg, pool):
+    with pytest.raises(ExifToolError, match="File not found"):
+        pool.run(add("kw"), tmp_path / "missing.jpg", 10)
+    with pytest.raises(ExifToolError, match="not defined"):
+        pool.run(["-XMP-nosuch:Tag=1"], jpeg, 10)
+    with pytest.raises(ExifToolError, match="did not write"):
+        pool.run(["-XMP-dc:Subject"], jpeg, 10)  # a read where a write was expected
+    assert pool.run(add("fine"), jpeg, 10).updated == 1  # the process is still in step
+    assert pool.tools[0].starts == 1
+
+
+def test_shared_pool_is_one_per_config_and_replaced_when_closed():
+    try:
+        first = shared_pool()
+        assert shared_pool(DEFAULT_CONFIG) is first
+        assert shared_pool(size=3) is first and first.size == 3
+        close_shared_pools()
+        assert first.closed and shared_pool() is not first
+    finally:
+        close_shared_pools()
