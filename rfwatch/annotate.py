@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from .prepare import ImageError, _to_rgb, open_image
+from .prepare import ImageError, Source, _to_rgb, open_image
 from .result import Prediction
 
 __all__ = ["label_text", "annotate_image"]
@@ -27,10 +27,20 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def annotate_image(source: str | os.PathLike[str], prediction: Prediction, out: str | os.PathLike[str]) -> Path:
-    """Write an upright copy of ``source`` with the label drawn on a banner; the source is only read."""
+#: Formats whose writer in Pillow carries an ICC profile and an EXIF block along.
+_KEEPS_METADATA = {"JPEG", "PNG", "TIFF", "WEBP"}
+
+
+def annotate_image(
+    source: Source, prediction: Prediction, out: str | os.PathLike[str], name: str | None = None
+) -> Path:
+    """Write an upright copy of ``source`` with the label drawn on a banner; the source is only read.
+
+    The copy keeps the original's ICC profile (an Adobe RGB or P3 photo must not shift colour) and its EXIF
+    (with the orientation tag gone, since the pixels are now upright). ``source`` may be bytes named ``name``.
+    """
     out = Path(out)
-    with open_image(source) as img:
+    with open_image(source, name) as img:
         try:
             img = ImageOps.exif_transpose(img)
         except Exception:
@@ -48,7 +58,10 @@ def annotate_image(source: str | os.PathLike[str], prediction: Prediction, out: 
     tmp = out.with_name(f".{out.name}.rfwatch-tmp")
     fmt = Image.registered_extensions().get(out.suffix.lower(), "JPEG")
     try:
-        canvas.save(tmp, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+        options: dict[str, object] = {"quality": 90} if fmt == "JPEG" else {}
+        if fmt in _KEEPS_METADATA:
+            options.update({k: canvas.info[k] for k in ("icc_profile", "exif") if canvas.info.get(k)})
+        canvas.save(tmp, format=fmt, **options)
         os.replace(tmp, out)
     except (OSError, ValueError) as exc:
         tmp.unlink(missing_ok=True)

@@ -1,23 +1,25 @@
 """A client for Roboflow's classification API (hosted, serverless or self-hosted Inference).
 
-Wire format, as the official clients send it::
+Wire format, as the official clients send it (roboflow/inference:
+inference/core/interfaces/http/http_api.py, ``legacy_infer_from_request``)::
 
-    POST {api_url}/{project}/{version}?api_key=KEY&confidence=C
+    POST {api_url}/{project}/{version}?api_key=KEY&confidence=C&disable_active_learning=true
     Content-Type: application/x-www-form-urlencoded
     <base64 of a JPEG>
 
-or, for an image hosted elsewhere, ``&image=<url>`` and no body. Unlike the
-official clients this one uploads a small upright JPEG, always has timeouts,
-retries what is worth retrying (honouring ``Retry-After``) and never lets the
-API key into an exception or a log line.
+Unlike the official clients this one uploads a small upright JPEG (URLs are fetched
+and prepared the same way), always has timeouts, retries what is worth retrying
+(honouring ``Retry-After``) and never lets the API key into an exception or a log line.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import email.utils
 import logging
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +30,8 @@ from requests.adapters import HTTPAdapter
 
 from .prepare import ImageError, PreparedImage, prepare_image
 from .redact import install_log_redaction, redact, register_secret
-from .result import Prediction, ResponseFormatError
+from .result import DEFAULT_MULTI_LABEL_THRESHOLD, Prediction, ResponseFormatError
+from .sizing import UploadSize
 
 __all__ = [
     "DEFAULT_API_URL",
@@ -39,9 +42,13 @@ __all__ = [
     "AuthError",
     "QuotaError",
     "ModelNotFoundError",
+    "ModelAccessError",
+    "BlockingError",
+    "ServerSetupError",
     "RejectedError",
     "UnavailableError",
     "is_url",
+    "fetch_image",
 ]
 
 log = logging.getLogger(__name__)
@@ -68,34 +75,76 @@ class RejectedError(ApiError):
     """400, 413 and other answers about this one request: retrying will not help."""
 
 
-class AuthError(ApiError):
-    """401 or 403: the key is wrong or lacks scope or quota. Every request will fail alike."""
+class BlockingError(ApiError):
+    """An answer that every request would get alike (key, model, quota, server setup): files wait, not fail."""
 
 
-class QuotaError(ApiError):
-    """402 (out of credits) or 423 (usage paused). Every request will fail alike."""
+class AuthError(BlockingError):
+    """401: the key is missing or refused (on serverless.roboflow.com also a key that is simply wrong)."""
 
 
-class ModelNotFoundError(ApiError):
-    """404: no such model or version."""
+class ModelAccessError(BlockingError):
+    """403: the key is refused, or the model does not exist.
+
+    classify.roboflow.com and self-hosted servers answer 403 for both (roboflow/inference:
+    tests/inference/hosted_platform_tests/test_roboflow_models.py, EXPECTED_AUTH_ERROR_FOR_ENVIRONMENT and
+    EXPECTED_MODEL_NOT_FOUND_ERROR_FOR_ENVIRONMENT); only the platform API can tell which.
+    """
+
+
+class QuotaError(BlockingError):
+    """402 (out of credits) or 423 (usage paused)."""
+
+
+class ModelNotFoundError(BlockingError):
+    """404: no such model or version (serverless.roboflow.com; the v1 host and self-hosted servers say 403)."""
+
+
+class ServerSetupError(BlockingError):
+    """501 or 507: the server cannot run this model as set up (no ONNX provider, model too large for it).
+
+    roboflow/inference: inference/core/interfaces/http/error_handlers.py (OnnxProviderNotAvailable,
+    ModelDeploymentNotSupportedError -> 501; CannotInitialiseModelDueToInputSizeError,
+    ModelPackageRestrictedError -> 507). Neither clears by retrying the request.
+    """
 
 
 class UnavailableError(ApiError):
-    """No answer, a timeout, 429 or 5xx, still failing after the retries allowed."""
+    """No answer, a timeout, 429 or another 5xx, still failing after the retries allowed."""
 
     retryable = True
 
 
-def _error_for(status: int, message: str, server_message: str | None) -> ApiError:
-    if status in (401, 403):
-        return AuthError(message, status, server_message)
-    if status in (402, 423):
-        return QuotaError(message, status, server_message)
-    if status == 404:
-        return ModelNotFoundError(message, status, server_message)
-    if status in _RETRY_STATUSES:
-        return UnavailableError(message, status, server_message)
-    return RejectedError(message, status, server_message)
+_EXPLAIN = {
+    401: "the API refused the key",
+    402: "the workspace is out of credits",
+    403: "the API refused the key, or does not know model {model} (this server answers 403 for both)",
+    404: "the API does not know model {model}",
+    423: "API usage is paused for this workspace",
+    501: "the server cannot run this model as it is set up",
+    507: "the server cannot load this model (not enough memory or a restricted package)",
+}
+
+
+def _error_for(status: int, where: str, model: ModelId, server_message: str) -> ApiError:
+    explained = _EXPLAIN.get(status, "").format(model=model)
+    message = f"{where}: HTTP {status}: " + (f"{explained} ({server_message})" if explained else server_message)
+    kind: type[ApiError]
+    if status == 401:
+        kind = AuthError
+    elif status == 403:
+        kind = ModelAccessError
+    elif status == 404:
+        kind = ModelNotFoundError
+    elif status in (402, 423):
+        kind = QuotaError
+    elif status in (501, 507):
+        kind = ServerSetupError
+    elif status in _RETRY_STATUSES:
+        kind = UnavailableError
+    else:
+        kind = RejectedError
+    return kind(message, status, server_message)
 
 
 # --- settings -----------------------------------------------------------------
@@ -105,19 +154,26 @@ def _error_for(status: int, message: str, server_message: str | None) -> ApiErro
 class ModelId:
     project: str
     version: str
+    #: Named in ``workspace/project/version``; else the key's own workspace (asked of the platform API).
+    workspace: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> ModelId:
         """Accept ``project/version`` or ``workspace/project/version`` (as the official client does)."""
         parts = [p for p in str(text).strip().strip("/").split("/")]
-        if len(parts) == 3:
-            parts = parts[1:]
-        if len(parts) != 2 or not all(parts) or not parts[1].isdigit():
+        workspace = parts.pop(0) if len(parts) == 3 else None
+        if len(parts) != 2 or not all(parts) or not parts[1].isdigit() or workspace == "":
             raise ValueError(f"expected 'project/version' such as 'my-project/3', got {text!r}")
-        return cls(parts[0], parts[1])
+        return cls(parts[0], parts[1], workspace)
 
     def __str__(self) -> str:
+        # The inference route is /{project}/{version}: the workspace is the key's.
         return f"{self.project}/{self.version}"
+
+    @property
+    def key(self) -> str:
+        """The model as configured, workspace included when it was named (model facts are kept by this)."""
+        return f"{self.workspace}/{self}" if self.workspace else str(self)
 
 
 @dataclass(frozen=True)
@@ -154,6 +210,9 @@ class RoboflowClient:
     model: ModelId | str
     api_url: str = DEFAULT_API_URL
     confidence: float = 0.01
+    multi_label_threshold: float = DEFAULT_MULTI_LABEL_THRESHOLD
+    #: False: every request carries disable_active_learning=true (see _params).
+    active_learning: bool = False
     max_size: int = 1024
     jpeg_quality: int = 90
     connect_timeout: float = 10.0
@@ -162,6 +221,8 @@ class RoboflowClient:
     pool_size: int = 10
     #: Called as on_retry(attempt, delay, error) before each retry (metrics, logs).
     on_retry: Callable[[int, float, ApiError], None] | None = None
+    #: The upload size for a model (its input, from the platform's facts); None: ``max_size`` for all.
+    upload_sizes: Callable[[ModelId], UploadSize] | None = None
     _session: requests.Session = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -181,6 +242,11 @@ class RoboflowClient:
     def __repr__(self) -> str:  # the dataclass repr would print the key
         return f"RoboflowClient(model={self.model}, api_url={self.api_url!r})"
 
+    @property
+    def model_key(self) -> str:
+        """The default model as configured (workspace included when named)."""
+        return self._model(None).key
+
     def close(self) -> None:
         self._session.close()
 
@@ -193,25 +259,47 @@ class RoboflowClient:
     # public API
 
     def classify(self, source: str, model: ModelId | str | None = None) -> Prediction:
-        """Classify a local file or, for ``http(s)://`` sources, an image hosted elsewhere."""
+        """Classify a local file, or an ``http(s)://`` URL that rfwatch fetches itself (see :func:`fetch_image`)."""
         if is_url(source):
             return self.classify_url(source, model)
         return self.classify_file(source, model)
 
+    def upload_size(self, model: ModelId | str | None = None) -> UploadSize:
+        """How big to upload a picture for ``model``: sized to its input when known, else ``max_size``."""
+        if self.upload_sizes is not None:
+            return self.upload_sizes(self._model(model))
+        return UploadSize(max_size=self.max_size)
+
+    def prepare(
+        self, source: str | bytes, model: ModelId | str | None = None, name: str | None = None
+    ) -> PreparedImage:
+        return prepare_image(source, self.upload_size(model), self.jpeg_quality, name=name)
+
     def classify_file(self, path: str, model: ModelId | str | None = None) -> Prediction:
-        prepared = prepare_image(path, self.max_size, self.jpeg_quality)
-        return self.classify_prepared(prepared, str(path), model)
+        return self.classify_prepared(self.prepare(path, model), str(path), model)
 
     def classify_prepared(
         self, prepared: PreparedImage, image_path: str, model: ModelId | str | None = None
     ) -> Prediction:
         body = base64.b64encode(prepared.jpeg)
-        raw = self._post(self._model(model), body=body)
-        return Prediction.from_response(raw, image_path=image_path, image_size=prepared.original_size)
+        raw, support = self._post(self._model(model), body)
+        prediction = Prediction.from_response(
+            raw,
+            image_path=image_path,
+            image_size=prepared.original_size,
+            multi_label_threshold=self.multi_label_threshold,
+        )
+        return dataclasses.replace(prediction, support=support)
 
     def classify_url(self, url: str, model: ModelId | str | None = None) -> Prediction:
-        raw = self._post(self._model(model), image_url=url)
-        return Prediction.from_response(raw, image_path=url)
+        """Fetch the image and upload it like a local file.
+
+        The hosted servers (and self-hosted ones, by default) refuse ``image=`` URLs that are not https or
+        have no public host name (roboflow/inference: inference/core/env.py ALLOW_NON_HTTPS_URL_INPUT,
+        ALLOW_URL_INPUT_WITHOUT_FQDN; inference/core/utils/image_utils.py load_image_from_url), so a photo on
+        ``http://nas.local/`` could not be classified that way; fetched here it also arrives upright and small.
+        """
+        return self.classify_prepared(self.prepare(fetch_image(url), model, name=url), url, model)
 
     # plumbing
 
@@ -220,14 +308,18 @@ class RoboflowClient:
             return self.model  # type: ignore[return-value]
         return model if isinstance(model, ModelId) else ModelId.parse(model)
 
-    def _post(self, model: ModelId, body: bytes | None = None, image_url: str | None = None) -> dict[str, Any]:
+    def _params(self) -> dict[str, str]:
+        params = {"api_key": self.api_key, "confidence": repr(float(self.confidence))}
+        if not self.active_learning:
+            # The legacy route is eligible for active learning: a project that has it configured would save
+            # the uploaded photos into its dataset (roboflow/inference: inference/core/managers/active_learning.py).
+            params["disable_active_learning"] = "true"
+        return params
+
+    def _post(self, model: ModelId, body: bytes) -> tuple[dict[str, Any], dict[str, str]]:
         url = f"{self.api_url}/{model.project}/{model.version}"
-        params: dict[str, str] = {"api_key": self.api_key, "confidence": repr(float(self.confidence))}
-        headers = {}
-        if image_url is not None:
-            params["image"] = image_url
-        else:
-            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        params = self._params()
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
         started = time.monotonic()
         attempt = 0
         while True:
@@ -255,8 +347,8 @@ class RoboflowClient:
         return random.uniform(ceiling / 2, ceiling)  # jitter keeps workers from retrying in lockstep
 
     def _once(
-        self, url: str, params: dict[str, str], headers: dict[str, str], body: bytes | None, model: ModelId
-    ) -> dict[str, Any]:
+        self, url: str, params: dict[str, str], headers: dict[str, str], body: bytes, model: ModelId
+    ) -> tuple[dict[str, Any], dict[str, str]]:
         where = f"{self.api_url}/{model.project}/{model.version}"
         try:
             resp = self._session.post(
@@ -270,13 +362,61 @@ class RoboflowClient:
             raise UnavailableError(f"{where}: request failed ({_reason(exc)})") from None
         if resp.status_code == 200:
             try:
-                return resp.json()
+                doc = resp.json()
             except ValueError:
                 raise RejectedError(f"{where}: answer is not JSON: {resp.text[:200]!r}", 200) from None
-        server_message = _server_message(resp)
-        error = _error_for(resp.status_code, f"{where}: HTTP {resp.status_code}: {server_message}", server_message)
+            return doc, _support(resp, doc)
+        error = _error_for(resp.status_code, where, model, _server_message(resp))
         error.retry_after = _retry_after(resp.headers.get("Retry-After"))  # type: ignore[attr-defined]
         raise error
+
+
+#: Response headers worth keeping for Roboflow support (request ids, processing time, engine), when present.
+_SUPPORT_HEADER = re.compile(
+    r"(?i)^x-(.*request-?id.*|amzn-.*id|amz-apigw-id|cloud-trace-context|processing-time|"
+    r"inference-engine|correlation-id|trace-?id)$"
+)
+
+
+def _support(resp: requests.Response, doc: Any) -> dict[str, str]:
+    """What to quote to Roboflow support about this answer: the inference_id and identifying headers."""
+    support = {k.lower(): redact(v)[:200] for k, v in resp.headers.items() if _SUPPORT_HEADER.match(k)}
+    if isinstance(doc, dict) and doc.get("inference_id"):
+        support["inference_id"] = str(doc["inference_id"])[:200]
+    return support
+
+
+# --- URL inputs ------------------------------------------------------------------
+
+#: Largest image rfwatch fetches for ``classify URL`` (a 24 MP JPEG is ~12 MB; RAW-sized TIFFs fit too).
+MAX_FETCH_BYTES = 100 * 1024 * 1024
+FETCH_TIMEOUT = 30.0
+
+
+def fetch_image(url: str, max_bytes: int = MAX_FETCH_BYTES, timeout: float = FETCH_TIMEOUT) -> bytes:
+    """GET ``url`` with a size and time limit; :class:`ImageError` naming the URL and the reason otherwise.
+
+    Its own session: the Roboflow key is never sent to another host.
+    """
+    deadline = time.monotonic() + timeout
+    try:
+        with requests.get(url, stream=True, timeout=(min(10.0, timeout), timeout)) as resp:
+            if resp.status_code != 200:
+                raise ImageError(url, f"cannot fetch: HTTP {resp.status_code} {resp.reason or ''}".strip())
+            declared = resp.headers.get("Content-Length")
+            if declared and declared.isdigit() and int(declared) > max_bytes:
+                raise ImageError(url, f"cannot fetch: {int(declared)} bytes is more than the {max_bytes} allowed")
+            chunks, size = [], 0
+            for chunk in resp.iter_content(1024 * 1024):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise ImageError(url, f"cannot fetch: more than the {max_bytes} bytes allowed")
+                if time.monotonic() > deadline:
+                    raise ImageError(url, f"cannot fetch: not complete after {timeout:g}s")
+                chunks.append(chunk)
+    except requests.RequestException as exc:
+        raise ImageError(url, f"cannot fetch: {_reason(exc)}") from None
+    return b"".join(chunks)
 
 
 def _server_message(resp: requests.Response) -> str:

@@ -8,14 +8,14 @@ from typing import Any
 
 from .config import ConfigError
 
-__all__ = ["Metrics", "start_metrics"]
+__all__ = ["Metrics", "start_metrics", "OUTCOMES"]
+
+#: The outcomes ``rfwatch_files_total`` counts.
+OUTCOMES = ("done", "unmatched", "failed")
 
 
 class Metrics:
     """No-op unless started; the daemon calls it from its workers."""
-
-    def __init__(self) -> None:
-        self.enabled = False
 
     def file_done(self, outcome: str) -> None: ...
     def classified(self, seconds: float) -> None: ...
@@ -23,14 +23,33 @@ class Metrics:
     def stop(self) -> None: ...
 
 
+class _PendingDeliveries:
+    """``rfwatch_deliveries_pending{plugin}``: queued webhooks, uploads ... not yet delivered, per plugin."""
+
+    def __init__(self, pending: Callable[[], dict[str, int]]):
+        self.pending = pending
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        family = GaugeMetricFamily(
+            "rfwatch_deliveries_pending", "Deliveries (webhooks, uploads) not yet delivered", labels=["plugin"]
+        )
+        for plugin, n in sorted(self.pending().items()):
+            family.add_metric([plugin], n)
+        yield family
+
+
 class _Prometheus(Metrics):
-    def __init__(self, listen: str, queue_depth: Callable[[], int], outbox_depth: Callable[[], int]):
+    def __init__(self, listen: str, queue_depth: Callable[[], int], pending_deliveries: Callable[[], dict[str, int]]):
         super().__init__()
         import prometheus_client as pc
 
         host, _, port = listen.rpartition(":")
         self.registry = pc.CollectorRegistry()
         self.files = pc.Counter("rfwatch_files", "Files processed, by outcome", ["outcome"], registry=self.registry)
+        for outcome in OUTCOMES:  # every series exists from the start, at 0, so rate() and alerts work at once
+            self.files.labels(outcome)
         self.latency = pc.Histogram(
             "rfwatch_classify_seconds",
             "Time to classify one file (API call included)",
@@ -46,13 +65,10 @@ class _Prometheus(Metrics):
         pc.Gauge("rfwatch_queue_depth", "Files waiting to be processed", registry=self.registry).set_function(
             queue_depth
         )
-        pc.Gauge(
-            "rfwatch_webhook_outbox_depth", "Webhook events not yet delivered", registry=self.registry
-        ).set_function(outbox_depth)
+        self.registry.register(_PendingDeliveries(pending_deliveries))
         self.server, self.thread = pc.start_http_server(
             int(port), addr=host.strip("[]") or "127.0.0.1", registry=self.registry
         )
-        self.enabled = True
 
     def file_done(self, outcome: str) -> None:
         self.files.labels(outcome).inc()
@@ -70,7 +86,9 @@ class _Prometheus(Metrics):
         self.server.server_close()
 
 
-def start_metrics(listen: str | None, queue_depth: Callable[[], int], outbox_depth: Callable[[], int]) -> Metrics:
+def start_metrics(
+    listen: str | None, queue_depth: Callable[[], int], pending_deliveries: Callable[[], dict[str, int]]
+) -> Metrics:
     if not listen:
         return Metrics()
     host, sep, port = listen.rpartition(":")
@@ -81,6 +99,6 @@ def start_metrics(listen: str | None, queue_depth: Callable[[], int], outbox_dep
     except ImportError:
         raise ConfigError("metrics.listen: needs prometheus-client: pip install 'rfwatch[metrics]'") from None
     try:
-        return _Prometheus(listen, queue_depth, outbox_depth)
+        return _Prometheus(listen, queue_depth, pending_deliveries)
     except OSError as exc:
         raise ConfigError(f"metrics.listen: cannot listen on {listen}: {exc.strerror or exc}") from None

@@ -14,10 +14,13 @@ import logging
 import os
 import warnings
 from dataclasses import dataclass
+from typing import Union
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["PreparedImage", "ImageError", "prepare_image", "MAX_UPLOAD_BYTES", "open_image"]
+from .sizing import UploadSize
+
+__all__ = ["PreparedImage", "ImageError", "prepare_image", "MAX_UPLOAD_BYTES", "open_image", "open_upright"]
 
 log = logging.getLogger(__name__)
 
@@ -74,24 +77,35 @@ def _container_brand(head: bytes) -> str | None:
     return None
 
 
-def open_image(path: str | os.PathLike[str]) -> Image.Image:
-    """Open an image lazily, with a clear :class:`ImageError` for every way that can fail."""
+Source = Union[str, "os.PathLike[str]", bytes]
+
+
+def open_image(source: Source, name: str | None = None) -> Image.Image:
+    """Open an image lazily, with a clear :class:`ImageError` for every way that can fail.
+
+    ``source`` is a path, or the file's bytes (a fetched URL) with ``name`` saying where they came from.
+    """
     _load_optional_decoders()
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(32)
-    except IsADirectoryError:
-        raise ImageError(path, "is a directory, not an image file") from None
-    except FileNotFoundError:
-        raise ImageError(path, "file no longer exists") from None
-    except OSError as exc:
-        raise ImageError(path, f"cannot read file: {exc.strerror or exc}") from None
+    path = _label(source, name)
+    if isinstance(source, bytes):
+        head, opened = source[:32], io.BytesIO(source)
+    else:
+        try:
+            with open(source, "rb") as fh:
+                head = fh.read(32)
+        except IsADirectoryError:
+            raise ImageError(path, "is a directory, not an image file") from None
+        except FileNotFoundError:
+            raise ImageError(path, "no such file") from None
+        except OSError as exc:
+            raise ImageError(path, f"cannot read file: {exc.strerror or exc}") from None
+        opened = source
     if not head:
         raise ImageError(path, "file is empty (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return Image.open(path)
+            return Image.open(opened)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(path, f"refused as a possible decompression bomb: {exc}") from None
     except UnidentifiedImageError:
@@ -104,17 +118,6 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
         raise ImageError(path, "not a recognised image format") from None
     except OSError as exc:
         raise ImageError(path, f"cannot decode image: {exc}") from None
-
-
-def _draft_request(size: tuple[int, int], max_size: int) -> tuple[int, int]:
-    # JPEG can decode at 1/2, 1/4 or 1/8 scale almost for free. Accept a scale
-    # that leaves the longest side at 3/4 of max_size or more: at 12 MP that
-    # means decoding at 1/4 (1000 px) instead of 1/2, about twice as fast, for
-    # an upload that is still well within "at most max_size".
-    w, h = size
-    longest = max(w, h)
-    floor = max_size * 3 / 4
-    return (max(1, int(w * floor / longest)), max(1, int(h * floor / longest)))
 
 
 def _stretch_to_l(img: Image.Image) -> Image.Image:
@@ -147,23 +150,56 @@ def _encode(img: Image.Image, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def prepare_image(path: str | os.PathLike[str], max_size: int = 1024, quality: int = 90) -> PreparedImage:
-    """Read ``path`` and return an upright RGB JPEG whose longest side is at most ``max_size``."""
-    img = open_image(path)
+def open_upright(source: Source, name: str | None = None) -> Image.Image:
+    """The whole picture, decoded, turned as the camera meant (EXIF orientation) and in RGB.
+
+    For plugins that draw or resize (thumbnails, previews); :class:`ImageError` as from :func:`open_image`.
+    """
+    with open_image(source, name) as img:
+        try:
+            upright = ImageOps.exif_transpose(img)
+        except Exception:  # damaged EXIF: the picture as stored
+            upright = img
+        try:
+            return _to_rgb(upright).copy()
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise ImageError(_label(source, name), f"cannot decode image: {exc}") from None
+
+
+def _label(source: Source, name: str | None) -> str | os.PathLike[str]:
+    """What error messages call the image: its path, or the name given with its bytes."""
+    return (name or "image") if isinstance(source, bytes) else source
+
+
+def prepare_image(
+    source: Source, size: UploadSize | int = 1024, quality: int = 90, name: str | None = None
+) -> PreparedImage:
+    """Read ``source`` (a path, or bytes named ``name``): an upright RGB JPEG of the size ``size`` asks for.
+
+    ``size`` is an :class:`~rfwatch.sizing.UploadSize` (the model's input, or a longest side), or just the
+    longest side in pixels.
+    """
+    if isinstance(size, int):
+        size = UploadSize(max_size=size)
+    path = _label(source, name)
+    img = open_image(source, name)
     try:
         with img:
             orientation = _orientation(img)
             original = _upright(img.size, orientation)
             if img.format == "JPEG":
-                img.draft("RGB", _draft_request(img.size, max_size))
+                img.draft("RGB", size.draft(img.size, orientation in (5, 6, 7, 8)))
             try:
                 upright = ImageOps.exif_transpose(img)
             except Exception as exc:  # damaged EXIF must not stop classification
                 log.debug("%s: ignoring unreadable EXIF orientation (%s)", path, exc)
                 upright = img
             rgb = _to_rgb(upright)
-            if max(rgb.size) > max_size:
-                rgb.thumbnail((max_size, max_size), Image.Resampling.LANCZOS, reducing_gap=2.0)
+            target = size.target(original)
+            if size.knows_model and rgb.width > target[0] and rgb.height > target[1]:
+                rgb = rgb.resize(target, Image.Resampling.LANCZOS, reducing_gap=2.0)
+            elif max(rgb.size) > size.max_size:
+                rgb.thumbnail((size.max_size, size.max_size), Image.Resampling.LANCZOS, reducing_gap=2.0)
             jpeg = _encode(rgb, quality)
             # Only reachable with a very large max_size: shrink until the
             # base64 body fits the hosted API's limit.

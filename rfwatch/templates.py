@@ -37,6 +37,7 @@ PLACEHOLDERS: dict[str, str] = {
 _PATHLIKE = {"relpath", "path"}  # may contain separators on purpose
 _MAX_COMPONENT_BYTES = 200
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class TemplateError(ValueError):
@@ -141,6 +142,17 @@ class Template:
             return _FORMATTER.vformat(self.text, (), _Sanitized(values))
         except (ValueError, TypeError, KeyError) as exc:
             raise TemplateError(f"cannot render {self.text!r}: {exc}") from None
+
+    def render_text(self, values: Mapping[str, Any]) -> str:
+        """Render as plain text (metadata, messages): values as they are, only control characters made spaces.
+
+        Unlike :meth:`render`, nothing is treated as a path component: ``{model}`` stays ``colors/1``.
+        """
+        try:
+            text = _FORMATTER.vformat(self.text, (), values)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise TemplateError(f"cannot render {self.text!r}: {exc}") from None
+        return _CONTROL.sub(" ", text)
 
     def render_path(self, values: Mapping[str, Any], base_dir: Path) -> Path:
         """Render as a destination path, absolute against ``base_dir``, confined to the fixed root."""

@@ -40,7 +40,8 @@ def test_classify_reports_each_failure_and_exits_1(tmp_path, server):
     assert len(result.stdout.splitlines()) == 1
     errors = result.stderr.strip().splitlines()
     assert any(str(bad) in e and "not a recognised image format" in e for e in errors)
-    assert any("missing.jpg" in e and "no longer exists" in e for e in errors)
+    # the path once, and what is wrong with it
+    assert any(e == f"rfwatch: {tmp_path / 'missing.jpg'}: no such file" for e in errors), errors
 
 
 def test_classify_with_a_bad_key_never_shows_it(tmp_path, server):
@@ -50,7 +51,7 @@ def test_classify_with_a_bad_key_never_shows_it(tmp_path, server):
     result = run_cli(
         "classify", "-vv", "--api-url", server.url, "--model", "colors/1", str(good), env={"ROBOFLOW_API_KEY": secret}
     )
-    assert result.returncode == 1 and "HTTP 401" in result.stderr
+    assert result.returncode == 1 and "HTTP 403" in result.stderr  # classify.roboflow.com refuses a bad key so
     assert secret not in result.stdout + result.stderr
     assert "api_key=***" in result.stderr  # the DEBUG URL line was there, masked
 
@@ -95,7 +96,27 @@ def test_python_dash_m_and_key_file(tmp_path, server):
     "doc,message",
     [
         ({"roboflow": {"max_size": "big"}}, 'roboflow.max_size: expected a positive integer, got "big"'),
-        ({"roboflow": {"confidence": 2}}, "roboflow.confidence: expected a number between 0.01 and 1, got 2"),
+        (
+            {"roboflow": {"confidence": 2}},
+            "roboflow.confidence: expected a fraction (0 < x < 1) such as 0.5, got 2 (the server reads 1 or more",
+        ),
+        (
+            {"roboflow": {"confidence": 1.0}},
+            "roboflow.confidence: expected a fraction (0 < x < 1) such as 0.5, got 1.0",
+        ),
+        ({"roboflow": {"confidence": 0}}, "roboflow.confidence: expected a fraction (0 < x < 1) such as 0.5, got 0"),
+        (
+            {"roboflow": {"multi_label_threshold": 1.5}},
+            "roboflow.multi_label_threshold: expected a fraction (0 < x <= 1)",
+        ),
+        ({"roboflow": {"active_learning": "yes"}}, "roboflow.active_learning: expected true or false"),
+        (
+            {"roboflow": {"platform_url": "api.roboflow.com"}},
+            "roboflow.platform_url: expected an http:// or https:// URL",
+        ),
+        ({"review": {"listen": "0.0.0.0:8765"}}, "review.token: required when review.listen is not a loopback address"),
+        ({"review": {"listen": "8765"}}, "review.listen: expected host:port such as 127.0.0.1:8765"),
+        ({"review": {"upload": {"split": "dev"}}}, "review.upload.split: expected train, valid or test"),
         ({"roboflow": {"model": "x"}}, "roboflow.model: expected 'project/version'"),
         ({"roboflow": {"api_url": "ftp://x"}}, "roboflow.api_url: expected an http:// or https:// URL"),
         ({"roboflow": {"modle": "a/1"}}, "roboflow.modle: unknown key"),
@@ -136,7 +157,7 @@ def test_env_expansion_and_relative_paths(tmp_path, monkeypatch):
             [{"then": [{"mvoe": "x"}]}],
             "rules[0].then[0].mvoe: unknown action 'mvoe' (known: annotate, command, copy, log, move",
         ),
-        ([{"then": [{"move": "sorted/{klass}/{name}"}]}], "rules[0].then[0].move: unknown placeholder {klass}"),
+        ([{"then": [{"move": "sorted/{klass}/{name}"}]}], "rules[0].then[0].move: to: unknown placeholder {klass}"),
         ([{"then": [{"copy": {"to": "x/{name}", "on_conflict": "clobber"}}]}], "on_conflict: expected one of"),
         ([{"then": [{"move": {"dest": "x"}}]}], "rules[0].then[0].move: unknown option 'dest'"),
     ],

@@ -10,17 +10,19 @@ import time
 
 import pytest
 from PIL import Image, ImageChops, ImageStat
-from roboflow_server import FORBIDDEN_KEY, VALID_KEY
+from roboflow_server import VALID_KEY, RoboflowServer
 
 from rfwatch.client import (
     ApiError,
     AuthError,
+    ModelAccessError,
     ModelId,
     ModelNotFoundError,
     QuotaError,
     RejectedError,
     RetryPolicy,
     RoboflowClient,
+    ServerSetupError,
     UnavailableError,
 )
 from rfwatch.prepare import MAX_UPLOAD_BYTES, ImageError, prepare_image
@@ -41,7 +43,7 @@ def red(tmp_path, make_jpeg):
 
 
 def test_model_id_accepts_workspace_prefix():
-    assert ModelId.parse("my-ws/my-proj/3") == ModelId("my-proj", "3")
+    assert ModelId.parse("my-ws/my-proj/3") == ModelId("my-proj", "3", "my-ws")
     assert str(ModelId.parse("proj/12")) == "proj/12"
     for bad in ("proj", "proj/x", "/3", "a/b/c/d"):
         with pytest.raises(ValueError):
@@ -55,6 +57,8 @@ def test_single_label_wire_format_and_shape(server, red):
     assert req.path == "/colors/1"
     assert req.query["api_key"] == VALID_KEY
     assert float(req.query["confidence"]) == 0.01
+    # a folder watcher never lets Roboflow's active learning save the user's photos silently
+    assert req.query["disable_active_learning"] == "true"
     assert req.headers["content-type"] == "application/x-www-form-urlencoded"
     assert req.image.format == "JPEG" and req.image.size == (320, 200)
     assert pred.top == "red" and not pred.multi_label
@@ -67,7 +71,9 @@ def test_single_label_wire_format_and_shape(server, red):
     assert doc["image_path"] == str(red)
     assert doc["image"] == {"width": 320, "height": 200}
     assert set(doc["predictions"][0]) == {"class", "confidence"}
-    assert set(doc) == {"time", "image", "predictions", "top", "confidence", "image_path", "prediction_type"}
+    keys = {"time", "image", "predictions", "top", "confidence", "image_path", "prediction_type", "inference_id"}
+    assert set(doc) == keys
+    assert doc["inference_id"] == req.answer["inference_id"]  # kept for Roboflow support
 
 
 def test_confidence_is_sent_and_respected(server, red):
@@ -92,15 +98,28 @@ def test_multi_label_shape(server, tmp_path, make_jpeg):
     assert doc["prediction_type"] == "ClassificationModel" and "top" not in doc
 
 
-def test_hosted_url_sends_no_body(server, make_jpeg):
-    server.files["blue.jpg"] = make_jpeg((0, 0, 250))
-    url = f"{server.url}/files/blue.jpg?x=1&y=2"
+def test_a_url_is_fetched_and_uploaded_like_a_file(server, samples):
+    """Roboflow's servers refuse http:// and no-FQDN URLs (env.py); rfwatch fetches the image and uploads it."""
+    server.files["rotated.jpg"] = (samples / "jpg" / "orientation" / "landscape_6.jpg").read_bytes()
+    url = f"{server.url}/files/rotated.jpg?x=1&y=2"
     with client_for(server) as client:
         pred = client.classify(url)
-    post = server.inference_requests()[0]
-    assert post.body_bytes == 0
-    assert post.query["image"] == url  # url-encoded on the wire, decoded intact
-    assert pred.top == "blue" and pred.json()["image_path"] == url
+    post = server.inference_requests()[-1]
+    assert post.status == 200 and "image" not in post.query and post.body_bytes > 0
+    assert post.image.width > post.image.height, "the fetched photo arrives upright"
+    assert pred.json()["image_path"] == url
+    # what the real server answers when handed such a URL instead (what rfwatch avoids)
+    import requests
+
+    refused = requests.post(f"{server.url}/colors/1", params={"api_key": VALID_KEY, "image": url})
+    assert refused.status_code == 400 and "non https:// URL" in refused.json()["message"]
+
+
+def test_a_url_that_cannot_be_fetched_names_the_reason(server):
+    with client_for(server) as client, pytest.raises(ImageError) as info:
+        client.classify(f"{server.url}/files/missing.jpg")
+    assert info.value.reason == "cannot fetch: HTTP 404 Not Found"
+    assert server.inference_requests() == []
 
 
 @pytest.mark.parametrize(
@@ -108,11 +127,13 @@ def test_hosted_url_sends_no_body(server, make_jpeg):
     [
         (400, RejectedError),
         (402, QuotaError),
-        (403, AuthError),
+        (403, ModelAccessError),
         (404, ModelNotFoundError),
         (413, RejectedError),
         (423, QuotaError),
         (401, AuthError),
+        (501, ServerSetupError),  # no ONNX provider: retrying will not help (error_handlers.py)
+        (507, ServerSetupError),  # model too large for this server
     ],
 )
 def test_permanent_errors_are_not_retried(server, red, status, exc_type):
@@ -125,15 +146,26 @@ def test_permanent_errors_are_not_retried(server, red, status, exc_type):
     assert len(server.inference_requests()) == 1
 
 
-def test_real_server_errors(server, red):
-    with client_for(server, key="wrong-key") as client, pytest.raises(AuthError) as info:
-        client.classify(str(red))
-    assert info.value.status == 401 and "Unauthorized" in str(info.value)
-    with client_for(server, key=FORBIDDEN_KEY) as client, pytest.raises(AuthError) as info:
-        client.classify(str(red))
-    assert info.value.status == 403
-    with client_for(server, model="nope/1") as client, pytest.raises(ModelNotFoundError):
-        client.classify(str(red))
+@pytest.mark.parametrize(
+    "profile,bad_key,unknown_model",
+    [
+        # tests/inference/hosted_platform_tests: EXPECTED_AUTH_ERROR_FOR_ENVIRONMENT and ..._MODEL_NOT_FOUND_...
+        ("v1", (403, ModelAccessError), (403, ModelAccessError)),
+        ("serverless", (401, AuthError), (404, ModelNotFoundError)),
+        ("self-hosted", (403, ModelAccessError), (403, ModelAccessError)),
+    ],
+)
+def test_real_server_errors_per_deployment(red, profile, bad_key, unknown_model):
+    server = RoboflowServer(profile=profile).start()
+    try:
+        for key, model, (status, kind) in [("wrong-key", "colors/1", bad_key), (VALID_KEY, "nope/1", unknown_model)]:
+            with client_for(server, key=key, model=model) as client, pytest.raises(kind) as info:
+                client.classify(str(red))
+            assert info.value.status == status
+            if status == 403:  # the message does not pretend to know which it is
+                assert "the API refused the key, or does not know model" in str(info.value)
+    finally:
+        server.stop()
 
 
 def test_server_rejects_what_the_real_one_rejects(server, make_jpeg):
@@ -277,7 +309,7 @@ def test_24_megapixel_jpeg_is_downscaled_under_the_body_limit(server, tmp_path):
     assert max(req.image.size) <= 1024 and req.image.size[1] > req.image.size[0]  # rotated upright
     assert pred.image_size == (4000, 6000)
     # Even an absurd max_size may not produce a body the hosted API rejects.
-    prepared = prepare_image(big, max_size=20000)
+    prepared = prepare_image(big, 20000)
     assert len(base64.b64encode(prepared.jpeg)) < MAX_UPLOAD_BYTES
 
 

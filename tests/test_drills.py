@@ -255,7 +255,7 @@ def test_the_api_key_appears_nowhere(tmp_path, server):
         )
     finally:
         receiver.stop()
-    assert rejected.returncode == 3 and "HTTP 401" in rejected.stderr
+    assert rejected.returncode == 3 and "HTTP 403" in rejected.stderr  # the v1 host: 403 for a bad key
     assert "api_key=***" in good.stderr, "DEBUG request lines were logged (masked)"
     outputs = [good.stdout, good.stderr, rejected.stdout, rejected.stderr, classify.stdout, classify.stderr]
     for text in outputs:

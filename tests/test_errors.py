@@ -14,7 +14,7 @@ def _key(api_key):
 @pytest.mark.parametrize(
     "action,message",
     [
-        ({"webhook": {"secret": "whsec_AAAA"}}, "webhook: url: expected an http:// or https:// URL, got None"),
+        ({"webhook": {"secret": "whsec_AAAA"}}, "webhook: url: expected an http:// or https:// URL"),
         (
             {"webhook": {"url": "https://x", "secret": "whsec_!!!"}},
             "webhook: secret: expected whsec_ followed by base64",
@@ -30,7 +30,7 @@ def _key(api_key):
         ({"command": []}, "command: expected a non-empty list of arguments (no shell is used)"),
         ({"command": {"args": ["true"], "timeout": "soon"}}, "command: timeout: expected a positive number"),
         ({"annotate": {"to": "a/{name}", "on_conflict": "clobber"}}, "annotate: on_conflict: expected one of"),
-        ({"copy": None}, "copy: expected a destination such as"),
+        ({"copy": None}, 'copy: to: expected a template such as "sorted/{class}/{name}"'),
         ({"tag": {"hierarchy": "|"}}, "tag: hierarchy: expected a parent keyword"),
     ],
 )
@@ -91,7 +91,7 @@ def test_journal_commands_report_what_they_cannot_find(tmp_path, server):
     (tmp_path / "inbox" / "a.jpg").write_bytes(unique_jpeg((200, 0, 0), 1))
     run_cli("run", "-c", str(cfg), "--once")
     retry = run_cli("retry", "-c", str(cfg), str(tmp_path / "inbox" / "nothing.jpg"))
-    assert retry.returncode == 1 and "1 path(s) have no failed entry in the journal" in retry.stderr
+    assert retry.returncode == 1 and "1 path(s) have no failed or undone entry in the journal" in retry.stderr
     history = run_cli("history", "-c", str(cfg), str(tmp_path / "inbox" / "nothing.jpg"))
     assert history.returncode == 1 and "no journal entry for" in history.stderr
     prune = run_cli("prune", "-c", str(cfg), "--older-than", "-1")
