@@ -1,0 +1,317 @@
+"""What rfwatch knows about a model: its project's type and classes, and the version's preprocessing.
+
+Asked of Roboflow's platform API (see :mod:`rfwatch.platform`) and cached in the journal per model id,
+refreshed after a day and on SIGHUP. Used to size uploads to the model's input (:mod:`rfwatch.sizing`),
+to check the classes named in rules, to offer the classes on the review page, and to tell a refused key
+from an unknown model when inference answers 401, 403 or 404. Nothing depends on it: a platform that
+cannot be reached (an air-gapped self-hosted site, a firewall) costs one warning, and rfwatch works as
+without it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .client import ModelId
+from .journal import Journal
+from .platform import KeyRefused, NotFound, PlatformClient, PlatformError
+from .sizing import LETTERBOX_FORMATS, UploadSize
+
+__all__ = [
+    "ModelFacts",
+    "Resize",
+    "fetch_facts",
+    "FactsCache",
+    "ModelFactsService",
+    "diagnose",
+    "unknown_classes",
+    "check_rules",
+    "models_in_use",
+]
+
+log = logging.getLogger(__name__)
+
+#: Facts older than this are fetched again (in the background; the old ones are used meanwhile).
+MAX_AGE = 24 * 3600.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS model_facts (
+    model TEXT PRIMARY KEY,      -- project/version (or workspace/project/version as configured)
+    facts TEXT NOT NULL,         -- JSON, ModelFacts
+    fetched REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class Resize:
+    width: int
+    height: int
+    format: str
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    model: str
+    workspace: str
+    #: The platform's project type: "classification", "multi-label-classification", ...
+    project_type: str
+    classes: tuple[str, ...]
+    resize: Resize | None
+    #: (x_min, y_min, x_max, y_max) in percent, when the version crops before resizing.
+    static_crop: tuple[float, float, float, float] | None
+    fetched: float
+    source: str
+
+    @property
+    def multi_label(self) -> bool:
+        return "multi" in self.project_type
+
+    def upload_size(self, max_size: int) -> UploadSize:
+        if self.resize is None:
+            return UploadSize(max_size=max_size)
+        return UploadSize(
+            max_size=max_size,
+            model_input=(self.resize.width, self.resize.height),
+            letterbox=self.resize.format in LETTERBOX_FORMATS,
+            crop=self.static_crop,
+        )
+
+    def json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> ModelFacts:
+        resize = Resize(**doc["resize"]) if doc.get("resize") else None
+        crop = tuple(doc["static_crop"]) if doc.get("static_crop") else None
+        return cls(
+            doc["model"],
+            doc["workspace"],
+            doc["project_type"],
+            tuple(doc["classes"]),
+            resize,
+            crop,  # type: ignore[arg-type]
+            doc["fetched"],
+            doc["source"],
+        )
+
+
+def _number(value: Any) -> float | None:
+    try:
+        return float(value)  # the platform gives "224" as often as 224
+    except (TypeError, ValueError):
+        return None
+
+
+def parse_facts(model: str, workspace: str, doc: dict[str, Any], source: str) -> ModelFacts:
+    """Facts from ``GET /{workspace}/{project}/{version}`` (or the project document and its versions)."""
+    mid = ModelId.parse(model)
+    project = doc.get("project") or {}
+    version = doc.get("version")
+    if not isinstance(version, dict):
+        wanted = f"/{mid.project}/{mid.version}"
+        version = next((v for v in doc.get("versions") or [] if str(v.get("id", "")).endswith(wanted)), {})
+    pre = version.get("preprocessing") or {}
+    resize = None
+    rz = pre.get("resize") or {}
+    width, height = _number(rz.get("width")), _number(rz.get("height"))
+    if rz.get("enabled", True) and width and height:
+        resize = Resize(int(width), int(height), str(rz.get("format") or "Stretch to"))
+    crop = None
+    sc = pre.get("static-crop") or {}
+    corners = [_number(sc.get(k)) for k in ("x_min", "y_min", "x_max", "y_max")]
+    if sc.get("enabled", True) and all(c is not None for c in corners):
+        x0, y0, x1, y1 = corners  # type: ignore[misc]
+        if 0 <= x0 < x1 <= 100 and 0 <= y0 < y1 <= 100:
+            crop = (x0, y0, x1, y1)
+    classes = project.get("classes") or {}
+    return ModelFacts(
+        model=model,
+        workspace=workspace,
+        project_type=str(project.get("type") or "unknown"),
+        classes=tuple(str(c) for c in (classes if isinstance(classes, (dict, list)) else [])),
+        resize=resize,
+        static_crop=crop,
+        fetched=time.time(),
+        source=source,
+    )
+
+
+def fetch_facts(platform: PlatformClient, model: str) -> ModelFacts:
+    """Ask the platform; KeyRefused, NotFound or PlatformUnavailable say why not."""
+    mid = ModelId.parse(model)
+    workspace = mid.workspace or platform.workspace()
+    doc = platform.version(workspace, mid.project, mid.version)
+    return parse_facts(model, workspace, doc, platform.url)
+
+
+class FactsCache:
+    """Facts per model id in the journal's database."""
+
+    def __init__(self, journal: Journal):
+        self.journal = journal
+        journal.ensure_schema(_SCHEMA)
+
+    def get(self, model: str) -> ModelFacts | None:
+        row = self.journal.fetch_one("SELECT facts FROM model_facts WHERE model=?", (model,))
+        return ModelFacts.from_json(json.loads(row["facts"])) if row else None
+
+    def put(self, facts: ModelFacts) -> None:
+        with self.journal.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO model_facts VALUES (?,?,?)",
+                (facts.model, json.dumps(facts.json()), facts.fetched),
+            )
+
+
+@dataclass
+class ModelFactsService:
+    """Keeps facts for the models in use: cached ones at once, fresh ones fetched on a background thread."""
+
+    cache: FactsCache
+    platform: PlatformClient | None
+    max_age: float = MAX_AGE
+    _facts: dict[str, ModelFacts] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _warned: bool = False
+    _thread: threading.Thread | None = None
+    #: Called with each model's facts once fetched (the daemon checks the rules against the classes).
+    on_fetched: Callable[[ModelFacts], None] | None = None
+
+    def get(self, model: str) -> ModelFacts | None:
+        with self._lock:
+            facts = self._facts.get(model)
+        if facts is None:
+            facts = self.cache.get(model)
+            if facts is not None:
+                with self._lock:
+                    self._facts[model] = facts
+        return facts
+
+    def refresh(self, models: Iterable[str], force: bool = False, wait: float = 0.0) -> None:
+        """Fetch stale (or, with ``force``, all) facts on a background thread; wait up to ``wait`` seconds."""
+        due = [m for m in models if force or (f := self.get(m)) is None or time.time() - f.fetched > self.max_age]
+        if not due or self.platform is None:
+            return
+        thread = threading.Thread(target=self._fetch_all, args=(due,), name="rfwatch-model-facts", daemon=True)
+        self._thread = thread
+        thread.start()
+        if wait:
+            thread.join(wait)
+
+    def _fetch_all(self, models: list[str]) -> None:
+        assert self.platform is not None
+        for model in models:
+            try:
+                facts = fetch_facts(self.platform, model)
+            except PlatformError as exc:
+                if not self._warned:  # one warning: the platform may be unreachable on purpose (air-gapped)
+                    self._warned = True
+                    log.warning(
+                        "model %s: could not ask the platform API about it (%s); uploads use max_size and rule "
+                        "classes are not checked",
+                        model,
+                        exc,
+                    )
+                continue
+            self.cache.put(facts)
+            with self._lock:
+                self._facts[model] = facts
+            log.info("model %s: %s", model, describe(facts))
+            if self.on_fetched is not None:
+                self.on_fetched(facts)
+
+
+def describe(facts: ModelFacts) -> str:
+    size = (
+        f"input {facts.resize.width}x{facts.resize.height} ({facts.resize.format})"
+        if facts.resize
+        else "input size unknown"
+    )
+    crop = f", static crop {facts.static_crop}" if facts.static_crop else ""
+    return f"{facts.project_type}, {len(facts.classes)} classes, {size}{crop}"
+
+
+def unknown_classes(rule_classes: dict[str, tuple[str, ...]], facts: list[ModelFacts]) -> list[str]:
+    """One message per class a rule names that no model in use has, with the closest real class.
+
+    Rules apply to files of every model in use, so a class is known if any of them has it.
+    """
+    names = sorted({c for f in facts for c in f.classes})
+    known = set(names)
+    models = " or ".join(f.model for f in facts)
+    problems = []
+    for rule, classes in rule_classes.items():
+        for cls in classes:
+            if cls in known:
+                continue
+            close = difflib.get_close_matches(cls, names, n=1, cutoff=0.5)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (its classes: {', '.join(names)})"
+            problems.append(f"rule {rule!r}: class {cls!r} is not a class of {models}{hint}")
+    return problems
+
+
+def check_rules(config: Any, facts_of: Callable[[str], ModelFacts | None]) -> tuple[list[str], list[str]]:
+    """(problems, models whose classes are unknown) for the classes the config's rules name."""
+    rule_classes = {r.name: r.when.classes for r in config.rules if r.when.classes}
+    models = models_in_use(config)
+    known = [f for m in models if (f := facts_of(m)) is not None]
+    missing = [m for m in models if facts_of(m) is None]
+    if not rule_classes or missing:
+        return [], missing if rule_classes else []
+    return unknown_classes(rule_classes, known), []
+
+
+def models_in_use(config: Any) -> list[str]:
+    """Every model the config uses (the default and each folder's own), as configured (facts are kept so)."""
+    named = [config.roboflow.model, *(w.model for w in config.watch)]
+    return sorted({ModelId.parse(m).key for m in named if m})
+
+
+def diagnose(platform: PlatformClient | None, model: str, status: int | None) -> str | None:
+    """After inference answered 401, 403 or 404: is it the key, or the model? One plain sentence, or None.
+
+    classify.roboflow.com and self-hosted servers answer 403 for a refused key and for an unknown model alike;
+    the platform tells them apart: ``GET /?api_key`` checks the key and names its workspace, and
+    ``GET /{workspace}/{project}/{version}`` says whether the model exists there.
+    """
+    if platform is None or status not in (401, 403, 404):
+        return None
+    mid = ModelId.parse(model)
+    try:
+        workspace = platform.workspace()
+    except KeyRefused:
+        return f"the API key is not valid: the platform ({platform.url}) refuses it"
+    except PlatformError:
+        return None
+    target = mid.workspace or workspace
+    try:
+        platform.version(target, mid.project, mid.version)
+    except NotFound:
+        try:
+            doc = platform.project(target, mid.project)
+        except NotFound:
+            where = f"workspace {target!r}" + (" (the key's workspace)" if target == workspace else "")
+            return f"the key is valid (workspace {workspace!r}) but {where} has no project {mid.project!r}"
+        except PlatformError:
+            return None
+        versions = sorted(str(v.get("id", "")).rsplit("/", 1)[-1] for v in doc.get("versions") or [])
+        return (
+            f"the key is valid (workspace {workspace!r}) but project {mid.project!r} has no version {mid.version}"
+            + (f" (its versions: {', '.join(versions)})" if versions else "")
+        )
+    except KeyRefused:
+        return f"the key is valid (workspace {workspace!r}) but may not use workspace {target!r}"
+    except PlatformError:
+        return None
+    return (
+        f"the key is valid (workspace {workspace!r}) and model {model} exists; the inference server refused it "
+        "(is the model trained and deployed, and does the key have the scope?)"
+    )
