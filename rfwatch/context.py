@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .result import Prediction
 
 if TYPE_CHECKING:
     from .config import Config
 
-__all__ = ["FileContext", "exif_datetime"]
+__all__ = ["FileContext", "StepRecorder", "exif_datetime"]
+
+
+class StepRecorder(Protocol):
+    """Where the step now running records what it does (the pipeline's journal; a test's list)."""
+
+    def intent(self, detail: dict[str, Any]) -> None: ...
+
+    def produced(self, path: Path) -> None: ...
+
+    def delivery_id(self, parts: tuple[str, ...]) -> str: ...
+
+    def deliver(self, kind: str, target: str, payload: bytes, key: str) -> bool: ...
 
 
 def exif_datetime(path: Path) -> dt.datetime | None:
@@ -56,20 +68,51 @@ class FileContext:
     dry_run: bool = False
     #: What this action recorded before a crash, when a step is being redone; else None.
     resume: dict[str, Any] | None = None
-    #: Set by the pipeline: durably records an action's intent before its side effect.
-    _record_intent: Callable[[dict[str, Any]], None] | None = field(default=None, repr=False)
-    _record_produced: Callable[[Path], None] | None = field(default=None, repr=False)
+    #: The model's own prediction when ``prediction`` is a person's label (review); else None.
+    model_prediction: Prediction | None = None
+    #: Set by the pipeline for the step now running: where intents, outputs and deliveries are recorded.
+    step: StepRecorder | None = field(default=None, repr=False)
+    #: Why the file waits for a person, once an action called :meth:`hold`; else None.
+    held: str | None = None
     _date: dt.datetime | None = field(default=None, repr=False)
 
     def intent(self, **detail: Any) -> None:
         """Record what the action is about to do, durably, before doing it (crash recovery reads it back as ``resume``)."""
-        if self._record_intent is not None:
-            self._record_intent(detail)
+        if self.step is not None:
+            self.step.intent(detail)
 
     def produced(self, path: Path) -> None:
         """Tell rfwatch that an action wrote ``path``, so a watcher on that folder does not take it as new."""
-        if self._record_produced is not None:
-            self._record_produced(Path(path))
+        if self.step is not None:
+            self.step.produced(Path(path))
+
+    def hold(self, reason: str) -> None:
+        """Stop here: after this action the file waits for a person (``review``); no later action runs now.
+
+        A person's decision runs the rules again with their label (or rejects the file).
+        """
+        self.held = reason
+
+    def delivery_id(self, *parts: str) -> str:
+        """An id for a delivery of this step that is the same when the step is redone after a crash."""
+        if self.step is None:
+            raise RuntimeError("delivery_id() is only available while an action runs")
+        return self.step.delivery_id(parts)
+
+    def deliver(self, kind: str, payload: bytes | str | dict | list, *, target: str, key: str | None = None) -> bool:
+        """Queue a delivery, written with this step's result (see rfwatch.delivery); False if ``target`` is gone.
+
+        ``kind`` names a deliverer a plugin registered (hook ``register_deliverers``); ``target`` is what it
+        delivers to (a URL, a project); ``key`` (default :meth:`delivery_id` of ``kind`` and ``target``) makes
+        a redone step queue the same delivery, never a second one.
+        """
+        if self.step is None:
+            raise RuntimeError("deliver() is only available while an action runs")
+        if isinstance(payload, (dict, list)):
+            payload = json.dumps(payload, ensure_ascii=False, default=str)
+        if isinstance(payload, str):
+            payload = payload.encode("utf-8", "backslashreplace")
+        return self.step.deliver(kind, target, payload, key or self.delivery_id(kind, target))
 
     @property
     def date(self) -> dt.datetime:

@@ -20,8 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .crashpoints import crash_point
+from .states import StrEnum
+
 __all__ = [
     "CONFLICT_MODES",
+    "ConflictMode",
     "TMP_PREFIX",
     "Placed",
     "sha256_file",
@@ -33,7 +37,17 @@ __all__ = [
     "sidecars_of",
 ]
 
-CONFLICT_MODES = ("rename", "skip", "overwrite", "dedupe")
+
+class ConflictMode(StrEnum):
+    """What to do when the destination name is taken (one rule for every action that places a file)."""
+
+    RENAME = "rename"  # "name (1).jpg", the next free name
+    SKIP = "skip"  # leave the file where it is
+    OVERWRITE = "overwrite"  # replace what is there
+    DEDUPE = "dedupe"  # identical content there already: drop this copy; different content: rename
+
+
+CONFLICT_MODES = tuple(m.value for m in ConflictMode)
 #: Temporary files start with this; the default exclude pattern ``.*`` keeps watchers off them.
 TMP_PREFIX = ".rfwatch-tmp-"
 _COPY_CHUNK = 1024 * 1024
@@ -107,6 +121,9 @@ class Placed:
 
     outcome: str
     path: Path
+    #: The content's SHA-256, when the caller knows it (write_output does): undo removes an output only
+    #: while it still has this content.
+    sha256: str | None = None
 
 
 def _same_content(a: Path, b: Path, a_hash: str | None) -> bool:
@@ -130,6 +147,7 @@ def _copy_to_tmp(src: Path, target: Path, record: Record | None) -> Path:
             while chunk := fin.read(_COPY_CHUNK):
                 fout.write(chunk)
             fout.flush()
+            crash_point("place.after_copy")
             os.fsync(fout.fileno())
         st = src.stat()
         os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
@@ -145,7 +163,7 @@ def place_file(
     dst: Path,
     *,
     keep_source: bool,
-    on_conflict: str = "rename",
+    on_conflict: ConflictMode | str = ConflictMode.RENAME,
     src_hash: str | None = None,
     record: Record | None = None,
 ) -> Placed:
@@ -156,6 +174,7 @@ def place_file(
     """
     if on_conflict not in CONFLICT_MODES:
         raise ValueError(f"on_conflict must be one of {', '.join(CONFLICT_MODES)}")
+    on_conflict = ConflictMode(on_conflict)
     dst.parent.mkdir(parents=True, exist_ok=True)
     if not keep_source:
         fsync_file(src)
@@ -181,21 +200,27 @@ def place_file(
             try:
                 if keep_source:
                     tmp = tmp or _copy_to_tmp(src, target, record)
+                    crash_point("place.after_fsync")
                     rename_noreplace(tmp, target)
                     tmp = None
                 else:
                     try:
+                        crash_point("place.before_rename")
                         rename_noreplace(src, target)
                     except OSError as exc:
                         if exc.errno != errno.EXDEV:
                             raise
                         tmp = tmp or _copy_to_tmp(src, target, record)
+                        crash_point("place.after_fsync")
                         rename_noreplace(tmp, target)
                         tmp = None
                         fsync_dir(target.parent)
+                        crash_point("place.after_tmp_rename")
                         os.unlink(src)
+                        crash_point("place.after_unlink")
             except FileExistsError:
                 continue  # somebody took the name between our check and the rename
+            crash_point("place.after_rename")
             fsync_dir(target.parent)
             if not keep_source:
                 fsync_dir(src.parent)

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from .config import Config
     from .context import FileContext
+    from .delivery import Deliveries, Delivery
 
 hookspec = pluggy.HookspecMarker("rfwatch")
 
@@ -35,7 +36,20 @@ def register_actions(register: Callable[[str, Callable[[Any], Callable[[FileCont
     bad options (the message is shown with the key path). ``action(ctx)`` runs for
     each file; what it returns (a dict or string) is recorded in the journal, and
     an exception marks the file failed with that message. An action that moves the
-    file must set ``ctx.path``. Return value of the hook: ignored.
+    file must set ``ctx.path``. The action may offer ``undo(ctx, result)`` for
+    ``rfwatch undo``. Return value of the hook: ignored.
+    """
+
+
+@hookspec
+def register_deliverers(register: Callable[[str, Callable[[Delivery], Any]], None], config: Config) -> None:
+    """Add deliverers for ``ctx.deliver(kind, ...)``; called once each time a config loads.
+
+    Call ``register(kind, deliver)``. ``deliver(delivery)`` runs on rfwatch's delivery threads for each
+    due :class:`rfwatch.plugin.Delivery` of that ``kind`` and returns ``Delivered(...)``, ``Retry(...)``
+    (also what an exception counts as), ``Gone(...)`` or ``Failed(...)``. ``config`` is the loaded config,
+    for the settings the deliverer needs (secrets are read from it, never stored with the delivery).
+    Two plugins registering the same kind is a config error. Return value: ignored.
     """
 
 
@@ -90,4 +104,28 @@ def file_failed(path: Path, error: str) -> None:
 
     ``path`` is where the file is now (inside ``failed:`` when that is set);
     ``error`` says why. Return value: ignored.
+    """
+
+
+# --- reporting ----------------------------------------------------------------------
+
+
+@hookspec
+def status_lines(config: Config, deliveries: Deliveries) -> list[str] | None:
+    """Lines this plugin adds to ``rfwatch status`` (and ``status --json``, under ``plugins_status``).
+
+    Called in the ``status`` command's process, not the daemon's. ``deliveries`` reads the outbox:
+    ``pending_by_plugin()``, ``gone_targets(kind)``, ``failing(kind)``. Return a list of strings, or None.
+    """
+
+
+@hookspec
+def file_reviewed(ctx: FileContext, decision: dict[str, Any]) -> None:
+    """Called once when a person's decision on a file that waited for review is applied.
+
+    ``decision`` is ``{"kind": "label" | "reject", "classes": [...], "decided": <unix time>, "by": ...}``;
+    for a label, ``ctx.prediction`` is the person's (their class at confidence 1.0) and
+    ``ctx.model_prediction`` the model's. It runs inside a journaled step: ``ctx.deliver(...)`` here is
+    written with it, so a delivery (an upload of the labelled image) is queued exactly once whatever
+    crashes. Return value: ignored.
     """

@@ -1,18 +1,28 @@
 """The plugin manager: built-ins, ``rfwatch`` entry points and ``plugins:`` from the config.
 
-Built-in plugins are ordinary plugin modules registered with the same
-``pm.register()`` call as everyone else's. Load order is fixed: built-ins,
-then entry points, then the config's list; pluggy calls the most recently
-registered first, so a user's plugin runs before the built-ins.
+Load order is fixed (as in pluggy's eggsample host and tox): the hook specs, the built-in plugins
+(``rfwatch/default_plugins/``, registered with the same ``pm.register()`` as everyone else's), installed
+``rfwatch`` entry points, then the config's ``plugins:`` list, then ``check_pending()`` so that a plugin
+implementing a misspelt hook is an error. pluggy calls the most recently registered first, so a user's
+plugin runs before the built-ins.
+
+Every hook is called through pluggy (``host.hook.NAME(...)``), so ``tryfirst``/``trylast``, hook
+wrappers, ``firstresult`` and ``pm.add_hookcall_monitoring`` behave as pluggy documents. pluggy stops a
+call at the first exception; rfwatch promises that a failing plugin affects no other plugin or file, so
+each plain implementation is wrapped, once it is registered, in a guard that logs the exception with the
+plugin's name and returns None (pluggy then goes on to the next implementation). Set
+``RFWATCH_TRACE_PLUGINS=1`` to print every hook call, its implementations and its result on stderr.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import logging
+import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,8 +31,9 @@ import pluggy
 
 from . import hookspecs
 from .config import ConfigError
+from .redact import redact
 
-__all__ = ["DEFAULT_PLUGINS", "PluginHost", "ActionFactory"]
+__all__ = ["DEFAULT_PLUGINS", "PluginHost", "ActionFactory", "TRACE_ENV"]
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +44,18 @@ DEFAULT_PLUGINS = (
     "rfwatch.default_plugins.annotate",
     "rfwatch.default_plugins.log",
     "rfwatch.default_plugins.command",
+    "rfwatch.default_plugins.review",
 )
+#: ``RFWATCH_TRACE_PLUGINS=1`` prints every hook call (datasette's DATASETTE_TRACE_PLUGINS, for rfwatch).
+TRACE_ENV = "RFWATCH_TRACE_PLUGINS"
 
 ActionFactory = Callable[[Any], Callable[..., Any]]
+_GUARDED = "_rfwatch_guarded"
 
 
 @dataclass
 class PluginHost:
-    """A loaded set of plugins, the actions they registered, and failure-isolated hook calls."""
+    """A loaded set of plugins and the actions they registered."""
 
     pm: pluggy.PluginManager
     actions: dict[str, tuple[ActionFactory, str]] = field(default_factory=dict)
@@ -62,13 +77,46 @@ class PluginHost:
             pm.check_pending()
         except pluggy.PluginValidationError as exc:
             raise ConfigError(f"plugins: {exc}") from None
+        _guard_implementations(pm)
+        if os.environ.get(TRACE_ENV, "") not in ("", "0"):
+            pm.add_hookcall_monitoring(_trace_before, _trace_after)
         host = cls(pm)
         host._collect_actions()
         return host
 
+    @property
+    def hook(self) -> pluggy.HookRelay:
+        """``host.hook.NAME(**kwargs)``: a hook call through pluggy, each implementation isolated."""
+        return self.pm.hook
+
+    def call(self, hook: str, **kwargs: Any) -> Any:
+        """Call ``hook`` through pluggy; a hook wrapper that raises is logged, and the call returns None.
+
+        Plain implementations are already guarded one by one (see :func:`_guard_implementations`); this
+        catches what only a wrapper (``wrapper=True``/``hookwrapper=True``) can raise.
+        """
+        try:
+            return getattr(self.pm.hook, hook)(**kwargs)
+        except ConfigError:
+            raise
+        except Exception:
+            log.exception("a hook wrapper failed in %s; the call's results are lost", hook)
+            return None
+
+    def per_plugin(self, hook: str) -> Iterator[tuple[str, Callable[..., Any]]]:
+        """``(plugin name, caller)`` for each plugin implementing ``hook``: ``caller(**kwargs)`` calls only it.
+
+        For the ``register_*`` hooks, so that each ``register()`` knows whose registration it records.
+        ``subset_hook_caller`` still goes through pluggy: the plugin's own ordering and wrappers apply.
+        """
+        plugins = self.pm.get_plugins()
+        for plugin in plugins:
+            if any(c.name == hook for c in self.pm.get_hookcallers(plugin) or []):
+                others = [p for p in plugins if p is not plugin]
+                yield self.pm.get_name(plugin), self.pm.subset_hook_caller(hook, remove_plugins=others)
+
     def _collect_actions(self) -> None:
-        for impl in self.pm.hook.register_actions.get_hookimpls():
-            owner = impl.plugin_name
+        for owner, call in self.per_plugin("register_actions"):
 
             def register(name: str, factory: ActionFactory, _owner: str = owner) -> None:
                 if not isinstance(name, str) or not name.isidentifier():
@@ -79,7 +127,7 @@ class PluginHost:
                     )
                 self.actions[name] = (factory, _owner)
 
-            self._call_impl(impl, {"register": register}, reraise=(ConfigError,))
+            call(register=register)
 
     def names(self) -> list[str]:
         return [name for name, _ in self.pm.list_name_plugin()]
@@ -96,33 +144,56 @@ class PluginHost:
             out.append({"name": name, "hooks": hooks, "actions": actions, "distribution": dist})
         return out
 
-    # failure-isolated calls
 
-    def call(self, hook: str, **kwargs: Any) -> list[Any]:
-        """Call every implementation of ``hook``; one that raises is logged and skipped."""
-        results = []
-        for impl in reversed(getattr(self.pm.hook, hook).get_hookimpls()):
-            ok, value = self._call_impl(impl, kwargs)
-            if ok and value is not None:
-                results.append(value)
-        return results
+def _guard_implementations(pm: pluggy.PluginManager) -> None:
+    """Wrap each plain hook implementation so that an exception is logged and skipped, not propagated.
 
-    def first(self, hook: str, **kwargs: Any) -> Any:
-        for impl in reversed(getattr(self.pm.hook, hook).get_hookimpls()):
-            ok, value = self._call_impl(impl, kwargs)
-            if ok and value is not None:
-                return value
-        return None
+    pluggy calls ``impl.function(*args)`` with the arguments named in ``impl.argnames`` (computed from the
+    original function), so a ``*args`` guard keeps the calling convention. Wrappers are left alone: they
+    must see the real outcome of the implementations they wrap.
+    """
+    for plugin in pm.get_plugins():
+        for caller in pm.get_hookcallers(plugin) or []:
+            for impl in caller.get_hookimpls():
+                if impl.plugin is not plugin or impl.hookwrapper or impl.wrapper:
+                    continue
+                if getattr(impl.function, _GUARDED, False):
+                    continue
+                impl.function = _guarded(impl.function, impl.plugin_name, caller.name)
 
-    def _call_impl(self, impl: Any, kwargs: dict[str, Any], reraise: tuple[type, ...] = ()) -> tuple[bool, Any]:
-        args = {k: kwargs[k] for k in impl.argnames if k in kwargs}
+
+def _guarded(function: Callable[..., Any], plugin_name: str, hook_name: str) -> Callable[..., Any]:
+    @functools.wraps(function)
+    def guard(*args: Any) -> Any:
         try:
-            return True, impl.function(**args)
-        except reraise:
+            return function(*args)
+        except ConfigError:  # a bad action name or options at load time: the config is refused, as it should be
             raise
         except Exception:
-            log.exception("plugin %s failed in %s", impl.plugin_name, impl.function.__name__)
-            return False, None
+            log.exception("plugin %s failed in %s", plugin_name, hook_name)
+            return None
+
+    setattr(guard, _GUARDED, True)
+    return guard
+
+
+def _trace_before(hook_name: str, hook_impls: list[Any], kwargs: dict[str, Any]) -> None:
+    args = ", ".join(f"{k}={_short(v)}" for k, v in kwargs.items())
+    names = ", ".join(i.plugin_name for i in reversed(hook_impls))
+    sys.stderr.write(redact(f"rfwatch plugins: {hook_name}({args}) -> [{names}]") + "\n")
+
+
+def _trace_after(outcome: Any, hook_name: str, hook_impls: list[Any], kwargs: dict[str, Any]) -> None:
+    try:
+        result = _short(outcome.get_result())
+    except BaseException as exc:  # noqa: BLE001 - tracing reports whatever the call raised
+        result = f"raised {type(exc).__name__}: {exc}"
+    sys.stderr.write(redact(f"rfwatch plugins: {hook_name} returned {result}") + "\n")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def _import_plugin(spec: str):

@@ -23,6 +23,12 @@ class BoundAction:
     name: str
     run: Callable[..., Any]
     spec: ActionSpec
+    #: The plugin that registered the action (its deliveries are counted under this name).
+    owner: str = ""
+
+    def undo(self) -> Callable[..., Any] | None:
+        """The action's ``undo(ctx, result)``, if it offers one (see docs/plugins.md, "Undo")."""
+        return getattr(self.run, "undo", None)
 
     def describe(self, ctx: Any) -> str:
         describe = getattr(self.run, "describe", None)
@@ -104,7 +110,7 @@ def _bind(spec: ActionSpec, actions: dict[str, tuple[Callable[[Any], Any], str]]
         raise ConfigError(f"{spec.key}: {exc}") from None
     if not callable(run):
         raise ConfigError(f"{spec.key}: plugin {owner} returned {run!r} instead of a callable action")
-    return BoundAction(spec.name, run, spec)
+    return BoundAction(spec.name, run, spec, owner)
 
 
 def matching_rules(rules: tuple[Rule, ...], prediction: Prediction, source: Path) -> list[tuple[Rule, str]]:

@@ -6,23 +6,45 @@ broken new config leaves the old one running.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from .client import RetryPolicy, RoboflowClient
+from .client import ModelId, RetryPolicy, RoboflowClient
 from .config import Config, ConfigError
+from .delivery import Deliverer
+from .platform import PlatformClient
 from .plugins import PluginHost
 from .rules import Rule, compile_rules
+from .sizing import UploadSize
 
-__all__ = ["Runtime", "build_runtime", "build_runtime_parts", "make_client"]
+if TYPE_CHECKING:
+    from .model_facts import ModelFacts
+
+__all__ = ["Runtime", "Extensions", "build_runtime", "load_extensions", "make_client", "platform_client"]
 
 
-def make_client(config: Config, pool_size: int | None = None, **overrides) -> RoboflowClient:
+FactsLookup = Callable[[str], "ModelFacts | None"]
+
+
+def platform_client(config: Config) -> PlatformClient | None:
+    """A client for the platform API with the configured key; None without a key."""
+    if not config.roboflow.api_key:
+        return None
+    return PlatformClient(config.roboflow.api_key, config.roboflow.platform_url)
+
+
+def make_client(
+    config: Config, pool_size: int | None = None, facts: FactsLookup | None = None, **overrides
+) -> RoboflowClient:
     r = config.roboflow
     settings = {
         "api_key": r.api_key,
         "model": r.model,
         "api_url": r.api_url,
         "confidence": r.confidence,
+        "multi_label_threshold": r.multi_label_threshold,
+        "active_learning": r.active_learning,
         "max_size": r.max_size,
         "jpeg_quality": r.jpeg_quality,
         "timeout": r.timeout,
@@ -39,32 +61,74 @@ def make_client(config: Config, pool_size: int | None = None, **overrides) -> Ro
     if not settings["model"]:
         raise ConfigError("roboflow.model: expected a model such as my-project/3 (or --model)")
     try:
-        return RoboflowClient(**settings)
+        client = RoboflowClient(**settings)
     except ValueError as exc:
         raise ConfigError(f"roboflow.model: {exc}") from None
+    if facts is not None and not config.roboflow.max_size_set and overrides.get("max_size") is None:
+        # Sized to each model's input once its facts are known; an explicit max_size decides alone.
+        max_size = client.max_size
+
+        def sizes(model: ModelId) -> UploadSize:
+            known = facts(model.key)
+            return known.upload_size(max_size) if known is not None else UploadSize(max_size=max_size)
+
+        client.upload_sizes = sizes
+    return client
 
 
-def build_runtime_parts(config: Config) -> tuple[PluginHost, tuple[Rule, ...]]:
+@dataclass
+class Extensions:
+    """What the plugins contribute to a loaded config: the actions bound into rules, and the deliverers."""
+
+    plugins: PluginHost
+    rules: tuple[Rule, ...]
+    #: kind -> (plugin name, deliver): see rfwatch.delivery.
+    deliverers: dict[str, tuple[str, Deliverer]]
+
+
+def load_extensions(config: Config) -> Extensions:
+    """Load the plugins, build every rule's actions and the deliverers; a ConfigError names the key."""
     plugins = PluginHost.load(config.plugins)
-    return plugins, compile_rules(config, plugins.actions)
+    rules = compile_rules(config, plugins.actions)
+    deliverers: dict[str, tuple[str, Deliverer]] = {}
+    for owner, call in plugins.per_plugin("register_deliverers"):
+
+        def register(kind: str, deliver: Deliverer, _owner: str = owner) -> None:
+            if kind in deliverers and deliverers[kind][0] != _owner:
+                raise ConfigError(
+                    f"plugins: delivery kind {kind!r} is registered by both {deliverers[kind][0]} and {_owner}"
+                )
+            deliverers[kind] = (_owner, deliver)
+
+        call(register=register, config=config)
+    return Extensions(plugins, rules, deliverers)
 
 
 @dataclass
 class Runtime:
+    """A loaded config with everything built from it, swapped as a whole by a reload (SIGHUP)."""
+
     config: Config
-    plugins: PluginHost
-    rules: tuple[Rule, ...]
+    extensions: Extensions
     client: RoboflowClient
+
+    @property
+    def plugins(self) -> PluginHost:
+        return self.extensions.plugins
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        return self.extensions.rules
 
     def close(self) -> None:
         self.client.close()
 
 
-def build_runtime(config: Config, **client_overrides) -> Runtime:
+def build_runtime(config: Config, facts: FactsLookup | None = None, **client_overrides) -> Runtime:
     if config.roboflow.model is None and not all(w.model for w in config.watch):
         raise ConfigError(
             "roboflow.model: expected a model such as my-project/3 (every watch without its own model uses it)"
         )
-    plugins, rules = build_runtime_parts(config)
-    client = make_client(config, **client_overrides)
-    return Runtime(config, plugins, rules, client)
+    extensions = load_extensions(config)
+    client = make_client(config, facts=facts, **client_overrides)
+    return Runtime(config, extensions, client)

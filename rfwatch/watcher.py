@@ -15,6 +15,7 @@ import heapq
 import itertools
 import logging
 import os
+import queue
 import stat
 import threading
 import time
@@ -166,9 +167,16 @@ class Settler:
     therefore costs thousands of stats, not thousands per tick.
     """
 
-    def __init__(self, ready: Ready, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        ready: Ready,
+        clock: Callable[[], float] = time.monotonic,
+        was_taken: Callable[[Path], bool] = lambda path: False,
+    ):
         self.ready = ready
         self.clock = clock
+        #: Whether rfwatch already took a file from this path: a late event for a file it moved on is not news.
+        self.was_taken = was_taken
         self._pending: dict[Path, _Pending] = {}
         self._due: list[tuple[float, int, Path]] = []  # a heap; entries whose time is not p.due are stale
         self._seq = itertools.count()
@@ -188,7 +196,10 @@ class Settler:
         except OSError:
             with self._lock:
                 self._pending.pop(path, None)
-            log.info("%s: removed before it settled; nothing to do", path)
+            if self.was_taken(path):
+                log.debug("%s: an event for a file rfwatch already moved on; nothing to do", path)
+            else:
+                log.info("%s: removed before it settled; nothing to do", path)
             return None
 
     def offer(self, path: Path, watch: WatchConfig, writing: bool | None = None) -> None:
@@ -262,7 +273,7 @@ class _Handler(FileSystemEventHandler):
             elif isinstance(event, (DirCreatedEvent, DirMovedEvent)):
                 # Files can land in a new folder before its watch exists: look inside.
                 folder = event.dest_path if isinstance(event, DirMovedEvent) else event.src_path
-                self.watcher.request_scan(self.watch, Path(os.fsdecode(folder)))
+                self.watcher._request_scan(self.watch, Path(os.fsdecode(folder)))
         except Exception:  # never let one odd event kill watchdog's thread
             log.exception("error handling %r", event)
 
@@ -281,31 +292,127 @@ class _OverflowSpy(logging.Filter):
 
 
 class FolderWatcher:
-    """Observers for every watched folder, plus scans on start, on overflow and on request."""
+    """The source of ready files: observers, the settle check, and scans (start-up, overflow, reconcile).
+
+    It hands each file on once, through ``ready(path, watch, ready_at)``, when the file has settled (or
+    shortly before: ``ready_at`` says when; see :data:`EARLY_LEAD`). A consumer that finds a file still
+    changing at ``ready_at`` gives it back with :meth:`not_settled`. ``ready`` may block (a bounded queue):
+    scans then wait, so a backlog of any size streams in constant memory.
+    """
 
     def __init__(
         self,
         watches: tuple[WatchConfig, ...],
         ready: Ready,
-        on_scan_request: Callable[[WatchConfig, Path | None], None],
+        was_taken: Callable[[Path], bool] = lambda path: False,
     ):
         self.watches = watches
-        self.settler = Settler(ready)
-        self.request_scan = on_scan_request
+        self.ready = ready
+        self.settler = Settler(ready, was_taken=was_taken)
+        #: Files the scans handed on or began watching (the progress bar's total).
+        self.found = 0
+        self._scans: queue.Queue[tuple[WatchConfig, Path | None] | None] = queue.Queue()
+        self._scanning = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._scanner: threading.Thread | None = None
         self._observers: list = []
         self._spy = _OverflowSpy(self._overflowed)
 
-    def _overflowed(self) -> None:
-        log.warning("filesystem events were lost (inotify queue overflow); rescanning the watched folders")
-        for watch in self.watches:
-            self.request_scan(watch, None)
+    # --- what the daemon sees ------------------------------------------------------
 
-    def start(self) -> None:
-        logging.getLogger("watchdog.observers.inotify_c").addFilter(self._spy)
-        logging.getLogger("watchdog.observers.inotify").addFilter(self._spy)
+    def start(self, observe: bool = True) -> None:
+        """Watch (unless ``observe`` is False: a one-shot run) and queue a start-up scan of every folder.
+
+        The observers start first, so that no file written during the scan goes unseen.
+        """
         for watch in self.watches:
             if not watch.path.is_dir():
                 raise FileNotFoundError(errno.ENOENT, f"watched folder does not exist: {watch.path}", str(watch.path))
+        if observe:
+            self._observe()
+        self._stop.clear()
+        self._scanner = threading.Thread(target=self._scan_loop, name="rfwatch-scan", daemon=True)
+        self._scanner.start()
+        self.rescan()
+
+    def tick(self) -> int:
+        """Hand on every file that has settled; returns how many are still settling."""
+        return self.settler.tick()
+
+    def rescan(self) -> None:
+        """Scan every watched folder again (a reconcile scan finds files inotify did not report)."""
+        for watch in self.watches:
+            self._request_scan(watch, None)
+
+    def not_settled(self, path: Path, watch: WatchConfig) -> None:
+        """A file handed on was written to again before ``ready_at``: watch it settle anew."""
+        self.settler.offer(path, watch)
+
+    def pending(self) -> int:
+        """Files being watched until they settle."""
+        return len(self.settler)
+
+    def scanning(self) -> bool:
+        with self._lock:
+            return self._scanning > 0
+
+    def alive(self) -> bool:
+        return all(o.is_alive() for o in self._observers) and (self._scanner is None or self._scanner.is_alive())
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._scans.put(None)
+        for observer in self._observers:
+            observer.stop()
+        for observer in self._observers:
+            observer.join(timeout=5)
+        self._observers.clear()
+        for name in ("watchdog.observers.inotify_c", "watchdog.observers.inotify"):
+            logging.getLogger(name).removeFilter(self._spy)
+        if self._scanner is not None:
+            self._scanner.join(timeout=5)
+
+    # --- scans ---------------------------------------------------------------------
+
+    def _request_scan(self, watch: WatchConfig, folder: Path | None) -> None:
+        with self._lock:
+            self._scanning += 1
+        self._scans.put((watch, folder))
+
+    def _scan_loop(self) -> None:
+        while not self._stop.is_set():
+            request = self._scans.get()
+            if request is None:
+                return
+            watch, folder = request
+            try:
+                now = time.time()
+                for path, st in scan(watch, folder):
+                    if self._stop.is_set():
+                        break
+                    self.found += 1
+                    # Untouched for `settle` seconds already: no need to hold it in memory to watch it settle.
+                    if mtime_quiet(watch, st.st_mtime, now) >= watch.settle:
+                        self.ready(path, watch, 0.0)
+                    else:
+                        self.settler.offer(path, watch)
+            except Exception:
+                log.exception("scan of %s failed", folder or watch.path)
+            finally:
+                with self._lock:
+                    self._scanning -= 1
+
+    def _overflowed(self) -> None:
+        log.warning("filesystem events were lost (inotify queue overflow); rescanning the watched folders")
+        self.rescan()
+
+    # --- observers -----------------------------------------------------------------
+
+    def _observe(self) -> None:
+        logging.getLogger("watchdog.observers.inotify_c").addFilter(self._spy)
+        logging.getLogger("watchdog.observers.inotify").addFilter(self._spy)
+        for watch in self.watches:
             observer = PollingObserver(timeout=1.0) if watch.polling else Observer()
             observer.schedule(_Handler(self, watch), str(watch.path), recursive=watch.recursive)
             try:
@@ -330,15 +437,3 @@ class FolderWatcher:
                     ) from None
                 raise
             self._observers.append(observer)
-
-    def stop(self) -> None:
-        for observer in self._observers:
-            observer.stop()
-        for observer in self._observers:
-            observer.join(timeout=5)
-        self._observers.clear()
-        for name in ("watchdog.observers.inotify_c", "watchdog.observers.inotify"):
-            logging.getLogger(name).removeFilter(self._spy)
-
-    def alive(self) -> bool:
-        return all(o.is_alive() for o in self._observers)

@@ -67,50 +67,89 @@ def test_without_a_secret_the_request_goes_unsigned(tmp_path, server, receiver):
     assert "webhook-signature" not in d.headers and d.headers["webhook-id"].startswith("msg_")
 
 
+def _attempts(receiver) -> dict[str, list[float]]:
+    """Each event's delivery attempts (POSTs) by webhook-id: when they came."""
+    out: dict[str, list[float]] = {}
+    for d in receiver.deliveries:
+        if d.method == "POST":
+            out.setdefault(d.headers["webhook-id"], []).append(d.at)
+    return out
+
+
+def test_failed_deliveries_back_off_on_schedule_and_honour_retry_after(tmp_path, server, receiver):
+    """2 s, 4 s, 8 s ... +-25 % in production; here the same schedule from a base of 0.4 s."""
+    from rfwatch.delivery import DeliveryPolicy
+
+    receiver.status = 503
+    cfg = write_config(tmp_path, server, rules=webhook_rule(receiver, secret=SECRET))
+    (tmp_path / "inbox" / "a.jpg").write_bytes(unique_jpeg(RED, 10))
+    daemon = DaemonThread(cfg)
+    daemon.daemon.deliveries.policy = DeliveryPolicy(base=0.4, jitter=0.25)
+    with daemon:
+        wait_for(lambda: any(len(t) >= 4 for t in _attempts(receiver).values()), timeout=30, what="4 attempts")
+        receiver.retry_after = "2"  # the receiver says when: honoured, whatever the schedule says
+        wait_for(lambda: any(len(t) >= 6 for t in _attempts(receiver).values()), timeout=30, what="6 attempts")
+    (times,) = _attempts(receiver).values()
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    for n, gap in enumerate(gaps[:3], start=1):  # after the n-th failure: 0.4 * 2**(n-1), +-25 %
+        nominal = 0.4 * 2 ** (n - 1)
+        assert 0.75 * nominal - 0.05 <= gap <= 1.25 * nominal + 0.25, (n, gaps)
+    assert 1.9 <= gaps[-1] <= 2.4, gaps  # Retry-After: 2
+
+
 def test_receiver_down_then_back_across_restarts_same_ids(tmp_path, server, receiver):
+    from rfwatch.delivery import DeliveryPolicy
+
     receiver.status = 503
     cfg = write_config(tmp_path, server, rules=webhook_rule(receiver, secret=SECRET))
     for i in range(4):
         (tmp_path / "inbox" / f"a{i}.jpg").write_bytes(unique_jpeg(RED, 10 + i))
-    with DaemonThread(cfg):
-        wait_for(lambda: len({d.headers["webhook-id"] for d in receiver.deliveries}) == 4, what="first attempts")
+    first = DaemonThread(cfg)
+    first.daemon.deliveries.policy = DeliveryPolicy(base=0.5)
+    with first:
+        wait_for(lambda: len(_attempts(receiver)) == 4, what="first attempts")
         receiver.stop()  # and now it is gone entirely
     db = sqlite3.connect(tmp_path / "state" / "journal.db")
     assert db.execute("SELECT COUNT(*) FROM outbox WHERE state='pending'").fetchone()[0] == 4
-    failed_ids = {d.headers["webhook-id"] for d in receiver.deliveries}
+    failed_ids = set(_attempts(receiver))
     status = json.loads(run_cli("status", "-c", str(cfg), "--json").stdout)
-    assert status["outbox"] == 4
+    assert status["deliveries_pending"] == {"rfwatch.default_plugins.webhook": 4}
+    history = run_cli("history", "-c", str(cfg), str(tmp_path / "inbox" / "a0.jpg")).stdout
+    assert "webhook msg_" in history and "not yet delivered" in history and "HTTP 503" in history
     receiver.status = 200
-    receiver.start()  # same port
-    db.execute("UPDATE outbox SET next_at=0")  # skip the backoff wait, keep everything else
-    db.commit()
+    receiver.start()  # same port; the schedule in the journal carries over the restart
     with DaemonThread(cfg):
         wait_for(lambda: len(receiver.ok()) == 4, timeout=30, what="deliveries after the receiver came back")
     verifier = Webhook(SECRET)
     ok_ids = {verifier.verify(d.body, d.headers)["id"] for d in receiver.ok()}
     assert ok_ids == failed_ids
     assert db.execute("SELECT COUNT(*) FROM outbox WHERE state='delivered'").fetchone()[0] == 4
+    history = run_cli("history", "-c", str(cfg), str(tmp_path / "inbox" / "a0.jpg")).stdout
+    assert "delivered" in history and "(HTTP 200)" in history, history
 
 
 def test_410_stops_deliveries_and_redirects_are_not_followed(tmp_path, server, receiver):
     receiver.status = 302
     cfg = write_config(tmp_path, server, rules=webhook_rule(receiver))
     (tmp_path / "inbox" / "a.jpg").write_bytes(unique_jpeg(RED, 20))
-    run_cli("run", "-c", str(cfg), "--once")
-    wait_for(lambda: receiver.deliveries, what="an attempt")
-    assert {d.path for d in receiver.deliveries} == {"/hook"}  # the redirect target was never asked
-    receiver.status = 410
-    db = sqlite3.connect(tmp_path / "state" / "journal.db")
-    db.execute("UPDATE outbox SET next_at=0")
-    db.commit()
-    (tmp_path / "inbox" / "b.jpg").write_bytes(unique_jpeg(RED, 21))
-    run_cli("run", "-c", str(cfg), "--once")
-    assert db.execute("SELECT state FROM outbox").fetchall() == [("gone",), ("gone",)]
-    n = len(receiver.deliveries)
-    (tmp_path / "inbox" / "c.jpg").write_bytes(unique_jpeg(RED, 22))
-    run_cli("run", "-c", str(cfg), "--once")
-    time.sleep(0.5)
+    with DaemonThread(cfg) as d:
+        d.daemon.deliveries.policy.base = 0.2
+        wait_for(lambda: len(receiver.deliveries) >= 3, what="a few attempts")
+        # never followed: not as a POST, and not as the GET most clients turn a 302 into
+        assert {(x.method, x.path) for x in receiver.deliveries} == {("POST", "/hook")}
+        receiver.status = 410
+        wait_for(lambda: receiver.deliveries[-1].status == 410, what="the 410")
+        wait_for(
+            lambda: run_cli("status", "-c", str(cfg)).stdout.count("webhook receiver gone (410)") == 1,
+            what="status to say so",
+        )
+        n = len(receiver.deliveries)
+        (tmp_path / "inbox" / "b.jpg").write_bytes(unique_jpeg(RED, 21))
+        wait_for(lambda: (tmp_path / "sorted" / "red" / "b.jpg").exists(), what="b sorted")
+        time.sleep(1.0)
     assert len(receiver.deliveries) == n, "no deliveries after 410 Gone"
+    db = sqlite3.connect(tmp_path / "state" / "journal.db")
+    assert db.execute("SELECT state FROM outbox").fetchall() == [("gone",)]  # b's event was never queued
 
 
 def test_a_slow_receiver_does_not_hold_up_classification(tmp_path, server, receiver):

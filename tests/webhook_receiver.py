@@ -15,6 +15,7 @@ class Delivery:
     body: bytes
     status: int
     at: float
+    method: str = "POST"
 
 
 class Receiver:
@@ -22,6 +23,7 @@ class Receiver:
         self.port = port
         self.deliveries: list[Delivery] = []
         self.status = 204
+        self.retry_after: str | None = None
         self.delay = 0.0
         self.lock = threading.Lock()
         self._httpd = None
@@ -39,6 +41,16 @@ class Receiver:
             def log_message(self, *a):
                 pass
 
+            def do_GET(self):
+                # Recorded too: a sender that followed a redirect (as a GET, as most clients do) shows up here.
+                with owner.lock:
+                    owner.deliveries.append(
+                        Delivery(self.path, dict(self.headers), b"", 404, time.monotonic(), method="GET")
+                    )
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
             def do_POST(self):
                 expected = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(expected)
@@ -55,6 +67,8 @@ class Receiver:
                 self.send_response(status)
                 if status in (301, 302, 307, 308):
                     self.send_header("Location", f"http://127.0.0.1:{owner.port}/elsewhere")
+                if owner.retry_after is not None:
+                    self.send_header("Retry-After", owner.retry_after)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 

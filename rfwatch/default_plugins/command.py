@@ -11,28 +11,25 @@ import os
 import subprocess
 from typing import Any
 
-from .. import hookimpl
-from ..context import FileContext
-from ..templates import Template, TemplateError
-from .common import mapping_options
+from rfwatch.plugin import FileContext, Options, Template, TemplateError, hookimpl
 
 
 class CommandAction:
     def __init__(self, options: Any):
-        opts = mapping_options(
-            options, "args", {"args", "timeout"}, 'a list such as ["/usr/local/bin/notify", "{path}", "{class}"]'
+        opts = Options(
+            options,
+            short="args",
+            known={"args", "timeout"},
+            example='a list such as ["/usr/local/bin/notify", "{path}", "{class}"]',
         )
-        args = opts.get("args")
+        args = opts.raw("args")
         if not isinstance(args, list) or not args or not all(isinstance(a, (str, int, float)) for a in args):
             raise ValueError(f"expected a non-empty list of arguments (no shell is used), got {args!r}")
         try:
             self.args = [Template(str(a)) for a in args]
         except TemplateError as exc:
             raise ValueError(str(exc)) from None
-        timeout = opts.get("timeout", 60)
-        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
-            raise ValueError(f"timeout: expected a positive number of seconds, got {timeout!r}")
-        self.timeout = float(timeout)
+        self.timeout = opts.number("timeout", 60.0, positive=True, unit="seconds")
 
     def _argv(self, ctx: FileContext) -> list[str]:
         values = ctx.values()
@@ -44,10 +41,11 @@ class CommandAction:
     def __call__(self, ctx: FileContext) -> dict[str, Any]:
         argv = self._argv(ctx)
         env = {k: v for k, v in os.environ.items() if k != "ROBOFLOW_API_KEY"}
+        values = ctx.values()  # the matched class, as {class} gives it (multi-label: the class the rule matched)
         env.update(
             RFWATCH_PATH=str(ctx.path),
-            RFWATCH_CLASS=ctx.prediction.top,
-            RFWATCH_CONFIDENCE=f"{ctx.prediction.confidence:.4f}",
+            RFWATCH_CLASS=str(values["class"]),
+            RFWATCH_CONFIDENCE=f"{values['confidence']:.4f}",
             RFWATCH_RULE=ctx.rule or "",
         )
         try:
@@ -68,6 +66,9 @@ class CommandAction:
             tail = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-5:]
             raise RuntimeError(f"{argv[0]} exited with {proc.returncode}: " + " | ".join(tail))
         return {"exit": 0, "stdout": proc.stdout.decode("utf-8", "replace").strip()[-500:]}
+
+    def undo(self, ctx: FileContext, result: Any) -> dict[str, Any]:
+        return {"outcome": "nothing", "detail": "a command that ran cannot be reversed"}
 
 
 @hookimpl

@@ -15,10 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import hookimpl
-from ..context import FileContext
-from ..templates import Template, TemplateError
-from .common import mapping_options
+from rfwatch.plugin import FileContext, Options, hookimpl
 
 CSV_FIELDS = ["time", "event", "source", "path", "model", "top", "confidence", "predicted_classes", "rule", "actions"]
 _header_lock = threading.Lock()
@@ -26,17 +23,12 @@ _header_lock = threading.Lock()
 
 class LogAction:
     def __init__(self, options: Any):
-        opts = mapping_options(options, "path", {"path", "format"}, "a file path or {path: ..., format: jsonl|csv}")
-        path = opts.get("path")
-        if not isinstance(path, str) or not path.strip():
-            raise ValueError(f"path: expected a file path, got {path!r}")
-        try:
-            self.template = Template(path)
-        except TemplateError as exc:
-            raise ValueError(f"path: {exc}") from None
-        self.format = opts.get("format", "csv" if path.lower().endswith(".csv") else "jsonl")
-        if self.format not in ("jsonl", "json", "csv"):
-            raise ValueError(f"format: expected jsonl or csv, got {self.format!r}")
+        opts = Options(
+            options, short="path", known={"path", "format"}, example="a file path or {path: ..., format: jsonl|csv}"
+        )
+        self.template = opts.template("path")
+        default_format = "csv" if self.template.text.lower().endswith(".csv") else "jsonl"
+        self.format = opts.choice("format", ("jsonl", "json", "csv"), default_format, what="jsonl or csv")
 
     def _target(self, ctx: FileContext) -> Path:
         rendered = Path(os.path.expanduser(self.template.render(ctx.values())))
@@ -53,7 +45,7 @@ class LogAction:
         ctx.intent(event=event)
         pred = ctx.prediction
         record = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),  # RFC 3339, as jq's fromdateiso8601 wants
             "event": event,
             "source": str(ctx.source),
             "path": str(ctx.path),
@@ -100,6 +92,9 @@ def _already_written(target: Path, event: str) -> bool:
     except OSError:
         return False
     return f'"event": "{event}"'.encode() in tail or f",{event},".encode() in tail
+
+    def undo(self, ctx: FileContext, result: Any) -> dict[str, Any]:
+        return {"outcome": "nothing", "detail": "a log record stays in the log (the undo is in the journal)"}
 
 
 @hookimpl

@@ -10,21 +10,29 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .. import hookimpl
-from ..context import FileContext
-from ..fileops import CONFLICT_MODES, place_file, recover_placement, sidecars_of
-from .common import destination_options
+from rfwatch.plugin import (
+    ConflictMode,
+    FileContext,
+    Options,
+    copy_back,
+    hookimpl,
+    move_back,
+    place_file,
+    recover_placement,
+    remove_output,
+    sidecars_of,
+)
 
 log = logging.getLogger(__name__)
+
+EXAMPLE = 'a destination such as "sorted/{class}/{name}" or {to: ..., on_conflict: rename}'
 
 
 class PlaceAction:
     def __init__(self, options: Any, keep_source: bool):
-        self.template, opts = destination_options(options)
+        opts = Options(options, short="to", known={"to", "on_conflict"}, example=EXAMPLE)
+        self.template, self.on_conflict = opts.destination(ConflictMode.RENAME)
         self.keep_source = keep_source
-        self.on_conflict = opts.get("on_conflict", "rename")
-        if self.on_conflict not in CONFLICT_MODES:
-            raise ValueError(f"on_conflict: expected one of {', '.join(CONFLICT_MODES)}, got {self.on_conflict!r}")
 
     def destination(self, ctx: FileContext) -> Path:
         return self.template.render_path(ctx.values(), ctx.config.base_dir)
@@ -40,9 +48,8 @@ class PlaceAction:
             tmp = Path(resumed["tmp"]) if resumed.get("tmp") else None
             if recover_placement(src, target, tmp, ctx.sha256, self.keep_source):
                 # The crash may have come between the file and its sidecars.
-                for sidecar in sidecars_of(src):
-                    self._carry_sidecar(src, sidecar, target)
-                return self._done(ctx, src, target, "moved" if not self.keep_source else "copied", recovered=True)
+                carried = [self._carry_sidecar(src, s, target) for s in sidecars_of(src)]
+                return self._done(ctx, src, target, "copied" if self.keep_source else "moved", carried, True)
         dst = self.destination(ctx)
         sidecars = sidecars_of(src)
 
@@ -52,27 +59,60 @@ class PlaceAction:
         placed = place_file(
             src, dst, keep_source=self.keep_source, on_conflict=self.on_conflict, src_hash=ctx.sha256, record=record
         )
+        carried = []
         if placed.outcome in ("moved", "copied"):
-            for sidecar in sidecars:
-                self._carry_sidecar(src, sidecar, placed.path)
-        return self._done(ctx, src, placed.path, placed.outcome)
+            carried = [self._carry_sidecar(src, sidecar, placed.path) for sidecar in sidecars]
+        return self._done(ctx, src, placed.path, placed.outcome, carried)
 
-    def _carry_sidecar(self, src: Path, sidecar: Path, placed: Path) -> None:
+    def _carry_sidecar(self, src: Path, sidecar: Path, placed: Path) -> dict[str, str] | None:
         name = placed.name + ".xmp" if sidecar.name == src.name + ".xmp" else placed.stem + sidecar.suffix
         try:
-            place_file(sidecar, placed.with_name(name), keep_source=self.keep_source, on_conflict="overwrite")
+            moved = place_file(sidecar, placed.with_name(name), keep_source=self.keep_source, on_conflict="overwrite")
         except OSError as exc:
             log.warning("%s: sidecar %s not carried along: %s", src, sidecar.name, exc)
+            return None
+        return {"from": str(sidecar), "to": str(moved.path)}
 
-    def _done(self, ctx: FileContext, src: Path, target: Path, outcome: str, recovered: bool = False) -> dict[str, Any]:
+    def _done(
+        self,
+        ctx: FileContext,
+        src: Path,
+        target: Path,
+        outcome: str,
+        sidecars: list[dict[str, str] | None],
+        recovered: bool = False,
+    ) -> dict[str, Any]:
         if outcome in ("moved", "duplicate") and not self.keep_source:
             ctx.path = target
         if outcome in ("moved", "copied"):
             ctx.produced(target)
-        result = {"outcome": outcome, "from": str(src), "to": str(target)}
+        result: dict[str, Any] = {"outcome": outcome, "from": str(src), "to": str(target)}
+        if outcome == "copied":
+            result["sha256"] = ctx.sha256  # undo removes the copy only while it still holds this
+        if any(sidecars):
+            result["sidecars"] = [s for s in sidecars if s]
         if recovered:
             result["recovered"] = True
         return result
+
+    def undo(self, ctx: FileContext, result: dict[str, Any]) -> dict[str, Any]:
+        """A copy is removed while unchanged; a moved file goes back to where it was, never replacing anything.
+
+        Reads only ``result``: it works whatever the rule's options are now.
+        """
+        outcome = result.get("outcome")
+        if outcome == "moved":
+            return move_back(ctx, result)
+        if outcome == "duplicate" and not self.keep_source:
+            return copy_back(ctx, result)
+        if outcome != "copied":
+            return {"outcome": "nothing", "detail": f"nothing was placed ({outcome})"}
+        removed = remove_output(result["to"], result.get("sha256"))
+        for sidecar in result.get("sidecars", []):
+            remove_output(sidecar["to"], None)
+        if removed == "changed":
+            return {"outcome": "kept", "detail": f"{result['to']} was changed since rfwatch copied it: kept"}
+        return {"outcome": "undone", "detail": f"copy {result['to']} {removed}"}
 
 
 @hookimpl

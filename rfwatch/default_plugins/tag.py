@@ -1,29 +1,38 @@
 """The ``tag`` action: labels into XMP (and IPTC) metadata with exiftool, never touching pixels.
 
-exiftool rewrites only the metadata it is asked to change (its FAQ, Q13): the
-compressed image data, EXIF, maker notes and ICC profile stay byte-identical.
-Keywords are merged with ``-TAG-=kw -TAG+=kw`` so they are never duplicated.
+exiftool rewrites only the metadata it is asked to change (its FAQ, Q13): the compressed image data, EXIF,
+maker notes and ICC profile stay byte-identical. Keywords are merged with ``-TAG-=kw -TAG+=kw`` so they are
+never duplicated. exiftool runs as a small pool of processes kept open (``-stay_open``, see
+``rfwatch.plugin.exiftool_pool``): a call costs a few milliseconds instead of a process start.
+
+What a file (or sidecar) held before is recorded with the step's intent, before exiftool writes, so that
+``rfwatch undo`` takes out exactly what rfwatch added, even when the step was redone after a crash.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
-import shutil
-import subprocess
+import re
 from pathlib import Path
 from typing import Any
 
-from .. import hookimpl
-from ..context import FileContext
-from ..fileops import fsync_dir, fsync_file
-from ..templates import Template, TemplateError
-from .common import mapping_options
+from rfwatch.plugin import (
+    ExifToolError,
+    FileContext,
+    Options,
+    crash_point,
+    exiftool_executable,
+    exiftool_pool,
+    fsync_dir,
+    fsync_file,
+    hookimpl,
+)
 
 log = logging.getLogger(__name__)
 
-EXIFTOOL_CONFIG = Path(__file__).resolve().parent.parent / "data" / "exiftool-rfwatch.config"
 EMBEDDABLE = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP"}
 _EMPTY_XMP = (
     "<?xpacket begin='\ufeff' id='W5M0MpCehiHzreSzNTczkc9d'?>\n"
@@ -33,80 +42,62 @@ _EMPTY_XMP = (
 )
 _MODES = ("sidecar", "embed", "both")
 _SIDECAR_NAMES = ("full", "stem")
-
-
-class ExifToolError(RuntimeError):
-    pass
-
-
-def exiftool_path() -> str:
-    found = shutil.which("exiftool")
-    if not found:
-        raise ValueError(
-            "needs exiftool: apt-get install libimage-exiftool-perl (Debian/Ubuntu) "
-            "or see https://exiftool.org/install.html"
-        )
-    return found
-
-
-def run_exiftool(args: list[str], target: Path, timeout: float = 60) -> None:
-    cmd = [
-        exiftool_path(),
-        "-config",
-        str(EXIFTOOL_CONFIG),
-        "-overwrite_original",
-        "-P",
-        "-m",
-        "-q",
-        "-q",
-        "-charset",
-        "filename=utf8",
-        *args,
-        "--",
-        os.fsdecode(target),
-    ]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise ExifToolError(f"exiftool timed out after {timeout:g}s on {target}") from None
-    if proc.returncode != 0:
-        message = proc.stderr.decode("utf-8", "replace").strip() or proc.stdout.decode("utf-8", "replace").strip()
-        raise ExifToolError(f"exiftool failed on {target}: {message[-500:]}")
+#: The keyword lists rfwatch merges into (IPTC only when embedding into a JPEG).
+KEYWORD_LISTS = ("XMP-dc:Subject", "IPTC:Keywords", "XMP-lr:HierarchicalSubject", "XMP-digiKam:TagsList")
+#: rfwatch's own fields (rfwatch/data/exiftool-rfwatch.config).
+RFWATCH_FIELDS = ("Model", "Class", "Confidence", "Classes", "ClassifiedAt")
 
 
 def sidecar_path(path: Path, naming: str) -> Path:
     return path.with_name(path.name + ".xmp") if naming == "full" else path.with_suffix(".xmp")
 
 
+def _exiftool(args: list[str], target: Path, timeout: float, write: bool = True) -> str:
+    result = exiftool_pool().run(args, target, timeout, expect_write=write)
+    return result.stdout
+
+
+def read_state(path: Path, timeout: float = 60) -> dict[str, Any]:
+    """The keyword lists, rfwatch's fields and which metadata blocks ``path`` has: what undo restores."""
+    args = ["-j", "-G1", "-XMP:all", "-IPTC:all"]
+    try:
+        (doc,) = json.loads(_exiftool(args, path, timeout, write=False) or "[{}]")
+    except ValueError as exc:
+        raise ExifToolError(f"exiftool could not read the metadata of {path}: {exc}") from None
+    lists = {}
+    for tag in KEYWORD_LISTS:
+        values = doc.get(tag, [])
+        lists[tag] = [str(v) for v in (values if isinstance(values, list) else [values])]
+    fields = {name: doc.get(f"XMP-rfwatch:{name}") for name in RFWATCH_FIELDS if f"XMP-rfwatch:{name}" in doc}
+    return {
+        "lists": lists,
+        "rfwatch": fields,
+        "has_xmp": any(k.startswith("XMP-") for k in doc),
+        "has_iptc": any(k.startswith("IPTC:") for k in doc),
+    }
+
+
 class TagAction:
     def __init__(self, options: Any):
-        opts = mapping_options(
-            options if options is not None else {},
-            "keywords",
-            {"mode", "sidecar_name", "keywords", "hierarchy", "timeout"},
-            "a mapping such as {mode: sidecar, keywords: ['{class}']}",
+        opts = Options(
+            options,
+            short="keywords",
+            known={"mode", "sidecar_name", "keywords", "hierarchy", "timeout"},
+            example="a mapping such as {mode: sidecar, keywords: ['{class}']}",
         )
-        self.mode = opts.get("mode", "sidecar")
-        if self.mode not in _MODES:
-            raise ValueError(f"mode: expected one of {', '.join(_MODES)}, got {self.mode!r}")
-        self.naming = opts.get("sidecar_name", "full")
-        if self.naming not in _SIDECAR_NAMES:
-            raise ValueError(f"sidecar_name: expected full (IMG.jpg.xmp) or stem (IMG.xmp), got {self.naming!r}")
-        keywords = opts.get("keywords", ["{class}"])
-        if isinstance(keywords, str):
-            keywords = [keywords]
-        if not isinstance(keywords, list) or not all(isinstance(k, str) for k in keywords):
-            raise ValueError(f"keywords: expected a list of templates, got {keywords!r}")
-        try:
-            self.keywords = [Template(k) for k in keywords]
-        except TemplateError as exc:
-            raise ValueError(f"keywords: {exc}") from None
-        hierarchy = opts.get("hierarchy")
-        if hierarchy is not None and (not isinstance(hierarchy, str) or not hierarchy.strip("|/ ")):
+        self.mode = opts.choice("mode", _MODES, "sidecar")
+        self.naming = opts.choice("sidecar_name", _SIDECAR_NAMES, "full", what="full (IMG.jpg.xmp) or stem (IMG.xmp)")
+        self.keywords = opts.templates("keywords", ["{class}"])
+        hierarchy = opts.string("hierarchy", None)
+        if hierarchy is not None and not hierarchy.strip("|/ "):
             raise ValueError(f"hierarchy: expected a parent keyword such as rfwatch, got {hierarchy!r}")
-        self.hierarchy = hierarchy.strip("|/ ") if hierarchy else None
-        self.timeout = float(opts.get("timeout", 60))
-        exiftool_path()  # fail at load time, not at the first file
+        # "a|b" and "a/b" both mean keyword b under a: Lightroom joins levels with |, digiKam with /.
+        self.hierarchy = [p.strip() for p in re.split(r"[|/]", hierarchy) if p.strip()] if hierarchy else []
+        self.timeout = opts.number("timeout", 60.0, positive=True, unit="seconds")
+        try:
+            exiftool_executable()  # fails here, at load time, when exiftool is missing; not at the first file
+        except ExifToolError as exc:
+            raise ValueError(str(exc)) from None
 
     def describe(self, ctx: FileContext) -> str:
         return f"{self.mode} keywords {self._keywords(ctx)}"
@@ -115,27 +106,29 @@ class TagAction:
         values = ctx.values()
         out: list[str] = []
         for template in self.keywords:
-            kw = template.render(values).strip()
+            kw = template.render_text(values).strip()  # metadata, not a path: {model} stays colors/1
             if kw and kw not in out:
                 out.append(kw)
         if ctx.prediction.multi_label:
             out += [c for c in ctx.prediction.predicted_classes if c and c not in out]
         return out
 
-    def _args(self, ctx: FileContext, iptc: bool) -> list[str]:
-        args: list[str] = []
-
-        def merge(tag: str, value: str) -> None:
-            args.extend([f"-{tag}-={value}", f"-{tag}+={value}"])
-
+    def _wanted(self, ctx: FileContext, iptc: bool) -> dict[str, list[str]]:
+        """What each keyword list must contain after tagging."""
         keywords = self._keywords(ctx)
-        for kw in keywords:
-            merge("XMP-dc:Subject", kw)
-            if iptc:
-                merge("IPTC:Keywords", kw)
-            if self.hierarchy:
-                merge("XMP-lr:HierarchicalSubject", f"{self.hierarchy}|{kw}")
-                merge("XMP-digiKam:TagsList", f"{self.hierarchy}/{kw}")
+        wanted: dict[str, list[str]] = {"XMP-dc:Subject": list(keywords)}
+        if iptc:
+            wanted["IPTC:Keywords"] = list(keywords)
+        if self.hierarchy:
+            wanted["XMP-lr:HierarchicalSubject"] = ["|".join([*self.hierarchy, kw]) for kw in keywords]
+            wanted["XMP-digiKam:TagsList"] = ["/".join([*self.hierarchy, kw]) for kw in keywords]
+        return wanted
+
+    def _args(self, ctx: FileContext, wanted: dict[str, list[str]], iptc: bool) -> list[str]:
+        args: list[str] = []
+        for tag, values in wanted.items():
+            for value in values:
+                args += [f"-{tag}-={value}", f"-{tag}+={value}"]
         if iptc:
             args.append("-IPTC:CodedCharacterSet=UTF8")
         pred = ctx.prediction
@@ -152,6 +145,7 @@ class TagAction:
 
     def __call__(self, ctx: FileContext) -> dict[str, Any]:
         path = ctx.path
+        resumed = ctx.resume or {}
         result: dict[str, Any] = {"keywords": self._keywords(ctx)}
         mode = self.mode
         if mode in ("embed", "both") and path.suffix.lower() not in EMBEDDABLE:
@@ -161,20 +155,110 @@ class TagAction:
             mode = "sidecar"
             result["fallback"] = "sidecar"
         if mode in ("embed", "both"):
+            iptc = EMBEDDABLE[path.suffix.lower()] == "JPEG"
             _remove_exiftool_leftovers(path)  # a crash during an earlier attempt
-            ctx.intent(embed=str(path))
-            run_exiftool(self._args(ctx, iptc=EMBEDDABLE[path.suffix.lower()] == "JPEG"), path, self.timeout)
+            # What the file held before rfwatch wrote into it: read once, before the first attempt.
+            before = resumed.get("embed_before") if resumed.get("embed") == str(path) else None
+            if before is None:
+                before = read_state(path, self.timeout)
+                ctx.intent(embed=str(path), embed_before=before)
+            wanted = self._wanted(ctx, iptc)
+            crash_point("tag.before_embed")
+            _exiftool(self._args(ctx, wanted, iptc), path, self.timeout)
+            crash_point("tag.after_embed")
             _fsync(path)
             ctx.produced(path)  # its size changed; the watcher must not take it as a new file
             result["embedded"] = str(path)
+            result["embed_before"] = before
+            result["embed_added"] = _added(before, wanted)
         if mode in ("sidecar", "both"):
             sidecar = sidecar_path(path, self.naming)
+            recorded = resumed.get("sidecar") == str(sidecar)
+            created = resumed["sidecar_created"] if recorded else not sidecar.exists()
+            before = resumed.get("sidecar_before") if recorded else None
+            if before is None:
+                before = _EMPTY_STATE if created else read_state(sidecar, self.timeout)
+            ctx.intent(
+                **{k: v for k, v in resumed.items() if k in ("embed", "embed_before")},
+                sidecar=str(sidecar),
+                sidecar_created=created,
+                sidecar_before=before,
+            )
             if not sidecar.exists():
                 _write_new(sidecar)
-            run_exiftool(self._args(ctx, iptc=False), sidecar, self.timeout)
+            wanted = self._wanted(ctx, iptc=False)
+            if mode == "both":
+                # The sidecar says what the file says: the keywords already in the image too (IPTC ones as XMP).
+                carried = read_state(path, self.timeout)["lists"]
+                carried["XMP-dc:Subject"] = carried.get("XMP-dc:Subject", []) + carried.pop("IPTC:Keywords", [])
+                for tag, values in carried.items():
+                    wanted[tag] = list(dict.fromkeys(values + wanted.get(tag, [])))
+            _exiftool(self._args(ctx, wanted, iptc=False), sidecar, self.timeout)
             _fsync(sidecar)
             result["sidecar"] = str(sidecar)
+            result["sidecar_name"] = self.naming
+            result["sidecar_created"] = created
+            result["sidecar_before"] = before
+            result["sidecar_added"] = _added(before, wanted)
         return result
+
+    def undo(self, ctx: FileContext, result: dict[str, Any]) -> dict[str, Any]:
+        """Take out what rfwatch added, losslessly: a sidecar it created goes; other metadata stays as it was."""
+        done = []
+        # Undo runs newest step first: a move after this step is undone already, so the file (and a sidecar,
+        # which travels with it and is named after it) is where it was when tagged, or at the name it got back.
+        if result.get("sidecar"):
+            path = sidecar_path(ctx.path, result.get("sidecar_name", self.naming))
+            if result.get("sidecar_created"):
+                path.unlink(missing_ok=True)
+                fsync_dir(path.parent)
+                done.append(f"removed {path.name}")
+            elif path.exists():
+                _restore(path, result.get("sidecar_before") or _EMPTY_STATE, result.get("sidecar_added", {}), self)
+                done.append(f"keywords taken out of {path.name}")
+        if result.get("embedded"):
+            _restore(ctx.path, result.get("embed_before") or _EMPTY_STATE, result.get("embed_added", {}), self)
+            ctx.produced(ctx.path)  # its size changed again; no watcher may take it as new
+            done.append(f"keywords taken out of {ctx.path.name}")
+        if not done:
+            return {"outcome": "nothing", "detail": "no metadata was written"}
+        return {"outcome": "undone", "detail": "; ".join(done)}
+
+
+_EMPTY_STATE: dict[str, Any] = {"lists": {}, "rfwatch": {}, "has_xmp": False, "has_iptc": False}
+
+
+def _added(before: dict[str, Any], wanted: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The values rfwatch put in that were not there before: only these are taken out again."""
+    had = before.get("lists", {})
+    return {tag: [v for v in values if v not in had.get(tag, [])] for tag, values in wanted.items()}
+
+
+def _restore(path: Path, before: dict[str, Any], added: dict[str, list[str]], action: TagAction) -> None:
+    if not before.get("has_xmp") and not before.get("has_iptc"):
+        # Nothing was there: remove the blocks rfwatch created, leaving EXIF, ICC and the image as they are.
+        if path.suffix.lower() == ".xmp":
+            path.write_text(_EMPTY_XMP, encoding="utf-8")  # a sidecar rfwatch did not create, empty again
+            _fsync(path)
+            return
+        _exiftool(["-XMP:all=", "-IPTC:all="], path, action.timeout)
+        _fsync(path)
+        return
+    args: list[str] = []
+    for tag, values in added.items():
+        args += [f"-{tag}-={v}" for v in values]
+    for name in RFWATCH_FIELDS:
+        old = before.get("rfwatch", {}).get(name)
+        if old is None:
+            args.append(f"-XMP-rfwatch:{name}=")
+        elif isinstance(old, list):
+            args += [f"-XMP-rfwatch:{name}="] + [f"-XMP-rfwatch:{name}+={v}" for v in old]
+        else:
+            args.append(f"-XMP-rfwatch:{name}={old}")
+    if not before.get("has_iptc") and added.get("IPTC:Keywords"):
+        args.append("-IPTC:all=")
+    _exiftool(args, path, action.timeout)
+    _fsync(path)
 
 
 def _write_new(sidecar: Path) -> None:

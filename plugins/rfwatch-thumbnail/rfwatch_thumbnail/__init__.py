@@ -1,43 +1,46 @@
-"""rfwatch-thumbnail: a ``thumbnail`` action that writes a small upright preview of each file."""
+"""rfwatch-thumbnail: a ``thumbnail`` action that writes a small upright preview of each file.
+
+Everything it needs comes from ``rfwatch.plugin``: option checking, the template, durable placement of
+the output (atomic, fsynced, recorded so no watcher takes it) and its undo.
+"""
 
 from __future__ import annotations
 
-import os
+from PIL import Image
 
-from PIL import Image, ImageOps
-
-import rfwatch
-from rfwatch.templates import Template
+from rfwatch.plugin import ConflictMode, FileContext, Options, hookimpl, open_upright, remove_output, write_output
 
 
 class Thumbnail:
     def __init__(self, options):
-        if isinstance(options, str):
-            options = {"to": options}
-        if not isinstance(options, dict) or not isinstance(options.get("to"), str):
-            raise ValueError('expected a destination such as "thumbs/{class}/{stem}.webp" or {to: ..., size: 256}')
-        unknown = set(options) - {"to", "size"}
-        if unknown:
-            raise ValueError(f"unknown option {sorted(unknown)[0]!r} (expected: size, to)")
-        self.template = Template(options["to"])  # raises ValueError for unknown placeholders
-        self.size = options.get("size", 256)
-        if not isinstance(self.size, int) or not 16 <= self.size <= 4096:
-            raise ValueError(f"size: expected an integer between 16 and 4096, got {self.size!r}")
+        opts = Options(
+            options,
+            short="to",
+            known={"to", "size", "on_conflict"},
+            example='a destination such as "thumbs/{class}/{stem}.webp" or {to: ..., size: 256}',
+        )
+        self.template, self.on_conflict = opts.destination(ConflictMode.OVERWRITE)
+        self.size = opts.integer("size", 256, minimum=16, maximum=4096)
 
-    def __call__(self, ctx):
+    def __call__(self, ctx: FileContext):
         dest = self.template.render_path(ctx.values(), ctx.config.base_dir)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        with Image.open(ctx.path) as img:
-            thumb = ImageOps.exif_transpose(img).convert("RGB")
+
+        def write(tmp):
+            thumb = open_upright(ctx.path)  # turned as the camera meant; a clear error for a broken file
             thumb.thumbnail((self.size, self.size))
-            fmt = Image.registered_extensions().get(dest.suffix.lower(), "JPEG")
-            thumb.save(tmp, format=fmt)
-        os.replace(tmp, dest)
-        ctx.produced(dest)  # so a watcher on that folder does not take it as a new image
-        return {"thumbnail": str(dest), "size": list(thumb.size)}
+            thumb.save(tmp, format=Image.registered_extensions().get(dest.suffix.lower(), "JPEG"))
+
+        placed = write_output(ctx, dest, write, self.on_conflict)
+        with Image.open(placed.path) as made:
+            size = list(made.size)
+        return {"thumbnail": str(placed.path), "size": size, "sha256": placed.sha256}
+
+    def undo(self, ctx: FileContext, result):
+        """``rfwatch undo``: the thumbnail goes, unless somebody edited it since."""
+        removed = remove_output(result["thumbnail"], result.get("sha256"))
+        return {"outcome": "kept" if removed == "changed" else "undone", "detail": f"{result['thumbnail']} {removed}"}
 
 
-@rfwatch.hookimpl
+@hookimpl
 def register_actions(register):
     register("thumbnail", Thumbnail)

@@ -1,0 +1,85 @@
+"""Named crash points, for tests: stop the process dead at an exact step, as kill -9 would.
+
+``RFWATCH_CRASH_AT=<point>[:<n>]`` (read once, when rfwatch starts) makes the ``n``-th arrival (default the
+first) at ``crash_point(<point>)`` end the process with ``os._exit(CRASH_EXIT)``: no cleanup, no flush, no
+finally blocks, exactly what a power cut or kill -9 leaves behind. Without the variable a crash point costs
+one comparison. ``tests/test_crash_points.py`` walks every point in :data:`POINTS` and checks that each file
+is in exactly one place, whole, and that a restart completes the run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+__all__ = ["POINTS", "CRASH_EXIT", "crash_point"]
+
+#: The exit status of a process stopped at a crash point (the walk test tells it from a real failure).
+CRASH_EXIT = 86
+
+#: Every crash point, with where it is. A point not listed here is an error when crash points are on.
+POINTS: dict[str, str] = {
+    # the journal, after each committed write
+    "journal.created": "a new file's row committed (state detected)",
+    "journal.classified": "the prediction committed (state classified)",
+    "journal.step_begun": "a step marked pending, before its action runs",
+    "journal.intent": "an action's intent committed, before its side effect",
+    "journal.step_finished": "a step's result committed (with its queued deliveries)",
+    "journal.finished": "the file's final state committed",
+    # moving and copying (rfwatch/fileops.py)
+    "place.before_rename": "a move: intent recorded, nothing renamed yet",
+    "place.after_rename": "a move: renamed into place, folders not yet fsynced",
+    "place.after_copy": "across filesystems: the temporary copy written, not yet fsynced",
+    "place.after_fsync": "across filesystems: the temporary copy fsynced, not yet renamed into place",
+    "place.after_tmp_rename": "across filesystems: the copy renamed into place, the source still there",
+    "place.after_unlink": "across filesystems: the source removed, its folder not yet fsynced",
+    # tag (embed mode rewrites the image file itself)
+    "tag.before_embed": "tag: intent recorded, exiftool not yet run on the image",
+    "tag.after_embed": "tag: exiftool rewrote the image, not yet fsynced",
+    # failed files
+    "quarantine.before_move": "a failed file: about to be moved into failed:",
+    "quarantine.after_move": "a failed file: moved into failed:, the step not yet finished",
+    # review
+    "review.decided": "a person's decision committed, nothing applied yet",
+    # undo
+    "undo.step_begun": "an undo step marked pending, before its action's undo runs",
+    "undo.intent": "an undo's intent committed, before its side effect (moving a file back)",
+    "undo.step_finished": "an undo step's result committed (with a file.undone event)",
+    "undo.finished": "the file marked undone",
+    # deliveries (webhooks, review uploads)
+    "delivery.before_enqueue": "a delivery about to be written with its step's transaction",
+    "delivery.before_send": "a delivery claimed, nothing sent yet",
+    "delivery.after_send": "a delivery sent and answered, the answer not yet recorded",
+}
+
+_lock = threading.Lock()
+_counts: dict[str, int] = {}
+
+
+def _parse(value: str | None) -> tuple[str, int] | None:
+    if not value:
+        return None
+    name, _, count = value.partition(":")
+    if name not in POINTS:
+        raise SystemExit(f"RFWATCH_CRASH_AT: unknown crash point {name!r} (known: {', '.join(sorted(POINTS))})")
+    return name, int(count or 1)
+
+
+_TARGET = _parse(os.environ.get("RFWATCH_CRASH_AT"))
+
+
+def crash_point(name: str) -> None:
+    """Die here if ``RFWATCH_CRASH_AT`` names this point and this is its n-th arrival."""
+    if _TARGET is None:
+        return
+    if name not in POINTS:
+        raise AssertionError(f"crash point {name!r} is not listed in rfwatch.crashpoints.POINTS")
+    if name != _TARGET[0]:
+        return
+    with _lock:
+        _counts[name] = _counts.get(name, 0) + 1
+        if _counts[name] == _TARGET[1]:
+            sys.stderr.write(f"rfwatch: crash point {name} reached: exiting now\n")
+            sys.stderr.flush()
+            os._exit(CRASH_EXIT)

@@ -1,0 +1,165 @@
+"""Everything a plugin needs from rfwatch, in one module.
+
+Third-party plugins and rfwatch's own (``rfwatch/default_plugins/``) import from here and from nowhere
+else in rfwatch (a test enforces it for the built-ins); docs/plugins.md documents each name. What is not
+here may change without notice.
+
+    from rfwatch.plugin import hookimpl, Options, write_output
+
+    @hookimpl
+    def register_actions(register):
+        register("thumbnail", Thumbnail)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import hookimpl, platform
+from .annotate import annotate_image, label_text
+from .config import Config
+from .context import FileContext
+from .crashpoints import crash_point
+from .delivery import Delivered, Deliveries, Delivery, Failed, Gone, Retry
+from .exiftool import ExifToolError, exiftool_executable, exiftool_pool
+from .fileops import (
+    TMP_PREFIX,
+    ConflictMode,
+    Placed,
+    fsync_dir,
+    fsync_file,
+    place_file,
+    recover_placement,
+    sha256_file,
+    sidecars_of,
+)
+from .options import Options
+from .prepare import ImageError, open_image, open_upright, prepare_image
+from .redact import redact, register_secret
+from .restore import copy_back, move_back
+from .result import ClassScore, Prediction
+from .runtime import platform_client
+from .templates import Template, TemplateError, UnsafePathError, safe_component
+
+__all__ = [
+    # hooks
+    "hookimpl",
+    # what an action sees
+    "FileContext",
+    "Prediction",
+    "ClassScore",
+    "Config",
+    # options and templates
+    "Options",
+    "Template",
+    "TemplateError",
+    "UnsafePathError",
+    "safe_component",
+    # files, durably
+    "ConflictMode",
+    "Placed",
+    "place_file",
+    "recover_placement",
+    "write_output",
+    "remove_output",
+    "move_back",
+    "copy_back",
+    "sidecars_of",
+    "sha256_file",
+    "fsync_file",
+    "fsync_dir",
+    "TMP_PREFIX",
+    # images and metadata
+    "open_image",
+    "open_upright",
+    "prepare_image",
+    "ImageError",
+    "annotate_image",
+    "label_text",
+    "exiftool_pool",
+    "exiftool_executable",
+    "ExifToolError",
+    # deliveries
+    "Delivery",
+    "Delivered",
+    "Retry",
+    "Gone",
+    "Failed",
+    "Deliveries",
+    # Roboflow's platform API (uploads, project facts): platform.PlatformClient and its errors
+    "platform",
+    "platform_client",
+    # secrets and state
+    "register_secret",
+    "redact",
+    "state_dir",
+    # testing
+    "crash_point",
+]
+
+
+def write_output(
+    ctx: FileContext,
+    destination: Path,
+    write: Callable[[Path], Any],
+    on_conflict: ConflictMode | str = ConflictMode.OVERWRITE,
+) -> Placed:
+    """Write a derived file (a thumbnail, an annotated copy) to ``destination`` durably; return where it went.
+
+    ``write(tmp)`` writes the content to a temporary name in the destination's folder (hidden from watchers
+    by its leading dot); the file is fsynced and renamed into place under ``on_conflict`` (never replacing
+    anything unless it is ``overwrite``), recorded as produced so that a watcher on that folder does not take
+    it as new, and its hash kept so ``rfwatch undo`` removes it only while nobody changed it. A crash leaves
+    at most a temporary file, which the redone step removes.
+    """
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    leftover = (ctx.resume or {}).get("output_tmp")
+    if leftover:
+        Path(leftover).unlink(missing_ok=True)
+    tmp = destination.with_name(f"{TMP_PREFIX}{secrets.token_hex(6)}{destination.suffix}")
+    ctx.intent(output_tmp=str(tmp), output=str(destination))
+    try:
+        write(tmp)
+        fsync_file(tmp)
+        digest = sha256_file(tmp)
+        placed = place_file(tmp, destination, keep_source=False, on_conflict=on_conflict)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if placed.outcome in ("moved", "copied"):
+        ctx.produced(placed.path)
+    return Placed(placed.outcome, placed.path, digest)
+
+
+def remove_output(path: str | os.PathLike[str], sha256: str | None) -> str:
+    """Undo an output file: remove it if it still holds what rfwatch wrote; say what happened.
+
+    Returns ``"removed"``, ``"missing"`` (already gone), or ``"changed"`` (somebody edited it since: kept).
+    """
+    path = Path(path)
+    try:
+        if sha256 is not None and sha256_file(path) != sha256:
+            return "changed"
+        path.unlink()
+    except FileNotFoundError:
+        return "missing"
+    fsync_dir(path.parent)
+    return "removed"
+
+
+_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def state_dir(config: Config, plugin: str) -> Path:
+    """A folder of the plugin's own next to rfwatch's journal (``<state>/plugins/<plugin>/``), created.
+
+    Under systemd that is inside ``StateDirectory=``, so the service may write it.
+    """
+    name = _NAME.sub("_", plugin).strip("._") or "plugin"
+    folder = config.state_path.parent / "plugins" / name
+    folder.mkdir(parents=True, exist_ok=True, mode=0o750)
+    return folder

@@ -1,0 +1,62 @@
+"""Putting a file back where a step found it: the undo of every move (``move``, ``review``, into ``failed:``).
+
+Durable and never replacing anything, like every move: when the old name is taken by other content now,
+the file goes to ``name (1).ext`` and the result says so. The intent is recorded first, so that an undo
+interrupted by a crash finishes the move instead of making a second one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .context import FileContext
+from .fileops import ConflictMode, place_file, recover_placement
+
+__all__ = ["move_back", "copy_back"]
+
+
+def move_back(ctx: FileContext, result: dict[str, Any]) -> dict[str, Any]:
+    """Undo a move whose result was ``{"outcome": "moved", "from", "to", "sidecars"?}``; ``ctx.path`` follows."""
+    wanted = Path(result["from"])
+    resumed = ctx.resume or {}
+    now_at: Path | None = None
+    if resumed.get("target") and resumed.get("src") == str(ctx.path):
+        target = Path(resumed["target"])
+        if recover_placement(ctx.path, target, None, ctx.sha256, keep_source=False):
+            now_at = target
+    if now_at is None:
+        if not ctx.path.exists():
+            raise FileNotFoundError(f"{ctx.path} is no longer there: nothing to move back")
+
+        def record(**detail: Any) -> None:
+            ctx.intent(src=str(ctx.path), **detail)
+
+        placed = place_file(
+            ctx.path, wanted, keep_source=False, on_conflict=ConflictMode.RENAME, src_hash=ctx.sha256, record=record
+        )
+        now_at = placed.path
+    moved_from = ctx.path
+    ctx.path = now_at
+    ctx.produced(now_at)  # no watcher may take it as a new file
+    for sidecar in result.get("sidecars", []):
+        here = Path(sidecar["to"])
+        if here.exists():  # named after the file, wherever it went back to: "x (1).jpg.xmp" too
+            name = now_at.name + ".xmp" if here.name == moved_from.name + ".xmp" else now_at.stem + here.suffix
+            place_file(here, now_at.with_name(name), keep_source=False, on_conflict=ConflictMode.RENAME)
+    detail = f"moved back to {now_at}"
+    if now_at != wanted:
+        detail += f" ({wanted} is taken by other content)"
+    return {"outcome": "undone", "detail": detail, "to": str(now_at)}
+
+
+def copy_back(ctx: FileContext, result: dict[str, Any]) -> dict[str, Any]:
+    """Undo a ``dedupe`` that dropped the file as a duplicate: a copy of the identical content goes back."""
+    wanted = Path(result["from"])
+    placed = place_file(Path(result["to"]), wanted, keep_source=True, on_conflict=ConflictMode.RENAME)
+    ctx.path = placed.path
+    ctx.produced(placed.path)
+    detail = f"the dropped duplicate is back at {placed.path}"
+    if placed.path != wanted:
+        detail += f" ({wanted} is taken by other content)"
+    return {"outcome": "undone", "detail": detail, "to": str(placed.path)}

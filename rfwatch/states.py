@@ -1,0 +1,52 @@
+"""The states a file and its steps go through, and what one attempt at a file came to.
+
+String enums: they are stored in the journal and printed as they are (``FileState.DONE == "done"``).
+"""
+
+from __future__ import annotations
+
+import enum
+import sys
+
+__all__ = ["StrEnum", "FileState", "StepState", "Outcome", "ACTIVE_STATES", "TERMINAL_STATES"]
+
+if sys.version_info >= (3, 11):
+    from enum import StrEnum
+else:  # pragma: no cover - Python 3.10
+
+    class StrEnum(str, enum.Enum):
+        def __str__(self) -> str:
+            return self.value
+
+
+class FileState(StrEnum):
+    DETECTED = "detected"  # journaled, not yet classified
+    CLASSIFIED = "classified"  # has its prediction; rules and actions run next
+    REVIEW = "review"  # moved aside by a review action: waits for a person
+    DECIDED = "decided"  # a person labelled or rejected it; the decision is applied next
+    DONE = "done"
+    UNMATCHED = "unmatched"  # no rule matched: left where it was
+    FAILED = "failed"
+    UNDONE = "undone"  # put back by `rfwatch undo`: not taken again until `rfwatch retry` names it
+
+
+#: A worker carries these on; the others wait (for a person, a retry) or are finished.
+ACTIVE_STATES = (FileState.DETECTED, FileState.CLASSIFIED, FileState.DECIDED)
+TERMINAL_STATES = (FileState.DONE, FileState.UNMATCHED, FileState.FAILED, FileState.UNDONE)
+
+
+class StepState(StrEnum):
+    PENDING = "pending"  # begun; its intent (if recorded) says what it was about to do
+    DONE = "done"
+    FAILED = "failed"
+
+
+class Outcome(StrEnum):
+    """What one attempt at a file came to (counted by the daemon, the progress bar and metrics)."""
+
+    DONE = "done"
+    UNMATCHED = "unmatched"
+    FAILED = "failed"
+    REVIEW = "review"  # waiting for a person
+    SKIPPED = "skipped"  # not taken: a symlink, written by rfwatch, ignored by a plugin, vanished, ...
+    CHANGING = "changing"  # written to again during its last settle moment: the watcher watches it anew
