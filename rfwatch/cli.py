@@ -6,21 +6,25 @@ Exit codes: 0 success, 1 some input failed, 2 usage or configuration error.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
+from contextlib import closing as _closing
 from pathlib import Path
+from typing import Any
 
 from . import __version__
-from .client import ApiError, is_url
+from .client import ApiError, ModelId, fetch_image, is_url
 from .config import Config, ConfigError, config_from_dict, load_config
 from .logsetup import setup_logging
+from .model_facts import diagnose
 from .prepare import ImageError
 from .redact import redact
 from .result import ResponseFormatError
-from .runtime import make_client
+from .runtime import make_client, platform_client
 
 log = logging.getLogger("rfwatch")
 
@@ -42,38 +46,79 @@ def _load(args: argparse.Namespace) -> Config:
 
 def cmd_classify(args: argparse.Namespace) -> int:
     cfg = _load(args)
-    if args.confidence is not None and not 0.01 <= args.confidence <= 1:
-        raise UsageError(f"--confidence: expected a number between 0.01 and 1, got {args.confidence}")
-    client = make_client(cfg, pool_size=4, model=args.model, api_url=args.api_url, confidence=args.confidence)
+    if args.confidence is not None and not 0 < args.confidence < 1:
+        raise UsageError(
+            f"--confidence: expected a fraction (0 < x < 1) such as 0.5, got {args.confidence:g} "
+            "(the server reads 1 or more as a percentage)"
+        )
+    if args.max_size is not None and args.max_size < 1:
+        raise UsageError(f"--max-size: expected a positive number of pixels, got {args.max_size}")
+    platform = platform_client(cfg)
+    facts = _model_facts(platform, args.model or cfg.roboflow.model) if args.max_size is None else None
+    client = make_client(
+        cfg,
+        pool_size=4,
+        facts=facts,
+        model=args.model,
+        api_url=args.api_url,
+        confidence=args.confidence,
+        max_size=args.max_size,
+    )
     if args.save and len(args.images) > 1 and not (Path(args.save).is_dir() or args.save.endswith(os.sep)):
         raise UsageError("--save: with several inputs, give a folder (ending in /) for the annotated copies")
     failures = 0
+    explained: dict[int | None, str | None] = {}
     with client:
         for source in args.images:
             try:
-                prediction = client.classify(source)
-            except (ApiError, ImageError, ResponseFormatError) as exc:
+                # A URL is fetched once here, so that --save can draw on the same bytes.
+                image: str | bytes = fetch_image(source) if is_url(source) else source
+                prepared = client.prepare(image, name=source)
+                prediction = client.classify_prepared(prepared, source)
+            except ImageError as exc:
+                failures += 1
+                print(f"rfwatch: {source}: {exc.reason}", file=sys.stderr)
+                continue
+            except ApiError as exc:
+                failures += 1
+                if exc.status not in explained:  # the key or the model? the platform can tell (once per status)
+                    explained[exc.status] = diagnose(platform, str(client.model_key), exc.status)
+                why = f": {explained[exc.status]}" if explained[exc.status] else ""
+                print(f"rfwatch: {source}: {redact(str(exc))}{why}", file=sys.stderr)
+                continue
+            except ResponseFormatError as exc:
                 failures += 1
                 print(f"rfwatch: {source}: {redact(str(exc))}", file=sys.stderr)
                 continue
             print(json.dumps(prediction.json(), ensure_ascii=False), flush=True)
             if args.save:
-                failures += _save_annotated(source, prediction, args.save, len(args.images) > 1)
+                failures += _save_annotated(source, image, prediction, args.save, len(args.images) > 1)
     return EXIT_FAILED if failures else EXIT_OK
 
 
-def _save_annotated(source: str, prediction, save: str, many: bool) -> int:
+def _model_facts(platform: Any, model: str | None) -> Any:
+    """Facts about the model for sizing uploads: one short question to the platform; None if it cannot say."""
+    from .model_facts import fetch_facts
+    from .platform import PlatformError
+
+    if platform is None or not model:
+        return None
+    try:
+        known = fetch_facts(platform, ModelId.parse(model).key)
+    except (PlatformError, ValueError):
+        return None
+    return lambda key: known if key == known.model else None
+
+
+def _save_annotated(source: str, image: str | bytes, prediction, save: str, many: bool) -> int:
     from .annotate import annotate_image
 
     out = Path(save)
     if many or out.is_dir() or save.endswith(os.sep):
         name = Path(source.split("?", 1)[0]).name if is_url(source) else Path(source).name
         out = out / (name or "image.jpg")
-    if is_url(source):
-        print(f"rfwatch: {source}: --save works on local files only", file=sys.stderr)
-        return 1
     try:
-        annotate_image(source, prediction, out)
+        annotate_image(image, prediction, out, name=source)
     except ImageError as exc:
         print(f"rfwatch: {exc}", file=sys.stderr)
         return 1
@@ -84,14 +129,31 @@ def _save_annotated(source: str, prediction, save: str, many: bool) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """Validate the config, then ask the platform about the key, the model and the rules' classes."""
     cfg = load_config(args.config)
-    from .runtime import build_runtime_parts
+    from .model_facts import check_rules, describe, models_in_use
+    from .runtime import load_extensions
 
-    plugins, rules = build_runtime_parts(cfg)
+    extensions = load_extensions(cfg)
+    plugins, rules = extensions.plugins, extensions.rules
     r = cfg.roboflow
+    sizing = f"max_size {r.max_size}" + ("" if r.max_size_set else " at most; uploads sized to the model when known")
     print(f"config: {cfg.source}")
-    print(f"model: {r.model or '(none)'} at {r.api_url}; confidence {r.confidence:g}; max_size {r.max_size}")
-    print(f"api key: {'set' if r.api_key else 'MISSING: ' + (r.api_key_problem or 'set ROBOFLOW_API_KEY')}")
+    print(f"model: {r.model or '(none)'} at {r.api_url}; confidence {r.confidence:g}; {sizing}")
+    problems: list[str] = []
+    facts: dict[str, Any] = {}
+    if not r.api_key:
+        print(f"api key: MISSING: {r.api_key_problem or 'set ROBOFLOW_API_KEY'}")
+    else:
+        facts, key_line, failures = _ask_platform(cfg, models_in_use(cfg))
+        print(f"api key: {key_line}")
+        problems += failures
+        for model, known in facts.items():
+            print(f"model {model}: {describe(known)}; classes {', '.join(known.classes) or '(none)'}")
+        rule_problems, unchecked = check_rules(cfg, facts.get)
+        problems += rule_problems
+        if unchecked:
+            print(f"warning: the classes named in rules were not checked (nothing known about {', '.join(unchecked)})")
     print(f"journal: {cfg.state_path}")
     for w in cfg.watch:
         print(
@@ -100,8 +162,101 @@ def cmd_check(args: argparse.Namespace) -> int:
         )
     for rule in rules:
         print(f"rule {rule.name!r}: {rule.describe_when()} -> {', '.join(a.name for a in rule.actions)}")
+    if cfg.review.listen:
+        print(f"review page: http://{cfg.review.listen}/" + (" (token required)" if cfg.review.token else ""))
     print(f"plugins: {', '.join(plugins.names()) or '(none)'}")
+    if problems:
+        raise ConfigError("; ".join(problems))
     print("ok")
+    return EXIT_OK
+
+
+def _ask_platform(cfg: Config, models: list[str]) -> tuple[dict[str, Any], str, list[str]]:
+    """(facts per model, a line about the key, problems) from the platform API, synchronously."""
+    from .model_facts import fetch_facts
+    from .platform import KeyRefused, NotFound, PlatformError
+    from .runtime import platform_client
+
+    platform = platform_client(cfg)
+    assert platform is not None
+    with _closing(platform):
+        try:
+            workspace = platform.workspace()
+        except KeyRefused as exc:
+            return {}, "REFUSED", [f"roboflow.api_key: the platform ({platform.url}) refuses the key ({exc})"]
+        except PlatformError as exc:
+            # Not an error: a self-hosted site may never reach the platform. check_rules() reports the classes.
+            return {}, f"set; not checked: the platform API cannot be reached ({exc})", []
+        facts: dict[str, Any] = {}
+        problems: list[str] = []
+        for model in models:
+            try:
+                facts[model] = fetch_facts(platform, model)
+            except NotFound:
+                from .model_facts import diagnose
+
+                problems.append(f"roboflow.model: {model}: {diagnose(platform, model, 404) or 'not found'}")
+            except PlatformError as exc:
+                problems.append(f"roboflow.model: {model}: the platform could not say ({exc})")
+        return facts, f"valid (workspace {workspace!r})", problems
+
+
+def cmd_model(args: argparse.Namespace) -> int:
+    """What rfwatch knows about the model: asked of the platform now, else from the journal's cache."""
+    from .journal import Journal
+    from .model_facts import FactsCache, fetch_facts
+    from .platform import PlatformError
+    from .runtime import platform_client
+
+    cfg = _load(args)
+    model = args.model or cfg.roboflow.model
+    if not model:
+        raise UsageError("--model: expected a model such as my-project/3 (or roboflow.model in the config)")
+    try:
+        key = ModelId.parse(model).key
+    except ValueError as exc:
+        raise UsageError(f"--model: {exc}") from None
+    cache = None
+    if getattr(args, "config", None) and cfg.state_path.exists():
+        cache = FactsCache(Journal(cfg.state_path))
+    how = ""
+    facts = None
+    platform = platform_client(cfg) if cfg.roboflow.api_key else None
+    if platform is not None:
+        with _closing(platform):
+            try:
+                facts = fetch_facts(platform, key)
+                how = f"asked {platform.url} now"
+                if cache is not None:
+                    cache.put(facts)
+            except PlatformError as exc:
+                how = f"the platform could not be asked ({exc})"
+    else:
+        how = "no API key to ask the platform with"
+    if facts is None and cache is not None:
+        facts = cache.get(key)
+        if facts is not None:
+            how = f"from the journal's cache, fetched {dt.datetime.fromtimestamp(facts.fetched):%Y-%m-%d %H:%M} ({how})"
+    if facts is None:
+        print(f"rfwatch: nothing is known about {key}: {how}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps(dict(facts.json(), how=how), indent=2))
+        return EXIT_OK
+    r = cfg.roboflow
+    size = facts.upload_size(r.max_size)
+    print(f"model {facts.model} in workspace {facts.workspace}: {facts.project_type}")
+    print(f"classes ({len(facts.classes)}): {', '.join(facts.classes) or '(none)'}")
+    if facts.resize:
+        print(f"input: {facts.resize.width}x{facts.resize.height}, {facts.resize.format}")
+        example = size.target((4000, 3000))
+        print(f"uploads: sized to cover it, e.g. a 4000x3000 photo is sent as {example[0]}x{example[1]}")
+    else:
+        print(f"input: unknown (uploads at most {r.max_size} px)")
+    if facts.static_crop:
+        x0, y0, x1, y1 = facts.static_crop
+        print(f"static crop: x {x0:g}-{x1:g} %, y {y0:g}-{y1:g} %")
+    print(f"source: {facts.source}; {how}")
     return EXIT_OK
 
 
@@ -123,13 +278,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_URL")
     p.add_argument("--model", help="project/version (or workspace/project/version)")
     p.add_argument("--api-url", help="API base URL (default https://classify.roboflow.com)")
-    p.add_argument("--confidence", type=float, help="lowest confidence the server returns (0.01-1)")
+    p.add_argument("--confidence", type=float, help="lowest confidence the server returns (0 < C < 1)")
     p.add_argument("--save", metavar="OUT", help="write an annotated copy to OUT (a folder for several inputs)")
+    p.add_argument(
+        "--max-size", type=int, help="longest side of the upload, in pixels (default: sized to the model's input)"
+    )
     p.set_defaults(func=cmd_classify)
 
-    p = sub.add_parser("check", help="validate a config file and print a summary")
+    p = sub.add_parser("check", help="validate a config file, the key, the model and the rules' classes")
     common(p, True)
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("model", help="what rfwatch knows about the model (classes, input size), from the platform")
+    common(p, False)
+    p.add_argument("--model", help="project/version (default: roboflow.model of the config)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_model)
 
     _add_daemon_commands(sub, common)
     return parser

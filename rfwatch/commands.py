@@ -1,4 +1,8 @@
-"""The daemon's commands: run, plugins, status, retry, history."""
+"""The daemon's commands: run, plugins, status, retry, history, prune.
+
+Every command but ``run`` works on the journal; a running daemon notices what ``retry`` changes there
+(see Daemon.poll_journal), so nothing needs a signal or a restart.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,9 @@ from typing import Any
 
 from .config import ConfigError, load_config
 from .journal import Journal
+from .redact import redact
+from .result import Prediction
+from .states import ACTIVE_STATES, FileState
 
 __all__ = ["add_commands"]
 
@@ -63,21 +70,35 @@ def _ts(t: float | None) -> str:
 
 
 def status_report(config) -> dict[str, Any]:
+    from .decisions import Decisions
+    from .delivery import Deliveries
     from .plugins import PluginHost
 
     journal = _journal(config)
     try:
         counts = journal.counts()
+        threshold = config.roboflow.multi_label_threshold
+        deliveries = Deliveries(journal)
+        plugins = PluginHost.load(config.plugins)
+        lines: list[str] = []
+        for contributed in plugins.call("status_lines", config=config, deliveries=deliveries) or []:
+            lines += [str(line) for line in contributed or []]
         report = {
             "model": config.roboflow.model,
+            # Every model in use: the default and each folder's own (watch[].model).
+            "models": sorted({str(m) for m in [config.roboflow.model, *(w.model for w in config.watch)] if m}),
             "journal": str(config.state_path),
-            "counts": {s: counts.get(s, 0) for s in ("detected", "classified", "done", "unmatched", "failed")},
-            "backlog": counts.get("detected", 0) + counts.get("classified", 0),
-            "last_done": [_row_brief(r) for r in journal.recent(("done", "unmatched"))],
-            "last_failed": [_row_brief(r) for r in journal.recent(("failed",))],
+            "counts": {str(s): counts.get(s, 0) for s in FileState},
+            # Queued: new, classified, retried, or with a person's decision to apply (a running daemon takes
+            # them within a second or so; otherwise the next `rfwatch run`).
+            "backlog": sum(counts.get(s, 0) for s in ACTIVE_STATES),
+            "waiting_for_review": Decisions(journal).count_waiting(),
+            "last_done": [_row_brief(r, threshold) for r in journal.recent((FileState.DONE, FileState.UNMATCHED))],
+            "last_failed": [_row_brief(r, threshold) for r in journal.recent((FileState.FAILED,))],
             "waiting_reason": _waiting_reason(journal),
-            "outbox": journal.outbox_depth(),
-            "plugins": PluginHost.load(config.plugins).names(),
+            "deliveries_pending": deliveries.pending_by_plugin(),
+            "plugins": plugins.names(),
+            "plugins_status": lines,
         }
     finally:
         journal.close()
@@ -85,18 +106,20 @@ def status_report(config) -> dict[str, Any]:
 
 
 def _waiting_reason(journal: Journal) -> str | None:
-    rows = [r for r in journal.recent(("detected",), limit=1) if r.last_error]
+    rows = [r for r in journal.recent((FileState.DETECTED,), limit=1) if r.last_error]
     return rows[0].last_error if rows else None
 
 
-def _row_brief(row) -> dict[str, Any]:
-    pred = row.prediction or {}
+def _row_brief(row, threshold: float) -> dict[str, Any]:
+    pred = Prediction.from_json(row.prediction, threshold) if row.prediction else None
     return {
         "path": str(row.path),
         "source": str(row.source),
-        "state": row.state,
-        "class": pred.get("top"),
-        "confidence": pred.get("confidence"),
+        "state": str(row.state),
+        "class": pred.top if pred else None,
+        "classes": list(pred.predicted_classes) if pred else [],
+        "confidence": pred.confidence if pred else None,
+        "summary": pred.summary() if pred else None,
         "rule": row.rule,
         "error": row.last_error,
         "at": _ts(row.updated),
@@ -109,23 +132,27 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2, ensure_ascii=False))
         return 0
     c = report["counts"]
-    print(f"model {report['model']}; journal {report['journal']}")
-    print(
-        f"done {c['done']}, unmatched {c['unmatched']}, failed {c['failed']}, backlog {report['backlog']}, "
-        f"webhook outbox {report['outbox']}"
-    )
+    print(f"model {', '.join(report['models']) or '(none)'}; journal {report['journal']}")
+    line = f"done {c['done']}, unmatched {c['unmatched']}, failed {c['failed']}, backlog {report['backlog']}"
+    if report["waiting_for_review"]:
+        line += f", waiting for review {report['waiting_for_review']}"
+    if c["undone"]:
+        line += f", undone {c['undone']}"
+    print(line)
+    pending = report["deliveries_pending"]
+    print("deliveries pending: " + (", ".join(f"{p} {n}" for p, n in sorted(pending.items())) or "none"))
     if report["waiting_reason"]:
         print(f"waiting: {report['waiting_reason']}")
     for title, rows in (("last processed", report["last_done"]), ("last failures", report["last_failed"])):
         if rows:
             print(f"{title}:")
             for r in rows:
-                what = (
-                    r["error"]
-                    if r["state"] == "failed"
-                    else f"{r['class']} {r['confidence']} ({r['rule'] or 'no rule'})"
-                )
-                print(f"  {r['at']}  {r['source']}: {what}")
+                what = r["error"] if r["state"] == "failed" else f"{r['summary']} ({r['rule'] or 'no rule'})"
+                # Where the file is now, and where it came from when it moved.
+                where = r["path"] if r["path"] == r["source"] else f"{r['path']} (from {r['source']})"
+                print(f"  {r['at']}  {where}: {what}")
+    for extra in report["plugins_status"]:
+        print(extra)
     print("plugins: " + ", ".join(report["plugins"]))
     return 0
 
@@ -133,21 +160,29 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_retry(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     journal = _journal(config)
+    states: tuple[str, ...] = (FileState.FAILED,)
+    if args.undone or args.paths:
+        states = (FileState.FAILED, FileState.UNDONE) if args.paths or args.failed else (FileState.UNDONE,)
     try:
-        rows = journal.failed_rows([Path(os.path.abspath(p)) for p in args.paths] or None)
+        rows = journal.rows_in_state(states, [Path(os.path.abspath(p)) for p in args.paths] or None)
         for row in rows:
-            journal.requeue(row.id)
+            row = journal.requeue(row.id)
             print(f"queued again: {row.path}")
     finally:
         journal.close()
     if args.paths and len(rows) < len(args.paths):
-        print(f"rfwatch: {len(args.paths) - len(rows)} path(s) have no failed entry in the journal", file=sys.stderr)
+        print(
+            f"rfwatch: {len(args.paths) - len(rows)} path(s) have no failed or undone entry in the journal",
+            file=sys.stderr,
+        )
         return 1
-    print(f"{len(rows)} file(s) will be processed again when rfwatch runs")
+    print(f"{len(rows)} file(s) queued again: a running rfwatch takes them within seconds, else the next run")
     return 0
 
 
 def cmd_history(args: argparse.Namespace) -> int:
+    from .delivery import Deliveries
+
     config = load_config(args.config)
     journal = _journal(config)
     try:
@@ -155,31 +190,157 @@ def cmd_history(args: argparse.Namespace) -> int:
         if not rows:
             print(f"rfwatch: no journal entry for {args.path}", file=sys.stderr)
             return 1
+        deliveries = Deliveries(journal)
         for row in rows:
             print(f"#{row.id} {row.source} -> {row.path} [{row.state}] sha256 {row.sha256[:12]} model {row.model}")
+            if row.support:
+                print("  for Roboflow support: " + "; ".join(f"{k} {v}" for k, v in row.support.items()))
             for at, message in journal.events(row.id):
                 print(f"  {_ts(at)}  {message}")
+            for d in deliveries.for_file(row.id):
+                print(f"  {d['kind']} {d['id']} to {redact(d['url'])}: {_delivery_state(d)}")
     finally:
         journal.close()
     return 0
 
 
+def _delivery_state(d: dict[str, Any]) -> str:
+    if d["state"] == "delivered":
+        result = "; ".join(f"{k} {v}" for k, v in (d["result"] or {}).items())
+        status = f" (HTTP {d['last_status']})" if d["last_status"] else ""
+        return f"delivered {_ts(d['delivered'])}{status}" + (f"; {result}" if result else "")
+    if d["state"] == "pending":
+        if not d["attempts"]:
+            return "queued, not yet sent"
+        return (
+            f"not yet delivered: {d['attempts']} attempt(s), last error {d['last_error']}; next try {_ts(d['next_at'])}"
+        )
+    return f"{d['state']}: {d['last_error']}"
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     import time
+
+    from .delivery import Deliveries
 
     if args.older_than < 0:
         raise ConfigError(f"--older-than: expected a number of days >= 0, got {args.older_than:g}")
     config = load_config(args.config)
     journal = _journal(config)
     try:
-        counts = journal.prune(time.time() - args.older_than * 86400)
+        older_than = time.time() - args.older_than * 86400
+        counts = journal.prune(older_than)
+        counts["finished deliveries"] = Deliveries(journal).prune(older_than)
     finally:
         journal.close()
     print("removed " + ", ".join(f"{n} {what}" for what, n in counts.items()))
     return 0
 
 
+def cmd_undo(args: argparse.Namespace) -> int:
+    """Undo what rfwatch did to the files selected, newest first; one line per file and a summary."""
+    import time
+
+    from .delivery import Deliveries
+    from .runtime import load_extensions
+    from .undo import Undoer, UndoFilter, parse_when
+
+    config = load_config(args.config)
+    try:
+        since = parse_when(args.since) if args.since else None
+        until = parse_when(args.until) if args.until else None
+    except ValueError as exc:
+        raise ConfigError(f"--since/--until: {exc}") from None
+    extensions = load_extensions(config)
+    journal = _journal(config)
+    deliveries = Deliveries(journal, deliverers=dict(extensions.deliverers))
+    undoer = Undoer(config, journal, extensions.rules, extensions.plugins.actions, deliveries, dry_run=args.dry_run)
+    chosen = UndoFilter(args.rule, args.cls, since, until, tuple(Path(os.path.abspath(p)) for p in args.paths))
+    tally: dict[str, int] = {}
+    kept: list[str] = []
+    nothing: set[str] = set()
+    no_undo: set[str] = set()
+    try:
+        rows = undoer.select(chosen)
+        for row in rows:
+            report = undoer.undo(row)
+            outcome = "would be undone" if args.dry_run else report.outcome
+            tally[outcome] = tally.get(outcome, 0) + 1
+            kept += report.kept
+            nothing.update(report.nothing)
+            no_undo.update(report.no_undo)
+            print(f"{row.path}: {outcome}: " + "; ".join(report.lines), flush=True)
+        if not args.dry_run and deliveries.pending():
+            # file.undone events go out now: a running daemon sends them within a second or two, else we do.
+            deadline = time.monotonic() + 2
+            while deliveries.pending() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if deliveries.pending():
+                deliveries.start()
+                deliveries.flush(time.monotonic() + 10)
+                deliveries.stop()
+    finally:
+        journal.close()
+    summary = ", ".join(f"{n} {what}" for what, n in sorted(tally.items())) or "no file matched"
+    print(f"{len(rows)} file(s): {summary}")
+    if kept:
+        print("kept (changed since rfwatch wrote them): " + "; ".join(kept))
+    if nothing:
+        print("nothing to reverse for: " + ", ".join(sorted(nothing)))
+    if no_undo:
+        print("partly undone: these actions offer no undo: " + ", ".join(sorted(no_undo)))
+    return 1 if tally.get("failed") else 0
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    """Serve the review page alone; the daemon applies the decisions (now if it runs, else when it starts)."""
+    import dataclasses
+
+    from .client import ModelId
+    from .model_facts import FactsCache
+    from .review.server import ReviewServer
+
+    config = load_config(args.config)
+    listen = args.listen or config.review.listen or "127.0.0.1:8765"
+    try:
+        config = dataclasses.replace(config, review=dataclasses.replace(config.review, listen=listen))
+        from .config import check_review
+
+        check_review(config.review)
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("review.listen", "--listen")) from None
+    journal = _journal(config)
+    cache = FactsCache(journal)
+
+    def classes_of(model: str) -> tuple[str, ...] | None:
+        facts = cache.get(ModelId.parse(model).key)
+        return facts.classes if facts is not None else None
+
+    server = ReviewServer(config, config.state_path, classes_of)
+    print(f"review page at {server.url}" + (" (open it with ?token=...)" if config.review.token else ""), flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        journal.close()
+    return 0
+
+
 def add_commands(sub, common) -> None:
+    p = sub.add_parser("undo", help="reverse what rfwatch did to finished files, newest step first")
+    common(p, True)
+    p.add_argument("--rule", metavar="NAME", help="files a rule of this name acted on")
+    p.add_argument("--class", dest="cls", metavar="C", help="files sorted as this class (or labelled so in review)")
+    p.add_argument("--since", metavar="WHEN", help="files taken since WHEN: 2h, 3d, or 2026-11-27T14:00")
+    p.add_argument("--until", metavar="WHEN", help="files taken until WHEN")
+    p.add_argument("--dry-run", action="store_true", help="say what would be undone; change nothing")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="files, by where they are now or where they were found")
+    p.set_defaults(func=cmd_undo)
+
+    p = sub.add_parser("review", help="serve the review page alone (the daemon serves it too, with review.listen)")
+    common(p, True)
+    p.add_argument("--listen", metavar="HOST:PORT", help="default: review.listen, else 127.0.0.1:8765")
+    p.set_defaults(func=cmd_review)
+
     p = sub.add_parser("run", help="watch the configured folders and process new images")
     common(p, True)
     p.add_argument("--once", action="store_true", help="process what is there now, then exit")
@@ -197,9 +358,10 @@ def add_commands(sub, common) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("retry", help="queue failed files again")
+    p = sub.add_parser("retry", help="queue failed (or undone) files again; a running daemon takes them")
     common(p, True)
     p.add_argument("--failed", action="store_true", help="every failed file (the default without PATHs)")
+    p.add_argument("--undone", action="store_true", help="every file that rfwatch undo put back")
     p.add_argument("paths", nargs="*", metavar="PATH")
     p.set_defaults(func=cmd_retry)
 

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from .client import DEFAULT_API_URL, ModelId
+from .platform import DEFAULT_PLATFORM_URL
 
 __all__ = [
     "ConfigError",
@@ -47,8 +48,16 @@ class RoboflowConfig:
     api_key_problem: str | None = None
     model: str | None = None
     api_url: str = DEFAULT_API_URL
+    #: Roboflow's platform API: asked about the key and the model (see rfwatch.model_facts).
+    platform_url: str = DEFAULT_PLATFORM_URL
     confidence: float = 0.01
+    #: Multi-label models: a class is predicted when it scores at or above this (see rfwatch.result).
+    multi_label_threshold: float = 0.5
+    #: Let Roboflow's active learning save the uploaded images into the project (off unless asked for).
+    active_learning: bool = False
     max_size: int = 1024
+    #: max_size was given: it decides the upload size, whatever the model's input is.
+    max_size_set: bool = False
     jpeg_quality: int = 90
     timeout: float = 60.0
     connect_timeout: float = 10.0
@@ -91,6 +100,30 @@ class RuleConfig:
 
 
 @dataclass(frozen=True)
+class UploadConfig:
+    """``review.upload``: where reviewed images go (Roboflow's upload and annotate routes)."""
+
+    project: str | None = None  # None: the model's own project
+    split: str = "train"
+    batch: str = "rfwatch review {now:%Y-%m}"
+    tags: tuple[str, ...] = ("rfwatch",)
+
+
+@dataclass(frozen=True)
+class ReviewConfig:
+    """``review:``: the page for files a ``review`` action set aside."""
+
+    listen: str | None = None  # host:port; None: the daemon serves no page
+    token: str | None = field(default=None, repr=False)
+    upload: UploadConfig | None = None
+
+    @property
+    def loopback(self) -> bool:
+        host = (self.listen or "").rpartition(":")[0].strip("[]")
+        return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+
+
+@dataclass(frozen=True)
 class Config:
     base_dir: Path
     source: Path | None = None
@@ -105,7 +138,7 @@ class Config:
     rescan_interval: float = 0.0
     metrics_listen: str | None = None
     log_format: str = "text"
-    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    review: ReviewConfig = field(default_factory=lambda: ReviewConfig())
 
     def resolve(self, path: str | os.PathLike[str]) -> Path:
         """A path from the config, made absolute against the config file's folder."""
@@ -238,6 +271,23 @@ def _join(key: str, name: str) -> str:
 # --- the sections -----------------------------------------------------------------
 
 
+_ROBOFLOW_KEYS = {
+    "api_key",
+    "api_key_file",
+    "model",
+    "api_url",
+    "platform_url",
+    "confidence",
+    "multi_label_threshold",
+    "active_learning",
+    "max_size",
+    "jpeg_quality",
+    "timeout",
+    "connect_timeout",
+    "retries",
+}
+
+
 def _roboflow(sec: _Section, resolve: Any) -> RoboflowConfig:
     api_key = sec.str("api_key")
     key_file = sec.str("api_key_file")
@@ -263,18 +313,41 @@ def _roboflow(sec: _Section, resolve: Any) -> RoboflowConfig:
     api_url = sec.str("api_url", DEFAULT_API_URL) or DEFAULT_API_URL
     if not api_url.startswith(("http://", "https://")):
         raise ConfigError(f"{sec.path_of('api_url')}: expected an http:// or https:// URL, got {_show(api_url)}")
+    platform_url = sec.str("platform_url", DEFAULT_PLATFORM_URL) or DEFAULT_PLATFORM_URL
+    if not platform_url.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"{sec.path_of('platform_url')}: expected an http:// or https:// URL, got {_show(platform_url)}"
+        )
     return RoboflowConfig(
         api_key=api_key,
         api_key_problem=problem,
         model=model,
         api_url=api_url,
-        confidence=sec.number("confidence", 0.01, minimum=0.01, maximum=1.0),
+        platform_url=platform_url,
+        confidence=_fraction(sec, "confidence", 0.01, "the server reads 1 or more as a percentage"),
+        multi_label_threshold=_fraction(sec, "multi_label_threshold", 0.5, "", upper_inclusive=True),
+        active_learning=sec.bool("active_learning", False),
         max_size=sec.number("max_size", 1024, positive=True, integer=True),
+        max_size_set=sec.has("max_size"),
         jpeg_quality=sec.number("jpeg_quality", 90, minimum=30, maximum=95, integer=True),
         timeout=sec.number("timeout", 60.0, positive=True),
         connect_timeout=sec.number("connect_timeout", 10.0, positive=True),
         retries=sec.number("retries", 5, minimum=1, integer=True, what="an integer >= 1"),
     )
+
+
+def _fraction(sec: _Section, name: str, default: float, why: str, upper_inclusive: bool = False) -> float:
+    """A number in (0, 1) (or (0, 1]): Roboflow's confidences are fractions, never percentages."""
+    value = sec.data.get(name, default)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value
+    ok = ok and (value <= 1 if upper_inclusive else value < 1)
+    if not ok:
+        interval = "0 < x <= 1" if upper_inclusive else "0 < x < 1"
+        raise ConfigError(
+            f"{sec.path_of(name)}: expected a fraction ({interval}) such as 0.5, got {_show(value)}"
+            + (f" ({why})" if why else "")
+        )
+    return float(value)
 
 
 _WATCH_KEYS = {"path", "recursive", "include", "exclude", "settle", "polling", "model"}
@@ -381,6 +454,7 @@ _TOP_KEYS = {
     "rescan_interval",
     "metrics",
     "log_format",
+    "review",
 }
 
 
@@ -402,24 +476,7 @@ def config_from_dict(data: Any, base_dir: Path, source: Path | None = None) -> C
     return Config(
         base_dir=base_dir,
         source=source,
-        roboflow=_roboflow(
-            top.section(
-                "roboflow",
-                {
-                    "api_key",
-                    "api_key_file",
-                    "model",
-                    "api_url",
-                    "confidence",
-                    "max_size",
-                    "jpeg_quality",
-                    "timeout",
-                    "connect_timeout",
-                    "retries",
-                },
-            ),
-            resolve,
-        ),
+        roboflow=_roboflow(top.section("roboflow", _ROBOFLOW_KEYS), resolve),
         state=resolve(state) if state else None,
         concurrency=top.number("concurrency", 8, minimum=1, maximum=64, integer=True),
         rate_limit=top.number("rate_limit", 0.0, minimum=0.0),
@@ -430,7 +487,7 @@ def config_from_dict(data: Any, base_dir: Path, source: Path | None = None) -> C
         rescan_interval=top.number("rescan_interval", 0.0, minimum=0.0),
         metrics_listen=metrics.str("listen"),
         log_format=log_format,
-        raw=data,
+        review=_review(top.section("review", _REVIEW_KEYS), resolve),
     )
 
 
@@ -445,3 +502,50 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML: {exc}") from None
     return config_from_dict(data, p.resolve().parent, p.resolve())
+
+
+_REVIEW_KEYS = {"listen", "token", "upload"}
+_UPLOAD_KEYS = {"project", "split", "batch", "tags"}
+
+
+def check_review(review: ReviewConfig) -> ReviewConfig:
+    """A token is required off loopback, and must be worth the name."""
+    if review.listen is not None and not review.loopback and not review.token:
+        raise ConfigError(
+            f"review.token: required when review.listen is not a loopback address ({review.listen}): "
+            "anyone who can reach it could label and reject files"
+        )
+    if review.token is not None:
+        if len(review.token) < 16:
+            raise ConfigError("review.token: use at least 16 random characters (e.g. openssl rand -hex 16)")
+        from .redact import register_secret
+
+        register_secret(review.token)
+    return review
+
+
+def _review(sec: _Section, resolve: Any) -> ReviewConfig:
+    listen = sec.str("listen")
+    if listen is not None:
+        host, colon, port = listen.rpartition(":")
+        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(
+                f"{sec.path_of('listen')}: expected host:port such as 127.0.0.1:8765, got {_show(listen)}"
+            )
+    token = sec.str("token")
+    check_review(ReviewConfig(listen=listen, token=token))
+    upload = None
+    if sec.has("upload"):
+        up = sec.section("upload", _UPLOAD_KEYS)
+        split = up.str("split", "train") or "train"
+        if split not in ("train", "valid", "test"):
+            raise ConfigError(f"{up.path_of('split')}: expected train, valid or test, got {_show(split)}")
+        upload = UploadConfig(
+            project=up.str("project"),
+            split=split,
+            batch=up.str("batch", UploadConfig.batch) or UploadConfig.batch,
+            tags=up.str_list("tags", UploadConfig.tags),
+        )
+    elif "upload" in sec.data:  # `upload:` with nothing under it: the defaults
+        upload = UploadConfig()
+    return ReviewConfig(listen=listen, token=token, upload=upload)

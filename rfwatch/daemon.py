@@ -1,8 +1,9 @@
-"""The daemon: watchers feed a bounded queue, workers run the pipeline, the main loop keeps time.
+"""The daemon: the watcher feeds a bounded queue, workers run the pipeline, the main loop keeps time.
 
-Threads: watchdog's observers (events -> settler), one scanner (start-up,
-overflow and reconcile scans, streamed in constant memory), ``concurrency``
-workers, and the main thread (settle ticks, signals, reload, systemd pings).
+Threads: the watcher's (watchdog's observers, one scanner streaming start-up, overflow and reconcile
+scans in constant memory), ``concurrency`` workers, the delivery threads (webhooks, uploads), and the
+main thread (settle ticks, signals, reload, systemd pings, and a look at the journal for work that
+another process queued: ``rfwatch retry``, ``rfwatch undo``, a decision on the review page).
 """
 
 from __future__ import annotations
@@ -17,14 +18,21 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from .client import ModelId
 from .config import Config, ConfigError, WatchConfig, load_config
+from .decisions import Decisions
+from .delivery import Deliveries
 from .journal import Journal
 from .metrics import start_metrics
+from .model_facts import FactsCache, ModelFactsService, check_rules, diagnose, models_in_use
 from .pipeline import ApiBlocked, Pipeline, RateLimiter
-from .runtime import Runtime, build_runtime
+from .review.server import ReviewServer
+from .runtime import Runtime, build_runtime, platform_client
 from .sdnotify import Notifier
-from .watcher import FolderWatcher, WatchLimitError, mtime_quiet, scan
+from .states import Outcome
+from .watcher import FolderWatcher, WatchLimitError
 
 __all__ = ["Daemon", "EXIT_API_REJECTED"]
 
@@ -95,6 +103,9 @@ class ApiGate:
 
 
 class Daemon:
+    #: How often the main loop looks whether another process changed the journal (a cheap PRAGMA).
+    POLL_INTERVAL = 0.5
+
     def __init__(
         self,
         config_path: str | Path | None,
@@ -114,26 +125,39 @@ class Daemon:
         self.once = once
         self.notifier = notifier or Notifier()
         self.progress = progress
-        self.runtime: Runtime = build_runtime(self.config)
         if not self.config.watch:
             raise ConfigError("watch: expected at least one folder to watch")
+        # Built first: a config that cannot run (no key, a bad rule) must not leave a journal behind.
+        self.runtime: Runtime = build_runtime(self.config, facts=lambda model: self.facts.get(model))
         self.journal = Journal(self.config.state_path)
-        self.pipeline = Pipeline(self.runtime, self.journal, dry_run=dry_run)
+        self.facts = ModelFactsService(FactsCache(self.journal), platform_client(self.config))
+        self.facts.on_fetched = self._facts_arrived
+        try:
+            self._check_rule_classes(self.config, wait=True)
+        except BaseException:
+            self.journal.close()
+            raise
+        self.deliveries = Deliveries(self.journal, deliverers=dict(self.runtime.extensions.deliverers))
+        self.decisions = Decisions(self.journal)
+        self.pipeline = Pipeline(self.runtime, self.journal, self.deliveries, self.decisions, dry_run=dry_run)
         self.stop_event = threading.Event()
         self.reload_event = threading.Event()
         self.gate = ApiGate()
         self.queue: queue.Queue[_Job] = queue.Queue(maxsize=self.config.concurrency * 4)
         self.retry_jobs: collections.deque[_Job] = collections.deque()
-        self.scan_requests: queue.Queue[tuple[WatchConfig, Path | None]] = queue.Queue()
         self._busy = 0
         self._busy_since: dict[int, float] = {}
+        #: Journal rows queued or in a worker's hands, so that a look at the journal does not queue them twice.
+        self._queued_ids: set[int] = set()
         self._lock = threading.Lock()
-        self._scanning = 0
-        self.found = 0  # files the scans handed on (the progress bar's total)
+        self._threads: list[threading.Thread] = []
+        self._journal_version = -1
+        self._explained: dict[tuple[int, str, str], str | None] = {}
+        self.review: ReviewServer | None = None
         self.exit_code = 0
-        self.counts = collections.Counter()
-        self.watcher = FolderWatcher(self.config.watch, self._enqueue_path, self._request_scan)
-        self.metrics = start_metrics(self.config.metrics_listen, self.queued, self.journal.outbox_depth)
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.watcher = FolderWatcher(self.config.watch, self._enqueue_path, was_taken=self.journal.was_found_at)
+        self.metrics = start_metrics(self.config.metrics_listen, self.queued, self.deliveries.pending_by_plugin)
         self._wire_metrics(self.runtime)
 
     def _wire_metrics(self, runtime: Runtime) -> None:
@@ -143,6 +167,46 @@ class Daemon:
     def _api_answered(self, seconds: float) -> None:
         self.gate.success()
         self.metrics.classified(seconds)
+
+    # --- knowing the model -----------------------------------------------------------
+
+    #: At start-up, how long to wait for facts rfwatch never fetched before, when rules name classes.
+    FACTS_WAIT = 3.0
+
+    def _check_rule_classes(self, config: Config, wait: bool, force: bool = False) -> None:
+        """Refuse rules that name a class the model does not have (ConfigError); warn when it cannot tell."""
+        models = models_in_use(config)
+        needed = any(r.when.classes for r in config.rules) and any(self.facts.get(m) is None for m in models)
+        self.facts.refresh(models, force=force, wait=self.FACTS_WAIT if wait and needed else 0.0)
+        problems, unchecked = check_rules(config, self.facts.get)
+        if problems:
+            raise ConfigError("; ".join(problems))
+        if unchecked:
+            log.warning(
+                "the classes named in rules were not checked: nothing is known yet about %s (platform %s)",
+                ", ".join(unchecked),
+                config.roboflow.platform_url,
+            )
+
+    def _classes_of(self, model: str) -> tuple[str, ...] | None:
+        """The model's class names, for the review page (None when the platform has not said)."""
+        facts = self.facts.get(ModelId.parse(model).key)
+        return facts.classes if facts is not None else None
+
+    def _explain(self, blocked: ApiBlocked) -> None:
+        """401/403/404 from inference: ask the platform whether the key or the model is wrong (once per answer)."""
+        status = blocked.error.status
+        if status not in (401, 403, 404) or not blocked.model:
+            return
+        key = (status, blocked.model, str(blocked.error))
+        if key not in self._explained:
+            self._explained[key] = diagnose(self.facts.platform, blocked.model, status)
+        blocked.explanation = self._explained[key]
+
+    def _facts_arrived(self, facts: Any) -> None:
+        # Fetched after start-up: too late to refuse the config, not too late to say so.
+        for problem in check_rules(self.config, self.facts.get)[0]:
+            log.error("%s; fix the rule and reload (systemctl reload rfwatch)", problem)
 
     # --- feeding the queue --------------------------------------------------------
 
@@ -158,33 +222,32 @@ class Daemon:
     def _enqueue_path(self, path: Path, watch: WatchConfig, settled_at: float = 0.0) -> None:
         self._put(_Job(path=path, watch=watch, settled_at=settled_at))
 
-    def _request_scan(self, watch: WatchConfig, folder: Path | None) -> None:
+    def _enqueue_id(self, file_id: int) -> None:
         with self._lock:
-            self._scanning += 1
-        self.scan_requests.put((watch, folder))
+            if file_id in self._queued_ids:
+                return
+            self._queued_ids.add(file_id)
+        self.retry_jobs.append(_Job(file_id=file_id))
 
-    def _scanner(self) -> None:
-        while not self.stop_event.is_set():
-            try:
-                watch, folder = self.scan_requests.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            try:
-                now = time.time()
-                for path, st in scan(watch, folder):
-                    if self.stop_event.is_set():
-                        break
-                    # Untouched for `settle` seconds already: no need to hold it in memory to watch it settle.
-                    if mtime_quiet(watch, st.st_mtime, now) >= watch.settle:
-                        self._put(_Job(path=path, watch=watch))
-                    else:
-                        self.watcher.settler.offer(path, watch)
-                    self.found += 1
-            except Exception:
-                log.exception("scan of %s failed", folder or watch.path)
-            finally:
-                with self._lock:
-                    self._scanning -= 1
+    def poll_journal(self, force: bool = False) -> int:
+        """Queue files that another process made ready: ``rfwatch retry``, ``rfwatch undo`` (a retried file),
+        a decision on a review page. Cheap unless the journal changed: ``PRAGMA data_version`` moves only when
+        another connection commits. Returns how many files were queued.
+        """
+        version = self.journal.data_version()
+        if version == self._journal_version and not force:
+            return 0
+        self._journal_version = version
+        queued = 0
+        for file_id in self.journal.active_ids():
+            with self._lock:
+                known = file_id in self._queued_ids
+            if not known and not self.pipeline.is_busy(file_id):
+                self._enqueue_id(file_id)
+                queued += 1
+        if queued:
+            log.info("%d file(s) queued by another rfwatch command (retry, undo, review)", queued)
+        return queued
 
     # --- workers --------------------------------------------------------------------
 
@@ -209,18 +272,19 @@ class Daemon:
             with self._lock:
                 self._busy += 1
                 self._busy_since[me] = time.monotonic()
+            requeued = False
             try:
-                pipeline = self.pipeline
                 if job.file_id is None:
-                    outcome = pipeline.take(job.path, job.watch, job.settled_at)
-                    if outcome.detail == "changing":  # written to again: watch it settle anew
-                        self.watcher.settler.offer(job.path, job.watch)
+                    attempt = self.pipeline.take(job.path, job.watch, job.settled_at)  # type: ignore[arg-type]
+                    if attempt.outcome == Outcome.CHANGING:
+                        self.watcher.not_settled(job.path, job.watch)  # type: ignore[arg-type]
                 else:
-                    outcome = pipeline.process(job.file_id)
-                self.counts[outcome.state] += 1
-                if outcome.state != "skipped":
-                    self.metrics.file_done(outcome.state)
+                    attempt = self.pipeline.process(job.file_id)
+                self.counts[attempt.outcome] += 1
+                if attempt.outcome in (Outcome.DONE, Outcome.UNMATCHED, Outcome.FAILED):
+                    self.metrics.file_done(attempt.outcome)
             except ApiBlocked as blocked:
+                self._explain(blocked)
                 self.counts["waiting"] += 1
                 if self.once:
                     log.error("stopping: %s; unprocessed files stay for the next run", blocked)
@@ -228,7 +292,9 @@ class Daemon:
                     self.stop_event.set()
                 else:
                     self.gate.blocked(blocked)
-                    self.retry_jobs.append(_Job(file_id=blocked.file_id))
+                    if blocked.file_id is not None:
+                        self.retry_jobs.append(_Job(file_id=blocked.file_id))
+                        requeued = True
             except Exception:
                 log.exception("unexpected error processing %s", job.path or f"journal row {job.file_id}")
                 self.counts["error"] += 1
@@ -237,6 +303,8 @@ class Daemon:
                 with self._lock:
                     self._busy -= 1
                     self._busy_since.pop(me, None)
+                    if job.file_id is not None and not requeued:
+                        self._queued_ids.discard(job.file_id)
 
     # --- reload ------------------------------------------------------------------------
 
@@ -247,7 +315,9 @@ class Daemon:
             config = load_config(self.config_path)  # type: ignore[arg-type]
             if self.dry_run:
                 config = dataclasses.replace(config, state=Path(":memory:"))
-            runtime = build_runtime(config)
+            self.facts.platform = platform_client(config)
+            runtime = build_runtime(config, facts=self.facts.get)
+            self._check_rule_classes(config, wait=True, force=True)  # facts are fetched again on SIGHUP
         except Exception as exc:
             log.error("reload failed, keeping the running config: %s", exc)
             self.notifier.ready(self.status_line())
@@ -257,6 +327,7 @@ class Daemon:
         old = self.runtime
         self.config, self.runtime = config, runtime
         self.pipeline.runtime = runtime
+        self.deliveries.deliverers = dict(runtime.extensions.deliverers)
         self._wire_metrics(runtime)
         self.pipeline.limiter = RateLimiter(config.rate_limit)
         runtime.plugins.call("startup", config=config)
@@ -268,11 +339,13 @@ class Daemon:
     # --- status --------------------------------------------------------------------------
 
     def queued(self) -> int:
-        return self.queue.qsize() + len(self.retry_jobs) + len(self.watcher.settler)
+        return self.queue.qsize() + len(self.retry_jobs) + self.watcher.pending()
 
     def status_line(self) -> str:
         c = self.counts
-        text = f"{c['done']} done, {c['unmatched']} unmatched, {c['failed']} failed, {self.queued()} queued"
+        text = f"{c[Outcome.DONE]} done, {c[Outcome.UNMATCHED]} unmatched, {c[Outcome.FAILED]} failed, {self.queued()} queued"
+        if c[Outcome.REVIEW]:
+            text += f", {c[Outcome.REVIEW]} sent to review"
         if self.gate.reason:
             text += f"; waiting for the API: {self.gate.reason}"
         return text
@@ -280,19 +353,20 @@ class Daemon:
     def progress_line(self, width: int = 30) -> str:
         """``[#######-------] 120/300 files, 2 failed``: the total grows while the scan is still running."""
         c = self.counts
-        handled = c["done"] + c["unmatched"] + c["failed"] + c["skipped"] + c["error"]
-        total = max(self.found, handled)
+        handled = sum(c[o] for o in (Outcome.DONE, Outcome.UNMATCHED, Outcome.FAILED, Outcome.REVIEW, Outcome.SKIPPED))
+        handled += c["error"]
+        total = max(self.watcher.found, handled)
         filled = int(width * handled / total) if total else 0
-        scanning = "+" if self._scanning else ""
+        scanning = "+" if self.watcher.scanning() else ""
         return (
             f"[{'#' * filled}{'-' * (width - filled)}] {handled}/{total}{scanning} files, "
-            f"{c['done']} done, {c['unmatched']} unmatched, {c['failed']} failed   "
+            f"{c[Outcome.DONE]} done, {c[Outcome.UNMATCHED]} unmatched, {c[Outcome.FAILED]} failed   "
         )
 
     def _idle(self) -> bool:
         with self._lock:
-            busy, scanning = self._busy, self._scanning
-        return busy == 0 and scanning == 0 and self.queued() == 0 and self.scan_requests.empty()
+            busy = self._busy
+        return busy == 0 and not self.watcher.scanning() and self.queued() == 0
 
     def healthy(self) -> bool:
         """Worth a WATCHDOG=1: threads alive and no file stuck far longer than the API could take."""
@@ -300,7 +374,7 @@ class Daemon:
         now = time.monotonic()
         with self._lock:
             stuck = any(now - t > limit for t in self._busy_since.values())
-        return not stuck and all(t.is_alive() for t in self._threads) and (self.once or self.watcher.alive())
+        return not stuck and all(t.is_alive() for t in self._threads) and self.watcher.alive()
 
     # --- main loop ------------------------------------------------------------------------
 
@@ -322,26 +396,30 @@ class Daemon:
     def run(self) -> int:
         self._install_signals()
         try:  # first, so that nothing is processed when the folders cannot be watched
-            if not self.once:
-                self.watcher.start()
+            self.watcher.start(observe=not self.once)
         except (WatchLimitError, FileNotFoundError) as exc:
             log.error("%s", exc.strerror if isinstance(exc, WatchLimitError) else exc)
             self._close()
             return 1
         if self.progress:
             self._log_above_the_progress_bar()
+        if self.config.review.listen and not self.once and not self.dry_run:
+            try:
+                self.review = ReviewServer(self.config, self.journal.path, self._classes_of).start()
+            except OSError as exc:
+                log.error("%s", exc)
+                self._close()
+                return 1
         self.runtime.plugins.call("startup", config=self.config)
-        self._threads = [threading.Thread(target=self._scanner, name="rfwatch-scan", daemon=True)]
-        self._threads += [
+        self._threads = [
             threading.Thread(target=self._worker, name=f"rfwatch-worker-{i}", daemon=True)
             for i in range(self.config.concurrency)
         ]
         for t in self._threads:
             t.start()
-        for file_id in self.journal.active_ids():  # interrupted by a crash or a stop: finish them first
-            self.retry_jobs.append(_Job(file_id=file_id))
-        for watch in self.config.watch:
-            self._request_scan(watch, None)
+        if not self.dry_run:
+            self.deliveries.start()  # deliveries left over from an earlier run go out even if no file arrives
+        self.poll_journal(force=True)  # files interrupted by a crash or a stop, retried meanwhile: first
         models = sorted({str(w.model or self.config.roboflow.model) for w in self.config.watch})
         log.info(
             "%s %d folder(s) with model %s%s; journal %s",
@@ -356,17 +434,17 @@ class Daemon:
             self._loop()
         finally:
             self._shutdown()
-        return self.exit_code or (1 if self.once and self.counts["failed"] else 0)
+        return self.exit_code or (1 if self.once and self.counts[Outcome.FAILED] else 0)
 
     def _loop(self) -> None:
-        next_ping = next_status = next_rescan = 0.0
+        next_ping = next_status = next_rescan = next_poll = 0.0
         ping_every = self.notifier.watchdog_interval
         rescan = self.config.rescan_interval
         if rescan:
             next_rescan = time.monotonic() + rescan
         idle_since = None
         while not self.stop_event.is_set():
-            self.watcher.settler.tick()
+            self.watcher.tick()
             now = time.monotonic()
             if self.reload_event.is_set():
                 self.reload_event.clear()
@@ -381,9 +459,11 @@ class Daemon:
                     sys.stderr.flush()
                 next_status = now + (0.2 if self.progress else 1.0)
             if rescan and now >= next_rescan:
-                for watch in self.config.watch:
-                    self._request_scan(watch, None)
+                self.watcher.rescan()
                 next_rescan = now + rescan
+            if not self.once and now >= next_poll:
+                self.poll_journal()
+                next_poll = now + self.POLL_INTERVAL
             if self.once:
                 if self._idle():
                     # twice in a row, a tick apart, so nothing is in flight between two queues
@@ -403,13 +483,20 @@ class Daemon:
             t.join(timeout=max(0.1, deadline - time.monotonic()))
         if self.progress:
             sys.stderr.write("\r" + self.progress_line() + "\n")
+        if self.once and not self.dry_run:
+            self.deliveries.flush(time.monotonic() + 10)  # a one-shot run sends what it queued before it exits
+        self.deliveries.stop()
         self.runtime.plugins.call("shutdown")
         log.info("stopped: %s", self.status_line())
         self._close()
 
     def _close(self) -> None:
         self.stop_event.set()
+        if self.review is not None:
+            self.review.stop()
+            self.review = None
         self.watcher.stop()
+        self.deliveries.stop()
         self.runtime.close()
         self.metrics.stop()
         self.journal.close()

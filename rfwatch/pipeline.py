@@ -1,8 +1,12 @@
 """One file's way through rfwatch: stable file -> journal -> classify -> rules -> actions -> journal.
 
-:class:`Pipeline` is called from worker threads. Every decision is journaled
-before its side effect, so :meth:`Pipeline.resume` can pick up any file after
-a crash.
+:class:`Pipeline` is called from worker threads. Every decision is journaled before its side effect,
+so :meth:`Pipeline.process` can pick up any file after a crash: a step that is done is skipped, a step
+that was interrupted is run again with what its action recorded (``ctx.resume``).
+
+A file's rules may run more than once: after a person's decision on a file that waited for review,
+and after ``rfwatch retry`` of a file that ``rfwatch undo`` put back. Each run is a round; its steps are
+numbered from the file's ``round_start`` on, after every earlier step, so the history stays whole.
 """
 
 from __future__ import annotations
@@ -12,45 +16,68 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .client import ApiError, AuthError, ModelNotFoundError, QuotaError, UnavailableError
+from .client import ApiError, BlockingError, UnavailableError
 from .config import WatchConfig
 from .context import FileContext
+from .crashpoints import crash_point
+from .decisions import Decision, DecisionKind, Decisions, labelled_prediction
+from .delivery import Deliveries, QueuedDelivery
 from .fileops import place_file, recover_placement, sha256_file
 from .journal import FileRow, Journal
-from .prepare import ImageError, PreparedImage, prepare_image
+from .prepare import ImageError, PreparedImage
 from .redact import redact
 from .result import Prediction, ResponseFormatError
 from .rules import matching_rules
 from .runtime import Runtime
+from .states import FileState, Outcome, StepState
 
-__all__ = ["Pipeline", "ApiBlocked", "Outcome"]
+__all__ = ["Pipeline", "ApiBlocked", "Attempt"]
 
 log = logging.getLogger("rfwatch.pipeline")
 file_log = logging.getLogger("rfwatch.file")
 
-_QUARANTINE_SEQ = 0  # the step that moves a failed file into failed:
+_QUARANTINE_SEQ = 0  # the step that moves a file that failed before any action into failed:
 
 
 class ApiBlocked(Exception):
     """The API cannot classify anything right now (down, bad key, quota, unknown model): retry the file later."""
 
-    def __init__(self, error: ApiError, file_id: int | None):
+    def __init__(self, error: ApiError, file_id: int | None, model: str = ""):
         self.error = error
         self.file_id = file_id
-        self.permanent = isinstance(error, (AuthError, QuotaError, ModelNotFoundError))
+        self.model = model
+        self.permanent = isinstance(error, BlockingError)
+        #: What the platform API said about the key and the model, when it could tell (see Daemon).
+        self.explanation: str | None = None
         super().__init__(str(error))
+
+    def __str__(self) -> str:
+        return f"{self.error}: {self.explanation}" if self.explanation else str(self.error)
 
 
 @dataclass(frozen=True)
-class Outcome:
-    state: str  # done | unmatched | failed | skipped
+class Attempt:
+    """What one attempt at a file came to."""
+
+    outcome: Outcome
     file_id: int | None = None
     detail: str = ""
+
+
+#: What a file that is already past the workers counts as, when it is offered again.
+_OUTCOME_OF_STATE = {
+    FileState.DONE: Outcome.DONE,
+    FileState.UNMATCHED: Outcome.UNMATCHED,
+    FileState.FAILED: Outcome.FAILED,
+    FileState.REVIEW: Outcome.REVIEW,
+}
 
 
 class RateLimiter:
@@ -72,21 +99,59 @@ class RateLimiter:
             time.sleep(wait)
 
 
+@dataclass
+class _Step:
+    """The journal side of one running step: what ``ctx.intent``, ``ctx.produced`` and ``ctx.deliver`` record."""
+
+    journal: Journal
+    deliveries: Deliveries
+    file_id: int
+    seq: int
+    owner: str
+    queued: list[QueuedDelivery] = field(default_factory=list)
+
+    def intent(self, detail: dict[str, Any]) -> None:
+        self.journal.record_intent(self.file_id, self.seq, detail)
+
+    def produced(self, path: Path) -> None:
+        self.journal.add_produced(path, self.file_id)
+
+    def delivery_id(self, parts: tuple[str, ...]) -> str:
+        name = "#".join([str(self.journal.path), str(self.file_id), str(self.seq), *parts])
+        return uuid.uuid5(uuid.NAMESPACE_URL, name).hex
+
+    def deliver(self, kind: str, target: str, payload: bytes, key: str) -> bool:
+        if self.deliveries.is_gone(target):
+            return False
+        self.queued.append(QueuedDelivery(kind, target, payload, key, self.owner))
+        return True
+
+    def write(self, db: Any) -> None:
+        """Called inside the transaction that finishes the step."""
+        if self.queued:
+            self.deliveries.write(db, self.file_id, self.queued)
+
+
 class Pipeline:
-    def __init__(self, runtime: Runtime, journal: Journal, dry_run: bool = False):
+    def __init__(
+        self, runtime: Runtime, journal: Journal, deliveries: Deliveries, decisions: Decisions, dry_run: bool = False
+    ):
         self.runtime = runtime
         self.journal = journal
+        self.deliveries = deliveries
+        self.decisions = decisions
         self.dry_run = dry_run
         self.limiter = RateLimiter(runtime.config.rate_limit)
         self._lock = threading.Lock()
         self._active_paths: set[Path] = set()
+        self._active_ids: set[int] = set()
         self._inflight: dict[tuple[str, str], threading.Event] = {}
         #: Called with the seconds a successful API call took (the daemon reopens its gate, records metrics).
         self.on_api_answer: Callable[[float], None] | None = None
 
     # --- taking a new file -------------------------------------------------------
 
-    def take(self, path: Path, watch: WatchConfig | None, settled_at: float = 0.0) -> Outcome:
+    def take(self, path: Path, watch: WatchConfig | None, settled_at: float = 0.0) -> Attempt:
         """Process a file that has settled, or will have at ``settled_at`` (time.monotonic()).
 
         A file handed on shortly before it settles is hashed and its upload prepared while the
@@ -95,7 +160,7 @@ class Pipeline:
         """
         with self._lock:
             if path in self._active_paths:
-                return Outcome("skipped", detail="already being processed")
+                return Attempt(Outcome.SKIPPED, detail="already being processed")
             self._active_paths.add(path)
         try:
             return self._take(path, watch, settled_at)
@@ -103,101 +168,143 @@ class Pipeline:
             with self._lock:
                 self._active_paths.discard(path)
 
-    def _take(self, path: Path, watch: WatchConfig | None, settled_at: float = 0.0) -> Outcome:
+    def _take(self, path: Path, watch: WatchConfig | None, settled_at: float = 0.0) -> Attempt:
         try:
             st = os.lstat(path)
         except FileNotFoundError:
             # Queued twice (an event and a scan) and already moved on by the first: not news.
             level = logging.DEBUG if self.journal.was_found_at(path) else logging.INFO
             file_log.log(level, "%s: vanished before it was taken; nothing to do", path)
-            return Outcome("skipped", detail="vanished")
+            return Attempt(Outcome.SKIPPED, detail="vanished")
         except OSError as exc:
             file_log.warning("%s: cannot read: %s", path, exc.strerror or exc)
-            return Outcome("skipped", detail=str(exc))
+            return Attempt(Outcome.SKIPPED, detail=str(exc))
         if stat.S_ISLNK(st.st_mode):
             file_log.warning(
                 "%s: skipped: symbolic links are not followed (the target may be outside the watched folder)", path
             )
-            return Outcome("skipped", detail="symlink")
+            return Attempt(Outcome.SKIPPED, detail="symlink")
         if not stat.S_ISREG(st.st_mode):
             file_log.info("%s: skipped: not a regular file", path)
-            return Outcome("skipped", detail="not a regular file")
+            return Attempt(Outcome.SKIPPED, detail="not a regular file")
         if self.journal.is_produced(path, st.st_size, st.st_mtime_ns):
-            return Outcome("skipped", detail="written by rfwatch")
+            return Attempt(Outcome.SKIPPED, detail="written by rfwatch")
         known = self.journal.known(path, st.st_size, st.st_mtime_ns)
         if known is not None:
-            return Outcome("skipped", known.id, f"already {known.state}")
-        if self.runtime.plugins.first("ignore_file", path=path):
+            return Attempt(Outcome.SKIPPED, known.id, f"already {known.state}")
+        if self.runtime.plugins.call("ignore_file", path=path):
             file_log.info("%s: ignored by a plugin", path)
-            return Outcome("skipped", detail="ignored by plugin")
+            return Attempt(Outcome.SKIPPED, detail="ignored by plugin")
         try:
             sha = sha256_file(path)
             after = os.stat(path)
         except FileNotFoundError:
             file_log.info("%s: vanished while being read; nothing to do", path)
-            return Outcome("skipped", detail="vanished")
+            return Attempt(Outcome.SKIPPED, detail="vanished")
         except OSError as exc:
             file_log.warning("%s: cannot read: %s", path, exc.strerror or exc)
-            return Outcome("skipped", detail=str(exc))
+            return Attempt(Outcome.SKIPPED, detail=str(exc))
         root = watch.path if watch else path.parent
         model = (watch.model if watch and watch.model else None) or str(self.runtime.config.roboflow.model)
         prepared = None
         if settled_at > time.monotonic():
             if self.journal.cached_prediction(sha, model) is None:
-                prepared = self._prepare_early(path)
+                prepared = self._prepare_early(path, model)
             time.sleep(max(0.0, settled_at - time.monotonic()))
             try:
                 after = os.stat(path)
             except OSError:
                 file_log.info("%s: vanished before it settled; nothing to do", path)
-                return Outcome("skipped", detail="vanished")
+                return Attempt(Outcome.SKIPPED, detail="vanished")
         if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
             file_log.info("%s: still changing; will be taken once it settles", path)
-            return Outcome("skipped", detail="changing")
-        file_id = self.journal.create(path, root, st.st_size, st.st_mtime_ns, sha, model)
-        return self.process(file_id, prepared)
+            return Attempt(Outcome.CHANGING)
+        with self._lock:  # created and marked busy at once: a look at the journal must not queue it too
+            file_id = self.journal.create(path, root, st.st_size, st.st_mtime_ns, sha, model)
+            self._active_ids.add(file_id)
+        with self._busy(file_id, taken=True):
+            return self._process(file_id, prepared)
 
-    def _prepare_early(self, path: Path) -> PreparedImage | None:
-        client = self.runtime.client
+    def _prepare_early(self, path: Path, model: str) -> PreparedImage | None:
         try:
-            return prepare_image(path, client.max_size, client.jpeg_quality)
+            return self.runtime.client.prepare(str(path), model)
         except ImageError:
             return None  # reported properly once the file has settled
 
     # --- the steps ------------------------------------------------------------------
 
-    def process(self, file_id: int, prepared: PreparedImage | None = None) -> Outcome:
-        """Carry a journaled file from wherever it stopped to a terminal state."""
+    def is_busy(self, file_id: int) -> bool:
+        with self._lock:
+            return file_id in self._active_ids
+
+    def process(self, file_id: int, prepared: PreparedImage | None = None) -> Attempt:
+        """Carry a journaled file from wherever it stopped to a terminal state (or to waiting for review).
+
+        Safe to call twice for the same file, at once too: the second call finds it busy or finished.
+        """
+        with self._busy(file_id) as mine:
+            if not mine:
+                return Attempt(Outcome.SKIPPED, file_id, "already being processed")
+            return self._process(file_id, prepared)
+
+    @contextmanager
+    def _busy(self, file_id: int, taken: bool = False) -> Iterator[bool]:
+        """Mark a file busy for the block (``taken``: marked already); yields False if another worker has it."""
+        with self._lock:
+            if not taken and file_id in self._active_ids:
+                mine = False
+            else:
+                self._active_ids.add(file_id)
+                mine = True
+        try:
+            yield mine
+        finally:
+            if mine:
+                with self._lock:
+                    self._active_ids.discard(file_id)
+
+    def _process(self, file_id: int, prepared: PreparedImage | None) -> Attempt:
         row = self.journal.get(file_id)
-        if row.state in ("done", "unmatched", "failed"):
-            return Outcome(row.state, file_id)
+        if row.state not in (FileState.DETECTED, FileState.CLASSIFIED, FileState.DECIDED):
+            return Attempt(_OUTCOME_OF_STATE.get(row.state, Outcome.SKIPPED), file_id)
         pending_quarantine = self.journal.pending_intent(file_id, _QUARANTINE_SEQ)
         if pending_quarantine is not None:
             return self._fail(row, row.last_error or "failed", resume=pending_quarantine)
         if not os.path.lexists(row.path) and not self.journal.steps(file_id):
             return self._finish_missing(row)
-        if row.state == "detected":
+        if row.state == FileState.DETECTED:
             prediction = self._classify(row, prepared)
             if prediction is None:
                 row = self.journal.get(file_id)
                 return self._fail(row, row.last_error or "classification failed")
-        else:
-            prediction = Prediction.from_json(row.prediction or {})
-        return self._act(self.journal.get(file_id), prediction)
+            return self._act(self.journal.get(file_id), prediction)
+        prediction = self._prediction(row.prediction or {})
+        if row.state == FileState.DECIDED:
+            return self._apply_decision(row, prediction)
+        return self._act(row, prediction)
+
+    def _prediction(self, doc: dict[str, Any]) -> Prediction:
+        return Prediction.from_json(doc, self.runtime.config.roboflow.multi_label_threshold)
 
     def _classify(self, row: FileRow, prepared: PreparedImage | None = None) -> Prediction | None:
         doc = self.journal.cached_prediction(row.sha256, row.model)
-        was_cached = doc is not None
+        support = None  # None: reused for identical content
         if doc is None:
-            doc = self._classify_once_per_content(row, prepared)
-            if doc is None:
+            answer = self._classify_once_per_content(row, prepared)
+            if answer is None:
                 return None
-        doc = dict(doc, image_path=str(row.path))
-        self.journal.classified(row.id, doc, row.sha256, row.model, was_cached)
-        return Prediction.from_json(doc)
+            doc, support = answer
+        prediction = self._prediction(dict(doc, image_path=str(row.path)))
+        self.journal.classified(row.id, prediction.json(), row.sha256, row.model, prediction.summary(), support)
+        return prediction
 
-    def _classify_once_per_content(self, row: FileRow, prepared: PreparedImage | None = None) -> dict[str, Any] | None:
-        """Call the API, unless another worker is already classifying identical content: then wait for it."""
+    def _classify_once_per_content(
+        self, row: FileRow, prepared: PreparedImage | None = None
+    ) -> tuple[dict[str, Any], dict[str, str] | None] | None:
+        """Call the API, unless another worker is already classifying identical content: then wait for it.
+
+        Returns the prediction's JSON and, when this call reached the API, what support needs to find it.
+        """
         key = (row.sha256, row.model)
         while True:
             with self._lock:
@@ -208,7 +315,7 @@ class Pipeline:
             waiter.wait()
             cached = self.journal.cached_prediction(*key)
             if cached is not None:
-                return cached
+                return cached, None
         try:
             self.limiter.acquire()
             started = time.monotonic()
@@ -221,9 +328,9 @@ class Pipeline:
             except (ImageError, ResponseFormatError) as exc:
                 self.journal.attempt_failed(row.id, _reason(exc, row.path))
                 return None
-            except (UnavailableError, AuthError, QuotaError, ModelNotFoundError) as exc:
+            except (UnavailableError, BlockingError) as exc:
                 self.journal.attempt_failed(row.id, redact(str(exc)))
-                raise ApiBlocked(exc, row.id) from None
+                raise ApiBlocked(exc, row.id, row.model) from None
             except ApiError as exc:  # 400, 413 and the like: this image is the problem
                 self.journal.attempt_failed(row.id, f"rejected by the API: {redact(str(exc))}")
                 return None
@@ -232,12 +339,12 @@ class Pipeline:
             doc = prediction.json()
             # Stored before waiters wake, so they find it instead of calling the API again.
             self.journal.store_prediction(row.sha256, row.model, doc)
-            return doc
+            return doc, prediction.support
         finally:
             with self._lock:
                 self._inflight.pop(key).set()
 
-    def _context(self, row: FileRow, prediction: Prediction) -> FileContext:
+    def _context(self, row: FileRow, prediction: Prediction, model_prediction: Prediction | None = None) -> FileContext:
         return FileContext(
             path=row.path,
             source=row.source,
@@ -248,17 +355,55 @@ class Pipeline:
             sha256=row.sha256,
             file_id=row.id,
             dry_run=self.dry_run,
-            _record_produced=lambda p: self.journal.add_produced(p, row.id),
+            model_prediction=model_prediction,
         )
 
-    def _act(self, row: FileRow, prediction: Prediction) -> Outcome:
-        ctx = self._context(row, prediction)
+    def _step(self, row: FileRow, seq: int, owner: str) -> _Step:
+        return _Step(self.journal, self.deliveries, row.id, seq, owner)
+
+    def _run_step(self, ctx: FileContext, row: FileRow, seq: int, rule: str, name: str, owner: str, run: Any) -> Any:
+        """One journaled step: begun (or resumed), run, finished with its deliveries in one transaction.
+
+        ``run(ctx)`` is the action; a step already done is not run again and its recorded result is returned.
+        Raises what the action raised, after recording the step as failed.
+        """
+        done = self.journal.step(row.id, seq)
+        if done is not None and done.state == StepState.DONE:
+            return done.result
+        ctx.resume = self.journal.begin_step(row.id, seq, rule, name)
+        ctx.step = step = self._step(row, seq, owner)
+        before, identity = ctx.path, _identity(ctx.path)
+        try:
+            result = run(ctx)
+        except Exception as exc:
+            reason = f"action {name} (rule {rule!r}) failed: {redact(str(exc)) or type(exc).__name__}"
+            self.journal.finish_step(row.id, seq, False, {"error": reason})
+            raise _StepFailed(reason) from exc
+        finally:
+            ctx.step, ctx.resume = None, None
+        sha256 = None
+        if ctx.path == before and identity is not None and _identity(ctx.path) != identity:
+            # Rewritten in place (metadata embedded): later steps (a move, its recovery) must know it by its content.
+            sha256 = ctx.sha256 = sha256_file(ctx.path)
+        self.journal.finish_step(
+            row.id, seq, True, result, path=ctx.path if ctx.path != before else None, sha256=sha256, also=step.write
+        )
+        if step.queued:
+            self.deliveries.wake()
+        return result
+
+    def _act(
+        self, row: FileRow, prediction: Prediction, model_prediction: Prediction | None = None, first_seq: int = 0
+    ) -> Attempt:
+        """Run the matching rules' actions, from the round's first step (or ``first_seq``) on."""
+        ctx = self._context(row, prediction, model_prediction)
         plugins = self.runtime.plugins
         plugins.call("file_classified", ctx=ctx)
         matches = matching_rules(self.runtime.rules, prediction, row.source)
-        summary = f"{prediction.top or '(none)'} {prediction.confidence:.2f}"
+        summary = prediction.summary()
         if not matches:
-            self.journal.finish(row.id, "unmatched")
+            if not self.dry_run:
+                self.journal.finish(row.id, FileState.UNMATCHED)
             file_log.info(
                 "%s: %s: no rule matched; left in place",
                 row.path,
@@ -266,9 +411,9 @@ class Pipeline:
                 extra={"file": str(row.path), "outcome": "unmatched"},
             )
             plugins.call("file_processed", ctx=ctx)
-            return Outcome("unmatched", row.id)
+            return Attempt(Outcome.UNMATCHED, row.id)
         done: list[str] = []
-        seq = 0
+        seq = (first_seq or row.round_start) - 1
         for rule, matched in matches:
             ctx.rule, ctx.matched_class = rule.name, matched
             for action in rule.actions:
@@ -276,31 +421,19 @@ class Pipeline:
                 if self.dry_run:
                     done.append(f"would {action.describe(ctx)}")
                     continue
-                if self.journal.step_state(row.id, seq) == "done":
-                    ctx.results.append(
-                        {"action": action.name, "ok": True, "result": self.journal.step_result(row.id, seq)}
-                    )
-                    continue
-                ctx.resume = self.journal.begin_step(row.id, seq, rule.name, action.name)
-                ctx._record_intent = lambda detail, _seq=seq: self.journal.record_intent(row.id, _seq, detail)
-                before = ctx.path
                 try:
-                    result = action.run(ctx)
-                except Exception as exc:
-                    reason = (
-                        f"action {action.name} (rule {rule.name!r}) failed: {redact(str(exc)) or type(exc).__name__}"
-                    )
-                    self.journal.finish_step(row.id, seq, False, {"error": reason})
-                    ctx.results.append({"action": action.name, "ok": False, "error": reason})
-                    if not isinstance(exc, (OSError, ValueError)):
-                        log.exception("%s: %s", row.path, reason)
-                    return self._fail(self.journal.get(row.id), reason, ctx=ctx)
-                finally:
-                    ctx.resume = None
-                self.journal.finish_step(row.id, seq, True, result, path=ctx.path if ctx.path != before else None)
+                    result = self._run_step(ctx, row, seq, rule.name, action.name, action.owner, action.run)
+                except _StepFailed as failed:
+                    ctx.results.append({"action": action.name, "ok": False, "error": failed.reason})
+                    if not isinstance(failed.__cause__, (OSError, ValueError)):
+                        log.error("%s: %s", row.path, failed.reason, exc_info=failed.__cause__)
+                    return self._fail(self.journal.get(row.id), failed.reason, ctx=ctx)
                 ctx.results.append({"action": action.name, "ok": True, "result": result})
                 done.append(_describe_result(action.name, result))
-        rules = ", ".join(repr(r.name) for r, _ in matches)
+                if ctx.held is not None:  # a review action: the file waits for a person
+                    return self._hold(row, ctx, summary, done)
+        rule_names = [r.name for r, _ in matches]  # a list in JSON log lines
+        rules = ", ".join(repr(name) for name in rule_names)
         if self.dry_run:
             file_log.info(
                 "%s: %s: rule %s: %s (dry run)",
@@ -308,73 +441,149 @@ class Pipeline:
                 summary,
                 rules,
                 "; ".join(done),
-                extra={"file": str(row.path), "rule": rules, "outcome": "dry-run"},
+                extra={"file": str(row.path), "rule": rule_names, "outcome": "dry-run"},
             )
-            return Outcome("done", row.id, "dry run")
-        self.journal.finish(row.id, "done", path=ctx.path)
+            return Attempt(Outcome.DONE, row.id, "dry run")
+        self.journal.finish(row.id, FileState.DONE, path=ctx.path)
         file_log.info(
             "%s: %s: rule %s: %s",
             row.source,
             summary,
             rules,
             "; ".join(done),
-            extra={"file": str(row.source), "rule": rules, "outcome": "done"},
+            extra={"file": str(row.source), "rule": rule_names, "outcome": "done"},
         )
         plugins.call("file_processed", ctx=ctx)
-        return Outcome("done", row.id)
+        return Attempt(Outcome.DONE, row.id)
+
+    # --- review -----------------------------------------------------------------------
+
+    def _hold(self, row: FileRow, ctx: FileContext, summary: str, done: list[str]) -> Attempt:
+        self.journal.set_state(row.id, FileState.REVIEW, f"waiting for review: {ctx.held}")
+        file_log.info(
+            "%s: %s: rule %r: %s; waiting for review",
+            row.source,
+            summary,
+            ctx.rule,
+            "; ".join(done),
+            extra={"file": str(row.source), "rule": [ctx.rule], "outcome": "review"},
+        )
+        return Attempt(Outcome.REVIEW, row.id)
+
+    def _apply_decision(self, row: FileRow, model_prediction: Prediction) -> Attempt:
+        """A person labelled or rejected a file that waited: apply it once, as journaled steps."""
+        decision = self.decisions.latest(row.id)
+        if decision is None:  # cannot happen: the decision and the state are one transaction
+            return self._fail(row, "a review decision was recorded without its label")
+        if decision.kind == DecisionKind.LABEL:
+            prediction = labelled_prediction(model_prediction, decision.classes, str(row.path))
+        else:
+            prediction = model_prediction
+        ctx = self._context(row, prediction, model_prediction)
+        seq = row.round_start
+        try:
+            self._run_step(ctx, row, seq, "review", "decision", "rfwatch", lambda c: self._decided(c, decision))
+        except _StepFailed as failed:
+            return self._fail(self.journal.get(row.id), failed.reason, ctx=ctx)
+        row = self.journal.get(row.id)
+        if decision.kind == DecisionKind.REJECT:
+            return self._fail(row, "rejected in review", quarantine_seq=seq + 1)
+        return self._act(row, prediction, model_prediction, first_seq=seq + 1)
+
+    def _decided(self, ctx: FileContext, decision: Decision) -> dict[str, Any]:
+        # Plugins act on the decision inside this step: a delivery they queue (an upload of the labelled
+        # image to Roboflow) is written with it, so it is queued exactly once.
+        self.runtime.plugins.call("file_reviewed", ctx=ctx, decision=decision.json())
+        return decision.json()
 
     # --- failure -----------------------------------------------------------------------
 
     def _fail(
-        self, row: FileRow, reason: str, ctx: FileContext | None = None, resume: dict[str, Any] | None = None
-    ) -> Outcome:
-        """A file that cannot be processed: into ``failed:`` if configured, else left in place."""
+        self,
+        row: FileRow,
+        reason: str,
+        ctx: FileContext | None = None,
+        resume: dict[str, Any] | None = None,
+        quarantine_seq: int | None = None,
+    ) -> Attempt:
+        """A file that cannot be processed: into ``failed:`` if configured, else left where it is.
+
+        Only a file still where it was found goes to failed: (``quarantine_seq`` forces it, for a file that
+        a person rejected in review): one that an earlier action already sorted stays there, and
+        ``rfwatch retry`` redoes the failed step.
+        """
         path = row.path
         failed_dir = self.runtime.config.failed
-        # Only a file still where it was found goes to failed/: one that an earlier
-        # action already sorted stays there, and `rfwatch retry` redoes the failed step.
-        untouched = row.path == row.source
+        untouched = row.path == row.source or quarantine_seq is not None
+        seq = _QUARANTINE_SEQ if quarantine_seq is None else quarantine_seq
+        step = self.journal.step(row.id, seq)
+        if step is not None and step.state == StepState.DONE:
+            untouched = False  # moved into failed: already; the crash came before the file's final state
+        elif resume is None and step is not None:
+            resume = step.intent
         if failed_dir is not None and untouched and not self.dry_run and os.path.lexists(path):
             try:
-                path = self._quarantine(row, failed_dir, resume)
+                path = self._quarantine(row, failed_dir, seq, resume)
             except OSError as exc:
                 log.error("%s: could not move into %s: %s", row.path, failed_dir, exc)
         if not self.dry_run:
-            self.journal.finish(row.id, "failed", error=reason, path=path)
+            self.journal.finish(row.id, FileState.FAILED, error=reason, path=path)
         file_log.warning(
             "%s: failed: %s%s",
             row.source,
             reason,
-            f"; moved to {path}" if path != row.path else "",
+            f"; the file is at {path}" if path != row.source else "",
             extra={"file": str(row.source), "outcome": "failed"},
         )
         self.runtime.plugins.call("file_failed", path=path, error=reason)
-        return Outcome("failed", row.id, reason)
+        return Attempt(Outcome.FAILED, row.id, reason)
 
-    def _quarantine(self, row: FileRow, failed_dir: Path, resume: dict[str, Any] | None) -> Path:
+    def _quarantine(self, row: FileRow, failed_dir: Path, seq: int, resume: dict[str, Any] | None) -> Path:
         if resume and resume.get("target"):
             target = Path(resume["target"])
             tmp = Path(resume["tmp"]) if resume.get("tmp") else None
             if recover_placement(row.path, target, tmp, row.sha256, keep_source=False):
-                self.journal.finish_step(row.id, _QUARANTINE_SEQ, True, {"to": str(target)}, path=target)
+                self.journal.finish_step(row.id, seq, True, _moved(row.path, target), path=target)
                 return target
-        self.journal.begin_step(row.id, _QUARANTINE_SEQ, "", "quarantine")
+        self.journal.begin_step(row.id, seq, "", "quarantine")
+        crash_point("quarantine.before_move")
         placed = place_file(
             row.path,
             failed_dir / row.path.name,
             keep_source=False,
             src_hash=row.sha256,
-            record=lambda **d: self.journal.record_intent(row.id, _QUARANTINE_SEQ, dict(src=str(row.path), **d)),
+            record=lambda **d: self.journal.record_intent(row.id, seq, dict(src=str(row.path), **d)),
         )
+        crash_point("quarantine.after_move")
         self.journal.add_produced(placed.path, row.id)
-        self.journal.finish_step(row.id, _QUARANTINE_SEQ, True, {"to": str(placed.path)}, path=placed.path)
+        self.journal.finish_step(row.id, seq, True, _moved(row.path, placed.path), path=placed.path)
         return placed.path
 
-    def _finish_missing(self, row: FileRow) -> Outcome:
+    def _finish_missing(self, row: FileRow) -> Attempt:
         reason = "file disappeared before it was processed"
-        self.journal.finish(row.id, "failed", error=reason)
+        self.journal.finish(row.id, FileState.FAILED, error=reason)
         file_log.warning("%s: %s", row.path, reason, extra={"file": str(row.path), "outcome": "failed"})
-        return Outcome("failed", row.id, reason)
+        return Attempt(Outcome.FAILED, row.id, reason)
+
+
+class _StepFailed(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """(inode, size, mtime): whether a file was rewritten in place since."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _moved(src: Path, dst: Path) -> dict[str, str]:
+    """A quarantine step's result, in the form undo reads for every move."""
+    return {"outcome": "moved", "from": str(src), "to": str(dst)}
 
 
 def _reason(exc: Exception, path: Path) -> str:

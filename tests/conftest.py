@@ -11,6 +11,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from platform_server import PlatformServer  # noqa: E402
 from roboflow_server import VALID_KEY, RoboflowServer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,9 +33,27 @@ def heic_file(samples) -> Path:
     return sorted(p for p in (samples / "heic").iterdir() if p.suffix.lower() in (".heic", ".heif"))[0]
 
 
+@pytest.fixture(autouse=True)
+def _no_systemd_journal(monkeypatch):
+    """Under systemd the log format follows JOURNAL_STREAM: a test run from a unit must see plain logs too."""
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    monkeypatch.delenv("RFWATCH_CRASH_AT", raising=False)
+
+
 @pytest.fixture
 def server():
+    """The inference stand-in, as classify.roboflow.com (v1) answers."""
     srv = RoboflowServer().start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def platform(server):
+    """The platform API stand-in (api.roboflow.com), serving the same account as ``server``."""
+    srv = PlatformServer(catalog=server.catalog).start()
+    server.platform_url = srv.url  # write_config points roboflow.platform_url here
     yield srv
     srv.stop()
 

@@ -22,12 +22,18 @@ from roboflow_server import VALID_KEY
 REPO = Path(__file__).resolve().parents[1]
 
 
+#: A platform API that refuses connections at once (the discard port): tests never reach api.roboflow.com.
+UNREACHABLE_PLATFORM = "http://127.0.0.1:9"
+
+
 def write_config(tmp: Path, server, rules: list | None = None, **extra: Any) -> Path:
     watch = extra.pop("watch", None) or [{"path": "inbox", "settle": extra.pop("settle", 0.2)}]
     doc = {
         "roboflow": {
             "model": extra.pop("model", "colors/1"),
             "api_url": server.url,
+            # The platform stand-in when the test started one (the `platform` fixture), else unreachable.
+            "platform_url": extra.pop("platform_url", getattr(server, "platform_url", UNREACHABLE_PLATFORM)),
             "retries": 3,
             "timeout": extra.pop("timeout", 10),
         },

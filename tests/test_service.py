@@ -124,7 +124,7 @@ def test_ready_is_sent_only_once_the_watches_exist(tmp_path, server):
                 (
                     len(d.watcher._observers),
                     d.watcher.alive(),
-                    d._scanning + d.queue.qsize() + d._busy + sum(d.counts.values()),
+                    d.watcher.scanning() + d.watcher.found + d.queue.qsize() + d._busy + sum(d.counts.values()),
                 )
             )
             super().ready(status)
@@ -158,17 +158,17 @@ def test_status_json_reports_true_counts_and_retry_requeues(tmp_path, server):
     (inbox / "text.jpg").write_text("hello")
     assert run_cli("run", "-c", str(cfg), "--once").returncode == 1
     status = json.loads(run_cli("status", "-c", str(cfg), "--json").stdout)
-    assert status["counts"] == {"detected": 0, "classified": 0, "done": 3, "unmatched": 1, "failed": 2}
+    assert {k: v for k, v in status["counts"].items() if v} == {"done": 3, "unmatched": 1, "failed": 2}
     assert status["backlog"] == 0 and status["model"] == "colors/1"
     assert {Path(f["source"]).name for f in status["last_failed"]} == {"broken.jpg", "text.jpg"}
     assert any("cannot decode image" in f["error"] for f in status["last_failed"])
-    assert "rfwatch.default_plugins.move_copy" in status["plugins"] and status["outbox"] == 0
+    assert "rfwatch.default_plugins.move_copy" in status["plugins"] and status["deliveries_pending"] == {}
     text = run_cli("status", "-c", str(cfg)).stdout
     assert "done 3, unmatched 1, failed 2, backlog 0" in text
     # fix one failed file in place, then retry just that one
     (tmp_path / "failed" / "text.jpg").write_bytes(unique_jpeg(RED, 22))
     out = run_cli("retry", "-c", str(cfg), str(tmp_path / "failed" / "text.jpg"))
-    assert out.returncode == 0 and "1 file(s) will be processed again" in out.stdout
+    assert out.returncode == 0 and "1 file(s) queued again" in out.stdout
     assert run_cli("run", "-c", str(cfg), "--once").returncode == 0
     status = json.loads(run_cli("status", "-c", str(cfg), "--json").stdout)
     assert status["counts"]["failed"] == 1 and status["counts"]["done"] == 4
@@ -208,7 +208,8 @@ def test_a_bad_key_makes_files_wait_and_they_resume_with_a_good_one(tmp_path, se
         d.daemon.gate.permanent_backoff = 0.5
         for i in range(3):
             (tmp_path / "inbox" / f"k{i}.jpg").write_bytes(unique_jpeg(GREEN, 40 + i))
-        wait_for(lambda: d.daemon.gate.reason and "401" in d.daemon.gate.reason, what="401 noticed")
+        # classify.roboflow.com answers 403 for a bad key (and for an unknown model)
+        wait_for(lambda: d.daemon.gate.reason and "HTTP 403" in d.daemon.gate.reason, what="403 noticed")
         time.sleep(1.5)
         assert files_under(tmp_path / "sorted") == [] and not (tmp_path / "failed").exists()
         probes = len(server.inference_requests())
@@ -226,7 +227,7 @@ def test_run_once_with_a_rejected_key_exits_promptly_and_leaves_files(tmp_path, 
     result = run_cli("run", "-c", str(cfg), "--once", env={"ROBOFLOW_API_KEY": "wrong"})
     assert time.monotonic() - started < 20
     assert result.returncode == 3
-    assert "HTTP 401" in result.stderr and "unprocessed files stay for the next run" in result.stderr
+    assert "HTTP 403" in result.stderr and "unprocessed files stay for the next run" in result.stderr
     assert len(files_under(tmp_path / "inbox")) == 5
     assert run_cli("run", "-c", str(cfg), "--once").returncode == 0
     assert len(files_under(tmp_path / "sorted")) == 5
@@ -235,7 +236,8 @@ def test_run_once_with_a_rejected_key_exits_promptly_and_leaves_files(tmp_path, 
 def test_rescan_interval_takes_files_the_watcher_missed(tmp_path, server):
     cfg = write_config(tmp_path, server, rescan_interval=0.5)
     with DaemonThread(cfg) as d:
-        d.daemon.watcher.stop()  # blind, as inotify is on a network share or after lost events
+        for observer in d.daemon.watcher._observers:  # blind, as inotify is on a network share or lost events
+            observer.unschedule_all()
         (tmp_path / "inbox" / "late.jpg").write_bytes(unique_jpeg(RED, 60))
         wait_for(lambda: (tmp_path / "sorted" / "red" / "late.jpg").exists(), timeout=10, what="the reconcile scan")
 
@@ -252,9 +254,13 @@ def test_metrics_endpoint(tmp_path, server):
         wait_for(lambda: (tmp_path / "sorted" / "red" / "m.jpg").exists(), what="sorted")
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert 'rfwatch_files_total{outcome="done"} 1.0' in body
+    # every outcome has its series from the start, at 0
+    assert (
+        'rfwatch_files_total{outcome="failed"} 0.0' in body and 'rfwatch_files_total{outcome="unmatched"} 0.0' in body
+    )
     assert "rfwatch_classify_seconds_count 1.0" in body
     assert "rfwatch_api_retries_total 1.0" in body
-    assert "rfwatch_queue_depth 0.0" in body and "rfwatch_webhook_outbox_depth 0.0" in body
+    assert "rfwatch_queue_depth 0.0" in body and "# TYPE rfwatch_deliveries_pending gauge" in body
     assert re.search(r"rfwatch_last_success_timestamp_seconds \d", body)
 
 

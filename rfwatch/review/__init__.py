@@ -1,0 +1,1 @@
+"""The review page: files a ``review`` action set aside wait here for a person's label (see app.py)."""

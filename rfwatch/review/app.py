@@ -1,0 +1,287 @@
+"""The review page and its JSON API (the one the page itself uses), as a Starlette app.
+
+Routes:
+
+- ``GET /``: the page (plain HTML, CSS and JavaScript from this package; no build step, no CDN);
+- ``GET /api/items``: ``{"items": [{"id", "name", "path", "prediction", "image", "classes", "multi_label"}],
+  "classes": [...], "waiting": n}``, oldest first; ``prediction`` is the documented response JSON and
+  ``image`` the URL of a small upright JPEG of the file;
+- ``GET /api/items/<id>/image``: that JPEG (by the journal's integer id only: never a path);
+- ``POST /api/items/<id>/label`` with ``{"class": "dog"}`` (multi-label: ``{"classes": ["dog", "cat"]}``):
+  200; a class the model does not have: 400; an item already decided: 409; no such item: 404;
+- ``POST /api/items/<id>/reject``: 200 (409, 404 likewise).
+
+Safe by default: served on loopback unless configured otherwise, and then only with a token (a cookie set
+once from ``/?token=``, or ``Authorization: Bearer``). Requests must name this server in ``Host`` (a DNS
+rebinding page cannot borrow it), and a state change needs ``Content-Type: application/json`` and, when the
+browser sends one, a same-origin ``Origin``: an HTML form on another site can send neither, so it cannot
+label or reject files.
+"""
+
+from __future__ import annotations
+
+import hmac
+import importlib.resources
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from ..config import Config
+from ..decisions import AlreadyDecided, DecisionKind, Decisions, NotWaiting
+from ..journal import FileRow, Journal
+from ..prepare import ImageError, prepare_image
+from ..result import Prediction
+
+__all__ = ["create_app", "COOKIE"]
+
+log = logging.getLogger(__name__)
+
+COOKIE = "rfwatch_review"
+THUMBNAIL = 480  # longest side, px
+_STATIC = {"review.js": "text/javascript", "review.css": "text/css"}
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+
+ClassesOf = Callable[[str], "tuple[str, ...] | None"]
+
+
+def _static(name: str) -> bytes:
+    return importlib.resources.files("rfwatch.review").joinpath("static", name).read_bytes()
+
+
+class _Guard(BaseHTTPMiddleware):
+    """Host, token, and cross-site checks in front of every route."""
+
+    def __init__(self, app: Any, config: Config, port: Callable[[], int]):
+        super().__init__(app)
+        self.token = config.review.token
+        self.listen_host = (config.review.listen or "127.0.0.1:0").rpartition(":")[0].strip("[]")
+        self.port = port
+
+    def _host_ok(self, host: str) -> bool:
+        if host.startswith("["):  # an IPv6 literal: [::1]:8765
+            name, _, rest = host[1:].partition("]")
+            port = rest.lstrip(":")
+        else:
+            name, _, port = host.partition(":")
+        if self.listen_host in ("0.0.0.0", "::"):
+            return True  # listening everywhere: any name may reach it (the token is required then)
+        allowed = {self.listen_host, "localhost", "127.0.0.1", "::1"}
+        return name in allowed and (not port or port == str(self.port()))
+
+    def _authorised(self, request: Request) -> bool:
+        if not self.token:
+            return True
+        given = request.cookies.get(COOKIE) or ""
+        auth = request.headers.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            given = auth[7:].strip()
+        return hmac.compare_digest(given.encode(), self.token.encode())
+
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        if not self._host_ok(request.headers.get("host", "")):
+            return _secure(PlainTextResponse("unknown Host", status_code=421))
+        if self.token and request.url.path == "/" and "token" in request.query_params:
+            if not hmac.compare_digest(request.query_params["token"].encode(), self.token.encode()):
+                return _secure(PlainTextResponse("wrong token", status_code=401))
+            # Set once, then the token leaves the address bar (and the browser history) at once.
+            response = RedirectResponse("/", status_code=303)
+            response.set_cookie(COOKIE, self.token, httponly=True, samesite="strict", path="/")
+            return _secure(response)
+        if not self._authorised(request):
+            return _secure(
+                PlainTextResponse(
+                    "a token is required: open the link with ?token=... once (review.token in the config)",
+                    status_code=401,
+                )
+            )
+        if request.method not in ("GET", "HEAD"):
+            problem = _cross_site(request)
+            if problem:
+                return _secure(JSONResponse({"error": problem}, status_code=403))
+        return _secure(await call_next(request))
+
+
+def _cross_site(request: Request) -> str | None:
+    """Why a state-changing request may come from another site, or None."""
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+        return "state changes need Content-Type: application/json"
+    origin = request.headers.get("origin")
+    if origin is not None:
+        parts = urlsplit(origin)
+        if parts.netloc != request.headers.get("host", "") or parts.scheme not in ("http", "https"):
+            return "cross-origin request refused"
+    if request.headers.get("sec-fetch-site") == "cross-site":
+        return "cross-site request refused"
+    return None
+
+
+def _secure(response: Response) -> Response:
+    for k, v in _SECURITY_HEADERS.items():
+        response.headers.setdefault(k, v)
+    if response.headers.get("content-type", "").startswith("application/json"):
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+class ReviewApi:
+    """The routes' logic, over the journal (its own connection: decisions must reach the daemon's)."""
+
+    def __init__(self, config: Config, journal: Journal, classes_of: ClassesOf):
+        self.config = config
+        self.journal = journal
+        self.decisions = Decisions(journal)
+        self.classes_of = classes_of
+        self._thumbs: OrderedDict[tuple[int, int], bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _prediction(self, row: FileRow) -> Prediction:
+        return Prediction.from_json(row.prediction or {}, self.config.roboflow.multi_label_threshold)
+
+    def _classes(self, row: FileRow, prediction: Prediction) -> list[str]:
+        known = self.classes_of(row.model)
+        if known:
+            return list(known)
+        return sorted(s.name for s in prediction.predictions)  # the model's classes as far as its answers show
+
+    def items(self) -> dict[str, Any]:
+        out = []
+        classes: list[str] = []
+        for row in self.decisions.waiting():
+            prediction = self._prediction(row)
+            item_classes = self._classes(row, prediction)
+            classes += [c for c in item_classes if c not in classes]
+            out.append(
+                {
+                    "id": row.id,
+                    "name": row.path.name,
+                    "path": str(row.path),
+                    "prediction": prediction.json(),
+                    "image": f"/api/items/{row.id}/image",
+                    "classes": item_classes,
+                    "multi_label": prediction.multi_label,
+                }
+            )
+        return {"items": out, "classes": classes, "waiting": len(out)}
+
+    def waiting_row(self, file_id: int) -> FileRow | None:
+        row = self.journal.fetch_one("SELECT * FROM files WHERE id=?", (file_id,))
+        return FileRow.from_row(row) if row is not None else None
+
+    def thumbnail(self, row: FileRow) -> bytes:
+        key = (row.id, row.path.stat().st_mtime_ns)
+        with self._lock:
+            if key in self._thumbs:
+                self._thumbs.move_to_end(key)
+                return self._thumbs[key]
+        data = prepare_image(row.path, THUMBNAIL, 80).jpeg
+        with self._lock:
+            self._thumbs[key] = data
+            while len(self._thumbs) > 256:
+                self._thumbs.popitem(last=False)
+        return data
+
+    def decide(self, file_id: int, kind: DecisionKind, body: Any) -> tuple[int, dict[str, Any]]:
+        row = self.waiting_row(file_id)
+        if row is None:
+            return 404, {"error": f"no item {file_id}"}
+        classes: tuple[str, ...] = ()
+        if kind == DecisionKind.LABEL:
+            prediction = self._prediction(row)
+            allowed = self._classes(row, prediction)
+            if not isinstance(body, dict):
+                return 400, {"error": 'expected {"class": "..."} (or {"classes": [...]} for a multi-label model)'}
+            if prediction.multi_label:
+                given = body.get("classes", [body["class"]] if "class" in body else None)
+                if not isinstance(given, list) or not all(isinstance(c, str) for c in given):
+                    return 400, {"error": 'expected {"classes": ["...", ...]} for this multi-label model'}
+            else:
+                given = body.get("class")
+                if not isinstance(given, str):
+                    return 400, {"error": 'expected {"class": "..."}'}
+                given = [given]
+            unknown = [c for c in given if c not in allowed]
+            if unknown:
+                return 400, {"error": f"{unknown[0]!r} is not a class of {row.model} (classes: {', '.join(allowed)})"}
+            classes = tuple(dict.fromkeys(given))
+        try:
+            decision = self.decisions.decide(file_id, kind, classes, by="review page")
+        except AlreadyDecided:
+            return 409, {"error": f"item {file_id} was already decided"}
+        except NotWaiting:
+            return 404, {"error": f"item {file_id} is not waiting for review"}
+        return 200, {"ok": True, "id": file_id, "decision": decision.json()}
+
+
+def create_app(config: Config, journal_path: Path, classes_of: ClassesOf, port: Callable[[], int]) -> Starlette:
+    journal = Journal(journal_path)
+    api = ReviewApi(config, journal, classes_of)
+
+    async def page(request: Request) -> Response:
+        return HTMLResponse(_static("index.html").decode("utf-8"))
+
+    async def static(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in _STATIC:  # a fixed set of the package's own files; nothing else is ever read
+            return PlainTextResponse("not found", status_code=404)
+        return Response(_static(name), media_type=_STATIC[name])
+
+    def items(request: Request) -> Response:
+        return JSONResponse(api.items())
+
+    def image(request: Request) -> Response:
+        row = api.waiting_row(request.path_params["id"])
+        if row is None:
+            return PlainTextResponse("not found", status_code=404)
+        try:
+            data = api.thumbnail(row)
+        except (ImageError, OSError) as exc:
+            log.warning("review: no thumbnail for %s: %s", row.path, exc)
+            return PlainTextResponse("no image", status_code=404)
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=60"})
+
+    async def decide(request: Request, kind: DecisionKind) -> Response:
+        try:
+            body = await request.json() if kind == DecisionKind.LABEL else None
+        except ValueError:
+            return JSONResponse({"error": "the body is not JSON"}, status_code=400)
+        from starlette.concurrency import run_in_threadpool
+
+        status, doc = await run_in_threadpool(api.decide, request.path_params["id"], kind, body)
+        return JSONResponse(doc, status_code=status)
+
+    async def label(request: Request) -> Response:
+        return await decide(request, DecisionKind.LABEL)
+
+    async def reject(request: Request) -> Response:
+        return await decide(request, DecisionKind.REJECT)
+
+    routes = [
+        Route("/", page),
+        Route("/static/{name}", static),
+        Route("/api/items", items),
+        Route("/api/items/{id:int}/image", image),
+        Route("/api/items/{id:int}/label", label, methods=["POST"]),
+        Route("/api/items/{id:int}/reject", reject, methods=["POST"]),
+    ]
+    app = Starlette(routes=routes, middleware=[Middleware(_Guard, config=config, port=port)])
+    app.state.journal = journal
+    return app

@@ -1,0 +1,366 @@
+"""``rfwatch undo``: reverse exactly what rfwatch did, file by file, newest step first; crash-safe.
+
+Each step of a finished file is undone by the action that did it (``undo(ctx, result)``, see
+docs/plugins.md), from its recorded result: a moved file goes back (never replacing anything), a copy or an
+annotated copy is removed while unchanged, keywords come out of the metadata, a webhook receiver gets a
+``file.undone`` event. A move into ``failed:`` is undone here. Every undo step is journaled before it runs,
+with the action's intent, and finished with its deliveries in one transaction, like the steps themselves:
+kill -9 during an undo, run it again, and nothing is lost or done twice. A file undone is left in state
+``undone``, with its history, and is not taken again by a watcher (its path is recorded as produced) until
+``rfwatch retry`` names it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import Config
+from .context import FileContext
+from .crashpoints import crash_point
+from .decisions import DecisionKind, Decisions, labelled_prediction
+from .delivery import Deliveries, QueuedDelivery
+from .fileops import sha256_file
+from .journal import FileRow, Journal, StepRow, path_blob, utf8_text
+from .redact import redact
+from .restore import move_back
+from .result import Prediction
+from .rules import BoundAction, Rule
+from .states import FileState, StepState
+
+__all__ = ["UndoFilter", "Undoer", "FileUndo", "parse_when"]
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS undo_steps (
+    file_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,        -- the step undone
+    action TEXT NOT NULL,
+    state TEXT NOT NULL,         -- pending | done | failed
+    intent TEXT,                 -- what the undo said it was about to do (JSON)
+    result TEXT,                 -- {"outcome": undone | kept | nothing | partial, "detail"} (JSON)
+    updated REAL NOT NULL,
+    PRIMARY KEY (file_id, seq)
+);
+"""
+#: Files in these states can be undone (a file waiting for review too: it goes back from the review folder).
+UNDOABLE = (FileState.DONE, FileState.FAILED, FileState.REVIEW)
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_when(text: str, now: float | None = None) -> float:
+    """``2h``, ``3d``, ``30m`` (that long ago) or an ISO date/time (local time unless it says otherwise)."""
+    now = time.time() if now is None else now
+    m = _DURATION.match(text)
+    if m:
+        return now - float(m.group(1)) * _UNITS[m.group(2)]
+    try:
+        when = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"expected a duration such as 2h or 3d, or a date/time such as 2026-11-27T14:00, got {text!r}"
+        ) from None
+    return when.timestamp()
+
+
+@dataclass(frozen=True)
+class UndoFilter:
+    rule: str | None = None
+    cls: str | None = None
+    since: float | None = None
+    until: float | None = None
+    paths: tuple[Path, ...] = ()
+
+
+@dataclass
+class FileUndo:
+    """What undoing one file came to (one line of ``rfwatch undo``'s output)."""
+
+    row: FileRow
+    lines: list[str] = field(default_factory=list)
+    #: undone | partly undone | nothing to undo | failed
+    outcome: str = "undone"
+    kept: list[str] = field(default_factory=list)
+    nothing: list[str] = field(default_factory=list)
+    no_undo: list[str] = field(default_factory=list)
+
+
+class _UndoStep:
+    """The journal side of one undo step (what ``ctx.intent``/``produced``/``deliver`` record while it runs)."""
+
+    def __init__(self, undoer: Undoer, file_id: int, seq: int, owner: str):
+        self.undoer, self.file_id, self.seq, self.owner = undoer, file_id, seq, owner
+        self.queued: list[QueuedDelivery] = []
+
+    def intent(self, detail: dict[str, Any]) -> None:
+        with self.undoer.journal.transaction() as db:
+            db.execute(
+                "UPDATE undo_steps SET intent=?, updated=? WHERE file_id=? AND seq=?",
+                (json.dumps(detail), time.time(), self.file_id, self.seq),
+            )
+        crash_point("undo.intent")
+
+    def produced(self, path: Path) -> None:
+        self.undoer.journal.add_produced(path, self.file_id)
+
+    def delivery_id(self, parts: tuple[str, ...]) -> str:
+        name = "#".join([str(self.undoer.journal.path), str(self.file_id), f"undo{self.seq}", *parts])
+        return uuid.uuid5(uuid.NAMESPACE_URL, name).hex
+
+    def deliver(self, kind: str, target: str, payload: bytes, key: str) -> bool:
+        if self.undoer.deliveries.is_gone(target):
+            return False
+        self.queued.append(QueuedDelivery(kind, target, payload, key, self.owner))
+        return True
+
+
+class Undoer:
+    def __init__(
+        self,
+        config: Config,
+        journal: Journal,
+        rules: tuple[Rule, ...],
+        actions: dict[str, tuple[Callable[[Any], Any], str]],
+        deliveries: Deliveries,
+        dry_run: bool = False,
+    ):
+        self.config = config
+        self.journal = journal
+        self.rules = rules
+        self.actions = actions
+        self.deliveries = deliveries
+        self.decisions = Decisions(journal)
+        self.dry_run = dry_run
+        journal.ensure_schema(_SCHEMA)
+
+    # --- choosing files ------------------------------------------------------------
+
+    def select(self, f: UndoFilter) -> list[FileRow]:
+        """Finished files matching ``f``, newest first."""
+        marks = ",".join("?" * len(UNDOABLE))
+        sql, args = f"SELECT * FROM files WHERE state IN ({marks})", list(UNDOABLE)
+        if f.since is not None:
+            sql, args = sql + " AND created >= ?", [*args, f.since]
+        if f.until is not None:
+            sql, args = sql + " AND created <= ?", [*args, f.until]
+        if f.rule is not None:
+            sql += " AND (rule=? OR id IN (SELECT file_id FROM steps WHERE rule=?))"
+            args += [f.rule, f.rule]
+        if f.paths:
+            blobs = [path_blob(p) for p in f.paths]
+            holes = ",".join("?" * len(blobs))
+            sql += f" AND (path IN ({holes}) OR source IN ({holes}))"
+            args += blobs + blobs
+        rows = [FileRow.from_row(r) for r in self.journal.fetch_all(sql + " ORDER BY id DESC", tuple(args))]
+        if f.cls is not None:
+            rows = [r for r in rows if f.cls in self._classes(r)]
+        return rows
+
+    def _classes(self, row: FileRow) -> tuple[str, ...]:
+        """The classes the file was sorted by: a person's label, else the model's predicted classes."""
+        decision = self.decisions.latest(row.id)
+        if decision is not None and decision.kind == DecisionKind.LABEL:
+            return decision.classes
+        if not row.prediction:
+            return ()
+        return Prediction.from_json(row.prediction, self.config.roboflow.multi_label_threshold).predicted_classes
+
+    # --- undoing ---------------------------------------------------------------------
+
+    def undo(self, row: FileRow) -> FileUndo:
+        report = FileUndo(row)
+        steps = [s for s in self.journal.steps(row.id) if s.state == StepState.DONE]
+        if not steps:
+            report.outcome = "nothing to undo"
+            report.lines.append("no step to undo")
+            if not self.dry_run:
+                self._finish(row, row.path, report)
+            return report
+        ctx = self._context(row)
+        for step in sorted(steps, key=lambda s: s.seq, reverse=True):  # newest step first
+            try:
+                self._undo_step(ctx, row, step, report)
+            except Exception as exc:
+                report.outcome = "failed"
+                report.lines.append(f"{step.action}: could not be undone: {redact(str(exc)) or type(exc).__name__}")
+                if not isinstance(exc, (OSError, ValueError)):
+                    log.exception("%s: undoing %s failed", row.path, step.action)
+                return report  # the steps before it stay done; running undo again carries on from here
+        if report.no_undo:
+            report.outcome = "partly undone"
+        if not self.dry_run:
+            self._finish(row, ctx.path, report)
+        return report
+
+    def _context(self, row: FileRow) -> FileContext:
+        prediction = Prediction.from_json(row.prediction or {}, self.config.roboflow.multi_label_threshold)
+        decision = self.decisions.latest(row.id)
+        model_prediction = None
+        if decision is not None and decision.kind == DecisionKind.LABEL:
+            model_prediction, prediction = prediction, labelled_prediction(prediction, decision.classes, str(row.path))
+        return FileContext(
+            path=row.path,
+            source=row.source,
+            watch_root=row.watch_root,
+            prediction=prediction,
+            config=self.config,
+            model=row.model,
+            sha256=row.sha256,
+            file_id=row.id,
+            rule=row.rule,
+            model_prediction=model_prediction,
+        )
+
+    def _undo_step(self, ctx: FileContext, row: FileRow, step: StepRow, report: FileUndo) -> None:
+        done = self.journal.fetch_one("SELECT * FROM undo_steps WHERE file_id=? AND seq=?", (row.id, step.seq))
+        if done is not None and done["state"] == StepState.DONE:  # undone by an earlier, interrupted run
+            result = json.loads(done["result"])
+            if result.get("to"):
+                ctx.path = Path(result["to"])
+            self._note(report, step, result)
+            return
+        undo, owner = self._undo_of(step)
+        if undo is None:
+            result = {"outcome": "partial", "detail": f"{step.action} offers no undo"}
+            if not self.dry_run:
+                self._record(row, step, result, None)
+            self._note(report, step, result)
+            return
+        if self.dry_run:
+            report.lines.append(f"{step.action}: would be undone")
+            return
+        resume = self._begin(row, step)
+        ctx.resume, ctx.step, ctx.rule = resume, _UndoStep(self, row.id, step.seq, owner), step.rule
+        recorder = ctx.step
+        before_path, identity = ctx.path, _identity(ctx.path)
+        try:
+            result = undo(ctx, step.result if step.result is not None else {})
+        finally:
+            ctx.resume, ctx.step = None, None
+        if not isinstance(result, dict):
+            result = {"outcome": "undone", "detail": str(result)}
+        if ctx.path != before_path:
+            result.setdefault("to", str(ctx.path))
+        if ctx.path == before_path and identity is not None and _identity(ctx.path) != identity:
+            ctx.sha256 = sha256_file(ctx.path)  # metadata taken out: its content changed
+        self._record(row, step, result, recorder, ctx)
+        self._note(report, step, result)
+
+    def _undo_of(self, step: StepRow) -> tuple[Callable[[FileContext, Any], Any] | None, str]:
+        """The action's ``undo``: from the running config's rules (the same rule first), else a bare instance."""
+        if step.action == "quarantine":
+            return _quarantine_undo, "rfwatch"
+        if step.action == "decision":
+            return (lambda ctx, result: _decision_undo(result)), "rfwatch"
+        bound: list[BoundAction] = [a for r in self.rules if r.name == step.rule for a in r.actions]
+        bound += [a for r in self.rules for a in r.actions]
+        for action in bound:
+            if action.name == step.action and action.undo() is not None:
+                return action.undo(), action.owner
+        factory, owner = self.actions.get(step.action, (None, ""))
+        if factory is not None:
+            try:
+                instance = factory(None)
+            except (ValueError, TypeError):
+                return None, owner
+            return getattr(instance, "undo", None), owner
+        return None, owner
+
+    def _begin(self, row: FileRow, step: StepRow) -> dict[str, Any] | None:
+        with self.journal.transaction() as db:
+            existing = db.execute(
+                "SELECT intent FROM undo_steps WHERE file_id=? AND seq=?", (row.id, step.seq)
+            ).fetchone()
+            if existing is not None:
+                return json.loads(existing["intent"]) if existing["intent"] else None
+            db.execute(
+                "INSERT INTO undo_steps VALUES (?,?,?,?,NULL,NULL,?)",
+                (row.id, step.seq, step.action, StepState.PENDING, time.time()),
+            )
+        crash_point("undo.step_begun")
+        return None
+
+    def _record(
+        self,
+        row: FileRow,
+        step: StepRow,
+        result: dict[str, Any],
+        recorder: _UndoStep | None,
+        ctx: FileContext | None = None,
+    ) -> None:
+        now = time.time()
+        with self.journal.transaction() as db:
+            db.execute(
+                "INSERT INTO undo_steps VALUES (?,?,?,?,NULL,?,?) ON CONFLICT(file_id, seq) DO UPDATE SET"
+                " state=excluded.state, result=excluded.result, updated=excluded.updated",
+                (row.id, step.seq, step.action, StepState.DONE, json.dumps(result, default=str), now),
+            )
+            if ctx is not None:
+                db.execute(
+                    "UPDATE files SET path=?, sha256=?, updated=? WHERE id=?",
+                    (path_blob(ctx.path), ctx.sha256, now, row.id),
+                )
+            if recorder is not None and recorder.queued:
+                self.deliveries.write(db, row.id, recorder.queued)
+            self.journal.event(db, row.id, f"undo {step.action}: {result.get('detail') or result.get('outcome')}", now)
+        crash_point("undo.step_finished")
+        if recorder is not None and recorder.queued:
+            self.deliveries.wake()
+
+    def _note(self, report: FileUndo, step: StepRow, result: dict[str, Any]) -> None:
+        outcome = result.get("outcome")
+        detail = result.get("detail") or outcome
+        if outcome == "partial":
+            report.no_undo.append(step.action)
+        elif outcome == "kept":
+            report.kept.append(detail)
+        elif outcome == "nothing":
+            report.nothing.append(step.action)
+        report.lines.append(f"{step.action}: {detail}")
+
+    def _finish(self, row: FileRow, path: Path, report: FileUndo) -> None:
+        """The file is undone: state ``undone``, where it is now, and recorded so that no watcher takes it."""
+        now = time.time()
+        try:
+            st = path.stat()
+        except OSError:
+            st = None
+        with self.journal.transaction() as db:
+            if st is not None:
+                db.execute("UPDATE files SET size=?, mtime_ns=? WHERE id=?", (st.st_size, st.st_mtime_ns, row.id))
+                self.journal.add_produced(path, row.id, db)
+            db.execute(
+                "UPDATE files SET state=?, path=?, updated=? WHERE id=?",
+                (FileState.UNDONE, path_blob(path), now, row.id),
+            )
+            self.journal.event(db, row.id, utf8_text(f"undone ({report.outcome})") or "undone", now)
+        crash_point("undo.finished")
+
+
+def _quarantine_undo(ctx: FileContext, result: dict[str, Any]) -> dict[str, Any]:
+    if result.get("outcome") != "moved":
+        return {"outcome": "nothing", "detail": "nothing was moved into failed:"}
+    return move_back(ctx, result)
+
+
+def _decision_undo(result: Any) -> dict[str, Any]:
+    # A person's label stays a fact; an image uploaded with it stays in the Roboflow project (delete it there).
+    return {"outcome": "nothing", "detail": "the review decision stays in the history (an uploaded image stays)"}
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
