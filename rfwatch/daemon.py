@@ -28,7 +28,6 @@ from .journal import Journal
 from .metrics import start_metrics
 from .model_facts import FactsCache, ModelFactsService, check_rules, diagnose, models_in_use
 from .pipeline import ApiBlocked, Pipeline, RateLimiter
-from .review.server import ReviewServer
 from .runtime import Runtime, build_runtime, platform_client
 from .sdnotify import Notifier
 from .states import Outcome
@@ -153,7 +152,7 @@ class Daemon:
         self._threads: list[threading.Thread] = []
         self._journal_version = -1
         self._explained: dict[tuple[int, str, str], str | None] = {}
-        self.review: ReviewServer | None = None
+        self.review: Any = None  # a ReviewServer while the page is served
         self.exit_code = 0
         self.counts: collections.Counter[str] = collections.Counter()
         self.watcher = FolderWatcher(self.config.watch, self._enqueue_path, was_taken=self.journal.was_found_at)
@@ -404,6 +403,8 @@ class Daemon:
         if self.progress:
             self._log_above_the_progress_bar()
         if self.config.review.listen and not self.once and not self.dry_run:
+            from .review.server import ReviewServer  # Starlette and uvicorn only when a page is served
+
             try:
                 self.review = ReviewServer(self.config, self.journal.path, self._classes_of).start()
             except OSError as exc:

@@ -320,11 +320,13 @@ class Deliveries:
         if entry is None:
             answer: DeliveryAnswer = Retry(f"no plugin in the running config delivers {delivery.kind!r}")
         else:
+            crash_point("delivery.before_send")
             try:
                 answer = entry[1](delivery)
             except Exception as exc:  # a deliverer that raises is retried like a failed attempt
                 log.exception("plugin %s failed delivering %s", entry[0], delivery.id)
                 answer = Retry(redact(f"{type(exc).__name__}: {exc}"))
+            crash_point("delivery.after_send")
         self._record(delivery, answer)
         return answer
 

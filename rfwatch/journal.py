@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .crashpoints import crash_point
-from .states import ACTIVE_STATES, TERMINAL_STATES, FileState, StepState
+from .states import ACTIVE_STATES, TERMINAL_STATES, UNFINISHED_STATES, FileState, StepState
 
 __all__ = ["Journal", "FileRow", "StepRow"]
 
@@ -268,6 +268,15 @@ class Journal:
             (path_blob(path), size, mtime_ns),
         )
         return FileRow.from_row(row) if row else None
+
+    def unfinished_at(self, path: Path) -> int | None:
+        """The row of a file rfwatch is still working on at ``path`` (any size: a step may have rewritten it)."""
+        marks = ",".join("?" * len(UNFINISHED_STATES))
+        row = self.fetch_one(
+            f"SELECT id FROM files WHERE path=? AND state IN ({marks}) ORDER BY id DESC LIMIT 1",
+            (path_blob(path), *UNFINISHED_STATES),
+        )
+        return row["id"] if row else None
 
     def is_produced(self, path: Path, size: int, mtime_ns: int) -> bool:
         row = self.fetch_one("SELECT size, mtime_ns FROM produced WHERE path=?", (path_blob(path),))

@@ -192,6 +192,11 @@ class Pipeline:
         known = self.journal.known(path, st.st_size, st.st_mtime_ns)
         if known is not None:
             return Attempt(Outcome.SKIPPED, known.id, f"already {known.state}")
+        owner = self.journal.unfinished_at(path)
+        if owner is not None:
+            # rfwatch is still working on the file here (a crash came after a tag rewrote it in place, before
+            # the step was journaled): the journal's row carries it on; it is not a new file.
+            return Attempt(Outcome.SKIPPED, owner, "being processed")
         if self.runtime.plugins.call("ignore_file", path=path):
             file_log.info("%s: ignored by a plugin", path)
             return Attempt(Outcome.SKIPPED, detail="ignored by plugin")
@@ -521,7 +526,8 @@ class Pipeline:
             untouched = False  # moved into failed: already; the crash came before the file's final state
         elif resume is None and step is not None:
             resume = step.intent
-        if failed_dir is not None and untouched and not self.dry_run and os.path.lexists(path):
+        # An interrupted move into failed: is finished even though the file is no longer where it was found.
+        if failed_dir is not None and untouched and not self.dry_run and (os.path.lexists(path) or resume):
             try:
                 path = self._quarantine(row, failed_dir, seq, resume)
             except OSError as exc:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 import sys
 
-__all__ = ["StrEnum", "FileState", "StepState", "Outcome", "ACTIVE_STATES", "TERMINAL_STATES"]
+__all__ = ["StrEnum", "FileState", "StepState", "Outcome", "ACTIVE_STATES", "TERMINAL_STATES", "UNFINISHED_STATES"]
 
 if sys.version_info >= (3, 11):
     from enum import StrEnum
@@ -33,6 +33,8 @@ class FileState(StrEnum):
 #: A worker carries these on; the others wait (for a person, a retry) or are finished.
 ACTIVE_STATES = (FileState.DETECTED, FileState.CLASSIFIED, FileState.DECIDED)
 TERMINAL_STATES = (FileState.DONE, FileState.UNMATCHED, FileState.FAILED, FileState.UNDONE)
+#: rfwatch still owns the file (working on it, or waiting for a person): no watcher takes it as new.
+UNFINISHED_STATES = (*ACTIVE_STATES, FileState.REVIEW)
 
 
 class StepState(StrEnum):

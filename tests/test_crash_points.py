@@ -1,0 +1,356 @@
+"""kill -9 at every named crash point (rfwatch/crashpoints.py), then a restart: nothing lost, nothing twice.
+
+Random kill -9 storms (test_crash.py, test_drills.py) catch a broken recovery only by luck. Here each
+point is hit exactly: ``RFWATCH_CRASH_AT=<point>:<n>`` stops ``rfwatch`` dead (os._exit, no cleanup) the
+n-th time it gets there. The run must really stop there (exit status CRASH_EXIT: a point a scenario never
+reaches fails the test), and the next run must finish the job: every file in exactly one place, whole,
+every step done once (a webhook event has one id and is delivered; an upload is one image), no temporary
+file left. The scenarios together cover every point in POINTS.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import files_under, run_cli, unique_jpeg, write_config
+from metadata_reader import jpeg_parts, read_xmp
+from webhook_receiver import Receiver
+
+from rfwatch.crashpoints import CRASH_EXIT, POINTS
+
+RED, GREEN = (230, 10, 10), (10, 230, 10)
+needs_exiftool = pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool is not installed")
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class Run:
+    """One walk: a fresh folder, a crash at ``point`` (its ``n``-th arrival), then a run that finishes."""
+
+    root: Path
+    server: Any
+    point: str
+    n: int = 1
+    receiver: Receiver = field(default_factory=lambda: Receiver().start())
+    written: dict[str, bytes] = field(default_factory=dict)
+
+    def cli(self, *args: str, crash: bool = False) -> subprocess.CompletedProcess:
+        env = {"RFWATCH_CRASH_AT": f"{self.point}:{self.n}"} if crash else {}
+        return run_cli(*args, env=env, timeout=60)
+
+    def crashed(self, result: subprocess.CompletedProcess) -> None:
+        assert result.returncode == CRASH_EXIT, (
+            f"{self.point}:{self.n} was not reached (exit {result.returncode}): {result.stderr[-1500:]}"
+        )
+        assert f"crash point {self.point} reached" in result.stderr
+
+    def inbox(self, **files: bytes) -> None:
+        (self.root / "inbox").mkdir(exist_ok=True)
+        for name, data in files.items():
+            (self.root / "inbox" / name).write_bytes(data)
+            self.written[name] = data
+
+    def webhook_ids(self) -> dict[str, set[str]]:
+        """Delivered events by (type, file name): each must have exactly one id."""
+        import json
+
+        out: dict[str, set[str]] = {}
+        for d in self.receiver.ok():
+            doc = json.loads(d.body)
+            out.setdefault(f"{doc['type']} {Path(doc['data']['source']).name}", set()).add(d.headers["webhook-id"])
+        return out
+
+    def journal(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.root / "state" / "journal.db")
+
+
+def _once_placed(run: Run, places: dict[str, tuple[str, ...]]) -> None:
+    """Each file written is in exactly one of its expected places (and nowhere else), whole."""
+    found: dict[str, list[Path]] = {}
+    for p in files_under(run.root):
+        if p.suffix in (".xmp", ".db", ".db-wal", ".db-shm", ".yaml", ".jsonl") or "state" in p.parts:
+            continue
+        found.setdefault(_digest(p.read_bytes()), []).append(p)
+    for name, data in run.written.items():
+        where = found.get(_digest(data), [])
+        rel = sorted(str(p.relative_to(run.root)) for p in where)
+        assert rel == sorted(places[name]), f"{run.point}: {name} is at {rel}, expected {places[name]}"
+    leftovers = [p for p in files_under(run.root) if ".rfwatch-tmp" in p.name or p.name.endswith("_exiftool_tmp")]
+    assert not leftovers, f"{run.point}: temporary files left: {leftovers}"
+
+
+def _all_finished(run: Run, expected: dict[str, str] | None = None, content: bool = True) -> None:
+    """Every file finished (as ``expected`` says, by name), and the journal says where each file really is."""
+    rows = run.journal().execute("SELECT source, path, state FROM files").fetchall()
+    states = {Path(os.fsdecode(source)).name: state for source, _, state in rows}
+    assert set(states.values()) <= {"done", "failed", "undone"}, f"{run.point}: unfinished files: {states}"
+    if expected is not None:
+        assert states == expected, f"{run.point}: {states}"
+    for source, path, state in rows:
+        name = Path(os.fsdecode(source)).name
+        where = Path(os.fsdecode(path))
+        data = run.written.get(name)
+        assert where.exists(), f"{run.point}: the journal says {name} is at {where}, which does not exist"
+        if content and data is not None and state != "undone":
+            assert where.read_bytes() == data, f"{run.point}: the journal's path for {name} holds something else"
+
+
+def _walk(points: list[tuple[str, int]], scenario: Callable[[Run], None], tmp_path: Path, server: Any) -> set[str]:
+    """Run ``scenario`` once per point, two at a time (two cores); returns the points walked."""
+
+    def one(point: tuple[str, int]) -> str:
+        root = tmp_path / f"{point[0]}-{point[1]}"
+        root.mkdir()
+        run = Run(root, server, *point)
+        try:
+            scenario(run)
+        finally:
+            run.receiver.stop()
+        return point[0]
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return set(pool.map(one, points))
+
+
+WALKED: set[str] = set()
+
+# --- the scenarios ---------------------------------------------------------------------
+
+SORT_POINTS = [
+    ("journal.created", 1),
+    ("journal.classified", 2),
+    ("journal.step_begun", 1),
+    ("journal.intent", 2),
+    ("journal.step_finished", 2),
+    ("journal.finished", 1),
+    # one file at a time (concurrency 1), in name order: broken.jpg first (into failed:), then green.jpg
+    ("place.before_rename", 1),
+    ("place.before_rename", 2),
+    ("place.after_rename", 1),
+    ("place.after_rename", 2),
+    ("place.after_rename", 3),
+    ("place.after_copy", 1),
+    ("place.after_fsync", 1),
+    ("quarantine.before_move", 1),
+    ("quarantine.after_move", 1),
+    ("delivery.before_enqueue", 1),
+    ("delivery.before_send", 1),
+    ("delivery.after_send", 1),
+]
+
+
+def _sort(run: Run) -> None:
+    rules = [
+        {
+            "name": "all",
+            "then": [
+                {"tag": {"mode": "sidecar"}},
+                {"move": "sorted/{class}/{name}"},
+                {"copy": "copies/{class}/{name}"},
+                {"webhook": {"url": run.receiver.url}},
+            ],
+        }
+    ]
+    cfg = write_config(run.root, run.server, rules=rules, failed="failed", settle=0.05, concurrency=1)
+    run.inbox(**{"red.jpg": unique_jpeg(RED, 1), "green.jpg": unique_jpeg(GREEN, 2), "broken.jpg": b"not a picture"})
+    run.crashed(run.cli("run", "-c", str(cfg), "--once", crash=True))
+    assert run.cli("run", "-c", str(cfg), "--once").returncode in (0, 1)  # 1 if broken.jpg failed in this run
+    _once_placed(
+        run,
+        {
+            "red.jpg": ("copies/red/red.jpg", "sorted/red/red.jpg"),
+            "green.jpg": ("copies/green/green.jpg", "sorted/green/green.jpg"),
+            "broken.jpg": ("failed/broken.jpg",),
+        },
+    )
+    _all_finished(run, {"red.jpg": "done", "green.jpg": "done", "broken.jpg": "failed"})
+    for name, cls in (("red", "red"), ("green", "green")):
+        assert read_xmp(run.root / "sorted" / cls / f"{name}.jpg.xmp")["subject"] == [cls], run.point
+    ids = run.webhook_ids()
+    assert set(ids) == {"file.processed red.jpg", "file.processed green.jpg"}, (run.point, ids)
+    assert all(len(v) == 1 for v in ids.values()), f"{run.point}: an event queued twice: {ids}"
+
+
+@needs_exiftool
+def test_every_crash_point_while_sorting(tmp_path, server, api_key):
+    WALKED.update(_walk(SORT_POINTS, _sort, tmp_path, server))
+
+
+CROSS_FS_POINTS = [
+    ("place.after_copy", 1),
+    ("place.after_fsync", 1),
+    ("place.after_tmp_rename", 1),
+    ("place.after_unlink", 1),
+]
+
+
+def _across(run: Run) -> None:
+    other = Path("/dev/shm") / f"rfwatch-test-{uuid.uuid4().hex[:8]}"
+    try:
+        cfg = write_config(run.root, run.server, rules=[{"then": [{"move": f"{other}/{{class}}/{{name}}"}]}])
+        run.inbox(**{"red.jpg": unique_jpeg(RED, 3)})
+        run.crashed(run.cli("run", "-c", str(cfg), "--once", crash=True))
+        assert run.cli("run", "-c", str(cfg), "--once").returncode == 0
+        moved = other / "red" / "red.jpg"
+        assert moved.read_bytes() == run.written["red.jpg"], run.point
+        assert not (run.root / "inbox" / "red.jpg").exists(), f"{run.point}: the source is still there"
+        assert [p.name for p in files_under(other)] == ["red.jpg"], f"{run.point}: {files_under(other)}"
+        _all_finished(run)
+    finally:
+        shutil.rmtree(other, ignore_errors=True)
+
+
+def test_every_crash_point_moving_across_filesystems(tmp_path, server, api_key):
+    if os.stat(tmp_path).st_dev == os.stat("/dev/shm").st_dev:
+        pytest.skip("/dev/shm is on the same filesystem as the test folder here: no cross-filesystem move")
+    WALKED.update(_walk(CROSS_FS_POINTS, _across, tmp_path, server))
+
+
+EMBED_POINTS = [("tag.before_embed", 1), ("tag.after_embed", 1)]
+
+
+def _embed(run: Run) -> None:
+    cfg = write_config(run.root, run.server, rules=[{"then": [{"tag": {"mode": "embed"}}, {"move": "sorted/{name}"}]}])
+    run.inbox(**{"red.jpg": unique_jpeg(RED, 4, size=(96, 64))})
+    original_scan = jpeg_parts(run.root / "inbox" / "red.jpg")[1]
+    run.crashed(run.cli("run", "-c", str(cfg), "--once", crash=True))
+    assert run.cli("run", "-c", str(cfg), "--once").returncode == 0
+    (moved,) = files_under(run.root / "sorted")
+    assert jpeg_parts(moved)[1] == original_scan, f"{run.point}: the image data changed"
+    assert read_xmp(moved)["subject"] == ["red"], f"{run.point}: {read_xmp(moved)}"
+    assert files_under(run.root / "inbox") == []
+    _all_finished(run, {"red.jpg": "done"}, content=False)  # tagged in place: its metadata changed
+
+
+@needs_exiftool
+def test_every_crash_point_while_embedding(tmp_path, server, api_key):
+    WALKED.update(_walk(EMBED_POINTS, _embed, tmp_path, server))
+
+
+UNDO_POINTS = [
+    ("undo.step_begun", 1),
+    ("undo.intent", 1),
+    ("undo.step_finished", 2),
+    ("undo.finished", 1),
+    ("place.before_rename", 1),
+    ("place.after_rename", 1),
+]
+
+
+def _undo(run: Run) -> None:
+    rules = [
+        {
+            "then": [
+                {"tag": {"mode": "sidecar"}},
+                {"move": "sorted/{class}/{name}"},
+                {"copy": "copies/{name}"},
+                {"webhook": {"url": run.receiver.url}},
+            ]
+        }
+    ]
+    cfg = write_config(run.root, run.server, rules=rules)
+    run.inbox(**{"red.jpg": unique_jpeg(RED, 5), "green.jpg": unique_jpeg(GREEN, 6)})
+    assert run.cli("run", "-c", str(cfg), "--once").returncode == 0
+    run.crashed(run.cli("undo", "-c", str(cfg), crash=True))
+    again = run.cli("undo", "-c", str(cfg))
+    assert again.returncode == 0, again.stdout + again.stderr
+    _once_placed(run, {"red.jpg": ("inbox/red.jpg",), "green.jpg": ("inbox/green.jpg",)})
+    assert not list(run.root.glob("inbox/*.xmp")), f"{run.point}: a sidecar rfwatch created is still there"
+    states = run.journal().execute("SELECT state FROM files").fetchall()
+    assert states == [("undone",), ("undone",)], f"{run.point}: {states}"
+    run.cli("run", "-c", str(cfg), "--once")  # delivers what the undo queued (if it did not) ...
+    _once_placed(run, {"red.jpg": ("inbox/red.jpg",), "green.jpg": ("inbox/green.jpg",)})  # ... and takes nothing
+    ids = run.webhook_ids()
+    undone = {k: v for k, v in ids.items() if k.startswith("file.undone")}
+    assert set(undone) == {"file.undone red.jpg", "file.undone green.jpg"}, (run.point, ids)
+    assert all(len(v) == 1 for v in ids.values()), f"{run.point}: an event queued twice: {ids}"
+
+
+@needs_exiftool
+def test_every_crash_point_while_undoing(tmp_path, server, api_key):
+    WALKED.update(_walk(UNDO_POINTS, _undo, tmp_path, server))
+
+
+REVIEW_POINTS = [
+    ("review.decided", 1),
+    ("journal.step_finished", 1),
+    ("place.before_rename", 1),
+    ("delivery.before_enqueue", 1),
+    ("delivery.before_send", 1),
+    ("delivery.after_send", 1),
+]
+DECIDE = """
+import sys
+from rfwatch.decisions import Decisions, DecisionKind
+from rfwatch.journal import Journal
+j = Journal(sys.argv[1])
+(row,) = Decisions(j).waiting()
+Decisions(j).decide(row.id, DecisionKind.LABEL, ("green",), by="test")
+"""
+
+
+def _review(run: Run) -> None:
+    run.server.classifier = lambda image: {"red": 0.4, "green": 0.35, "blue": 0.25}  # the model is unsure
+    rules = [
+        {"name": "unsure", "when": {"max_confidence": 0.6}, "then": [{"review": "review/{name}"}]},
+        {"name": "sorted", "then": [{"move": "sorted/{class}/{name}"}]},
+    ]
+    cfg = write_config(run.root, run.server, rules=rules, review={"upload": {"project": "colors", "tags": ["rfwatch"]}})
+    run.inbox(**{"photo.jpg": unique_jpeg(RED, 7)})
+    assert run.cli("run", "-c", str(cfg), "--once").returncode == 0
+    assert (run.root / "review" / "photo.jpg").exists()
+    journal = str(run.root / "state" / "journal.db")
+    env = dict(os.environ)
+    if run.point == "review.decided":  # the process that records the decision (a review page) dies
+        env["RFWATCH_CRASH_AT"] = f"{run.point}:{run.n}"
+        decided = subprocess.run([sys.executable, "-c", DECIDE, journal], env=env, capture_output=True, text=True)
+        run.crashed(decided)
+    else:
+        subprocess.run([sys.executable, "-c", DECIDE, journal], env=env, check=True, timeout=60)
+        run.crashed(run.cli("run", "-c", str(cfg), "--once", crash=True))
+    assert run.cli("run", "-c", str(cfg), "--once").returncode == 0
+    _once_placed(run, {"photo.jpg": ("sorted/green/photo.jpg",)})
+    _all_finished(run)
+    platform = run.server.platform
+    uploads = platform.uploads.get("colors", [])
+    assert len({u["id"] for u in uploads}) == 1, f"{run.point}: {uploads}"
+    assert list(platform.annotations["colors"].values()) == ["green"], run.point
+
+
+def test_every_crash_point_while_applying_a_review_decision(tmp_path, server, platform, api_key):
+    server.platform = platform
+    WALKED.update(_walk(REVIEW_POINTS, _review, tmp_path, server))
+
+
+def test_the_walk_covers_every_crash_point():
+    """Runs last in this file: each point of rfwatch/crashpoints.py was walked by a scenario above."""
+    if len(WALKED) < 2:
+        pytest.skip("run with the walks above (not alone)")
+    skipped = set(POINTS) - WALKED
+    walkable = {p for _, group in _GROUPS for p, _ in group}
+    assert walkable == set(POINTS), f"points no scenario walks: {set(POINTS) - walkable}"
+    assert not skipped - {p for p, _ in CROSS_FS_POINTS}, f"points not walked: {skipped}"
+
+
+_GROUPS = [
+    ("sort", SORT_POINTS),
+    ("across", CROSS_FS_POINTS),
+    ("embed", EMBED_POINTS),
+    ("undo", UNDO_POINTS),
+    ("review", REVIEW_POINTS),
+]
