@@ -313,7 +313,8 @@ def _roboflow(sec: _Section, resolve: Any) -> RoboflowConfig:
     api_url = sec.str("api_url", DEFAULT_API_URL) or DEFAULT_API_URL
     if not api_url.startswith(("http://", "https://")):
         raise ConfigError(f"{sec.path_of('api_url')}: expected an http:// or https:// URL, got {_show(api_url)}")
-    platform_url = sec.str("platform_url", DEFAULT_PLATFORM_URL) or DEFAULT_PLATFORM_URL
+    # Like the key: the environment when the config does not say ($ROBOFLOW_PLATFORM_URL).
+    platform_url = sec.str("platform_url") or os.environ.get("ROBOFLOW_PLATFORM_URL") or DEFAULT_PLATFORM_URL
     if not platform_url.startswith(("http://", "https://")):
         raise ConfigError(
             f"{sec.path_of('platform_url')}: expected an http:// or https:// URL, got {_show(platform_url)}"

@@ -169,13 +169,17 @@ class Daemon:
 
     # --- knowing the model -----------------------------------------------------------
 
-    #: At start-up, how long to wait for facts rfwatch never fetched before, when rules name classes.
+    #: At start-up, how long to wait for facts rfwatch never fetched before (see _check_rule_classes).
     FACTS_WAIT = 3.0
 
     def _check_rule_classes(self, config: Config, wait: bool, force: bool = False) -> None:
         """Refuse rules that name a class the model does not have (ConfigError); warn when it cannot tell."""
         models = models_in_use(config)
-        needed = any(r.when.classes for r in config.rules) and any(self.facts.get(m) is None for m in models)
+        # Worth a short wait at start for facts never fetched: rules name classes to check, or uploads are to
+        # be sized to the model. A refused connection answers at once; only a platform that answers slowly
+        # costs up to FACTS_WAIT, once (afterwards they are cached, or it has been found unreachable).
+        wanted = any(r.when.classes for r in config.rules) or not config.roboflow.max_size_set
+        needed = wanted and any(self.facts.get(m) is None for m in models)
         self.facts.refresh(models, force=force, wait=self.FACTS_WAIT if wait and needed else 0.0)
         problems, unchecked = check_rules(config, self.facts.get)
         if problems:

@@ -114,7 +114,7 @@ def file_failed(path: Path, error: str) -> None:
 def status_lines(config: Config, deliveries: Deliveries) -> list[str] | None:
     """Lines this plugin adds to ``rfwatch status`` (and ``status --json``, under ``plugins_status``).
 
-    Called in the ``status`` command's process, not the daemon's. ``deliveries`` reads the outbox:
+    Called in the ``status`` command's process, not the daemon's. ``deliveries`` reads what waits for delivery:
     ``pending_by_plugin()``, ``gone_targets(kind)``, ``failing(kind)``. Return a list of strings, or None.
     """
 

@@ -204,6 +204,7 @@ def rfwatch_cmd(*args: str) -> list[str]:
 def run_cli(
     *args: str, env: dict[str, str] | None = None, timeout: float = 120, **kw: Any
 ) -> subprocess.CompletedProcess:
-    full_env = dict(os.environ, ROBOFLOW_API_KEY=VALID_KEY)
+    # Never api.roboflow.com from a test: a command without a config asks this (refused at once) instead.
+    full_env = dict(os.environ, ROBOFLOW_API_KEY=VALID_KEY, ROBOFLOW_PLATFORM_URL=UNREACHABLE_PLATFORM)
     full_env.update(env or {})
     return subprocess.run(rfwatch_cmd(*args), capture_output=True, text=True, env=full_env, timeout=timeout, **kw)

@@ -1,0 +1,261 @@
+"""Knowing the model: facts from the platform API (stand-in: tests/platform_server.py), uploads sized to
+the model's input, rules checked against its classes, a bad key told from a bad model, and exiftool kept
+running for tagging."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import time
+
+import pytest
+import yaml
+from catalog import Project, resize, static_crop
+from helpers import DaemonProcess, DaemonThread, files_under, run_cli, unique_jpeg, wait_for, write_config
+from metadata_reader import read_xmp
+from PIL import Image
+
+from rfwatch.sizing import LETTERBOX_FORMATS, UploadSize
+
+RED = (230, 10, 10)
+needs_exiftool = pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool is not installed")
+
+
+@pytest.fixture(autouse=True)
+def _key(api_key):
+    return api_key
+
+
+def photo(path, size=(1200, 900), color=RED):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path, "JPEG", quality=90)
+    return path
+
+
+# --- sizing, unit level ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fmt,expected",
+    [
+        ("Stretch to", (299, 224)),  # both sides must cover 224: the short side decides
+        ("Fill (with center crop) in", (299, 224)),  # scaled to cover, then cropped: the same
+        ("Fit (black edges) in", (224, 168)),  # letterbox: fits inside, the long side decides
+        ("Fit (white edges) in", (224, 168)),
+        ("Fit (grey edges) in", (224, 168)),
+        ("Fit (reflect edges) in", (299, 224)),  # applied as a stretch by the older engine: cover both
+        ("Fit within", (299, 224)),  # ditto
+        ("Some future format", (299, 224)),
+    ],
+)
+def test_the_upload_covers_the_input_for_each_resize_format(fmt, expected):
+    size = UploadSize(max_size=1024, model_input=(224, 224), letterbox=fmt in LETTERBOX_FORMATS)
+    assert size.target((4000, 3000)) == expected
+    assert size.target((3000, 4000)) == expected[::-1]
+
+
+def test_a_static_crop_is_taken_into_account_and_limits_hold():
+    crop = UploadSize(max_size=1024, model_input=(224, 224), crop=(10, 10, 90, 90))
+    w, h = crop.target((4000, 3000))
+    # what the server keeps after its crop (int() of each percentage) still covers 224x224
+    assert int(0.9 * w) - int(0.1 * w) >= 224 and int(0.9 * h) - int(0.1 * h) >= 224
+    assert (w, h) == (374, 280)
+    assert UploadSize(max_size=1024, model_input=(224, 224)).target((200, 150)) == (200, 150)  # never enlarged
+    assert UploadSize(max_size=256, model_input=(640, 640)).target((4000, 3000)) == (256, 192)  # never above max
+
+
+# --- facts, end to end -------------------------------------------------------------------------------------
+
+
+def test_facts_are_fetched_cached_and_size_the_uploads(tmp_path, server, platform):
+    cfg = write_config(tmp_path, server, model="colors/2")  # 224x224, "Stretch to"
+    photo(tmp_path / "inbox" / "a.jpg")
+    assert run_cli("run", "-c", str(cfg), "--once").returncode == 0
+    assert server.inference_requests()[-1].image.size == (299, 224)
+    db = sqlite3.connect(tmp_path / "state" / "journal.db")
+    (facts,) = [json.loads(f) for (f,) in db.execute("SELECT facts FROM model_facts")]
+    assert facts["model"] == "colors/2" and facts["classes"] == ["red", "green", "blue"]
+    assert facts["resize"] == {"width": 224, "height": 224, "format": "Stretch to"}
+    asked = len(platform.requests)
+    photo(tmp_path / "inbox" / "b.jpg")
+    assert run_cli("run", "-c", str(cfg), "--once").returncode == 0
+    assert len(platform.requests) == asked, "cached facts (fresh for a day) were asked for again"
+    assert server.inference_requests()[-1].image.size == (299, 224)
+    shown = run_cli("model", "-c", str(cfg)).stdout
+    assert "classes (3): red, green, blue" in shown and "input: 224x224, Stretch to" in shown
+    assert "299x224" in shown
+    platform.down()
+    shown = run_cli("model", "-c", str(cfg), "--json")
+    doc = json.loads(shown.stdout)
+    assert doc["classes"] == ["red", "green", "blue"] and "from the journal's cache" in doc["how"]
+
+
+def test_a_static_crop_and_a_letterbox_model(tmp_path, server, platform):
+    cfg = write_config(tmp_path, server, model="colors/3")  # crop 25..75 %, then 320x320 "Fit (black edges) in"
+    photo(tmp_path / "inbox" / "a.jpg", size=(1600, 1200))
+    assert run_cli("run", "-c", str(cfg), "--once").returncode == 0
+    w, h = server.inference_requests()[-1].image.size
+    assert (w, h) == (640, 480)  # the middle half (320x240) covers the letterboxed input's long side
+    assert int(0.75 * w) - int(0.25 * w) >= 320
+
+
+def test_an_explicit_max_size_decides_alone(tmp_path, server, platform):
+    cfg = write_config(tmp_path, server, model="colors/2")
+    doc = yaml.safe_load(cfg.read_text())
+    doc["roboflow"]["max_size"] = 600
+    cfg.write_text(yaml.safe_dump(doc))
+    photo(tmp_path / "inbox" / "a.jpg")
+    run_cli("run", "-c", str(cfg), "--once")
+    assert server.inference_requests()[-1].image.size == (600, 450)
+    out = run_cli(
+        "classify",
+        "--api-url",
+        server.url,
+        "--model",
+        "colors/2",
+        "--max-size",
+        "400",
+        str(photo(tmp_path / "b.jpg")),
+        env={"ROBOFLOW_PLATFORM_URL": platform.url},
+    )
+    assert out.returncode == 0
+    # at most 400 (a JPEG is decoded at 1/4 scale when that leaves 3/4 of max_size or more), never the 299x224
+    # the model's input would call for
+    assert server.inference_requests()[-1].image.size in ((400, 300), (300, 225))
+
+
+def test_an_unreachable_platform_delays_nothing_and_warns_once(tmp_path, server, platform):
+    cfg = write_config(tmp_path, server, model="colors/2", concurrency=2)
+    platform.delay = 30  # a firewall that drops packets: nothing answers
+    for i in range(4):
+        photo(tmp_path / "inbox" / f"p{i}.jpg", color=(230, 10 + i, 10))
+    started = time.monotonic()
+    result = run_cli("run", "-c", str(cfg), "--once")
+    took = time.monotonic() - started
+    assert result.returncode == 0 and len(files_under(tmp_path / "sorted")) == 4
+    assert took < 10, f"{took:.1f}s: the run waited for the platform"
+    assert result.stderr.count("could not ask the platform API") <= 1
+    assert all(max(r.image.size) == 1024 for r in server.inference_requests()), "max_size when the input is unknown"
+
+
+def test_a_typo_in_a_rule_class_is_refused_with_a_hint(tmp_path, server, platform):
+    rules = [{"name": "pets", "when": {"class": "gren"}, "then": [{"move": "g/{name}"}]}]
+    cfg = write_config(tmp_path, server, model="colors/2", rules=rules)
+    check = run_cli("check", "-c", str(cfg))
+    hint = "rule 'pets': class 'gren' is not a class of colors/2 (did you mean 'green'?)"
+    assert check.returncode == 2 and hint in check.stderr
+    run = run_cli("run", "-c", str(cfg), "--once")
+    assert run.returncode == 2 and hint in run.stderr
+    platform.down()  # unreachable: the classes cannot be checked, and a warning says so
+    check = run_cli("check", "-c", str(cfg))
+    assert check.returncode == 0, check.stderr
+    assert "the classes named in rules were not checked" in check.stdout
+
+
+def test_a_reload_with_a_typo_in_a_class_keeps_the_running_config(tmp_path, server, platform):
+    rules = [{"name": "reds", "when": {"class": "red"}, "then": [{"move": "reds/{name}"}]}]
+    cfg = write_config(tmp_path, server, model="colors/2", rules=rules)
+    log = tmp_path / "daemon.log"
+    with DaemonProcess(cfg, log) as d:
+        d.wait_ready()
+        doc = yaml.safe_load(cfg.read_text())
+        doc["rules"][0]["when"]["class"] = "rde"
+        cfg.write_text(yaml.safe_dump(doc))
+        d.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: b"reload failed, keeping the running config" in log.read_bytes(), what="refused reload")
+        assert b"class 'rde' is not a class of colors/2 (did you mean 'red'?)" in log.read_bytes()
+        photo(tmp_path / "inbox" / "a.jpg")
+        wait_for(lambda: (tmp_path / "reds" / "a.jpg").exists(), what="the old rule still at work")
+        assert d.terminate() == 0
+
+
+@pytest.mark.parametrize("profile", ["v1", "self-hosted"])
+def test_a_403_is_explained_both_ways(tmp_path, server, platform, profile):
+    """classify.roboflow.com and self-hosted servers answer 403 for a bad key and for an unknown model."""
+    from roboflow_server import RoboflowServer
+
+    inference = RoboflowServer(profile=profile, catalog=server.catalog).start()
+    try:
+        a = photo(tmp_path / "a.jpg")
+        env = {"ROBOFLOW_PLATFORM_URL": platform.url}
+        base = ["classify", "--api-url", inference.url]
+        bad_key = run_cli(*base, "--model", "colors/2", str(a), env=dict(env, ROBOFLOW_API_KEY="wrong-key"))
+        assert bad_key.returncode == 1 and "HTTP 403" in bad_key.stderr
+        assert "the API key is not valid" in bad_key.stderr
+        bad_model = run_cli(*base, "--model", "colors/9", str(a), env=env)
+        assert "HTTP 403" in bad_model.stderr and "the API key is not valid" not in bad_model.stderr
+        assert "the key is valid (workspace 'acme') but project 'colors' has no version 9 (its versions: 1, 2, 3)" in (
+            bad_model.stderr
+        )
+        no_project = run_cli(*base, "--model", "colours/1", str(a), env=env)
+        assert "has no project 'colours'" in no_project.stderr
+        # the daemon says it too, while the files wait (and run --once when it stops)
+        cfg = write_config(tmp_path, inference, model="colors/9", platform_url=platform.url)
+        photo(tmp_path / "inbox" / "b.jpg")
+        once = run_cli("run", "-c", str(cfg), "--once")
+        assert once.returncode == 3 and "project 'colors' has no version 9" in once.stderr
+        with DaemonThread(cfg) as d:
+            wait_for(lambda: "has no version 9" in (d.daemon.gate.reason or ""), what="the gate's reason")
+            assert "has no version 9" in d.daemon.status_line()
+    finally:
+        inference.stop()
+
+
+def test_check_reports_a_refused_key(tmp_path, server, platform):
+    cfg = write_config(tmp_path, server, model="colors/2")
+    check = run_cli("check", "-c", str(cfg), env={"ROBOFLOW_API_KEY": "wrong-key"})
+    assert (
+        check.returncode == 2
+        and "roboflow.api_key: the platform" in check.stderr
+        and "refuses the key" in (check.stderr)
+    )
+    good = run_cli("check", "-c", str(cfg))
+    assert good.returncode == 0 and "api key: valid (workspace 'acme')" in good.stdout
+    assert "model colors/2: classification, 3 classes, input 224x224 (Stretch to)" in good.stdout
+
+
+def test_a_workspace_in_the_model_id_is_used_as_it_is(tmp_path, server, platform):
+    server.catalog.add(Project("shapes", classes=["round", "square"], versions={4: {"resize": resize(96, 64)}}))
+    cfg = write_config(tmp_path, server, model="acme/shapes/4")
+    photo(tmp_path / "inbox" / "a.jpg")
+    run_cli("run", "-c", str(cfg), "--once")
+    assert server.inference_requests()[-1].path == "/shapes/4"
+    assert server.inference_requests()[-1].image.size == (96, 72)  # covers 96x64, "Stretch to"
+    assert not any(r.path == "/" for r in platform.requests), "the workspace was named: no need to ask"
+
+
+def test_static_crop_facts_parse_from_the_platforms_strings(tmp_path, server, platform):
+    server.catalog.add(
+        Project("scans", classes=["a", "b"], versions={1: {"static-crop": static_crop(0, 50, 100, 100)}})
+    )
+    cfg = write_config(tmp_path, server, model="scans/1")
+    shown = json.loads(run_cli("model", "-c", str(cfg), "--json").stdout)
+    assert shown["static_crop"] == [0, 50, 100, 100] and shown["resize"] is None
+
+
+# --- exiftool kept running --------------------------------------------------------------------------------
+
+
+@needs_exiftool
+def test_the_exiftool_pool_survives_a_killed_exiftool_and_a_newline_in_a_name(tmp_path, server):
+    from rfwatch.plugin import exiftool_pool
+
+    cfg = write_config(tmp_path, server, rules=[{"then": [{"tag": {"mode": "embed"}}, {"move": "sorted/{name}"}]}])
+    with DaemonThread(cfg):
+        (tmp_path / "inbox" / "one.jpg").write_bytes(unique_jpeg(RED, 1))
+        wait_for(lambda: (tmp_path / "sorted" / "one.jpg").exists(), what="one tagged")
+        pids = [t.pid for t in exiftool_pool().tools if t.pid]
+        assert pids, "the tag went through the pool"
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)  # exiftool dies between two files
+        (tmp_path / "inbox" / "two.jpg").write_bytes(unique_jpeg(RED, 2))
+        (tmp_path / "inbox" / "new\nline.jpg").write_bytes(unique_jpeg(RED, 3))  # argfiles cannot carry it
+        wait_for(lambda: len(files_under(tmp_path / "sorted")) == 3, what="two more tagged")
+        assert not set(t.pid for t in exiftool_pool().tools if t.pid) & set(pids), "a new exiftool took over"
+    for name in ("one.jpg", "two.jpg", "new_line.jpg"):
+        assert read_xmp(tmp_path / "sorted" / name)["subject"] == ["red"], name
+    db = sqlite3.connect(tmp_path / "state" / "journal.db")
+    assert db.execute("SELECT state, COUNT(*) FROM files GROUP BY state").fetchall() == [("done", 3)]
