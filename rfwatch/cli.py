@@ -1,6 +1,8 @@
-"""Command line: ``rfwatch classify|check|run|plugins|status|retry|history``.
+"""Command line: ``rfwatch classify|check|model`` here; the journal's commands (run, status, retry,
+undo, review, history, prune, plugins) in rfwatch/commands.py.
 
-Exit codes: 0 success, 1 some input failed, 2 usage or configuration error.
+Exit codes: 0 success, 1 some input failed, 2 usage or configuration error (3: ``run --once`` stopped
+because the API refused to work).
 """
 
 from __future__ import annotations
