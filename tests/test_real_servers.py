@@ -275,3 +275,18 @@ def test_status_names_every_model_in_use(tmp_path, server):
     assert status["models"] == ["colors/1", "tags/1"]
     db = sqlite3.connect(tmp_path / "state" / "journal.db")
     assert db.execute("SELECT COUNT(*) FROM files WHERE state='done'").fetchone()[0] == 1
+
+
+def test_classify_saves_an_annotated_copy_of_a_url(tmp_path, server, samples):
+    server.files["cat.jpg"] = (samples / "jpg" / "orientation" / "portrait_6.jpg").read_bytes()
+    url = f"{server.url}/files/cat.jpg"  # http:// on a bare IP: the hosted servers would refuse it as image=
+    out = run_cli("classify", "--api-url", server.url, "--model", "colors/1", "--save", str(tmp_path / "o.jpg"), url)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["image_path"] == url
+    with Image.open(tmp_path / "o.jpg") as saved:
+        assert saved.height > saved.width, "drawn on the upright picture"
+    missing = run_cli("classify", "--api-url", server.url, "--model", "colors/1", f"{server.url}/files/nope.jpg")
+    assert (
+        missing.returncode == 1
+        and missing.stderr.strip() == f"rfwatch: {server.url}/files/nope.jpg: cannot fetch: HTTP 404 Not Found"
+    )
