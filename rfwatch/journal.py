@@ -279,8 +279,9 @@ class Journal:
         return row["id"] if row else None
 
     def is_produced(self, path: Path, size: int, mtime_ns: int) -> bool:
+        """Whether rfwatch wrote this very file; a mark with size -1 holds whatever is there (an undo at work)."""
         row = self.fetch_one("SELECT size, mtime_ns FROM produced WHERE path=?", (path_blob(path),))
-        return row is not None and row["size"] == size and row["mtime_ns"] == mtime_ns
+        return row is not None and (row["size"] == -1 or (row["size"] == size and row["mtime_ns"] == mtime_ns))
 
     def active_ids(self) -> list[int]:
         """Files a worker should carry on with (new, classified, or with a person's decision to apply)."""

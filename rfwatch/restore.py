@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .context import FileContext
-from .fileops import ConflictMode, place_file, recover_placement
+from .fileops import ConflictMode, place_file, recover_placement, sha256_file
 
 __all__ = ["move_back", "copy_back"]
 
@@ -51,12 +51,31 @@ def move_back(ctx: FileContext, result: dict[str, Any]) -> dict[str, Any]:
 
 
 def copy_back(ctx: FileContext, result: dict[str, Any]) -> dict[str, Any]:
-    """Undo a ``dedupe`` that dropped the file as a duplicate: a copy of the identical content goes back."""
-    wanted = Path(result["from"])
-    placed = place_file(Path(result["to"]), wanted, keep_source=True, on_conflict=ConflictMode.RENAME)
-    ctx.path = placed.path
-    ctx.produced(placed.path)
-    detail = f"the dropped duplicate is back at {placed.path}"
-    if placed.path != wanted:
+    """Undo a ``dedupe`` that dropped the file as a duplicate: a copy of the identical content goes back.
+
+    Journaled like a move back: a crash after the copy is in place finishes it instead of making a second one.
+    """
+    wanted, kept = Path(result["from"]), Path(result["to"])
+    resumed = ctx.resume or {}
+    now_at: Path | None = None
+    if resumed.get("target") and resumed.get("src") == str(kept) and resumed.get("sha256"):
+        target = Path(resumed["target"])
+        tmp = Path(resumed["tmp"]) if resumed.get("tmp") else None
+        if recover_placement(kept, target, tmp, resumed["sha256"], keep_source=True):
+            now_at, ctx.sha256 = target, resumed["sha256"]
+    if now_at is None:
+        content = sha256_file(kept)
+
+        def record(**detail: Any) -> None:
+            ctx.intent(src=str(kept), sha256=content, **detail)
+
+        placed = place_file(
+            kept, wanted, keep_source=True, on_conflict=ConflictMode.RENAME, src_hash=content, record=record
+        )
+        now_at, ctx.sha256 = placed.path, content
+    ctx.path = now_at
+    ctx.produced(now_at)
+    detail = f"the dropped duplicate is back at {now_at}"
+    if now_at != wanted:
         detail += f" ({wanted} is taken by other content)"
-    return {"outcome": "undone", "detail": detail, "to": str(placed.path)}
+    return {"outcome": "undone", "detail": detail, "to": str(now_at)}

@@ -45,7 +45,7 @@ CREATE TABLE IF NOT EXISTS undo_steps (
     file_id INTEGER NOT NULL,
     seq INTEGER NOT NULL,        -- the step undone
     action TEXT NOT NULL,
-    state TEXT NOT NULL,         -- pending | done | failed
+    state TEXT NOT NULL,         -- pending | done | failed | closed (done, and the file was undone since)
     intent TEXT,                 -- what the undo said it was about to do (JSON)
     result TEXT,                 -- {"outcome": undone | kept | nothing | partial, "detail"} (JSON)
     updated REAL NOT NULL,
@@ -56,6 +56,9 @@ CREATE TABLE IF NOT EXISTS undo_steps (
 UNDOABLE = (FileState.DONE, FileState.FAILED, FileState.REVIEW)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+#: An undo step of a file that was undone since: a retry ran the rules again, and a later undo reverses
+#: only the new round's steps (and any earlier step not undone yet), never these again.
+_CLOSED = "closed"
 
 
 def parse_when(text: str, now: float | None = None) -> float:
@@ -108,10 +111,13 @@ class _UndoStep:
                 "UPDATE undo_steps SET intent=?, updated=? WHERE file_id=? AND seq=?",
                 (json.dumps(detail), time.time(), self.file_id, self.seq),
             )
+            if isinstance(detail.get("target"), str):  # about to put the file there (place_file's intent)
+                _claim(db, Path(detail["target"]), self.file_id)
         crash_point("undo.intent")
 
     def produced(self, path: Path) -> None:
-        self.undoer.journal.add_produced(path, self.file_id)
+        with self.undoer.journal.transaction() as db:
+            _claim(db, path, self.file_id)
 
     def delivery_id(self, parts: tuple[str, ...]) -> str:
         name = "#".join([str(self.undoer.journal.path), str(self.file_id), f"undo{self.seq}", *parts])
@@ -179,7 +185,11 @@ class Undoer:
 
     def undo(self, row: FileRow) -> FileUndo:
         report = FileUndo(row)
-        steps = [s for s in self.journal.steps(row.id) if s.state == StepState.DONE]
+        closed = {
+            r["seq"]
+            for r in self.journal.fetch_all("SELECT seq FROM undo_steps WHERE file_id=? AND state=?", (row.id, _CLOSED))
+        }
+        steps = [s for s in self.journal.steps(row.id) if s.state == StepState.DONE and s.seq not in closed]
         if not steps:
             report.outcome = "nothing to undo"
             report.lines.append("no step to undo")
@@ -203,7 +213,9 @@ class Undoer:
         return report
 
     def _context(self, row: FileRow) -> FileContext:
-        prediction = Prediction.from_json(row.prediction or {}, self.config.roboflow.multi_label_threshold)
+        # A file that failed before it was classified has no prediction: its move into failed: is still undone.
+        doc = row.prediction or {"predictions": []}
+        prediction = Prediction.from_json(doc, self.config.roboflow.multi_label_threshold)
         decision = self.decisions.latest(row.id)
         model_prediction = None
         if decision is not None and decision.kind == DecisionKind.LABEL:
@@ -224,10 +236,8 @@ class Undoer:
     def _undo_step(self, ctx: FileContext, row: FileRow, step: StepRow, report: FileUndo) -> None:
         done = self.journal.fetch_one("SELECT * FROM undo_steps WHERE file_id=? AND seq=?", (row.id, step.seq))
         if done is not None and done["state"] == StepState.DONE:  # undone by an earlier, interrupted run
-            result = json.loads(done["result"])
-            if result.get("to"):
-                ctx.path = Path(result["to"])
-            self._note(report, step, result)
+            # (the file's row already says where that left the file: its path is recorded with the step)
+            self._note(report, step, json.loads(done["result"]))
             return
         undo, owner = self._undo_of(step)
         if undo is None:
@@ -237,7 +247,7 @@ class Undoer:
             self._note(report, step, result)
             return
         if self.dry_run:
-            report.lines.append(f"{step.action}: would be undone")
+            report.lines.append(f"{step.action}: {_would(step)}")
             return
         resume = self._begin(row, step)
         ctx.resume, ctx.step, ctx.rule = resume, _UndoStep(self, row.id, step.seq, owner), step.rule
@@ -336,6 +346,8 @@ class Undoer:
         except OSError:
             st = None
         with self.journal.transaction() as db:
+            # The undo's claims (whatever is at a path) give way to the file as it is now, exactly.
+            db.execute("DELETE FROM produced WHERE file_id=? AND size=?", (row.id, _ANY))
             if st is not None:
                 db.execute("UPDATE files SET size=?, mtime_ns=? WHERE id=?", (st.st_size, st.st_mtime_ns, row.id))
                 self.journal.add_produced(path, row.id, db)
@@ -343,8 +355,24 @@ class Undoer:
                 "UPDATE files SET state=?, path=?, updated=? WHERE id=?",
                 (FileState.UNDONE, path_blob(path), now, row.id),
             )
+            db.execute("UPDATE undo_steps SET state=? WHERE file_id=? AND state=?", (_CLOSED, row.id, StepState.DONE))
             self.journal.event(db, row.id, utf8_text(f"undone ({report.outcome})") or "undone", now)
         crash_point("undo.finished")
+
+
+#: The size of a claim in the ``produced`` table: no watcher takes whatever is at that path (see :func:`_claim`).
+_ANY = -1
+
+
+def _claim(db: Any, path: Path, file_id: int) -> None:
+    """Keep every watcher (a running daemon too) off ``path`` while the undo works on the file there.
+
+    An undo puts the file back into a watched folder, then may rewrite it there (keywords taken out): a mark of
+    its size and time would leave a moment, after each change, when a daemon could take it as a new file. The
+    claim is made before the file lands there (with the move's intent) and holds whatever the path holds until
+    the file is undone, when :meth:`Undoer._finish` records it as it is then.
+    """
+    db.execute("INSERT OR REPLACE INTO produced VALUES (?,?,?,?)", (path_blob(path), _ANY, _ANY, file_id))
 
 
 def _quarantine_undo(ctx: FileContext, result: dict[str, Any]) -> dict[str, Any]:
@@ -356,6 +384,21 @@ def _quarantine_undo(ctx: FileContext, result: dict[str, Any]) -> dict[str, Any]
 def _decision_undo(result: Any) -> dict[str, Any]:
     # A person's label stays a fact; an image uploaded with it stays in the Roboflow project (delete it there).
     return {"outcome": "nothing", "detail": "the review decision stays in the history (an uploaded image stays)"}
+
+
+def _would(step: StepRow) -> str:
+    """What undoing a step would do, from its recorded result (``--dry-run``)."""
+    result = step.result if isinstance(step.result, dict) else {}
+    outcome = result.get("outcome")
+    if step.action == "quarantine" or (outcome == "moved" and result.get("from")):
+        if outcome != "moved":
+            return "nothing to reverse"
+        return f"would move the file back to {result['from']}"
+    if outcome in ("copied", "annotated") and result.get("to"):
+        return f"would remove {result['to']} if unchanged since rfwatch wrote it"
+    if step.action == "decision":
+        return "nothing to reverse (the review decision stays in the history)"
+    return "would be undone"
 
 
 def _identity(path: Path) -> tuple[int, int, int] | None:

@@ -72,6 +72,9 @@ class LogAction:
             _append(target, line.encode("utf-8", "backslashreplace"))  # non-UTF-8 names: \udcXX escapes
         return {"appended": str(target), "event": event}
 
+    def undo(self, ctx: FileContext, result: Any) -> dict[str, Any]:
+        return {"outcome": "nothing", "detail": "a log record stays in the log (the undo is in the journal)"}
+
 
 def _append(target: Path, data: bytes, header: str | None = None) -> None:
     fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -92,9 +95,6 @@ def _already_written(target: Path, event: str) -> bool:
     except OSError:
         return False
     return f'"event": "{event}"'.encode() in tail or f",{event},".encode() in tail
-
-    def undo(self, ctx: FileContext, result: Any) -> dict[str, Any]:
-        return {"outcome": "nothing", "detail": "a log record stays in the log (the undo is in the journal)"}
 
 
 @hookimpl

@@ -20,6 +20,7 @@ from rfwatch.plugin import (
     place_file,
     recover_placement,
     remove_output,
+    sha256_file,
     sidecars_of,
 )
 
@@ -71,7 +72,10 @@ class PlaceAction:
         except OSError as exc:
             log.warning("%s: sidecar %s not carried along: %s", src, sidecar.name, exc)
             return None
-        return {"from": str(sidecar), "to": str(moved.path)}
+        carried = {"from": str(sidecar), "to": str(moved.path)}
+        if self.keep_source:  # undo removes the copied sidecar only while it still holds this
+            carried["sha256"] = sha256_file(moved.path)
+        return carried
 
     def _done(
         self,
@@ -107,12 +111,18 @@ class PlaceAction:
             return copy_back(ctx, result)
         if outcome != "copied":
             return {"outcome": "nothing", "detail": f"nothing was placed ({outcome})"}
-        removed = remove_output(result["to"], result.get("sha256"))
-        for sidecar in result.get("sidecars", []):
-            remove_output(sidecar["to"], None)
-        if removed == "changed":
-            return {"outcome": "kept", "detail": f"{result['to']} was changed since rfwatch copied it: kept"}
-        return {"outcome": "undone", "detail": f"copy {result['to']} {removed}"}
+        outputs = [(result["to"], result.get("sha256"))]
+        outputs += [(s["to"], s.get("sha256")) for s in result.get("sidecars", [])]
+        done, kept = [], []
+        for path, sha256 in outputs:
+            removed = remove_output(path, sha256)
+            if removed == "changed":
+                kept.append(f"{path} was changed since rfwatch copied it: kept")
+            else:
+                done.append(f"copy {path} {removed}")
+        if kept:
+            return {"outcome": "kept", "detail": "; ".join(kept + done)}
+        return {"outcome": "undone", "detail": "; ".join(done)}
 
 
 @hookimpl

@@ -74,6 +74,8 @@ def read_state(path: Path, timeout: float = 60) -> dict[str, Any]:
         "rfwatch": fields,
         "has_xmp": any(k.startswith("XMP-") for k in doc),
         "has_iptc": any(k.startswith("IPTC:") for k in doc),
+        # which IPTC tags were there: undo takes out the character set rfwatch declares, unless it was there
+        "iptc_tags": sorted(k for k in doc if k.startswith("IPTC:")),
     }
 
 
@@ -173,6 +175,7 @@ class TagAction:
             result["embed_added"] = _added(before, wanted)
         if mode in ("sidecar", "both"):
             sidecar = sidecar_path(path, self.naming)
+            _new_sidecar_tmp(sidecar).unlink(missing_ok=True)  # left by a crash during an earlier attempt
             recorded = resumed.get("sidecar") == str(sidecar)
             created = resumed["sidecar_created"] if recorded else not sidecar.exists()
             before = resumed.get("sidecar_before") if recorded else None
@@ -225,6 +228,8 @@ class TagAction:
         return {"outcome": "undone", "detail": "; ".join(done)}
 
 
+#: What tagging adds to a JPEG's IPTC besides the keywords: ``-IPTC:CodedCharacterSet=UTF8`` and its record.
+_IPTC_ENVELOPE = ("IPTC:CodedCharacterSet", "IPTC:EnvelopeRecordVersion")
 _EMPTY_STATE: dict[str, Any] = {"lists": {}, "rfwatch": {}, "has_xmp": False, "has_iptc": False}
 
 
@@ -257,12 +262,19 @@ def _restore(path: Path, before: dict[str, Any], added: dict[str, list[str]], ac
             args.append(f"-XMP-rfwatch:{name}={old}")
     if not before.get("has_iptc") and added.get("IPTC:Keywords"):
         args.append("-IPTC:all=")
+    elif "IPTC:Keywords" in added and "iptc_tags" in before:
+        # Tagging declared UTF-8 (and exiftool wrote the envelope record that holds it): not there before, so out.
+        args += [f"-{tag}=" for tag in _IPTC_ENVELOPE if tag not in before["iptc_tags"]]
     _exiftool(args, path, action.timeout)
     _fsync(path)
 
 
+def _new_sidecar_tmp(sidecar: Path) -> Path:
+    return sidecar.with_name(f".{sidecar.name}.rfwatch-tmp")
+
+
 def _write_new(sidecar: Path) -> None:
-    tmp = sidecar.with_name(f".{sidecar.name}.rfwatch-tmp")
+    tmp = _new_sidecar_tmp(sidecar)
     tmp.write_text(_EMPTY_XMP, encoding="utf-8")
     try:
         os.link(tmp, sidecar)  # never replaces a sidecar that appeared meanwhile
