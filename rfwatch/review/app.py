@@ -6,9 +6,10 @@ Routes:
 - ``GET /api/items``: ``{"items": [{"id", "name", "path", "prediction", "image", "classes", "multi_label"}],
   "classes": [...], "waiting": n}``, oldest first; ``prediction`` is the documented response JSON and
   ``image`` the URL of a small upright JPEG of the file;
-- ``GET /api/items/<id>/image``: that JPEG (by the journal's integer id only: never a path);
+- ``GET /api/items/<id>/image``: that JPEG (by the journal's integer id only: never a path; and only of a file
+  that waits for review: 404 for any other);
 - ``POST /api/items/<id>/label`` with ``{"class": "dog"}`` (multi-label: ``{"classes": ["dog", "cat"]}``):
-  200; a class the model does not have: 400; an item already decided: 409; no such item: 404;
+  200; a class the model does not have (or no class at all): 400; an item already decided: 409; no such item: 404;
 - ``POST /api/items/<id>/reject``: 200 (409, 404 likewise).
 
 Safe by default: served on loopback unless configured otherwise, and then only with a token (a cookie set
@@ -42,6 +43,7 @@ from ..decisions import AlreadyDecided, DecisionKind, Decisions, NotWaiting
 from ..journal import FileRow, Journal
 from ..prepare import ImageError, prepare_image
 from ..result import Prediction
+from ..states import FileState
 
 __all__ = ["create_app", "COOKIE"]
 
@@ -49,7 +51,7 @@ log = logging.getLogger(__name__)
 
 COOKIE = "rfwatch_review"
 THUMBNAIL = 480  # longest side, px
-_STATIC = {"review.js": "text/javascript", "review.css": "text/css"}
+_STATIC = {"review.js": "text/javascript", "review.css": "text/css", "favicon.svg": "image/svg+xml"}
 _SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; img-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; "
@@ -73,6 +75,7 @@ class _Guard(BaseHTTPMiddleware):
     def __init__(self, app: Any, config: Config, port: Callable[[], int]):
         super().__init__(app)
         self.token = config.review.token
+        self.loopback = config.review.loopback
         self.listen_host = (config.review.listen or "127.0.0.1:0").rpartition(":")[0].strip("[]")
         self.port = port
 
@@ -82,8 +85,9 @@ class _Guard(BaseHTTPMiddleware):
             port = rest.lstrip(":")
         else:
             name, _, port = host.partition(":")
-        if self.listen_host in ("0.0.0.0", "::"):
-            return True  # listening everywhere: any name may reach it (the token is required then)
+        if not self.loopback:
+            return True  # off loopback any name may reach it (nas.local, an IP): the token is required there
+        # On loopback the Host check is what stops a DNS-rebinding page from borrowing the server.
         allowed = {self.listen_host, "localhost", "127.0.0.1", "::1"}
         return name in allowed and (not port or port == str(self.port()))
 
@@ -182,9 +186,17 @@ class ReviewApi:
             )
         return {"items": out, "classes": classes, "waiting": len(out)}
 
-    def waiting_row(self, file_id: int) -> FileRow | None:
+    def row(self, file_id: int) -> FileRow | None:
         row = self.journal.fetch_one("SELECT * FROM files WHERE id=?", (file_id,))
         return FileRow.from_row(row) if row is not None else None
+
+    def waiting_row(self, file_id: int) -> FileRow | None:
+        """A file that waits for review (or was just decided, and is still where it waited), else None.
+
+        Only these are the page's to show: the id of a file rfwatch sorted elsewhere shows nothing.
+        """
+        row = self.row(file_id)
+        return row if row is not None and row.state in (FileState.REVIEW, FileState.DECIDED) else None
 
     def thumbnail(self, row: FileRow) -> bytes:
         key = (row.id, row.path.stat().st_mtime_ns)
@@ -200,9 +212,13 @@ class ReviewApi:
         return data
 
     def decide(self, file_id: int, kind: DecisionKind, body: Any) -> tuple[int, dict[str, Any]]:
-        row = self.waiting_row(file_id)
+        row = self.row(file_id)
         if row is None:
             return 404, {"error": f"no item {file_id}"}
+        if row.state != FileState.REVIEW:  # before its label is read: a file that never waited may have no prediction
+            if self.decisions.latest(file_id) is not None:
+                return 409, {"error": f"item {file_id} was already decided"}
+            return 404, {"error": f"item {file_id} is not waiting for review"}
         classes: tuple[str, ...] = ()
         if kind == DecisionKind.LABEL:
             prediction = self._prediction(row)
@@ -213,6 +229,8 @@ class ReviewApi:
                 given = body.get("classes", [body["class"]] if "class" in body else None)
                 if not isinstance(given, list) or not all(isinstance(c, str) for c in given):
                     return 400, {"error": 'expected {"classes": ["...", ...]} for this multi-label model'}
+                if not given:  # an empty label would go to Roboflow as an empty annotation
+                    return 400, {"error": "choose at least one class (or reject the file)"}
             else:
                 given = body.get("class")
                 if not isinstance(given, str):

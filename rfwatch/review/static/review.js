@@ -9,7 +9,12 @@ const template = document.getElementById("card");
 let items = [];          // what /api/items said last
 let selected = null;     // id of the selected item
 const picked = new Map(); // id -> Set of classes toggled on a multi-label item
-const deciding = new Set();
+const deciding = new Set();  // ids whose decision is on its way
+// ids decided here -> the number of the last list asked for then: a list asked for before the decision may
+// still name them, and must not bring them back; one asked for after it no longer does.
+const decided = new Map();
+let asked = 0;    // lists asked for
+let shown = 0;    // the latest list shown: an older one that arrives late is dropped
 
 function say(text) { message.textContent = text || ""; }
 
@@ -29,9 +34,16 @@ async function decide(item, kind, classes) {
   if (deciding.has(item.id)) return;
   deciding.add(item.id);
   const body = kind === "reject" ? {} : item.multi_label ? { classes } : { class: classes[0] };
-  const { status, doc } = await post(`/api/items/${item.id}/${kind}`, body);
+  let status, doc;
+  try {
+    ({ status, doc } = await post(`/api/items/${item.id}/${kind}`, body));
+  } catch (e) {
+    status = 0;
+    doc = { error: "cannot reach rfwatch; try again" };
+  }
   deciding.delete(item.id);
   if (status === 200) {
+    decided.set(item.id, asked);
     const index = items.findIndex((i) => i.id === item.id);
     items = items.filter((i) => i.id !== item.id);
     picked.delete(item.id);
@@ -114,11 +126,20 @@ function render() {
 
 async function refresh() {
   try {
+    const mine = ++asked;
     const response = await fetch("/api/items", { credentials: "same-origin" });
     if (!response.ok) { say(`cannot list the files: HTTP ${response.status}`); return; }
     const doc = await response.json();
+    if (mine < shown) return;
+    shown = mine;
+    for (const [id, before] of decided) if (mine > before) decided.delete(id);
     const ids = items.map((i) => i.id).join();
-    items = doc.items.filter((i) => !deciding.has(i.id));
+    // The selected file decided elsewhere: select the one that takes its place, as after a decision here.
+    const index = items.findIndex((i) => i.id === selected);
+    items = doc.items.filter((i) => !deciding.has(i.id) && !decided.has(i.id));
+    if (index !== -1 && !items.some((i) => i.id === selected)) {
+      selected = items.length ? items[Math.min(index, items.length - 1)].id : null;
+    }
     if (items.map((i) => i.id).join() !== ids || !grid.children.length) render();
     else count.textContent = `${items.length} file${items.length === 1 ? "" : "s"} waiting`;
   } catch (e) {

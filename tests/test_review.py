@@ -1,0 +1,820 @@
+"""The review page's JSON API, end to end: real daemons, real `rfwatch review` processes, real HTTP servers.
+
+A ``review`` action sets an unsure file aside; a person's label runs the rules again with that class (at
+confidence 1.0) and sends the image with its label to the Roboflow project; a reject sends it to ``failed:``.
+The browser side of the page is in test_review_browser.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import io
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+import yaml
+from helpers import DaemonProcess, DaemonThread, files_under, rfwatch_cmd, run_cli, unique_jpeg, wait_for, write_config
+from PIL import Image, ImageChops, ImageStat
+from roboflow_server import VALID_KEY, color_scores
+
+GRAY = (128, 128, 128)
+RED = (230, 10, 10)
+#: What the stand-in model says about a gray picture: nothing above 0.6, so the `unsure` rule sends it to review.
+UNSURE = {"red": 0.4, "green": 0.35, "blue": 0.25}
+TOKEN = "t0ken-" + "5f3a9c1e7b2d4680aa11"
+REVIEW_RULES = [
+    {"name": "unsure", "when": {"max_confidence": 0.6}, "then": [{"review": "review/{name}"}]},
+    {"name": "sorted", "then": [{"move": "sorted/{class}/{name}"}]},
+]
+
+
+@pytest.fixture(autouse=True)
+def _key(api_key):
+    return api_key
+
+
+def unsure_when_gray(image: Image.Image) -> dict[str, float]:
+    """The stand-in's colour scores, except that a picture without a dominant colour gets UNSURE."""
+    scores = color_scores(image)
+    return dict(UNSURE) if max(scores.values()) < 0.6 else scores
+
+
+def gray_jpeg(seed: int) -> bytes:
+    return unique_jpeg(GRAY, seed)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def review_config(
+    tmp_path: Path,
+    server: Any,
+    port: int | None = None,
+    token: str | None = None,
+    upload: dict | None = None,
+    listen: str | None = None,
+    **extra: Any,
+) -> Path:
+    review: dict[str, Any] = {}
+    if listen or port:
+        review["listen"] = listen or f"127.0.0.1:{port}"
+    if token:
+        review["token"] = token
+    if upload is not None:
+        review["upload"] = upload
+    failed = extra.pop("failed", "failed")  # None: no failed: folder
+    if failed:
+        extra["failed"] = failed
+    return write_config(tmp_path, server, rules=extra.pop("rules", REVIEW_RULES), review=review, **extra)
+
+
+UPLOAD = {"project": "colors", "split": "train", "tags": ["rfwatch"]}
+
+
+class Api:
+    """Raw HTTP to a review server, every header under the test's control (http.client adds only what it must)."""
+
+    def __init__(self, port: int, token: str | None = None):
+        self.port, self.token = port, token
+        self.host = f"127.0.0.1:{port}"
+
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, http.client.HTTPMessage, bytes]:
+        all_headers = {"Host": self.host}
+        if self.token:
+            all_headers["Authorization"] = f"Bearer {self.token}"
+        all_headers.update(headers or {})
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            conn.request(method, path, body=body, headers=all_headers)
+            response = conn.getresponse()
+            return response.status, response.headers, response.read()
+        finally:
+            conn.close()
+
+    def get(self, path: str, **kw: Any) -> tuple[int, http.client.HTTPMessage, bytes]:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, doc: Any = None, headers: dict[str, str] | None = None):
+        """As the page posts: JSON (other headers may be added or replaced)."""
+        body = json.dumps(doc if doc is not None else {}).encode()
+        return self.request("POST", path, body, {"Content-Type": "application/json", **(headers or {})})
+
+    def items(self) -> dict[str, Any]:
+        status, _, body = self.get("/api/items")
+        assert status == 200, body
+        return json.loads(body)
+
+    def names(self) -> list[str]:
+        return [i["name"] for i in self.items()["items"]]
+
+    def id_of(self, name: str) -> int:
+        (item,) = [i for i in self.items()["items"] if i["name"] == name]
+        return item["id"]
+
+    def label(self, file_id: int, cls: str | list[str]) -> tuple[int, dict[str, Any]]:
+        doc = {"classes": cls} if isinstance(cls, list) else {"class": cls}
+        status, _, body = self.post(f"/api/items/{file_id}/label", doc)
+        return status, json.loads(body)
+
+    def reject(self, file_id: int) -> tuple[int, dict[str, Any]]:
+        status, _, body = self.post(f"/api/items/{file_id}/reject")
+        return status, json.loads(body)
+
+
+def wait_listening(port: int, proc: subprocess.Popen | None = None, log: Path | None = None, timeout=20.0) -> None:
+    def up() -> bool:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"exited with {proc.returncode}: " + (log.read_text()[-2000:] if log else ""))
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    wait_for(up, timeout=timeout, what=f"a server on port {port}")
+
+
+class ReviewProcess:
+    """``rfwatch review -c CONFIG`` as a real process (the page served without the daemon)."""
+
+    def __init__(self, config: Path, port: int, log: Path, *args: str, env: dict[str, str] | None = None):
+        self.port, self.log = port, log
+        full_env = dict(os.environ, ROBOFLOW_API_KEY=VALID_KEY, **(env or {}))
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(
+                rfwatch_cmd("review", "-c", str(config), *args), env=full_env, stdout=out, stderr=out
+            )
+
+    def __enter__(self) -> ReviewProcess:
+        wait_listening(self.port, self.proc, self.log)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+class JournalView:
+    """Read-only looks into the journal another process writes."""
+
+    def __init__(self, tmp_path: Path):
+        self.path = tmp_path / "state" / "journal.db"
+
+    def _query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+        db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=10)
+        db.row_factory = sqlite3.Row
+        try:
+            return db.execute(sql, args).fetchall()
+        finally:
+            db.close()
+
+    def file(self, name: str) -> sqlite3.Row:
+        rows = [r for r in self._query("SELECT * FROM files") if os.fsdecode(r["source"]).endswith("/" + name)]
+        assert len(rows) == 1, (name, len(rows))
+        return rows[0]
+
+    def state(self, name: str) -> str:
+        return self.file(name)["state"]
+
+    def decisions(self, file_id: int) -> list[sqlite3.Row]:
+        return self._query("SELECT * FROM decisions WHERE file_id=?", (file_id,))
+
+    def uploads(self) -> list[sqlite3.Row]:
+        return self._query("SELECT * FROM outbox WHERE kind='roboflow-upload'")
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_one_by_one(tmp_path: Path, files: dict[str, bytes]) -> None:
+    """Write each file and wait until it waits for review before the next: their order is the test's."""
+    journal = JournalView(tmp_path)
+    for name, data in files.items():
+        (tmp_path / "inbox" / name).write_bytes(data)
+        wait_for(lambda n=name: (tmp_path / "review" / n).exists(), what=f"{name} in review/")
+        wait_for(lambda n=name: journal.state(n) == "review", what=f"{name} waiting")
+
+
+# --- labels and rejects ----------------------------------------------------------------------------------------
+
+
+def test_a_label_runs_the_rules_again_and_a_reject_fails_the_file(tmp_path, server, platform):
+    server.classifier = unsure_when_gray
+    port = free_port()
+    cfg = review_config(tmp_path, server, port, upload=UPLOAD)
+    files = {"a.jpg": gray_jpeg(1), "b.jpg": gray_jpeg(2), "c.jpg": gray_jpeg(3)}
+    api, journal = Api(port), JournalView(tmp_path)
+    with DaemonThread(cfg):
+        wait_listening(port)  # the page is served once the daemon watches its folders
+        (tmp_path / "inbox" / "sure.jpg").write_bytes(unique_jpeg(RED, 4))
+        (tmp_path / "inbox" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a picture")
+        write_one_by_one(tmp_path, files)
+        wait_for(lambda: (tmp_path / "sorted" / "red" / "sure.jpg").exists(), what="a sure file sorted at once")
+        wait_for(lambda: (tmp_path / "failed" / "broken.jpg").exists(), what="an unreadable file failed")
+        assert files_under(tmp_path / "inbox") == []
+        assert [journal.state(n) for n in files] == ["review"] * 3
+
+        doc = api.items()
+        assert doc["classes"] == ["red", "green", "blue"]  # the model's classes, in its order
+        assert doc["waiting"] == 3
+        assert [i["name"] for i in doc["items"]] == ["a.jpg", "b.jpg", "c.jpg"]  # oldest first
+        a = doc["items"][0]
+        assert a["path"] == str(tmp_path / "review" / "a.jpg")
+        assert a["image"] == f"/api/items/{a['id']}/image"
+        assert a["prediction"]["top"] == "red" and a["prediction"]["confidence"] == 0.4
+        assert {p["class"]: p["confidence"] for p in a["prediction"]["predictions"]} == UNSURE
+        ids = {i["name"]: i["id"] for i in doc["items"]}
+
+        assert api.label(ids["a.jpg"], "green")[0] == 200
+        wait_for(lambda: (tmp_path / "sorted" / "green" / "a.jpg").exists(), what="a.jpg in sorted/green")
+        assert (tmp_path / "sorted" / "green" / "a.jpg").read_bytes() == files["a.jpg"]
+        assert not (tmp_path / "review" / "a.jpg").exists()
+        wait_for(lambda: journal.state("a.jpg") == "done", what="a.jpg done")
+
+        # Decided once: a second click, here or on another page, is refused, and nothing moves again.
+        status, doc = api.label(ids["a.jpg"], "blue")
+        assert status == 409 and "already decided" in doc["error"]
+        assert api.reject(ids["a.jpg"])[0] == 409
+        # Not a class of the model, or not the shape a single-label model takes: 400, and it still waits.
+        status, doc = api.label(ids["b.jpg"], "dog")
+        assert status == 400 and "'dog' is not a class of colors/1" in doc["error"]
+        assert api.label(ids["b.jpg"], ["green"])[0] == 400
+        status, _, body = api.request(
+            "POST", f"/api/items/{ids['b.jpg']}/label", b"{not json", {"Content-Type": "application/json"}
+        )
+        assert status == 400
+        assert api.label(999999, "green")[0] == 404 and api.reject(999999)[0] == 404
+        for name in ("sure.jpg", "broken.jpg"):  # in the journal, never waiting for review (broken: no prediction)
+            assert api.label(journal.file(name)["id"], "green")[0] == 404, name
+            assert api.reject(journal.file(name)["id"])[0] == 404, name
+        assert api.names() == ["b.jpg", "c.jpg"]
+
+        assert api.reject(ids["b.jpg"])[0] == 200
+        wait_for(lambda: (tmp_path / "failed" / "b.jpg").exists(), what="b.jpg in failed/")
+        wait_for(lambda: journal.state("b.jpg") == "failed", what="b.jpg failed")
+        assert journal.file("b.jpg")["last_error"] == "rejected in review"
+        assert (tmp_path / "failed" / "b.jpg").read_bytes() == files["b.jpg"]
+        assert api.names() == ["c.jpg"] and api.items()["waiting"] == 1
+
+        wait_for(lambda: platform.annotations.get("colors"), what="the label uploaded")
+    assert files_under(tmp_path / "review") == [tmp_path / "review" / "c.jpg"]
+
+    # The model's own prediction stays in the journal, beside the person's label.
+    row = journal.file("a.jpg")
+    assert json.loads(row["prediction"])["top"] == "red" and json.loads(row["prediction"])["confidence"] == 0.4
+    (decision,) = journal.decisions(row["id"])
+    assert decision["kind"] == "label" and json.loads(decision["classes"]) == ["green"]
+    history = run_cli("history", "-c", str(cfg), str(tmp_path / "inbox" / "a.jpg")).stdout
+    assert "classified red 0.40" in history and "labelled green in review" in history, history
+    assert "/sorted/green/a.jpg [done]" in history
+
+    # Only the labelled file went to Roboflow, whole, with its label; its image id is in the history.
+    (up,) = platform.uploads["colors"]
+    assert up["bytes"] == files["a.jpg"] and up["name"] == "a.jpg"
+    assert up["split"] == "train" and up["tags"] == ["rfwatch"] and up["batch"].startswith("rfwatch review ")
+    assert platform.annotations["colors"] == {up["id"]: "green"}
+    assert f"image_id {up['id']}" in history, history
+    assert [u["file_id"] for u in journal.uploads()] == [row["id"]]
+
+
+def test_decisions_made_in_rfwatch_review_reach_the_daemon_whenever_it_runs(tmp_path, server):
+    """`rfwatch review` serves the page alone: the daemon applies its decisions when it starts, and while it runs.
+    Without `failed:` a reject leaves the file where it waits."""
+    server.classifier = lambda image: dict(UNSURE)
+    port = free_port()
+    rules = [REVIEW_RULES[0], {"name": "sorted", "then": [{"move": "sorted/{class}/{confidence:.0%}/{name}"}]}]
+    cfg = review_config(tmp_path, server, failed=None, rules=rules)
+    names = ["a.jpg", "b.jpg", "c.jpg"]
+    for n, name in enumerate(names):
+        (tmp_path / "inbox" / name).write_bytes(gray_jpeg(10 + n))
+    assert run_cli("run", "-c", str(cfg), "--once").returncode == 0
+    assert [p.name for p in files_under(tmp_path / "review")] == names
+    api, journal = Api(port), JournalView(tmp_path)
+    with ReviewProcess(cfg, port, tmp_path / "review.log", "--listen", f"127.0.0.1:{port}"):
+        assert sorted(api.names()) == names
+        assert api.label(api.id_of("a.jpg"), "blue")[0] == 200  # no daemon runs: it waits to be applied
+        assert journal.state("a.jpg") == "decided" and (tmp_path / "review" / "a.jpg").exists()
+        assert sorted(api.names()) == ["b.jpg", "c.jpg"]
+        with DaemonProcess(cfg, tmp_path / "daemon.log") as daemon:
+            daemon.wait_ready()
+            # The rules ran again with the person's class at confidence 1.0.
+            a = tmp_path / "sorted" / "blue" / "100%" / "a.jpg"
+            wait_for(a.exists, what="a.jpg applied at start-up")
+            assert api.label(api.id_of("b.jpg"), "red")[0] == 200
+            b = tmp_path / "sorted" / "red" / "100%" / "b.jpg"
+            wait_for(b.exists, timeout=10, what="b.jpg applied while the daemon runs")
+            assert api.reject(api.id_of("c.jpg"))[0] == 200
+            wait_for(lambda: journal.state("c.jpg") == "failed", timeout=10, what="c.jpg rejected")
+            assert daemon.terminate() == 0
+        assert api.items() == {"items": [], "classes": [], "waiting": 0}
+    assert files_under(tmp_path / "review") == [tmp_path / "review" / "c.jpg"]  # no failed: it stays
+    assert journal.file("c.jpg")["last_error"] == "rejected in review"
+    assert [journal.state(n) for n in names] == ["done", "done", "failed"]
+    assert files_under(tmp_path / "inbox") == []
+
+
+def test_multi_label_models_take_a_list_of_classes(tmp_path, server, platform):
+    server.classifier = lambda image: dict(UNSURE)  # every class below the threshold: none predicted
+    port = free_port()
+    cfg = review_config(tmp_path, server, port, upload={"project": "tags"}, model="tags/1")
+    api = Api(port)
+    with DaemonThread(cfg):
+        wait_listening(port)  # the page is served once the daemon watches its folders
+        write_one_by_one(tmp_path, {"a.jpg": gray_jpeg(20), "b.jpg": gray_jpeg(21)})
+        doc = wait_for(
+            lambda: (d := api.items())["classes"] == ["red", "green", "blue"] and d, what="the model's classes"
+        )
+        a, b = doc["items"]
+        assert a["multi_label"] is True and a["classes"] == ["red", "green", "blue"]
+        assert a["prediction"]["predicted_classes"] == []
+        assert {k: v["confidence"] for k, v in a["prediction"]["predictions"].items()} == UNSURE
+        assert api.label(a["id"], ["red", "dog"])[0] == 400
+        status, _, _ = api.post(f"/api/items/{a['id']}/label", {"classes": "red"})
+        assert status == 400
+        status, doc = api.label(a["id"], [])  # nothing to send to Roboflow: a reject says "none of these"
+        assert status == 400 and "at least one class" in doc["error"]
+        assert api.label(a["id"], ["blue", "red"])[0] == 200
+        wait_for(lambda: files_under(tmp_path / "sorted"), what="a.jpg sorted")
+        assert api.label(b["id"], ["green"])[0] == 200
+        wait_for(lambda: len(platform.annotations.get("tags", {})) == 2, what="both labels uploaded")
+    assert sorted(platform.annotations["tags"].values()) == ["blue,red", "green"]
+    by_name = {u["name"]: u["id"] for u in platform.uploads["tags"]}
+    assert platform.annotations["tags"][by_name["a.jpg"]] == "blue,red"
+    history = run_cli("history", "-c", str(cfg), str(tmp_path / "inbox" / "a.jpg")).stdout
+    assert "labelled blue, red in review" in history, history
+    assert set(files_under(tmp_path / "sorted")) == {
+        tmp_path / "sorted" / "red" / "a.jpg",  # {class}: the first of the person's classes in the model's order
+        tmp_path / "sorted" / "green" / "b.jpg",
+    }
+
+
+def test_uploads_are_retried_across_restarts_and_a_duplicate_counts_as_delivered(tmp_path, server, platform):
+    from rfwatch.delivery import DeliveryPolicy
+    from rfwatch.platform import PlatformClient
+
+    server.classifier = lambda image: dict(UNSURE)
+    port = free_port()
+    cfg = review_config(tmp_path, server, port, upload=UPLOAD)
+    files = {"a.jpg": gray_jpeg(50), "b.jpg": gray_jpeg(51)}
+    # b.jpg is in the project already (uploaded by hand): for it the platform answers "duplicate".
+    by_hand = PlatformClient(VALID_KEY, platform.url).upload("colors", files["b.jpg"], "by-hand.jpg")
+    api, journal = Api(port), JournalView(tmp_path)
+
+    def upload_of(name: str) -> dict[str, Any]:
+        rows = [dict(u) for u in journal.uploads() if u["file_id"] == journal.file(name)["id"]]
+        assert len(rows) <= 1, rows
+        return rows[0] if rows else {"state": None, "attempts": 0}
+
+    first = DaemonThread(cfg)
+    first.daemon.deliveries.policy = DeliveryPolicy(base=0.2)  # 2 s, 4 s, 8 s ... in production
+    with first:
+        wait_listening(port)  # the page is served once the daemon watches its folders
+        write_one_by_one(tmp_path, files)
+        wait_for(lambda: api.items()["classes"] == ["red", "green", "blue"], what="the model's classes")
+        platform.reset()  # the faults and the count are the uploads'
+        platform.fail_next(503, 3)
+        assert api.label(api.id_of("a.jpg"), "green")[0] == 200
+        wait_for(lambda: upload_of("a.jpg")["state"] == "delivered", timeout=15, what="a.jpg's upload delivered")
+        posts = [r.status for r in platform.requests if r.path == "/dataset/colors/upload"]
+        assert posts == [503, 503, 503, 200], posts
+        assert upload_of("a.jpg")["attempts"] == 4
+
+        platform.down()
+        assert api.label(api.id_of("b.jpg"), "blue")[0] == 200
+        wait_for(lambda: (tmp_path / "sorted" / "blue" / "b.jpg").exists(), what="sorted without waiting for it")
+        wait_for(lambda: upload_of("b.jpg")["attempts"] >= 2, timeout=15, what="b.jpg's upload retried")
+    pending = upload_of("b.jpg")
+    assert pending["state"] == "pending" and pending["last_error"], pending  # the platform was unreachable
+    platform.up()
+    second = DaemonThread(cfg)
+    second.daemon.deliveries.policy = DeliveryPolicy(base=0.2)
+    with second:
+        wait_for(lambda: upload_of("b.jpg")["state"] == "delivered", timeout=15, what="delivered after the restart")
+    # Nothing uploaded twice: the duplicate took the image id the platform already had, and got the label.
+    assert [u["name"] for u in platform.uploads["colors"]] == ["by-hand.jpg", "a.jpg"]
+    a_id = platform.uploads["colors"][1]["id"]
+    assert platform.annotations["colors"] == {a_id: "green", by_hand.image_id: "blue"}
+    history = run_cli("history", "-c", str(cfg), str(tmp_path / "inbox" / "b.jpg")).stdout
+    assert f"image_id {by_hand.image_id}; duplicate True" in history, history
+    assert [u["state"] for u in journal.uploads()] == ["delivered", "delivered"]
+
+
+# --- the image of an item ----------------------------------------------------------------------------------------
+
+
+def big_rotated_jpeg() -> tuple[bytes, Image.Image]:
+    """A 4000x3000 JPEG stored sideways (EXIF orientation 6), and how it looks upright."""
+    img = Image.new("RGB", (4000, 3000), (40, 40, 40))
+    img.paste((230, 10, 10), (0, 0, 2000, 1500))  # a red top-left quarter as stored
+    img.paste((10, 10, 230), (2000, 1500, 4000, 3000))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90, exif=exif)
+    return buf.getvalue(), img.transpose(Image.Transpose.ROTATE_270)
+
+
+def test_the_image_is_a_small_upright_jpeg_served_by_id(tmp_path, server, samples):
+    server.classifier = lambda image: dict(UNSURE)
+    port = free_port()
+    cfg = review_config(tmp_path, server, port)
+    orientation = samples / "jpg" / "orientation"
+    names = ["landscape_3.jpg", "landscape_6.jpg", "landscape_8.jpg", "portrait_5.jpg"]
+    for name in names:
+        (tmp_path / "inbox" / name).write_bytes((orientation / name).read_bytes())
+    big, big_upright = big_rotated_jpeg()
+    (tmp_path / "inbox" / "big.jpg").write_bytes(big)
+    assert run_cli("run", "-c", str(cfg), "--once").returncode == 0
+    api = Api(port)
+    with ReviewProcess(cfg, port, tmp_path / "review.log"):
+        items = {i["name"]: i for i in api.items()["items"]}
+        assert set(items) == {*names, "big.jpg"}
+        thumbs = {}
+        for name, item in items.items():
+            status, headers, body = api.get(item["image"])
+            assert status == 200 and headers["Content-Type"] == "image/jpeg", (name, status)
+            assert body.startswith(b"\xff\xd8\xff") and len(body) < 60_000, (name, len(body))
+            thumb = Image.open(io.BytesIO(body))
+            thumb.load()  # decodes whole
+            assert thumb.format == "JPEG" and max(thumb.size) <= 480, (name, thumb.size)
+            assert thumb.getexif().get(0x0112, 1) == 1, "a browser would turn it once more"
+            thumbs[name] = thumb.convert("RGB")
+    # Upright: each looks like the sample stored without a rotation (orientation 1) of its shape. The samples
+    # were re-encoded one by one, so even upright they differ by ~15-17 on average; turned or mirrored, by 40+.
+    for name in names:
+        reference = Image.open(orientation / (name.split("_")[0] + "_1.jpg")).convert("RGB")
+        assert thumbs[name].size == reference.size, name
+        diff = ImageStat.Stat(ImageChops.difference(thumbs[name], reference)).mean
+        assert max(diff) < 25, (name, diff)
+    assert thumbs["big.jpg"].size == (360, 480)
+    expected = big_upright.resize((360, 480))
+    assert max(ImageStat.Stat(ImageChops.difference(thumbs["big.jpg"], expected)).mean) < 8
+
+
+# --- security ------------------------------------------------------------------------------------------------------
+
+
+def test_loopback_by_default_and_a_token_is_required_off_loopback(tmp_path, server):
+    cfg = review_config(tmp_path, server, listen="0.0.0.0:8765")
+    result = run_cli("check", "-c", str(cfg))
+    assert result.returncode == 2 and "review.token: required" in result.stderr, result.stderr
+    cfg = review_config(tmp_path, server)  # no review.listen
+    result = run_cli("review", "-c", str(cfg), "--listen", "0.0.0.0:8765")
+    assert result.returncode == 2 and "review.token: required" in result.stderr, result.stderr
+    # `rfwatch review` without a listen address anywhere serves on 127.0.0.1:8765, and nowhere else.
+    from rfwatch.journal import Journal
+
+    Journal(tmp_path / "state" / "journal.db").close()  # a journal to serve (as `rfwatch run` leaves one)
+    try:
+        with socket.socket() as s:
+            s.bind(("0.0.0.0", 8765))
+    except OSError:
+        pytest.skip("port 8765 is taken here: cannot check the default address")
+    with ReviewProcess(cfg, 8765, tmp_path / "review.log") as page:
+        assert Api(8765).items()["waiting"] == 0
+        assert "review page at http://127.0.0.1:8765/" in page.log.read_text()
+        outside = _an_address_not_on_loopback()
+        if outside is not None:
+            with pytest.raises(OSError):
+                socket.create_connection((outside, 8765), timeout=2).close()
+
+
+def _an_address_not_on_loopback() -> str | None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # TEST-NET-1: nothing is sent; the kernel picks the outgoing address
+            address = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") or address == "0.0.0.0" else address
+
+
+def _files_waiting(tmp_path: Path, server: Any, port: int, **kw: Any) -> tuple[Path, dict[str, bytes]]:
+    """A config, and files that wait for review (put there by `rfwatch run --once`, which serves no page)."""
+    server.classifier = unsure_when_gray
+    cfg = review_config(tmp_path, server, port, **kw)
+    files = {"a.jpg": gray_jpeg(30), "b.jpg": gray_jpeg(31), "sure.jpg": unique_jpeg(RED, 32)}
+    for name, data in files.items():
+        (tmp_path / "inbox" / name).write_bytes(data)
+    result = run_cli("run", "-c", str(cfg), "--once")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "sorted" / "red" / "sure.jpg").exists()
+    assert {p.name for p in files_under(tmp_path / "review")} == {"a.jpg", "b.jpg"}
+    return cfg, files
+
+
+def test_with_a_token_every_request_needs_it_and_it_never_shows(tmp_path, server):
+    port = free_port()
+    cfg, _ = _files_waiting(tmp_path, server, port, token=TOKEN)
+    log = tmp_path / "review.log"
+    api, anonymous = Api(port, TOKEN), Api(port)
+    # Off loopback: any Host may reach it, so the token is all that stands in the way.
+    with ReviewProcess(cfg, port, log, "--listen", f"0.0.0.0:{port}"):
+        a = api.id_of("a.jpg")
+        for method, path in [
+            ("GET", "/"),
+            ("GET", "/static/review.js"),
+            ("GET", "/api/items"),
+            ("GET", f"/api/items/{a}/image"),
+            ("GET", f"/api/items?token={TOKEN}"),  # the address bar carries it to / only, once
+            ("POST", f"/api/items/{a}/label"),
+            ("POST", f"/api/items/{a}/reject"),
+        ]:
+            for headers in [{}, {"Authorization": "Bearer wrong-" + TOKEN}, {"Cookie": "rfwatch_review=" + TOKEN[:-1]}]:
+                headers = {"Content-Type": "application/json", "Origin": f"http://127.0.0.1:{port}", **headers}
+                body = b'{"class": "green"}' if method == "POST" else None
+                status, _, text = anonymous.request(method, path, body, headers)
+                assert status == 401, (method, path, headers, status)
+                assert TOKEN.encode() not in text
+        assert anonymous.get("/?token=wrong-token-0123456789")[0] == 401
+
+        # Opened once with ?token=: a cookie (HttpOnly, SameSite=Strict), and the address bar loses the token.
+        status, headers, _ = anonymous.get(f"/?token={TOKEN}")
+        assert status == 303 and headers["Location"] == "/"
+        cookie = headers["Set-Cookie"]
+        assert cookie.startswith(f"rfwatch_review={TOKEN};")
+        assert "httponly" in cookie.lower() and "samesite=strict" in cookie.lower() and "path=/" in cookie.lower()
+        with_cookie = {"Cookie": f"rfwatch_review={TOKEN}"}
+        for path in ["/", "/static/review.js", "/static/review.css", "/api/items", f"/api/items/{a}/image"]:
+            status, headers, text = anonymous.get(path, headers=with_cookie)
+            assert status == 200, (path, status)
+            assert TOKEN.encode() not in text, path
+        status, headers, page = anonymous.get("/", headers=with_cookie)
+        assert b"<title>rfwatch review</title>" in page
+        assert "script-src 'self'" in headers["Content-Security-Policy"]
+
+        # The cookie or the bearer token: either decides.
+        status, _, _ = anonymous.post(f"/api/items/{a}/label", {"class": "green"}, headers=with_cookie)
+        assert status == 200
+        assert api.reject(api.id_of("b.jpg"))[0] == 200
+        assert api.items()["waiting"] == 0
+    assert [JournalView(tmp_path).state(n) for n in ("a.jpg", "b.jpg")] == ["decided", "decided"]
+    check = run_cli("check", "-c", str(cfg))
+    assert check.returncode == 0 and "(token required)" in check.stdout, check.stdout + check.stderr
+    assert "review page at http://0.0.0.0:" in log.read_text()
+    for output in [log.read_text(), check.stdout, check.stderr]:
+        assert TOKEN not in output
+
+
+class _Opened:
+    """Files this process opens (a Python audit hook: it sees every open(), whichever thread calls it)."""
+
+    paths: list[str] | None = None
+    _installed = False
+
+    @classmethod
+    def watch(cls) -> _Opened:
+        if not cls._installed:
+            sys.addaudithook(cls._hook)  # for good: audit hooks cannot be removed, so it records only when asked
+            cls._installed = True
+        cls.paths = []
+        return cls()
+
+    @classmethod
+    def _hook(cls, event: str, args: tuple) -> None:
+        if event == "open" and cls.paths is not None and isinstance(args[0], (str, bytes, os.PathLike)):
+            cls.paths.append(os.fsdecode(args[0]))
+
+    def __enter__(self) -> list[str]:
+        return _Opened.paths  # type: ignore[return-value]
+
+    def __exit__(self, *exc: Any) -> None:
+        _Opened.paths = None
+
+
+def test_other_sites_cannot_label_and_images_are_served_by_id_only(tmp_path, server):
+    from rfwatch.config import load_config
+    from rfwatch.review.server import ReviewServer
+
+    port = free_port()
+    cfg, _ = _files_waiting(tmp_path, server, port)
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes(unique_jpeg(RED, 33))
+    api, journal = Api(port), JournalView(tmp_path)
+    config = load_config(cfg)
+    with ReviewServer(config, config.state_path, lambda model: None):
+        a, b = api.id_of("a.jpg"), api.id_of("b.jpg")
+        origin = f"http://127.0.0.1:{port}"
+        label = f"/api/items/{a}/label"
+        refused = [
+            # what an HTML form on another site can send: no JSON content type
+            ({"Content-Type": "application/x-www-form-urlencoded"}, b"class=green"),
+            ({"Content-Type": "text/plain"}, b'{"class": "green"}'),
+            (
+                {"Content-Type": "multipart/form-data; boundary=x"},
+                b'--x\r\nContent-Disposition: form-data; name="class"\r\n\r\ngreen\r\n--x--\r\n',
+            ),
+            ({}, b'{"class": "green"}'),
+            # JSON, but from another origin (a fetch() would be preflighted and refused; a sloppy client is refused here)
+            ({"Content-Type": "application/json", "Origin": "http://evil.example"}, b'{"class": "green"}'),
+            ({"Content-Type": "application/json", "Origin": "null"}, b'{"class": "green"}'),
+            ({"Content-Type": "application/json", "Origin": origin + ".evil.example"}, b'{"class": "green"}'),
+            ({"Content-Type": "application/json", "Sec-Fetch-Site": "cross-site"}, b'{"class": "green"}'),
+        ]
+        for headers, body in refused:
+            for path in (label, f"/api/items/{a}/reject"):
+                status, _, text = api.request("POST", path, body, headers)
+                assert status == 403, (headers, path, status, text)
+        # A name that is not this server's (DNS rebinding: evil.example resolving to 127.0.0.1) is refused.
+        for host in ["evil.example", f"evil.example:{port}", f"127.0.0.1:{port + 1}", f"localhost.evil.example:{port}"]:
+            assert api.get("/api/items", headers={"Host": host})[0] == 421, host
+            assert api.get("/", headers={"Host": host})[0] == 421, host
+            status, _, _ = api.post(label, {"class": "green"}, headers={"Host": host, "Origin": f"http://{host}"})
+            assert status == 421, host
+        assert sorted(api.names()) == ["a.jpg", "b.jpg"] and journal.state("a.jpg") == "review"
+
+        # Images by the journal's id of a waiting file, never by path: nothing outside is even opened.
+        done_id = journal.file("sure.jpg")["id"]
+        probes = [
+            "/api/items/..%2F..%2Fetc%2Fpasswd/image",
+            "/api/items/..%2F..%2F..%2F..%2F..%2F..%2Fetc%2Fpasswd/image",
+            "/api/items/%2Fetc%2Fpasswd/image",
+            f"/api/items/{quote(str(secret), safe='')}/image",
+            f"/api/items/{a}%2F..%2F..%2Fsecret.jpg/image",
+            f"/api/items/{a}/image/..%2F..%2F..%2Fsecret.jpg",
+            f"/api/items/{a}/..%2F..%2Fsecret.jpg",
+            "/api/items/../../../../etc/passwd",
+            "/api/items/-1/image",
+            "/api/items/0x1/image",
+            "/api/items/999999/image",
+            f"/api/items/{done_id}/image",  # in the journal, but not waiting for review
+            "/static/..%2F..%2F..%2F..%2Fetc%2Fpasswd",
+            "/static/..%2Fapp.py",
+            "/static/../app.py",
+            "/static/%2E%2E%2Fapp.py",
+            "/static/index.html/..%2F..%2Fapp.py",
+            "/etc/passwd",
+            "/" + str(secret),
+        ]
+        with _Opened.watch() as opened:
+            for path in probes:
+                status, headers, body = api.get(path)
+                assert status == 404, (path, status)
+                assert b"root:" not in body and not body.startswith(b"\xff\xd8"), path
+            assert api.get(f"/api/items/{a}/image")[0] == 200  # the hook does see what is read
+        assert not [p for p in opened if "passwd" in p or "secret" in p or p.endswith("app.py")], opened
+        assert any(p.endswith("/review/a.jpg") for p in opened), opened
+
+        # The same request, same-origin (as the page sends it): accepted.
+        status, _, _ = api.post(label, {"class": "green"}, headers={"Origin": origin})
+        assert status == 200
+        status, _, _ = api.post(f"/api/items/{b}/reject", headers={"Host": f"localhost:{port}"})
+        assert status == 200
+    assert journal.state("a.jpg") == "decided" and journal.state("b.jpg") == "decided"
+
+
+# --- crashes after a click -----------------------------------------------------------------------------------------
+
+CRASH_EXIT = 86  # rfwatch.crashpoints.CRASH_EXIT
+CRASHED_FILES = {"a.jpg": gray_jpeg(40), "b.jpg": gray_jpeg(41), "c.jpg": gray_jpeg(42)}
+
+
+@pytest.fixture(scope="module")
+def snapshots(tmp_path_factory):
+    """A folder as `rfwatch run --once` left it, a.jpg, b.jpg and c.jpg waiting for review ("waiting"), and as it
+    is once a.jpg was labelled green and b.jpg rejected on the page, before any daemon applied that ("decided").
+    Each is put back where it was made: the journal holds absolute paths."""
+    from roboflow_server import RoboflowServer
+
+    from rfwatch.config import load_config
+    from rfwatch.review.server import ReviewServer
+
+    base = tmp_path_factory.mktemp("review-crash") / "work"
+    base.mkdir()
+    server = RoboflowServer().start()
+    server.classifier = lambda image: dict(UNSURE)
+    try:
+        port = free_port()
+        cfg = review_config(base, server, port, upload=UPLOAD, concurrency=1)
+        for name, data in CRASHED_FILES.items():
+            (base / "inbox" / name).write_bytes(data)
+        assert run_cli("run", "-c", str(cfg), "--once", env={"ROBOFLOW_API_KEY": VALID_KEY}).returncode == 0
+        shutil.copytree(base, base.parent / "waiting")
+        config = load_config(cfg)
+        api = Api(port)
+        with ReviewServer(config, config.state_path, lambda model: None):
+            assert api.label(api.id_of("a.jpg"), "green")[0] == 200
+            assert api.reject(api.id_of("b.jpg"))[0] == 200
+    finally:
+        server.stop()
+    shutil.copytree(base, base.parent / "decided")
+    return base
+
+
+def _restore(base: Path, which: str, server: Any) -> tuple[Path, int]:
+    """The snapshot ``which`` back in place, for this test's stand-ins and a free port; (config, port)."""
+    shutil.rmtree(base, ignore_errors=True)
+    shutil.copytree(base.parent / which, base)
+    cfg, port = base / "config.yaml", free_port()
+    doc = yaml.safe_load(cfg.read_text())
+    doc["roboflow"].update(api_url=server.url, platform_url=server.platform_url)
+    doc["review"]["listen"] = f"127.0.0.1:{port}"
+    cfg.write_text(yaml.safe_dump(doc))
+    return cfg, port
+
+
+def assert_applied_once(base: Path, platform: Any, waiting: tuple[str, ...] = ("c.jpg",)) -> None:
+    """Each file in exactly one place, whole; the label applied once and uploaded once; the reject applied once."""
+    expected = {"a.jpg": base / "sorted" / "green" / "a.jpg", "b.jpg": base / "failed" / "b.jpg"}
+    expected.update({name: base / "review" / name for name in waiting})
+    found: dict[str, list[Path]] = {}
+    for p in files_under(base):
+        if p.parent.name != "state" and p.suffix not in (".yaml", ".log"):
+            found.setdefault(digest(p.read_bytes()), []).append(p)
+    assert found == {digest(CRASHED_FILES[n]): [p] for n, p in expected.items()}, found
+    journal = JournalView(base)
+    states = {"a.jpg": "done", "b.jpg": "failed", **dict.fromkeys(waiting, "review")}
+    assert {n: journal.state(n) for n in states} == states
+    assert journal.file("b.jpg")["last_error"] == "rejected in review"
+    a = journal.file("a.jpg")
+    assert json.loads(a["prediction"])["top"] == "red"  # the model's own, beside the person's label
+    for name, kind in (("a.jpg", "label"), ("b.jpg", "reject")):
+        file_id = journal.file(name)["id"]
+        assert [d["kind"] for d in journal.decisions(file_id)] == [kind]
+        steps = journal._query("SELECT action, state FROM steps WHERE file_id=? ORDER BY seq", (file_id,))
+        actions = [(s["action"], s["state"]) for s in steps]
+        then = ("move", "done") if kind == "label" else ("quarantine", "done")
+        assert actions == [("review", "done"), ("decision", "done"), then], (name, actions)
+    (upload,) = journal.uploads()
+    assert upload["state"] == "delivered" and upload["file_id"] == a["id"]
+    (up,) = platform.uploads["colors"]
+    assert up["bytes"] == CRASHED_FILES["a.jpg"]
+    assert json.loads(upload["result"])["image_id"] == up["id"]
+    assert platform.annotations["colors"] == {up["id"]: "green"}
+    leftovers = [p for p in files_under(base) if ".rfwatch-tmp" in p.name]
+    assert not leftovers, leftovers
+
+
+@pytest.mark.parametrize(
+    "point",
+    [
+        "delivery.before_enqueue",  # the label's step, its upload about to be queued with it
+        "journal.step_finished:1",  # the label's step committed, its upload queued
+        "place.before_rename",  # the move into sorted/green: intent recorded, nothing renamed
+        "journal.step_finished:2",  # moved into sorted/green, the file not yet finished
+        "delivery.after_send",  # uploaded and annotated, the answer not yet recorded: sent again, a duplicate
+        "quarantine.before_move",  # the rejected file about to go to failed/
+    ],
+)
+def test_a_crash_after_a_click_neither_loses_the_decision_nor_applies_it_twice(snapshots, server, platform, point):
+    cfg, _ = _restore(snapshots, "decided", server)
+    crashed = run_cli("run", "-c", str(cfg), "--once", env={"RFWATCH_CRASH_AT": point})
+    assert crashed.returncode == CRASH_EXIT, crashed.stderr[-2000:]
+    assert f"crash point {point.split(':')[0]} reached" in crashed.stderr
+    after = run_cli("run", "-c", str(cfg), "--once")
+    assert after.returncode in (0, 1) and "Traceback" not in after.stderr, after.stderr[-2000:]  # 1: b.jpg failed
+    assert_applied_once(snapshots, platform)
+
+
+@pytest.mark.parametrize("served_by", ["daemon", "rfwatch review"])
+def test_a_crash_as_the_decision_is_committed_keeps_it(snapshots, server, platform, served_by):
+    """review.decided: the page's process dies right after the decision's transaction, before it answers."""
+    from rfwatch.config import load_config
+    from rfwatch.review.server import ReviewServer
+
+    cfg, port = _restore(snapshots, "waiting", server)
+    env = {"RFWATCH_CRASH_AT": "review.decided:2"}  # the second decision
+    log = snapshots / "page.log"
+    if served_by == "daemon":
+        page: Any = DaemonProcess(cfg, log, env=env)
+        page.wait_ready()
+    else:
+        page = ReviewProcess(cfg, port, log, env=env).__enter__()
+    api = Api(port)
+    try:
+        assert api.reject(api.id_of("b.jpg"))[0] == 200
+        with pytest.raises((http.client.HTTPException, ConnectionError)):
+            api.label(api.id_of("a.jpg"), "green")
+        assert page.proc.wait(timeout=30) == CRASH_EXIT
+    finally:
+        page.__exit__(None, None, None)
+    assert "crash point review.decided reached" in log.read_text()
+    # Clicked again once the page is back: already decided.
+    config = load_config(cfg)
+    with ReviewServer(config, config.state_path, lambda model: None):
+        assert api.label(JournalView(snapshots).file("a.jpg")["id"], "blue")[0] == 409
+        assert api.names() == ["c.jpg"]
+    after = run_cli("run", "-c", str(cfg), "--once")
+    # 1: b.jpg failed in this run (0: the daemon that served the page rejected it before it died)
+    assert after.returncode in (0, 1) and "Traceback" not in after.stderr, after.stderr[-2000:]
+    assert_applied_once(snapshots, platform)
+    if served_by == "daemon":
+        assert run_cli("run", "-c", str(cfg), "--once").returncode == 0  # and again: nothing left to do
+        assert_applied_once(snapshots, platform)

@@ -1,0 +1,329 @@
+"""The review page in a real browser: Debian's chromium, headless, driven by Selenium through Debian's chromedriver
+(named explicitly, so Selenium Manager never downloads anything). The JSON API alone is in test_review.py.
+
+``RFWATCH_UPDATE_SCREENSHOT=1`` also writes the screenshot the README shows (docs/review-page.png).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import random
+import time
+from pathlib import Path
+
+import pytest
+from helpers import REPO, DaemonThread, files_under, wait_for
+from PIL import Image
+from test_review import TOKEN, UNSURE, Api, JournalView, free_port, review_config, wait_listening, write_one_by_one
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+SCREENSHOT = REPO / "docs" / "review-page.png"
+WINDOW = (1000, 700)
+
+# Colours mixed so that no class stands out (the stand-in scores each channel's share): the model is unsure.
+PURE = {"red": (220, 20, 20), "green": (20, 200, 40), "blue": (30, 40, 220)}
+
+
+def mixed_jpeg(shares: dict[str, float], seed: int, size=(320, 240)) -> bytes:
+    """Vertical bands of the given colours (their share of the width), with a little noise: unique bytes."""
+    img = Image.new("RGB", size)
+    x = 0
+    for name, share in shares.items():
+        width = round(share * size[0])
+        img.paste(PURE[name], (x, 0, min(size[0], x + width), size[1]))
+        x += width
+    rnd = random.Random(seed)
+    px = img.load()
+    for _ in range(24):
+        px[rnd.randrange(size[0]), rnd.randrange(size[1])] = tuple(rnd.randrange(256) for _ in range(3))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
+MIXES = {
+    "IMG_0412.jpg": {"red": 0.5, "green": 0.3, "blue": 0.2},
+    "IMG_0413.jpg": {"green": 0.45, "blue": 0.35, "red": 0.2},
+    "IMG_0415.jpg": {"blue": 0.5, "red": 0.25, "green": 0.25},
+    "IMG_0418.jpg": {"red": 0.4, "blue": 0.4, "green": 0.2},
+    "IMG_0421.jpg": {"green": 0.5, "red": 0.3, "blue": 0.2},
+}
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
+    if missing:
+        pytest.skip(
+            f"no {' or '.join(missing)}: the review page is tested in Debian's chromium "
+            "(apt-get install -y chromium chromium-driver; .ci/run installs them)"
+        )
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in [
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        f"--window-size={WINDOW[0]},{WINDOW[1]}",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+    ]:
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    driver.set_page_load_timeout(20)
+    # The window's size includes the browser's own bars: make the page's viewport WINDOW.
+    inner = driver.execute_script("return [window.innerWidth, window.innerHeight]")
+    driver.set_window_size(2 * WINDOW[0] - inner[0], 2 * WINDOW[1] - inner[1])
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+class Page:
+    def __init__(self, driver, port: int):
+        self.driver, self.base = driver, f"http://127.0.0.1:{port}"
+
+    def js(self, script: str, *args):
+        return self.driver.execute_script(script, *args)
+
+    def cards(self) -> list[str]:
+        """The names on the grid's cards, in order."""
+        return self.js("return [...document.querySelectorAll('#grid .card .name')].map(e => e.textContent)")
+
+    def selected(self) -> list[str]:
+        return self.js("return [...document.querySelectorAll('#grid .card.selected .name')].map(e => e.textContent)")
+
+    def count(self) -> str:
+        return self.js("return document.getElementById('count').textContent")
+
+    def images_loaded(self) -> list[int]:
+        return self.js(
+            "return [...document.querySelectorAll('#grid .card img')].map(i => i.complete ? i.naturalWidth : 0)"
+        )
+
+    def press(self, *keys: str) -> None:
+        from selenium.webdriver.common.action_chains import ActionChains
+
+        ActionChains(self.driver).send_keys(*keys).perform()
+
+    def slow_lists(self, ms: int) -> None:
+        """Answers to GET /api/items reach the page ``ms`` late (asked for at once: they may be stale by then)."""
+        self.js(
+            """const ms = arguments[0], fetch = window.realFetch = window.realFetch || window.fetch;
+            window.fetch = (url, options) => String(url).endsWith("/api/items")
+              ? fetch(url, options).then((r) => new Promise((resolve) => setTimeout(() => resolve(r), ms)))
+              : fetch(url, options);""",
+            ms,
+        )
+
+    def drop_next_post(self) -> None:
+        """The page's next POST fails as if rfwatch could not be reached (restarting, say)."""
+        self.js(
+            """const fetch = window.realFetch = window.realFetch || window.fetch;
+            window.fetch = (url, options) => {
+              window.fetch = fetch;
+              return options && options.method === "POST" ? Promise.reject(new TypeError("Failed to fetch"))
+                : fetch(url, options);
+            };"""
+        )
+
+    def normal_fetch(self) -> None:
+        self.js("if (window.realFetch) window.fetch = window.realFetch;")
+
+    def watch_cards(self, seconds: float) -> set[str]:
+        """Every name on the grid during the next ``seconds``."""
+        seen: set[str] = set()
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            seen.update(self.cards())
+            time.sleep(0.03)
+        return seen
+
+    def errors(self) -> list[dict]:
+        return [e for e in self.driver.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def test_the_page_labels_with_keys_and_keeps_up_with_changes_elsewhere(
+    tmp_path, server, platform, api_key, browser, caplog
+):
+    from selenium.webdriver.common.keys import Keys
+
+    caplog.set_level(logging.INFO)
+
+    port = free_port()
+    cfg = review_config(tmp_path, server, port, token=TOKEN, concurrency=1)  # (in order, for the screenshot)
+    api, journal = Api(port, TOKEN), JournalView(tmp_path)
+    page = Page(browser, port)
+    with DaemonThread(cfg):
+        wait_listening(port)  # the page is served once the daemon watches its folders
+        for n, (name, mix) in enumerate(MIXES.items()):
+            (tmp_path / "inbox" / name).write_bytes(mixed_jpeg(mix, n))
+        wait_for(lambda: api.items()["waiting"] == 5, what="five files waiting")
+        wait_for(lambda: api.items()["classes"] == ["red", "green", "blue"], what="the model's classes")
+        names = api.names()  # oldest first, as the page shows them
+
+        # Opened once with the token: the address bar drops it, the cookie carries it from then on.
+        browser.get(f"{page.base}/?token={TOKEN}")
+        assert browser.current_url == page.base + "/"
+        assert TOKEN not in browser.page_source
+        wait_for(lambda: page.cards() == names, timeout=10, what="the waiting files on the page")
+        wait_for(lambda: all(w > 0 for w in page.images_loaded()), timeout=10, what="the thumbnails")
+        assert len(page.images_loaded()) == 5
+        assert page.count() == "5 files waiting"
+        first = browser.find_element("css selector", "#grid .card")
+        prediction = api.items()["items"][0]["prediction"]["predictions"]
+        top3 = [f"{p['class']} {p['confidence'] * 100:.1f} %" for p in prediction[:3]]
+        assert first.find_element("css selector", ".top3").text.splitlines() == top3  # the model's, not the label's
+        assert float(top3[0].split()[1]) < 60  # unsure
+        assert [b.text for b in first.find_elements("css selector", ".classes button")] == [
+            "1 red",
+            "2 green",
+            "3 blue",
+        ]
+        assert page.selected() == [names[0]]
+        shot = tmp_path / "review-page.png"
+        browser.save_screenshot(str(shot))
+        with Image.open(shot) as img:
+            assert img.format == "PNG" and img.size == WINDOW, img.size
+        if os.environ.get("RFWATCH_UPDATE_SCREENSHOT"):  # 256 colours: a page's flat colours, a third of the bytes
+            with Image.open(shot) as img:
+                img.convert("RGB").quantize(256, dither=Image.Dither.NONE).save(SCREENSHOT, optimize=True)
+
+        # Arrows move the selection: across, and down a row (three columns at this width).
+        page.press(Keys.ARROW_RIGHT)
+        assert page.selected() == [names[1]]
+        page.press(Keys.ARROW_DOWN)
+        assert page.selected() == [names[4]]
+        page.press(Keys.ARROW_RIGHT)  # the last one: stays
+        assert page.selected() == [names[4]]
+        page.press(Keys.ARROW_UP, Keys.ARROW_LEFT, Keys.ARROW_LEFT, Keys.ARROW_LEFT)
+        assert page.selected() == [names[0]]
+        page.press(Keys.ARROW_RIGHT)
+
+        # A digit labels the selected file with that class: it leaves the grid and reaches its folder. And it stays
+        # gone, even when a list asked for before the label arrives after it.
+        page.slow_lists(800)
+        page.js("refresh()")
+        page.press("2")
+        wait_for(lambda: names[1] not in page.cards(), timeout=5, what="the labelled file leaving the grid")
+        assert names[1] not in page.watch_cards(1.2), "a stale list brought a decided file back"
+        page.normal_fetch()
+        wait_for(lambda: (tmp_path / "sorted" / "green" / names[1]).exists(), what="the labelled file sorted")
+        assert page.count() == "4 files waiting"
+        assert page.selected() == [names[2]]  # the next one, in its place
+
+        # x rejects it.
+        page.press("x")
+        wait_for(lambda: (tmp_path / "failed" / names[2]).exists(), what="the rejected file in failed/")
+        wait_for(lambda: journal.state(names[2]) == "failed", what="the rejected file failed")
+        assert journal.file(names[2])["last_error"] == "rejected in review"
+        assert page.cards() == [names[0], names[3], names[4]] and page.count() == "3 files waiting"
+        assert page.selected() == [names[3]]
+
+        # Decided elsewhere (another page, the JSON API): it leaves this page by itself, and if it was the
+        # selected one, the one that takes its place is selected.
+        assert api.label(api.id_of(names[3]), "blue")[0] == 200
+        wait_for(lambda: names[3] not in page.cards(), timeout=5, what="a file decided elsewhere leaving the grid")
+        wait_for(lambda: page.count() == "2 files waiting", timeout=5, what="the count")
+        assert page.selected() == [names[4]]
+        # A new file to review: it appears by itself.
+        (tmp_path / "inbox" / "IMG_0430.jpg").write_bytes(mixed_jpeg({"blue": 0.45, "green": 0.35, "red": 0.2}, 99))
+        wait_for(lambda: "IMG_0430.jpg" in page.cards(), timeout=10, what="a new file appearing")
+        wait_for(lambda: page.count() == "3 files waiting", timeout=5, what="the count")
+        wait_for(lambda: all(w > 0 for w in page.images_loaded()), timeout=10, what="its thumbnail")
+
+        # A click on a class labels too; when rfwatch cannot be reached, it says so, and a second click works.
+        button = f"#grid .card[data-id='{api.id_of(names[0])}'] .classes button[data-class='red']"
+        page.drop_next_post()
+        browser.find_element("css selector", button).click()
+        message = browser.find_element("css selector", "#message")
+        wait_for(lambda: "cannot reach rfwatch" in message.text, timeout=5, what="the page saying so")
+        assert names[0] in page.cards() and journal.state(names[0]) == "review"
+        browser.find_element("css selector", button).click()
+        wait_for(lambda: (tmp_path / "sorted" / "red" / names[0]).exists(), what="the clicked file sorted")
+        wait_for(lambda: page.cards() == [names[4], "IMG_0430.jpg"], timeout=5, what="the grid")
+        assert page.count() == "2 files waiting"
+        assert page.errors() == []  # nothing failed to load, no script error
+        browser.get("about:blank")  # stop asking a server that is about to stop
+    assert f"review page at {page.base}/" in caplog.text and TOKEN not in caplog.text
+    assert {p.relative_to(tmp_path).as_posix() for p in files_under(tmp_path / "sorted")} == {
+        f"sorted/green/{names[1]}",
+        f"sorted/blue/{names[3]}",
+        f"sorted/red/{names[0]}",
+    }
+
+
+HOSTILE = '<img src=x onerror="document.title=1">.jpg'
+
+
+def test_multi_label_classes_toggle_with_digits_and_save_with_enter(tmp_path, server, platform, api_key, browser):
+    from selenium.common.exceptions import NoAlertPresentException
+    from selenium.webdriver.common.keys import Keys
+
+    server.classifier = lambda image: dict(UNSURE)
+    port = free_port()
+    cfg = review_config(tmp_path, server, port, model="tags/1")
+    api, journal = Api(port), JournalView(tmp_path)
+    page = Page(browser, port)
+    names = [HOSTILE, "b.jpg"]
+    with DaemonThread(cfg):
+        wait_listening(port)  # the page is served once the daemon watches its folders
+        write_one_by_one(
+            tmp_path, {HOSTILE: mixed_jpeg(MIXES["IMG_0412.jpg"], 1), "b.jpg": mixed_jpeg(MIXES["IMG_0413.jpg"], 2)}
+        )
+        wait_for(lambda: api.items()["classes"] == ["red", "green", "blue"], what="the model's classes")
+        browser.get(page.base + "/")
+        wait_for(lambda: page.cards() == names, timeout=10, what="the waiting files")  # a name is text, never HTML
+        assert page.js("return document.querySelectorAll('img[src=\"x\"]').length") == 0
+        assert page.js("return document.title") == "rfwatch review"
+        with pytest.raises(NoAlertPresentException):
+            _ = browser.switch_to.alert
+
+        def pressed(name: str) -> list[str]:
+            card = f"#grid .card[data-id='{api.id_of(name)}']"
+            return page.js(
+                f"return [...document.querySelectorAll(`{card} .classes button[aria-pressed=true]`)]"
+                ".map(b => b.dataset.class)"
+            )
+
+        assert pressed(HOSTILE) == []  # the model predicted none
+        assert page.js("return document.querySelector('#grid .card .save').hidden") is False
+        page.press("1", "3")
+        assert pressed(HOSTILE) == ["red", "blue"]
+        page.press("3", "2")
+        assert pressed(HOSTILE) == ["red", "green"]
+        assert api.items()["waiting"] == 2  # toggling decides nothing
+        page.press(Keys.ENTER)
+        wait_for(lambda: page.cards() == ["b.jpg"], timeout=5, what="the saved file leaving the grid")
+        wait_for(lambda: (tmp_path / "sorted" / "red" / HOSTILE).exists(), what="the saved file sorted")
+        (decision,) = journal.decisions(journal.file(HOSTILE)["id"])
+        assert json.loads(decision["classes"]) == ["red", "green"]
+
+        # With the mouse: a class button toggles, Save saves.
+        card = browser.find_element("css selector", "#grid .card")
+        card.find_element("css selector", ".classes button[data-class='blue']").click()
+        assert pressed("b.jpg") == ["blue"]
+        card = browser.find_element("css selector", "#grid .card")  # drawn anew
+        card.find_element("css selector", ".save").click()
+        wait_for(lambda: page.cards() == [], timeout=5, what="the grid empty")
+        wait_for(lambda: (tmp_path / "sorted" / "blue" / "b.jpg").exists(), what="b.jpg sorted")
+        assert page.count() == "0 files waiting"
+        assert "Nothing waits for review." in browser.find_element("css selector", "#grid").text
+        assert page.errors() == []
+        browser.get("about:blank")
+    (decision,) = journal.decisions(journal.file("b.jpg")["id"])
+    assert json.loads(decision["classes"]) == ["blue"]
