@@ -104,6 +104,9 @@ class ApiGate:
 class Daemon:
     #: How often the main loop looks whether another process changed the journal (a cheap PRAGMA).
     POLL_INTERVAL = 0.5
+    #: Seconds a worker may spend on one file beyond what the API could take (roboflow.timeout x retries)
+    #: before the daemon counts as stuck and stops its systemd watchdog pings (tests lower it).
+    STUCK_GRACE = 120.0
 
     def __init__(
         self,
@@ -373,7 +376,7 @@ class Daemon:
 
     def healthy(self) -> bool:
         """Worth a WATCHDOG=1: threads alive and no file stuck far longer than the API could take."""
-        limit = self.config.roboflow.timeout * self.config.roboflow.retries + 120
+        limit = self.config.roboflow.timeout * self.config.roboflow.retries + self.STUCK_GRACE
         now = time.monotonic()
         with self._lock:
             stuck = any(now - t > limit for t in self._busy_since.values())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,12 +16,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from PIL import Image
 from roboflow_server import VALID_KEY
 
 REPO = Path(__file__).resolve().parents[1]
 
+
+#: For every test that runs exiftool (the `tag` action, tests that read metadata with it): where it is not
+#: installed, the test is skipped and says why, instead of failing.
+needs_exiftool = pytest.mark.skipif(
+    shutil.which("exiftool") is None, reason="exiftool is not installed (apt-get install libimage-exiftool-perl)"
+)
 
 #: A platform API that refuses connections at once (the discard port): tests never reach api.roboflow.com.
 UNREACHABLE_PLATFORM = "http://127.0.0.1:9"
@@ -208,3 +216,40 @@ def run_cli(
     full_env = dict(os.environ, ROBOFLOW_API_KEY=VALID_KEY, ROBOFLOW_PLATFORM_URL=UNREACHABLE_PLATFORM)
     full_env.update(env or {})
     return subprocess.run(rfwatch_cmd(*args), capture_output=True, text=True, env=full_env, timeout=timeout, **kw)
+
+
+def record_takes(daemon: Any) -> list[tuple[Path, Any]]:
+    """Record every file the daemon's workers take, as (path, Attempt), in the order they finish.
+
+    A positive barrier for "nothing must happen" checks: wait until the daemon has looked at a file (and let
+    it be), instead of sleeping and hoping it had the time to. Install it before the daemon starts.
+    """
+    takes: list[tuple[Path, Any]] = []
+    real_take = daemon.pipeline.take
+
+    def take(path: Path, watch: Any, settled_at: float = 0.0) -> Any:
+        attempt = real_take(path, watch, settled_at)
+        takes.append((path, attempt))
+        return attempt
+
+    daemon.pipeline.take = take
+    return takes
+
+
+def record_probes(gate: Any) -> list[float]:
+    """When each probe of a closed API gate was let through (time.monotonic()), from now on.
+
+    Only one probe is out at a time: once n+1 probes have gone out, n have come back (and, while the API is
+    still down, failed). A positive barrier for "files wait while the API is down".
+    """
+    probes: list[float] = []
+    real_wait = gate.wait
+
+    def wait(stop: threading.Event) -> bool:
+        allowed = real_wait(stop)
+        if allowed and gate.reason is not None:
+            probes.append(time.monotonic())
+        return allowed
+
+    gate.wait = wait
+    return probes

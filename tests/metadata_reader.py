@@ -3,6 +3,7 @@ and our own JPEG/PNG/WebP chunk walkers to prove everything else is byte-identic
 
 from __future__ import annotations
 
+import hashlib
 import struct
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -84,11 +85,74 @@ def jpeg_parts(path: Path) -> tuple[list[tuple[int, bytes]], bytes]:
     raise AssertionError("no scan data")
 
 
+PHOTOSHOP_APP13 = b"Photoshop 3.0\x00"
+IRB_IPTC = 0x0404  # IPTC-NAA: the record `tag` writes keywords into
+IRB_IPTC_DIGEST = 0x0425  # MD5 of the IPTC-NAA data; compared as "matches its IPTC" rather than byte for byte
+
+
+def photoshop_resources(payload: bytes) -> list[tuple[int, bytes, bytes]]:
+    """An APP13 payload's Photoshop image resource blocks: (id, Pascal name, data), each as stored.
+
+    Layout (Adobe's Photoshop File Formats Specification, "Image Resource Blocks"): the signature
+    "Photoshop 3.0\\0", then resources: "8BIM", a 2-byte id, a Pascal name padded to an even length
+    (length byte included), a 4-byte size, and the data padded to an even length.
+    """
+    assert payload.startswith(PHOTOSHOP_APP13), "not a Photoshop APP13 segment"
+    i, out = len(PHOTOSHOP_APP13), []
+    while i < len(payload):
+        assert payload[i : i + 4] == b"8BIM", f"bad resource signature at {i}: {payload[i : i + 4]!r}"
+        rid = struct.unpack(">H", payload[i + 4 : i + 6])[0]
+        name_len = payload[i + 6]
+        name_end = i + 6 + 1 + name_len + ((1 + name_len) & 1)
+        name = payload[i + 6 : name_end]
+        size = struct.unpack(">I", payload[name_end : name_end + 4])[0]
+        data = payload[name_end + 4 : name_end + 4 + size]
+        assert len(data) == size, f"resource 0x{rid:04x} is cut short"
+        out.append((rid, name, data))
+        i = name_end + 4 + size + (size & 1)
+    return out
+
+
+def _without_iptc(payload: bytes) -> bytes | None:
+    """An APP13 segment minus its IPTC-NAA resource; None if nothing else is in it."""
+    if not payload.startswith(PHOTOSHOP_APP13):
+        return payload  # not Photoshop's: compared whole
+    resources = photoshop_resources(payload)
+    iptc = next((data for rid, _, data in resources if rid == IRB_IPTC), b"")
+    kept, digest = [], []
+    for rid, name, data in resources:
+        if rid == IRB_IPTC:
+            continue
+        if rid == IRB_IPTC_DIGEST:
+            # A digest that matches the IPTC beside it is what MWG readers check; exiftool rewrites it at the end
+            # of the block when it updates it, so it is compared for that, wherever it is.
+            digest.append((rid, name, b"in step with the IPTC" if data == hashlib.md5(iptc).digest() else data))
+            continue
+        kept.append((rid, name, data))
+    kept += digest
+    if not kept:
+        return None
+    return PHOTOSHOP_APP13 + b"".join(
+        b"8BIM" + struct.pack(">H", rid) + name + struct.pack(">I", len(data)) + data + b"\0" * (len(data) & 1)
+        for rid, name, data in kept
+    )
+
+
 def jpeg_non_xmp_segments(path: Path) -> list[tuple[int, bytes]]:
+    """Every marker segment before the scan except what `tag` may write: the XMP APP1 and, in APP13, the
+    IPTC-NAA resource. Every other Photoshop resource is kept, byte for byte; an APP13 left empty is dropped."""
     segments, _ = jpeg_parts(path)
-    return [
-        (m, p) for m, p in segments if not (m == 0xE1 and p.startswith(XMP_APP1)) and m != 0xED
-    ]  # XMP, Photoshop IRB (IPTC)
+    out = []
+    for marker, payload in segments:
+        if marker == 0xE1 and payload.startswith(XMP_APP1):
+            continue
+        if marker == 0xED:
+            rest = _without_iptc(payload)
+            if rest is not None:
+                out.append((marker, rest))
+            continue
+        out.append((marker, payload))
+    return out
 
 
 def chunks(path: Path) -> list[tuple[bytes, bytes]]:

@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from helpers import DaemonThread, files_under, run_cli, unique_jpeg, wait_for, write_config
+from helpers import DaemonThread, files_under, needs_exiftool, run_cli, unique_jpeg, wait_for, write_config
 from metadata_reader import jpeg_parts, read_xmp
 from PIL import Image
 from roboflow_server import VALID_KEY
@@ -145,11 +145,13 @@ def test_410_stops_deliveries_and_redirects_are_not_followed(tmp_path, server, r
         )
         n = len(receiver.deliveries)
         (tmp_path / "inbox" / "b.jpg").write_bytes(unique_jpeg(RED, 21))
-        wait_for(lambda: (tmp_path / "sorted" / "red" / "b.jpg").exists(), what="b sorted")
-        time.sleep(1.0)
+        db = sqlite3.connect(tmp_path / "state" / "journal.db")
+        # b's steps are done (a webhook it queued would be in the outbox, in the same transaction as its step)
+        b_state = "SELECT state FROM files WHERE source = ?"
+        b_source = bytes(tmp_path / "inbox" / "b.jpg")
+        wait_for(lambda: db.execute(b_state, (b_source,)).fetchall() == [("done",)], what="b processed")
+        assert db.execute("SELECT state FROM outbox").fetchall() == [("gone",)]  # b's event was never queued
     assert len(receiver.deliveries) == n, "no deliveries after 410 Gone"
-    db = sqlite3.connect(tmp_path / "state" / "journal.db")
-    assert db.execute("SELECT state FROM outbox").fetchall() == [("gone",)]  # b's event was never queued
 
 
 def test_a_slow_receiver_does_not_hold_up_classification(tmp_path, server, receiver):
@@ -164,13 +166,32 @@ def test_a_slow_receiver_does_not_hold_up_classification(tmp_path, server, recei
     assert elapsed < 3.0 * 3, f"sorting waited for the webhook receiver ({elapsed:.1f}s)"
 
 
-def test_annotate_log_and_command(tmp_path, server):
+#: What the command action must give a program, and what it must keep from it (the key).
+COMMAND_ENV = ("RFWATCH_PATH", "RFWATCH_CLASS", "RFWATCH_CONFIDENCE", "RFWATCH_RULE", "ROBOFLOW_API_KEY")
+
+
+def _env_recorder(tmp_path):
+    """A program that appends its arguments and the command action's environment variables as a JSON line."""
     script = tmp_path / "hook.py"
     script.write_text(
-        "import sys, os\n"
-        "open(sys.argv[1], 'a').write(' '.join(sys.argv[2:]) + ' ' + os.environ['RFWATCH_CLASS'] + '\\n')\n"
-        "sys.exit(3 if 'fail' in sys.argv[2] else 0)\n"
+        "import json, os, sys\n"
+        f"keys = {COMMAND_ENV!r}\n"
+        "line = json.dumps({'argv': sys.argv[2:], **{k: os.environ.get(k) for k in keys}})\n"
+        "with open(sys.argv[1], 'a') as out:\n"
+        "    out.write(line + '\\n')\n"
     )
+    return script
+
+
+def _red_or_green(image):
+    """Known scores, so the confidence each file gets is known to four decimals."""
+    r, g, _ = image.convert("RGB").resize((1, 1)).getpixel((0, 0))
+    return {"red": 0.8765, "green": 0.1235} if r > g else {"green": 0.6543, "red": 0.3457}
+
+
+def test_annotate_log_and_command(tmp_path, server):
+    server.classifier = _red_or_green
+    script = _env_recorder(tmp_path)
     rules = [
         {
             "name": "all",
@@ -178,7 +199,7 @@ def test_annotate_log_and_command(tmp_path, server):
                 {"annotate": "annotated/{class}/{stem}.png"},
                 {"log": {"path": "results.jsonl"}},
                 {"log": {"path": "results.csv", "format": "csv"}},
-                {"command": [sys.executable, str(script), str(tmp_path / "cmd.txt"), "{name}", "{confidence:.2f}"]},
+                {"command": [sys.executable, str(script), str(tmp_path / "cmd.jsonl"), "{name}", "{confidence:.2f}"]},
             ],
         }
     ]
@@ -203,8 +224,51 @@ def test_annotate_log_and_command(tmp_path, server):
     rows = list(csv.DictReader(open(tmp_path / "results.csv")))
     assert len(rows) == 20 and rows[0].keys() >= {"source", "top", "confidence", "rule"}
     assert (tmp_path / "results.csv").read_text().count("time,event,source") == 1
-    cmd = sorted((tmp_path / "cmd.txt").read_text().splitlines())
-    assert len(cmd) == 20 and cmd[0].startswith("p00.jpg 1.00 green") or cmd[0].startswith("p00.jpg 0.9")
+    # The command ran once per file, with its arguments and environment for that file, and without the key.
+    runs = sorted((json.loads(line) for line in (tmp_path / "cmd.jsonl").read_text().splitlines()), key=str)
+    expected = []
+    for i, name in enumerate(originals):
+        cls, confidence = ("red", 0.8765) if i % 2 else ("green", 0.6543)
+        expected.append(
+            {
+                "argv": [name, f"{confidence:.2f}"],
+                "RFWATCH_PATH": str(tmp_path / "inbox" / name),  # annotate, log and command leave it in place
+                "RFWATCH_CLASS": cls,
+                "RFWATCH_CONFIDENCE": f"{confidence:.4f}",
+                "RFWATCH_RULE": "all",
+                "ROBOFLOW_API_KEY": None,
+            }
+        )
+    assert runs == sorted(expected, key=str)
+
+
+def test_a_command_sees_the_file_where_it_is_now_and_the_class_its_rule_matched(tmp_path, server):
+    """Multi-label: the top class is red, the rule matched green; the file was moved by the step before."""
+    server.classifier = lambda image: {"red": 0.93, "green": 0.81237, "blue": 0.05}
+    script = _env_recorder(tmp_path)
+    rules = [
+        {
+            "name": "greens",
+            "when": {"class": "green"},
+            "then": [
+                {"move": "sorted/{class}/{name}"},
+                {"command": [sys.executable, str(script), str(tmp_path / "cmd.jsonl"), "{class}"]},
+            ],
+        }
+    ]
+    cfg = write_config(tmp_path, server, rules=rules, model="tags/1")
+    (tmp_path / "inbox" / "a.jpg").write_bytes(unique_jpeg(RED, 70))
+    result = run_cli("run", "-c", str(cfg), "--once")
+    assert result.returncode == 0, result.stderr
+    (run,) = [json.loads(line) for line in (tmp_path / "cmd.jsonl").read_text().splitlines()]
+    assert run == {
+        "argv": ["green"],
+        "RFWATCH_PATH": str(tmp_path / "sorted" / "green" / "a.jpg"),
+        "RFWATCH_CLASS": "green",
+        "RFWATCH_CONFIDENCE": "0.8124",
+        "RFWATCH_RULE": "greens",
+        "ROBOFLOW_API_KEY": None,
+    }
 
 
 def test_a_failing_command_is_a_failed_action_with_stderr(tmp_path, server):
@@ -228,7 +292,7 @@ def test_a_failing_command_is_a_failed_action_with_stderr(tmp_path, server):
     assert "move done" in history and "command failed" in history
 
 
-@pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool not installed")
+@needs_exiftool
 def test_full_rule_on_real_camera_files(tmp_path, server, receiver, samples):
     """tag + webhook + annotate + log + command on every camera JPEG, with the receiver down for a while."""
     receiver.stop()
@@ -250,13 +314,17 @@ def test_full_rule_on_real_camera_files(tmp_path, server, receiver, samples):
     for src in sorted((samples / "jpg").glob("*.jpg")):
         shutil.copyfile(src, tmp_path / "inbox" / src.name)
         originals[src.name] = src
-    with DaemonThread(cfg):
+    with DaemonThread(cfg) as d:
+        d.daemon.deliveries.policy.base = 0.2  # the production schedule, from 0.2 s instead of 2 s
         wait_for(lambda: len(files_under(tmp_path / "sorted")) == len(originals), timeout=60, what="all sorted")
-        time.sleep(1.5)  # deliveries fail while the receiver is away
-        receiver.start()
         db = sqlite3.connect(tmp_path / "state" / "journal.db")
-        db.execute("UPDATE outbox SET next_at=0")
-        db.commit()
+        failed = "SELECT COUNT(*) FROM outbox WHERE state='pending' AND attempts >= 2"
+        wait_for(
+            lambda: db.execute(failed).fetchone()[0] == len(originals),
+            timeout=30,
+            what="every webhook to fail twice while the receiver is away",
+        )
+        receiver.start()
         wait_for(lambda: len(receiver.ok()) >= len(originals), timeout=30, what="webhooks after the receiver returned")
     verifier = Webhook(SECRET)
     ids = [verifier.verify(d.body, d.headers)["id"] for d in receiver.ok()]

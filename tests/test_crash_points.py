@@ -337,6 +337,7 @@ def test_every_crash_point_while_applying_a_review_decision(tmp_path, server, pl
     WALKED.update(_walk(REVIEW_POINTS, _review, tmp_path, server))
 
 
+@needs_exiftool  # the walks that tag are skipped without it
 def test_the_walk_covers_every_crash_point():
     """Runs last in this file: each point of rfwatch/crashpoints.py was walked by a scenario above."""
     if len(WALKED) < 2:

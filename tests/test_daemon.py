@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import DaemonThread, files_under, run_cli, unique_jpeg, wait_for, write_config
+from helpers import DaemonThread, files_under, record_takes, run_cli, unique_jpeg, wait_for, write_config
 from roboflow_server import VALID_KEY
 
 RED, GREEN, BLUE = (230, 10, 10), (10, 230, 10), (10, 10, 230)
@@ -31,34 +31,55 @@ def test_files_present_before_start_are_sorted(tmp_path, server):
     assert files_under(tmp_path / "inbox") == []
 
 
+def _sort_a_marker(tmp_path: Path, n: int) -> None:
+    """Write a small red file and wait until it is sorted: a positive barrier for "nothing happened".
+
+    Everything written before it has been seen by the daemon, and quiet for at least as long as the marker.
+    """
+    (tmp_path / "inbox" / f"marker{n}.jpg").write_bytes(unique_jpeg(RED, 10_000 + n))
+    wait_for(lambda: (tmp_path / "sorted" / "red" / f"marker{n}.jpg").exists(), what=f"marker{n}.jpg sorted")
+
+
 def test_slow_writer_is_not_taken_before_it_closes(tmp_path, server):
     cfg = write_config(tmp_path, server, settle=0.2)
     data = unique_jpeg(GREEN, 3, size=(400, 300))
     target = tmp_path / "inbox" / "slow.jpg"
+    markers = 0
     with DaemonThread(cfg):
         with open(target, "wb") as fh:
             for i in range(0, len(data), len(data) // 4 + 1):
                 fh.write(data[i : i + len(data) // 4 + 1])
                 fh.flush()
-                time.sleep(0.6)  # pauses three times longer than settle
-                assert server.inference_requests() == [], "taken while still being written"
+                time.sleep(0.6)  # the writer pauses three times longer than settle
+                # A file written after the pause is sorted: slow.jpg was quiet longer still, and was kept.
+                markers += 1
+                _sort_a_marker(tmp_path, markers)
+                sizes = [r.image.size for r in server.inference_requests()]
+                assert sizes == [(48, 32)] * markers, "taken while still being written"
         wait_for(lambda: (tmp_path / "sorted" / "green" / "slow.jpg").exists(), what="slow.jpg sorted")
-    (req,) = server.inference_requests()
-    assert req.image.size == (400, 300)
+    requests = server.inference_requests()
+    assert len(requests) == markers + 1
+    assert requests[-1].image.size == (400, 300)
     assert (tmp_path / "sorted" / "green" / "slow.jpg").read_bytes() == data
 
 
 def test_temp_name_then_rename_is_taken_once_by_its_final_name(tmp_path, server):
+    from rfwatch.states import Outcome
+
     cfg = write_config(tmp_path, server)
-    with DaemonThread(cfg):
+    holder = DaemonThread(cfg)
+    takes = record_takes(holder.daemon)
+    with holder:
         part = tmp_path / "inbox" / "upload.jpg.part"
-        part.write_bytes(unique_jpeg(RED, 4))
-        time.sleep(0.6)
-        assert server.inference_requests() == []
+        part.write_bytes(unique_jpeg(BLUE, 4))
+        _sort_a_marker(tmp_path, 1)  # written after the .part file: the daemon saw it, and left it
+        assert len(server.inference_requests()) == 1 and part.exists()
         part.rename(tmp_path / "inbox" / "upload.jpg")
-        wait_for(lambda: (tmp_path / "sorted" / "red" / "upload.jpg").exists(), what="renamed file sorted")
-        time.sleep(0.5)
-    assert len(server.inference_requests()) == 1
+        wait_for(lambda: (tmp_path / "sorted" / "blue" / "upload.jpg").exists(), what="renamed file sorted")
+        _sort_a_marker(tmp_path, 2)  # every event for upload.jpg has been seen: it is not taken again
+    assert len(server.inference_requests()) == 3, "upload.jpg classified more than once"
+    assert not [p for p, _ in takes if p.name.endswith(".part")], "the temporary name was taken"
+    assert [a.outcome for p, a in takes if p.name == "upload.jpg"].count(Outcome.DONE) == 1
     # rsync style: written under a hidden temporary name, renamed into place
     with DaemonThread(cfg):
         tmp = tmp_path / "inbox" / ".rsync.tmp123"
@@ -89,9 +110,10 @@ def test_burst_of_500_one_request_per_distinct_image_and_restart_makes_none(tmp_
         assert p.read_bytes() == expected[p.name]
         assert p.parent.name == ["red", "green", "blue"][int(p.stem[3:]) % 400 % 3]
     assert files_under(inbox) == []
-    with DaemonThread(cfg):
-        time.sleep(1.0)
-    assert len(server.inference_requests()) == 400, "a restart must not classify finished files again"
+    with DaemonThread(cfg) as d:
+        _sort_a_marker(tmp_path, 1)  # the start-up scan and the look at the journal came before it
+        wait_for(d.daemon._idle, what="the restarted daemon to be idle")
+    assert len(server.inference_requests()) == 401, "a restart must not classify finished files again"
 
 
 def test_unmatched_files_stay_and_the_journal_says_so(tmp_path, server):
@@ -225,14 +247,28 @@ def test_dry_run_changes_nothing(tmp_path, server):
 
 
 def test_copy_into_a_watched_tree_is_not_taken_again(tmp_path, server):
+    from rfwatch.states import Outcome
+
     rules = [{"name": "r", "then": [{"copy": "inbox/copies/{class}/{name}"}]}]
     cfg = write_config(tmp_path, server, rules=rules)
-    with DaemonThread(cfg):
-        (tmp_path / "inbox" / "a.jpg").write_bytes(unique_jpeg(GREEN, 15))
-        wait_for(lambda: (tmp_path / "inbox" / "copies" / "green" / "a.jpg").exists(), what="copy")
-        time.sleep(1.0)
-    with DaemonThread(cfg):
-        time.sleep(0.8)
+    original, copy = tmp_path / "inbox" / "a.jpg", tmp_path / "inbox" / "copies" / "green" / "a.jpg"
+    first = DaemonThread(cfg)
+    takes = record_takes(first.daemon)
+    with first:
+        original.write_bytes(unique_jpeg(GREEN, 15))
+        wait_for(copy.exists, what="copy")
+        # The copy landed in the watched tree: the daemon looks at it, and leaves it.
+        wait_for(lambda: any(p == copy for p, _ in takes), what="the daemon to look at the copy")
+    # (An event and the scan of its new folder may hand it on twice, at once: the second finds it busy.)
+    looks = {(a.outcome, a.detail) for p, a in takes if p == copy}
+    assert (Outcome.SKIPPED, "written by rfwatch") in looks
+    assert looks <= {(Outcome.SKIPPED, "written by rfwatch"), (Outcome.SKIPPED, "already being processed")}
+    second = DaemonThread(cfg)
+    takes = record_takes(second.daemon)
+    with second:  # its start-up scan finds both: one it finished, one it wrote
+        wait_for(lambda: {p for p, _ in takes} >= {original, copy}, what="the start-up scan to reach both files")
+    assert {a.outcome for _, a in takes} == {Outcome.SKIPPED}
+    assert len(server.inference_requests()) == 1
     assert len(files_under(tmp_path / "inbox")) == 2
     db = sqlite3.connect(tmp_path / "state" / "journal.db")
     assert db.execute("SELECT COUNT(*) FROM files").fetchone()[0] == 1
@@ -351,3 +387,73 @@ def test_a_large_pending_set_is_not_restated_on_every_tick(tmp_path, monkeypatch
     for _ in range(50):
         assert settler.tick() == 500
     assert stats == [] and ready == []
+
+
+def _rewrite_during_prepare(client, monkeypatch, path: Path, final: bytes) -> list[Path]:
+    """The writer's last write lands while the early hand-off prepares the upload (before settled_at)."""
+    real_prepare = client.prepare
+    rewritten: list[Path] = []
+
+    def prepare_then_rewrite(*args, **kw):
+        prepared = real_prepare(*args, **kw)
+        if not rewritten:
+            path.write_bytes(final)
+            rewritten.append(path)
+        return prepared
+
+    monkeypatch.setattr(client, "prepare", prepare_then_rewrite)
+    return rewritten
+
+
+def test_a_file_changed_before_it_settled_is_not_sent_nor_journaled(tmp_path, server, monkeypatch):
+    from rfwatch.daemon import Daemon
+    from rfwatch.states import Outcome
+
+    cfg = write_config(tmp_path, server, settle=1.0)
+    path = tmp_path / "inbox" / "a.jpg"
+    first, final = unique_jpeg(RED, 500), unique_jpeg(RED, 501, size=(60, 40))
+    path.write_bytes(first)
+    daemon = Daemon(cfg)  # its pipeline, never run: the test is the worker
+    try:
+        watch = daemon.config.watch[0]
+        rewritten = _rewrite_during_prepare(daemon.runtime.client, monkeypatch, path, final)
+        attempt = daemon.pipeline.take(path, watch, settled_at=time.monotonic() + 0.3)
+        assert rewritten, "the early hand-off did not prepare the upload: the case was not staged"
+        assert attempt.outcome == Outcome.CHANGING
+        assert server.inference_requests() == [], "sent while it was still changing"
+        db = sqlite3.connect(tmp_path / "state" / "journal.db")
+        assert db.execute("SELECT COUNT(*) FROM files").fetchone()[0] == 0, "journaled while it was still changing"
+        assert db.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 0
+        assert db.execute("SELECT COUNT(*) FROM predictions").fetchone()[0] == 0
+        # Once it has settled, its final version is taken.
+        attempt = daemon.pipeline.take(path, watch, settled_at=0.0)
+        assert attempt.outcome == Outcome.DONE
+        (req,) = server.inference_requests()
+        assert req.image.size == (60, 40)
+        assert (tmp_path / "sorted" / "red" / "a.jpg").read_bytes() == final
+    finally:
+        daemon._close()
+
+
+def test_a_file_changed_before_it_settled_is_watched_again_and_taken_once(tmp_path, server, monkeypatch):
+    from rfwatch.states import Outcome
+
+    cfg = write_config(tmp_path, server, settle=0.3)
+    path = tmp_path / "inbox" / "a.jpg"
+    first, final = unique_jpeg(GREEN, 502), unique_jpeg(GREEN, 503, size=(60, 40))
+    with DaemonThread(cfg) as d:
+        for observer in d.daemon.watcher._observers:  # blind: only the worker's give-back can bring it back
+            observer.unschedule_all()
+        wait_for(lambda: not d.daemon.watcher.scanning(), what="the start-up scan (of an empty inbox)")
+        path.write_bytes(first)
+        rewritten = _rewrite_during_prepare(d.daemon.runtime.client, monkeypatch, path, final)
+        # The watcher's early hand-off: due to settle in a second, so the worker prepares its upload meanwhile.
+        d.daemon.watcher.ready(path, d.daemon.config.watch[0], time.monotonic() + 1.0)
+        wait_for(lambda: (tmp_path / "sorted" / "green" / "a.jpg").exists(), what="the final version sorted")
+        assert rewritten, "the early hand-off did not prepare the upload: the case was not staged"
+        assert d.daemon.counts[Outcome.CHANGING] == 1 and d.daemon.counts[Outcome.DONE] == 1
+    (req,) = server.inference_requests()
+    assert req.image.size == (60, 40), "the version sent is not the final one"
+    assert (tmp_path / "sorted" / "green" / "a.jpg").read_bytes() == final
+    db = sqlite3.connect(tmp_path / "state" / "journal.db")
+    assert db.execute("SELECT state, size FROM files").fetchall() == [("done", len(final))]

@@ -16,7 +16,17 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import DaemonThread, files_under, rfwatch_cmd, run_cli, unique_jpeg, wait_for, write_config
+from helpers import (
+    DaemonProcess,
+    DaemonThread,
+    files_under,
+    record_probes,
+    rfwatch_cmd,
+    run_cli,
+    unique_jpeg,
+    wait_for,
+    write_config,
+)
 from roboflow_server import VALID_KEY, RoboflowServer
 
 from rfwatch.sdnotify import Notifier
@@ -138,13 +148,76 @@ def test_ready_is_sent_only_once_the_watches_exist(tmp_path, server):
     assert messages[0].startswith("READY=1") and messages.count("WATCHDOG=1") >= 4
 
 
-def test_a_stuck_worker_stops_the_watchdog_pings(tmp_path, server):
-    cfg = write_config(tmp_path, server)
-    with DaemonThread(cfg) as d:
+def test_a_stuck_worker_stops_the_watchdog_pings(tmp_path, server, monkeypatch):
+    """A worker really stuck (a hook that never returns): WATCHDOG=1 stops, so systemd restarts the service;
+    once the worker is free again the pings resume."""
+    # The hook waits until the test lets it go: the worker is stuck in it, as on a hung NFS mount.
+    hook = ["sh", "-c", "while [ ! -e release ]; do sleep 0.02; done"]
+    rules = [{"name": "hook", "then": [{"command": {"args": hook, "timeout": 120}}, {"move": "sorted/{class}/{name}"}]}]
+    cfg = write_config(tmp_path, server, rules=rules, timeout=0.5)
+    pings: list[float] = []
+
+    class Recording(Notifier):
+        def watchdog(self):
+            pings.append(time.monotonic())
+            super().watchdog()
+
+    holder = DaemonThread(cfg, notifier=Recording({"WATCHDOG_USEC": "200000"}))  # a ping every 0.1 s
+    holder.daemon.STUCK_GRACE = 0.0  # stuck once busy longer than the API could take: 0.5 s x 3 retries
+    limit = 0.5 * 3
+    ticks: list[float] = []  # the main loop's turns: it keeps running (and deciding about pings) while stuck
+    with holder as d:
+        real_tick = d.daemon.watcher.tick
+        monkeypatch.setattr(d.daemon.watcher, "tick", lambda: ticks.append(time.monotonic()) or real_tick())
+        wait_for(lambda: len(pings) >= 3, what="pings while healthy")
         assert d.daemon.healthy()
-        d.daemon._busy_since[12345] = time.monotonic() - 10_000  # a file in flight for hours
-        assert not d.daemon.healthy()
-        del d.daemon._busy_since[12345]
+        try:
+            (tmp_path / "inbox" / "a.jpg").write_bytes(unique_jpeg(RED, 3))
+            (since,) = wait_for(lambda: list(d.daemon._busy_since.values()), what="a worker on the file")
+            stuck_at = since + limit
+            wait_for(lambda: ticks[-1] > stuck_at + 1.0, timeout=30, what="the main loop to run on while stuck")
+            assert not d.daemon.healthy() and list(d.daemon._busy_since.values()) == [since], "not stuck in the hook"
+            # The last ping may go out as the limit is reached; none after (pings came every 0.1 s before).
+            late = [round(p - stuck_at, 3) for p in pings if p > stuck_at + 0.25]
+            assert late == [], f"WATCHDOG=1 sent while a worker was stuck (seconds past the limit: {late})"
+        finally:
+            released = time.monotonic()
+            (tmp_path / "release").touch()  # whatever happened, so that the daemon can stop
+        wait_for(lambda: (tmp_path / "sorted" / "red" / "a.jpg").exists(), what="the file, once the hook returned")
+        wait_for(lambda: any(p > released for p in pings), what="pings to resume")
+        assert d.daemon.healthy()
+
+
+def _reload_seen(messages: list[str]) -> bool:
+    """RELOADING=1, then READY=1 with the status line in the same datagram (sd_notify's reload protocol)."""
+    lines = [m.split("\n") for m in messages]
+    reloading = next((i for i, m in enumerate(lines) if "RELOADING=1" in m), None)
+    if reloading is None:
+        return False
+    return any("READY=1" in m and any(x.startswith("STATUS=") for x in m) for m in lines[reloading + 1 :])
+
+
+def test_sighup_says_reloading_then_ready_and_a_broken_config_keeps_the_running_one(tmp_path, server):
+    cfg = write_config(tmp_path, server)
+    log = tmp_path / "daemon.log"
+    with DaemonProcess(cfg, log) as proc:
+        proc.wait_ready()
+        write_config(tmp_path, server, rules=[{"name": "new", "then": [{"move": "moved/{class}/{name}"}]}])
+        seen = len(proc.messages)
+        proc.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: _reload_seen(proc.messages[seen:]), what="RELOADING=1, then READY=1 with a STATUS=")
+        assert "config reloaded: 1 rules" in log.read_text()
+        (tmp_path / "inbox" / "a.jpg").write_bytes(unique_jpeg(RED, 130))
+        wait_for(lambda: (tmp_path / "moved" / "red" / "a.jpg").exists(), what="the reloaded rule at work")
+        # A broken config: the daemon says it reloads, then that it is ready again, with the running config.
+        cfg.write_text(cfg.read_text().replace("move:", "teleport:"))
+        seen = len(proc.messages)
+        proc.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: _reload_seen(proc.messages[seen:]), what="RELOADING=1, then READY=1 after a failed reload")
+        assert "reload failed, keeping the running config" in log.read_text()
+        (tmp_path / "inbox" / "b.jpg").write_bytes(unique_jpeg(GREEN, 131))
+        wait_for(lambda: (tmp_path / "moved" / "green" / "b.jpg").exists(), what="the running config, still at work")
+        assert proc.terminate() == 0
 
 
 def test_status_json_reports_true_counts_and_retry_requeues(tmp_path, server):
@@ -183,13 +256,14 @@ def test_files_wait_through_an_outage_and_are_all_processed_after(tmp_path):
     cfg = write_config(tmp_path, server, failed="failed")
     try:
         with DaemonThread(cfg) as d:
-            d.daemon.gate.min_backoff = 0.5
+            d.daemon.gate.min_backoff = d.daemon.gate.max_backoff = 0.5
+            probes = record_probes(d.daemon.gate)
             server.stop()  # the API goes away
             for i in range(10):
                 (tmp_path / "inbox" / f"o{i}.jpg").write_bytes(unique_jpeg(RED, 30 + i))
             wait_for(lambda: d.daemon.gate.reason, timeout=20, what="the daemon to notice the outage")
             assert "cannot connect" in d.daemon.status_line()
-            time.sleep(2)
+            wait_for(lambda: len(probes) >= 3, what="two probes of the API to fail")
             assert files_under(tmp_path / "sorted") == [] and not (tmp_path / "failed").exists()
             status = json.loads(run_cli("status", "-c", str(cfg), "--json").stdout)
             assert status["counts"]["failed"] == 0 and "cannot connect" in (status["waiting_reason"] or "")
@@ -206,14 +280,17 @@ def test_a_bad_key_makes_files_wait_and_they_resume_with_a_good_one(tmp_path, se
     cfg = write_config(tmp_path, server, failed="failed")
     with DaemonThread(cfg) as d:
         d.daemon.gate.permanent_backoff = 0.5
+        probes = record_probes(d.daemon.gate)
         for i in range(3):
             (tmp_path / "inbox" / f"k{i}.jpg").write_bytes(unique_jpeg(GREEN, 40 + i))
         # classify.roboflow.com answers 403 for a bad key (and for an unknown model)
         wait_for(lambda: d.daemon.gate.reason and "HTTP 403" in d.daemon.gate.reason, what="403 noticed")
-        time.sleep(1.5)
+        wait_for(lambda: len(probes) >= 3, what="two probes with the bad key to fail")
         assert files_under(tmp_path / "sorted") == [] and not (tmp_path / "failed").exists()
-        probes = len(server.inference_requests())
-        assert probes <= 3 + 6, "files are not hammering the API one by one"
+        sent = len(server.inference_requests())
+        # One request per file before the gate closed (3 files), then only the gate's probes, 0.5 s apart.
+        assert sent <= 3 + len(probes) and sent <= 3 + 6, "files are not hammering the API one by one"
+        assert min(b - a for a, b in zip(probes, probes[1:])) >= 0.5, probes
         # the key is re-enabled (or the quota topped up) on Roboflow's side: the same key works again
         server.valid_keys.add("expired-key")
         wait_for(lambda: len(files_under(tmp_path / "sorted")) == 3, timeout=30, what="resumed")
@@ -290,21 +367,58 @@ def test_the_service_config_loads_with_the_credential(tmp_path, monkeypatch):
     assert "ReadWritePaths=/srv/rfwatch" in (REPO / "systemd" / "rfwatch.service").read_text()
 
 
-def test_an_event_overflow_triggers_a_rescan(tmp_path, server):
-    import logging
+INOTIFY_QUEUE = Path("/proc/sys/fs/inotify/max_queued_events")
 
+
+def _has_inotify(pid: int) -> bool:
+    try:
+        return any(os.readlink(fd) == "anon_inode:inotify" for fd in Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+
+
+def test_an_event_overflow_triggers_a_rescan(tmp_path, server):
+    """A real IN_Q_OVERFLOW: the daemon's inotify queue holds 64 events, and a burst arrives while the daemon
+    cannot read (stopped, as a stalled or swapped-out process is). The files whose events the kernel dropped
+    are found by the rescan rfwatch starts when watchdog reports the overflow."""
     cfg = write_config(tmp_path, server)
-    with DaemonThread(cfg) as d:
-        for observer in d.daemon.watcher._observers:  # events are lost from here on...
-            observer.unschedule_all()
-        (tmp_path / "inbox" / "lost.jpg").write_bytes(unique_jpeg(RED, 90))
-        time.sleep(0.8)
-        assert not (tmp_path / "sorted").exists()
-        # ...and watchdog reports the kernel's IN_Q_OVERFLOW the only way it does: a log line
-        logging.getLogger("watchdog.observers.inotify_c").warning(
-            "Inotify queue overflowed; filesystem events were lost"
+    inbox, log = tmp_path / "inbox", tmp_path / "daemon.log"
+    data = unique_jpeg(RED, 90, size=(8, 8))  # one content: a single API call, the test is about the events
+    try:
+        old = INOTIFY_QUEUE.read_text()
+        INOTIFY_QUEUE.write_text("64\n")
+    except OSError as exc:
+        pytest.skip(f"cannot lower fs.inotify.max_queued_events (needs root and a writable /proc/sys): {exc}")
+    proc = None
+    try:
+        proc = DaemonProcess(cfg, log)
+        # An inotify instance keeps the limit it was created with: the system's default is restored as soon
+        # as the daemon's exists, so that no other program gets the small queue.
+        wait_for(lambda: _has_inotify(proc.proc.pid) or proc.proc.poll() is not None, what="the daemon's inotify")
+    except BaseException:
+        if proc is not None:
+            proc.kill()
+        raise
+    finally:
+        INOTIFY_QUEUE.write_text(old)
+    with proc:
+        proc.wait_ready()
+        proc.proc.send_signal(signal.SIGSTOP)
+        try:
+            for n in range(200):  # at least three events each (create, modify, close): far more than 64
+                (inbox / f"f{n:03}.jpg").write_bytes(data)
+        finally:
+            proc.proc.send_signal(signal.SIGCONT)
+        wait_for(lambda: "Inotify queue overflowed; filesystem events were lost" in log.read_text(), what="overflow")
+        wait_for(
+            lambda: len(files_under(tmp_path / "sorted")) == 200,
+            timeout=60,
+            what="all 200 files sorted, those whose events were lost too",
         )
-        wait_for(lambda: (tmp_path / "sorted" / "red" / "lost.jpg").exists(), what="the rescan after the overflow")
+        assert "filesystem events were lost (inotify queue overflow); rescanning the watched folders" in log.read_text()
+        assert proc.terminate() == 0
+    assert {p.name for p in files_under(tmp_path / "sorted" / "red")} == {f"f{n:03}.jpg" for n in range(200)}
+    assert files_under(inbox) == []
 
 
 def test_the_inotify_watch_limit_error_names_the_sysctl(tmp_path, server, monkeypatch):
