@@ -6,15 +6,26 @@ import shutil
 from pathlib import Path
 
 import pytest
-from metadata_reader import chunks, iptc_keywords, jpeg_non_xmp_segments, jpeg_parts, read_xmp, tiff_strips, tiff_tags
+from helpers import needs_exiftool, unique_jpeg
+from metadata_reader import (
+    IRB_IPTC,
+    PHOTOSHOP_APP13,
+    XMP_APP1,
+    chunks,
+    iptc_keywords,
+    jpeg_non_xmp_segments,
+    jpeg_parts,
+    photoshop_resources,
+    read_xmp,
+    tiff_strips,
+    tiff_tags,
+)
 from PIL import Image
 
 from rfwatch.config import config_from_dict
 from rfwatch.context import FileContext
 from rfwatch.default_plugins.tag import TagAction
 from rfwatch.result import Prediction
-
-pytestmark = pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool not installed")
 
 SINGLE = {
     "time": 0.1,
@@ -53,6 +64,7 @@ def camera_jpegs(samples: Path) -> list[Path]:
     return sorted((samples / "jpg").rglob("*.jpg"))
 
 
+@needs_exiftool
 def test_embed_into_every_camera_jpeg_is_lossless(samples, tmp_path):
     files = camera_jpegs(samples)
     kinds = {f.parent.name for f in files}
@@ -75,6 +87,7 @@ def test_embed_into_every_camera_jpeg_is_lossless(samples, tmp_path):
         assert jpeg_non_xmp_segments(path) == jpeg_non_xmp_segments(original), f"{original.name}: metadata changed"
 
 
+@needs_exiftool
 def test_tagging_twice_never_duplicates_and_keeps_other_keywords(samples, tmp_path):
     path = tmp_path / "b.jpg"
     shutil.copyfile(samples / "jpg" / "xmp" / "BlueSquare.jpg", path)
@@ -87,6 +100,7 @@ def test_tagging_twice_never_duplicates_and_keeps_other_keywords(samples, tmp_pa
     assert iptc_keywords(path).count("iguana") == 1 and "Blue Square" in iptc_keywords(path)
 
 
+@needs_exiftool
 def test_embed_into_tiff_keeps_strips_and_tags(samples, tmp_path):
     for original in sorted((samples / "tiff").glob("*.tif*")):
         path = tmp_path / original.name
@@ -97,6 +111,7 @@ def test_embed_into_tiff_keeps_strips_and_tags(samples, tmp_path):
         assert tiff_tags(path) == tiff_tags(original)
 
 
+@needs_exiftool
 @pytest.mark.parametrize("fmt,ext", [("PNG", ".png"), ("WEBP", ".webp")])
 def test_embed_into_png_and_webp_keeps_image_chunks(tmp_path, fmt, ext):
     path = tmp_path / f"x{ext}"
@@ -111,6 +126,7 @@ def test_embed_into_png_and_webp_keeps_image_chunks(tmp_path, fmt, ext):
         assert check.convert("RGB").tobytes() == img.tobytes()
 
 
+@needs_exiftool
 @pytest.mark.parametrize("naming,name", [("full", "IMG_1.jpg.xmp"), ("stem", "IMG_1.xmp")])
 def test_sidecar_names_and_merge(samples, tmp_path, naming, name):
     path = tmp_path / "IMG_1.jpg"
@@ -133,6 +149,7 @@ def test_sidecar_names_and_merge(samples, tmp_path, naming, name):
     assert "Rating" in sidecar.read_text()  # other XMP kept
 
 
+@needs_exiftool
 def test_new_sidecar_and_multi_label_classes(tmp_path, samples):
     path = tmp_path / "a.jpg"
     shutil.copyfile(samples / "jpg" / "Canon_40D.jpg", path)
@@ -142,6 +159,7 @@ def test_new_sidecar_and_multi_label_classes(tmp_path, samples):
     assert xmp["rfwatch"]["Class"] == "cat"
 
 
+@needs_exiftool
 def test_formats_that_cannot_embed_fall_back_to_a_sidecar(tmp_path, heic_file, caplog):
     caplog.set_level("INFO")
     heic = tmp_path / "phone.HEIC"
@@ -164,3 +182,86 @@ def test_bad_tag_options_are_config_errors():
     ]:
         with pytest.raises(ValueError, match=message):
             TagAction(options)
+
+
+# --- the lossless check itself: what jpeg_non_xmp_segments leaves out, and what it does not --------------------
+
+
+def _resource(rid: int, data: bytes, name: bytes = b"") -> bytes:
+    pascal = bytes([len(name)]) + name
+    pascal += b"\0" * (len(pascal) & 1)
+    return b"8BIM" + rid.to_bytes(2, "big") + pascal + len(data).to_bytes(4, "big") + data + b"\0" * (len(data) & 1)
+
+
+def _jpeg_with(tmp_path: Path, name: str, *segments: tuple[int, bytes]) -> Path:
+    """A real JPEG with these marker segments inserted right after SOI."""
+    data = unique_jpeg((10, 10, 230), 1)
+    inserted = b"".join(b"\xff" + bytes([m]) + (len(p) + 2).to_bytes(2, "big") + p for m, p in segments)
+    path = tmp_path / name
+    path.write_bytes(data[:2] + inserted + data[2:])
+    return path
+
+
+def test_the_lossless_check_ignores_only_xmp_and_iptc(tmp_path):
+    """Photoshop's APP13 holds IPTC (0x0404, which `tag` writes) next to other resources that must not change."""
+    iptc = _resource(IRB_IPTC, b"\x1c\x02\x19\x00\x05hello")  # 2:25 Keywords "hello"
+    resolution = _resource(0x03ED, bytes(range(16)))  # ResolutionInfo
+    thumbnail = _resource(0x040C, b"odd length", name=b"thumb")  # a named resource with padding
+    xmp = (0xE1, XMP_APP1 + b"<x:xmpmeta/>")
+    original = _jpeg_with(tmp_path, "a.jpg", xmp, (0xED, PHOTOSHOP_APP13 + iptc + resolution + thumbnail))
+    assert [r[0] for r in photoshop_resources(jpeg_parts(original)[0][1][1])] == [IRB_IPTC, 0x03ED, 0x040C]
+    baseline = jpeg_non_xmp_segments(original)
+
+    # What `tag` writes: other keywords in the IPTC resource, another XMP packet: no change.
+    new_iptc = _resource(IRB_IPTC, b"\x1c\x02\x19\x00\x07iguanas")
+    retagged = _jpeg_with(
+        tmp_path,
+        "b.jpg",
+        (0xE1, XMP_APP1 + b"<x:xmpmeta>iguana</x:xmpmeta>"),
+        (0xED, PHOTOSHOP_APP13 + new_iptc + resolution + thumbnail),
+    )
+    assert jpeg_non_xmp_segments(retagged) == baseline
+    # Any other resource altered, dropped or added: a change.
+    altered = _resource(0x03ED, bytes(range(15)) + b"\xff")
+    for name, app13 in {
+        "altered.jpg": iptc + altered + thumbnail,
+        "renamed.jpg": iptc + resolution + _resource(0x040C, b"odd length", name=b"thumbs"),
+        "dropped.jpg": iptc + resolution,
+        "added.jpg": iptc + resolution + thumbnail + _resource(0x040B, b"https://example.com/"),
+    }.items():
+        changed = _jpeg_with(tmp_path, name, xmp, (0xED, PHOTOSHOP_APP13 + app13))
+        assert jpeg_non_xmp_segments(changed) != baseline, name
+    # An APP13 that holds only IPTC counts as none at all (`tag` adds one to a JPEG that had no IPTC).
+    bare = _jpeg_with(tmp_path, "bare.jpg")
+    only_iptc = _jpeg_with(tmp_path, "only-iptc.jpg", (0xED, PHOTOSHOP_APP13 + iptc))
+    assert jpeg_non_xmp_segments(only_iptc) == jpeg_non_xmp_segments(bare)
+    only_other = _jpeg_with(tmp_path, "only-other.jpg", (0xED, PHOTOSHOP_APP13 + resolution))
+    assert jpeg_non_xmp_segments(only_other) != jpeg_non_xmp_segments(bare)
+
+
+@needs_exiftool
+def test_the_iptc_digest_stays_in_step_so_lightroom_reads_the_new_keywords(samples, tmp_path):
+    """Photoshop's IPTCDigest: an MWG reader that finds it out of step with the IPTC ignores the XMP (exiftool's
+    MWG notes). A digest that matched before matches after tagging; a file without one does not get one."""
+    import json
+    import subprocess
+
+    def digests(path: Path) -> tuple[str | None, str | None]:
+        (doc,) = json.loads(
+            subprocess.run(
+                ["exiftool", "-j", "-IPTCDigest", "-CurrentIPTCDigest", str(path)], capture_output=True, check=True
+            ).stdout
+        )
+        return doc.get("IPTCDigest"), doc.get("CurrentIPTCDigest")
+
+    with_digest = tmp_path / "blue.jpg"
+    shutil.copyfile(samples / "jpg" / "xmp" / "BlueSquare.jpg", with_digest)
+    before = digests(with_digest)
+    assert before[0] == before[1], "the sample's digest matched its IPTC"
+    run_tag(with_digest, {"mode": "embed"})
+    after = digests(with_digest)
+    assert after[0] == after[1] and after[0] != before[0], "the digest was left describing the old IPTC"
+    without = tmp_path / "canon.jpg"
+    shutil.copyfile(samples / "jpg" / "Canon_40D.jpg", without)
+    run_tag(without, {"mode": "embed"})
+    assert digests(without)[0] is None

@@ -34,7 +34,7 @@ from helpers import (
     write_burst,
     write_config,
 )
-from metadata_reader import iptc_keywords, jpeg_non_xmp_segments, jpeg_parts, read_xmp, xmp_bytes
+from metadata_reader import iptc_keywords, jpeg_non_xmp_segments, jpeg_parts, photoshop_resources, read_xmp, xmp_bytes
 from roboflow_server import VALID_KEY
 from standardwebhooks import Webhook
 from webhook_receiver import Receiver
@@ -427,8 +427,15 @@ def _exiftool_xmp(paths: list[Path]) -> dict[str, dict]:
     return docs
 
 
-def _app13(path: Path) -> list[bytes]:
-    return [payload for marker, payload in jpeg_parts(path)[0] if marker == 0xED]
+def _app13(path: Path) -> list[list[tuple[int, bytes, bytes]]]:
+    """Each APP13's Photoshop resources, IPTC included, byte for byte; the IPTC digest (0x0425) sorted last,
+    where exiftool puts it back when it brings it in step with the IPTC (its value must be the original's)."""
+    out = []
+    for marker, payload in jpeg_parts(path)[0]:
+        if marker == 0xED:
+            resources = photoshop_resources(payload)
+            out.append([r for r in resources if r[0] != 0x0425] + [r for r in resources if r[0] == 0x0425])
+    return out
 
 
 @needs_exiftool

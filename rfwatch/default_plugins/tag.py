@@ -59,7 +59,7 @@ def _exiftool(args: list[str], target: Path, timeout: float, write: bool = True)
 
 def read_state(path: Path, timeout: float = 60) -> dict[str, Any]:
     """The keyword lists, rfwatch's fields and which metadata blocks ``path`` has: what undo restores."""
-    args = ["-j", "-G1", "-XMP:all", "-IPTC:all"]
+    args = ["-j", "-G1", "-XMP:all", "-IPTC:all", "-Photoshop:IPTCDigest", "-CurrentIPTCDigest"]
     try:
         (doc,) = json.loads(_exiftool(args, path, timeout, write=False) or "[{}]")
     except ValueError as exc:
@@ -76,6 +76,10 @@ def read_state(path: Path, timeout: float = 60) -> dict[str, Any]:
         "has_iptc": any(k.startswith("IPTC:") for k in doc),
         # which IPTC tags were there: undo takes out the character set rfwatch declares, unless it was there
         "iptc_tags": sorted(k for k in doc if k.startswith("IPTC:")),
+        # Photoshop's digest of the IPTC block, and whether it matched it: an MWG reader (Lightroom, Bridge)
+        # that finds a digest that no longer matches trusts the IPTC over the XMP rfwatch writes.
+        "iptc_digest_in_sync": bool(doc.get("Photoshop:IPTCDigest"))
+        and doc.get("Photoshop:IPTCDigest") == doc.get("File:CurrentIPTCDigest"),
     }
 
 
@@ -166,7 +170,10 @@ class TagAction:
                 ctx.intent(embed=str(path), embed_before=before)
             wanted = self._wanted(ctx, iptc)
             crash_point("tag.before_embed")
-            _exiftool(self._args(ctx, wanted, iptc), path, self.timeout)
+            args = self._args(ctx, wanted, iptc)
+            if iptc and before.get("iptc_digest_in_sync"):
+                args.append("-Photoshop:IPTCDigest=new")  # kept in step with the IPTC it now describes
+            _exiftool(args, path, self.timeout)
             crash_point("tag.after_embed")
             _fsync(path)
             ctx.produced(path)  # its size changed; the watcher must not take it as a new file
@@ -265,6 +272,8 @@ def _restore(path: Path, before: dict[str, Any], added: dict[str, list[str]], ac
     elif "IPTC:Keywords" in added and "iptc_tags" in before:
         # Tagging declared UTF-8 (and exiftool wrote the envelope record that holds it): not there before, so out.
         args += [f"-{tag}=" for tag in _IPTC_ENVELOPE if tag not in before["iptc_tags"]]
+    if before.get("iptc_digest_in_sync"):
+        args.append("-Photoshop:IPTCDigest=new")  # the IPTC as it was: its digest as it was
     _exiftool(args, path, action.timeout)
     _fsync(path)
 
