@@ -138,6 +138,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         line += f", waiting for review {report['waiting_for_review']}"
     if c["undone"]:
         line += f", undone {c['undone']}"
+    if c["undoing"]:
+        line += f", undo unfinished {c['undoing']} (run rfwatch undo again)"
     print(line)
     pending = report["deliveries_pending"]
     print("deliveries pending: " + (", ".join(f"{p} {n}" for p, n in sorted(pending.items())) or "none"))
@@ -245,6 +247,9 @@ def cmd_undo(args: argparse.Namespace) -> int:
     from .runtime import load_extensions
     from .undo import Undoer, UndoFilter, parse_when
 
+    if not (args.all or args.rule or args.cls or args.since or args.until or args.paths):
+        # Undo everything rfwatch ever did is one keystroke too easy to run by mistake.
+        raise ConfigError("say which files: --all, or --rule, --class, --since, --until or PATHs")
     config = load_config(args.config)
     try:
         since = parse_when(args.since) if args.since else None
@@ -256,6 +261,10 @@ def cmd_undo(args: argparse.Namespace) -> int:
     deliveries = Deliveries(journal, deliverers=dict(extensions.deliverers))
     undoer = Undoer(config, journal, extensions.rules, extensions.plugins.actions, deliveries, dry_run=args.dry_run)
     chosen = UndoFilter(args.rule, args.cls, since, until, tuple(Path(os.path.abspath(p)) for p in args.paths))
+    if not args.dry_run and not undoer.lock():
+        journal.close()
+        print("rfwatch: another rfwatch undo is running on this journal: let it finish first", file=sys.stderr)
+        return 1
     tally: dict[str, int] = {}
     kept: list[str] = []
     nothing: set[str] = set()
@@ -270,14 +279,16 @@ def cmd_undo(args: argparse.Namespace) -> int:
             nothing.update(report.nothing)
             no_undo.update(report.no_undo)
             print(f"{row.path}: {outcome}: " + "; ".join(report.lines), flush=True)
-        if not args.dry_run and deliveries.pending():
-            # file.undone events go out now: a running daemon sends them within a second or two, else we do.
-            deadline = time.monotonic() + 2
-            while deliveries.pending() and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if deliveries.pending():
+        unknown = [p for p in chosen.paths if not any(p in (r.path, r.source) for r in rows)]
+        for path in unknown:
+            print(f"rfwatch: {path}: no finished file of the journal is or was there", file=sys.stderr)
+        if undoer.queued_keys:
+            # The file.undone events go out now: a running daemon sends them within a second or two, else we
+            # do (the outbox leases each row to one process: never both).
+            deliveries.flush(time.monotonic() + 2, undoer.queued_keys)
+            if deliveries.untried(undoer.queued_keys):
                 deliveries.start()
-                deliveries.flush(time.monotonic() + 10)
+                deliveries.flush(time.monotonic() + 10, undoer.queued_keys)
                 deliveries.stop()
     finally:
         journal.close()
@@ -289,7 +300,7 @@ def cmd_undo(args: argparse.Namespace) -> int:
         print("nothing to reverse for: " + ", ".join(sorted(nothing)))
     if no_undo:
         print("partly undone: these actions offer no undo: " + ", ".join(sorted(no_undo)))
-    return 1 if tally.get("failed") else 0
+    return 1 if tally.get("failed") or unknown else 0
 
 
 def cmd_review(args: argparse.Namespace) -> int:
@@ -332,6 +343,7 @@ def add_commands(sub, common) -> None:
     p.add_argument("--class", dest="cls", metavar="C", help="files sorted as this class (or labelled so in review)")
     p.add_argument("--since", metavar="WHEN", help="files taken since WHEN: 2h, 3d, or 2026-11-27T14:00")
     p.add_argument("--until", metavar="WHEN", help="files taken until WHEN")
+    p.add_argument("--all", action="store_true", help="every finished file (needed when nothing else selects)")
     p.add_argument("--dry-run", action="store_true", help="say what would be undone; change nothing")
     p.add_argument("paths", nargs="*", metavar="PATH", help="files, by where they are now or where they were found")
     p.set_defaults(func=cmd_undo)

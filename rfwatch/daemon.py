@@ -30,7 +30,7 @@ from .model_facts import FactsCache, ModelFactsService, check_rules, diagnose, m
 from .pipeline import ApiBlocked, Pipeline, RateLimiter
 from .runtime import Runtime, build_runtime, platform_client
 from .sdnotify import Notifier
-from .states import Outcome
+from .states import FileState, Outcome
 from .watcher import FolderWatcher, WatchLimitError
 
 __all__ = ["Daemon", "EXIT_API_REJECTED"]
@@ -273,7 +273,9 @@ class Daemon:
             job = self._next_job()
             if job is None:
                 continue
-            if not self.gate.wait(self.stop_event):
+            # Only a file still to be classified waits while the API refuses us: a person's decision or a
+            # retried action goes ahead.
+            if self._needs_api(job) and not self.gate.wait(self.stop_event):
                 break
             with self._lock:
                 self._busy += 1
@@ -298,9 +300,11 @@ class Daemon:
                     self.stop_event.set()
                 else:
                     self.gate.blocked(blocked)
-                    if blocked.file_id is not None:
-                        self.retry_jobs.append(_Job(file_id=blocked.file_id))
+                    if blocked.file_id is not None and blocked.file_id == job.file_id:
+                        self.retry_jobs.append(job)  # still counted as queued: a look at the journal skips it
                         requeued = True
+                    elif blocked.file_id is not None:
+                        self._enqueue_id(blocked.file_id)  # a new file, journaled before the API refused it
             except Exception:
                 log.exception("unexpected error processing %s", job.path or f"journal row {job.file_id}")
                 self.counts["error"] += 1
@@ -312,11 +316,20 @@ class Daemon:
                     if job.file_id is not None and not requeued:
                         self._queued_ids.discard(job.file_id)
 
+    def _needs_api(self, job: _Job) -> bool:
+        if job.file_id is None:
+            return True  # a new file: classified first
+        try:
+            return self.journal.get(job.file_id).state == FileState.DETECTED
+        except LookupError:
+            return False
+
     # --- reload ------------------------------------------------------------------------
 
     def reload(self) -> bool:
         """Load the config again; keep the old one if the new one is broken."""
         self.notifier.reloading()
+        old_platform = self.facts.platform
         try:
             config = load_config(self.config_path)  # type: ignore[arg-type]
             if self.dry_run:
@@ -325,6 +338,7 @@ class Daemon:
             runtime = build_runtime(config, facts=self.facts.get)
             self._check_rule_classes(config, wait=True, force=True)  # facts are fetched again on SIGHUP
         except Exception as exc:
+            self.facts.platform = old_platform  # the running config's platform, as before
             log.error("reload failed, keeping the running config: %s", exc)
             self.notifier.ready(self.status_line())
             return False

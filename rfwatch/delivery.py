@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Union
@@ -75,7 +77,15 @@ _ADDED_COLUMNS = {
     "kind": "TEXT NOT NULL DEFAULT 'webhook'",
     "file_id": "INTEGER",
     "result": "TEXT",
+    # "pid <n>" while a process delivers the row (its next_at is then the lease's end): see Deliveries._claim.
+    "lease": "TEXT",
 }
+#: How long a claimed row is left to the process delivering it before another may try (a deliverer's
+#: timeout is well below this). A crashed process's leases are released when a daemon starts.
+LEASE = 600.0
+_DONE_BODY = b""  # a delivered (or failed, or gone) row keeps its outcome, not its payload
+#: This process, as its leases name it: the pid, and a token that tells a reused pid from this process.
+_LEASE_OWNER = f"pid {os.getpid()} {uuid.uuid4().hex[:12]}"
 
 
 # --- what plugins see ----------------------------------------------------------------
@@ -171,8 +181,6 @@ class Deliveries:
     deliverers: dict[str, tuple[str, Deliverer]] = field(default_factory=dict)
     _wake: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
-    _claimed: set[str] = field(default_factory=set, init=False, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _workers: list[threading.Thread] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -246,6 +254,7 @@ class Deliveries:
     # delivering
 
     def start(self) -> None:
+        self.release_dead_leases()
         self._stop.clear()
         self._workers = [
             threading.Thread(target=self._run, name=f"rfwatch-delivery-{i}", daemon=True) for i in range(self.threads)
@@ -263,36 +272,55 @@ class Deliveries:
             t.join(timeout=10)
         self._workers = []
 
-    def flush(self, deadline: float) -> None:
-        """Deliver what is due now (first attempts), until ``deadline`` (time.monotonic()); before --once exits."""
-        while time.monotonic() < deadline:
-            row = self.journal.fetch_one(
-                "SELECT 1 FROM outbox WHERE state='pending' AND attempts=0 AND next_at<=? LIMIT 1", (time.time(),)
-            )
-            if row is None:
-                return
+    def flush(self, deadline: float, keys: Collection[str] | None = None) -> None:
+        """Wait until every delivery not yet tried (of ``keys``, else all) had its first attempt, or ``deadline``
+        (time.monotonic()): before ``run --once`` or ``undo`` exits. This process's threads or another's
+        (a running daemon's) make the attempt."""
+        while time.monotonic() < deadline and self.untried(keys):
             self.wake()
             time.sleep(0.05)
 
-    def _due(self, limit: int = 16) -> list[sqlite3.Row]:
-        return self.journal.fetch_all(
-            "SELECT id, plugin, kind, url, body, attempts, file_id, created FROM outbox"
-            " WHERE state='pending' AND next_at<=? ORDER BY next_at LIMIT ?",
-            (time.time(), limit),
+    def untried(self, keys: Collection[str] | None = None) -> int:
+        """Pending deliveries (of ``keys``, else all) with no attempt made yet."""
+        only = f" AND id IN ({','.join('?' * len(keys))})" if keys else ""
+        row = self.journal.fetch_one(
+            f"SELECT COUNT(*) FROM outbox WHERE state='pending' AND attempts=0{only}", tuple(keys or ())
         )
+        return row[0] if row else 0
+
+    def release_dead_leases(self) -> int:
+        """Rows claimed by a process that is gone (killed mid-delivery) are due again now."""
+        released = 0
+        for row in self.journal.fetch_all("SELECT id, lease FROM outbox WHERE state='pending' AND lease IS NOT NULL"):
+            if not _alive(row["lease"]):
+                with self.journal.transaction() as db:
+                    released += db.execute(
+                        "UPDATE outbox SET lease=NULL, next_at=? WHERE id=? AND lease=?",
+                        (time.time(), row["id"], row["lease"]),
+                    ).rowcount
+        return released
 
     @contextmanager
     def _claim(self) -> Iterator[sqlite3.Row | None]:
-        with self._lock:
-            row = next((r for r in self._due() if r["id"] not in self._claimed), None)
-            if row is not None:
-                self._claimed.add(row["id"])
-        try:
-            yield row
-        finally:
-            if row is not None:
-                with self._lock:
-                    self._claimed.discard(row["id"])
+        """A due row, leased to this process in the database: no other thread, and no other process (a daemon
+        and ``rfwatch undo`` or ``rfwatch review`` share the outbox), delivers it at the same time."""
+        now = time.time()
+        due = self.journal.fetch_all(
+            "SELECT id FROM outbox WHERE state='pending' AND next_at<=? ORDER BY next_at LIMIT 16", (now,)
+        )
+        for candidate in due:
+            with self.journal.transaction() as db:
+                taken = db.execute(
+                    "UPDATE outbox SET next_at=?, lease=? WHERE id=? AND state='pending' AND next_at<=?",
+                    (now + LEASE, _LEASE_OWNER, candidate["id"], now),
+                ).rowcount
+            if taken:
+                yield self.journal.fetch_one(
+                    "SELECT id, plugin, kind, url, body, attempts, file_id, created FROM outbox WHERE id=?",
+                    (candidate["id"],),
+                )
+                return
+        yield None
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -302,6 +330,7 @@ class Deliveries:
                         self.deliver_one(row)
                     except Exception:
                         log.exception("delivery %s failed unexpectedly", row["id"])
+                        self._record(_delivery(row), Retry("unexpected error (see the log)"))
                     continue
             # Asleep until the next retry is due (so the backoff schedule is kept), a new delivery is queued
             # (wake), or a second has passed (rows another process queued: rfwatch undo, a review page).
@@ -313,9 +342,7 @@ class Deliveries:
         return row[0] if row and row[0] is not None else time.time() + 1.0
 
     def deliver_one(self, row: sqlite3.Row) -> DeliveryAnswer:
-        delivery = Delivery(
-            row["id"], row["kind"], row["url"], bytes(row["body"]), row["attempts"], row["file_id"], row["created"]
-        )
+        delivery = _delivery(row)
         entry = self.deliverers.get(delivery.kind)
         if entry is None:
             answer: DeliveryAnswer = Retry(f"no plugin in the running config delivers {delivery.kind!r}")
@@ -336,27 +363,29 @@ class Deliveries:
             if isinstance(answer, Delivered):
                 db.execute(
                     "UPDATE outbox SET state='delivered', attempts=attempts+1, last_status=?, last_error=NULL,"
-                    " result=?, delivered=? WHERE id=?",
-                    (answer.status, json.dumps(answer.result) if answer.result else None, now, d.id),
+                    " result=?, delivered=?, body=?, lease=NULL WHERE id=?",
+                    (answer.status, json.dumps(answer.result) if answer.result else None, now, _DONE_BODY, d.id),
                 )
             elif isinstance(answer, Gone):
                 db.execute("INSERT OR REPLACE INTO gone_urls (url, at) VALUES (?,?)", (d.target, now))
                 db.execute(
-                    "UPDATE outbox SET state='gone', attempts=attempts+(id=?), last_status=?, last_error=?"
-                    " WHERE url=? AND state='pending'",
-                    (d.id, answer.status, answer.error[:500], d.target),
+                    "UPDATE outbox SET state='gone', attempts=attempts+(id=?), last_status=?, last_error=?,"
+                    " body=?, lease=NULL WHERE url=? AND state='pending'",
+                    (d.id, answer.status, answer.error[:500], _DONE_BODY, d.target),
                 )
             elif isinstance(answer, Failed):
                 db.execute(
-                    "UPDATE outbox SET state='failed', attempts=attempts+1, last_status=?, last_error=? WHERE id=?",
-                    (answer.status, answer.error[:500], d.id),
+                    "UPDATE outbox SET state='failed', attempts=attempts+1, last_status=?, last_error=?, body=?,"
+                    " lease=NULL WHERE id=?",
+                    (answer.status, answer.error[:500], _DONE_BODY, d.id),
                 )
             else:
                 delay = self.policy.delay(d.attempts + 1)
                 if answer.after is not None:
                     delay = min(self.policy.max_delay, max(0.0, answer.after))
                 db.execute(
-                    "UPDATE outbox SET attempts=attempts+1, last_status=?, last_error=?, next_at=? WHERE id=?",
+                    "UPDATE outbox SET attempts=attempts+1, last_status=?, last_error=?, next_at=?, lease=NULL"
+                    " WHERE id=?",
                     (answer.status, answer.error[:500], now + delay, d.id),
                 )
         what = {Delivered: "delivered", Gone: "target gone", Failed: "failed for good"}.get(type(answer))
@@ -366,3 +395,25 @@ class Deliveries:
             log.warning("%s %s to %s: %s: %s", d.kind, d.id, redact(d.target), what, answer.error)  # type: ignore[union-attr]
         else:
             log.warning("%s %s to %s: %s; will retry", d.kind, d.id, redact(d.target), answer.error)  # type: ignore[union-attr]
+
+
+def _delivery(row: sqlite3.Row) -> Delivery:
+    return Delivery(
+        row["id"], row["kind"], row["url"], bytes(row["body"]), row["attempts"], row["file_id"], row["created"]
+    )
+
+
+def _alive(lease: str) -> bool:
+    """Whether the process named by a lease (``pid <n> <token>``; the journal is local) still runs."""
+    if lease == _LEASE_OWNER:
+        return True
+    try:
+        pid = int(lease.split()[1])
+        if pid == os.getpid():
+            return False  # this pid, another token: a process before this one (in a container, pid 1 again)
+        os.kill(pid, 0)
+    except (ProcessLookupError, ValueError, IndexError):
+        return False
+    except PermissionError:
+        return True  # it runs, as another user
+    return True

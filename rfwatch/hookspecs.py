@@ -76,8 +76,9 @@ def shutdown() -> None:
 def ignore_file(path: Path) -> bool | None:
     """Called for every candidate file before it is taken (after include/exclude patterns).
 
-    Return True to skip the file (it stays where it is and is not journaled).
-    The first non-None result wins.
+    Return True to skip the file: it stays where it is and is not journaled, so it is offered again
+    whenever it changes and at each scan of its folder (at start, every ``rescan_interval``, after lost
+    events): decide the same way each time. The first non-None result wins.
     """
 
 

@@ -82,6 +82,8 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_file ON events(file_id);
 """
+#: Steps rfwatch itself runs (a move into failed:, applying a review decision): not a rule's actions.
+_INTERNAL_STEPS = frozenset({"quarantine", "decision"})
 
 #: Changes to a journal written by an earlier version, applied in order once (PRAGMA user_version).
 _MIGRATIONS: tuple[str, ...] = (
@@ -422,7 +424,8 @@ class Journal:
                 "INSERT INTO steps VALUES (?,?,?,?,?,NULL,NULL,?)",
                 (file_id, seq, utf8_text(rule), action, StepState.PENDING, now),
             )
-            db.execute("UPDATE files SET rule=?, updated=? WHERE id=?", (utf8_text(rule), now, file_id))
+            if action not in _INTERNAL_STEPS:  # the rule that matched, not rfwatch's own bookkeeping steps
+                db.execute("UPDATE files SET rule=?, updated=? WHERE id=?", (utf8_text(rule), now, file_id))
         crash_point("journal.step_begun")
         return None
 
@@ -534,18 +537,26 @@ class Journal:
     def requeue(self, file_id: int) -> FileRow:
         """Queue a failed or undone file again (``rfwatch retry``).
 
-        A failed file's failed steps run again; an undone file, back where it was found, goes through a new
-        round of rules (its earlier steps and their undoing stay in its history).
+        A failed file's failed steps run again (with the person's label when its round began with one); an
+        undone file, back where it was found, and a file a person rejected go through a new round of rules
+        (the earlier steps and their undoing stay in its history).
         """
         now = time.time()
         with self.transaction() as db:
             row = FileRow.from_row(db.execute("SELECT * FROM files WHERE id=?", (file_id,)).fetchone())
-            if row.state == FileState.UNDONE:
+            first = db.execute(
+                "SELECT action, result FROM steps WHERE file_id=? AND seq=?", (file_id, row.round_start)
+            ).fetchone()
+            decided = first is not None and first["action"] == "decision"
+            rejected = decided and json.loads(first["result"] or "{}").get("kind") == "reject"
+            state = FileState.CLASSIFIED if row.prediction else FileState.DETECTED
+            if row.state == FileState.UNDONE or rejected:
                 db.execute("UPDATE files SET round_start=? WHERE id=?", (self.next_seq(db, file_id), file_id))
                 db.execute("DELETE FROM produced WHERE path=?", (path_blob(row.path),))
             else:
                 db.execute("DELETE FROM steps WHERE file_id=? AND state=?", (file_id, StepState.FAILED))
-            state = FileState.CLASSIFIED if row.prediction else FileState.DETECTED
+                if decided:  # the round a person's label began: it carries on with the label
+                    state = FileState.DECIDED
             db.execute("UPDATE files SET state=?, last_error=NULL, updated=? WHERE id=?", (state, now, file_id))
             self.event(db, file_id, "queued again by retry", now)
         return self.get(file_id)

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import Any, TypeVar
 
 from .fileops import ConflictMode
+from .redact import redact
 from .templates import Template, TemplateError
 
 __all__ = ["Options"]
@@ -58,12 +59,13 @@ class Options:
         """The value as the YAML gave it."""
         return self._get(name, default, "a value")
 
-    def string(self, name: str, default: Any = _MISSING) -> str:
+    def string(self, name: str, default: Any = _MISSING, *, secret: bool = False) -> str:
+        """``secret``: a signing secret, a password: an error names its type, never the value."""
         value = self._get(name, default, "a non-empty string")
         if value is default:
             return value
         if not isinstance(value, str) or not value.strip():
-            raise ValueError(f"{name}: expected a non-empty string, got {value!r}")
+            raise ValueError(f"{name}: expected a non-empty string, got {_shown(value, secret)}")
         return value
 
     def boolean(self, name: str, default: Any = _MISSING) -> bool:
@@ -155,11 +157,11 @@ class Options:
             raise ValueError(f"{name}: expected a list of strings, got {value!r}")
         return [str(v) for v in value]
 
-    def mapping(self, name: str, default: Any = _MISSING) -> dict[str, str]:
-        """A mapping of names to strings (HTTP headers, say)."""
+    def mapping(self, name: str, default: Any = _MISSING, *, secret: bool = False) -> dict[str, str]:
+        """A mapping of names to strings (HTTP headers, say; ``secret``: errors never show the values)."""
         value = self._get(name, default, "a mapping of names to strings")
         if not isinstance(value, dict) or not all(isinstance(v, (str, int)) for v in value.values()):
-            raise ValueError(f"{name}: expected a mapping of names to strings, got {value!r}")
+            raise ValueError(f"{name}: expected a mapping of names to strings, got {_shown(value, secret)}")
         return {str(k): str(v) for k, v in value.items()}
 
     def url(self, name: str, default: Any = _MISSING) -> str:
@@ -167,9 +169,18 @@ class Options:
         if value is default:
             return value
         if not isinstance(value, str) or not value.startswith(("http://", "https://")):
-            raise ValueError(f"{name}: expected an http:// or https:// URL, got {value!r}")
+            raise ValueError(f"{name}: expected an http:// or https:// URL, got {_shown(value, False)}")
         return value
 
     def destination(self, default_conflict: ConflictMode = ConflictMode.RENAME) -> tuple[Template, ConflictMode]:
         """``to`` (a path template) and ``on_conflict`` (rename, skip, overwrite or dedupe)."""
         return self.template("to"), self.choice("on_conflict", ConflictMode, default_conflict)
+
+
+def _shown(value: Any, secret: bool) -> str:
+    """A value as an error message may show it: a secret only by its type; a URL's tokens masked."""
+    if secret:
+        if isinstance(value, dict):
+            return "a mapping of " + ", ".join(f"{k!s}: <{type(v).__name__}>" for k, v in value.items())
+        return f"a value of type {type(value).__name__}"
+    return redact(repr(value))

@@ -71,15 +71,6 @@ class Attempt:
     detail: str = ""
 
 
-#: What a file that is already past the workers counts as, when it is offered again.
-_OUTCOME_OF_STATE = {
-    FileState.DONE: Outcome.DONE,
-    FileState.UNMATCHED: Outcome.UNMATCHED,
-    FileState.FAILED: Outcome.FAILED,
-    FileState.REVIEW: Outcome.REVIEW,
-}
-
-
 class RateLimiter:
     """At most ``rate`` calls per second across all workers (0 = unlimited)."""
 
@@ -271,7 +262,8 @@ class Pipeline:
     def _process(self, file_id: int, prepared: PreparedImage | None) -> Attempt:
         row = self.journal.get(file_id)
         if row.state not in (FileState.DETECTED, FileState.CLASSIFIED, FileState.DECIDED):
-            return Attempt(_OUTCOME_OF_STATE.get(row.state, Outcome.SKIPPED), file_id)
+            # Finished (or waiting) already, by another worker or process: counted once, when that happened.
+            return Attempt(Outcome.SKIPPED, file_id, f"already {row.state}")
         pending_quarantine = self.journal.pending_intent(file_id, _QUARANTINE_SEQ)
         if pending_quarantine is not None:
             return self._fail(row, row.last_error or "failed", resume=pending_quarantine)

@@ -115,24 +115,50 @@ def write_output(
     by its leading dot); the file is fsynced and renamed into place under ``on_conflict`` (never replacing
     anything unless it is ``overwrite``), recorded as produced so that a watcher on that folder does not take
     it as new, and its hash kept so ``rfwatch undo`` removes it only while nobody changed it. A crash leaves
-    at most a temporary file, which the redone step removes.
+    at most a temporary file, which the redone step removes; a crash after the file was in place, before the
+    step finished, is recognised (the place and hash were recorded first): no second copy as ``name (1)``.
     """
     destination.parent.mkdir(parents=True, exist_ok=True)
-    leftover = (ctx.resume or {}).get("output_tmp")
-    if leftover:
-        Path(leftover).unlink(missing_ok=True)
+    resumed = ctx.resume or {}
+    if resumed.get("output_tmp"):
+        Path(resumed["output_tmp"]).unlink(missing_ok=True)
+    placed_at, placed_sha = resumed.get("output_target"), resumed.get("output_sha256")
+    if placed_at and placed_sha and _holds(Path(placed_at), placed_sha):
+        outcome = "duplicate" if resumed.get("output_duplicate") else "moved"
+        if outcome == "moved":
+            ctx.produced(Path(placed_at))
+        return Placed(outcome, Path(placed_at), placed_sha)
     tmp = destination.with_name(f"{TMP_PREFIX}{secrets.token_hex(6)}{destination.suffix}")
     ctx.intent(output_tmp=str(tmp), output=str(destination))
     try:
         write(tmp)
         fsync_file(tmp)
         digest = sha256_file(tmp)
-        placed = place_file(tmp, destination, keep_source=False, on_conflict=on_conflict)
+
+        def record(**detail: Any) -> None:  # where it goes, before it goes there
+            ctx.intent(
+                output_tmp=str(tmp),
+                output=str(destination),
+                output_target=detail.get("target"),
+                output_sha256=digest,
+                output_duplicate=bool(detail.get("duplicate")),
+            )
+
+        placed = place_file(
+            tmp, destination, keep_source=False, on_conflict=on_conflict, src_hash=digest, record=record
+        )
     finally:
         tmp.unlink(missing_ok=True)
     if placed.outcome in ("moved", "copied"):
         ctx.produced(placed.path)
     return Placed(placed.outcome, placed.path, digest)
+
+
+def _holds(path: Path, sha256: str) -> bool:
+    try:
+        return sha256_file(path) == sha256
+    except OSError:
+        return False
 
 
 def remove_output(path: str | os.PathLike[str], sha256: str | None) -> str:

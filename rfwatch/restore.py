@@ -23,7 +23,8 @@ def move_back(ctx: FileContext, result: dict[str, Any]) -> dict[str, Any]:
     now_at: Path | None = None
     if resumed.get("target") and resumed.get("src") == str(ctx.path):
         target = Path(resumed["target"])
-        if recover_placement(ctx.path, target, None, ctx.sha256, keep_source=False):
+        tmp = Path(resumed["tmp"]) if resumed.get("tmp") else None  # a copy across filesystems, half made
+        if recover_placement(ctx.path, target, tmp, ctx.sha256, keep_source=False):
             now_at = target
     if now_at is None:
         if not ctx.path.exists():

@@ -28,13 +28,14 @@ class FileState(StrEnum):
     UNMATCHED = "unmatched"  # no rule matched: left where it was
     FAILED = "failed"
     UNDONE = "undone"  # put back by `rfwatch undo`: not taken again until `rfwatch retry` names it
+    UNDOING = "undoing"  # `rfwatch undo` is reversing it (or was, when interrupted: running it again finishes)
 
 
 #: A worker carries these on; the others wait (for a person, a retry) or are finished.
 ACTIVE_STATES = (FileState.DETECTED, FileState.CLASSIFIED, FileState.DECIDED)
 TERMINAL_STATES = (FileState.DONE, FileState.UNMATCHED, FileState.FAILED, FileState.UNDONE)
 #: rfwatch still owns the file (working on it, or waiting for a person): no watcher takes it as new.
-UNFINISHED_STATES = (*ACTIVE_STATES, FileState.REVIEW)
+UNFINISHED_STATES = (*ACTIVE_STATES, FileState.REVIEW, FileState.UNDOING)
 
 
 class StepState(StrEnum):

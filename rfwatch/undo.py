@@ -13,8 +13,11 @@ kill -9 during an undo, run it again, and nothing is lost or done twice. A file 
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
+import inspect
 import json
 import logging
+import os
 import re
 import time
 import uuid
@@ -52,8 +55,10 @@ CREATE TABLE IF NOT EXISTS undo_steps (
     PRIMARY KEY (file_id, seq)
 );
 """
-#: Files in these states can be undone (a file waiting for review too: it goes back from the review folder).
-UNDOABLE = (FileState.DONE, FileState.FAILED, FileState.REVIEW)
+#: Files in these states can be undone (a file waiting for review too: it goes back from the review folder;
+#: an unmatched one when a step ran before no rule matched, such as its quarantine; one an interrupted undo
+#: left ``undoing``).
+UNDOABLE = (FileState.DONE, FileState.FAILED, FileState.REVIEW, FileState.UNMATCHED, FileState.UNDOING)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 #: An undo step of a file that was undone since: a retry ran the rules again, and a later undo reverses
@@ -147,7 +152,24 @@ class Undoer:
         self.deliveries = deliveries
         self.decisions = Decisions(journal)
         self.dry_run = dry_run
+        self._lock_fd: int | None = None
+        #: The deliveries this undo queued (file.undone events): ``rfwatch undo`` sees them out before it exits.
+        self.queued_keys: list[str] = []
         journal.ensure_schema(_SCHEMA)
+
+    def lock(self) -> bool:
+        """One ``rfwatch undo`` at a time per journal (held until the process ends); False if another runs.
+
+        Two undos of the same interrupted (``undoing``) file would both carry it on.
+        """
+        fd = os.open(f"{self.journal.path}.undo-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._lock_fd = fd
+        return True
 
     # --- choosing files ------------------------------------------------------------
 
@@ -191,10 +213,18 @@ class Undoer:
         }
         steps = [s for s in self.journal.steps(row.id) if s.state == StepState.DONE and s.seq not in closed]
         if not steps:
-            report.outcome = "nothing to undo"
-            report.lines.append("no step to undo")
-            if not self.dry_run:
-                self._finish(row, row.path, report)
+            if row.path != row.source:
+                report.outcome = "failed"
+                report.lines.append(
+                    f"its history was pruned (rfwatch prune): nothing says how to undo it; it came from {row.source}"
+                )
+            else:
+                report.outcome = "nothing to undo"
+                report.lines.append("no step to undo; the file is where it was found")
+            return report  # its state stays: nothing was changed
+        if not self.dry_run and not self._claim(row):
+            report.outcome = "skipped"
+            report.lines.append("its state changed meanwhile (a review decision or a retry): run undo again")
             return report
         ctx = self._context(row)
         for step in sorted(steps, key=lambda s: s.seq, reverse=True):  # newest step first
@@ -205,12 +235,33 @@ class Undoer:
                 report.lines.append(f"{step.action}: could not be undone: {redact(str(exc)) or type(exc).__name__}")
                 if not isinstance(exc, (OSError, ValueError)):
                     log.exception("%s: undoing %s failed", row.path, step.action)
-                return report  # the steps before it stay done; running undo again carries on from here
+                # The steps before it stay done; running undo again carries on from here. Until then the file
+                # stays "undoing" (no watcher, review or retry takes it), and is named by rfwatch status.
+                return report
         if report.no_undo:
             report.outcome = "partly undone"
-        if not self.dry_run:
-            self._finish(row, ctx.path, report)
+        if self.dry_run:
+            return report
+        if ctx.path != row.source and report.no_undo:
+            # A step with no undo kept the file away from where it was found: it is not "undone".
+            report.lines.append(f"the file stays at {ctx.path}, not back at {row.source}")
+        self._finish(row, ctx.path, report)
         return report
+
+    def _claim(self, row: FileRow) -> bool:
+        """Take the file for this undo, unless something else changed its state since it was selected.
+
+        A review decision, a retry or a daemon's worker each change a file's state only from the one they
+        expect (REVIEW, FAILED/UNDONE, an active state): ``undoing`` keeps all of them off while it lasts.
+        """
+        with self.journal.transaction() as db:
+            taken = db.execute(
+                "UPDATE files SET state=?, updated=? WHERE id=? AND state=?",
+                (FileState.UNDOING, time.time(), row.id, row.state),
+            ).rowcount
+            if taken and row.state != FileState.UNDOING:
+                self.journal.event(db, row.id, f"undoing (was {row.state})", time.time())
+        return bool(taken)
 
     def _context(self, row: FileRow) -> FileContext:
         # A file that failed before it was classified has no prediction: its move into failed: is still undone.
@@ -267,7 +318,8 @@ class Undoer:
         self._note(report, step, result)
 
     def _undo_of(self, step: StepRow) -> tuple[Callable[[FileContext, Any], Any] | None, str]:
-        """The action's ``undo``: from the running config's rules (the same rule first), else a bare instance."""
+        """The action's ``undo``: from the running config's rules (the same rule first), else the registered
+        class's static ``undo``, else that of an instance built with no options (see docs/plugins.md, "Undo")."""
         if step.action == "quarantine":
             return _quarantine_undo, "rfwatch"
         if step.action == "decision":
@@ -278,6 +330,8 @@ class Undoer:
             if action.name == step.action and action.undo() is not None:
                 return action.undo(), action.owner
         factory, owner = self.actions.get(step.action, (None, ""))
+        if factory is not None and isinstance(inspect.getattr_static(factory, "undo", None), staticmethod):
+            return factory.undo, owner  # type: ignore[attr-defined]
         if factory is not None:
             try:
                 instance = factory(None)
@@ -322,6 +376,7 @@ class Undoer:
                 )
             if recorder is not None and recorder.queued:
                 self.deliveries.write(db, row.id, recorder.queued)
+                self.queued_keys += [q.key for q in recorder.queued]
             self.journal.event(db, row.id, f"undo {step.action}: {result.get('detail') or result.get('outcome')}", now)
         crash_point("undo.step_finished")
         if recorder is not None and recorder.queued:
@@ -352,8 +407,8 @@ class Undoer:
                 db.execute("UPDATE files SET size=?, mtime_ns=? WHERE id=?", (st.st_size, st.st_mtime_ns, row.id))
                 self.journal.add_produced(path, row.id, db)
             db.execute(
-                "UPDATE files SET state=?, path=?, updated=? WHERE id=?",
-                (FileState.UNDONE, path_blob(path), now, row.id),
+                "UPDATE files SET state=?, path=?, updated=? WHERE id=? AND state=?",
+                (FileState.UNDONE, path_blob(path), now, row.id, FileState.UNDOING),
             )
             db.execute("UPDATE undo_steps SET state=? WHERE file_id=? AND state=?", (_CLOSED, row.id, StepState.DONE))
             self.journal.event(db, row.id, utf8_text(f"undone ({report.outcome})") or "undone", now)

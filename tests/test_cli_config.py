@@ -169,6 +169,26 @@ def test_rule_errors_at_load_name_the_key(tmp_path, server, rules, message):
     assert message in result.stderr
 
 
+@pytest.mark.parametrize(
+    "hook,message",
+    [
+        ({"url": "http://127.0.0.1:9/h", "secret": ["whsec_c2VrcmV0LXZhbHVlLTEyMzQ1Njc4OTA="]}, "secret: expected"),
+        (
+            {
+                "url": "http://127.0.0.1:9/h",
+                "headers": {"Authorization": ["Bearer whsec_c2VrcmV0LXZhbHVlLTEyMzQ1Njc4OTA="]},
+            },
+            "headers: expected a mapping of names to strings, got a mapping of Authorization: <list>",
+        ),
+    ],
+)
+def test_a_bad_secret_option_is_named_never_shown(tmp_path, server, hook, message):
+    cfg = write_config(tmp_path, server, rules=[{"then": [{"webhook": hook}]}])
+    result = run_cli("check", "-c", str(cfg))
+    assert result.returncode == 2 and "rules[0].then[0].webhook: " in result.stderr and message in result.stderr
+    assert "c2VrcmV0" not in result.stdout + result.stderr
+
+
 def test_check_summarises_a_good_config(tmp_path, server):
     cfg = write_config(tmp_path, server)
     result = run_cli("check", "-c", str(cfg))

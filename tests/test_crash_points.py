@@ -144,6 +144,7 @@ SORT_POINTS = [
     ("place.after_rename", 1),
     ("place.after_rename", 2),
     ("place.after_rename", 3),
+    ("place.after_rename", 6),  # green's annotated copy in place (quarantine, move + sidecar, copy + sidecar first)
     ("place.after_copy", 1),
     ("place.after_fsync", 1),
     ("quarantine.before_move", 1),
@@ -162,6 +163,8 @@ def _sort(run: Run) -> None:
                 {"tag": {"mode": "sidecar"}},
                 {"move": "sorted/{class}/{name}"},
                 {"copy": "copies/{class}/{name}"},
+                # rename: an output placed before the crash must be recognised, not placed again as "(1)"
+                {"annotate": {"to": "annotated/{class}/{name}", "on_conflict": "rename"}},
                 {"webhook": {"url": run.receiver.url}},
             ],
         }
@@ -179,6 +182,8 @@ def _sort(run: Run) -> None:
         },
     )
     _all_finished(run, {"red.jpg": "done", "green.jpg": "done", "broken.jpg": "failed"})
+    annotated = sorted(str(p.relative_to(run.root)) for p in files_under(run.root / "annotated"))
+    assert annotated == ["annotated/green/green.jpg", "annotated/red/red.jpg"], (run.point, annotated)
     for name, cls in (("red", "red"), ("green", "green")):
         assert read_xmp(run.root / "sorted" / cls / f"{name}.jpg.xmp")["subject"] == [cls], run.point
     ids = run.webhook_ids()
@@ -266,8 +271,8 @@ def _undo(run: Run) -> None:
     cfg = write_config(run.root, run.server, rules=rules)
     run.inbox(**{"red.jpg": unique_jpeg(RED, 5), "green.jpg": unique_jpeg(GREEN, 6)})
     assert run.cli("run", "-c", str(cfg), "--once").returncode == 0
-    run.crashed(run.cli("undo", "-c", str(cfg), crash=True))
-    again = run.cli("undo", "-c", str(cfg))
+    run.crashed(run.cli("undo", "-c", str(cfg), "--all", crash=True))
+    again = run.cli("undo", "-c", str(cfg), "--all")
     assert again.returncode == 0, again.stdout + again.stderr
     _once_placed(run, {"red.jpg": ("inbox/red.jpg",), "green.jpg": ("inbox/green.jpg",)})
     assert not list(run.root.glob("inbox/*.xmp")), f"{run.point}: a sidecar rfwatch created is still there"

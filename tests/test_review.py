@@ -372,7 +372,7 @@ def test_uploads_are_retried_across_restarts_and_a_duplicate_counts_as_delivered
     server.classifier = lambda image: dict(UNSURE)
     port = free_port()
     cfg = review_config(tmp_path, server, port, upload=UPLOAD)
-    files = {"a.jpg": gray_jpeg(50), "b.jpg": gray_jpeg(51)}
+    files = {"a.jpg": gray_jpeg(50), "b.jpg": gray_jpeg(51), "c.jpg": gray_jpeg(52)}
     # b.jpg is in the project already (uploaded by hand): for it the platform answers "duplicate".
     by_hand = PlatformClient(VALID_KEY, platform.url).upload("colors", files["b.jpg"], "by-hand.jpg")
     api, journal = Api(port), JournalView(tmp_path)
@@ -396,6 +396,13 @@ def test_uploads_are_retried_across_restarts_and_a_duplicate_counts_as_delivered
         assert posts == [503, 503, 503, 200], posts
         assert upload_of("a.jpg")["attempts"] == 4
 
+        # a 400 is a refusal for good: not sent again and again (the file is sorted all the same)
+        platform.fail_next(400, 1, "Invalid image")
+        assert api.label(api.id_of("c.jpg"), "red")[0] == 200
+        wait_for(lambda: upload_of("c.jpg")["state"] == "failed", timeout=15, what="c.jpg's upload refused")
+        assert upload_of("c.jpg")["attempts"] == 1 and "400" in upload_of("c.jpg")["last_error"]
+        assert (tmp_path / "sorted" / "red" / "c.jpg").exists()
+
         platform.down()
         assert api.label(api.id_of("b.jpg"), "blue")[0] == 200
         wait_for(lambda: (tmp_path / "sorted" / "blue" / "b.jpg").exists(), what="sorted without waiting for it")
@@ -413,7 +420,7 @@ def test_uploads_are_retried_across_restarts_and_a_duplicate_counts_as_delivered
     assert platform.annotations["colors"] == {a_id: "green", by_hand.image_id: "blue"}
     history = run_cli("history", "-c", str(cfg), str(tmp_path / "inbox" / "b.jpg")).stdout
     assert f"image_id {by_hand.image_id}; duplicate True" in history, history
-    assert [u["state"] for u in journal.uploads()] == ["delivered", "delivered"]
+    assert sorted(u["state"] for u in journal.uploads()) == ["delivered", "delivered", "failed"]
 
 
 # --- the image of an item ----------------------------------------------------------------------------------------

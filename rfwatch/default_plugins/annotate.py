@@ -30,7 +30,8 @@ class AnnotateAction:
         outcome = "annotated" if placed.outcome == "moved" else placed.outcome
         return {"outcome": outcome, "to": str(placed.path), "sha256": placed.sha256}
 
-    def undo(self, ctx: FileContext, result: dict[str, Any]) -> dict[str, Any]:
+    @staticmethod
+    def undo(ctx: FileContext, result: dict[str, Any]) -> dict[str, Any]:
         if result.get("outcome") != "annotated":
             return {"outcome": "nothing", "detail": "no annotated copy was written"}
         removed = remove_output(result["to"], result.get("sha256"))

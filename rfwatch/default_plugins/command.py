@@ -67,7 +67,8 @@ class CommandAction:
             raise RuntimeError(f"{argv[0]} exited with {proc.returncode}: " + " | ".join(tail))
         return {"exit": 0, "stdout": proc.stdout.decode("utf-8", "replace").strip()[-500:]}
 
-    def undo(self, ctx: FileContext, result: Any) -> dict[str, Any]:
+    @staticmethod
+    def undo(ctx: FileContext, result: Any) -> dict[str, Any]:
         return {"outcome": "nothing", "detail": "a command that ran cannot be reversed"}
 
 

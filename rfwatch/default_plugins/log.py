@@ -39,7 +39,7 @@ class LogAction:
 
     def __call__(self, ctx: FileContext) -> dict[str, Any]:
         target = self._target(ctx)
-        event = f"{ctx.file_id}:{ctx.rule}:{len(ctx.results)}"
+        event = ctx.delivery_id("log")  # unique to this step, in every round: found again on a resume
         if ctx.resume and _already_written(target, event):
             return {"appended": str(target), "event": event, "recovered": True}
         ctx.intent(event=event)
@@ -72,7 +72,8 @@ class LogAction:
             _append(target, line.encode("utf-8", "backslashreplace"))  # non-UTF-8 names: \udcXX escapes
         return {"appended": str(target), "event": event}
 
-    def undo(self, ctx: FileContext, result: Any) -> dict[str, Any]:
+    @staticmethod
+    def undo(ctx: FileContext, result: Any) -> dict[str, Any]:
         return {"outcome": "nothing", "detail": "a log record stays in the log (the undo is in the journal)"}
 
 

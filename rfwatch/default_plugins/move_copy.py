@@ -30,10 +30,14 @@ EXAMPLE = 'a destination such as "sorted/{class}/{name}" or {to: ..., on_conflic
 
 
 class PlaceAction:
-    def __init__(self, options: Any, keep_source: bool):
-        opts = Options(options, short="to", known={"to", "on_conflict"}, example=EXAMPLE)
+    """Places the file at a templated destination; ``Move`` and ``Copy`` say whether the source stays."""
+
+    keep_source = False
+    example = EXAMPLE
+
+    def __init__(self, options: Any):
+        opts = Options(options, short="to", known={"to", "on_conflict"}, example=self.example)
         self.template, self.on_conflict = opts.destination(ConflictMode.RENAME)
-        self.keep_source = keep_source
 
     def destination(self, ctx: FileContext) -> Path:
         return self.template.render_path(ctx.values(), ctx.config.base_dir)
@@ -91,6 +95,8 @@ class PlaceAction:
         if outcome in ("moved", "copied"):
             ctx.produced(target)
         result: dict[str, Any] = {"outcome": outcome, "from": str(src), "to": str(target)}
+        if outcome == "duplicate" and not self.keep_source:
+            result["dropped"] = True  # the source was identical to what was there, and removed
         if outcome == "copied":
             result["sha256"] = ctx.sha256  # undo removes the copy only while it still holds this
         if any(sidecars):
@@ -99,15 +105,16 @@ class PlaceAction:
             result["recovered"] = True
         return result
 
-    def undo(self, ctx: FileContext, result: dict[str, Any]) -> dict[str, Any]:
+    @staticmethod
+    def undo(ctx: FileContext, result: dict[str, Any]) -> dict[str, Any]:
         """A copy is removed while unchanged; a moved file goes back to where it was, never replacing anything.
 
-        Reads only ``result``: it works whatever the rule's options are now.
+        Reads only ``result`` (a static method): it works whatever the config says now, even with no such rule.
         """
         outcome = result.get("outcome")
         if outcome == "moved":
             return move_back(ctx, result)
-        if outcome == "duplicate" and not self.keep_source:
+        if outcome == "duplicate" and result.get("dropped"):
             return copy_back(ctx, result)
         if outcome != "copied":
             return {"outcome": "nothing", "detail": f"nothing was placed ({outcome})"}
@@ -125,7 +132,15 @@ class PlaceAction:
         return {"outcome": "undone", "detail": "; ".join(done)}
 
 
+class Move(PlaceAction):
+    keep_source = False
+
+
+class Copy(PlaceAction):
+    keep_source = True
+
+
 @hookimpl
 def register_actions(register):
-    register("move", lambda options: PlaceAction(options, keep_source=False))
-    register("copy", lambda options: PlaceAction(options, keep_source=True))
+    register("move", Move)
+    register("copy", Copy)

@@ -13,6 +13,7 @@ Roboflow image id is kept for ``rfwatch history``.
 from __future__ import annotations
 
 import base64
+import logging
 import time
 from typing import Any
 
@@ -22,7 +23,7 @@ from rfwatch.plugin import (
     Delivery,
     Failed,
     FileContext,
-    Options,
+    ImageError,
     Retry,
     Template,
     TemplateError,
@@ -34,21 +35,29 @@ from rfwatch.plugin import platform as platform_api
 
 from .move_copy import EXAMPLE, PlaceAction
 
+log = logging.getLogger(__name__)
+
 KIND = "roboflow-upload"
+#: 4xx answers that may pass: a key being fixed (401/403), a timeout (408), a rate limit (429).
+_WORTH_RETRYING = frozenset({401, 403, 408, 429})
 #: The legacy hosted upload takes bodies up to 5 MB, base64 included: originals up to this size go as they are.
 ORIGINAL_LIMIT = 3_600_000
 _ORIGINAL_FORMATS = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")  # JPEG and PNG are sent as they are
 
 
 class ReviewAction(PlaceAction):
-    def __init__(self, options: Any):
-        Options(options, short="to", known={"to", "on_conflict"}, example=EXAMPLE.replace("sorted", "review"))
-        super().__init__(options, keep_source=False)
+    keep_source = False
+    example = EXAMPLE.replace("sorted", "review")
 
     def describe(self, ctx: FileContext) -> str:
         return f"-> {self.destination(ctx)} and wait for a person"
 
     def __call__(self, ctx: FileContext) -> dict[str, Any]:
+        if ctx.model_prediction is not None:
+            # A person labelled it already: sending it back to review would ask them again, for ever (a review
+            # rule that a label at confidence 1.0 still matches). It stays where it is.
+            log.warning("%s: labelled in review already; a review rule matched again: left where it is", ctx.path)
+            return {"outcome": "skipped", "reason": "labelled in review already"}
         result = super().__call__(ctx)
         if result["outcome"] in ("moved", "duplicate", "skipped"):
             ctx.hold(f"in {ctx.path.parent}")
@@ -96,7 +105,11 @@ class Uploader:
         except platform_api.NotFound as exc:
             return Failed(f"project {p['project']!r} not found: {exc}", exc.status)
         except platform_api.PlatformError as exc:
-            return Retry(str(exc), exc.status)
+            if exc.status is not None and 400 <= exc.status < 500 and exc.status not in _WORTH_RETRYING:
+                # The platform refused this image or label for good (a 400 for a format or a class name it
+                # will not take): sending it again would be refused again, forever.
+                return Failed(str(exc), exc.status)
+            return Retry(str(exc), exc.status)  # no answer, 5xx, or a key that may be put right
         return Delivered(
             200,
             {
@@ -123,5 +136,9 @@ def file_reviewed(ctx: FileContext, decision: dict[str, Any]) -> None:
     upload = ctx.config.review.upload
     if upload is None or decision.get("kind") != "label":
         return
-    payload = _upload_payload(ctx, decision, upload)
+    try:
+        payload = _upload_payload(ctx, decision, upload)
+    except (OSError, ImageError) as exc:  # the file is gone, or cannot be read as an image
+        log.error("%s: not uploaded to Roboflow: %s", ctx.path, exc)
+        return
     ctx.deliver(KIND, payload, target=f"roboflow:{payload['project']}")

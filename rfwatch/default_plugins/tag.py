@@ -29,6 +29,7 @@ from rfwatch.plugin import (
     fsync_dir,
     fsync_file,
     hookimpl,
+    sha256_file,
 )
 
 log = logging.getLogger(__name__)
@@ -152,7 +153,7 @@ class TagAction:
     def __call__(self, ctx: FileContext) -> dict[str, Any]:
         path = ctx.path
         resumed = ctx.resume or {}
-        result: dict[str, Any] = {"keywords": self._keywords(ctx)}
+        result: dict[str, Any] = {"keywords": self._keywords(ctx), "timeout": self.timeout}
         mode = self.mode
         if mode in ("embed", "both") and path.suffix.lower() not in EMBEDDABLE:
             log.info(
@@ -180,6 +181,7 @@ class TagAction:
             result["embedded"] = str(path)
             result["embed_before"] = before
             result["embed_added"] = _added(before, wanted)
+            result["embed_sha256"] = sha256_file(path)  # undo wipes blocks it created only while this holds
         if mode in ("sidecar", "both"):
             sidecar = sidecar_path(path, self.naming)
             _new_sidecar_tmp(sidecar).unlink(missing_ok=True)  # left by a crash during an earlier attempt
@@ -210,26 +212,40 @@ class TagAction:
             result["sidecar_created"] = created
             result["sidecar_before"] = before
             result["sidecar_added"] = _added(before, wanted)
+            result["sidecar_sha256"] = sha256_file(sidecar)  # undo removes it only while unchanged
         return result
 
-    def undo(self, ctx: FileContext, result: dict[str, Any]) -> dict[str, Any]:
-        """Take out what rfwatch added, losslessly: a sidecar it created goes; other metadata stays as it was."""
+    @staticmethod
+    def undo(ctx: FileContext, result: dict[str, Any]) -> dict[str, Any]:
+        """Take out what rfwatch added, losslessly: a sidecar it created goes; other metadata stays as it was.
+
+        Reads only ``result`` (a static method), so it works whatever the rule says now. A file or sidecar
+        changed since rfwatch wrote it (keywords added in Lightroom) loses only the values rfwatch added:
+        nothing is wiped, and a sidecar rfwatch created stays with what someone else put in it.
+        """
         done = []
+        timeout = float(result.get("timeout") or 60)
         # Undo runs newest step first: a move after this step is undone already, so the file (and a sidecar,
         # which travels with it and is named after it) is where it was when tagged, or at the name it got back.
         if result.get("sidecar"):
-            path = sidecar_path(ctx.path, result.get("sidecar_name", self.naming))
-            if result.get("sidecar_created"):
+            path = sidecar_path(ctx.path, result.get("sidecar_name", "full"))
+            unchanged = _holds(path, result.get("sidecar_sha256"))
+            if result.get("sidecar_created") and unchanged:
                 path.unlink(missing_ok=True)
                 fsync_dir(path.parent)
                 done.append(f"removed {path.name}")
             elif path.exists():
-                _restore(path, result.get("sidecar_before") or _EMPTY_STATE, result.get("sidecar_added", {}), self)
-                done.append(f"keywords taken out of {path.name}")
+                before = result.get("sidecar_before") or _EMPTY_STATE
+                _restore(path, before, result.get("sidecar_added", {}), timeout, wipe=unchanged)
+                kept = "" if unchanged else " (changed since: the rest kept)"
+                done.append(f"keywords taken out of {path.name}{kept}")
         if result.get("embedded"):
-            _restore(ctx.path, result.get("embed_before") or _EMPTY_STATE, result.get("embed_added", {}), self)
+            unchanged = _holds(ctx.path, result.get("embed_sha256"))
+            before = result.get("embed_before") or _EMPTY_STATE
+            _restore(ctx.path, before, result.get("embed_added", {}), timeout, wipe=unchanged)
             ctx.produced(ctx.path)  # its size changed again; no watcher may take it as new
-            done.append(f"keywords taken out of {ctx.path.name}")
+            kept = "" if unchanged else " (changed since: the rest kept)"
+            done.append(f"keywords taken out of {ctx.path.name}{kept}")
         if not done:
             return {"outcome": "nothing", "detail": "no metadata was written"}
         return {"outcome": "undone", "detail": "; ".join(done)}
@@ -246,14 +262,23 @@ def _added(before: dict[str, Any], wanted: dict[str, list[str]]) -> dict[str, li
     return {tag: [v for v in values if v not in had.get(tag, [])] for tag, values in wanted.items()}
 
 
-def _restore(path: Path, before: dict[str, Any], added: dict[str, list[str]], action: TagAction) -> None:
-    if not before.get("has_xmp") and not before.get("has_iptc"):
+def _holds(path: Path, sha256: str | None) -> bool:
+    """Whether ``path`` still holds what rfwatch wrote (False when unknown: then nothing is wiped)."""
+    try:
+        return sha256 is not None and sha256_file(path) == sha256
+    except OSError:
+        return False
+
+
+def _restore(path: Path, before: dict[str, Any], added: dict[str, list[str]], timeout: float, wipe: bool) -> None:
+    """Put back what ``path`` held before tagging; ``wipe``: it is unchanged since, so blocks rfwatch created go."""
+    if wipe and not before.get("has_xmp") and not before.get("has_iptc"):
         # Nothing was there: remove the blocks rfwatch created, leaving EXIF, ICC and the image as they are.
         if path.suffix.lower() == ".xmp":
             path.write_text(_EMPTY_XMP, encoding="utf-8")  # a sidecar rfwatch did not create, empty again
             _fsync(path)
             return
-        _exiftool(["-XMP:all=", "-IPTC:all="], path, action.timeout)
+        _exiftool(["-XMP:all=", "-IPTC:all="], path, timeout)
         _fsync(path)
         return
     args: list[str] = []
@@ -267,14 +292,14 @@ def _restore(path: Path, before: dict[str, Any], added: dict[str, list[str]], ac
             args += [f"-XMP-rfwatch:{name}="] + [f"-XMP-rfwatch:{name}+={v}" for v in old]
         else:
             args.append(f"-XMP-rfwatch:{name}={old}")
-    if not before.get("has_iptc") and added.get("IPTC:Keywords"):
+    if wipe and not before.get("has_iptc") and added.get("IPTC:Keywords"):
         args.append("-IPTC:all=")
-    elif "IPTC:Keywords" in added and "iptc_tags" in before:
+    elif wipe and "IPTC:Keywords" in added and "iptc_tags" in before:
         # Tagging declared UTF-8 (and exiftool wrote the envelope record that holds it): not there before, so out.
         args += [f"-{tag}=" for tag in _IPTC_ENVELOPE if tag not in before["iptc_tags"]]
     if before.get("iptc_digest_in_sync"):
         args.append("-Photoshop:IPTCDigest=new")  # the IPTC as it was: its digest as it was
-    _exiftool(args, path, action.timeout)
+    _exiftool(args, path, timeout)
     _fsync(path)
 
 

@@ -66,8 +66,8 @@ def parse_secret(secret: str) -> bytes:
 def parse_target(options: Any) -> Target:
     opts = Options(options, short="url", known={"url", "secret", "headers", "timeout"}, example=EXAMPLE)
     url = opts.url("url")
-    secret = opts.string("secret", None)
-    headers = opts.mapping("headers", {})
+    secret = opts.string("secret", None, secret=True)
+    headers = opts.mapping("headers", {}, secret=True)
     for value in [secret, *headers.values()]:
         register_secret(value)
     return Target(
@@ -85,23 +85,10 @@ class WebhookAction:
     def describe(self, ctx: FileContext) -> str:
         return f"POST {redact(self.target.url)}"
 
-    def _queue(self, ctx: FileContext, event_type: str, data: dict[str, Any]) -> dict[str, Any]:
-        # The same id when the step is redone after a crash: the receiver sees one event, maybe twice.
-        msg_id = "msg_" + ctx.delivery_id(event_type, self.target.url).replace("-", "")
-        body = {
-            "type": event_type,
-            "id": msg_id,
-            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "host": socket.gethostname(),
-            "data": data,
-        }
-        if not ctx.deliver(KIND, body, target=self.target.url, key=msg_id):
-            return {"queued": False, "reason": "the receiver answered 410 Gone earlier"}
-        return {"queued": msg_id}
-
     def __call__(self, ctx: FileContext) -> dict[str, Any]:
-        return self._queue(
+        return _queue(
             ctx,
+            self.target.url,
             "file.processed",
             {
                 "source": str(ctx.source),
@@ -113,16 +100,40 @@ class WebhookAction:
             },
         )
 
-    def undo(self, ctx: FileContext, result: Any) -> dict[str, Any]:
-        """A sent event cannot be unsent: a ``file.undone`` event tells the same receiver."""
-        queued = self._queue(
+    @staticmethod
+    def undo(ctx: FileContext, result: Any) -> dict[str, Any]:
+        """A sent event cannot be unsent: a ``file.undone`` event tells the same receiver (the URL recorded).
+
+        It is delivered while a webhook with that URL is in the config (its secret and headers come from
+        there); with the rule gone it waits in the outbox, counted by ``rfwatch status``.
+        """
+        url = result.get("url") if isinstance(result, dict) else None
+        if not url:
+            return {"outcome": "nothing", "detail": "no receiver recorded with the event"}
+        queued = _queue(
             ctx,
+            url,
             "file.undone",
             {"source": str(ctx.source), "path": str(ctx.path), "model": ctx.model, "undone": result},
         )
         if not queued.get("queued"):
             return {"outcome": "nothing", "detail": queued["reason"]}
         return {"outcome": "undone", "detail": f"file.undone event {queued['queued']} queued"}
+
+
+def _queue(ctx: FileContext, url: str, event_type: str, data: dict[str, Any]) -> dict[str, Any]:
+    # The same id when the step is redone after a crash: the receiver sees one event, maybe twice.
+    msg_id = "msg_" + ctx.delivery_id(event_type, url).replace("-", "")
+    body = {
+        "type": event_type,
+        "id": msg_id,
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "host": socket.gethostname(),
+        "data": data,
+    }
+    if not ctx.deliver(KIND, body, target=url, key=msg_id):
+        return {"queued": False, "url": url, "reason": "the receiver answered 410 Gone earlier"}
+    return {"queued": msg_id, "url": url}
 
 
 class Deliverer:

@@ -35,7 +35,8 @@ class Thumbnail:
             size = list(made.size)
         return {"thumbnail": str(placed.path), "size": size, "sha256": placed.sha256}
 
-    def undo(self, ctx: FileContext, result):
+    @staticmethod  # reads only the recorded result: works after the rule changed, or is gone
+    def undo(ctx: FileContext, result):
         """``rfwatch undo``: the thumbnail goes, unless somebody edited it since."""
         removed = remove_output(result["thumbnail"], result.get("sha256"))
         return {"outcome": "kept" if removed == "changed" else "undone", "detail": f"{result['thumbnail']} {removed}"}
