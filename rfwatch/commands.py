@@ -247,9 +247,6 @@ def cmd_undo(args: argparse.Namespace) -> int:
     from .runtime import load_extensions
     from .undo import Undoer, UndoFilter, parse_when
 
-    if not (args.all or args.rule or args.cls or args.since or args.until or args.paths):
-        # Undo everything rfwatch ever did is one keystroke too easy to run by mistake.
-        raise ConfigError("say which files: --all, or --rule, --class, --since, --until or PATHs")
     config = load_config(args.config)
     try:
         since = parse_when(args.since) if args.since else None
@@ -343,7 +340,6 @@ def add_commands(sub, common) -> None:
     p.add_argument("--class", dest="cls", metavar="C", help="files sorted as this class (or labelled so in review)")
     p.add_argument("--since", metavar="WHEN", help="files taken since WHEN: 2h, 3d, or 2026-11-27T14:00")
     p.add_argument("--until", metavar="WHEN", help="files taken until WHEN")
-    p.add_argument("--all", action="store_true", help="every finished file (needed when nothing else selects)")
     p.add_argument("--dry-run", action="store_true", help="say what would be undone; change nothing")
     p.add_argument("paths", nargs="*", metavar="PATH", help="files, by where they are now or where they were found")
     p.set_defaults(func=cmd_undo)

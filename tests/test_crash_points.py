@@ -271,8 +271,8 @@ def _undo(run: Run) -> None:
     cfg = write_config(run.root, run.server, rules=rules)
     run.inbox(**{"red.jpg": unique_jpeg(RED, 5), "green.jpg": unique_jpeg(GREEN, 6)})
     assert run.cli("run", "-c", str(cfg), "--once").returncode == 0
-    run.crashed(run.cli("undo", "-c", str(cfg), "--all", crash=True))
-    again = run.cli("undo", "-c", str(cfg), "--all")
+    run.crashed(run.cli("undo", "-c", str(cfg), crash=True))
+    again = run.cli("undo", "-c", str(cfg))
     assert again.returncode == 0, again.stdout + again.stderr
     _once_placed(run, {"red.jpg": ("inbox/red.jpg",), "green.jpg": ("inbox/green.jpg",)})
     assert not list(run.root.glob("inbox/*.xmp")), f"{run.point}: a sidecar rfwatch created is still there"

@@ -330,6 +330,38 @@ def test_decisions_made_in_rfwatch_review_reach_the_daemon_whenever_it_runs(tmp_
     assert files_under(tmp_path / "inbox") == []
 
 
+def test_a_retry_after_a_decision_keeps_the_label_and_a_rejected_file_is_asked_about_again(tmp_path, server):
+    server.classifier = lambda image: dict(UNSURE)
+    port = free_port()
+    gate = tmp_path / "gate"
+    marks = tmp_path / "marks"
+    # fails until the gate exists, then writes the class the rules ran with
+    after = ["sh", "-c", f'test -e {gate} && echo "$0 $1" >> {marks}', "{name}", "{class}"]
+    rules = [REVIEW_RULES[0], {"name": "sorted", "then": [{"move": "sorted/{class}/{name}"}, {"command": after}]}]
+    cfg = review_config(tmp_path, server, rules=rules)
+    for n, name in enumerate(("a.jpg", "c.jpg")):
+        (tmp_path / "inbox" / name).write_bytes(gray_jpeg(20 + n))
+    assert run_cli("run", "-c", str(cfg), "--once").returncode == 0
+    api, journal = Api(port), JournalView(tmp_path)
+    with ReviewProcess(cfg, port, tmp_path / "review.log", "--listen", f"127.0.0.1:{port}"):
+        assert api.label(api.id_of("a.jpg"), "blue")[0] == 200
+        assert api.reject(api.id_of("c.jpg"))[0] == 200
+    assert run_cli("run", "-c", str(cfg), "--once").returncode == 1  # a's command failed; c rejected
+    assert journal.state("a.jpg") == "failed" and (tmp_path / "sorted" / "blue" / "a.jpg").exists()
+    assert journal.state("c.jpg") == "failed" and (tmp_path / "failed" / "c.jpg").exists()
+
+    gate.touch()
+    assert run_cli("retry", "-c", str(cfg), "--failed").returncode == 0
+    assert run_cli("run", "-c", str(cfg), "--once").returncode == 0
+    # a carries on with the person's label: its command ran with it, it stays in sorted/blue, never back to review
+    assert journal.state("a.jpg") == "done"
+    assert marks.read_text() == "a.jpg blue\n"
+    assert files_under(tmp_path / "sorted") == [tmp_path / "sorted" / "blue" / "a.jpg"]
+    # c, rejected, goes through the rules again from the model's answer: a person is asked again
+    assert journal.state("c.jpg") == "review"
+    assert files_under(tmp_path / "review") == [tmp_path / "review" / "c.jpg"]
+
+
 def test_multi_label_models_take_a_list_of_classes(tmp_path, server, platform):
     server.classifier = lambda image: dict(UNSURE)  # every class below the threshold: none predicted
     port = free_port()

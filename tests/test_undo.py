@@ -204,12 +204,10 @@ def test_undo_selects_by_rule_class_time_window_and_path(tmp_path, server):
         assert (inbox / name).read_bytes() == data
     assert files_under(tmp_path / "reds") == [] and files_under(tmp_path / "sorted") == []
     assert {f["state"] for f in journal_files(tmp_path).values()} == {"undone"}
-    assert summary(undo(cfg, "--all").stdout) == "0 file(s): no file matched"
+    assert summary(undo(cfg).stdout) == "0 file(s): no file matched"
 
     bad = undo(cfg, "--since", "yesterday", code=2)
     assert "--since/--until" in bad.stderr and "2h or 3d" in bad.stderr
-    bare = undo(cfg, code=2)  # no selector: undoing everything takes --all, never a bare command
-    assert "--all" in bare.stderr
     stranger = undo(cfg, str(inbox / "never-seen.jpg"), code=1)
     assert f"{inbox / 'never-seen.jpg'}: no finished file" in stranger.stderr
 
@@ -244,7 +242,7 @@ def test_every_action_kind_is_reversed(tmp_path, server, receiver):
     assert read_xmp(tmp_path / "sorted" / "green" / "b.jpg.xmp")["subject"] == ["holiday", "green", "rfwatch"]
     wait_for(lambda: len(receiver.ok()) == 2, what="the file.processed events")
 
-    result = undo(cfg, "--all")
+    result = undo(cfg)
     lines = file_lines(result.stdout)
     assert len(lines) == 2 and all(": undone: " in line for line in lines), result.stdout
     assert "partly" not in result.stdout
@@ -325,7 +323,7 @@ def test_a_file_goes_back_where_it_was_found_never_replacing_anything(tmp_path, 
     (inbox / "a.jpg").write_bytes(other)
     (inbox / "a.jpg.xmp").write_text("their own sidecar")
 
-    result = undo(cfg, "--all")
+    result = undo(cfg)
     taken = f"moved back to {inbox / 'a (1).jpg'} ({inbox / 'a.jpg'} is taken by other content)"
     (a_line,) = [line for line in file_lines(result.stdout) if "a.jpg" in line.split(":")[0]]
     assert taken in a_line, result.stdout
@@ -359,14 +357,14 @@ def test_undo_after_a_retry_reverses_the_new_round_only(tmp_path, server):
     c = unique_jpeg(RED, 5)
     (inbox / "c.jpg").write_bytes(c)
     run_once(cfg)
-    undo(cfg, "--all")
+    undo(cfg)
     cli_ok("retry", "-c", str(cfg), str(inbox / "c.jpg"))
     run_once(cfg)
     assert (tmp_path / "sorted" / "red" / "c.jpg").read_bytes() == c and names(inbox) == set()
     other = unique_jpeg(GREEN, 6)
     (inbox / "c.jpg").write_bytes(other)  # the name is taken by another photo now
 
-    result = undo(cfg, "--all")
+    result = undo(cfg)
     (line,) = file_lines(result.stdout)
     assert line.count("moved back") == 1, f"the first round was undone already: {line}"
     assert f"moved back to {inbox / 'c (1).jpg'} ({inbox / 'c.jpg'} is taken by other content)" in line
@@ -403,7 +401,7 @@ def test_a_copy_edited_since_rfwatch_wrote_it_is_kept(tmp_path, server):
     (annotated / "b.jpg").write_bytes(unique_jpeg(BLUE, 9))
     edited = {p: p.read_bytes() for p in (copies / "a.jpg", copies / "a.jpg.xmp", annotated / "b.jpg")}
 
-    result = undo(cfg, "--all")
+    result = undo(cfg)
     assert names(copies) == {"a.jpg", "a.jpg.xmp"} and names(annotated) == {"b.jpg"}
     for path, data in edited.items():
         assert path.read_bytes() == data, f"{path} was changed by rfwatch undo"
@@ -471,7 +469,7 @@ def test_an_embedded_tag_comes_out_losslessly(tmp_path, server, samples):
     for name, path in tagged.items():
         assert "rfwatch" in read_xmp(path)["subject"] and "rfwatch" in iptc_keywords(path), name
 
-    result = undo(cfg, "--all")
+    result = undo(cfg)
     assert summary(result.stdout) == f"{len(originals)} file(s): {len(originals)} undone"
     assert names(inbox) == set(originals) and files_under(tmp_path / "sorted") == []
     before = _exiftool_xmp(list(originals.values()))
@@ -514,7 +512,7 @@ def test_undo_works_from_the_record_after_the_rule_is_gone_and_keeps_what_a_pers
     # and the config changes: no rule tags or moves any more (the webhook stays, for its secret)
     write_config(tmp_path, server, rules=[{"name": "other", "then": [{"copy": "copies/{name}"}, hook]}])
 
-    result = undo(cfg, "--all")
+    result = undo(cfg)
     assert summary(result.stdout) == "2 file(s): 2 undone", result.stdout
     assert names(inbox) == {"a.jpg", "a.jpg.xmp", "b.jpg"} and files_under(sorted_) == []
     kept = tmp_path / "originals"
@@ -541,10 +539,10 @@ def test_one_undo_at_a_time(tmp_path, server):
     run_once(cfg)
     with open(tmp_path / "state" / "journal.db.undo-lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)  # as a running `rfwatch undo` holds it
-        busy = undo(cfg, "--all", code=1)
+        busy = undo(cfg, code=1)
         assert "another rfwatch undo is running" in busy.stderr
         assert names(tmp_path / "sorted" / "red") == {"a.jpg"}
-    assert summary(undo(cfg, "--all").stdout) == "1 file(s): 1 undone"
+    assert summary(undo(cfg).stdout) == "1 file(s): 1 undone"
 
 
 # --- crashes ------------------------------------------------------------------------------------------------
@@ -586,7 +584,7 @@ def test_kill_9_during_an_undo_of_200_files_then_undo_again(tmp_path, server):
 
     # stopped dead at each crash point in turn, somewhere in the middle
     for point in CRASH_POINTS:
-        crash = undo(cfg, "--all", env={"RFWATCH_CRASH_AT": f"{point}:{rnd.randint(2, 12)}"}, code=CRASH_EXIT)
+        crash = undo(cfg, env={"RFWATCH_CRASH_AT": f"{point}:{rnd.randint(2, 12)}"}, code=CRASH_EXIT)
         assert f"crash point {point} reached" in crash.stderr
         _each_once(tmp_path, written)
         if point != "undo.finished":  # the file it died on says so, and nothing else takes it meanwhile
@@ -596,7 +594,7 @@ def test_kill_9_during_an_undo_of_200_files_then_undo_again(tmp_path, server):
     for _ in range(3):
         left = len(files_under(tmp_path / "sorted"))
         proc = subprocess.Popen(
-            rfwatch_cmd("undo", "-c", str(cfg), "--all"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            rfwatch_cmd("undo", "-c", str(cfg)), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         wait_for(lambda n=left: len(files_under(tmp_path / "sorted")) < n, interval=0.01, what="the undo at work")
         time.sleep(rnd.uniform(0, 0.25))
@@ -605,7 +603,7 @@ def test_kill_9_during_an_undo_of_200_files_then_undo_again(tmp_path, server):
         _each_once(tmp_path, written)
     assert files_under(tmp_path / "sorted"), "the interruptions left nothing to do: the test proves nothing"
 
-    result = undo(cfg, "--all")
+    result = undo(cfg)
     assert "failed" not in summary(result.stdout), result.stdout
     # every file back exactly once, as it was; every copy removed; no temporary file left
     assert names(inbox) == set(written)
@@ -626,7 +624,7 @@ def test_kill_9_during_an_undo_of_200_files_then_undo_again(tmp_path, server):
     ).fetchall()
     db.close()
     assert len(per_file) == 200 and {row[1:] for row in per_file} == {(1, 1, 1)}
-    assert summary(undo(cfg, "--all").stdout) == "0 file(s): no file matched"
+    assert summary(undo(cfg).stdout) == "0 file(s): no file matched"
     run_once(cfg)  # and the next run leaves them where they are
     assert names(inbox) == set(written) and files_under(tmp_path / "sorted") == []
 
@@ -794,7 +792,7 @@ def test_a_plugin_action_without_undo_leaves_the_file_partly_undone(tmp_path, se
     run_once(cfg)
     assert names(tmp_path / "notes") == {"a.txt"} and names(tmp_path / "stamps") == {"a.txt"}
 
-    result = undo(cfg, "--all")
+    result = undo(cfg)
     (line,) = file_lines(result.stdout)
     assert ": partly undone: " in line
     assert "stamp: stamp offers no undo" in line
@@ -819,10 +817,10 @@ def test_a_duplicate_that_was_dropped_comes_back_once_even_after_a_crash(tmp_pat
     assert names(inbox) == set() and names(tmp_path / "sorted") == {"photo.jpg"}
 
     # b comes back first (newest first); the undo dies the instant its copy is in place
-    crash = undo(cfg, "--all", env={"RFWATCH_CRASH_AT": "place.after_rename:1"}, code=CRASH_EXIT)
+    crash = undo(cfg, env={"RFWATCH_CRASH_AT": "place.after_rename:1"}, code=CRASH_EXIT)
     assert "crash point place.after_rename reached" in crash.stderr
     assert names(inbox) == {"b.jpg"}
-    result = undo(cfg, "--all")
+    result = undo(cfg)
     assert names(inbox) == {"a.jpg", "b.jpg"} and files_under(tmp_path / "sorted") == []
     assert summary(result.stdout) == "2 file(s): 2 undone"
     assert f"the dropped duplicate is back at {inbox / 'b.jpg'}" in result.stdout
