@@ -281,7 +281,7 @@ def cmd_undo(args: argparse.Namespace) -> int:
             print(f"rfwatch: {path}: no finished file of the journal is or was there", file=sys.stderr)
         if undoer.queued_keys:
             # The file.undone events go out now: a running daemon sends them within a second or two, else we
-            # do (the outbox leases each row to one process: never both).
+            # do (each queued delivery is leased to one process: never both).
             deliveries.flush(time.monotonic() + 2, undoer.queued_keys)
             if deliveries.untried(undoer.queued_keys):
                 deliveries.start()

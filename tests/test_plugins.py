@@ -90,6 +90,14 @@ def test_the_import_check_catches_an_internal_import(tmp_path):
     assert _rfwatch_imports(sneaky) == ["rfwatch.fileops", "rfwatch"]
 
 
+def test_the_core_knows_no_plugin_tables():
+    """The outbox belongs to the core's delivery module and its users; the journal, status and metrics never
+    name it (plugins report their own lines through a hook)."""
+    package = REPO / "rfwatch"
+    mentions = sorted(str(p.relative_to(package)) for p in package.rglob("*.py") if "outbox" in p.read_text())
+    assert mentions == ["default_plugins/webhook.py", "delivery.py"]
+
+
 @pytest.fixture
 def installed_example_plugin(tmp_path):
     """pip-installed into a folder of its own (not the running environment): runs never clash."""
