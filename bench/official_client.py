@@ -1,7 +1,7 @@
 """What a user would write instead of rfwatch: the official client in a loop, then shutil.move.
 
 Run by bench/run.py in its own process so its CPU time is measured alone:
-    python bench/official_client.py API_URL OUT_DIR FILE...
+    python bench/official_client.py [--model PROJECT/VERSION] API_URL OUT_DIR FILE...
 Prints one JSON object with per-file times and failures.
 """
 
@@ -16,13 +16,18 @@ from roboflow.models.classification import ClassificationModel
 
 
 def main() -> None:
-    api_url, out_dir, *files = sys.argv[1:]
-    # As project.version(1).model builds it: id "workspace/project/version".
+    args = sys.argv[1:]
+    model_id = "colors/1"
+    if args[:1] == ["--model"]:
+        model_id, args = args[1], args[2:]
+    api_url, out_dir, *files = args
+    project, version = model_id.split("/")
+    # As project.version(N).model builds it: id "workspace/project/version".
     model = ClassificationModel(
         os.environ["ROBOFLOW_API_KEY"],
-        "workspace/colors/1",
-        name="colors",
-        version="1",
+        f"workspace/{project}/{version}",
+        name=project,
+        version=version,
         local=api_url.rstrip("/") + "/",
     )
     times, failures = [], []
