@@ -139,7 +139,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if c["undone"]:
         line += f", undone {c['undone']}"
     if c["undoing"]:
-        line += f", undo unfinished {c['undoing']} (run rfwatch undo again)"
+        line += f", undo unfinished {c['undoing']} (run rfwatch undo again; rfwatch retry PATH gives it up)"
     print(line)
     pending = report["deliveries_pending"]
     print("deliveries pending: " + (", ".join(f"{p} {n}" for p, n in sorted(pending.items())) or "none"))
@@ -160,16 +160,28 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
+    from .undo import give_up_undo
+
     config = load_config(args.config)
     journal = _journal(config)
     states: tuple[str, ...] = (FileState.FAILED,)
     if args.undone or args.paths:
         states = (FileState.FAILED, FileState.UNDONE) if args.paths or args.failed else (FileState.UNDONE,)
+    if args.paths:  # named: an undo that cannot finish is given up, and the file processed from where it is
+        states += (FileState.UNDOING,)
+    queued = 0
     try:
         rows = journal.rows_in_state(states, [Path(os.path.abspath(p)) for p in args.paths] or None)
         for row in rows:
-            row = journal.requeue(row.id)
-            print(f"queued again: {row.path}")
+            if row.state == FileState.UNDOING and not give_up_undo(journal, row):
+                print(f"rfwatch: {row.path}: an rfwatch undo is working on it: retry when it ends", file=sys.stderr)
+                continue
+            requeued = journal.requeue(row.id, (*states, FileState.UNDONE))
+            if requeued is None:  # taken meanwhile (by an undo, or a worker)
+                print(f"rfwatch: {row.path}: not queued: it is {journal.get(row.id).state} now", file=sys.stderr)
+                continue
+            queued += 1
+            print(f"queued again: {requeued.path}")
     finally:
         journal.close()
     if args.paths and len(rows) < len(args.paths):
@@ -177,9 +189,8 @@ def cmd_retry(args: argparse.Namespace) -> int:
             f"rfwatch: {len(args.paths) - len(rows)} path(s) have no failed or undone entry in the journal",
             file=sys.stderr,
         )
-        return 1
-    print(f"{len(rows)} file(s) queued again: a running rfwatch takes them within seconds, else the next run")
-    return 0
+    print(f"{queued} file(s) queued again: a running rfwatch takes them within seconds, else the next run")
+    return 1 if queued < len(rows) or (args.paths and len(rows) < len(args.paths)) else 0
 
 
 def cmd_history(args: argparse.Namespace) -> int:
@@ -239,6 +250,21 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _not_undone(journal: Journal, path: Path) -> str:
+    """Why a PATH named to ``rfwatch undo`` was not undone."""
+    from .undo import UNDOABLE
+
+    known = journal.history_for(path)
+    if not known:
+        return "no finished file of the journal is or was there"
+    state = known[-1].state
+    if state == FileState.UNDONE:
+        return "already undone"
+    if state in UNDOABLE:
+        return "not selected: --rule, --class, --since or --until leave it out"
+    return f"not finished (it is {state}): nothing to undo yet"
+
+
 def cmd_undo(args: argparse.Namespace) -> int:
     """Undo what rfwatch did to the files selected, newest first; one line per file and a summary."""
     import time
@@ -278,7 +304,7 @@ def cmd_undo(args: argparse.Namespace) -> int:
             print(f"{row.path}: {outcome}: " + "; ".join(report.lines), flush=True)
         unknown = [p for p in chosen.paths if not any(p in (r.path, r.source) for r in rows)]
         for path in unknown:
-            print(f"rfwatch: {path}: no finished file of the journal is or was there", file=sys.stderr)
+            print(f"rfwatch: {path}: {_not_undone(journal, path)}", file=sys.stderr)
         if undoer.queued_keys:
             # The file.undone events go out now: a running daemon sends them within a second or two, else we
             # do (each queued delivery is leased to one process: never both).

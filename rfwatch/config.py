@@ -205,14 +205,16 @@ class _Section:
     def has(self, name: str) -> bool:
         return self.data.get(name) is not None
 
-    def str(self, name: str, default: str | None = None) -> str | None:
+    def str(self, name: str, default: str | None = None, *, secret: bool = False) -> str | None:
+        """A string; a ``secret`` one (a key, a token) is never shown in the error, whatever it holds."""
         v = self.data.get(name, default)
         if v is None:
             return None
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             v = str(v)
         if not isinstance(v, str) or not v.strip():
-            raise ConfigError(f"{self.path_of(name)}: expected a non-empty string, got {_show(v)}")
+            got = f"a {type(v).__name__}" if secret else _show(v)
+            raise ConfigError(f"{self.path_of(name)}: expected a non-empty string, got {got}")
         return v
 
     def bool(self, name: str, default: bool) -> bool:
@@ -289,7 +291,7 @@ _ROBOFLOW_KEYS = {
 
 
 def _roboflow(sec: _Section, resolve: Any) -> RoboflowConfig:
-    api_key = sec.str("api_key")
+    api_key = sec.str("api_key", secret=True)
     key_file = sec.str("api_key_file")
     problem = None
     if api_key is None and key_file is not None:
@@ -533,7 +535,7 @@ def _review(sec: _Section, resolve: Any) -> ReviewConfig:
             raise ConfigError(
                 f"{sec.path_of('listen')}: expected host:port such as 127.0.0.1:8765, got {_show(listen)}"
             )
-    token = sec.str("token")
+    token = sec.str("token", secret=True)
     check_review(ReviewConfig(listen=listen, token=token))
     upload = None
     if sec.has("upload"):

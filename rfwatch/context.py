@@ -57,6 +57,8 @@ class FileContext:
     prediction: Prediction
     config: Config
     model: str
+    #: The file's content hash. An action that rewrites the file in place may set it to the new content's
+    #: hash (else rfwatch hashes the file again after the step).
     sha256: str = ""
     file_id: int | None = None
     #: The rule now running (None before rules run or when none matched).

@@ -30,6 +30,7 @@ POINTS: dict[str, str] = {
     # moving and copying (rfwatch/fileops.py)
     "place.before_rename": "a move: intent recorded, nothing renamed yet",
     "place.after_rename": "a move: renamed into place, folders not yet fsynced",
+    "place.duplicate": "dedupe: identical content found at the target and recorded, the source not yet removed",
     "place.after_copy": "across filesystems: the temporary copy written, not yet fsynced",
     "place.after_fsync": "across filesystems: the temporary copy fsynced, not yet renamed into place",
     "place.after_tmp_rename": "across filesystems: the copy renamed into place, the source still there",

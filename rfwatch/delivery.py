@@ -81,11 +81,14 @@ _ADDED_COLUMNS = {
     "lease": "TEXT",
 }
 #: How long a claimed row is left to the process delivering it before another may try (a deliverer's
-#: timeout is well below this). A crashed process's leases are released when a daemon starts.
+#: timeout is well below this). A crashed process's leases are released when the next one starts delivering.
 LEASE = 600.0
 _DONE_BODY = b""  # a delivered (or failed, or gone) row keeps its outcome, not its payload
 #: This process, as its leases name it: the pid, and a token that tells a reused pid from this process.
 _LEASE_OWNER = f"pid {os.getpid()} {uuid.uuid4().hex[:12]}"
+#: An answer is recorded only while the row is still this process's (or nobody's: deliver_one called directly):
+#: a lease that ran out and was taken by another process leaves the row to that one.
+_OURS = " AND (lease IS NULL OR lease=?)"
 
 
 # --- what plugins see ----------------------------------------------------------------
@@ -214,9 +217,6 @@ class Deliveries:
         rows = self.journal.fetch_all("SELECT plugin, COUNT(*) AS n FROM outbox WHERE state='pending' GROUP BY plugin")
         return {r["plugin"]: r["n"] for r in rows}
 
-    def pending(self) -> int:
-        return sum(self.pending_by_plugin().values())
-
     def gone_targets(self, kind: str) -> list[str]:
         """Targets of ``kind`` that said they want nothing more (a webhook receiver's 410)."""
         rows = self.journal.fetch_all(
@@ -303,7 +303,7 @@ class Deliveries:
     @contextmanager
     def _claim(self) -> Iterator[sqlite3.Row | None]:
         """A due row, leased to this process in the database: no other thread, and no other process (a daemon
-        and ``rfwatch undo`` or ``rfwatch review`` share the outbox), delivers it at the same time."""
+        and ``rfwatch undo`` share the outbox), delivers it at the same time."""
         now = time.time()
         due = self.journal.fetch_all(
             "SELECT id FROM outbox WHERE state='pending' AND next_at<=? ORDER BY next_at LIMIT 16", (now,)
@@ -324,18 +324,30 @@ class Deliveries:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            with self._claim() as row:
-                if row is not None:
-                    try:
-                        self.deliver_one(row)
-                    except Exception:
-                        log.exception("delivery %s failed unexpectedly", row["id"])
-                        self._record(_delivery(row), Retry("unexpected error (see the log)"))
-                    continue
+            try:
+                delivered = self._one()
+            except Exception:  # the journal busy or failing: this thread must outlive it, and try again
+                log.exception("delivery thread: unexpected error; trying again in a second")
+                self._stop.wait(1.0)
+                continue
+            if delivered:
+                continue
             # Asleep until the next retry is due (so the backoff schedule is kept), a new delivery is queued
             # (wake), or a second has passed (rows another process queued: rfwatch undo, a review page).
             self._wake.wait(timeout=max(0.01, min(1.0, self._next_due() - time.time())))
             self._wake.clear()
+
+    def _one(self) -> bool:
+        """Deliver one due row, if there is one (True)."""
+        with self._claim() as row:
+            if row is None:
+                return False
+            try:
+                self.deliver_one(row)
+            except Exception:
+                log.exception("delivery %s failed unexpectedly", row["id"])
+                self._record(_delivery(row), Retry("unexpected error (see the log)"))
+            return True
 
     def _next_due(self) -> float:
         row = self.journal.fetch_one("SELECT MIN(next_at) FROM outbox WHERE state='pending'")
@@ -363,8 +375,9 @@ class Deliveries:
             if isinstance(answer, Delivered):
                 db.execute(
                     "UPDATE outbox SET state='delivered', attempts=attempts+1, last_status=?, last_error=NULL,"
-                    " result=?, delivered=?, body=?, lease=NULL WHERE id=?",
-                    (answer.status, json.dumps(answer.result) if answer.result else None, now, _DONE_BODY, d.id),
+                    " result=?, delivered=?, body=?, lease=NULL WHERE id=?" + _OURS,
+                    (answer.status, json.dumps(answer.result) if answer.result else None, now, _DONE_BODY, d.id)
+                    + (_LEASE_OWNER,),
                 )
             elif isinstance(answer, Gone):
                 db.execute("INSERT OR REPLACE INTO gone_urls (url, at) VALUES (?,?)", (d.target, now))
@@ -376,8 +389,8 @@ class Deliveries:
             elif isinstance(answer, Failed):
                 db.execute(
                     "UPDATE outbox SET state='failed', attempts=attempts+1, last_status=?, last_error=?, body=?,"
-                    " lease=NULL WHERE id=?",
-                    (answer.status, answer.error[:500], _DONE_BODY, d.id),
+                    " lease=NULL WHERE id=?" + _OURS,
+                    (answer.status, answer.error[:500], _DONE_BODY, d.id, _LEASE_OWNER),
                 )
             else:
                 delay = self.policy.delay(d.attempts + 1)
@@ -385,8 +398,8 @@ class Deliveries:
                     delay = min(self.policy.max_delay, max(0.0, answer.after))
                 db.execute(
                     "UPDATE outbox SET attempts=attempts+1, last_status=?, last_error=?, next_at=?, lease=NULL"
-                    " WHERE id=?",
-                    (answer.status, answer.error[:500], now + delay, d.id),
+                    " WHERE id=?" + _OURS,
+                    (answer.status, answer.error[:500], now + delay, d.id, _LEASE_OWNER),
                 )
         what = {Delivered: "delivered", Gone: "target gone", Failed: "failed for good"}.get(type(answer))
         if what == "delivered":

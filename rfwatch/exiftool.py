@@ -39,9 +39,12 @@ The protocol has sharp edges, each handled here (exiftool 12.57's ``exiftool`` s
 * **Working directory.** A process keeps the directory it started in; if ours changed, it is restarted,
   so relative names mean the same in both modes.
 * **An orphaned process spins.** exiftool in ``-stay_open`` mode polls its argfile at 100 Hz after EOF and
-  never exits by itself, so processes are closed with ``-stay_open False`` (:meth:`ExifToolPool.close`,
-  and at interpreter exit through ``weakref.finalize``); after a hard crash of the daemon, systemd's
-  cgroup kill takes them.
+  never exits by itself (``ReadStayOpen`` in the exiftool script), so processes are closed with
+  ``-stay_open False`` (:meth:`ExifToolPool.close`, and at interpreter exit through ``weakref.finalize``).
+  A process that dies without either (kill -9, a crash, power) must take its exiftools with it: they are
+  started through util-linux's ``setpriv --pdeathsig KILL`` (the kernel kills the child when the thread
+  that forked it ends), always from one spawner thread that lives as long as the process. Without
+  ``setpriv``, systemd's cgroup kill takes them when the service stops.
 
 POSIX only: elsewhere every call runs one-shot.
 """
@@ -60,6 +63,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeAlias
@@ -370,6 +374,21 @@ def _close_pipes(proc: subprocess.Popen[bytes]) -> None:
             pass
 
 
+#: ``setpriv --pdeathsig KILL --`` where util-linux has it: a stay-open exiftool dies with rfwatch.
+_SETPRIV = shutil.which("setpriv")
+_DIE_WITH_US: tuple[str, ...] = (_SETPRIV, "--pdeathsig", "KILL", "--") if _SETPRIV else ()
+#: The one thread every stay-open exiftool is forked from: the parent-death signal follows the forking
+#: thread, so a worker thread that ends must not take the processes it happened to start.
+_spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="exiftool-spawner")
+
+
+def _spawn(cmd: list[str]) -> subprocess.Popen[bytes]:
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+
+    return _spawner.submit(start).result()
+
+
 class ExifTool:
     """One ``exiftool -config CFG -stay_open True -@ -`` process, started at the first call.
 
@@ -510,14 +529,12 @@ class ExifTool:
             self._discard(proc, None, graceful=True)
             proc = None
         if proc is None:
-            cmd = [self.executable]
+            cmd = [*_DIE_WITH_US, self.executable]
             if self.config is not None:
                 cmd += ["-config", os.fspath(self.config)]  # must come first, and cannot go in the argfile
             cmd += ["-stay_open", "True", "-@", "-"]
             try:
-                proc = subprocess.Popen(
-                    cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0
-                )
+                proc = _spawn(cmd)
             except OSError as exc:
                 raise ExifToolError(f"could not start exiftool ({self.executable}): {exc}") from None
             assert proc.stdin is not None

@@ -188,6 +188,7 @@ def place_file(
                 if on_conflict == "dedupe" and _same_content(src, target, src_hash):
                     if record is not None:
                         record(target=str(target), tmp=None, duplicate=True)
+                    crash_point("place.duplicate")
                     if not keep_source:
                         os.unlink(src)
                         fsync_dir(src.parent)
@@ -256,6 +257,14 @@ def _overwrite(src: Path, target: Path, keep_source: bool, record: Record | None
     return Placed("copied" if keep_source else "moved", target)
 
 
+def holds(path: Path | str, sha256: str | None) -> bool:
+    """Whether ``path`` is a file that still holds exactly the content of ``sha256`` (False when unknown)."""
+    try:
+        return sha256 is not None and sha256_file(Path(path)) == sha256
+    except OSError:
+        return False
+
+
 def recover_placement(src: Path, target: Path, tmp: Path | None, sha256: str, keep_source: bool) -> bool:
     """After a crash mid-placement: finish it and return True, or clean up and return False (redo it).
 
@@ -265,11 +274,7 @@ def recover_placement(src: Path, target: Path, tmp: Path | None, sha256: str, ke
     if tmp is not None and os.path.lexists(tmp):
         tmp.unlink()
         fsync_dir(tmp.parent)
-    try:
-        ours = target.is_file() and sha256_file(target) == sha256
-    except OSError:
-        ours = False
-    if not ours:
+    if not holds(target, sha256):
         return False
     if not keep_source and os.path.lexists(src):
         os.unlink(src)  # the crash fell between placing the target and removing the source

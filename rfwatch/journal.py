@@ -18,7 +18,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -534,23 +534,27 @@ class Journal:
             counts["outputs no longer on disk"] = len(gone)
         return counts
 
-    def requeue(self, file_id: int) -> FileRow:
-        """Queue a failed or undone file again (``rfwatch retry``).
+    def requeue(self, file_id: int, states: Collection[str] = (FileState.FAILED, FileState.UNDONE)) -> FileRow | None:
+        """Queue a failed or undone file again (``rfwatch retry``); None if its state is no longer one of ``states``.
 
         A failed file's failed steps run again (with the person's label when its round began with one); an
-        undone file, back where it was found, and a file a person rejected go through a new round of rules
-        (the earlier steps and their undoing stay in its history).
+        undone file (back where it was found, or wherever an undo that could not finish left it) and a file a
+        person rejected go through a new round of rules (the earlier steps and their undoing stay in its
+        history). The state is checked in the same transaction: an undo or a worker that took the file since
+        it was chosen keeps it.
         """
         now = time.time()
         with self.transaction() as db:
             row = FileRow.from_row(db.execute("SELECT * FROM files WHERE id=?", (file_id,)).fetchone())
+            if row.state not in states:
+                return None
             first = db.execute(
                 "SELECT action, result FROM steps WHERE file_id=? AND seq=?", (file_id, row.round_start)
             ).fetchone()
             decided = first is not None and first["action"] == "decision"
             rejected = decided and json.loads(first["result"] or "{}").get("kind") == "reject"
             state = FileState.CLASSIFIED if row.prediction else FileState.DETECTED
-            if row.state == FileState.UNDONE or rejected:
+            if row.state in (FileState.UNDONE, FileState.UNDOING) or rejected:
                 db.execute("UPDATE files SET round_start=? WHERE id=?", (self.next_seq(db, file_id), file_id))
                 db.execute("DELETE FROM produced WHERE path=?", (path_blob(row.path),))
             else:

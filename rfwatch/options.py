@@ -80,17 +80,20 @@ class Options:
         default: Any = _MISSING,
         *,
         minimum: float | None = None,
+        maximum: float | None = None,
         positive: bool = False,
         unit: str = "",
     ) -> float:
         """A number; ``unit`` ("seconds") is named in the error."""
         what = "a positive number" if positive else f"a number >= {minimum:g}" if minimum is not None else "a number"
         what += f" of {unit}" if unit else ""
+        what += f", at most {maximum:g}" if maximum is not None else ""
         value = self._get(name, default, what)
         if value is default:
             return value
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         ok = ok and not (positive and value <= 0) and not (minimum is not None and value < minimum)
+        ok = ok and not (maximum is not None and value > maximum)
         if not ok:
             raise ValueError(f"{name}: expected {what}, got {value!r}")
         return float(value)

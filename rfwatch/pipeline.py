@@ -369,7 +369,7 @@ class Pipeline:
             return done.result
         ctx.resume = self.journal.begin_step(row.id, seq, rule, name)
         ctx.step = step = self._step(row, seq, owner)
-        before, identity = ctx.path, _identity(ctx.path)
+        before, identity, hashed = ctx.path, _identity(ctx.path), ctx.sha256
         try:
             result = run(ctx)
         except Exception as exc:
@@ -380,8 +380,9 @@ class Pipeline:
             ctx.step, ctx.resume = None, None
         sha256 = None
         if ctx.path == before and identity is not None and _identity(ctx.path) != identity:
-            # Rewritten in place (metadata embedded): later steps (a move, its recovery) must know it by its content.
-            sha256 = ctx.sha256 = sha256_file(ctx.path)
+            # Rewritten in place (metadata embedded): later steps (a move, its recovery) must know it by its content
+            # (which the action may have hashed already: then once is enough).
+            sha256 = ctx.sha256 = ctx.sha256 if ctx.sha256 != hashed else sha256_file(ctx.path)
         self.journal.finish_step(
             row.id, seq, True, result, path=ctx.path if ctx.path != before else None, sha256=sha256, also=step.write
         )
@@ -593,5 +594,12 @@ def _describe_result(name: str, result: Any) -> str:
     if isinstance(result, dict):
         if "to" in result and "outcome" in result:
             return f"{result['outcome']} -> {result['to']}"
-        return f"{name} " + ", ".join(f"{k}={v}" for k, v in result.items())
+        return f"{name} " + ", ".join(f"{k}={v}" for k, v in result.items() if _worth_a_log_line(k, v))
     return f"{name} {result}" if result is not None else name
+
+
+def _worth_a_log_line(key: str, value: Any) -> bool:
+    """What a person reads in the log line: not hashes, nor the records an action keeps for undo (nested data)."""
+    if "sha256" in key or isinstance(value, dict):
+        return False
+    return not (isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value))

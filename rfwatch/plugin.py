@@ -33,6 +33,7 @@ from .fileops import (
     Placed,
     fsync_dir,
     fsync_file,
+    holds,
     place_file,
     recover_placement,
     sha256_file,
@@ -71,6 +72,7 @@ __all__ = [
     "copy_back",
     "sidecars_of",
     "sha256_file",
+    "holds",
     "fsync_file",
     "fsync_dir",
     "TMP_PREFIX",
@@ -123,7 +125,7 @@ def write_output(
     if resumed.get("output_tmp"):
         Path(resumed["output_tmp"]).unlink(missing_ok=True)
     placed_at, placed_sha = resumed.get("output_target"), resumed.get("output_sha256")
-    if placed_at and placed_sha and _holds(Path(placed_at), placed_sha):
+    if placed_at and holds(placed_at, placed_sha):
         outcome = "duplicate" if resumed.get("output_duplicate") else "moved"
         if outcome == "moved":
             ctx.produced(Path(placed_at))
@@ -154,22 +156,17 @@ def write_output(
     return Placed(placed.outcome, placed.path, digest)
 
 
-def _holds(path: Path, sha256: str) -> bool:
-    try:
-        return sha256_file(path) == sha256
-    except OSError:
-        return False
-
-
 def remove_output(path: str | os.PathLike[str], sha256: str | None) -> str:
     """Undo an output file: remove it if it still holds what rfwatch wrote; say what happened.
 
     Returns ``"removed"``, ``"missing"`` (already gone), or ``"changed"`` (somebody edited it since: kept).
     """
     path = Path(path)
+    if not os.path.lexists(path):
+        return "missing"
+    if sha256 is not None and not holds(path, sha256):
+        return "changed"
     try:
-        if sha256 is not None and sha256_file(path) != sha256:
-            return "changed"
         path.unlink()
     except FileNotFoundError:
         return "missing"

@@ -96,7 +96,7 @@ class FileUndo:
 
     row: FileRow
     lines: list[str] = field(default_factory=list)
-    #: undone | partly undone | nothing to undo | failed
+    #: undone | partly undone | nothing to undo | skipped | failed
     outcome: str = "undone"
     kept: list[str] = field(default_factory=list)
     nothing: list[str] = field(default_factory=list)
@@ -162,14 +162,8 @@ class Undoer:
 
         Two undos of the same interrupted (``undoing``) file would both carry it on.
         """
-        fd = os.open(f"{self.journal.path}.undo-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        self._lock_fd = fd
-        return True
+        self._lock_fd = undo_lock(self.journal)
+        return self._lock_fd is not None
 
     # --- choosing files ------------------------------------------------------------
 
@@ -177,6 +171,10 @@ class Undoer:
         """Finished files matching ``f``, newest first."""
         marks = ",".join("?" * len(UNDOABLE))
         sql, args = f"SELECT * FROM files WHERE state IN ({marks})", list(UNDOABLE)
+        # A file no rule matched was left where it was: only one a review sent through the rules again has
+        # steps to reverse (it waited in review/). The others would only fill the output with "nothing to undo".
+        sql += " AND (state != ? OR id IN (SELECT file_id FROM steps WHERE state=?))"
+        args += [FileState.UNMATCHED, StepState.DONE]
         if f.since is not None:
             sql, args = sql + " AND created >= ?", [*args, f.since]
         if f.until is not None:
@@ -211,20 +209,23 @@ class Undoer:
             r["seq"]
             for r in self.journal.fetch_all("SELECT seq FROM undo_steps WHERE file_id=? AND state=?", (row.id, _CLOSED))
         }
-        steps = [s for s in self.journal.steps(row.id) if s.state == StepState.DONE and s.seq not in closed]
+        history = self.journal.steps(row.id)
+        steps = [s for s in history if s.state == StepState.DONE and s.seq not in closed]
         if not steps:
-            if row.path != row.source:
+            # A file a rule acted on always has steps; with none left, rfwatch prune forgot them.
+            if not history and (row.state == FileState.DONE or row.path != row.source):
                 report.outcome = "failed"
                 report.lines.append(
                     f"its history was pruned (rfwatch prune): nothing says how to undo it; it came from {row.source}"
                 )
             else:
                 report.outcome = "nothing to undo"
-                report.lines.append("no step to undo; the file is where it was found")
+                where = "where it was found" if row.path == row.source else f"at {row.path}"
+                report.lines.append(f"no step left to undo; the file is {where}")
             return report  # its state stays: nothing was changed
         if not self.dry_run and not self._claim(row):
             report.outcome = "skipped"
-            report.lines.append("its state changed meanwhile (a review decision or a retry): run undo again")
+            report.lines.append("it changed meanwhile (a review decision, a retry or a worker): run undo again")
             return report
         ctx = self._context(row)
         for step in sorted(steps, key=lambda s: s.seq, reverse=True):  # newest step first
@@ -246,18 +247,23 @@ class Undoer:
             # A step with no undo kept the file away from where it was found: it is not "undone".
             report.lines.append(f"the file stays at {ctx.path}, not back at {row.source}")
         self._finish(row, ctx.path, report)
+        # Events an interrupted earlier undo queued for this file go out with this run's (rfwatch undo waits for them).
+        waiting = [d["id"] for d in self.deliveries.for_file(row.id) if d["state"] == "pending"]
+        self.queued_keys += [k for k in waiting if k not in self.queued_keys]
         return report
 
     def _claim(self, row: FileRow) -> bool:
-        """Take the file for this undo, unless something else changed its state since it was selected.
+        """Take the file for this undo, unless anything changed its row since it was selected.
 
         A review decision, a retry or a daemon's worker each change a file's state only from the one they
         expect (REVIEW, FAILED/UNDONE, an active state): ``undoing`` keeps all of them off while it lasts.
+        Comparing ``updated`` too catches a file retried and failed again in between (same state, another
+        path), whose steps were read from the old row.
         """
         with self.journal.transaction() as db:
             taken = db.execute(
-                "UPDATE files SET state=?, updated=? WHERE id=? AND state=?",
-                (FileState.UNDOING, time.time(), row.id, row.state),
+                "UPDATE files SET state=?, updated=? WHERE id=? AND state=? AND updated=?",
+                (FileState.UNDOING, time.time(), row.id, row.state, row.updated),
             ).rowcount
             if taken and row.state != FileState.UNDOING:
                 self.journal.event(db, row.id, f"undoing (was {row.state})", time.time())
@@ -413,6 +419,51 @@ class Undoer:
             db.execute("UPDATE undo_steps SET state=? WHERE file_id=? AND state=?", (_CLOSED, row.id, StepState.DONE))
             self.journal.event(db, row.id, utf8_text(f"undone ({report.outcome})") or "undone", now)
         crash_point("undo.finished")
+
+
+def undo_lock(journal: Journal) -> int | None:
+    """The lock one ``rfwatch undo`` holds while it runs (until its process ends); None while another holds it."""
+    fd = os.open(f"{journal.path}.undo-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def give_up_undo(journal: Journal, row: FileRow) -> bool:
+    """End an undo that cannot finish (a step whose file is gone fails every time): the steps not undone stay
+    as they are, the file is ``undone`` where it is, and ``rfwatch retry`` can queue it again.
+
+    False while an ``rfwatch undo`` runs (it may be working on the file) or when the file is not ``undoing``.
+    """
+    fd = undo_lock(journal)
+    if fd is None:
+        return False
+    try:
+        journal.ensure_schema(_SCHEMA)
+        now = time.time()
+        kept = json.dumps({"outcome": "kept", "detail": "not undone: the undo was given up by rfwatch retry"})
+        with journal.transaction() as db:
+            taken = db.execute(
+                "UPDATE files SET state=?, updated=? WHERE id=? AND state=?",
+                (FileState.UNDONE, now, row.id, FileState.UNDOING),
+            ).rowcount
+            if not taken:
+                return False
+            # Every step of the file counts as dealt with: a later undo starts from the next round's steps.
+            db.execute(
+                "INSERT OR IGNORE INTO undo_steps SELECT file_id, seq, action, ?, NULL, ?, ? FROM steps"
+                " WHERE file_id=? AND state=?",
+                (_CLOSED, kept, now, row.id, StepState.DONE),
+            )
+            db.execute("UPDATE undo_steps SET state=? WHERE file_id=?", (_CLOSED, row.id))
+            db.execute("DELETE FROM produced WHERE file_id=? AND size=?", (row.id, _ANY))  # the undo's claims
+            journal.event(db, row.id, utf8_text(f"undo given up by rfwatch retry; the file stays at {row.path}"), now)
+        return True
+    finally:
+        os.close(fd)
 
 
 #: The size of a claim in the ``produced`` table: no watcher takes whatever is at that path (see :func:`_claim`).

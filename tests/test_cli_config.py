@@ -189,6 +189,21 @@ def test_a_bad_secret_option_is_named_never_shown(tmp_path, server, hook, messag
     assert "c2VrcmV0" not in result.stdout + result.stderr
 
 
+@pytest.mark.parametrize("where", ["roboflow.api_key", "review.token"])
+def test_a_key_or_token_of_the_wrong_type_is_named_never_shown(tmp_path, server, where):
+    """A YAML slip (a list where a string goes) must not print the key or token in the error."""
+    import yaml
+
+    cfg = write_config(tmp_path, server)
+    doc = yaml.safe_load(cfg.read_text())
+    section, key = where.split(".")
+    doc.setdefault(section, {})[key] = ["c2VrcmV0LXZhbHVlLTEyMzQ1Njc4OTA"]
+    cfg.write_text(yaml.safe_dump(doc))
+    result = run_cli("check", "-c", str(cfg))
+    assert result.returncode == 2 and f"{where}: expected a non-empty string, got a list" in result.stderr
+    assert "c2VrcmV0" not in result.stdout + result.stderr
+
+
 def test_check_summarises_a_good_config(tmp_path, server):
     cfg = write_config(tmp_path, server)
     result = run_cli("check", "-c", str(cfg))

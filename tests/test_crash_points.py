@@ -278,12 +278,37 @@ def _undo(run: Run) -> None:
     assert not list(run.root.glob("inbox/*.xmp")), f"{run.point}: a sidecar rfwatch created is still there"
     states = run.journal().execute("SELECT state FROM files").fetchall()
     assert states == [("undone",), ("undone",)], f"{run.point}: {states}"
-    run.cli("run", "-c", str(cfg), "--once")  # delivers what the undo queued (if it did not) ...
-    _once_placed(run, {"red.jpg": ("inbox/red.jpg",), "green.jpg": ("inbox/green.jpg",)})  # ... and takes nothing
+    # the second undo sent the file.undone events, the crashed one's too, before it exited
+    sent = {k for k in run.webhook_ids() if k.startswith("file.undone")}
+    assert sent == {"file.undone red.jpg", "file.undone green.jpg"}, (run.point, sent)
+    run.cli("run", "-c", str(cfg), "--once")
+    _once_placed(run, {"red.jpg": ("inbox/red.jpg",), "green.jpg": ("inbox/green.jpg",)})  # it takes nothing
     ids = run.webhook_ids()
     undone = {k: v for k, v in ids.items() if k.startswith("file.undone")}
     assert set(undone) == {"file.undone red.jpg", "file.undone green.jpg"}, (run.point, ids)
     assert all(len(v) == 1 for v in ids.values()), f"{run.point}: an event queued twice: {ids}"
+
+
+DEDUPE_POINTS = [("place.duplicate", 1)]
+
+
+def _dedupe(run: Run) -> None:
+    """A photo already sorted by hand: rfwatch drops its identical copy, and undo never takes the person's file."""
+    cfg = write_config(
+        run.root, run.server, rules=[{"then": [{"move": {"to": "sorted/{name}", "on_conflict": "dedupe"}}]}]
+    )
+    run.inbox(**{"red.jpg": unique_jpeg(RED, 7)})
+    (run.root / "sorted").mkdir()
+    (run.root / "sorted" / "red.jpg").write_bytes(run.written["red.jpg"])
+    run.crashed(run.cli("run", "-c", str(cfg), "--once", crash=True))
+    assert run.cli("run", "-c", str(cfg), "--once").returncode == 0
+    _once_placed(run, {"red.jpg": ("sorted/red.jpg",)})
+    assert run.cli("undo", "-c", str(cfg)).returncode == 0
+    _once_placed(run, {"red.jpg": ("inbox/red.jpg", "sorted/red.jpg")})  # the person's file stays
+
+
+def test_every_crash_point_deduplicating(tmp_path, server, api_key):
+    WALKED.update(_walk(DEDUPE_POINTS, _dedupe, tmp_path, server))
 
 
 @needs_exiftool
@@ -355,6 +380,7 @@ def test_the_walk_covers_every_crash_point():
 
 _GROUPS = [
     ("sort", SORT_POINTS),
+    ("dedupe", DEDUPE_POINTS),
     ("across", CROSS_FS_POINTS),
     ("embed", EMBED_POINTS),
     ("undo", UNDO_POINTS),

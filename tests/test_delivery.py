@@ -16,7 +16,7 @@ from helpers import wait_for
 from webhook_receiver import Receiver
 
 from rfwatch.crashpoints import CRASH_EXIT
-from rfwatch.delivery import Deliveries, QueuedDelivery
+from rfwatch.delivery import Delivered, Deliveries, QueuedDelivery
 from rfwatch.journal import Journal
 
 #: One process emptying the outbox, as a daemon does: 4 threads, each row posted with its id.
@@ -65,6 +65,21 @@ def _states(journal_path: Path) -> Counter:
         return Counter(r["state"] for r in journal.fetch_all("SELECT state FROM outbox"))
     finally:
         journal.close()
+
+
+def test_an_answer_is_not_recorded_over_another_process_lease(tmp_path):
+    """A lease that ran out and was taken by another process: the late answer leaves the row to that process."""
+    db = tmp_path / "journal.db"
+    (key,) = _queue(db, "http://127.0.0.1:9/hook", 1)
+    journal = Journal(db)
+    with journal.transaction() as tx:
+        tx.execute("UPDATE outbox SET lease='pid 1 another' WHERE id=?", (key,))
+    sent = []
+    outbox = Deliveries(journal, deliverers={"test": ("test", lambda d: sent.append(d.id) or Delivered(200))})
+    outbox.deliver_one(journal.fetch_one("SELECT * FROM outbox WHERE id=?", (key,)))
+    row = journal.fetch_one("SELECT state, lease FROM outbox WHERE id=?", (key,))
+    assert sent == [key] and (row["state"], row["lease"]) == ("pending", "pid 1 another")
+    journal.close()
 
 
 def test_two_processes_emptying_one_outbox_send_each_delivery_once(tmp_path):

@@ -23,7 +23,11 @@ def _key(api_key):
         ({"webhook": {"url": "https://x", "headers": ["a"]}}, "webhook: headers: expected a mapping"),
         (
             {"webhook": {"url": "https://x", "timeout": 0}},
-            "webhook: timeout: expected a positive number of seconds, got 0",
+            "webhook: timeout: expected a positive number of seconds, at most 120, got 0",
+        ),
+        (
+            {"webhook": {"url": "https://x", "timeout": 900}},  # it would outlast the outbox's lease
+            "webhook: timeout: expected a positive number of seconds, at most 120, got 900",
         ),
         ({"log": {"path": "x.log", "format": "xml"}}, "log: format: expected jsonl or csv, got 'xml'"),
         ({"log": {"path": "{klass}.log"}}, "log: path: unknown placeholder {klass}"),

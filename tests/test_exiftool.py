@@ -242,6 +242,43 @@ def test_no_temporary_file_is_left_when_a_process_is_lost_mid_write(tmp_path, jp
     assert not (tmp_path / "a.jpg_exiftool_tmp").exists()
 
 
+def _running(pid: int) -> bool:
+    """A process that exists and is not a zombie (an orphan's zombie waits for init to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+CRASHING_USER = """
+import os, sys, threading
+from rfwatch.exiftool import ExifToolPool
+pool = ExifToolPool(1)
+worker = threading.Thread(target=pool.run, args=(["-XMP-dc:Subject+=x"], sys.argv[1], 20))
+worker.start(); worker.join()  # started from a thread that has ended: the process must live on
+print(pool.tools[0].process.pid, flush=True)
+sys.stdin.readline()  # the test checks it is still running, then:
+os._exit(9)  # a crash: no close, no finalizer
+"""
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="util-linux setpriv is not installed")
+def test_a_crashed_process_takes_its_exiftools_with_it(jpeg):
+    """exiftool -stay_open polls its argfile forever after EOF: an rfwatch killed by kill -9 or a crash must not
+    leave it spinning (it did: 43 of them after one run of this suite)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_USER, str(jpeg)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    pid = int(proc.stdout.readline())
+    assert _running(pid), "the exiftool died with the thread that started it"
+    proc.communicate("\n", timeout=30)
+    assert proc.returncode == 9
+    deadline = time.monotonic() + 10
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(pid), f"exiftool {pid} outlived the process that started it"
+
+
 def test_close_ends_every_process(tmp_path, jpeg):
     pool = ExifToolPool(2)
     files = [make_jpeg(tmp_path / f"c{i}.jpg") for i in range(8)]

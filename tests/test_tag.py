@@ -265,3 +265,21 @@ def test_the_iptc_digest_stays_in_step_so_lightroom_reads_the_new_keywords(sampl
     shutil.copyfile(samples / "jpg" / "Canon_40D.jpg", without)
     run_tag(without, {"mode": "embed"})
     assert digests(without)[0] is None
+
+
+@needs_exiftool
+@pytest.mark.parametrize("mode", ["sidecar", "embed", "both"])
+def test_what_an_exiftool_killed_mid_write_left_does_not_stop_the_next_attempt(tmp_path, mode):
+    """exiftool dies with rfwatch (kill -9, power): its `<file>_exiftool_tmp` stays, and exiftool refuses to write
+    while it exists. The redone step removes it (the kill -9 storm failed files this way)."""
+    path = tmp_path / "a.jpg"
+    path.write_bytes(unique_jpeg((200, 30, 30), 5))
+    leftovers = [tmp_path / "a.jpg_exiftool_tmp", tmp_path / "a.jpg.xmp_exiftool_tmp"]
+    for leftover in leftovers:
+        leftover.write_bytes(b"half a file")
+    run_tag(path, {"mode": mode})
+    written = path.with_name("a.jpg.xmp") if mode == "sidecar" else path
+    assert read_xmp(written)["subject"] == ["iguana"]
+    # only the leftovers of the files this step writes are removed
+    image_tmp, sidecar_tmp = (p.exists() for p in leftovers)
+    assert (image_tmp, sidecar_tmp) == {"sidecar": (True, False), "embed": (False, True), "both": (False, False)}[mode]

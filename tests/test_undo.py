@@ -40,6 +40,7 @@ from standardwebhooks import Webhook
 from webhook_receiver import Receiver
 
 from rfwatch.crashpoints import CRASH_EXIT
+from rfwatch.journal import Journal
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 RED, GREEN, BLUE = (230, 10, 10), (10, 230, 10), (10, 10, 230)
@@ -72,6 +73,9 @@ def receiver():
 
 
 # --- helpers -------------------------------------------------------------------------------------------
+
+
+URL_SECRET = "T00K3n-in-the-path-4f9a2c"
 
 
 def undo(cfg: Path, *args: str, code: int = 0, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -210,9 +214,100 @@ def test_undo_selects_by_rule_class_time_window_and_path(tmp_path, server):
     assert "--since/--until" in bad.stderr and "2h or 3d" in bad.stderr
     stranger = undo(cfg, str(inbox / "never-seen.jpg"), code=1)
     assert f"{inbox / 'never-seen.jpg'}: no finished file" in stranger.stderr
+    again = undo(cfg, str(inbox / "red-0000.jpg"), code=1)
+    assert f"{inbox / 'red-0000.jpg'}: already undone" in again.stderr
+
+
+def test_an_undo_that_cannot_finish_is_named_and_retry_path_gives_it_up(tmp_path, server):
+    """A sorted file deleted by a person: its move cannot be undone. The undo says so, status counts it, and
+    `retry PATH` (never `retry --failed`) gives the undo up; a later undo does not try the old step again."""
+    rules = [{"name": "sort", "then": [{"copy": "copies/{name}"}, {"move": "sorted/{class}/{name}"}]}]
+    cfg = write_config(tmp_path, server, rules=rules)
+    inbox = tmp_path / "inbox"
+    (inbox / "red.jpg").write_bytes(unique_jpeg(RED, 31))
+    run_once(cfg)
+    (tmp_path / "sorted" / "red" / "red.jpg").unlink()  # a person deleted it
+
+    result = undo(cfg, code=1)
+    assert "move: could not be undone: " in result.stdout and "is no longer there" in result.stdout
+    assert summary(result.stdout) == "1 file(s): 1 failed"
+    assert names(tmp_path / "copies") == {"red.jpg"}, "the copy is older than the move: not reached yet"
+    report = status(cfg)
+    assert report["counts"]["undoing"] == 1
+    assert "retry PATH gives it up" in cli_ok("status", "-c", str(cfg)).stdout
+    assert "0 file(s) queued again" in cli_ok("retry", "-c", str(cfg), "--failed").stdout  # not by --failed
+
+    retried = cli_ok("retry", "-c", str(cfg), str(inbox / "red.jpg"))
+    assert "1 file(s) queued again" in retried.stdout
+    history = cli_ok("history", "-c", str(cfg), str(inbox / "red.jpg")).stdout
+    assert "undo given up by rfwatch retry" in history
+    assert status(cfg)["counts"].get("undoing", 0) == 0
+    # the old round's steps are closed: undo does not try the move again (the file is queued, not finished)
+    assert summary(undo(cfg).stdout) == "0 file(s): no file matched"
+
+
+def test_a_retry_leaves_a_file_an_undo_took_in_the_meantime(tmp_path, server):
+    """retry chooses its files, then queues each: one an undo claimed in between stays the undo's."""
+    cfg = write_config(tmp_path, server, rules=[{"then": [{"command": ["false"]}]}])
+    (tmp_path / "inbox" / "red.jpg").write_bytes(unique_jpeg(RED, 32))
+    run_once(cfg, code=1)
+    journal = Journal(tmp_path / "state" / "journal.db")
+    try:
+        (row,) = journal.rows_in_state(("failed",))
+        with journal.transaction() as db:  # what Undoer._claim does
+            db.execute("UPDATE files SET state='undoing' WHERE id=?", (row.id,))
+        assert journal.requeue(row.id) is None
+        assert journal.get(row.id).state == "undoing"
+    finally:
+        journal.close()
 
 
 # --- every action kind ----------------------------------------------------------------------------------------
+
+
+@needs_exiftool
+def test_steps_journaled_by_an_rfwatch_from_before_undo_are_undone_as_far_as_they_say(tmp_path, server, receiver):
+    """A journal written before undo existed: results without "dropped", a copy's hash, what tag found, or a
+    webhook's receiver. Moves and duplicates come back, an unchanged copy goes, and what cannot be reversed
+    from the record (tag, webhook) is reported, not claimed."""
+    rules = [
+        {
+            "then": [
+                {"copy": "copies/{name}"},
+                {"tag": {"mode": "sidecar"}},
+                {"move": {"to": "sorted/{name}", "on_conflict": "dedupe"}},
+                {"webhook": receiver.url},
+            ]
+        }
+    ]
+    cfg = write_config(tmp_path, server, rules=rules)
+    inbox = tmp_path / "inbox"
+    a, b = unique_jpeg(RED, 41), unique_jpeg(GREEN, 42)
+    (inbox / "a.jpg").write_bytes(a)
+    (inbox / "b.jpg").write_bytes(b)
+    (tmp_path / "sorted").mkdir()
+    (tmp_path / "sorted" / "b.jpg").write_bytes(b)  # b was sorted by hand already: a duplicate, dropped
+    run_once(cfg)
+    old_shapes = {  # what each action recorded before this version (git show b46155d:rfwatch/default_plugins/)
+        "copy": ("outcome", "from", "to"),
+        "move": ("outcome", "from", "to"),
+        "tag": ("keywords", "embedded", "sidecar"),
+        "webhook": ("queued",),
+    }
+    db = sqlite3.connect(tmp_path / "state" / "journal.db")
+    for rowid, action, result in db.execute("SELECT rowid, action, result FROM steps").fetchall():
+        doc = {k: v for k, v in json.loads(result).items() if k in old_shapes[action]}
+        db.execute("UPDATE steps SET result=? WHERE rowid=?", (json.dumps(doc), rowid))
+    db.commit()
+    db.close()
+
+    result = undo(cfg)
+    assert summary(result.stdout) == "2 file(s): 2 partly undone", result.stdout
+    assert "tagged before rfwatch recorded a way back" in result.stdout
+    assert "no file.undone event sent: no receiver recorded" in result.stdout
+    assert (inbox / "a.jpg").read_bytes() == a and (inbox / "b.jpg").read_bytes() == b
+    assert (tmp_path / "sorted" / "b.jpg").read_bytes() == b, "the person's own copy stays"
+    assert names(tmp_path / "copies") == set(), "unchanged copies are removed"
 
 
 @needs_exiftool
@@ -227,7 +322,8 @@ def test_every_action_kind_is_reversed(tmp_path, server, receiver):
                 {"move": "sorted/{class}/{name}"},
                 {"log": "results.jsonl"},
                 {"command": ["sh", "-c", 'echo "$1" >> ran.txt', "sh", "{name}"]},
-                {"webhook": {"url": receiver.url, "secret": SECRET}},
+                # a Slack-style URL: the secret is in the path, where no redaction of query values sees it
+                {"webhook": {"url": f"{receiver.url}/{URL_SECRET}", "secret": SECRET}},
             ],
         }
     ]
@@ -237,7 +333,7 @@ def test_every_action_kind_is_reversed(tmp_path, server, receiver):
     for name, data in originals.items():
         (inbox / name).write_bytes(data)
     (inbox / "b.jpg.xmp").write_text(USER_SIDECAR)  # b has a sidecar of its own: rfwatch adds to it
-    run_once(cfg)
+    ran = run_once(cfg)
     assert names(tmp_path / "sorted") == {"a.jpg", "a.jpg.xmp", "b.jpg", "b.jpg.xmp"}
     assert read_xmp(tmp_path / "sorted" / "green" / "b.jpg.xmp")["subject"] == ["holiday", "green", "rfwatch"]
     wait_for(lambda: len(receiver.ok()) == 2, what="the file.processed events")
@@ -267,7 +363,7 @@ def test_every_action_kind_is_reversed(tmp_path, server, receiver):
     wait_for(lambda: len(receiver.ok()) == 4, what="the file.undone events")
     verifier = Webhook(SECRET)
     events = [verifier.verify(d.body, d.headers) for d in receiver.ok()]
-    assert all(d.path == "/hook" for d in receiver.ok())
+    assert all(d.path == f"/hook/{URL_SECRET}" for d in receiver.ok())
     processed = {e["id"]: e for e in events if e["type"] == "file.processed"}
     undone = [e for e in events if e["type"] == "file.undone"]
     assert len(processed) == 2 and len(undone) == 2 and not {e["id"] for e in undone} & set(processed)
@@ -290,6 +386,22 @@ def test_every_action_kind_is_reversed(tmp_path, server, receiver):
         assert expected in history, f"{expected!r} not in:\n{history}"
     assert history.index("undo webhook") < history.index("undo move") < history.index("undo copy"), "newest first"
     assert history.count(": delivered ") == 2, history  # file.processed and file.undone
+    # the URL's secret is in no log line, step, event body or log record: nothing that reaches a receiver or a
+    # log file (the outbox row that delivers to it holds the address, as the config does, and `history` shows
+    # the operator where each delivery went)
+    db = sqlite3.connect(tmp_path / "state" / "journal.db")
+    journal_text = str(db.execute("SELECT * FROM steps").fetchall() + db.execute("SELECT * FROM events").fetchall())
+    journal_text += str(db.execute("SELECT * FROM undo_steps").fetchall())
+    db.close()
+    bodies = "".join(d.body.decode() for d in receiver.ok())
+    for where, text in {
+        "run output": ran.stdout + ran.stderr,
+        "undo output": result.stdout + result.stderr,
+        "journal steps and events": journal_text,
+        "webhook bodies": bodies,
+        "log action": (tmp_path / "results.jsonl").read_text(),
+    }.items():
+        assert URL_SECRET not in text, f"the webhook URL's secret is in the {where}"
     report = status(cfg)
     assert report["counts"]["undone"] == 2 and report["backlog"] == 0
 

@@ -52,6 +52,10 @@ class PlaceAction:
             target = Path(resumed["target"])
             tmp = Path(resumed["tmp"]) if resumed.get("tmp") else None
             if recover_placement(src, target, tmp, ctx.sha256, self.keep_source):
+                if resumed.get("duplicate"):
+                    # What is there was there before us (on_conflict: dedupe): never claimed as ours, so
+                    # undo restores a copy and leaves it alone.
+                    return self._done(ctx, src, target, "duplicate", [], True)
                 # The crash may have come between the file and its sidecars.
                 carried = [self._carry_sidecar(src, s, target) for s in sidecars_of(src)]
                 return self._done(ctx, src, target, "copied" if self.keep_source else "moved", carried, True)
@@ -118,7 +122,8 @@ class PlaceAction:
             return copy_back(ctx, result)
         if outcome != "copied":
             return {"outcome": "nothing", "detail": f"nothing was placed ({outcome})"}
-        outputs = [(result["to"], result.get("sha256"))]
+        # A copy recorded before rfwatch kept its hash holds the file's own content, if nobody changed it.
+        outputs = [(result["to"], result.get("sha256") or ctx.sha256)]
         outputs += [(s["to"], s.get("sha256")) for s in result.get("sidecars", [])]
         done, kept = [], []
         for path, sha256 in outputs:
@@ -134,6 +139,14 @@ class PlaceAction:
 
 class Move(PlaceAction):
     keep_source = False
+
+    @staticmethod
+    def undo(ctx: FileContext, result: dict[str, Any]) -> dict[str, Any]:
+        """As for any placement; a duplicate a move found was always dropped (steps journaled before rfwatch
+        recorded ``dropped`` say nothing of it), so a copy of it comes back."""
+        if result.get("outcome") == "duplicate":
+            result = {**result, "dropped": True}
+        return PlaceAction.undo(ctx, result)
 
 
 class Copy(PlaceAction):

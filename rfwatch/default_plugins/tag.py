@@ -28,6 +28,7 @@ from rfwatch.plugin import (
     exiftool_pool,
     fsync_dir,
     fsync_file,
+    holds,
     hookimpl,
     sha256_file,
 )
@@ -54,6 +55,10 @@ def sidecar_path(path: Path, naming: str) -> Path:
 
 
 def _exiftool(args: list[str], target: Path, timeout: float, write: bool = True) -> str:
+    if write:
+        # An exiftool killed mid-write (with rfwatch, by kill -9 or a power cut) leaves its temporary file,
+        # and exiftool refuses to write while it exists. Nobody else writes to a file rfwatch is tagging.
+        _remove_exiftool_leftovers(target)
     result = exiftool_pool().run(args, target, timeout, expect_write=write)
     return result.stdout
 
@@ -163,7 +168,6 @@ class TagAction:
             result["fallback"] = "sidecar"
         if mode in ("embed", "both"):
             iptc = EMBEDDABLE[path.suffix.lower()] == "JPEG"
-            _remove_exiftool_leftovers(path)  # a crash during an earlier attempt
             # What the file held before rfwatch wrote into it: read once, before the first attempt.
             before = resumed.get("embed_before") if resumed.get("embed") == str(path) else None
             if before is None:
@@ -181,7 +185,8 @@ class TagAction:
             result["embedded"] = str(path)
             result["embed_before"] = before
             result["embed_added"] = _added(before, wanted)
-            result["embed_sha256"] = sha256_file(path)  # undo wipes blocks it created only while this holds
+            # undo wipes blocks it created only while this holds; and rfwatch knows the file by it now
+            result["embed_sha256"] = ctx.sha256 = sha256_file(path)
         if mode in ("sidecar", "both"):
             sidecar = sidecar_path(path, self.naming)
             _new_sidecar_tmp(sidecar).unlink(missing_ok=True)  # left by a crash during an earlier attempt
@@ -223,13 +228,21 @@ class TagAction:
         changed since rfwatch wrote it (keywords added in Lightroom) loses only the values rfwatch added:
         nothing is wiped, and a sidecar rfwatch created stays with what someone else put in it.
         """
+        if (result.get("sidecar") and "sidecar_added" not in result) or (
+            result.get("embedded") and "embed_added" not in result
+        ):
+            # Tagged by an rfwatch from before undo: what the file held before was not recorded.
+            return {
+                "outcome": "partial",
+                "detail": "tagged before rfwatch recorded a way back: keywords left as they are",
+            }
         done = []
         timeout = float(result.get("timeout") or 60)
         # Undo runs newest step first: a move after this step is undone already, so the file (and a sidecar,
         # which travels with it and is named after it) is where it was when tagged, or at the name it got back.
         if result.get("sidecar"):
             path = sidecar_path(ctx.path, result.get("sidecar_name", "full"))
-            unchanged = _holds(path, result.get("sidecar_sha256"))
+            unchanged = holds(path, result.get("sidecar_sha256"))  # unknown: nothing is wiped
             if result.get("sidecar_created") and unchanged:
                 path.unlink(missing_ok=True)
                 fsync_dir(path.parent)
@@ -240,7 +253,7 @@ class TagAction:
                 kept = "" if unchanged else " (changed since: the rest kept)"
                 done.append(f"keywords taken out of {path.name}{kept}")
         if result.get("embedded"):
-            unchanged = _holds(ctx.path, result.get("embed_sha256"))
+            unchanged = holds(ctx.path, result.get("embed_sha256"))
             before = result.get("embed_before") or _EMPTY_STATE
             _restore(ctx.path, before, result.get("embed_added", {}), timeout, wipe=unchanged)
             ctx.produced(ctx.path)  # its size changed again; no watcher may take it as new
@@ -260,14 +273,6 @@ def _added(before: dict[str, Any], wanted: dict[str, list[str]]) -> dict[str, li
     """The values rfwatch put in that were not there before: only these are taken out again."""
     had = before.get("lists", {})
     return {tag: [v for v in values if v not in had.get(tag, [])] for tag, values in wanted.items()}
-
-
-def _holds(path: Path, sha256: str | None) -> bool:
-    """Whether ``path`` still holds what rfwatch wrote (False when unknown: then nothing is wiped)."""
-    try:
-        return sha256 is not None and sha256_file(path) == sha256
-    except OSError:
-        return False
 
 
 def _restore(path: Path, before: dict[str, Any], added: dict[str, list[str]], timeout: float, wipe: bool) -> None:

@@ -74,7 +74,8 @@ def parse_target(options: Any) -> Target:
         url,
         parse_secret(secret) if secret else None,
         headers,
-        opts.number("timeout", 15.0, positive=True, unit="seconds"),
+        # well below the outbox's lease, so no other process takes the row while this post still waits
+        opts.number("timeout", 15.0, positive=True, maximum=120, unit="seconds"),
     )
 
 
@@ -102,14 +103,18 @@ class WebhookAction:
 
     @staticmethod
     def undo(ctx: FileContext, result: Any) -> dict[str, Any]:
-        """A sent event cannot be unsent: a ``file.undone`` event tells the same receiver (the URL recorded).
+        """A sent event cannot be unsent: a ``file.undone`` event tells the same receiver.
 
-        It is delivered while a webhook with that URL is in the config (its secret and headers come from
-        there); with the rule gone it waits in the outbox, counted by ``rfwatch status``.
+        The step recorded a digest of the URL, never the URL (a Slack-style URL is a secret in itself, and
+        step results reach logs, ``history`` and later events): the receiver is the configured webhook with
+        that digest, whose secret and headers sign the event. With no such webhook in the config now, the
+        file is partly undone and the line says why.
         """
-        url = result.get("url") if isinstance(result, dict) else None
-        if not url:
-            return {"outcome": "nothing", "detail": "no receiver recorded with the event"}
+        receiver = result.get("receiver") if isinstance(result, dict) else None
+        url = next((u for u in _targets(ctx.config) if _receiver_id(u) == receiver), None) if receiver else None
+        if url is None:
+            why = "no webhook in the config posts to the receiver of that event" if receiver else "no receiver recorded"
+            return {"outcome": "partial", "detail": f"no file.undone event sent: {why}"}
         queued = _queue(
             ctx,
             url,
@@ -132,8 +137,13 @@ def _queue(ctx: FileContext, url: str, event_type: str, data: dict[str, Any]) ->
         "data": data,
     }
     if not ctx.deliver(KIND, body, target=url, key=msg_id):
-        return {"queued": False, "url": url, "reason": "the receiver answered 410 Gone earlier"}
-    return {"queued": msg_id, "url": url}
+        return {"queued": False, "receiver": _receiver_id(url), "reason": "the receiver answered 410 Gone earlier"}
+    return {"queued": msg_id, "receiver": _receiver_id(url)}
+
+
+def _receiver_id(url: str) -> str:
+    """What a step records of its receiver: enough to find the configured webhook again, nothing to leak."""
+    return "sha256:" + hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
 class Deliverer:
