@@ -41,10 +41,10 @@ The protocol has sharp edges, each handled here (exiftool 12.57's ``exiftool`` s
 * **An orphaned process spins.** exiftool in ``-stay_open`` mode polls its argfile at 100 Hz after EOF and
   never exits by itself (``ReadStayOpen`` in the exiftool script), so processes are closed with
   ``-stay_open False`` (:meth:`ExifToolPool.close`, and at interpreter exit through ``weakref.finalize``).
-  A process that dies without either (kill -9, a crash, power) must take its exiftools with it: they are
-  started through util-linux's ``setpriv --pdeathsig KILL`` (the kernel kills the child when the thread
-  that forked it ends), always from one spawner thread that lives as long as the process. Without
-  ``setpriv``, systemd's cgroup kill takes them when the service stops.
+  A process that dies without either (kill -9, a crash) must take its exiftools with it: on Linux they
+  are started through a few lines of Python that set PR_SET_PDEATHSIG (the kernel kills the child when
+  the thread that forked it ends) and check the parent is still there, always from one spawner thread
+  that lives as long as the process. Elsewhere systemd's cgroup kill takes them when the service stops.
 
 POSIX only: elsewhere every call runs one-shot.
 """
@@ -59,6 +59,7 @@ import secrets
 import selectors
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import weakref
@@ -374,15 +375,25 @@ def _close_pipes(proc: subprocess.Popen[bytes]) -> None:
             pass
 
 
-#: ``setpriv --pdeathsig KILL --`` where util-linux has it: a stay-open exiftool dies with rfwatch.
-_SETPRIV = shutil.which("setpriv")
-_DIE_WITH_US: tuple[str, ...] = (_SETPRIV, "--pdeathsig", "KILL", "--") if _SETPRIV else ()
+#: Run before exec'ing exiftool (Linux): the kernel kills it when the thread that forked it ends, kill -9 of
+#: rfwatch included (PR_SET_PDEATHSIG); and one that finds rfwatch gone already (it died between the fork and
+#: the prctl, which util-linux's ``setpriv --pdeathsig`` cannot tell) exits at once.
+_DIE_WITH_PARENT = (
+    "import ctypes, os, sys\n"
+    "ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    os._exit(1)\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
 #: The one thread every stay-open exiftool is forked from: the parent-death signal follows the forking
 #: thread, so a worker thread that ends must not take the processes it happened to start.
 _spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="exiftool-spawner")
 
 
 def _spawn(cmd: list[str]) -> subprocess.Popen[bytes]:
+    if sys.platform.startswith("linux"):
+        cmd = [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT, str(os.getpid()), *cmd]
+
     def start() -> subprocess.Popen[bytes]:
         return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
 
@@ -529,7 +540,7 @@ class ExifTool:
             self._discard(proc, None, graceful=True)
             proc = None
         if proc is None:
-            cmd = [*_DIE_WITH_US, self.executable]
+            cmd = [self.executable]
             if self.config is not None:
                 cmd += ["-config", os.fspath(self.config)]  # must come first, and cannot go in the argfile
             cmd += ["-stay_open", "True", "-@", "-"]

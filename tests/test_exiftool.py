@@ -262,7 +262,7 @@ os._exit(9)  # a crash: no close, no finalizer
 """
 
 
-@pytest.mark.skipif(shutil.which("setpriv") is None, reason="util-linux setpriv is not installed")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_a_crashed_process_takes_its_exiftools_with_it(jpeg):
     """exiftool -stay_open polls its argfile forever after EOF: an rfwatch killed by kill -9 or a crash must not
     leave it spinning (it did: 43 of them after one run of this suite)."""
@@ -277,6 +277,17 @@ def test_a_crashed_process_takes_its_exiftools_with_it(jpeg):
     while _running(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _running(pid), f"exiftool {pid} outlived the process that started it"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_an_exiftool_whose_rfwatch_died_before_it_started_exits_at_once():
+    """The parent-death signal is set after the fork: if rfwatch died in between, nobody would send it."""
+    from rfwatch import exiftool
+
+    not_our_parent = "1"  # what getppid() says once the parent has died and init adopted the child
+    cmd = [sys.executable, "-I", "-S", "-c", exiftool._DIE_WITH_PARENT, not_our_parent, "exiftool", "-ver"]
+    done = subprocess.run(cmd, capture_output=True, timeout=30)
+    assert done.returncode == 1 and done.stdout == b"", "exiftool ran although rfwatch was gone"
 
 
 def test_close_ends_every_process(tmp_path, jpeg):
