@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,12 +41,14 @@ log = logging.getLogger("rfwatch.daemon")
 EXIT_API_REJECTED = 3
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)  # one job is one object: removed from a queue by identity
 class _Job:
     path: Path | None = None
     watch: WatchConfig | None = None
     file_id: int | None = None
     settled_at: float = 0.0
+    #: Known to need the API (a file still to classify stays so until a worker classifies it): looked up once.
+    needs_api: bool = False
 
 
 class ApiGate:
@@ -59,17 +62,27 @@ class ApiGate:
         self._backoff = 0.0
         self._prober: int | None = None
 
-    def wait(self, stop: threading.Event) -> bool:
-        """Block until this worker may call the API; False if stopping."""
-        with self._cond:
-            while not stop.is_set():
+    def wait(self, stop: threading.Event, meanwhile: Callable[[], bool] | None = None) -> bool:
+        """Block until this worker may call the API; False if stopping.
+
+        ``meanwhile()`` is called (outside the gate's lock) while the API refuses us, to do work that needs no
+        API; it returns whether it found any (else the worker sleeps a little).
+        """
+        while not stop.is_set():
+            with self._cond:
                 if self.reason is None:
                     return True
                 if self._prober is None and time.monotonic() >= self._retry_at:
                     self._prober = threading.get_ident()
                     return True
-                self._cond.wait(timeout=min(0.5, max(0.01, self._retry_at - time.monotonic())))
-            return False
+                pause = min(0.5, max(0.01, self._retry_at - time.monotonic()))
+                if meanwhile is None:
+                    self._cond.wait(timeout=pause)
+                    continue
+            if not meanwhile():
+                with self._cond:
+                    self._cond.wait(timeout=pause)
+        return False
 
     def blocked(self, error: ApiBlocked) -> None:
         with self._cond:
@@ -268,61 +281,79 @@ class Daemon:
             return None
 
     def _worker(self) -> None:
-        me = threading.get_ident()
         while not self.stop_event.is_set():
             job = self._next_job()
             if job is None:
                 continue
-            # Only a file still to be classified waits while the API refuses us: a person's decision or a
-            # retried action goes ahead.
-            if self._needs_api(job) and not self.gate.wait(self.stop_event):
+            # Only a file still to be classified waits while the API refuses us. Meanwhile this worker takes
+            # what needs no API (a person's decision, a retried action): with every worker waiting here, those
+            # would wait for the API too, for as long as a quota is spent.
+            if self._needs_api(job) and not self.gate.wait(self.stop_event, meanwhile=self._run_one_without_api):
                 break
-            with self._lock:
-                self._busy += 1
-                self._busy_since[me] = time.monotonic()
-            requeued = False
+            self._run(job)
+
+    def _run_one_without_api(self) -> bool:
+        """Run one queued job that needs no API (found among the jobs taken first); False if there is none."""
+        for job in list(self.retry_jobs):
+            if self._needs_api(job):
+                continue
             try:
-                if job.file_id is None:
-                    attempt = self.pipeline.take(job.path, job.watch, job.settled_at)  # type: ignore[arg-type]
-                    if attempt.outcome == Outcome.CHANGING:
-                        self.watcher.not_settled(job.path, job.watch)  # type: ignore[arg-type]
-                else:
-                    attempt = self.pipeline.process(job.file_id)
-                self.counts[attempt.outcome] += 1
-                if attempt.outcome in (Outcome.DONE, Outcome.UNMATCHED, Outcome.FAILED):
-                    self.metrics.file_done(attempt.outcome)
-            except ApiBlocked as blocked:
-                self._explain(blocked)
-                self.counts["waiting"] += 1
-                if self.once:
-                    log.error("stopping: %s; unprocessed files stay for the next run", blocked)
-                    self.exit_code = EXIT_API_REJECTED
-                    self.stop_event.set()
-                else:
-                    self.gate.blocked(blocked)
-                    if blocked.file_id is not None and blocked.file_id == job.file_id:
-                        self.retry_jobs.append(job)  # still counted as queued: a look at the journal skips it
-                        requeued = True
-                    elif blocked.file_id is not None:
-                        self._enqueue_id(blocked.file_id)  # a new file, journaled before the API refused it
-            except Exception:
-                log.exception("unexpected error processing %s", job.path or f"journal row {job.file_id}")
-                self.counts["error"] += 1
-            finally:
-                self.gate.done_probing()  # a probe that never reached the API proves nothing either way
-                with self._lock:
-                    self._busy -= 1
-                    self._busy_since.pop(me, None)
-                    if job.file_id is not None and not requeued:
-                        self._queued_ids.discard(job.file_id)
+                self.retry_jobs.remove(job)
+            except ValueError:
+                continue  # another worker took it
+            self._run(job)
+            return True
+        return False
+
+    def _run(self, job: _Job) -> None:
+        me = threading.get_ident()
+        with self._lock:
+            self._busy += 1
+            self._busy_since[me] = time.monotonic()
+        requeued = False
+        try:
+            if job.file_id is None:
+                attempt = self.pipeline.take(job.path, job.watch, job.settled_at)  # type: ignore[arg-type]
+                if attempt.outcome == Outcome.CHANGING:
+                    self.watcher.not_settled(job.path, job.watch)  # type: ignore[arg-type]
+            else:
+                attempt = self.pipeline.process(job.file_id)
+            self.counts[attempt.outcome] += 1
+            if attempt.outcome in (Outcome.DONE, Outcome.UNMATCHED, Outcome.FAILED):
+                self.metrics.file_done(attempt.outcome)
+        except ApiBlocked as blocked:
+            self._explain(blocked)
+            self.counts["waiting"] += 1
+            if self.once:
+                log.error("stopping: %s; unprocessed files stay for the next run", blocked)
+                self.exit_code = EXIT_API_REJECTED
+                self.stop_event.set()
+            else:
+                self.gate.blocked(blocked)
+                if blocked.file_id is not None and blocked.file_id == job.file_id:
+                    self.retry_jobs.append(job)  # still counted as queued: a look at the journal skips it
+                    requeued = True
+                elif blocked.file_id is not None:
+                    self._enqueue_id(blocked.file_id)  # a new file, journaled before the API refused it
+        except Exception:
+            log.exception("unexpected error processing %s", job.path or f"journal row {job.file_id}")
+            self.counts["error"] += 1
+        finally:
+            self.gate.done_probing()  # a probe that never reached the API proves nothing either way
+            with self._lock:
+                self._busy -= 1
+                self._busy_since.pop(me, None)
+                if job.file_id is not None and not requeued:
+                    self._queued_ids.discard(job.file_id)
 
     def _needs_api(self, job: _Job) -> bool:
-        if job.file_id is None:
+        if job.file_id is None or job.needs_api:
             return True  # a new file: classified first
         try:
-            return self.journal.get(job.file_id).state == FileState.DETECTED
+            job.needs_api = self.journal.get(job.file_id).state == FileState.DETECTED
         except LookupError:
             return False
+        return job.needs_api
 
     # --- reload ------------------------------------------------------------------------
 

@@ -245,8 +245,8 @@ def record_probes(gate: Any) -> list[float]:
     probes: list[float] = []
     real_wait = gate.wait
 
-    def wait(stop: threading.Event) -> bool:
-        allowed = real_wait(stop)
+    def wait(stop: threading.Event, meanwhile: Any = None) -> bool:
+        allowed = real_wait(stop, meanwhile)
         if allowed and gate.reason is not None:
             probes.append(time.monotonic())
         return allowed

@@ -362,6 +362,30 @@ def test_a_retry_after_a_decision_keeps_the_label_and_a_rejected_file_is_asked_a
     assert files_under(tmp_path / "review") == [tmp_path / "review" / "c.jpg"]
 
 
+def test_a_label_takes_effect_while_every_worker_waits_for_the_api(tmp_path, server):
+    """A spent quota (402) can last days: every worker then waits with a new file in hand. A person's label
+    needs no API, and still sorts its file within seconds."""
+    server.classifier = lambda image: dict(UNSURE)
+    port = free_port()
+    cfg = review_config(tmp_path, server, port, concurrency=2)
+    api = Api(port)
+    with DaemonThread(cfg) as d:
+        wait_listening(port)
+        write_one_by_one(tmp_path, {"a.jpg": gray_jpeg(40)})
+        server.fail_next(402, count=10_000)  # the quota is spent from now on
+        for n in range(4):
+            (tmp_path / "inbox" / f"new{n}.jpg").write_bytes(unique_jpeg(RED, 50 + n))
+        wait_for(lambda: d.daemon.gate.reason, what="the daemon to notice the spent quota")
+        daemon = d.daemon
+        # both workers hold a new file (two of the four are out of the queues), waiting for the API
+        wait_for(lambda: daemon.queue.qsize() + len(daemon.retry_jobs) == 2, what="every worker waiting")
+        assert api.label(api.id_of("a.jpg"), "blue")[0] == 200
+        wait_for(lambda: (tmp_path / "sorted" / "blue" / "a.jpg").exists(), timeout=10, what="a.jpg sorted")
+        assert d.daemon.gate.reason is not None, "the API still refuses: the label went ahead without it"
+        assert len(files_under(tmp_path / "inbox")) == 4  # the new files wait, unharmed
+    server.reset()
+
+
 def test_multi_label_models_take_a_list_of_classes(tmp_path, server, platform):
     server.classifier = lambda image: dict(UNSURE)  # every class below the threshold: none predicted
     port = free_port()
