@@ -274,20 +274,40 @@ def bearer_key(headers: Any) -> str | None:
     return token.strip() or None
 
 
+class ClientGone(Exception):
+    """The sender went away before its request body was complete."""
+
+
 def read_body(handler: BaseHTTPRequestHandler) -> bytes:
-    """The request body, by Content-Length or chunked transfer encoding."""
+    """The request body, by Content-Length or chunked transfer encoding.
+
+    A body that stops short (the sender was killed mid-request) raises ClientGone: the request is dropped
+    unanswered and nothing is recorded. The real servers never act on half a request either: uvicorn's h11
+    hands the ASGI app an ``http.disconnect`` instead of the rest of the body, and Starlette's
+    ``Request.body()`` raises ``ClientDisconnect`` (INFERRED from how uvicorn and Starlette work; no Roboflow
+    source says what its route handlers do then, and nothing they could do would store half a body).
+    """
     if "chunked" in (handler.headers.get("Transfer-Encoding") or "").lower():
         chunks = []
         while True:
-            size = int(handler.rfile.readline().split(b";")[0].strip() or b"0", 16)
+            line = handler.rfile.readline()
+            if not line:
+                raise ClientGone
+            size = int(line.split(b";")[0].strip() or b"0", 16)
             if size == 0:
                 while handler.rfile.readline() not in (b"\r\n", b"\n", b""):
                     pass
                 return b"".join(chunks)
-            chunks.append(handler.rfile.read(size))
+            chunk = handler.rfile.read(size)
+            if len(chunk) < size:
+                raise ClientGone
+            chunks.append(chunk)
             handler.rfile.readline()
     length = int(handler.headers.get("Content-Length") or 0)
-    return handler.rfile.read(length) if length else b""
+    body = handler.rfile.read(length) if length else b""
+    if len(body) < length:
+        raise ClientGone
+    return body
 
 
 def parse_multipart(content_type: str, body: bytes) -> dict[str, bytes]:
@@ -500,7 +520,10 @@ class _BaseHandler(BaseHTTPRequestHandler):
         timeout = getattr(self.owner, "keepalive_timeout", None)
         if self.served and timeout is not None:
             self.connection.settimeout(timeout)
-        super().handle_one_request()
+        try:
+            super().handle_one_request()
+        except ClientGone:  # half a request: dropped, nothing recorded (see read_body)
+            self.close_connection = True
 
     def parse_request(self) -> bool:
         self.connection.settimeout(None)  # the idle timer only runs between requests

@@ -578,3 +578,17 @@ def test_one_catalog_serves_both(make_server):
         assert requests.get(f"{platform.url}/lab/birds/4", params={"api_key": "k2"}).status_code == 200
     finally:
         platform.stop()
+
+
+def test_half_a_request_is_dropped_unrecorded(make_server, platform):
+    """A sender killed mid-body: no real server acts on half a request (see read_body), nor do the stand-ins."""
+    import socket
+
+    for server, path in ((make_server(), f"/colors/1?api_key={VALID_KEY}"), (platform, "/dataset/colors/annotate/x")):
+        with socket.create_connection(("127.0.0.1", server.port)) as conn:
+            head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n"
+            conn.sendall(head.encode() + b"gre")
+            conn.shutdown(socket.SHUT_WR)  # and the sender is gone
+            assert conn.recv(1024) == b"", "half a request was answered"
+        assert server.requests == []
+    assert platform.annotations == {}
