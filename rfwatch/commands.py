@@ -176,7 +176,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
             if row.state == FileState.UNDOING and not give_up_undo(journal, row):
                 print(f"rfwatch: {row.path}: an rfwatch undo is working on it: retry when it ends", file=sys.stderr)
                 continue
-            requeued = journal.requeue(row.id, (*states, FileState.UNDONE))
+            requeued = journal.requeue(row.id, states)  # a given-up undo left it undone: in states with a PATH
             if requeued is None:  # taken meanwhile (by an undo, or a worker)
                 print(f"rfwatch: {row.path}: not queued: it is {journal.get(row.id).state} now", file=sys.stderr)
                 continue

@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from platform_server import PlatformServer  # noqa: E402
 from roboflow_server import VALID_KEY, RoboflowServer  # noqa: E402
+from webhook_receiver import Receiver  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # The repository's own small set (tests/data/README.md); RFWATCH_SAMPLES may name a folder holding a larger
@@ -47,6 +48,14 @@ def server():
     srv = RoboflowServer().start()
     yield srv
     srv.stop()
+
+
+@pytest.fixture
+def receiver():
+    """A webhook receiver on 127.0.0.1 that records every request (webhook_receiver.py)."""
+    r = Receiver().start()
+    yield r
+    r.stop()
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ from metadata_reader import jpeg_parts, read_xmp
 from PIL import Image
 from roboflow_server import VALID_KEY
 from standardwebhooks import Webhook
-from webhook_receiver import Receiver
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 RED, GREEN = (230, 10, 10), (10, 230, 10)
@@ -25,13 +24,6 @@ RED, GREEN = (230, 10, 10), (10, 230, 10)
 @pytest.fixture(autouse=True)
 def _key(api_key):
     return api_key
-
-
-@pytest.fixture
-def receiver():
-    r = Receiver().start()
-    yield r
-    r.stop()
 
 
 def webhook_rule(receiver, **extra):

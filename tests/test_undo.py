@@ -37,7 +37,6 @@ from helpers import (
 from metadata_reader import iptc_keywords, jpeg_non_xmp_segments, jpeg_parts, photoshop_resources, read_xmp, xmp_bytes
 from roboflow_server import VALID_KEY
 from standardwebhooks import Webhook
-from webhook_receiver import Receiver
 
 from rfwatch.crashpoints import CRASH_EXIT
 from rfwatch.journal import Journal
@@ -63,13 +62,6 @@ USER_SIDECAR = """<?xpacket begin='\ufeff' id='W5M0MpCehiHzreSzNTczkc9d'?>
 @pytest.fixture(autouse=True)
 def _key(api_key):
     return api_key
-
-
-@pytest.fixture
-def receiver():
-    r = Receiver().start()
-    yield r
-    r.stop()
 
 
 # --- helpers -------------------------------------------------------------------------------------------
@@ -258,6 +250,10 @@ def test_a_retry_leaves_a_file_an_undo_took_in_the_meantime(tmp_path, server):
             db.execute("UPDATE files SET state='undoing' WHERE id=?", (row.id,))
         assert journal.requeue(row.id) is None
         assert journal.get(row.id).state == "undoing"
+        with journal.transaction() as db:  # the undo finished: `retry --failed` asks for failed files only
+            db.execute("UPDATE files SET state='undone' WHERE id=?", (row.id,))
+        assert journal.requeue(row.id, ("failed",)) is None
+        assert journal.get(row.id).state == "undone"
     finally:
         journal.close()
 
