@@ -166,6 +166,10 @@ def test_undo_selects_by_rule_class_time_window_and_path(tmp_path, server):
     lines = file_lines(result.stdout)
     assert len(lines) == 2 and all(": undone: move: moved back to " in line for line in lines), result.stdout
     assert summary(result.stdout) == "2 file(s): 2 undone"
+    # a PATH the other selectors leave out is named, with why, and left alone
+    left_out = undo(cfg, "--rule", "reds", str(inbox / "green-0001.jpg"), code=1)
+    assert f"{inbox / 'green-0001.jpg'}: not selected: --rule, --class, --since or --until" in left_out.stderr
+    assert summary(left_out.stdout) == "0 file(s): no file matched"
 
     # a class, since a time: the greens taken after `between`
     result = undo(cfg, "--class", "green", "--since", between.isoformat())
