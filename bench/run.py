@@ -464,8 +464,8 @@ def cpu_floor(files: list[Path], cores: int = 2, repeat: int = 3) -> dict:
     "official": that plus its full-size JPEG q90 re-encode; "draft": the JPEG draft scale rfwatch picks for the
     224x224 model, "prepare": rfwatch's whole preparation (draft decode, upright, resize, encode).
     """
-    from rfwatch.prepare import prepare_image
-    from rfwatch.sizing import UploadSize
+    from rfwatch.images.prepare import prepare_image
+    from rfwatch.roboflow.sizing import UploadSize
 
     sized = UploadSize(max_size=1024, model_input=(224, 224))
     fallback = UploadSize(max_size=1024)
@@ -632,8 +632,8 @@ def cpu_breakdown(path: Path, repeat: int = 5) -> list[tuple[str, float]]:
 
     from PIL import ImageOps
 
-    from rfwatch.prepare import _encode, _to_rgb
-    from rfwatch.sizing import UploadSize
+    from rfwatch.images.prepare import _encode, _to_rgb
+    from rfwatch.roboflow.sizing import UploadSize
 
     sized = UploadSize(max_size=1024, model_input=(224, 224))
     fallback = UploadSize(max_size=1024)
@@ -697,8 +697,8 @@ def cpu_breakdown(path: Path, repeat: int = 5) -> list[tuple[str, float]]:
 
 def upload_tradeoffs(path: Path) -> list[tuple[str, float]]:
     """Base64 upload size of one file for the 224x224 model and at other max_size / jpeg_quality settings (kB)."""
-    from rfwatch.prepare import prepare_image
-    from rfwatch.sizing import UploadSize
+    from rfwatch.images.prepare import prepare_image
+    from rfwatch.roboflow.sizing import UploadSize
 
     out = []
     for quality in (90, 80):

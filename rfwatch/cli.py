@@ -18,15 +18,15 @@ from contextlib import closing as _closing
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .client import ApiError, ModelId, fetch_image, is_url
-from .config import Config, ConfigError, config_from_dict, load_config
-from .logsetup import setup_logging
-from .model_facts import diagnose
-from .prepare import ImageError
-from .redact import redact
-from .result import ResponseFormatError
-from .runtime import make_client, platform_client
+from rfwatch import __version__
+from rfwatch.config import Config, ConfigError, config_from_dict, load_config
+from rfwatch.host.runtime import make_client, platform_client
+from rfwatch.images.prepare import ImageError
+from rfwatch.redact import redact
+from rfwatch.roboflow.client import ApiError, ModelId, fetch_image, is_url
+from rfwatch.roboflow.facts import diagnose
+from rfwatch.roboflow.result import ResponseFormatError
+from rfwatch.service.logs import setup_logging
 
 log = logging.getLogger("rfwatch")
 
@@ -100,8 +100,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 def _model_facts(platform: Any, model: str | None) -> Any:
     """Facts about the model for sizing uploads: one short question to the platform; None if it cannot say."""
-    from .model_facts import fetch_facts
-    from .platform import PlatformError
+    from rfwatch.roboflow.facts import fetch_facts
+    from rfwatch.roboflow.platform import PlatformError
 
     if platform is None or not model:
         return None
@@ -113,7 +113,7 @@ def _model_facts(platform: Any, model: str | None) -> Any:
 
 
 def _save_annotated(source: str, image: str | bytes, prediction, save: str, many: bool) -> int:
-    from .annotate import annotate_image
+    from rfwatch.images.annotate import annotate_image
 
     out = Path(save)
     if many or out.is_dir() or save.endswith(os.sep):
@@ -133,8 +133,8 @@ def _save_annotated(source: str, image: str | bytes, prediction, save: str, many
 def cmd_check(args: argparse.Namespace) -> int:
     """Validate the config, then ask the platform about the key, the model and the rules' classes."""
     cfg = load_config(args.config)
-    from .model_facts import check_rules, describe, models_in_use
-    from .runtime import load_extensions
+    from rfwatch.host.runtime import load_extensions
+    from rfwatch.roboflow.facts import check_rules, describe, models_in_use
 
     extensions = load_extensions(cfg)
     plugins, rules = extensions.plugins, extensions.rules
@@ -175,9 +175,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def _ask_platform(cfg: Config, models: list[str]) -> tuple[dict[str, Any], str, list[str]]:
     """(facts per model, a line about the key, problems) from the platform API, synchronously."""
-    from .model_facts import fetch_facts
-    from .platform import KeyRefused, NotFound, PlatformError
-    from .runtime import platform_client
+    from rfwatch.host.runtime import platform_client
+    from rfwatch.roboflow.facts import fetch_facts
+    from rfwatch.roboflow.platform import KeyRefused, NotFound, PlatformError
 
     platform = platform_client(cfg)
     assert platform is not None
@@ -195,7 +195,7 @@ def _ask_platform(cfg: Config, models: list[str]) -> tuple[dict[str, Any], str, 
             try:
                 facts[model] = fetch_facts(platform, model)
             except NotFound:
-                from .model_facts import diagnose
+                from rfwatch.roboflow.facts import diagnose
 
                 problems.append(f"roboflow.model: {model}: {diagnose(platform, model, 404) or 'not found'}")
             except PlatformError as exc:
@@ -205,10 +205,10 @@ def _ask_platform(cfg: Config, models: list[str]) -> tuple[dict[str, Any], str, 
 
 def cmd_model(args: argparse.Namespace) -> int:
     """What rfwatch knows about the model: asked of the platform now, else from the journal's cache."""
-    from .journal import Journal
-    from .model_facts import FactsCache, fetch_facts
-    from .platform import PlatformError
-    from .runtime import platform_client
+    from rfwatch.host.runtime import platform_client
+    from rfwatch.journal import Journal
+    from rfwatch.roboflow.facts import FactsCache, fetch_facts
+    from rfwatch.roboflow.platform import PlatformError
 
     cfg = _load(args)
     model = args.model or cfg.roboflow.model
@@ -303,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_daemon_commands(sub, common) -> None:
     try:
-        from . import commands
+        from rfwatch import commands
     except ImportError:  # pragma: no cover - during bootstrap only
         return
     commands.add_commands(sub, common)

@@ -14,11 +14,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, load_config
-from .journal import Journal
-from .redact import redact
-from .result import Prediction
-from .states import ACTIVE_STATES, FileState
+from rfwatch.config import ConfigError, load_config
+from rfwatch.journal import Journal
+from rfwatch.redact import redact
+from rfwatch.roboflow.result import Prediction
+from rfwatch.states import ACTIVE_STATES, FileState
 
 __all__ = ["add_commands"]
 
@@ -31,11 +31,11 @@ def _journal(config) -> Journal:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .daemon import Daemon
+    from rfwatch.service.daemon import Daemon
 
     config = load_config(args.config)
     if args.log_format is None and config.log_format != "text":
-        from .logsetup import setup_logging
+        from rfwatch.service.logs import setup_logging
 
         setup_logging(-1 if args.quiet else args.verbose, config.log_format)
     daemon = Daemon(
@@ -49,7 +49,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from .plugins import PluginHost
+    from rfwatch.host.manager import PluginHost
 
     extra = load_config(args.config).plugins if args.config else ()
     host = PluginHost.load(extra)
@@ -70,9 +70,9 @@ def _ts(t: float | None) -> str:
 
 
 def status_report(config) -> dict[str, Any]:
-    from .decisions import Decisions
-    from .delivery import Deliveries
-    from .plugins import PluginHost
+    from rfwatch.host.manager import PluginHost
+    from rfwatch.processing.decisions import Decisions
+    from rfwatch.processing.delivery import Deliveries
 
     journal = _journal(config)
     try:
@@ -160,7 +160,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from .undo import give_up_undo
+    from rfwatch.processing.undo import give_up_undo
 
     config = load_config(args.config)
     journal = _journal(config)
@@ -194,7 +194,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    from .delivery import Deliveries
+    from rfwatch.processing.delivery import Deliveries
 
     config = load_config(args.config)
     journal = _journal(config)
@@ -234,7 +234,7 @@ def _delivery_state(d: dict[str, Any]) -> str:
 def cmd_prune(args: argparse.Namespace) -> int:
     import time
 
-    from .delivery import Deliveries
+    from rfwatch.processing.delivery import Deliveries
 
     if args.older_than < 0:
         raise ConfigError(f"--older-than: expected a number of days >= 0, got {args.older_than:g}")
@@ -252,7 +252,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def _not_undone(journal: Journal, path: Path) -> str:
     """Why a PATH named to ``rfwatch undo`` was not undone."""
-    from .undo import UNDOABLE
+    from rfwatch.processing.undo import UNDOABLE
 
     known = journal.history_for(path)
     if not known:
@@ -269,9 +269,9 @@ def cmd_undo(args: argparse.Namespace) -> int:
     """Undo what rfwatch did to the files selected, newest first; one line per file and a summary."""
     import time
 
-    from .delivery import Deliveries
-    from .runtime import load_extensions
-    from .undo import Undoer, UndoFilter, parse_when
+    from rfwatch.host.runtime import load_extensions
+    from rfwatch.processing.delivery import Deliveries
+    from rfwatch.processing.undo import Undoer, UndoFilter, parse_when
 
     config = load_config(args.config)
     try:
@@ -330,15 +330,15 @@ def cmd_review(args: argparse.Namespace) -> int:
     """Serve the review page alone; the daemon applies the decisions (now if it runs, else when it starts)."""
     import dataclasses
 
-    from .client import ModelId
-    from .model_facts import FactsCache
-    from .review.server import ReviewServer
+    from rfwatch.review.server import ReviewServer
+    from rfwatch.roboflow.client import ModelId
+    from rfwatch.roboflow.facts import FactsCache
 
     config = load_config(args.config)
     listen = args.listen or config.review.listen or "127.0.0.1:8765"
     try:
         config = dataclasses.replace(config, review=dataclasses.replace(config.review, listen=listen))
-        from .config import check_review
+        from rfwatch.config import check_review
 
         check_review(config.review)
     except ConfigError as exc:

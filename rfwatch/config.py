@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from .client import DEFAULT_API_URL, ModelId
-from .platform import DEFAULT_PLATFORM_URL
+from rfwatch.roboflow.client import DEFAULT_API_URL, ModelId
+from rfwatch.roboflow.platform import DEFAULT_PLATFORM_URL
 
 __all__ = [
     "ConfigError",
@@ -48,10 +48,10 @@ class RoboflowConfig:
     api_key_problem: str | None = None
     model: str | None = None
     api_url: str = DEFAULT_API_URL
-    #: Roboflow's platform API: asked about the key and the model (see rfwatch.model_facts).
+    #: Roboflow's platform API: asked about the key and the model (see rfwatch.roboflow.facts).
     platform_url: str = DEFAULT_PLATFORM_URL
     confidence: float = 0.01
-    #: Multi-label models: a class is predicted when it scores at or above this (see rfwatch.result).
+    #: Multi-label models: a class is predicted when it scores at or above this (see rfwatch.roboflow.result).
     multi_label_threshold: float = 0.5
     #: Let Roboflow's active learning save the uploaded images into the project (off unless asked for).
     active_learning: bool = False
@@ -521,7 +521,7 @@ def check_review(review: ReviewConfig) -> ReviewConfig:
     if review.token is not None:
         if len(review.token) < 16:
             raise ConfigError("review.token: use at least 16 random characters (e.g. openssl rand -hex 16)")
-        from .redact import register_secret
+        from rfwatch.redact import register_secret
 
         register_secret(review.token)
     return review

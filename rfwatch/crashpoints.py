@@ -27,7 +27,7 @@ POINTS: dict[str, str] = {
     "journal.intent": "an action's intent committed, before its side effect",
     "journal.step_finished": "a step's result committed (with its queued deliveries)",
     "journal.finished": "the file's final state committed",
-    # moving and copying (rfwatch/fileops.py)
+    # moving and copying (rfwatch/files/place.py)
     "place.before_rename": "a move: intent recorded, nothing renamed yet",
     "place.after_rename": "a move: renamed into place, folders not yet fsynced",
     "place.duplicate": "dedupe: identical content found at the target and recorded, the source not yet removed",

@@ -20,14 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import hookimpl, platform
-from .annotate import annotate_image, label_text
-from .config import Config
-from .context import FileContext
-from .crashpoints import crash_point
-from .delivery import Delivered, Deliveries, Delivery, Failed, Gone, Retry
-from .exiftool import ExifToolError, exiftool_executable, exiftool_pool
-from .fileops import (
+from rfwatch import hookimpl
+from rfwatch.config import Config
+from rfwatch.crashpoints import crash_point
+from rfwatch.files.place import (
     TMP_PREFIX,
     ConflictMode,
     Placed,
@@ -39,13 +35,18 @@ from .fileops import (
     sha256_file,
     sidecars_of,
 )
-from .options import Options
-from .prepare import ImageError, open_image, open_upright, prepare_image
-from .redact import redact, register_secret
-from .restore import copy_back, move_back
-from .result import ClassScore, Prediction
-from .runtime import platform_client
-from .templates import Template, TemplateError, UnsafePathError, safe_component
+from rfwatch.files.restore import copy_back, move_back
+from rfwatch.host.context import FileContext
+from rfwatch.host.options import Options
+from rfwatch.host.runtime import platform_client
+from rfwatch.host.templates import Template, TemplateError, UnsafePathError, safe_component
+from rfwatch.images.annotate import annotate_image, label_text
+from rfwatch.images.exiftool import ExifToolError, exiftool_executable, exiftool_pool
+from rfwatch.images.prepare import ImageError, open_image, open_upright, prepare_image
+from rfwatch.processing.delivery import Delivered, Deliveries, Delivery, Failed, Gone, Retry
+from rfwatch.redact import redact, register_secret
+from rfwatch.roboflow import platform
+from rfwatch.roboflow.result import ClassScore, Prediction
 
 __all__ = [
     # hooks

@@ -99,7 +99,7 @@ class DaemonThread:
     """Runs rfwatch's daemon in this process, in a thread, so tests can stop it cleanly."""
 
     def __init__(self, config_path: Path, **kw: Any):
-        from rfwatch.daemon import Daemon
+        from rfwatch.service.daemon import Daemon
 
         self.daemon = Daemon(config_path, **kw)
         self.result: int | None = None

@@ -70,7 +70,7 @@ def _attempts(receiver) -> dict[str, list[float]]:
 
 def test_failed_deliveries_back_off_on_schedule_and_honour_retry_after(tmp_path, server, receiver):
     """2 s, 4 s, 8 s ... +-25 % in production; here the same schedule from a base of 0.4 s."""
-    from rfwatch.delivery import DeliveryPolicy
+    from rfwatch.processing.delivery import DeliveryPolicy
 
     receiver.status = 503
     cfg = write_config(tmp_path, server, rules=webhook_rule(receiver, secret=SECRET))
@@ -90,7 +90,7 @@ def test_failed_deliveries_back_off_on_schedule_and_honour_retry_after(tmp_path,
 
 
 def test_receiver_down_then_back_across_restarts_same_ids(tmp_path, server, receiver):
-    from rfwatch.delivery import DeliveryPolicy
+    from rfwatch.processing.delivery import DeliveryPolicy
 
     receiver.status = 503
     cfg = write_config(tmp_path, server, rules=webhook_rule(receiver, secret=SECRET))

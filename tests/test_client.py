@@ -12,7 +12,8 @@ import pytest
 from PIL import Image, ImageChops, ImageStat
 from roboflow_server import VALID_KEY, RoboflowServer
 
-from rfwatch.client import (
+from rfwatch.images.prepare import MAX_UPLOAD_BYTES, ImageError, prepare_image
+from rfwatch.roboflow.client import (
     ApiError,
     AuthError,
     ModelAccessError,
@@ -25,7 +26,6 @@ from rfwatch.client import (
     ServerSetupError,
     UnavailableError,
 )
-from rfwatch.prepare import MAX_UPLOAD_BYTES, ImageError, prepare_image
 
 FAST_RETRY = RetryPolicy(attempts=4, backoff=0.01, max_backoff=0.05, total=10)
 
@@ -377,7 +377,7 @@ def test_heic_works_with_the_extra(server, samples):
 def test_heic_without_the_extra_says_what_to_install(heic_file):
     code = (
         "import sys; sys.modules['pillow_heif'] = None\n"
-        "from rfwatch.prepare import prepare_image, ImageError\n"
+        "from rfwatch.images.prepare import prepare_image, ImageError\n"
         f"try: prepare_image({str(heic_file)!r})\n"
         "except ImageError as e: print(e)\n"
     )

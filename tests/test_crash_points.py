@@ -326,7 +326,7 @@ REVIEW_POINTS = [
 ]
 DECIDE = """
 import sys
-from rfwatch.decisions import Decisions, DecisionKind
+from rfwatch.processing.decisions import Decisions, DecisionKind
 from rfwatch.journal import Journal
 j = Journal(sys.argv[1])
 (row,) = Decisions(j).waiting()

@@ -372,7 +372,7 @@ def test_polling_watch_takes_new_and_existing_files(tmp_path, server):
 
 def test_a_large_pending_set_is_not_restated_on_every_tick(tmp_path, monkeypatch):
     from rfwatch.config import WatchConfig
-    from rfwatch.watcher import Settler
+    from rfwatch.service.watcher import Settler
 
     ready = []
     settler = Settler(lambda *a: ready.append(a))
@@ -406,7 +406,7 @@ def _rewrite_during_prepare(client, monkeypatch, path: Path, final: bytes) -> li
 
 
 def test_a_file_changed_before_it_settled_is_not_sent_nor_journaled(tmp_path, server, monkeypatch):
-    from rfwatch.daemon import Daemon
+    from rfwatch.service.daemon import Daemon
     from rfwatch.states import Outcome
 
     cfg = write_config(tmp_path, server, settle=1.0)

@@ -16,14 +16,14 @@ from helpers import wait_for
 from webhook_receiver import Receiver
 
 from rfwatch.crashpoints import CRASH_EXIT
-from rfwatch.delivery import Delivered, Deliveries, QueuedDelivery
 from rfwatch.journal import Journal
+from rfwatch.processing.delivery import Delivered, Deliveries, QueuedDelivery
 
 #: One process emptying the outbox, as a daemon does: 4 threads, each row posted with its id.
 SENDER = """
 import sys, time
 import requests
-from rfwatch.delivery import Deliveries, Delivered, Retry
+from rfwatch.processing.delivery import Deliveries, Delivered, Retry
 from rfwatch.journal import Journal
 
 def post(d):

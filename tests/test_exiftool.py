@@ -1,4 +1,4 @@
-"""rfwatch.exiftool: stay-open exiftool processes, their pool, the one-shot fallback, failures and cleanup.
+"""rfwatch.images.exiftool: stay-open exiftool processes, their pool, the one-shot fallback, failures and cleanup.
 
 Real exiftool on real JPEGs; keywords are read back with a separate ``exiftool -j`` process.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from rfwatch.exiftool import (
+from rfwatch.images.exiftool import (
     DEFAULT_CONFIG,
     ExifTool,
     ExifToolError,
@@ -252,7 +252,7 @@ def _running(pid: int) -> bool:
 
 CRASHING_USER = """
 import os, sys, threading
-from rfwatch.exiftool import ExifToolPool
+from rfwatch.images.exiftool import ExifToolPool
 pool = ExifToolPool(1)
 worker = threading.Thread(target=pool.run, args=(["-XMP-dc:Subject+=x"], sys.argv[1], 20))
 worker.start(); worker.join()  # started from a thread that has ended: the process must live on
@@ -282,7 +282,7 @@ def test_a_crashed_process_takes_its_exiftools_with_it(jpeg):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_an_exiftool_whose_rfwatch_died_before_it_started_exits_at_once():
     """The parent-death signal is set after the fork: if rfwatch died in between, nobody would send it."""
-    from rfwatch import exiftool
+    from rfwatch.images import exiftool
 
     not_our_parent = "1"  # what getppid() says once the parent has died and init adopted the child
     cmd = [sys.executable, "-I", "-S", "-c", exiftool._DIE_WITH_PARENT, not_our_parent, "exiftool", "-ver"]

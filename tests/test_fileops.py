@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from rfwatch import fileops
-from rfwatch.fileops import place_file
+from rfwatch.files import place as fileops
+from rfwatch.files.place import place_file
 
 THEIRS = b"somebody else's file, written at the worst moment"
 OURS = b"the file rfwatch is placing"

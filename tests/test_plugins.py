@@ -14,7 +14,7 @@ import pytest
 from helpers import files_under, run_cli, unique_jpeg, write_config
 from PIL import Image
 
-from rfwatch import hookspecs
+from rfwatch.host import hookspecs
 
 REPO = Path(__file__).resolve().parents[1]
 HOOKS = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if hasattr(fn, "rfwatch_spec")]
@@ -84,10 +84,10 @@ def test_built_in_plugins_use_only_the_public_module():
 
 
 def test_the_import_check_catches_an_internal_import(tmp_path):
-    """The check above can fail: a plugin importing rfwatch.fileops is caught."""
+    """The check above can fail: a plugin importing rfwatch.files.place is caught."""
     sneaky = tmp_path / "sneaky.py"
-    sneaky.write_text("from rfwatch.fileops import place_file\nfrom ..templates import Template\n")
-    assert _rfwatch_imports(sneaky) == ["rfwatch.fileops", "rfwatch"]
+    sneaky.write_text("from rfwatch.files.place import place_file\nfrom ..templates import Template\n")
+    assert _rfwatch_imports(sneaky) == ["rfwatch.files.place", "rfwatch"]
 
 
 def test_the_core_knows_no_plugin_tables():
@@ -95,7 +95,7 @@ def test_the_core_knows_no_plugin_tables():
     name it (plugins report their own lines through a hook)."""
     package = REPO / "rfwatch"
     mentions = sorted(str(p.relative_to(package)) for p in package.rglob("*.py") if "outbox" in p.read_text())
-    assert mentions == ["default_plugins/webhook.py", "delivery.py"]
+    assert mentions == ["default_plugins/webhook.py", "processing/delivery.py"]
 
 
 @pytest.fixture

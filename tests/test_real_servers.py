@@ -253,9 +253,9 @@ def test_annotated_copies_keep_the_colour_profile_and_exif(tmp_path, server):
 
 def test_a_late_event_for_a_file_already_moved_on_is_not_news(caplog):
     from rfwatch.config import WatchConfig
-    from rfwatch.watcher import Settler
+    from rfwatch.service.watcher import Settler
 
-    caplog.set_level(logging.DEBUG, logger="rfwatch.watcher")
+    caplog.set_level(logging.DEBUG, logger="rfwatch.service.watcher")
     taken = Settler(lambda *a: None, was_taken=lambda path: True)
     taken.offer(Path("/nonexistent/sorted-away.jpg"), WatchConfig(Path("/nonexistent")))
     fresh = Settler(lambda *a: None)

@@ -422,8 +422,8 @@ def test_multi_label_models_take_a_list_of_classes(tmp_path, server, platform):
 
 
 def test_uploads_are_retried_across_restarts_and_a_duplicate_counts_as_delivered(tmp_path, server, platform):
-    from rfwatch.delivery import DeliveryPolicy
-    from rfwatch.platform import PlatformClient
+    from rfwatch.processing.delivery import DeliveryPolicy
+    from rfwatch.roboflow.platform import PlatformClient
 
     server.classifier = lambda image: dict(UNSURE)
     port = free_port()

@@ -29,7 +29,7 @@ from helpers import (
 )
 from roboflow_server import VALID_KEY, RoboflowServer
 
-from rfwatch.sdnotify import Notifier
+from rfwatch.service.notify import Notifier
 
 REPO = Path(__file__).resolve().parents[1]
 RED, GREEN = (230, 10, 10), (10, 230, 10)
@@ -424,26 +424,26 @@ def test_an_event_overflow_triggers_a_rescan(tmp_path, server):
 def test_the_inotify_watch_limit_error_names_the_sysctl(tmp_path, server, monkeypatch):
     import errno
 
-    import rfwatch.watcher
+    import rfwatch.service.watcher
 
-    class FullObserver(rfwatch.watcher.Observer):
+    class FullObserver(rfwatch.service.watcher.Observer):
         def start(self):
             raise OSError(errno.ENOSPC, "inotify watch limit reached")
 
-    monkeypatch.setattr(rfwatch.watcher, "Observer", FullObserver)
+    monkeypatch.setattr(rfwatch.service.watcher, "Observer", FullObserver)
     cfg = write_config(tmp_path, server)
     import logging
 
-    from rfwatch.daemon import Daemon
+    from rfwatch.service.daemon import Daemon
 
     records = []
     handler = logging.Handler()
     handler.emit = records.append
-    logging.getLogger("rfwatch.daemon").addHandler(handler)
+    logging.getLogger("rfwatch.service.daemon").addHandler(handler)
     try:
         assert Daemon(cfg).run() == 1
     finally:
-        logging.getLogger("rfwatch.daemon").removeHandler(handler)
+        logging.getLogger("rfwatch.service.daemon").removeHandler(handler)
     message = " ".join(r.getMessage() for r in records)
     assert "fs.inotify.max_user_watches" in message and "polling: true" in message
 

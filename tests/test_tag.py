@@ -23,9 +23,9 @@ from metadata_reader import (
 from PIL import Image
 
 from rfwatch.config import config_from_dict
-from rfwatch.context import FileContext
 from rfwatch.default_plugins.tag import TagAction
-from rfwatch.result import Prediction
+from rfwatch.host.context import FileContext
+from rfwatch.roboflow.result import Prediction
 
 SINGLE = {
     "time": 0.1,

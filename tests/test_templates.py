@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from rfwatch.config import config_from_dict
-from rfwatch.context import FileContext
-from rfwatch.result import Prediction
-from rfwatch.templates import Template, TemplateError, UnsafePathError, safe_component
+from rfwatch.host.context import FileContext
+from rfwatch.host.templates import Template, TemplateError, UnsafePathError, safe_component
+from rfwatch.roboflow.result import Prediction
 
 DOC = {"predictions": [{"class": "cat", "confidence": 0.876}], "top": "cat", "confidence": 0.876}
 

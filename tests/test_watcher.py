@@ -14,7 +14,7 @@ import pytest
 from helpers import unique_jpeg, wait_for
 
 from rfwatch.config import WatchConfig
-from rfwatch.watcher import EARLY_LEAD, MIN_OBSERVATION, OPEN_WRITE_GRACE, FolderWatcher, Settler
+from rfwatch.service.watcher import EARLY_LEAD, MIN_OBSERVATION, OPEN_WRITE_GRACE, FolderWatcher, Settler
 
 STEP = 0.01  # the fake clock's tick, as fine as the daemon's main loop (0.02 s)
 HOUR = 3600.0

@@ -1,1 +1,1 @@
-"""rfwatch's built-in plugins, registered exactly like third-party ones (see rfwatch.plugins)."""
+"""rfwatch's built-in plugins, registered exactly like third-party ones (see rfwatch.host.manager)."""

@@ -5,7 +5,7 @@ waiting for a person (``ctx.hold``). The review page lists it; a label runs the 
 person's class at confidence 1.0, a reject sends it to ``failed:``.
 
 With ``review.upload`` in the config, each labelled image goes to the project through the platform API's
-upload and annotate routes (see rfwatch.platform), queued with the decision's step (``file_reviewed``) and
+upload and annotate routes (see rfwatch.roboflow.platform), queued with the decision's step (``file_reviewed``) and
 delivered durably: retried with backoff across restarts; a duplicate answer counts as delivered, and the
 Roboflow image id is kept for ``rfwatch history``.
 """
@@ -17,6 +17,7 @@ import logging
 import time
 from typing import Any
 
+from rfwatch.default_plugins.move_copy import EXAMPLE, PlaceAction
 from rfwatch.plugin import (
     Config,
     Delivered,
@@ -32,8 +33,6 @@ from rfwatch.plugin import (
     prepare_image,
 )
 from rfwatch.plugin import platform as platform_api
-
-from .move_copy import EXAMPLE, PlaceAction
 
 log = logging.getLogger(__name__)
 

@@ -38,12 +38,12 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from ..config import Config
-from ..decisions import AlreadyDecided, DecisionKind, Decisions, NotWaiting
-from ..journal import FileRow, Journal
-from ..prepare import ImageError, prepare_image
-from ..result import Prediction
-from ..states import FileState
+from rfwatch.config import Config
+from rfwatch.images.prepare import ImageError, prepare_image
+from rfwatch.journal import FileRow, Journal
+from rfwatch.processing.decisions import AlreadyDecided, DecisionKind, Decisions, NotWaiting
+from rfwatch.roboflow.result import Prediction
+from rfwatch.states import FileState
 
 __all__ = ["create_app", "COOKIE"]
 

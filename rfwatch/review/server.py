@@ -16,8 +16,8 @@ from typing import Any
 
 import uvicorn
 
-from ..config import Config
-from .app import ClassesOf, create_app
+from rfwatch.config import Config
+from rfwatch.review.app import ClassesOf, create_app
 
 __all__ = ["ReviewServer"]
 

@@ -15,10 +15,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .crashpoints import crash_point
-from .journal import FileRow, Journal
-from .result import Prediction
-from .states import FileState, StrEnum
+from rfwatch.crashpoints import crash_point
+from rfwatch.journal import FileRow, Journal
+from rfwatch.roboflow.result import Prediction
+from rfwatch.states import FileState, StrEnum
 
 __all__ = ["Decision", "DecisionKind", "Decisions", "AlreadyDecided", "NotWaiting", "labelled_prediction"]
 

@@ -12,7 +12,7 @@ import os
 import sys
 import time
 
-from .redact import RedactingFilter, install_log_redaction
+from rfwatch.redact import RedactingFilter, install_log_redaction
 
 __all__ = ["setup_logging", "JsonFormatter"]
 

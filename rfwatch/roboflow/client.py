@@ -28,10 +28,10 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
-from .prepare import ImageError, PreparedImage, prepare_image
-from .redact import install_log_redaction, redact, register_secret
-from .result import DEFAULT_MULTI_LABEL_THRESHOLD, Prediction, ResponseFormatError
-from .sizing import UploadSize
+from rfwatch.images.prepare import ImageError, PreparedImage, prepare_image
+from rfwatch.redact import install_log_redaction, redact, register_secret
+from rfwatch.roboflow.result import DEFAULT_MULTI_LABEL_THRESHOLD, Prediction, ResponseFormatError
+from rfwatch.roboflow.sizing import UploadSize
 
 __all__ = [
     "DEFAULT_API_URL",

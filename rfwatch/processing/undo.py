@@ -26,18 +26,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import Config
-from .context import FileContext
-from .crashpoints import crash_point
-from .decisions import DecisionKind, Decisions, labelled_prediction
-from .delivery import Deliveries, QueuedDelivery
-from .fileops import sha256_file
-from .journal import FileRow, Journal, StepRow, path_blob, utf8_text
-from .redact import redact
-from .restore import move_back
-from .result import Prediction
-from .rules import BoundAction, Rule
-from .states import FileState, StepState
+from rfwatch.config import Config
+from rfwatch.crashpoints import crash_point
+from rfwatch.files.place import sha256_file
+from rfwatch.files.restore import move_back
+from rfwatch.host.context import FileContext
+from rfwatch.host.rules import BoundAction, Rule
+from rfwatch.journal import FileRow, Journal, StepRow, path_blob, utf8_text
+from rfwatch.processing.decisions import DecisionKind, Decisions, labelled_prediction
+from rfwatch.processing.delivery import Deliveries, QueuedDelivery
+from rfwatch.redact import redact
+from rfwatch.roboflow.result import Prediction
+from rfwatch.states import FileState, StepState
 
 __all__ = ["UndoFilter", "Undoer", "FileUndo", "parse_when"]
 

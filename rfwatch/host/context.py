@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .result import Prediction
+from rfwatch.roboflow.result import Prediction
 
 if TYPE_CHECKING:
-    from .config import Config
+    from rfwatch.config import Config
 
 __all__ = ["FileContext", "StepRecorder", "exif_datetime"]
 
@@ -102,7 +102,7 @@ class FileContext:
         return self.step.delivery_id(parts)
 
     def deliver(self, kind: str, payload: bytes | str | dict | list, *, target: str, key: str | None = None) -> bool:
-        """Queue a delivery, written with this step's result (see rfwatch.delivery); False if ``target`` is gone.
+        """Queue a delivery, written with this step's result (see rfwatch.processing.delivery); False if ``target`` is gone.
 
         ``kind`` names a deliverer a plugin registered (hook ``register_deliverers``); ``target`` is what it
         delivers to (a URL, a project); ``key`` (default :meth:`delivery_id` of ``kind`` and ``target``) makes
@@ -123,7 +123,7 @@ class FileContext:
         return self._date
 
     def values(self) -> dict[str, Any]:
-        """Placeholder values for templates (see rfwatch.templates.PLACEHOLDERS)."""
+        """Placeholder values for templates (see rfwatch.host.templates.PLACEHOLDERS)."""
         name = self.path.name
         stem, dot, ext = name.rpartition(".")
         if not dot:

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .crashpoints import crash_point
-from .states import StrEnum
+from rfwatch.crashpoints import crash_point
+from rfwatch.states import StrEnum
 
 __all__ = [
     "CONFLICT_MODES",

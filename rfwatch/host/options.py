@@ -13,9 +13,9 @@ import enum
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
-from .fileops import ConflictMode
-from .redact import redact
-from .templates import Template, TemplateError
+from rfwatch.files.place import ConflictMode
+from rfwatch.host.templates import Template, TemplateError
+from rfwatch.redact import redact
 
 __all__ = ["Options"]
 

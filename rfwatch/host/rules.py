@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import ActionSpec, Config, ConfigError, RuleConfig, When
-from .result import Prediction
+from rfwatch.config import ActionSpec, Config, ConfigError, RuleConfig, When
+from rfwatch.roboflow.result import Prediction
 
 __all__ = ["Rule", "BoundAction", "compile_rules", "matching_rules"]
 

@@ -34,11 +34,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Union
 
-from .crashpoints import crash_point
-from .redact import redact
+from rfwatch.crashpoints import crash_point
+from rfwatch.redact import redact
 
 if TYPE_CHECKING:
-    from .journal import Journal
+    from rfwatch.journal import Journal
 
 __all__ = [
     "Delivery",

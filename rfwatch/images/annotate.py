@@ -7,8 +7,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from .prepare import ImageError, Source, _to_rgb, open_image
-from .result import Prediction
+from rfwatch.images.prepare import ImageError, Source, _to_rgb, open_image
+from rfwatch.roboflow.result import Prediction
 
 __all__ = ["label_text", "annotate_image"]
 

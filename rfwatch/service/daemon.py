@@ -21,22 +21,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .client import ModelId
-from .config import Config, ConfigError, WatchConfig, load_config
-from .decisions import Decisions
-from .delivery import Deliveries
-from .journal import Journal
-from .metrics import start_metrics
-from .model_facts import FactsCache, ModelFactsService, check_rules, diagnose, models_in_use
-from .pipeline import ApiBlocked, Pipeline, RateLimiter
-from .runtime import Runtime, build_runtime, platform_client
-from .sdnotify import Notifier
-from .states import FileState, Outcome
-from .watcher import FolderWatcher, WatchLimitError
+from rfwatch.config import Config, ConfigError, WatchConfig, load_config
+from rfwatch.host.runtime import Runtime, build_runtime, platform_client
+from rfwatch.journal import Journal
+from rfwatch.processing.decisions import Decisions
+from rfwatch.processing.delivery import Deliveries
+from rfwatch.processing.pipeline import ApiBlocked, Pipeline, RateLimiter
+from rfwatch.roboflow.client import ModelId
+from rfwatch.roboflow.facts import FactsCache, ModelFactsService, check_rules, diagnose, models_in_use
+from rfwatch.service.metrics import start_metrics
+from rfwatch.service.notify import Notifier
+from rfwatch.service.watcher import FolderWatcher, WatchLimitError
+from rfwatch.states import FileState, Outcome
 
 __all__ = ["Daemon", "EXIT_API_REJECTED"]
 
-log = logging.getLogger("rfwatch.daemon")
+log = logging.getLogger("rfwatch.service.daemon")
 
 EXIT_API_REJECTED = 3
 
@@ -455,7 +455,7 @@ class Daemon:
         if self.progress:
             self._log_above_the_progress_bar()
         if self.config.review.listen and not self.once and not self.dry_run:
-            from .review.server import ReviewServer  # Starlette and uvicorn only when a page is served
+            from rfwatch.review.server import ReviewServer  # Starlette and uvicorn only when a page is served
 
             try:
                 self.review = ReviewServer(self.config, self.journal.path, self._classes_of).start()

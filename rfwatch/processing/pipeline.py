@@ -23,24 +23,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .client import ApiError, BlockingError, UnavailableError
-from .config import WatchConfig
-from .context import FileContext
-from .crashpoints import crash_point
-from .decisions import Decision, DecisionKind, Decisions, labelled_prediction
-from .delivery import Deliveries, QueuedDelivery
-from .fileops import place_file, recover_placement, sha256_file
-from .journal import FileRow, Journal
-from .prepare import ImageError, PreparedImage
-from .redact import redact
-from .result import Prediction, ResponseFormatError
-from .rules import matching_rules
-from .runtime import Runtime
-from .states import FileState, Outcome, StepState
+from rfwatch.config import WatchConfig
+from rfwatch.crashpoints import crash_point
+from rfwatch.files.place import place_file, recover_placement, sha256_file
+from rfwatch.host.context import FileContext
+from rfwatch.host.rules import matching_rules
+from rfwatch.host.runtime import Runtime
+from rfwatch.images.prepare import ImageError, PreparedImage
+from rfwatch.journal import FileRow, Journal
+from rfwatch.processing.decisions import Decision, DecisionKind, Decisions, labelled_prediction
+from rfwatch.processing.delivery import Deliveries, QueuedDelivery
+from rfwatch.redact import redact
+from rfwatch.roboflow.client import ApiError, BlockingError, UnavailableError
+from rfwatch.roboflow.result import Prediction, ResponseFormatError
+from rfwatch.states import FileState, Outcome, StepState
 
 __all__ = ["Pipeline", "ApiBlocked", "Attempt"]
 
-log = logging.getLogger("rfwatch.pipeline")
+log = logging.getLogger("rfwatch.processing.pipeline")
 file_log = logging.getLogger("rfwatch.file")
 
 _QUARANTINE_SEQ = 0  # the step that moves a file that failed before any action into failed:

@@ -17,9 +17,9 @@ import pluggy
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from .config import Config
-    from .context import FileContext
-    from .delivery import Deliveries, Delivery
+    from rfwatch.config import Config
+    from rfwatch.host.context import FileContext
+    from rfwatch.processing.delivery import Deliveries, Delivery
 
 hookspec = pluggy.HookspecMarker("rfwatch")
 

@@ -10,16 +10,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .client import ModelId, RetryPolicy, RoboflowClient
-from .config import Config, ConfigError
-from .delivery import Deliverer
-from .platform import PlatformClient
-from .plugins import PluginHost
-from .rules import Rule, compile_rules
-from .sizing import UploadSize
+from rfwatch.config import Config, ConfigError
+from rfwatch.host.manager import PluginHost
+from rfwatch.host.rules import Rule, compile_rules
+from rfwatch.processing.delivery import Deliverer
+from rfwatch.roboflow.client import ModelId, RetryPolicy, RoboflowClient
+from rfwatch.roboflow.platform import PlatformClient
+from rfwatch.roboflow.sizing import UploadSize
 
 if TYPE_CHECKING:
-    from .model_facts import ModelFacts
+    from rfwatch.roboflow.facts import ModelFacts
 
 __all__ = ["Runtime", "Extensions", "build_runtime", "load_extensions", "make_client", "platform_client"]
 
@@ -82,7 +82,7 @@ class Extensions:
 
     plugins: PluginHost
     rules: tuple[Rule, ...]
-    #: kind -> (plugin name, deliver): see rfwatch.delivery.
+    #: kind -> (plugin name, deliver): see rfwatch.processing.delivery.
     deliverers: dict[str, tuple[str, Deliverer]]
 
 

@@ -74,7 +74,7 @@ log = logging.getLogger(__name__)
 PathLike: TypeAlias = "str | bytes | os.PathLike[str] | os.PathLike[bytes]"
 
 #: rfwatch's own config (the XMP-rfwatch namespace), the default for :func:`shared_pool`.
-DEFAULT_CONFIG = Path(__file__).resolve().parent / "data" / "exiftool-rfwatch.config"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "data" / "exiftool-rfwatch.config"
 
 #: Options in front of every command, as rfwatch has always written: in place, keeping the file's
 #: modification time, minor errors as warnings, file names as UTF-8 (what Windows needs; a no-op on POSIX).

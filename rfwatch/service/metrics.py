@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .config import ConfigError
+from rfwatch.config import ConfigError
 
 __all__ = ["Metrics", "start_metrics", "OUTCOMES"]
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .context import FileContext
-from .fileops import ConflictMode, place_file, recover_placement, sha256_file
+from rfwatch.files.place import ConflictMode, place_file, recover_placement, sha256_file
+from rfwatch.host.context import FileContext
 
 __all__ = ["move_back", "copy_back"]
 

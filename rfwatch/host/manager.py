@@ -29,9 +29,9 @@ from typing import Any
 
 import pluggy
 
-from . import hookspecs
-from .config import ConfigError
-from .redact import redact
+from rfwatch.config import ConfigError
+from rfwatch.host import hookspecs
+from rfwatch.redact import redact
 
 __all__ = ["DEFAULT_PLUGINS", "PluginHost", "ActionFactory", "TRACE_ENV"]
 

@@ -36,11 +36,11 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from .config import WatchConfig
+from rfwatch.config import WatchConfig
 
 __all__ = ["FileFilter", "Settler", "FolderWatcher", "WatchLimitError", "scan"]
 
-log = logging.getLogger("rfwatch.watcher")
+log = logging.getLogger("rfwatch.service.watcher")
 
 #: A file seen being written but never seen closed (missed event) is taken after this long unchanged.
 OPEN_WRITE_GRACE = 60.0

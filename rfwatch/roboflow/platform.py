@@ -26,7 +26,7 @@ from typing import Any
 
 import requests
 
-from .redact import redact, register_secret
+from rfwatch.redact import redact, register_secret
 
 __all__ = [
     "DEFAULT_PLATFORM_URL",

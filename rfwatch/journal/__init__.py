@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .crashpoints import crash_point
-from .states import ACTIVE_STATES, TERMINAL_STATES, UNFINISHED_STATES, FileState, StepState
+from rfwatch.crashpoints import crash_point
+from rfwatch.states import ACTIVE_STATES, TERMINAL_STATES, UNFINISHED_STATES, FileState, StepState
 
 __all__ = ["Journal", "FileRow", "StepRow"]
 
