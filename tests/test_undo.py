@@ -17,9 +17,11 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import sys
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -27,6 +29,7 @@ from helpers import (
     DaemonProcess,
     DaemonThread,
     files_under,
+    record_takes,
     rfwatch_cmd,
     run_cli,
     unique_jpeg,
@@ -39,7 +42,7 @@ from roboflow_server import VALID_KEY
 from standardwebhooks import Webhook
 
 from rfwatch.crashpoints import CRASH_EXIT
-from rfwatch.journal import Journal
+from rfwatch.states import Outcome
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 RED, GREEN, BLUE = (230, 10, 10), (10, 230, 10), (10, 10, 230)
@@ -127,6 +130,11 @@ def xmp_rating(path: Path) -> str | None:
 
 def status(cfg: Path) -> dict:
     return json.loads(cli_ok("status", "-c", str(cfg), "--json").stdout)
+
+
+def counts(cfg: Path) -> dict[str, int]:
+    """`rfwatch status`'s counts per state, the states with files only."""
+    return {state: n for state, n in status(cfg)["counts"].items() if n}
 
 
 def digest(data: bytes) -> str:
@@ -242,24 +250,116 @@ def test_an_undo_that_cannot_finish_is_named_and_retry_path_gives_it_up(tmp_path
     assert summary(undo(cfg).stdout) == "0 file(s): no file matched"
 
 
+#: `rfwatch retry ARGS...` in a process of its own, in which an `rfwatch undo` (a real process) finishes every file
+#: at the one instant that matters: after retry chose its files, before it queues the first. Journal.requeue is
+#: the narrowest public seam between the two; the undo's own lock and transactions are untouched.
+RETRY_RACING_AN_UNDO = """
+import subprocess, sys
+from rfwatch.cli import main
+from rfwatch.journal import Journal
+
+real_requeue = Journal.requeue
+raced = []
+
+def requeue(self, file_id, *args, **kw):
+    if not raced:
+        raced.append(subprocess.run([sys.executable, "-m", "rfwatch", "undo", "-c", sys.argv[1]], check=True))
+        print("an rfwatch undo finished meanwhile", flush=True)
+    return real_requeue(self, file_id, *args, **kw)
+
+Journal.requeue = requeue
+sys.exit(main(["retry", "-c", sys.argv[1], *sys.argv[2:]]))
+"""
+
+
 def test_a_retry_leaves_a_file_an_undo_took_in_the_meantime(tmp_path, server):
-    """retry chooses its files, then queues each: one an undo claimed in between stays the undo's."""
-    cfg = write_config(tmp_path, server, rules=[{"then": [{"command": ["false"]}]}])
-    (tmp_path / "inbox" / "red.jpg").write_bytes(unique_jpeg(RED, 32))
+    """`retry --failed` chooses failed files, then queues each only while it is still failed: one an undo
+    finished in between stays undone (retry re-queues by the states it selected by, not by its defaults)."""
+    rules = [{"then": [{"move": "sorted/{class}/{name}"}, {"command": ["false"]}]}]
+    cfg = write_config(tmp_path, server, rules=rules)
+    inbox = tmp_path / "inbox"
+    (inbox / "red.jpg").write_bytes(unique_jpeg(RED, 32))
     run_once(cfg, code=1)
-    journal = Journal(tmp_path / "state" / "journal.db")
-    try:
-        (row,) = journal.rows_in_state(("failed",))
-        with journal.transaction() as db:  # what Undoer._claim does
-            db.execute("UPDATE files SET state='undoing' WHERE id=?", (row.id,))
-        assert journal.requeue(row.id) is None
-        assert journal.get(row.id).state == "undoing"
-        with journal.transaction() as db:  # the undo finished: `retry --failed` asks for failed files only
-            db.execute("UPDATE files SET state='undone' WHERE id=?", (row.id,))
-        assert journal.requeue(row.id, ("failed",)) is None
-        assert journal.get(row.id).state == "undone"
-    finally:
-        journal.close()
+    assert counts(cfg) == {"failed": 1} and names(tmp_path / "sorted") == {"red.jpg"}
+
+    raced = subprocess.run(
+        [sys.executable, "-c", RETRY_RACING_AN_UNDO, str(cfg), "--failed"],
+        env=dict(os.environ, ROBOFLOW_API_KEY=VALID_KEY),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "an rfwatch undo finished meanwhile" in raced.stdout, raced.stdout + raced.stderr
+    assert "1 file(s): 1 undone" in raced.stdout
+    assert f"{tmp_path / 'sorted' / 'red' / 'red.jpg'}: not queued: it is undone now" in raced.stderr, raced.stderr
+    assert "0 file(s) queued again" in raced.stdout and raced.returncode == 1
+    assert counts(cfg) == {"undone": 1}
+    assert "queued again by retry" not in cli_ok("history", "-c", str(cfg), str(inbox / "red.jpg")).stdout
+    run_once(cfg)  # and nothing takes it: it stays where the undo put it
+    assert names(inbox) == {"red.jpg"} and names(tmp_path / "sorted") == set()
+
+
+def test_plain_retry_and_retry_failed_leave_undone_files_alone(tmp_path, server):
+    """Only `retry --undone` (or a PATH) queues an undone file again: plain `retry` and `retry --failed` take
+    failed files only, so a file a person put back with undo stays put."""
+    cfg = write_config(tmp_path, server)
+    inbox = tmp_path / "inbox"
+    data = unique_jpeg(RED, 33)
+    (inbox / "red.jpg").write_bytes(data)
+    run_once(cfg)
+    assert summary(undo(cfg).stdout) == "1 file(s): 1 undone"
+    for args in ([], ["--failed"]):
+        result = cli_ok("retry", "-c", str(cfg), *args)
+        assert "0 file(s) queued again" in result.stdout, (args, result.stdout)
+        assert counts(cfg) == {"undone": 1}, args
+    run_once(cfg)
+    assert names(inbox) == {"red.jpg"} and names(tmp_path / "sorted") == set()
+    assert "1 file(s) queued again" in cli_ok("retry", "-c", str(cfg), "--undone").stdout
+    run_once(cfg)
+    assert names(inbox) == set() and (tmp_path / "sorted" / "red" / "red.jpg").read_bytes() == data
+
+
+def test_an_undo_killed_before_its_move_never_takes_a_photo_put_under_the_name_since(tmp_path, server):
+    """Crash recovery of a move back counts the target as its own only if it holds the very content it placed:
+    kill an undo once its intent is journaled, put another photo under the original name, run undo again, and
+    both photos are kept (the original as `name (1).jpg`)."""
+    cfg = write_config(tmp_path, server)
+    inbox = tmp_path / "inbox"
+    original, other = unique_jpeg(RED, 51), unique_jpeg(GREEN, 52)
+    (inbox / "a.jpg").write_bytes(original)
+    run_once(cfg)
+    crash = undo(cfg, env={"RFWATCH_CRASH_AT": "undo.intent"}, code=CRASH_EXIT)
+    assert "crash point undo.intent reached" in crash.stderr
+    assert names(inbox) == set(), "the undo died before it moved anything"
+    (inbox / "a.jpg").write_bytes(other)  # a person puts another photo under that name meanwhile
+
+    result = undo(cfg)
+    assert summary(result.stdout) == "1 file(s): 1 undone", result.stdout
+    assert f"moved back to {inbox / 'a (1).jpg'} ({inbox / 'a.jpg'} is taken by other content)" in result.stdout
+    assert (inbox / "a.jpg").read_bytes() == other
+    assert (inbox / "a (1).jpg").read_bytes() == original
+    assert files_under(tmp_path / "sorted") == []
+
+
+def test_an_undo_killed_after_moving_a_file_back_finishes_that_move_once(tmp_path, server):
+    """Each undo step is journaled before it runs: an undo killed the instant the file is back (its result not
+    yet recorded) is finished by the next undo from the step's intent, not tried again from where the file was."""
+    cfg = write_config(tmp_path, server, rules=[{"then": [{"copy": "copies/{name}"}, {"move": "sorted/{name}"}]}])
+    inbox = tmp_path / "inbox"
+    data = unique_jpeg(RED, 54)
+    (inbox / "a.jpg").write_bytes(data)
+    run_once(cfg)
+    crash = undo(cfg, env={"RFWATCH_CRASH_AT": "place.after_rename"}, code=CRASH_EXIT)
+    assert "crash point place.after_rename reached" in crash.stderr
+    assert names(inbox) == {"a.jpg"} and names(tmp_path / "sorted") == set()
+
+    result = undo(cfg)
+    assert summary(result.stdout) == "1 file(s): 1 undone", result.stdout
+    (line,) = file_lines(result.stdout)
+    assert f"move: moved back to {inbox / 'a.jpg'}" in line and "could not" not in line, line
+    assert names(inbox) == {"a.jpg"} and (inbox / "a.jpg").read_bytes() == data
+    assert names(tmp_path / "copies") == set()
+    assert journal_files(tmp_path)["a.jpg"] == {"path": str(inbox / "a.jpg"), "state": "undone"}
 
 
 # --- every action kind ----------------------------------------------------------------------------------------
@@ -775,10 +875,10 @@ def test_a_running_daemon_leaves_restored_files_until_retry_takes_them(tmp_path,
         assert names(inbox) == set(originals)
         for name, data in originals.items():
             assert (inbox / name).read_bytes() == data
-        # The daemon is watching: a photo that arrives now is sorted, the ones put back are not.
+        # The daemon is watching: a photo that arrives now is sorted, the ones put back are not (with a positive
+        # barrier on the daemon's takes: test_a_daemon_looks_at_files_put_back_and_leaves_them).
         (inbox / "s.jpg").write_bytes(unique_jpeg(GREEN, 20))
         wait_for(lambda: "s.jpg" in _states(tmp_path, "done"), what="the newcomer sorted")
-        time.sleep(1.5)  # a few more looks at the journal, and rescans of the inbox
         assert names(inbox) == set(originals)
         assert _states(tmp_path, "undone") == set(originals)
         assert len(journal_files(tmp_path)) == 6, "a file put back was taken as a new one"
@@ -809,6 +909,32 @@ def test_a_running_daemon_leaves_restored_files_until_retry_takes_them(tmp_path,
     assert {p.name for p in files_under(sorted_ / "red")} == {*originals, "f.jpg"}
 
 
+def _let_be(takes: list, folder: Path, wanted: Any) -> bool:
+    """Whether the daemon's workers took each of ``wanted`` (names in ``folder``) and left it alone."""
+    skipped = {p.name for p, attempt in list(takes) if p.parent == folder and attempt.outcome == Outcome.SKIPPED}
+    return set(wanted) <= skipped
+
+
+def test_a_daemon_looks_at_files_put_back_and_leaves_them(tmp_path, server):
+    """A file put back by undo lands in a watched folder: a running daemon sees it, and does not take it again
+    (a positive barrier: each put-back file went through a worker, which let it be)."""
+    cfg = write_config(tmp_path, server, rescan_interval=0.3)
+    inbox = tmp_path / "inbox"
+    originals = {f"{c}.jpg": unique_jpeg(RED, 60 + n) for n, c in enumerate("ab")}
+    daemon = DaemonThread(cfg)
+    takes = record_takes(daemon.daemon)
+    with daemon:
+        for name, data in originals.items():
+            (inbox / name).write_bytes(data)
+        wait_for(lambda: _states(tmp_path, "done") == set(originals), what="both sorted")
+        assert summary(undo(cfg).stdout) == "2 file(s): 2 undone"
+        wait_for(lambda: _let_be(takes, inbox, originals), timeout=10, what="the daemon looked at both")
+        assert names(inbox) == set(originals) and files_under(tmp_path / "sorted") == []
+        assert _states(tmp_path, "undone") == set(originals) and len(journal_files(tmp_path)) == 2
+    for name, data in originals.items():
+        assert (inbox / name).read_bytes() == data
+
+
 def _waiting(api: str) -> list[dict]:
     try:
         return requests.get(f"{api}/items", timeout=5).json()["items"]
@@ -832,7 +958,9 @@ def test_files_in_review_and_labelled_in_review_go_back(tmp_path, server):
     inbox = tmp_path / "inbox"
     originals = {"r1.jpg": unique_jpeg(RED, 1), "r2.jpg": unique_jpeg(RED, 2)}
     api = f"http://127.0.0.1:{port}/api"
-    with DaemonThread(cfg):
+    daemon = DaemonThread(cfg)
+    takes = record_takes(daemon.daemon)
+    with daemon:
         for name, data in originals.items():
             (inbox / name).write_bytes(data)
         wait_for(lambda: names(tmp_path / "review") == set(originals), what="both waiting for review")
@@ -853,8 +981,10 @@ def test_files_in_review_and_labelled_in_review_go_back(tmp_path, server):
         (line,) = file_lines(result.stdout)
         assert f"review: moved back to {inbox / 'r2.jpg'}" in line
         assert requests.get(f"{api}/items", timeout=5).json()["waiting"] == 0
-        time.sleep(1.0)  # the daemon looks at the journal twice a second: it must not take them again
+        # the daemon sees both land in its inbox, looks, and lets them be
+        wait_for(lambda: _let_be(takes, inbox, originals), timeout=10, what="the daemon looked at both")
         assert names(inbox) == set(originals)
+        assert {f["state"] for f in journal_files(tmp_path).values()} == {"undone"}
     for name, data in originals.items():
         assert (inbox / name).read_bytes() == data
     assert files_under(tmp_path / "review") == [] and files_under(tmp_path / "sorted") == []
