@@ -12,12 +12,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from helpers import wait_for
 from webhook_receiver import Receiver
 
 from rfwatch.crashpoints import CRASH_EXIT
 from rfwatch.journal import Journal
-from rfwatch.processing.delivery import Delivered, Deliveries, QueuedDelivery
+from rfwatch.processing.delivery import Delivered, Deliveries, Failed, QueuedDelivery, Retry
 
 #: One process emptying the outbox, as a daemon does: 4 threads, each row posted with its id.
 SENDER = """
@@ -80,6 +81,43 @@ def test_an_answer_is_not_recorded_over_another_process_lease(tmp_path):
     row = journal.fetch_one("SELECT state, lease FROM outbox WHERE id=?", (key,))
     assert sent == [key] and (row["state"], row["lease"]) == ("pending", "pid 1 another")
     journal.close()
+
+
+@pytest.mark.parametrize(
+    "late_answer",
+    [Retry("HTTP 503", status=503), Failed("HTTP 400", status=400), Delivered(200)],
+    ids=["retry", "failed", "delivered"],
+)
+def test_a_late_answer_leaves_a_row_another_process_is_delivering(tmp_path, late_answer):
+    """Whatever a late answer says (one to retry, a failure, a success), it is recorded only while the row is
+    still leased to this process: a row another process (really running) has claimed stays its own."""
+    receiver = Receiver().start()
+    receiver.delay = 2.0  # the other process holds its lease while the receiver takes its time
+    try:
+        db = tmp_path / "journal.db"
+        (key,) = _queue(db, receiver.url, 1)
+        other = _sender(db, 30)
+        journal = Journal(db)
+        outbox = Deliveries(journal, deliverers={"test": ("test", lambda d: late_answer)})
+        try:
+            leased = wait_for(lambda: (outbox.get(key) or {}).get("lease"), timeout=20, what="the other's lease")
+            assert leased.startswith(f"pid {other.pid} ")
+            # This process answers late, for a row it no longer holds (deliver_one: the public way in).
+            outbox.deliver_one(journal.fetch_one("SELECT * FROM outbox WHERE id=?", (key,)))
+            row = outbox.get(key)
+            assert (row["state"], row["lease"], row["attempts"]) == ("pending", leased, 0), dict(row)
+            out, err = other.communicate(timeout=60)
+            assert other.returncode == 0, err
+            row = outbox.get(key)
+            assert (row["state"], row["attempts"], row["last_status"]) == ("delivered", 1, 204)
+            assert [d.headers["webhook-id"] for d in receiver.deliveries] == [key]
+        finally:
+            journal.close()
+            if other.poll() is None:
+                other.kill()
+                other.wait()
+    finally:
+        receiver.stop()
 
 
 def test_two_processes_emptying_one_outbox_send_each_delivery_once(tmp_path):

@@ -14,7 +14,16 @@ import time
 import pytest
 import yaml
 from catalog import Project, resize, static_crop
-from helpers import DaemonProcess, DaemonThread, files_under, run_cli, unique_jpeg, wait_for, write_config
+from helpers import (
+    UNREACHABLE_PLATFORM,
+    DaemonProcess,
+    DaemonThread,
+    files_under,
+    run_cli,
+    unique_jpeg,
+    wait_for,
+    write_config,
+)
 from metadata_reader import read_xmp
 from PIL import Image
 
@@ -127,7 +136,7 @@ def test_an_explicit_max_size_decides_alone(tmp_path, server, platform):
     assert server.inference_requests()[-1].image.size in ((400, 300), (300, 225))
 
 
-def test_an_unreachable_platform_delays_nothing_and_warns_once(tmp_path, server, platform):
+def test_a_silent_platform_delays_nothing(tmp_path, server, platform):
     cfg = write_config(tmp_path, server, model="colors/2", concurrency=2)
     platform.delay = 30  # a firewall that drops packets: nothing answers
     for i in range(4):
@@ -137,8 +146,26 @@ def test_an_unreachable_platform_delays_nothing_and_warns_once(tmp_path, server,
     took = time.monotonic() - started
     assert result.returncode == 0 and len(files_under(tmp_path / "sorted")) == 4
     assert took < 10, f"{took:.1f}s: the run waited for the platform"
-    assert result.stderr.count("could not ask the platform API") <= 1
+    # (the warning comes once the platform's timeout ends, after this run: see the next test for it)
     assert all(max(r.image.size) == 1024 for r in server.inference_requests()), "max_size when the input is unknown"
+
+
+def test_an_unreachable_platform_costs_exactly_one_warning(tmp_path, server):
+    """A platform that refuses connections (an air-gapped site): one warning at WARNING level for the whole run,
+    however many models are in use, and the files are sorted as usual."""
+    other = tmp_path / "other"
+    other.mkdir()
+    watch = [{"path": "inbox", "settle": 0.2}, {"path": "other", "settle": 0.2, "model": "colors/3"}]
+    cfg = write_config(tmp_path, server, model="colors/2", watch=watch, platform_url=UNREACHABLE_PLATFORM)
+    for i in range(3):
+        photo(tmp_path / "inbox" / f"p{i}.jpg", color=(230, 10 + i, 10))
+        photo(other / f"q{i}.jpg", color=(230, 10 + i, 10))
+    result = run_cli("run", "-c", str(cfg), "--once")
+    assert result.returncode == 0 and len(files_under(tmp_path / "sorted")) == 6, result.stderr[-2000:]
+    warned = [line for line in result.stderr.splitlines() if "could not ask the platform API" in line]
+    assert len(warned) == 1, result.stderr[-3000:]
+    level = warned[0].split(" rfwatch.")[0].split()[-1]  # "[time] LEVEL logger: message"
+    assert level == "WARNING" and "uploads use max_size and rule classes are not checked" in warned[0]
 
 
 def test_a_typo_in_a_rule_class_is_refused_with_a_hint(tmp_path, server, platform):
@@ -225,6 +252,39 @@ def test_a_workspace_in_the_model_id_is_used_as_it_is(tmp_path, server, platform
     assert server.inference_requests()[-1].path == "/shapes/4"
     assert server.inference_requests()[-1].image.size == (96, 72)  # covers 96x64, "Stretch to"
     assert not any(r.path == "/" for r in platform.requests), "the workspace was named: no need to ask"
+
+
+def test_a_workspace_in_the_model_id_is_the_one_diagnosed(tmp_path, server, platform):
+    """The key-versus-model diagnosis asks about the workspace the model id names, not the key's own: a 403 for
+    `globex/colors/1` is explained by globex having no such project, though acme's colors/1 exists."""
+    server.fail_next(403)
+    refused = run_cli(
+        "classify",
+        "--api-url",
+        server.url,
+        "--model",
+        "globex/colors/1",
+        str(photo(tmp_path / "a.jpg")),
+        env={"ROBOFLOW_PLATFORM_URL": platform.url},
+    )
+    assert refused.returncode == 1 and "HTTP 403" in refused.stderr, refused.stderr
+    assert "the key is valid (workspace 'acme') but workspace 'globex' has no project 'colors'" in refused.stderr
+    assert "exists" not in refused.stderr
+
+
+def test_facts_are_fetched_again_on_sighup(tmp_path, server, platform):
+    """Cached facts are fresh for a day, except that a reload (SIGHUP) asks the platform again."""
+    cfg = write_config(tmp_path, server, model="colors/2")
+
+    def version_asked() -> int:
+        return sum(1 for r in platform.requests if r.path == "/acme/colors/2")
+
+    with DaemonProcess(cfg, tmp_path / "daemon.log") as d:
+        d.wait_ready()
+        wait_for(lambda: version_asked() == 1, what="the facts fetched at start")
+        d.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: version_asked() == 2, timeout=10, what="the facts fetched again after SIGHUP")
+        assert d.terminate() == 0
 
 
 def test_static_crop_facts_parse_from_the_platforms_strings(tmp_path, server, platform):

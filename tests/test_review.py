@@ -541,22 +541,41 @@ def test_loopback_by_default_and_a_token_is_required_off_loopback(tmp_path, serv
     cfg = review_config(tmp_path, server)  # no review.listen
     result = run_cli("review", "-c", str(cfg), "--listen", "0.0.0.0:8765")
     assert result.returncode == 2 and "review.token: required" in result.stderr, result.stderr
-    # `rfwatch review` without a listen address anywhere serves on 127.0.0.1:8765, and nowhere else.
+    # `rfwatch review` without a listen address anywhere serves on 127.0.0.1:8765. It says so before it binds:
+    # the default is checked without taking that port (another run may hold it).
     from rfwatch.journal import Journal
 
     Journal(tmp_path / "state" / "journal.db").close()  # a journal to serve (as `rfwatch run` leaves one)
+    log = tmp_path / "default.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            rfwatch_cmd("review", "-c", str(cfg)),
+            env=dict(os.environ, ROBOFLOW_API_KEY=VALID_KEY),
+            stdout=out,
+            stderr=out,
+        )
     try:
-        with socket.socket() as s:
-            s.bind(("0.0.0.0", 8765))
-    except OSError:
-        pytest.skip("port 8765 is taken here: cannot check the default address")
-    with ReviewProcess(cfg, 8765, tmp_path / "review.log") as page:
-        assert Api(8765).items()["waiting"] == 0
-        assert "review page at http://127.0.0.1:8765/" in page.log.read_text()
+
+        def announced() -> bool:
+            if b"review page at " in log.read_bytes():
+                return True
+            assert proc.poll() is None, f"exited with {proc.returncode}: {log.read_text()[-2000:]}"
+            return False
+
+        wait_for(announced, timeout=20, what="the review page's address")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert "review page at http://127.0.0.1:8765/" in log.read_text()
+    # A page on loopback (here on a free port) answers there, and nowhere else.
+    port = free_port()
+    with ReviewProcess(cfg, port, tmp_path / "review.log", "--listen", f"127.0.0.1:{port}") as page:
+        assert Api(port).items()["waiting"] == 0
+        assert f"review page at http://127.0.0.1:{port}/" in page.log.read_text()
         outside = _an_address_not_on_loopback()
         if outside is not None:
             with pytest.raises(OSError):
-                socket.create_connection((outside, 8765), timeout=2).close()
+                socket.create_connection((outside, port), timeout=2).close()
 
 
 def _an_address_not_on_loopback() -> str | None:
@@ -741,6 +760,30 @@ def test_other_sites_cannot_label_and_images_are_served_by_id_only(tmp_path, ser
         status, _, _ = api.post(f"/api/items/{b}/reject", headers={"Host": f"localhost:{port}"})
         assert status == 200
     assert journal.state("a.jpg") == "decided" and journal.state("b.jpg") == "decided"
+
+
+def test_an_origin_with_this_host_and_another_port_is_refused(tmp_path, server):
+    """Same-origin means scheme, host and port: a page served by another program on this machine (another port
+    of 127.0.0.1) cannot label or reject files, and the page's own origin can."""
+    from rfwatch.config import load_config
+    from rfwatch.review.server import ReviewServer
+
+    port = free_port()
+    cfg, _ = _files_waiting(tmp_path, server, port)
+    api, journal = Api(port), JournalView(tmp_path)
+    config = load_config(cfg)
+    with ReviewServer(config, config.state_path, lambda model: None):
+        a = api.id_of("a.jpg")
+        for origin in [f"http://127.0.0.1:{port + 1}", "http://127.0.0.1", f"http://localhost:{port}"]:
+            for path, doc in [(f"/api/items/{a}/label", {"class": "green"}), (f"/api/items/{a}/reject", None)]:
+                status, _, body = api.post(path, doc, headers={"Origin": origin})
+                assert status == 403 and b"cross-origin" in body, (origin, path, status, body)
+        assert journal.state("a.jpg") == "review"
+        status, _, _ = api.post(
+            f"/api/items/{a}/label", {"class": "green"}, headers={"Origin": f"http://127.0.0.1:{port}"}
+        )
+        assert status == 200
+    assert journal.state("a.jpg") == "decided"
 
 
 # --- crashes after a click -----------------------------------------------------------------------------------------
