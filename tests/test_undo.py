@@ -362,6 +362,83 @@ def test_an_undo_killed_after_moving_a_file_back_finishes_that_move_once(tmp_pat
     assert journal_files(tmp_path)["a.jpg"] == {"path": str(inbox / "a.jpg"), "state": "undone"}
 
 
+#: `rfwatch undo ARGS...` in a process of its own, in which an `rfwatch retry` (a real process) queues the chosen
+#: file again at the instant that matters: after undo chose its files, before it takes the first. Undoer.select
+#: is the narrowest public seam between the two.
+UNDO_RACING_A_RETRY = """
+import subprocess, sys
+from rfwatch.cli import main
+from rfwatch.processing.undo import Undoer
+
+real_select = Undoer.select
+
+def select(self, chosen):
+    rows = real_select(self, chosen)
+    subprocess.run([sys.executable, "-m", "rfwatch", "retry", "-c", sys.argv[1], "--failed"], check=True)
+    print("an rfwatch retry queued the files meanwhile", flush=True)
+    return rows
+
+Undoer.select = select
+sys.exit(main(["undo", "-c", sys.argv[1], *sys.argv[2:]]))
+"""
+
+
+def test_an_undo_skips_a_file_a_retry_took_after_it_was_chosen(tmp_path, server):
+    """An undo takes a file only if nothing changed it since it was chosen: one a retry queued in between is the
+    retry's (it is said so, and the file is processed, not undone)."""
+    rules = [{"then": [{"move": "sorted/{class}/{name}"}, {"command": ["false"]}]}]
+    cfg = write_config(tmp_path, server, rules=rules)
+    (tmp_path / "inbox" / "red.jpg").write_bytes(unique_jpeg(RED, 34))
+    run_once(cfg, code=1)
+    raced = subprocess.run(
+        [sys.executable, "-c", UNDO_RACING_A_RETRY, str(cfg)],
+        env=dict(os.environ, ROBOFLOW_API_KEY=VALID_KEY),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "an rfwatch retry queued the files meanwhile" in raced.stdout, raced.stdout + raced.stderr
+    assert "1 file(s) queued again" in raced.stdout
+    assert summary(raced.stdout) == "1 file(s): 1 skipped", raced.stdout
+    assert "it changed meanwhile" in raced.stdout
+    assert counts(cfg) == {"classified": 1}, "the retry's file was undone under it"
+    assert names(tmp_path / "sorted") == {"red.jpg"} and names(tmp_path / "inbox") == set()
+
+
+def test_an_undo_killed_after_a_step_is_recorded_does_not_do_it_again(tmp_path, server):
+    """An undo killed after a step's undo was recorded (the file back, the file not yet marked undone): the next
+    undo finishes the file without moving it a second time (no `a (1).jpg`)."""
+    cfg = write_config(tmp_path, server)
+    inbox = tmp_path / "inbox"
+    data = unique_jpeg(RED, 55)
+    (inbox / "a.jpg").write_bytes(data)
+    run_once(cfg)
+    crash = undo(cfg, env={"RFWATCH_CRASH_AT": "undo.step_finished"}, code=CRASH_EXIT)
+    assert "crash point undo.step_finished reached" in crash.stderr
+    assert counts(cfg) == {"undoing": 1} and names(inbox) == {"a.jpg"}
+    result = undo(cfg)
+    assert summary(result.stdout) == "1 file(s): 1 undone", result.stdout
+    assert names(inbox) == {"a.jpg"} and (inbox / "a.jpg").read_bytes() == data
+    assert journal_files(tmp_path)["a.jpg"] == {"path": str(inbox / "a.jpg"), "state": "undone"}
+
+
+def test_a_file_whose_history_was_pruned_is_reported_failed(tmp_path, server):
+    """prune forgets the steps, and with them the means to undo: such a file is reported as failed (saying so
+    and where it came from) and left where it is."""
+    cfg = write_config(tmp_path, server)
+    inbox = tmp_path / "inbox"
+    (inbox / "a.jpg").write_bytes(unique_jpeg(RED, 56))
+    run_once(cfg)
+    cli_ok("prune", "-c", str(cfg), "--older-than", "0")
+    result = undo(cfg, code=1)
+    assert summary(result.stdout) == "1 file(s): 1 failed", result.stdout
+    assert f"its history was pruned (rfwatch prune): nothing says how to undo it; it came from {inbox / 'a.jpg'}" in (
+        result.stdout
+    )
+    assert names(tmp_path / "sorted") == {"a.jpg"} and names(inbox) == set()
+    assert counts(cfg) == {"done": 1}
+
+
 # --- every action kind ----------------------------------------------------------------------------------------
 
 

@@ -134,3 +134,49 @@ def test_a_writer_never_seen_closing_is_given_the_open_write_grace(tmp_path):
     handed, settled_at = h.handed_on(still_open)
     assert handed == pytest.approx(t0 + OPEN_WRITE_GRACE) and settled_at == pytest.approx(handed)
     assert len(h.settler) == 0
+
+
+def test_a_rewrite_of_the_same_size_restarts_the_settle_time(tmp_path):
+    """Size and mtime must both stay unchanged for `settle` seconds: a rewrite that keeps the size (a camera
+    app filling a preallocated file) starts the wait again."""
+    settle = 2.0
+    watch = WatchConfig(path=tmp_path, settle=settle, polling=True)  # polling: only rfwatch's own clock counts
+    h = Harness()
+    path = _file(tmp_path, "same.jpg", mtime=time.time() - 10)
+    t0 = h.clock.now
+    h.settler.offer(path, watch)
+    h.run_until(t0 + 1.0)
+    os.utime(path, (time.time(), time.time()))  # rewritten in place: same size, a new mtime
+    h.settler.offer(path, watch)
+    h.run_until(t0 + settle + 0.5)
+    assert h.handed_on(path) is None, "taken although it changed a second ago"
+    h.run_until(t0 + 1.0 + settle + 0.5)
+    handed, settled_at = h.handed_on(path)
+    assert handed == pytest.approx(t0 + 1.0 + settle - EARLY_LEAD) and settled_at == pytest.approx(t0 + 1.0 + settle)
+
+
+def test_an_excluded_folder_name_keeps_its_files_out(tmp_path):
+    """`exclude` applies to folder names too: a file written below `.cache/` (default exclude `.*`) or a folder
+    the config excludes is never handed on, while one written after it elsewhere is."""
+    watch = WatchConfig(path=tmp_path, settle=0.05, exclude=(".*", "*.part", "thumbs"))
+    ready: list[Path] = []
+    for folder in (".cache", "thumbs", "ok"):  # there before the watches are: no race with adding them
+        (tmp_path / folder).mkdir()
+    watcher = FolderWatcher((watch,), lambda p, w, at: ready.append(p))
+    watcher.start(observe=True)
+    try:
+        wait_for(lambda: not watcher.scanning(), what="the start-up scan")
+        hidden = _file(tmp_path / ".cache", "a.jpg")
+        thumb = _file(tmp_path / "thumbs", "b.jpg")
+        shown = _file(tmp_path / "ok", "c.jpg")  # written last: once it is handed on, the others were seen
+        deadline = time.monotonic() + 10
+        while shown not in ready and time.monotonic() < deadline:
+            watcher.tick()
+            time.sleep(0.02)
+        for _ in range(10):  # a few more ticks: anything due with it would be handed on by now
+            watcher.tick()
+            time.sleep(0.02)
+        assert shown in ready, "the file in an ordinary folder was never handed on"
+        assert hidden not in ready and thumb not in ready, ready
+    finally:
+        watcher.stop()
