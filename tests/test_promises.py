@@ -41,6 +41,8 @@ def test_a_file_an_action_moved_stays_there_when_a_later_action_fails(tmp_path, 
     assert "failed: action command" in once.stderr
     assert _names(tmp_path / "sorted") == {"a.jpg"} and _names(tmp_path / "failed") == set()
     assert _counts(cfg) == {"failed": 1}
+    (failed,) = json.loads(run_cli("status", "-c", str(cfg), "--json").stdout)["last_failed"]
+    assert failed["path"] == str(tmp_path / "sorted" / "red" / "a.jpg"), "the journal lost where the file is"
 
     (tmp_path / "ok").touch()  # the cause fixed: retry redoes the failed step only, where the file is
     assert run_cli("retry", "-c", str(cfg), "--failed").returncode == 0
