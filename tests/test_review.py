@@ -786,6 +786,26 @@ def test_an_origin_with_this_host_and_another_port_is_refused(tmp_path, server):
     assert journal.state("a.jpg") == "decided"
 
 
+def test_a_file_decided_already_answers_409_and_its_first_decision_stands(tmp_path, server):
+    """Decided on one page (nothing applied yet: no daemon runs), a second label or a reject from another page
+    answers 409, and the first decision is the one kept."""
+    from rfwatch.config import load_config
+    from rfwatch.review.server import ReviewServer
+
+    port = free_port()
+    cfg, _ = _files_waiting(tmp_path, server, port)
+    api, journal = Api(port), JournalView(tmp_path)
+    config = load_config(cfg)
+    with ReviewServer(config, config.state_path, lambda model: None):
+        a = api.id_of("a.jpg")
+        assert api.label(a, "green")[0] == 200
+        assert api.label(a, "blue")[0] == 409
+        assert api.reject(a)[0] == 409
+    (decision,) = journal.decisions(journal.file("a.jpg")["id"])
+    assert (decision["kind"], json.loads(decision["classes"])) == ("label", ["green"])
+    assert journal.state("a.jpg") == "decided"
+
+
 # --- crashes after a click -----------------------------------------------------------------------------------------
 
 CRASH_EXIT = 86  # rfwatch.crashpoints.CRASH_EXIT
