@@ -132,6 +132,8 @@ def _save_annotated(source: str, image: str | bytes, prediction, save: str, many
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Validate the config, then ask the platform about the key, the model and the rules' classes."""
+    from rfwatch.journal import display_url
+
     cfg = load_config(args.config)
     from rfwatch.host.runtime import load_extensions
     from rfwatch.roboflow.facts import check_rules, describe, models_in_use
@@ -156,7 +158,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         problems += rule_problems
         if unchecked:
             print(f"warning: the classes named in rules were not checked (nothing known about {', '.join(unchecked)})")
-    print(f"journal: {cfg.state_path}")
+    print(f"journal: {display_url(cfg.journal_url)}")
     for w in cfg.watch:
         print(
             f"watch: {w.path} ({'polling' if w.polling else 'inotify'}, settle {w.settle:g}s"
@@ -206,7 +208,7 @@ def _ask_platform(cfg: Config, models: list[str]) -> tuple[dict[str, Any], str, 
 def cmd_model(args: argparse.Namespace) -> int:
     """What rfwatch knows about the model: asked of the platform now, else from the journal's cache."""
     from rfwatch.host.runtime import platform_client
-    from rfwatch.journal import Journal
+    from rfwatch.journal import is_postgres_url, open_journal
     from rfwatch.roboflow.facts import FactsCache, fetch_facts
     from rfwatch.roboflow.platform import PlatformError
 
@@ -219,8 +221,8 @@ def cmd_model(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(f"--model: {exc}") from None
     cache = None
-    if getattr(args, "config", None) and cfg.state_path.exists():
-        cache = FactsCache(Journal(cfg.state_path))
+    if getattr(args, "config", None) and (is_postgres_url(cfg.journal_url) or cfg.state_path.exists()):
+        cache = FactsCache(open_journal(cfg).facts)
     how = ""
     facts = None
     platform = platform_client(cfg) if cfg.roboflow.api_key else None

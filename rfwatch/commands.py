@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rfwatch.config import ConfigError, load_config
-from rfwatch.journal import Journal
+from rfwatch.journal import Journal, is_postgres_url, open_journal
 from rfwatch.redact import redact
 from rfwatch.roboflow.result import Prediction
 from rfwatch.states import ACTIVE_STATES, FileState
@@ -23,11 +23,12 @@ from rfwatch.states import ACTIVE_STATES, FileState
 __all__ = ["add_commands"]
 
 
-def _journal(config) -> Journal:
-    path = config.state_path
-    if not path.exists():
-        raise ConfigError(f"state: no journal at {path} yet (has `rfwatch run` been started with this config?)")
-    return Journal(path)
+def _journal(config, kind: str = "command") -> Journal:
+    if not is_postgres_url(config.journal_url) and not config.state_path.exists():
+        raise ConfigError(
+            f"state: no journal at {config.state_path} yet (has `rfwatch run` been started with this config?)"
+        )
+    return open_journal(config, kind=kind)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -71,12 +72,11 @@ def _ts(t: float | None) -> str:
 
 def status_report(config) -> dict[str, Any]:
     from rfwatch.host.manager import PluginHost
-    from rfwatch.processing.decisions import Decisions
     from rfwatch.processing.delivery import Deliveries
 
     journal = _journal(config)
     try:
-        counts = journal.counts()
+        counts = journal.files.counts()
         threshold = config.roboflow.multi_label_threshold
         deliveries = Deliveries(journal)
         plugins = PluginHost.load(config.plugins)
@@ -87,14 +87,21 @@ def status_report(config) -> dict[str, Any]:
             "model": config.roboflow.model,
             # Every model in use: the default and each folder's own (watch[].model).
             "models": sorted({str(m) for m in [config.roboflow.model, *(w.model for w in config.watch)] if m}),
-            "journal": str(config.state_path),
+            "journal": journal.display,
             "counts": {str(s): counts.get(s, 0) for s in FileState},
             # Queued: new, classified, retried, or with a person's decision to apply (a running daemon takes
             # them within a second or so; otherwise the next `rfwatch run`).
             "backlog": sum(counts.get(s, 0) for s in ACTIVE_STATES),
-            "waiting_for_review": Decisions(journal).count_waiting(),
-            "last_done": [_row_brief(r, threshold) for r in journal.recent((FileState.DONE, FileState.UNMATCHED))],
-            "last_failed": [_row_brief(r, threshold) for r in journal.recent((FileState.FAILED,))],
+            "waiting_for_review": journal.decisions.count_waiting(),
+            "last_done": [
+                _row_brief(r, threshold) for r in journal.files.recent((FileState.DONE, FileState.UNMATCHED))
+            ],
+            "last_failed": [_row_brief(r, threshold) for r in journal.files.recent((FileState.FAILED,))],
+            # The processes working on the journal now, on every host (each renews its lease).
+            "holders": [
+                {"host": h["host"], "pid": h["pid"], "kind": h["kind"], "since": _ts(h["started"])}
+                for h in journal.holders.live()
+            ],
             "waiting_reason": _waiting_reason(journal),
             "deliveries_pending": deliveries.pending_by_plugin(),
             "plugins": plugins.names(),
@@ -106,7 +113,7 @@ def status_report(config) -> dict[str, Any]:
 
 
 def _waiting_reason(journal: Journal) -> str | None:
-    rows = [r for r in journal.recent((FileState.DETECTED,), limit=1) if r.last_error]
+    rows = [r for r in journal.files.recent((FileState.DETECTED,), limit=1) if r.last_error]
     return rows[0].last_error if rows else None
 
 
@@ -121,6 +128,7 @@ def _row_brief(row, threshold: float) -> dict[str, Any]:
         "confidence": pred.confidence if pred else None,
         "summary": pred.summary() if pred else None,
         "rule": row.rule,
+        "host": row.host,
         "error": row.last_error,
         "at": _ts(row.updated),
     }
@@ -160,8 +168,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from rfwatch.processing.undo import give_up_undo
-
     config = load_config(args.config)
     journal = _journal(config)
     states: tuple[str, ...] = (FileState.FAILED,)
@@ -171,14 +177,14 @@ def cmd_retry(args: argparse.Namespace) -> int:
         states += (FileState.UNDOING,)
     queued = 0
     try:
-        rows = journal.rows_in_state(states, [Path(os.path.abspath(p)) for p in args.paths] or None)
+        rows = journal.files.rows_in_state(states, [Path(os.path.abspath(p)) for p in args.paths] or None)
         for row in rows:
-            if row.state == FileState.UNDOING and not give_up_undo(journal, row):
+            if row.state == FileState.UNDOING and not journal.undo.give_up(row):
                 print(f"rfwatch: {row.path}: an rfwatch undo is working on it: retry when it ends", file=sys.stderr)
                 continue
-            requeued = journal.requeue(row.id, states)  # a given-up undo left it undone: in states with a PATH
+            requeued = journal.files.requeue(row.id, states)  # a given-up undo left it undone: in states with a PATH
             if requeued is None:  # taken meanwhile (by an undo, or a worker)
-                print(f"rfwatch: {row.path}: not queued: it is {journal.get(row.id).state} now", file=sys.stderr)
+                print(f"rfwatch: {row.path}: not queued: it is {journal.files.get(row.id).state} now", file=sys.stderr)
                 continue
             queued += 1
             print(f"queued again: {requeued.path}")
@@ -194,23 +200,20 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    from rfwatch.processing.delivery import Deliveries
-
     config = load_config(args.config)
     journal = _journal(config)
     try:
-        rows = journal.history_for(Path(os.path.abspath(args.path)))
+        rows = journal.files.history_for(Path(os.path.abspath(args.path)))
         if not rows:
             print(f"rfwatch: no journal entry for {args.path}", file=sys.stderr)
             return 1
-        deliveries = Deliveries(journal)
         for row in rows:
             print(f"#{row.id} {row.source} -> {row.path} [{row.state}] sha256 {row.sha256[:12]} model {row.model}")
             if row.support:
                 print("  for Roboflow support: " + "; ".join(f"{k} {v}" for k, v in row.support.items()))
-            for at, message in journal.events(row.id):
-                print(f"  {_ts(at)}  {message}")
-            for d in deliveries.for_file(row.id):
+            for at, message, host in journal.files.events(row.id):
+                print(f"  {_ts(at)}  {message}" + (f"  (on {host})" if host else ""))
+            for d in journal.outbox.for_file(row.id):
                 print(f"  {d['kind']} {d['id']} to {redact(d['url'])}: {_delivery_state(d)}")
     finally:
         journal.close()
@@ -234,16 +237,14 @@ def _delivery_state(d: dict[str, Any]) -> str:
 def cmd_prune(args: argparse.Namespace) -> int:
     import time
 
-    from rfwatch.processing.delivery import Deliveries
-
     if args.older_than < 0:
         raise ConfigError(f"--older-than: expected a number of days >= 0, got {args.older_than:g}")
     config = load_config(args.config)
     journal = _journal(config)
     try:
         older_than = time.time() - args.older_than * 86400
-        counts = journal.prune(older_than)
-        counts["finished deliveries"] = Deliveries(journal).prune(older_than)
+        counts = journal.files.prune(older_than)
+        counts["finished deliveries"] = journal.outbox.prune(older_than)
     finally:
         journal.close()
     print("removed " + ", ".join(f"{n} {what}" for what, n in counts.items()))
@@ -254,7 +255,7 @@ def _not_undone(journal: Journal, path: Path) -> str:
     """Why a PATH named to ``rfwatch undo`` was not undone."""
     from rfwatch.processing.undo import UNDOABLE
 
-    known = journal.history_for(path)
+    known = journal.files.history_for(path)
     if not known:
         return "no finished file of the journal is or was there"
     state = known[-1].state
@@ -280,14 +281,10 @@ def cmd_undo(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError(f"--since/--until: {exc}") from None
     extensions = load_extensions(config)
-    journal = _journal(config)
+    journal = _journal(config, kind="undo")
     deliveries = Deliveries(journal, deliverers=dict(extensions.deliverers))
     undoer = Undoer(config, journal, extensions.rules, extensions.plugins.actions, deliveries, dry_run=args.dry_run)
     chosen = UndoFilter(args.rule, args.cls, since, until, tuple(Path(os.path.abspath(p)) for p in args.paths))
-    if not args.dry_run and not undoer.lock():
-        journal.close()
-        print("rfwatch: another rfwatch undo is running on this journal: let it finish first", file=sys.stderr)
-        return 1
     tally: dict[str, int] = {}
     kept: list[str] = []
     nothing: set[str] = set()
@@ -309,7 +306,7 @@ def cmd_undo(args: argparse.Namespace) -> int:
             # The file.undone events go out now: a running daemon sends them within a second or two, else we
             # do (each queued delivery is leased to one process: never both).
             deliveries.flush(time.monotonic() + 2, undoer.queued_keys)
-            if deliveries.untried(undoer.queued_keys):
+            if journal.outbox.untried(undoer.queued_keys):
                 deliveries.start()
                 deliveries.flush(time.monotonic() + 10, undoer.queued_keys)
                 deliveries.stop()
@@ -344,13 +341,13 @@ def cmd_review(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         raise ConfigError(str(exc).replace("review.listen", "--listen")) from None
     journal = _journal(config)
-    cache = FactsCache(journal)
+    cache = FactsCache(journal.facts)
 
     def classes_of(model: str) -> tuple[str, ...] | None:
         facts = cache.get(ModelId.parse(model).key)
         return facts.classes if facts is not None else None
 
-    server = ReviewServer(config, config.state_path, classes_of)
+    server = ReviewServer(config, classes_of)
     print(f"review page at {server.url}" + (" (open it with ?token=...)" if config.review.token else ""), flush=True)
     try:
         server.serve_forever()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,9 @@ class RoboflowConfig:
 @dataclass(frozen=True)
 class WatchConfig:
     path: Path
+    #: The root's name in the journal (``watch[].name``; by default the folder's own name): hosts that mount one
+    #: share at different paths give it the same name, and see one file.
+    name: str = ""
     recursive: bool = True
     include: tuple[str, ...] = DEFAULT_INCLUDE
     exclude: tuple[str, ...] = DEFAULT_EXCLUDE
@@ -139,6 +142,14 @@ class Config:
     metrics_listen: str | None = None
     log_format: str = "text"
     review: ReviewConfig = field(default_factory=lambda: ReviewConfig())
+    #: ``state:`` as a PostgreSQL URL (then ``state`` is None).
+    state_url: str | None = None
+    #: This host's id in the journal (``host:``; by default the host name).
+    host: str | None = None
+    #: Seconds without a heartbeat after which a process's claims are free (``lease:``).
+    lease: float = 60.0
+    #: Other named trees (``roots:``), e.g. an archive the rules sort into: (name, folder).
+    roots: tuple[tuple[str, Path], ...] = ()
 
     def resolve(self, path: str | os.PathLike[str]) -> Path:
         """A path from the config, made absolute against the config file's folder."""
@@ -147,7 +158,29 @@ class Config:
 
     @property
     def state_path(self) -> Path:
+        """The SQLite journal's file (meaningless when ``state:`` is a PostgreSQL URL: see journal_url)."""
         return self.state or default_state_path()
+
+    @property
+    def journal_url(self) -> str:
+        """Where the journal is: a ``postgresql://`` URL, or the SQLite file's path."""
+        return self.state_url or str(self.state_path)
+
+    @property
+    def state_dir(self) -> Path:
+        """A folder for this host's own state (plugins' folders): next to an SQLite journal, else the default."""
+        return (self.state_path if self.state_url is None else default_state_path()).parent
+
+    @property
+    def host_id(self) -> str:
+        import socket
+
+        return self.host or socket.gethostname() or "localhost"
+
+    @property
+    def named_roots(self) -> dict[str, Path]:
+        """Every named folder: the watched ones and ``roots:``."""
+        return {**{w.name: w.path for w in self.watch}, **dict(self.roots)}
 
 
 def default_state_path() -> Path:
@@ -353,7 +386,28 @@ def _fraction(sec: _Section, name: str, default: float, why: str, upper_inclusiv
     return float(value)
 
 
-_WATCH_KEYS = {"path", "recursive", "include", "exclude", "settle", "polling", "model"}
+_WATCH_KEYS = {"path", "name", "recursive", "include", "exclude", "settle", "polling", "model"}
+_ROOT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _root_name(name: str, key: str) -> str:
+    if not _ROOT_NAME.match(name):
+        raise ConfigError(
+            f"{key}: expected a name of letters, digits, '.', '_' or '-' (at most 64, starting with a letter or "
+            f"digit), got {_show(name)}"
+        )
+    return name
+
+
+def _derived_name(path: Path, taken: set[str]) -> str:
+    """A watch root's default name: its folder's name (made valid), numbered when two folders share one."""
+    base = re.sub(r"[^A-Za-z0-9_.-]+", "-", path.name).strip("-.") or "root"
+    if not base[0].isalnum():
+        base = "root" + base
+    name, n = base[:64], 2
+    while name in taken:
+        name, n = f"{base[:60]}-{n}", n + 1
+    return name
 
 
 def _watch(items: Any, resolve: Any) -> tuple[WatchConfig, ...]:
@@ -378,9 +432,15 @@ def _watch(items: Any, resolve: Any) -> tuple[WatchConfig, ...]:
                 ModelId.parse(model)
             except ValueError as exc:
                 raise ConfigError(f"{key}.model: {exc}") from None
+        name = sec.str("name")
+        if name is not None:
+            _root_name(name, sec.path_of("name"))
+            if name in {w.name for w in out}:
+                raise ConfigError(f"{sec.path_of('name')}: another watched folder is named {_show(name)}")
         out.append(
             WatchConfig(
                 path=resolve(path),
+                name=name or "",
                 recursive=sec.bool("recursive", True),
                 include=tuple(p.lower() for p in sec.str_list("include", DEFAULT_INCLUDE)),
                 exclude=sec.str_list("exclude", DEFAULT_EXCLUDE),
@@ -389,7 +449,40 @@ def _watch(items: Any, resolve: Any) -> tuple[WatchConfig, ...]:
                 model=model,
             )
         )
-    return tuple(out)
+    taken = {w.name for w in out if w.name}
+    named = []
+    for w in out:
+        if not w.name:
+            w = replace(w, name=_derived_name(w.path, taken))
+            taken.add(w.name)
+        named.append(w)
+    return tuple(named)
+
+
+def _roots(data: Any, resolve: Any, watches: tuple[WatchConfig, ...]) -> tuple[tuple[str, Path], ...]:
+    """``roots:`` (name: folder), checked with the watched folders: unique names, and no folder inside another
+    (a path must have one name, the same on every host)."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"roots: expected a mapping of names to folders, got {_show(data)}")
+    roots: list[tuple[str, Path, str]] = [(w.name, w.path, f"watch[{i}]") for i, w in enumerate(watches)]
+    for name, folder in data.items():
+        key = f"roots.{name}"
+        _root_name(str(name), key)
+        if not isinstance(folder, str) or not folder.strip():
+            raise ConfigError(f"{key}: expected a folder, got {_show(folder)}")
+        if any(n == name for n, _, _ in roots):
+            raise ConfigError(f"{key}: {_show(name)} names a watched folder already")
+        roots.append((str(name), resolve(folder), key))
+    for i, (_, a, akey) in enumerate(roots):
+        for _, b, bkey in roots[i + 1 :]:
+            if a == b or a in b.parents or b in a.parents:
+                raise ConfigError(
+                    f"{bkey}: {b} and {akey}'s {a} are one inside the other: a file must have one root in the "
+                    "journal (watch one folder, or name trees side by side)"
+                )
+    return tuple((n, p) for n, p, k in roots if k.startswith("roots."))
 
 
 _RULE_KEYS = {"name", "when", "then", "continue"}
@@ -458,6 +551,9 @@ _TOP_KEYS = {
     "metrics",
     "log_format",
     "review",
+    "host",
+    "lease",
+    "roots",
 }
 
 
@@ -470,12 +566,23 @@ def config_from_dict(data: Any, base_dir: Path, source: Path | None = None) -> C
         return q if q.is_absolute() else base_dir / q
 
     state = top.str("state")
+    state_url = None
+    if state is not None and state.startswith(("postgresql://", "postgres://")):
+        state, state_url = None, _postgres_url(state)
+    elif state is not None and "://" in state:
+        raise ConfigError(
+            f"state: expected a file for SQLite or a postgresql:// URL, got {_show(state.split('@')[-1])}"
+        )
+    host = top.str("host")
+    if host is not None and (len(host) > 128 or any(c.isspace() or c == "/" for c in host)):
+        raise ConfigError(f"host: expected a host id without spaces or '/' (at most 128 characters), got {_show(host)}")
     failed = top.str("failed")
     metrics = top.section("metrics", {"listen"})
     log_format = top.str("log_format", "text") or "text"
     if log_format not in ("text", "json"):
         raise ConfigError(f"log_format: expected text or json, got {_show(log_format)}")
     plugins = top.str_list("plugins")
+    watches = _watch(data.get("watch"), resolve)
     return Config(
         base_dir=base_dir,
         source=source,
@@ -483,7 +590,7 @@ def config_from_dict(data: Any, base_dir: Path, source: Path | None = None) -> C
         state=resolve(state) if state else None,
         concurrency=top.number("concurrency", 8, minimum=1, maximum=64, integer=True),
         rate_limit=top.number("rate_limit", 0.0, minimum=0.0),
-        watch=_watch(data.get("watch"), resolve),
+        watch=watches,
         failed=resolve(failed) if failed else None,
         rules=_rules(data.get("rules")),
         plugins=tuple(str(resolve(p)) if p.endswith(".py") else p for p in plugins),
@@ -491,7 +598,26 @@ def config_from_dict(data: Any, base_dir: Path, source: Path | None = None) -> C
         metrics_listen=metrics.str("listen"),
         log_format=log_format,
         review=_review(top.section("review", _REVIEW_KEYS), resolve),
+        state_url=state_url,
+        host=host,
+        lease=top.number("lease", 60.0, minimum=1.0, what="a number of seconds >= 1"),
+        roots=_roots(data.get("roots"), resolve, watches),
     )
+
+
+def _postgres_url(url: str) -> str:
+    """A PostgreSQL URL as given; its password (better kept in ~/.pgpass or PGPASSWORD) is masked everywhere."""
+    from urllib.parse import urlsplit
+
+    from rfwatch.redact import register_secret
+
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise ConfigError(f"state: not a valid postgresql:// URL ({exc})") from None
+    if parts.password:
+        register_secret(parts.password)
+    return url
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

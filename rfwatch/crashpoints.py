@@ -23,7 +23,7 @@ POINTS: dict[str, str] = {
     # the journal, after each committed write
     "journal.created": "a new file's row committed (state detected)",
     "journal.classified": "the prediction committed (state classified)",
-    "journal.step_begun": "a step marked pending, before its action runs",
+    "journal.step_begun": "a step about to run, nothing of it journaled or done yet",
     "journal.intent": "an action's intent committed, before its side effect",
     "journal.step_finished": "a step's result committed (with its queued deliveries)",
     "journal.finished": "the file's final state committed",
@@ -44,7 +44,7 @@ POINTS: dict[str, str] = {
     # review
     "review.decided": "a person's decision committed, nothing applied yet",
     # undo
-    "undo.step_begun": "an undo step marked pending, before its action's undo runs",
+    "undo.step_begun": "an undo step about to run, nothing of it journaled or done yet",
     "undo.intent": "an undo's intent committed, before its side effect (moving a file back)",
     "undo.step_finished": "an undo step's result committed (with a file.undone event)",
     "undo.finished": "the file marked undone",

@@ -37,13 +37,14 @@ from rfwatch.files.place import (
 )
 from rfwatch.files.restore import copy_back, move_back
 from rfwatch.host.context import FileContext
+from rfwatch.host.delivery import Delivered, Delivery, Failed, Gone, Retry
 from rfwatch.host.options import Options
 from rfwatch.host.runtime import platform_client
 from rfwatch.host.templates import Template, TemplateError, UnsafePathError, safe_component
 from rfwatch.images.annotate import annotate_image, label_text
 from rfwatch.images.exiftool import ExifToolError, exiftool_executable, exiftool_pool
 from rfwatch.images.prepare import ImageError, open_image, open_upright, prepare_image
-from rfwatch.processing.delivery import Delivered, Deliveries, Delivery, Failed, Gone, Retry
+from rfwatch.processing.delivery import Deliveries
 from rfwatch.redact import redact, register_secret
 from rfwatch.roboflow import platform
 from rfwatch.roboflow.result import ClassScore, Prediction
@@ -184,6 +185,6 @@ def state_dir(config: Config, plugin: str) -> Path:
     Under systemd that is inside ``StateDirectory=``, so the service may write it.
     """
     name = _NAME.sub("_", plugin).strip("._") or "plugin"
-    folder = config.state_path.parent / "plugins" / name
+    folder = config.state_dir / "plugins" / name
     folder.mkdir(parents=True, exist_ok=True, mode=0o750)
     return folder

@@ -8,7 +8,18 @@ from __future__ import annotations
 import enum
 import sys
 
-__all__ = ["StrEnum", "FileState", "StepState", "Outcome", "ACTIVE_STATES", "TERMINAL_STATES", "UNFINISHED_STATES"]
+__all__ = [
+    "StrEnum",
+    "FileState",
+    "StepState",
+    "StepKind",
+    "UndoState",
+    "DeliveryState",
+    "Outcome",
+    "ACTIVE_STATES",
+    "TERMINAL_STATES",
+    "UNFINISHED_STATES",
+]
 
 if sys.version_info >= (3, 11):
     from enum import StrEnum
@@ -42,6 +53,27 @@ class StepState(StrEnum):
     PENDING = "pending"  # begun; its intent (if recorded) says what it was about to do
     DONE = "done"
     FAILED = "failed"
+
+
+class StepKind(StrEnum):
+    """Who a step belongs to: a rule's action, or rfwatch's own bookkeeping around a file."""
+
+    ACTION = "action"  # an action of a rule (move, tag, webhook, a plugin's)
+    QUARANTINE = "quarantine"  # rfwatch moving a file that failed into failed:
+    DECISION = "decision"  # applying a person's review decision (plugins act on it: an upload)
+
+
+class UndoState(StrEnum):
+    PENDING = "pending"  # begun; its intent (if recorded) says what it was about to do
+    DONE = "done"
+    CLOSED = "closed"  # done, and the file was undone since: a later undo starts from the next round's steps
+
+
+class DeliveryState(StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    GONE = "gone"  # the target asked for nothing more (410)
+    FAILED = "failed"  # this delivery can never succeed
 
 
 class Outcome(StrEnum):

@@ -89,3 +89,39 @@ def solid_jpeg(color: tuple[int, int, int], size=(64, 48), noise: int = 0, seed:
 @pytest.fixture
 def make_jpeg():
     return solid_jpeg
+
+
+# --- journals on both backends -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A PostgreSQL cluster of this test process's own (tests/pg.py), started at first use, removed at the end."""
+    import pg
+
+    bindir = pg.find_bin()
+    if bindir is None:
+        pytest.skip(pg.SKIP_REASON)
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.skip("psycopg is not installed (pip install 'rfwatch[postgresql]')")
+    cluster = pg.Cluster(bindir).start()
+    yield cluster
+    cluster.destroy()
+
+
+BACKENDS = ("sqlite", "postgresql")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def journal_url(request, backend, tmp_path) -> str:
+    """Where a test's journal is: an SQLite file in tmp_path, or a fresh PostgreSQL database."""
+    if backend == "sqlite":
+        return str(tmp_path / "state" / "journal.db")
+    return request.getfixturevalue("pg_cluster").new_database()

@@ -253,3 +253,58 @@ def record_probes(gate: Any) -> list[float]:
 
     gate.wait = wait
     return probes
+
+
+class JournalView:
+    """Read-only looks into the journal a daemon or command writes, through rfwatch's own journal package, so a
+    test reads the same on SQLite and PostgreSQL. ``where``: a config file, or the folder holding config.yaml."""
+
+    def __init__(self, where: Path | str):
+        where = Path(where)
+        self.config_path = where / "config.yaml" if where.is_dir() else where
+
+    def open(self) -> Any:
+        from rfwatch.config import load_config
+        from rfwatch.journal import open_journal
+
+        return open_journal(load_config(self.config_path), kind="test")
+
+    def _read(self, fn: Callable[[Any], Any]) -> Any:
+        journal = self.open()
+        try:
+            return fn(journal)
+        finally:
+            journal.close()
+
+    def rows(self) -> list[Any]:
+        """Every file row (FileRow: .source, .path, .state, ...), oldest first."""
+        from rfwatch.states import FileState
+
+        return self._read(lambda j: j.files.rows_in_state(tuple(FileState)))
+
+    def file(self, name: str) -> Any:
+        rows = [r for r in self.rows() if r.source.name == name]
+        assert len(rows) == 1, (name, len(rows))
+        return rows[0]
+
+    def state(self, name: str) -> str | None:
+        """The state of the file found under ``name`` (None while it is not journaled yet)."""
+        rows = [r for r in self.rows() if r.source.name == name]
+        assert len(rows) <= 1, (name, len(rows))
+        return str(rows[0].state) if rows else None
+
+    def states(self) -> dict[str, int]:
+        """Files per state."""
+        return self._read(lambda j: j.files.counts())
+
+    def steps(self, file_id: int) -> list[Any]:
+        return self._read(lambda j: j.files.steps(file_id))
+
+    def decisions(self, file_id: int) -> list[Any]:
+        return self._read(lambda j: j.decisions.history(file_id))
+
+    def outbox(self, kind: str | None = None) -> list[dict[str, Any]]:
+        return self._read(lambda j: j.outbox.list(kind))
+
+    def uploads(self) -> list[dict[str, Any]]:
+        return self.outbox("roboflow-upload")

@@ -11,7 +11,16 @@ import sys
 import time
 
 import pytest
-from helpers import DaemonThread, files_under, needs_exiftool, run_cli, unique_jpeg, wait_for, write_config
+from helpers import (
+    DaemonThread,
+    JournalView,
+    files_under,
+    needs_exiftool,
+    run_cli,
+    unique_jpeg,
+    wait_for,
+    write_config,
+)
 from metadata_reader import jpeg_parts, read_xmp
 from PIL import Image
 from roboflow_server import VALID_KEY
@@ -137,12 +146,10 @@ def test_410_stops_deliveries_and_redirects_are_not_followed(tmp_path, server, r
         )
         n = len(receiver.deliveries)
         (tmp_path / "inbox" / "b.jpg").write_bytes(unique_jpeg(RED, 21))
-        db = sqlite3.connect(tmp_path / "state" / "journal.db")
+        journal = JournalView(cfg)
         # b's steps are done (a webhook it queued would be in the outbox, in the same transaction as its step)
-        b_state = "SELECT state FROM files WHERE source = ?"
-        b_source = bytes(tmp_path / "inbox" / "b.jpg")
-        wait_for(lambda: db.execute(b_state, (b_source,)).fetchall() == [("done",)], what="b processed")
-        assert db.execute("SELECT state FROM outbox").fetchall() == [("gone",)]  # b's event was never queued
+        wait_for(lambda: journal.state("b.jpg") == "done", what="b processed")
+        assert [d["state"] for d in journal.outbox()] == ["gone"]  # b's event was never queued
     assert len(receiver.deliveries) == n, "no deliveries after 410 Gone"
 
 

@@ -14,7 +14,6 @@ import hashlib
 import os
 import re
 import shutil
-import sqlite3
 import subprocess
 import sys
 import uuid
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import files_under, run_cli, unique_jpeg, write_config
+from helpers import JournalView, files_under, run_cli, unique_jpeg, write_config
 from metadata_reader import jpeg_parts, read_xmp
 from webhook_receiver import Receiver
 
@@ -76,8 +75,8 @@ class Run:
             out.setdefault(f"{doc['type']} {Path(doc['data']['source']).name}", set()).add(d.headers["webhook-id"])
         return out
 
-    def journal(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.root / "state" / "journal.db")
+    def journal(self) -> JournalView:
+        return JournalView(self.root)
 
 
 def _once_placed(run: Run, places: dict[str, tuple[str, ...]]) -> None:
@@ -97,14 +96,13 @@ def _once_placed(run: Run, places: dict[str, tuple[str, ...]]) -> None:
 
 def _all_finished(run: Run, expected: dict[str, str] | None = None, content: bool = True) -> None:
     """Every file finished (as ``expected`` says, by name), and the journal says where each file really is."""
-    rows = run.journal().execute("SELECT source, path, state FROM files").fetchall()
-    states = {Path(os.fsdecode(source)).name: state for source, _, state in rows}
+    rows = run.journal().rows()
+    states = {r.source.name: str(r.state) for r in rows}
     assert set(states.values()) <= {"done", "failed", "undone"}, f"{run.point}: unfinished files: {states}"
     if expected is not None:
         assert states == expected, f"{run.point}: {states}"
-    for source, path, state in rows:
-        name = Path(os.fsdecode(source)).name
-        where = Path(os.fsdecode(path))
+    for row in rows:
+        name, where, state = row.source.name, row.path, row.state
         data = run.written.get(name)
         assert where.exists(), f"{run.point}: the journal says {name} is at {where}, which does not exist"
         if content and data is not None and state != "undone":
@@ -275,8 +273,8 @@ def _undo(run: Run) -> None:
     assert again.returncode == 0, again.stdout + again.stderr
     _once_placed(run, {"red.jpg": ("inbox/red.jpg",), "green.jpg": ("inbox/green.jpg",)})
     assert not list(run.root.glob("inbox/*.xmp")), f"{run.point}: a sidecar rfwatch created is still there"
-    states = run.journal().execute("SELECT state FROM files").fetchall()
-    assert states == [("undone",), ("undone",)], f"{run.point}: {states}"
+    states = [str(r.state) for r in run.journal().rows()]
+    assert states == ["undone", "undone"], f"{run.point}: {states}"
     # the second undo sent the file.undone events, the crashed one's too, before it exited
     sent = {k for k in run.webhook_ids() if k.startswith("file.undone")}
     assert sent == {"file.undone red.jpg", "file.undone green.jpg"}, (run.point, sent)
@@ -325,11 +323,11 @@ REVIEW_POINTS = [
 ]
 DECIDE = """
 import sys
-from rfwatch.processing.decisions import Decisions, DecisionKind
-from rfwatch.journal import Journal
-j = Journal(sys.argv[1])
-(row,) = Decisions(j).waiting()
-Decisions(j).decide(row.id, DecisionKind.LABEL, ("green",), by="test")
+from rfwatch.config import load_config
+from rfwatch.journal import DecisionKind, open_journal
+j = open_journal(load_config(sys.argv[1]))
+(row,) = j.decisions.waiting()
+j.decisions.decide(row.id, DecisionKind.LABEL, ("green",), by="test")
 """
 
 
@@ -343,7 +341,7 @@ def _review(run: Run) -> None:
     run.inbox(**{"photo.jpg": unique_jpeg(RED, 7)})
     assert run.cli("run", "-c", str(cfg), "--once").returncode == 0
     assert (run.root / "review" / "photo.jpg").exists()
-    journal = str(run.root / "state" / "journal.db")
+    journal = str(cfg)  # DECIDE opens the journal the config names
     env = dict(os.environ)
     if run.point == "review.decided":  # the process that records the decision (a review page) dies
         env["RFWATCH_CRASH_AT"] = f"{run.point}:{run.n}"

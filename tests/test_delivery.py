@@ -1,6 +1,5 @@
-"""The outbox shared by processes: a daemon and `rfwatch undo` (or `rfwatch review`) empty the same table.
-
-Real processes on one journal, delivering over HTTP to a receiver on 127.0.0.1.
+"""The outbox shared by processes: daemons, `rfwatch undo` and `rfwatch review`, on one host or several, empty the
+same table. Real processes on one journal (SQLite and PostgreSQL), delivering over HTTP to a receiver on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -10,49 +9,49 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 from helpers import wait_for
 from webhook_receiver import Receiver
 
 from rfwatch.crashpoints import CRASH_EXIT
-from rfwatch.journal import Journal
-from rfwatch.processing.delivery import Delivered, Deliveries, Failed, QueuedDelivery, Retry
+from rfwatch.host.delivery import Delivered, Failed, Retry
+from rfwatch.journal import Journal, QueuedDelivery
+from rfwatch.processing.delivery import Deliveries
 
 #: One process emptying the outbox, as a daemon does: 4 threads, each row posted with its id.
 SENDER = """
 import sys, time
 import requests
-from rfwatch.processing.delivery import Deliveries, Delivered, Retry
+from rfwatch.host.delivery import Delivered, Retry
 from rfwatch.journal import Journal
+from rfwatch.processing.delivery import Deliveries
 
 def post(d):
     resp = requests.post(d.target, data=d.payload, headers={"webhook-id": d.id}, timeout=10)
     return Delivered(resp.status_code) if resp.ok else Retry(f"HTTP {resp.status_code}")
 
-outbox = Deliveries(Journal(sys.argv[1]), deliverers={"test": ("test", post)}, threads=4)
+journal = Journal.open(sys.argv[1], host=sys.argv[3])
+outbox = Deliveries(journal, deliverers={"test": ("test", post)}, threads=4)
 outbox.start()
 outbox.flush(time.monotonic() + float(sys.argv[2]))
 outbox.stop()
+journal.close()
 """
 
 
-def _queue(journal_path: Path, url: str, n: int) -> list[str]:
-    journal = Journal(journal_path)
-    outbox = Deliveries(journal)
+def _queue(url: str, target: str, n: int) -> list[str]:
+    journal = Journal.open(url)
     keys = [f"msg_{i:04d}" for i in range(n)]
-    with journal.transaction() as db:
-        outbox.write(
-            db, None, [QueuedDelivery("test", url, f'{{"n": {i}}}'.encode(), k, "test") for i, k in enumerate(keys)]
-        )
+    queued = [QueuedDelivery("test", target, f'{{"n": {i}}}'.encode(), k, "test") for i, k in enumerate(keys)]
+    journal.db.transact(lambda tx: journal.outbox.enqueue(tx, None, queued))
     journal.close()
     return keys
 
 
-def _sender(journal_path: Path, seconds: float, env: dict[str, str] | None = None) -> subprocess.Popen:
+def _sender(url: str, seconds: float, host: str = "host-a", env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-c", SENDER, str(journal_path), str(seconds)],
+        [sys.executable, "-c", SENDER, url, str(seconds), host],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -60,27 +59,30 @@ def _sender(journal_path: Path, seconds: float, env: dict[str, str] | None = Non
     )
 
 
-def _states(journal_path: Path) -> Counter:
-    journal = Journal(journal_path)
+def _states(url: str) -> Counter:
+    journal = Journal.open(url)
     try:
-        return Counter(r["state"] for r in journal.fetch_all("SELECT state FROM outbox"))
+        return Counter(d["state"] for d in journal.outbox.list())
     finally:
         journal.close()
 
 
-def test_an_answer_is_not_recorded_over_another_process_lease(tmp_path):
-    """A lease that ran out and was taken by another process: the late answer leaves the row to that process."""
-    db = tmp_path / "journal.db"
-    (key,) = _queue(db, "http://127.0.0.1:9/hook", 1)
-    journal = Journal(db)
-    with journal.transaction() as tx:
-        tx.execute("UPDATE outbox SET lease='pid 1 another' WHERE id=?", (key,))
-    sent = []
-    outbox = Deliveries(journal, deliverers={"test": ("test", lambda d: sent.append(d.id) or Delivered(200))})
-    outbox.deliver_one(journal.fetch_one("SELECT * FROM outbox WHERE id=?", (key,)))
-    row = journal.fetch_one("SELECT state, lease FROM outbox WHERE id=?", (key,))
-    assert sent == [key] and (row["state"], row["lease"]) == ("pending", "pid 1 another")
-    journal.close()
+def test_an_answer_is_not_recorded_over_another_process_lease(journal_url):
+    """A row leased to another live process: this process's late answer leaves the row to that one."""
+    (key,) = _queue(journal_url, "http://127.0.0.1:9/hook", 1)
+    other, mine = Journal.open(journal_url, host="other"), Journal.open(journal_url, host="mine")
+    try:
+        leased = other.outbox.claim()
+        assert leased is not None and leased.id == key
+        assert mine.outbox.claim() is None, "a row leased to a live process is not leased again"
+        sent = []
+        outbox = Deliveries(mine, deliverers={"test": ("test", lambda d: sent.append(d.id) or Delivered(200))})
+        outbox.deliver_one(leased)
+        row = mine.outbox.get(key)
+        assert sent == [key] and (row["state"], row["lease"]) == ("pending", other.holder.id)
+    finally:
+        other.close()
+        mine.close()
 
 
 @pytest.mark.parametrize(
@@ -88,27 +90,29 @@ def test_an_answer_is_not_recorded_over_another_process_lease(tmp_path):
     [Retry("HTTP 503", status=503), Failed("HTTP 400", status=400), Delivered(200)],
     ids=["retry", "failed", "delivered"],
 )
-def test_a_late_answer_leaves_a_row_another_process_is_delivering(tmp_path, late_answer):
+def test_a_late_answer_leaves_a_row_another_process_is_delivering(journal_url, late_answer):
     """Whatever a late answer says (one to retry, a failure, a success), it is recorded only while the row is
     still leased to this process: a row another process (really running) has claimed stays its own."""
     receiver = Receiver().start()
     receiver.delay = 2.0  # the other process holds its lease while the receiver takes its time
     try:
-        db = tmp_path / "journal.db"
-        (key,) = _queue(db, receiver.url, 1)
-        other = _sender(db, 30)
-        journal = Journal(db)
+        (key,) = _queue(journal_url, receiver.url, 1)
+        other = _sender(journal_url, 30)
+        journal = Journal.open(journal_url, host="host-b")
         outbox = Deliveries(journal, deliverers={"test": ("test", lambda d: late_answer)})
         try:
-            leased = wait_for(lambda: (outbox.get(key) or {}).get("lease"), timeout=20, what="the other's lease")
-            assert leased.startswith(f"pid {other.pid} ")
-            # This process answers late, for a row it no longer holds (deliver_one: the public way in).
-            outbox.deliver_one(journal.fetch_one("SELECT * FROM outbox WHERE id=?", (key,)))
-            row = outbox.get(key)
+            leased = wait_for(lambda: (journal.outbox.get(key) or {}).get("lease"), timeout=20, what="a lease")
+            assert leased.startswith(f"host-a/{other.pid}/"), leased  # a host id, a pid and a token
+            row = journal.outbox.get(key)
+            from rfwatch.journal import DeliveryRow
+
+            late = DeliveryRow(key, "test", "test", row["url"], bytes(row["body"]), 0, None, row["created"])
+            outbox.deliver_one(late)  # this process answers late, for a row it does not hold
+            row = journal.outbox.get(key)
             assert (row["state"], row["lease"], row["attempts"]) == ("pending", leased, 0), dict(row)
             out, err = other.communicate(timeout=60)
             assert other.returncode == 0, err
-            row = outbox.get(key)
+            row = journal.outbox.get(key)
             assert (row["state"], row["attempts"], row["last_status"]) == ("delivered", 1, 204)
             assert [d.headers["webhook-id"] for d in receiver.deliveries] == [key]
         finally:
@@ -120,45 +124,64 @@ def test_a_late_answer_leaves_a_row_another_process_is_delivering(tmp_path, late
         receiver.stop()
 
 
-def test_two_processes_emptying_one_outbox_send_each_delivery_once(tmp_path):
+def test_two_processes_emptying_one_outbox_send_each_delivery_once(journal_url):
+    """Two processes (two hosts, as far as the journal knows) share the outbox: every delivery goes out once."""
     receiver = Receiver().start()
     receiver.delay = 0.01  # a receiver that takes a moment: both processes are at work at once
     try:
-        db = tmp_path / "journal.db"
-        keys = _queue(db, receiver.url, 200)
-        senders = [_sender(db, 60), _sender(db, 60)]
+        keys = _queue(journal_url, receiver.url, 200)
+        senders = [_sender(journal_url, 60, host="host-a"), _sender(journal_url, 60, host="host-b")]
         for proc in senders:
             out, err = proc.communicate(timeout=90)
             assert proc.returncode == 0, err
         ids = Counter(d.headers["webhook-id"] for d in receiver.deliveries)
         assert set(ids) == set(keys)
         assert [k for k, n in ids.items() if n > 1] == [], "a delivery was sent by both processes"
-        assert _states(db) == Counter({"delivered": 200})
+        assert _states(journal_url) == Counter({"delivered": 200})
         assert len(receiver.deliveries) == 200
     finally:
         receiver.stop()
 
 
-def test_a_delivery_leased_by_a_killed_process_goes_out_when_the_next_one_starts(tmp_path):
+def test_a_delivery_leased_by_a_killed_process_goes_out_when_the_next_one_starts(journal_url):
+    """On one host a killed process's leases are free as soon as another process looks (its pid is gone), not
+    after the lease's time."""
     receiver = Receiver().start()
     try:
-        db = tmp_path / "journal.db"
-        (key,) = _queue(db, receiver.url, 1)
+        (key,) = _queue(journal_url, receiver.url, 1)
         # killed after the receiver had it, before the answer was recorded: the row is still leased to it
-        dead = _sender(db, 30, env=dict(os.environ, RFWATCH_CRASH_AT="delivery.after_send:1"))
+        dead = _sender(journal_url, 30, env=dict(os.environ, RFWATCH_CRASH_AT="delivery.after_send:1"))
         dead.communicate(timeout=60)
         assert dead.returncode == CRASH_EXIT
-        assert _states(db) == Counter({"pending": 1}) and len(receiver.deliveries) == 1
+        assert _states(journal_url) == Counter({"pending": 1}) and len(receiver.deliveries) == 1
         started = time.monotonic()
-        alive = _sender(db, 30)
+        alive = _sender(journal_url, 30)
         alive.communicate(timeout=60)
-        # not after the lease's 10 minutes: at once, and (at least once, as documented) the receiver hears it again
+        # at once, and (at least once, as documented) the receiver hears it again, with the same id
         assert time.monotonic() - started < 20
-        wait_for(lambda: _states(db) == Counter({"delivered": 1}), timeout=5, what="delivered by the next process")
+        wait_for(lambda: _states(journal_url) == Counter({"delivered": 1}), timeout=5, what="delivered by the next")
         assert [d.headers["webhook-id"] for d in receiver.deliveries] == [key, key]
-        journal = Journal(db)
-        row = journal.fetch_one("SELECT body, lease FROM outbox WHERE id=?", (key,))
+        journal = Journal.open(journal_url)
+        row = journal.outbox.get(key)
         journal.close()
         assert bytes(row["body"]) == b"" and row["lease"] is None  # delivered: the payload is not kept
     finally:
         receiver.stop()
+
+
+def test_a_lease_of_another_host_is_free_only_when_its_heartbeat_stops(journal_url):
+    """Across hosts a pid means nothing: a holder of another host keeps its lease while its heartbeat is fresh,
+    and loses it once the heartbeat is older than the lease."""
+    (key,) = _queue(journal_url, "http://127.0.0.1:9/hook", 1)
+    far = Journal.open(journal_url, host="far-away", lease=1.0)
+    near = Journal.open(journal_url, host="here", lease=1.0)
+    try:
+        assert far.outbox.claim() is not None
+        assert near.outbox.claim() is None  # far-away's heartbeat is fresh
+        far._heartbeat.stop()  # far-away stops beating (its host died): after the lease its rows are free
+        taken = wait_for(lambda: near.outbox.claim(), timeout=10, what="the lease to run out")
+        assert taken.id == key
+        assert near.outbox.get(key)["lease"] == near.holder.id
+    finally:
+        near.close()
+        far.db.close()

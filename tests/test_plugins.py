@@ -90,12 +90,43 @@ def test_the_import_check_catches_an_internal_import(tmp_path):
     assert _rfwatch_imports(sneaky) == ["rfwatch.files.place", "rfwatch"]
 
 
-def test_the_core_knows_no_plugin_tables():
-    """The outbox belongs to the core's delivery module and its users; the journal, status and metrics never
-    name it (plugins report their own lines through a hook)."""
+JOURNAL_TABLES = (
+    "meta",
+    "holders",
+    "files",
+    "steps",
+    "events",
+    "predictions",
+    "produced",
+    "undo_steps",
+    "decisions",
+    "outbox",
+    "gone_urls",
+    "model_facts",
+)
+_SQL_ON_A_TABLE = re.compile(
+    r"\b(insert\s+into|update|delete\s+from|from|join)\s+(" + "|".join(JOURNAL_TABLES) + r")\b", re.IGNORECASE
+)
+
+
+def test_only_the_journal_package_knows_the_journal_tables():
+    """All SQL against the journal's tables lives in rfwatch/journal/: callers use its named transitions."""
     package = REPO / "rfwatch"
-    mentions = sorted(str(p.relative_to(package)) for p in package.rglob("*.py") if "outbox" in p.read_text())
-    assert mentions == ["default_plugins/webhook.py", "processing/delivery.py"]
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        if path.is_relative_to(package / "journal"):
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]
+            if _SQL_ON_A_TABLE.search(code) and ('"' in code or "'" in code):
+                found.append(f"{path.relative_to(REPO)}:{n}: {line.strip()}")
+    assert found == [], "SQL against the journal's tables outside rfwatch/journal/:\n" + "\n".join(found)
+
+
+def test_the_ownership_test_finds_sql_outside_the_journal(tmp_path):
+    """The check above is not blind: the same pattern finds a statement in a string."""
+    assert _SQL_ON_A_TABLE.search('db.run("SELECT state FROM files WHERE id=?")')
+    assert _SQL_ON_A_TABLE.search("tx.run('UPDATE outbox SET lease=NULL')")
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import socket
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +22,17 @@ from urllib.parse import quote
 
 import pytest
 import yaml
-from helpers import DaemonProcess, DaemonThread, files_under, rfwatch_cmd, run_cli, unique_jpeg, wait_for, write_config
+from helpers import (
+    DaemonProcess,
+    DaemonThread,
+    JournalView,
+    files_under,
+    rfwatch_cmd,
+    run_cli,
+    unique_jpeg,
+    wait_for,
+    write_config,
+)
 from PIL import Image, ImageChops, ImageStat
 from roboflow_server import VALID_KEY, color_scores
 
@@ -170,35 +179,6 @@ class ReviewProcess:
         self.proc.wait(timeout=30)
 
 
-class JournalView:
-    """Read-only looks into the journal another process writes."""
-
-    def __init__(self, tmp_path: Path):
-        self.path = tmp_path / "state" / "journal.db"
-
-    def _query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
-        db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=10)
-        db.row_factory = sqlite3.Row
-        try:
-            return db.execute(sql, args).fetchall()
-        finally:
-            db.close()
-
-    def file(self, name: str) -> sqlite3.Row:
-        rows = [r for r in self._query("SELECT * FROM files") if os.fsdecode(r["source"]).endswith("/" + name)]
-        assert len(rows) == 1, (name, len(rows))
-        return rows[0]
-
-    def state(self, name: str) -> str:
-        return self.file(name)["state"]
-
-    def decisions(self, file_id: int) -> list[sqlite3.Row]:
-        return self._query("SELECT * FROM decisions WHERE file_id=?", (file_id,))
-
-    def uploads(self) -> list[sqlite3.Row]:
-        return self._query("SELECT * FROM outbox WHERE kind='roboflow-upload'")
-
-
 def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -262,14 +242,14 @@ def test_a_label_runs_the_rules_again_and_a_reject_fails_the_file(tmp_path, serv
         assert status == 400
         assert api.label(999999, "green")[0] == 404 and api.reject(999999)[0] == 404
         for name in ("sure.jpg", "broken.jpg"):  # in the journal, never waiting for review (broken: no prediction)
-            assert api.label(journal.file(name)["id"], "green")[0] == 404, name
-            assert api.reject(journal.file(name)["id"])[0] == 404, name
+            assert api.label(journal.file(name).id, "green")[0] == 404, name
+            assert api.reject(journal.file(name).id)[0] == 404, name
         assert api.names() == ["b.jpg", "c.jpg"]
 
         assert api.reject(ids["b.jpg"])[0] == 200
         wait_for(lambda: (tmp_path / "failed" / "b.jpg").exists(), what="b.jpg in failed/")
         wait_for(lambda: journal.state("b.jpg") == "failed", what="b.jpg failed")
-        assert journal.file("b.jpg")["last_error"] == "rejected in review"
+        assert journal.file("b.jpg").last_error == "rejected in review"
         assert (tmp_path / "failed" / "b.jpg").read_bytes() == files["b.jpg"]
         assert api.names() == ["c.jpg"] and api.items()["waiting"] == 1
 
@@ -278,9 +258,9 @@ def test_a_label_runs_the_rules_again_and_a_reject_fails_the_file(tmp_path, serv
 
     # The model's own prediction stays in the journal, beside the person's label.
     row = journal.file("a.jpg")
-    assert json.loads(row["prediction"])["top"] == "red" and json.loads(row["prediction"])["confidence"] == 0.4
-    (decision,) = journal.decisions(row["id"])
-    assert decision["kind"] == "label" and json.loads(decision["classes"]) == ["green"]
+    assert row.prediction["top"] == "red" and row.prediction["confidence"] == 0.4
+    (decision,) = journal.decisions(row.id)
+    assert decision.kind == "label" and decision.classes == ("green",)
     history = run_cli("history", "-c", str(cfg), str(tmp_path / "inbox" / "a.jpg")).stdout
     assert "classified red 0.40" in history and "labelled green in review" in history, history
     assert "/sorted/green/a.jpg [done]" in history
@@ -291,7 +271,7 @@ def test_a_label_runs_the_rules_again_and_a_reject_fails_the_file(tmp_path, serv
     assert up["split"] == "train" and up["tags"] == ["rfwatch"] and up["batch"].startswith("rfwatch review ")
     assert platform.annotations["colors"] == {up["id"]: "green"}
     assert f"image_id {up['id']}" in history, history
-    assert [u["file_id"] for u in journal.uploads()] == [row["id"]]
+    assert [u["file_id"] for u in journal.uploads()] == [row.id]
 
 
 def test_decisions_made_in_rfwatch_review_reach_the_daemon_whenever_it_runs(tmp_path, server):
@@ -325,7 +305,7 @@ def test_decisions_made_in_rfwatch_review_reach_the_daemon_whenever_it_runs(tmp_
             assert daemon.terminate() == 0
         assert api.items() == {"items": [], "classes": [], "waiting": 0}
     assert files_under(tmp_path / "review") == [tmp_path / "review" / "c.jpg"]  # no failed: it stays
-    assert journal.file("c.jpg")["last_error"] == "rejected in review"
+    assert journal.file("c.jpg").last_error == "rejected in review"
     assert [journal.state(n) for n in names] == ["done", "done", "failed"]
     assert files_under(tmp_path / "inbox") == []
 
@@ -434,7 +414,7 @@ def test_uploads_are_retried_across_restarts_and_a_duplicate_counts_as_delivered
     api, journal = Api(port), JournalView(tmp_path)
 
     def upload_of(name: str) -> dict[str, Any]:
-        rows = [dict(u) for u in journal.uploads() if u["file_id"] == journal.file(name)["id"]]
+        rows = [dict(u) for u in journal.uploads() if u["file_id"] == journal.file(name).id]
         assert len(rows) <= 1, rows
         return rows[0] if rows else {"state": None, "attempts": 0}
 
@@ -543,9 +523,7 @@ def test_loopback_by_default_and_a_token_is_required_off_loopback(tmp_path, serv
     assert result.returncode == 2 and "review.token: required" in result.stderr, result.stderr
     # `rfwatch review` without a listen address anywhere serves on 127.0.0.1:8765. It says so before it binds:
     # the default is checked without taking that port (another run may hold it).
-    from rfwatch.journal import Journal
-
-    Journal(tmp_path / "state" / "journal.db").close()  # a journal to serve (as `rfwatch run` leaves one)
+    JournalView(cfg).open().close()  # a journal to serve (as `rfwatch run` leaves one)
     log = tmp_path / "default.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen(
@@ -691,7 +669,7 @@ def test_other_sites_cannot_label_and_images_are_served_by_id_only(tmp_path, ser
     secret.write_bytes(unique_jpeg(RED, 33))
     api, journal = Api(port), JournalView(tmp_path)
     config = load_config(cfg)
-    with ReviewServer(config, config.state_path, lambda model: None):
+    with ReviewServer(config, lambda model: None):
         a, b = api.id_of("a.jpg"), api.id_of("b.jpg")
         origin = f"http://127.0.0.1:{port}"
         label = f"/api/items/{a}/label"
@@ -723,7 +701,7 @@ def test_other_sites_cannot_label_and_images_are_served_by_id_only(tmp_path, ser
         assert sorted(api.names()) == ["a.jpg", "b.jpg"] and journal.state("a.jpg") == "review"
 
         # Images by the journal's id of a waiting file, never by path: nothing outside is even opened.
-        done_id = journal.file("sure.jpg")["id"]
+        done_id = journal.file("sure.jpg").id
         probes = [
             "/api/items/..%2F..%2Fetc%2Fpasswd/image",
             "/api/items/..%2F..%2F..%2F..%2F..%2F..%2Fetc%2Fpasswd/image",
@@ -772,7 +750,7 @@ def test_an_origin_with_this_host_and_another_port_is_refused(tmp_path, server):
     cfg, _ = _files_waiting(tmp_path, server, port)
     api, journal = Api(port), JournalView(tmp_path)
     config = load_config(cfg)
-    with ReviewServer(config, config.state_path, lambda model: None):
+    with ReviewServer(config, lambda model: None):
         a = api.id_of("a.jpg")
         for origin in [f"http://127.0.0.1:{port + 1}", "http://127.0.0.1", f"http://localhost:{port}"]:
             for path, doc in [(f"/api/items/{a}/label", {"class": "green"}), (f"/api/items/{a}/reject", None)]:
@@ -796,13 +774,13 @@ def test_a_file_decided_already_answers_409_and_its_first_decision_stands(tmp_pa
     cfg, _ = _files_waiting(tmp_path, server, port)
     api, journal = Api(port), JournalView(tmp_path)
     config = load_config(cfg)
-    with ReviewServer(config, config.state_path, lambda model: None):
+    with ReviewServer(config, lambda model: None):
         a = api.id_of("a.jpg")
         assert api.label(a, "green")[0] == 200
         assert api.label(a, "blue")[0] == 409
         assert api.reject(a)[0] == 409
-    (decision,) = journal.decisions(journal.file("a.jpg")["id"])
-    assert (decision["kind"], json.loads(decision["classes"])) == ("label", ["green"])
+    (decision,) = journal.decisions(journal.file("a.jpg").id)
+    assert (decision.kind, list(decision.classes)) == ("label", ["green"])
     assert journal.state("a.jpg") == "decided"
 
 
@@ -835,7 +813,7 @@ def snapshots(tmp_path_factory):
         shutil.copytree(base, base.parent / "waiting")
         config = load_config(cfg)
         api = Api(port)
-        with ReviewServer(config, config.state_path, lambda model: None):
+        with ReviewServer(config, lambda model: None):
             assert api.label(api.id_of("a.jpg"), "green")[0] == 200
             assert api.reject(api.id_of("b.jpg"))[0] == 200
     finally:
@@ -868,21 +846,20 @@ def assert_applied_once(base: Path, platform: Any, waiting: tuple[str, ...] = ("
     journal = JournalView(base)
     states = {"a.jpg": "done", "b.jpg": "failed", **dict.fromkeys(waiting, "review")}
     assert {n: journal.state(n) for n in states} == states
-    assert journal.file("b.jpg")["last_error"] == "rejected in review"
+    assert journal.file("b.jpg").last_error == "rejected in review"
     a = journal.file("a.jpg")
-    assert json.loads(a["prediction"])["top"] == "red"  # the model's own, beside the person's label
+    assert a.prediction["top"] == "red"  # the model's own, beside the person's label
     for name, kind in (("a.jpg", "label"), ("b.jpg", "reject")):
-        file_id = journal.file(name)["id"]
-        assert [d["kind"] for d in journal.decisions(file_id)] == [kind]
-        steps = journal._query("SELECT action, state FROM steps WHERE file_id=? ORDER BY seq", (file_id,))
-        actions = [(s["action"], s["state"]) for s in steps]
+        file_id = journal.file(name).id
+        assert [d.kind for d in journal.decisions(file_id)] == [kind]
+        actions = [(s.action, s.state) for s in journal.steps(file_id)]
         then = ("move", "done") if kind == "label" else ("quarantine", "done")
         assert actions == [("review", "done"), ("decision", "done"), then], (name, actions)
     (upload,) = journal.uploads()
-    assert upload["state"] == "delivered" and upload["file_id"] == a["id"]
+    assert upload["state"] == "delivered" and upload["file_id"] == a.id
     (up,) = platform.uploads["colors"]
     assert up["bytes"] == CRASHED_FILES["a.jpg"]
-    assert json.loads(upload["result"])["image_id"] == up["id"]
+    assert upload["result"]["image_id"] == up["id"]
     assert platform.annotations["colors"] == {up["id"]: "green"}
     leftovers = [p for p in files_under(base) if ".rfwatch-tmp" in p.name]
     assert not leftovers, leftovers
@@ -934,8 +911,8 @@ def test_a_crash_as_the_decision_is_committed_keeps_it(snapshots, server, platfo
     assert "crash point review.decided reached" in log.read_text()
     # Clicked again once the page is back: already decided.
     config = load_config(cfg)
-    with ReviewServer(config, config.state_path, lambda model: None):
-        assert api.label(JournalView(snapshots).file("a.jpg")["id"], "blue")[0] == 409
+    with ReviewServer(config, lambda model: None):
+        assert api.label(JournalView(snapshots).file("a.jpg").id, "blue")[0] == 409
         assert api.names() == ["c.jpg"]
     after = run_cli("run", "-c", str(cfg), "--once")
     # 1: b.jpg failed in this run (0: the daemon that served the page rejected it before it died)

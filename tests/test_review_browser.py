@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import random
@@ -230,7 +229,7 @@ def test_the_page_labels_with_keys_and_keeps_up_with_changes_elsewhere(
         page.press("x")
         wait_for(lambda: (tmp_path / "failed" / names[2]).exists(), what="the rejected file in failed/")
         wait_for(lambda: journal.state(names[2]) == "failed", what="the rejected file failed")
-        assert journal.file(names[2])["last_error"] == "rejected in review"
+        assert journal.file(names[2]).last_error == "rejected in review"
         assert page.cards() == [names[0], names[3], names[4]] and page.count() == "3 files waiting"
         assert page.selected() == [names[3]]
 
@@ -310,8 +309,8 @@ def test_multi_label_classes_toggle_with_digits_and_save_with_enter(tmp_path, se
         page.press(Keys.ENTER)
         wait_for(lambda: page.cards() == ["b.jpg"], timeout=5, what="the saved file leaving the grid")
         wait_for(lambda: (tmp_path / "sorted" / "red" / HOSTILE).exists(), what="the saved file sorted")
-        (decision,) = journal.decisions(journal.file(HOSTILE)["id"])
-        assert json.loads(decision["classes"]) == ["red", "green"]
+        (decision,) = journal.decisions(journal.file(HOSTILE).id)
+        assert list(decision.classes) == ["red", "green"]
 
         # With the mouse: a class button toggles, Save saves.
         card = browser.find_element("css selector", "#grid .card")
@@ -325,5 +324,5 @@ def test_multi_label_classes_toggle_with_digits_and_save_with_enter(tmp_path, se
         assert "Nothing waits for review." in browser.find_element("css selector", "#grid").text
         assert page.errors() == []
         browser.get("about:blank")
-    (decision,) = journal.decisions(journal.file("b.jpg")["id"])
-    assert json.loads(decision["classes"]) == ["blue"]
+    (decision,) = journal.decisions(journal.file("b.jpg").id)
+    assert list(decision.classes) == ["blue"]

@@ -28,6 +28,7 @@ import requests
 from helpers import (
     DaemonProcess,
     DaemonThread,
+    JournalView,
     files_under,
     record_takes,
     rfwatch_cmd,
@@ -93,12 +94,7 @@ def cli_ok(*args: str) -> subprocess.CompletedProcess:
 
 def journal_files(tmp_path: Path) -> dict[str, dict[str, str]]:
     """Each file rfwatch knows, by the name it was found under: its state and where it is now."""
-    db = sqlite3.connect(tmp_path / "state" / "journal.db")
-    try:
-        rows = db.execute("SELECT source, path, state FROM files ORDER BY id").fetchall()
-    finally:
-        db.close()
-    return {Path(os.fsdecode(src)).name: {"path": os.fsdecode(path), "state": state} for src, path, state in rows}
+    return {r.source.name: {"path": str(r.path), "state": str(r.state)} for r in JournalView(tmp_path).rows()}
 
 
 def names(folder: Path) -> set[str]:
@@ -256,9 +252,9 @@ def test_an_undo_that_cannot_finish_is_named_and_retry_path_gives_it_up(tmp_path
 RETRY_RACING_AN_UNDO = """
 import subprocess, sys
 from rfwatch.cli import main
-from rfwatch.journal import Journal
+from rfwatch.journal.files import Files
 
-real_requeue = Journal.requeue
+real_requeue = Files.requeue
 raced = []
 
 def requeue(self, file_id, *args, **kw):
@@ -267,7 +263,7 @@ def requeue(self, file_id, *args, **kw):
         print("an rfwatch undo finished meanwhile", flush=True)
     return real_requeue(self, file_id, *args, **kw)
 
-Journal.requeue = requeue
+Files.requeue = requeue
 sys.exit(main(["retry", "-c", sys.argv[1], *sys.argv[2:]]))
 """
 
@@ -820,18 +816,24 @@ def test_undo_works_from_the_record_after_the_rule_is_gone_and_keeps_what_a_pers
     wait_for(lambda: len(receiver.ok()) == 4, what="file.processed and file.undone for both")
 
 
-def test_one_undo_at_a_time(tmp_path, server):
-    import fcntl
-
+def test_two_undos_at_once_share_the_files_and_undo_each_once(tmp_path, server):
+    """Undos claim files one by one (as daemons do): two at once on one journal undo every file exactly once, and
+    a file the other one holds is reported as skipped, never undone twice."""
     cfg = write_config(tmp_path, server)
-    (tmp_path / "inbox" / "a.jpg").write_bytes(unique_jpeg(RED, 1))
+    written = {f"{n:02}.jpg": unique_jpeg(RED, 100 + n) for n in range(30)}
+    for name, data in written.items():
+        (tmp_path / "inbox" / name).write_bytes(data)
     run_once(cfg)
-    with open(tmp_path / "state" / "journal.db.undo-lock", "w") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)  # as a running `rfwatch undo` holds it
-        busy = undo(cfg, code=1)
-        assert "another rfwatch undo is running" in busy.stderr
-        assert names(tmp_path / "sorted" / "red") == {"a.jpg"}
-    assert summary(undo(cfg).stdout) == "1 file(s): 1 undone"
+    assert len(names(tmp_path / "sorted" / "red")) == 30
+    procs = [subprocess.Popen(rfwatch_cmd("undo", "-c", str(cfg)), stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    undone = [line for out in outputs for line in file_lines(out) if ": undone: " in line]
+    others = [line for out in outputs for line in file_lines(out) if ": undone: " not in line]
+    assert len(undone) == 30, outputs  # each file by exactly one of them
+    assert all(": skipped: " in line for line in others), others
+    assert names(tmp_path / "inbox") == set(written) and names(tmp_path / "sorted") == set()
+    assert JournalView(cfg).states() == {"undone": 30}
 
 
 # --- crashes ------------------------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
     from rfwatch.config import Config
     from rfwatch.host.context import FileContext
-    from rfwatch.processing.delivery import Deliveries, Delivery
+    from rfwatch.host.delivery import Delivery
+    from rfwatch.processing.delivery import Deliveries
 
 hookspec = pluggy.HookspecMarker("rfwatch")
 

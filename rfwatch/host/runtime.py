@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from rfwatch.config import Config, ConfigError
+from rfwatch.host.delivery import Deliverer
 from rfwatch.host.manager import PluginHost
 from rfwatch.host.rules import Rule, compile_rules
-from rfwatch.processing.delivery import Deliverer
 from rfwatch.roboflow.client import ModelId, RetryPolicy, RoboflowClient
 from rfwatch.roboflow.platform import PlatformClient
 from rfwatch.roboflow.sizing import UploadSize

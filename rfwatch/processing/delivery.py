@@ -1,181 +1,41 @@
-"""Durable delivery for plugins: the outbox, and the threads that empty it.
+"""The threads that empty the outbox: each due delivery to its plugin's deliverer, the answer journaled.
 
-A plugin's action queues a delivery with ``ctx.deliver(kind, payload, key=..., target=...)``. The row is
-written in the same transaction as the step's own journal row, so a crash never loses one (the step and
-its delivery commit together) nor duplicates one (a redone step queues the same ``key`` again, which is
-ignored). Deliveries go out on their own threads, so a slow receiver never holds up sorting: each due row
-is handed to the deliverer its plugin registered for that ``kind`` (hook ``register_deliverers``), and
-the answer decides what happens next:
-
-- :class:`Delivered`: done; its ``result`` (a Roboflow image id, an HTTP status) is kept for ``history``;
-- :class:`Retry` (or an exception): tried again after an exponential backoff (2 s, 4 s, 8 s ... up to an
-  hour, +-25 % jitter so that many rows do not retry in lockstep), or after ``Retry-After`` when the
-  receiver said when; across restarts, since the schedule is in the table;
-- :class:`Gone`: the target said it wants nothing more (a webhook's 410): every pending row for it stops,
-  and later ones are not queued;
-- :class:`Failed`: this one delivery can never succeed (a receiver that refuses it for good).
-
-The table is ``outbox`` in the journal's database (the webhook plugin created it under that name before
-deliveries moved into the core; its rows carry on).
+Deliveries go out on their own threads, so a slow receiver never holds up sorting. Every attempt is leased to one
+process in the journal (rfwatch.journal.outbox): a daemon, ``rfwatch undo`` and a daemon on another host share the
+outbox and never send one row at once. What each answer means is in rfwatch.host.delivery.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import random
-import sqlite3
 import threading
 import time
-import uuid
-from collections.abc import Callable, Collection, Iterator
-from contextlib import contextmanager
+from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any
 
 from rfwatch.crashpoints import crash_point
+from rfwatch.host.delivery import (
+    Delivered,
+    Deliverer,
+    Delivery,
+    DeliveryAnswer,
+    DeliveryPolicy,
+    Failed,
+    Gone,
+    Retry,
+)
+from rfwatch.journal import DeliveryRow, Journal, JournalUnavailable
 from rfwatch.redact import redact
 
-if TYPE_CHECKING:
-    from rfwatch.journal import Journal
-
-__all__ = [
-    "Delivery",
-    "Delivered",
-    "Retry",
-    "Gone",
-    "Failed",
-    "DeliveryAnswer",
-    "Deliverer",
-    "QueuedDelivery",
-    "Deliveries",
-    "DeliveryPolicy",
-]
+__all__ = ["Deliveries"]
 
 log = logging.getLogger(__name__)
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
-    id TEXT PRIMARY KEY,          -- the plugin's key (a webhook's webhook-id): the same on every attempt
-    url TEXT NOT NULL,            -- the target: a URL, a project; a target that is gone gets nothing more
-    body BLOB NOT NULL,           -- the payload
-    state TEXT NOT NULL,          -- pending | delivered | gone | failed
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_at REAL NOT NULL,
-    last_status INTEGER,
-    last_error TEXT,
-    created REAL NOT NULL,
-    delivered REAL
-);
-CREATE INDEX IF NOT EXISTS outbox_due ON outbox(state, next_at);
-CREATE TABLE IF NOT EXISTS gone_urls (url TEXT PRIMARY KEY, at REAL NOT NULL);
-"""
-#: Columns added since the webhook plugin's own table: rows it left behind are webhooks.
-_ADDED_COLUMNS = {
-    "plugin": "TEXT NOT NULL DEFAULT 'rfwatch.default_plugins.webhook'",
-    "kind": "TEXT NOT NULL DEFAULT 'webhook'",
-    "file_id": "INTEGER",
-    "result": "TEXT",
-    # "pid <n>" while a process delivers the row (its next_at is then the lease's end): see Deliveries._claim.
-    "lease": "TEXT",
-}
-#: How long a claimed row is left to the process delivering it before another may try (a deliverer's
-#: timeout is well below this). A crashed process's leases are released when the next one starts delivering.
-LEASE = 600.0
-_DONE_BODY = b""  # a delivered (or failed, or gone) row keeps its outcome, not its payload
-#: This process, as its leases name it: the pid, and a token that tells a reused pid from this process.
-_LEASE_OWNER = f"pid {os.getpid()} {uuid.uuid4().hex[:12]}"
-#: An answer is recorded only while the row is still this process's (or nobody's: deliver_one called directly):
-#: a lease that ran out and was taken by another process leaves the row to that one.
-_OURS = " AND (lease IS NULL OR lease=?)"
-
-
-# --- what plugins see ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """One queued delivery, as its deliverer receives it."""
-
-    id: str
-    kind: str
-    target: str
-    payload: bytes
-    #: Attempts made before this one.
-    attempts: int
-    file_id: int | None
-    created: float
-
-    def json(self) -> Any:
-        """The payload parsed as JSON (it was queued as a dict or list)."""
-        return json.loads(self.payload)
-
-
-@dataclass(frozen=True)
-class Delivered:
-    status: int | None = None
-    #: Kept in the journal and shown by ``history`` (e.g. {"image_id": ...}).
-    result: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class Retry:
-    error: str
-    status: int | None = None
-    #: Seconds the receiver asked to wait (Retry-After); None: the backoff schedule.
-    after: float | None = None
-
-
-@dataclass(frozen=True)
-class Gone:
-    """The target wants nothing more: stop every pending delivery to it, queue none later."""
-
-    error: str
-    status: int | None = None
-
-
-@dataclass(frozen=True)
-class Failed:
-    """This delivery can never succeed; it is kept, with the error, for ``history``."""
-
-    error: str
-    status: int | None = None
-
-
-DeliveryAnswer = Union[Delivered, Retry, Gone, Failed]  # noqa: UP007 - a runtime alias on Python 3.10
-Deliverer = Callable[[Delivery], DeliveryAnswer]
-
-
-@dataclass(frozen=True)
-class QueuedDelivery:
-    """What an action asked to deliver; written with its step (see FileContext.deliver)."""
-
-    kind: str
-    target: str
-    payload: bytes
-    key: str
-    plugin: str
-
-
-@dataclass
-class DeliveryPolicy:
-    base: float = 2.0
-    max_delay: float = 3600.0
-    jitter: float = 0.25
-
-    def delay(self, attempts: int) -> float:
-        """Seconds before the next try after ``attempts`` failed ones: base * 2**(attempts-1), +-jitter."""
-        nominal = min(self.max_delay, self.base * 2 ** max(0, min(attempts - 1, 20)))
-        return nominal * random.uniform(1 - self.jitter, 1 + self.jitter)
-
-
-# --- the outbox ------------------------------------------------------------------------
 
 
 @dataclass
 class Deliveries:
-    """The outbox in the journal's database, and the threads that deliver from it."""
+    """The delivery threads of one process, over the journal's outbox."""
 
     journal: Journal
     policy: DeliveryPolicy = field(default_factory=DeliveryPolicy)
@@ -186,75 +46,23 @@ class Deliveries:
     _stop: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
     _workers: list[threading.Thread] = field(default_factory=list, init=False, repr=False)
 
-    def __post_init__(self) -> None:
-        self.journal.ensure_schema(_SCHEMA)
-        with self.journal.transaction() as db:
-            present = {r[1] for r in db.execute("PRAGMA table_info(outbox)")}
-            for name, decl in _ADDED_COLUMNS.items():
-                if name not in present:
-                    db.execute(f"ALTER TABLE outbox ADD COLUMN {name} {decl}")
-
-    # queueing (inside a step's transaction)
-
-    def is_gone(self, target: str) -> bool:
-        return self.journal.fetch_one("SELECT 1 FROM gone_urls WHERE url=?", (target,)) is not None
-
-    @staticmethod
-    def write(db: sqlite3.Connection, file_id: int | None, queued: list[QueuedDelivery]) -> None:
-        """Insert ``queued`` in the caller's transaction (the step's); a key queued before is left as it is."""
-        now = time.time()
-        for q in queued:
-            crash_point("delivery.before_enqueue")
-            db.execute(
-                "INSERT OR IGNORE INTO outbox (id, plugin, kind, file_id, url, body, state, next_at, created)"
-                " VALUES (?,?,?,?,?,?,'pending',?,?)",
-                (q.key, q.plugin, q.kind, file_id, q.target, q.payload, now, now),
-            )
-
-    # reading
+    # --- what status and plugins read (the ``status_lines`` hook gets this object) ------------
 
     def pending_by_plugin(self) -> dict[str, int]:
-        rows = self.journal.fetch_all("SELECT plugin, COUNT(*) AS n FROM outbox WHERE state='pending' GROUP BY plugin")
-        return {r["plugin"]: r["n"] for r in rows}
+        return self.journal.outbox.pending_by_plugin()
+
+    def failed_by_plugin(self) -> dict[str, int]:
+        return self.journal.outbox.failed_by_plugin()
 
     def gone_targets(self, kind: str) -> list[str]:
-        """Targets of ``kind`` that said they want nothing more (a webhook receiver's 410)."""
-        rows = self.journal.fetch_all(
-            "SELECT url FROM gone_urls WHERE url IN (SELECT url FROM outbox WHERE kind=?) ORDER BY url", (kind,)
-        )
-        return [r["url"] for r in rows]
+        return self.journal.outbox.gone_targets(kind)
 
     def failing(self, kind: str) -> list[dict[str, Any]]:
-        """Pending deliveries of ``kind`` that failed at least once, per target: how many, the last error."""
-        rows = self.journal.fetch_all(
-            "SELECT url, COUNT(*) AS n, MAX(attempts) AS attempts, last_error FROM outbox"
-            " WHERE kind=? AND state='pending' AND attempts>0 GROUP BY url ORDER BY url",
-            (kind,),
-        )
-        return [dict(r) for r in rows]
+        return self.journal.outbox.failing(kind)
 
-    def for_file(self, file_id: int) -> list[dict[str, Any]]:
-        rows = self.journal.fetch_all(
-            "SELECT id, kind, url, state, attempts, last_status, last_error, result, created, delivered, next_at"
-            " FROM outbox WHERE file_id=? ORDER BY created, id",
-            (file_id,),
-        )
-        return [dict(r, result=json.loads(r["result"]) if r["result"] else None) for r in rows]
-
-    def get(self, delivery_id: str) -> dict[str, Any] | None:
-        row = self.journal.fetch_one("SELECT * FROM outbox WHERE id=?", (delivery_id,))
-        return dict(row) if row else None
-
-    def prune(self, older_than: float) -> int:
-        with self.journal.transaction() as db:
-            return db.execute(
-                "DELETE FROM outbox WHERE state IN ('delivered','gone','failed') AND created < ?", (older_than,)
-            ).rowcount
-
-    # delivering
+    # --- running ----------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.release_dead_leases()
         self._stop.clear()
         self._workers = [
             threading.Thread(target=self._run, name=f"rfwatch-delivery-{i}", daemon=True) for i in range(self.threads)
@@ -274,86 +82,51 @@ class Deliveries:
 
     def flush(self, deadline: float, keys: Collection[str] | None = None) -> None:
         """Wait until every delivery not yet tried (of ``keys``, else all) had its first attempt, or ``deadline``
-        (time.monotonic()): before ``run --once`` or ``undo`` exits. This process's threads or another's
-        (a running daemon's) make the attempt."""
-        while time.monotonic() < deadline and self.untried(keys):
+        (time.monotonic()): before ``run --once`` or ``undo`` exits. This process's threads or another's make it."""
+        while time.monotonic() < deadline:
+            try:
+                if not self.journal.outbox.untried(keys):
+                    return
+            except JournalUnavailable:
+                pass
             self.wake()
             time.sleep(0.05)
-
-    def untried(self, keys: Collection[str] | None = None) -> int:
-        """Pending deliveries (of ``keys``, else all) with no attempt made yet."""
-        only = f" AND id IN ({','.join('?' * len(keys))})" if keys else ""
-        row = self.journal.fetch_one(
-            f"SELECT COUNT(*) FROM outbox WHERE state='pending' AND attempts=0{only}", tuple(keys or ())
-        )
-        return row[0] if row else 0
-
-    def release_dead_leases(self) -> int:
-        """Rows claimed by a process that is gone (killed mid-delivery) are due again now."""
-        released = 0
-        for row in self.journal.fetch_all("SELECT id, lease FROM outbox WHERE state='pending' AND lease IS NOT NULL"):
-            if not _alive(row["lease"]):
-                with self.journal.transaction() as db:
-                    released += db.execute(
-                        "UPDATE outbox SET lease=NULL, next_at=? WHERE id=? AND lease=?",
-                        (time.time(), row["id"], row["lease"]),
-                    ).rowcount
-        return released
-
-    @contextmanager
-    def _claim(self) -> Iterator[sqlite3.Row | None]:
-        """A due row, leased to this process in the database: no other thread, and no other process (a daemon
-        and ``rfwatch undo`` share the outbox), delivers it at the same time."""
-        now = time.time()
-        due = self.journal.fetch_all(
-            "SELECT id FROM outbox WHERE state='pending' AND next_at<=? ORDER BY next_at LIMIT 16", (now,)
-        )
-        for candidate in due:
-            with self.journal.transaction() as db:
-                taken = db.execute(
-                    "UPDATE outbox SET next_at=?, lease=? WHERE id=? AND state='pending' AND next_at<=?",
-                    (now + LEASE, _LEASE_OWNER, candidate["id"], now),
-                ).rowcount
-            if taken:
-                yield self.journal.fetch_one(
-                    "SELECT id, plugin, kind, url, body, attempts, file_id, created FROM outbox WHERE id=?",
-                    (candidate["id"],),
-                )
-                return
-        yield None
 
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
                 delivered = self._one()
-            except Exception:  # the journal busy or failing: this thread must outlive it, and try again
-                log.exception("delivery thread: unexpected error; trying again in a second")
+            except Exception as exc:  # the journal away or failing: this thread must outlive it, and try again
+                if isinstance(exc, JournalUnavailable):
+                    log.debug("delivery thread: %s; trying again in a second", exc)
+                else:
+                    log.exception("delivery thread: unexpected error; trying again in a second")
                 self._stop.wait(1.0)
                 continue
             if delivered:
                 continue
             # Asleep until the next retry is due (so the backoff schedule is kept), a new delivery is queued
-            # (wake), or a second has passed (rows another process queued: rfwatch undo, a review page).
-            self._wake.wait(timeout=max(0.01, min(1.0, self._next_due() - time.time())))
+            # (wake), or a second has passed (rows another process queued or released).
+            due = self.journal.outbox.next_due()
+            self._wake.wait(timeout=max(0.01, min(1.0, (due if due is not None else time.time() + 1) - time.time())))
             self._wake.clear()
 
     def _one(self) -> bool:
         """Deliver one due row, if there is one (True)."""
-        with self._claim() as row:
-            if row is None:
-                return False
-            try:
-                self.deliver_one(row)
-            except Exception:
-                log.exception("delivery %s failed unexpectedly", row["id"])
-                self._record(_delivery(row), Retry("unexpected error (see the log)"))
-            return True
+        row = self.journal.outbox.claim()
+        if row is None:
+            return False
+        try:
+            self.deliver_one(row)
+        except JournalUnavailable:
+            raise  # the answer could not be recorded: the lease lapses and the row is tried again
+        except Exception:
+            log.exception("delivery %s failed unexpectedly", row.id)
+            self._record(_delivery(row), Retry("unexpected error (see the log)"))
+        return True
 
-    def _next_due(self) -> float:
-        row = self.journal.fetch_one("SELECT MIN(next_at) FROM outbox WHERE state='pending'")
-        return row[0] if row and row[0] is not None else time.time() + 1.0
-
-    def deliver_one(self, row: sqlite3.Row) -> DeliveryAnswer:
+    def deliver_one(self, row: DeliveryRow) -> DeliveryAnswer:
+        """Hand one leased row to its deliverer and journal the answer."""
         delivery = _delivery(row)
         entry = self.deliverers.get(delivery.kind)
         if entry is None:
@@ -370,63 +143,23 @@ class Deliveries:
         return answer
 
     def _record(self, d: Delivery, answer: DeliveryAnswer) -> None:
-        now = time.time()
-        with self.journal.transaction() as db:
-            if isinstance(answer, Delivered):
-                db.execute(
-                    "UPDATE outbox SET state='delivered', attempts=attempts+1, last_status=?, last_error=NULL,"
-                    " result=?, delivered=?, body=?, lease=NULL WHERE id=?" + _OURS,
-                    (answer.status, json.dumps(answer.result) if answer.result else None, now, _DONE_BODY, d.id)
-                    + (_LEASE_OWNER,),
-                )
-            elif isinstance(answer, Gone):
-                db.execute("INSERT OR REPLACE INTO gone_urls (url, at) VALUES (?,?)", (d.target, now))
-                db.execute(
-                    "UPDATE outbox SET state='gone', attempts=attempts+(id=?), last_status=?, last_error=?,"
-                    " body=?, lease=NULL WHERE url=? AND state='pending'",
-                    (d.id, answer.status, answer.error[:500], _DONE_BODY, d.target),
-                )
-            elif isinstance(answer, Failed):
-                db.execute(
-                    "UPDATE outbox SET state='failed', attempts=attempts+1, last_status=?, last_error=?, body=?,"
-                    " lease=NULL WHERE id=?" + _OURS,
-                    (answer.status, answer.error[:500], _DONE_BODY, d.id, _LEASE_OWNER),
-                )
-            else:
-                delay = self.policy.delay(d.attempts + 1)
-                if answer.after is not None:
-                    delay = min(self.policy.max_delay, max(0.0, answer.after))
-                db.execute(
-                    "UPDATE outbox SET attempts=attempts+1, last_status=?, last_error=?, next_at=?, lease=NULL"
-                    " WHERE id=?" + _OURS,
-                    (answer.status, answer.error[:500], now + delay, d.id, _LEASE_OWNER),
-                )
-        what = {Delivered: "delivered", Gone: "target gone", Failed: "failed for good"}.get(type(answer))
-        if what == "delivered":
+        outbox = self.journal.outbox
+        if isinstance(answer, Delivered):
+            outbox.delivered(d.id, answer.status, answer.result)
             log.debug("%s %s delivered to %s", d.kind, d.id, redact(d.target))
-        elif what is not None:
-            log.warning("%s %s to %s: %s: %s", d.kind, d.id, redact(d.target), what, answer.error)  # type: ignore[union-attr]
+        elif isinstance(answer, Gone):
+            outbox.gone(d.id, d.target, answer.status, answer.error)
+            log.warning("%s %s to %s: target gone: %s", d.kind, d.id, redact(d.target), answer.error)
+        elif isinstance(answer, Failed):
+            outbox.failed(d.id, answer.status, answer.error)
+            log.warning("%s %s to %s: failed for good: %s", d.kind, d.id, redact(d.target), answer.error)
         else:
-            log.warning("%s %s to %s: %s; will retry", d.kind, d.id, redact(d.target), answer.error)  # type: ignore[union-attr]
+            delay = self.policy.delay(d.attempts + 1)
+            if answer.after is not None:
+                delay = min(self.policy.max_delay, max(0.0, answer.after))
+            outbox.retry(d.id, answer.status, answer.error, time.time() + delay)
+            log.warning("%s %s to %s: %s; will retry", d.kind, d.id, redact(d.target), answer.error)
 
 
-def _delivery(row: sqlite3.Row) -> Delivery:
-    return Delivery(
-        row["id"], row["kind"], row["url"], bytes(row["body"]), row["attempts"], row["file_id"], row["created"]
-    )
-
-
-def _alive(lease: str) -> bool:
-    """Whether the process named by a lease (``pid <n> <token>``; the journal is local) still runs."""
-    if lease == _LEASE_OWNER:
-        return True
-    try:
-        pid = int(lease.split()[1])
-        if pid == os.getpid():
-            return False  # this pid, another token: a process before this one (in a container, pid 1 again)
-        os.kill(pid, 0)
-    except (ProcessLookupError, ValueError, IndexError):
-        return False
-    except PermissionError:
-        return True  # it runs, as another user
-    return True
+def _delivery(row: DeliveryRow) -> Delivery:
+    return Delivery(row.id, row.kind, row.target, row.payload, row.attempts, row.file_id, row.created)

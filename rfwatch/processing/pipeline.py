@@ -4,6 +4,9 @@
 so :meth:`Pipeline.process` can pick up any file after a crash: a step that is done is skipped, a step
 that was interrupted is run again with what its action recorded (``ctx.resume``).
 
+Several processes (and hosts) may share the journal: a file is worked on by the process that claimed it (see
+rfwatch.journal.files); a file taken by another one is skipped here.
+
 A file's rules may run more than once: after a person's decision on a file that waited for review,
 and after ``rfwatch retry`` of a file that ``rfwatch undo`` put back. Each run is a round; its steps are
 numbered from the file's ``round_start`` on, after every earlier step, so the history stays whole.
@@ -16,10 +19,9 @@ import os
 import stat
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +32,14 @@ from rfwatch.host.context import FileContext
 from rfwatch.host.rules import matching_rules
 from rfwatch.host.runtime import Runtime
 from rfwatch.images.prepare import ImageError, PreparedImage
-from rfwatch.journal import FileRow, Journal
-from rfwatch.processing.decisions import Decision, DecisionKind, Decisions, labelled_prediction
-from rfwatch.processing.delivery import Deliveries, QueuedDelivery
+from rfwatch.journal import ClaimLost, Decision, DecisionKind, FileRow, Journal, Skip
+from rfwatch.processing.decisions import labelled_prediction
+from rfwatch.processing.delivery import Deliveries
+from rfwatch.processing.steps import ActionLog, StepFailed, StepRunner
 from rfwatch.redact import redact
 from rfwatch.roboflow.client import ApiError, BlockingError, UnavailableError
 from rfwatch.roboflow.result import Prediction, ResponseFormatError
-from rfwatch.states import FileState, Outcome, StepState
+from rfwatch.states import FileState, Outcome, StepKind, StepState
 
 __all__ = ["Pipeline", "ApiBlocked", "Attempt"]
 
@@ -90,47 +93,12 @@ class RateLimiter:
             time.sleep(wait)
 
 
-@dataclass
-class _Step:
-    """The journal side of one running step: what ``ctx.intent``, ``ctx.produced`` and ``ctx.deliver`` record."""
-
-    journal: Journal
-    deliveries: Deliveries
-    file_id: int
-    seq: int
-    owner: str
-    queued: list[QueuedDelivery] = field(default_factory=list)
-
-    def intent(self, detail: dict[str, Any]) -> None:
-        self.journal.record_intent(self.file_id, self.seq, detail)
-
-    def produced(self, path: Path) -> None:
-        self.journal.add_produced(path, self.file_id)
-
-    def delivery_id(self, parts: tuple[str, ...]) -> str:
-        name = "#".join([str(self.journal.path), str(self.file_id), str(self.seq), *parts])
-        return uuid.uuid5(uuid.NAMESPACE_URL, name).hex
-
-    def deliver(self, kind: str, target: str, payload: bytes, key: str) -> bool:
-        if self.deliveries.is_gone(target):
-            return False
-        self.queued.append(QueuedDelivery(kind, target, payload, key, self.owner))
-        return True
-
-    def write(self, db: Any) -> None:
-        """Called inside the transaction that finishes the step."""
-        if self.queued:
-            self.deliveries.write(db, self.file_id, self.queued)
-
-
 class Pipeline:
-    def __init__(
-        self, runtime: Runtime, journal: Journal, deliveries: Deliveries, decisions: Decisions, dry_run: bool = False
-    ):
+    def __init__(self, runtime: Runtime, journal: Journal, deliveries: Deliveries, dry_run: bool = False):
         self.runtime = runtime
         self.journal = journal
         self.deliveries = deliveries
-        self.decisions = decisions
+        self.steps = StepRunner(journal, deliveries.wake)
         self.dry_run = dry_run
         self.limiter = RateLimiter(runtime.config.rate_limit)
         self._lock = threading.Lock()
@@ -147,7 +115,7 @@ class Pipeline:
 
         A file handed on shortly before it settles is hashed and its upload prepared while the
         settle time runs out; nothing is journaled or sent unless it is still unchanged then.
-        Safe to call twice for the same path.
+        Safe to call twice for the same path, and from several processes at once: one takes it.
         """
         with self._lock:
             if path in self._active_paths:
@@ -160,11 +128,12 @@ class Pipeline:
                 self._active_paths.discard(path)
 
     def _take(self, path: Path, watch: WatchConfig | None, settled_at: float = 0.0) -> Attempt:
+        files = self.journal.files
         try:
             st = os.lstat(path)
         except FileNotFoundError:
             # Queued twice (an event and a scan) and already moved on by the first: not news.
-            level = logging.DEBUG if self.journal.was_found_at(path) else logging.INFO
+            level = logging.DEBUG if files.was_found_at(path) else logging.INFO
             file_log.log(level, "%s: vanished before it was taken; nothing to do", path)
             return Attempt(Outcome.SKIPPED, detail="vanished")
         except OSError as exc:
@@ -178,16 +147,9 @@ class Pipeline:
         if not stat.S_ISREG(st.st_mode):
             file_log.info("%s: skipped: not a regular file", path)
             return Attempt(Outcome.SKIPPED, detail="not a regular file")
-        if self.journal.is_produced(path, st.st_size, st.st_mtime_ns):
-            return Attempt(Outcome.SKIPPED, detail="written by rfwatch")
-        known = self.journal.known(path, st.st_size, st.st_mtime_ns)
-        if known is not None:
-            return Attempt(Outcome.SKIPPED, known.id, f"already {known.state}")
-        owner = self.journal.unfinished_at(path)
-        if owner is not None:
-            # rfwatch is still working on the file here (a crash came after a tag rewrote it in place, before
-            # the step was journaled): the journal's row carries it on; it is not a new file.
-            return Attempt(Outcome.SKIPPED, owner, "being processed")
+        seen = files.screen(path, st.st_size, st.st_mtime_ns)
+        if seen is not None:
+            return Attempt(Outcome.SKIPPED, seen.file_id, seen.reason)
         if self.runtime.plugins.call("ignore_file", path=path):
             file_log.info("%s: ignored by a plugin", path)
             return Attempt(Outcome.SKIPPED, detail="ignored by plugin")
@@ -200,11 +162,10 @@ class Pipeline:
         except OSError as exc:
             file_log.warning("%s: cannot read: %s", path, exc.strerror or exc)
             return Attempt(Outcome.SKIPPED, detail=str(exc))
-        root = watch.path if watch else path.parent
         model = (watch.model if watch and watch.model else None) or str(self.runtime.config.roboflow.model)
         prepared = None
         if settled_at > time.monotonic():
-            if self.journal.cached_prediction(sha, model) is None:
+            if files.cached_prediction(sha, model) is None:
                 prepared = self._prepare_early(path, model)
             time.sleep(max(0.0, settled_at - time.monotonic()))
             try:
@@ -215,11 +176,23 @@ class Pipeline:
         if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
             file_log.info("%s: still changing; will be taken once it settles", path)
             return Attempt(Outcome.CHANGING)
-        with self._lock:  # created and marked busy at once: a look at the journal must not queue it too
-            file_id = self.journal.create(path, root, st.st_size, st.st_mtime_ns, sha, model)
-            self._active_ids.add(file_id)
-        with self._busy(file_id, taken=True):
-            return self._process(file_id, prepared)
+        with self._lock:  # taken and marked busy at once: a look at the journal must not queue it too
+            taken = files.take(path, st.st_size, st.st_mtime_ns, sha, model)
+            if isinstance(taken, Skip):
+                return Attempt(Outcome.SKIPPED, taken.file_id, taken.reason)
+            self._active_ids.add(taken)
+        with self._busy(taken, taken=True):
+            try:
+                now = os.stat(path)
+            except OSError:
+                now = None
+            if now is None or (now.st_size, now.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+                # Another process finished and moved it on between our look and our claim (or it changed): ours
+                # was never a file to work on.
+                files.drop(taken)
+                file_log.debug("%s: moved on or changed before it was taken; nothing to do", path)
+                return Attempt(Outcome.SKIPPED if now is None else Outcome.CHANGING, detail="vanished")
+            return self._process(files.get(taken), prepared)
 
     def _prepare_early(self, path: Path, model: str) -> PreparedImage | None:
         try:
@@ -236,12 +209,17 @@ class Pipeline:
     def process(self, file_id: int, prepared: PreparedImage | None = None) -> Attempt:
         """Carry a journaled file from wherever it stopped to a terminal state (or to waiting for review).
 
-        Safe to call twice for the same file, at once too: the second call finds it busy or finished.
+        Safe to call twice for the same file, at once too, from any process: the file is claimed first, and the
+        second call finds it busy, held by another process, or finished.
         """
         with self._busy(file_id) as mine:
             if not mine:
                 return Attempt(Outcome.SKIPPED, file_id, "already being processed")
-            return self._process(file_id, prepared)
+            row = self.journal.files.claim(file_id)
+            if row is None:
+                # Finished (or waiting) already, or another live process has it: counted once, by whoever did it.
+                return Attempt(Outcome.SKIPPED, file_id, "taken by another process or finished")
+            return self._process(row, prepared)
 
     @contextmanager
     def _busy(self, file_id: int, taken: bool = False) -> Iterator[bool]:
@@ -259,22 +237,27 @@ class Pipeline:
                 with self._lock:
                     self._active_ids.discard(file_id)
 
-    def _process(self, file_id: int, prepared: PreparedImage | None) -> Attempt:
-        row = self.journal.get(file_id)
-        if row.state not in (FileState.DETECTED, FileState.CLASSIFIED, FileState.DECIDED):
-            # Finished (or waiting) already, by another worker or process: counted once, when that happened.
-            return Attempt(Outcome.SKIPPED, file_id, f"already {row.state}")
-        pending_quarantine = self.journal.pending_intent(file_id, _QUARANTINE_SEQ)
-        if pending_quarantine is not None:
-            return self._fail(row, row.last_error or "failed", resume=pending_quarantine)
-        if not os.path.lexists(row.path) and not self.journal.steps(file_id):
+    def _process(self, row: FileRow, prepared: PreparedImage | None) -> Attempt:
+        try:
+            return self._carry_on(row, prepared)
+        except ClaimLost:
+            # Our lease ran out (the journal was away) and another process carries the file on now.
+            log.warning("%s: another rfwatch process took this file over; leaving it to that one", row.path)
+            return Attempt(Outcome.SKIPPED, row.id, "taken over by another process")
+
+    def _carry_on(self, row: FileRow, prepared: PreparedImage | None) -> Attempt:
+        files = self.journal.files
+        state, pending_quarantine = files.resume_step(row.id, _QUARANTINE_SEQ)
+        if state == StepState.PENDING and pending_quarantine is not None:
+            return self._fail(row, row.last_error or "failed")
+        if not os.path.lexists(row.path) and not files.steps(row.id):
             return self._finish_missing(row)
         if row.state == FileState.DETECTED:
             prediction = self._classify(row, prepared)
             if prediction is None:
-                row = self.journal.get(file_id)
+                row = files.get(row.id)
                 return self._fail(row, row.last_error or "classification failed")
-            return self._act(self.journal.get(file_id), prediction)
+            return self._act(files.get(row.id), prediction)
         prediction = self._prediction(row.prediction or {})
         if row.state == FileState.DECIDED:
             return self._apply_decision(row, prediction)
@@ -284,62 +267,56 @@ class Pipeline:
         return Prediction.from_json(doc, self.runtime.config.roboflow.multi_label_threshold)
 
     def _classify(self, row: FileRow, prepared: PreparedImage | None = None) -> Prediction | None:
-        doc = self.journal.cached_prediction(row.sha256, row.model)
-        support = None  # None: reused for identical content
-        if doc is None:
-            answer = self._classify_once_per_content(row, prepared)
-            if answer is None:
-                return None
-            doc, support = answer
-        prediction = self._prediction(dict(doc, image_path=str(row.path)))
-        self.journal.classified(row.id, prediction.json(), row.sha256, row.model, prediction.summary(), support)
-        return prediction
-
-    def _classify_once_per_content(
-        self, row: FileRow, prepared: PreparedImage | None = None
-    ) -> tuple[dict[str, Any], dict[str, str] | None] | None:
-        """Call the API, unless another worker is already classifying identical content: then wait for it.
-
-        Returns the prediction's JSON and, when this call reached the API, what support needs to find it.
-        """
+        """Classify the file (once per content: a worker classifying identical content is waited for)."""
         key = (row.sha256, row.model)
         while True:
+            doc = self.journal.files.cached_prediction(*key)
+            if doc is not None:
+                prediction = self._prediction(dict(doc, image_path=str(row.path)))
+                self.journal.files.classified(row.id, prediction.json(), row.sha256, row.model, prediction.summary())
+                return prediction
             with self._lock:
                 waiter = self._inflight.get(key)
                 if waiter is None:
                     self._inflight[key] = threading.Event()
                     break
             waiter.wait()
-            cached = self.journal.cached_prediction(*key)
-            if cached is not None:
-                return cached, None
         try:
-            self.limiter.acquire()
-            started = time.monotonic()
-            try:
-                client = self.runtime.client
-                if prepared is not None:
-                    prediction = client.classify_prepared(prepared, str(row.path), model=row.model)
-                else:
-                    prediction = client.classify_file(str(row.path), model=row.model)
-            except (ImageError, ResponseFormatError) as exc:
-                self.journal.attempt_failed(row.id, _reason(exc, row.path))
+            answer = self._call_api(row, prepared)
+            if answer is None:
                 return None
-            except (UnavailableError, BlockingError) as exc:
-                self.journal.attempt_failed(row.id, redact(str(exc)))
-                raise ApiBlocked(exc, row.id, row.model) from None
-            except ApiError as exc:  # 400, 413 and the like: this image is the problem
-                self.journal.attempt_failed(row.id, f"rejected by the API: {redact(str(exc))}")
-                return None
-            if self.on_api_answer is not None:
-                self.on_api_answer(time.monotonic() - started)
-            doc = prediction.json()
-            # Stored before waiters wake, so they find it instead of calling the API again.
-            self.journal.store_prediction(row.sha256, row.model, doc)
-            return doc, prediction.support
+            prediction = self._prediction(dict(answer.json(), image_path=str(row.path)))
+            # The prediction is kept by content in the same transaction: waiters find it when they wake.
+            self.journal.files.classified(
+                row.id, prediction.json(), row.sha256, row.model, prediction.summary(), answer.support or {}
+            )
+            return prediction
         finally:
             with self._lock:
                 self._inflight.pop(key).set()
+
+    def _call_api(self, row: FileRow, prepared: PreparedImage | None) -> Prediction | None:
+        """The API's answer for the file; None (attempt journaled) when this image is the problem."""
+        self.limiter.acquire()
+        started = time.monotonic()
+        try:
+            client = self.runtime.client
+            if prepared is not None:
+                prediction = client.classify_prepared(prepared, str(row.path), model=row.model)
+            else:
+                prediction = client.classify_file(str(row.path), model=row.model)
+        except (ImageError, ResponseFormatError) as exc:
+            self.journal.files.attempt_failed(row.id, _reason(exc, row.path))
+            return None
+        except (UnavailableError, BlockingError) as exc:
+            self.journal.files.attempt_failed(row.id, redact(str(exc)))
+            raise ApiBlocked(exc, row.id, row.model) from None
+        except ApiError as exc:  # 400, 413 and the like: this image is the problem
+            self.journal.files.attempt_failed(row.id, f"rejected by the API: {redact(str(exc))}")
+            return None
+        if self.on_api_answer is not None:
+            self.on_api_answer(time.monotonic() - started)
+        return prediction
 
     def _context(self, row: FileRow, prediction: Prediction, model_prediction: Prediction | None = None) -> FileContext:
         return FileContext(
@@ -355,41 +332,6 @@ class Pipeline:
             model_prediction=model_prediction,
         )
 
-    def _step(self, row: FileRow, seq: int, owner: str) -> _Step:
-        return _Step(self.journal, self.deliveries, row.id, seq, owner)
-
-    def _run_step(self, ctx: FileContext, row: FileRow, seq: int, rule: str, name: str, owner: str, run: Any) -> Any:
-        """One journaled step: begun (or resumed), run, finished with its deliveries in one transaction.
-
-        ``run(ctx)`` is the action; a step already done is not run again and its recorded result is returned.
-        Raises what the action raised, after recording the step as failed.
-        """
-        done = self.journal.step(row.id, seq)
-        if done is not None and done.state == StepState.DONE:
-            return done.result
-        ctx.resume = self.journal.begin_step(row.id, seq, rule, name)
-        ctx.step = step = self._step(row, seq, owner)
-        before, identity, hashed = ctx.path, _identity(ctx.path), ctx.sha256
-        try:
-            result = run(ctx)
-        except Exception as exc:
-            reason = f"action {name} (rule {rule!r}) failed: {redact(str(exc)) or type(exc).__name__}"
-            self.journal.finish_step(row.id, seq, False, {"error": reason})
-            raise _StepFailed(reason) from exc
-        finally:
-            ctx.step, ctx.resume = None, None
-        sha256 = None
-        if ctx.path == before and identity is not None and _identity(ctx.path) != identity:
-            # Rewritten in place (metadata embedded): later steps (a move, its recovery) must know it by its content
-            # (which the action may have hashed already: then once is enough).
-            sha256 = ctx.sha256 = ctx.sha256 if ctx.sha256 != hashed else sha256_file(ctx.path)
-        self.journal.finish_step(
-            row.id, seq, True, result, path=ctx.path if ctx.path != before else None, sha256=sha256, also=step.write
-        )
-        if step.queued:
-            self.deliveries.wake()
-        return result
-
     def _act(
         self, row: FileRow, prediction: Prediction, model_prediction: Prediction | None = None, first_seq: int = 0
     ) -> Attempt:
@@ -401,7 +343,7 @@ class Pipeline:
         summary = prediction.summary()
         if not matches:
             if not self.dry_run:
-                self.journal.finish(row.id, FileState.UNMATCHED)
+                self.journal.files.finish(row.id, FileState.UNMATCHED)
             file_log.info(
                 "%s: %s: no rule matched; left in place",
                 row.path,
@@ -411,25 +353,38 @@ class Pipeline:
             plugins.call("file_processed", ctx=ctx)
             return Attempt(Outcome.UNMATCHED, row.id)
         done: list[str] = []
+        finished: list[bool] = []  # set when the last step committed the file's final state with its result
         seq = (first_seq or row.round_start) - 1
-        for rule, matched in matches:
+        steps = [(rule, matched, action) for rule, matched in matches for action in rule.actions]
+        for n, (rule, matched, action) in enumerate(steps):
             ctx.rule, ctx.matched_class = rule.name, matched
-            for action in rule.actions:
-                seq += 1
-                if self.dry_run:
-                    done.append(f"would {action.describe(ctx)}")
-                    continue
-                try:
-                    result = self._run_step(ctx, row, seq, rule.name, action.name, action.owner, action.run)
-                except _StepFailed as failed:
-                    ctx.results.append({"action": action.name, "ok": False, "error": failed.reason})
-                    if not isinstance(failed.__cause__, (OSError, ValueError)):
-                        log.error("%s: %s", row.path, failed.reason, exc_info=failed.__cause__)
-                    return self._fail(self.journal.get(row.id), failed.reason, ctx=ctx)
-                ctx.results.append({"action": action.name, "ok": True, "result": result})
-                done.append(_describe_result(action.name, result))
-                if ctx.held is not None:  # a review action: the file waits for a person
-                    return self._hold(row, ctx, summary, done)
+            seq += 1
+            if self.dry_run:
+                done.append(f"would {action.describe(ctx)}")
+                continue
+            last = n == len(steps) - 1
+
+            def final(c: FileContext, _result: Any, _last: bool = last) -> FileState | None:
+                # The round's last step commits the file's final state with its own result.
+                if _last and c.held is None:
+                    finished.append(True)
+                    return FileState.DONE
+                return None
+
+            log_ = ActionLog(self.journal, row.id, seq, StepKind.ACTION, rule.name, action.name, action.owner)
+            try:
+                result = self.steps.run(
+                    ctx, log_, action.run, final, lambda exc, a=action.name, r=rule.name: _failure(a, r, exc)
+                )
+            except StepFailed as failed:
+                ctx.results.append({"action": action.name, "ok": False, "error": failed.reason})
+                if not isinstance(failed.__cause__, (OSError, ValueError)):
+                    log.error("%s: %s", row.path, failed.reason, exc_info=failed.__cause__)
+                return self._fail(self.journal.files.get(row.id), failed.reason, ctx=ctx)
+            ctx.results.append({"action": action.name, "ok": True, "result": result})
+            done.append(_describe_result(action.name, result))
+            if ctx.held is not None:  # a review action: the file waits for a person
+                return self._hold(row, ctx, summary, done)
         rule_names = [r.name for r, _ in matches]  # a list in JSON log lines
         rules = ", ".join(repr(name) for name in rule_names)
         if self.dry_run:
@@ -442,7 +397,8 @@ class Pipeline:
                 extra={"file": str(row.path), "rule": rule_names, "outcome": "dry-run"},
             )
             return Attempt(Outcome.DONE, row.id, "dry run")
-        self.journal.finish(row.id, FileState.DONE, path=ctx.path)
+        if not finished:  # its last step was done before a crash or an outage, its final state not yet
+            self.journal.files.finish(row.id, FileState.DONE, path=ctx.path)
         file_log.info(
             "%s: %s: rule %s: %s",
             row.source,
@@ -457,7 +413,7 @@ class Pipeline:
     # --- review -----------------------------------------------------------------------
 
     def _hold(self, row: FileRow, ctx: FileContext, summary: str, done: list[str]) -> Attempt:
-        self.journal.set_state(row.id, FileState.REVIEW, f"waiting for review: {ctx.held}")
+        self.journal.files.wait_for_review(row.id, f"waiting for review: {ctx.held}")
         file_log.info(
             "%s: %s: rule %r: %s; waiting for review",
             row.source,
@@ -470,7 +426,7 @@ class Pipeline:
 
     def _apply_decision(self, row: FileRow, model_prediction: Prediction) -> Attempt:
         """A person labelled or rejected a file that waited: apply it once, as journaled steps."""
-        decision = self.decisions.latest(row.id)
+        decision = self.journal.decisions.latest(row.id)
         if decision is None:  # cannot happen: the decision and the state are one transaction
             return self._fail(row, "a review decision was recorded without its label")
         if decision.kind == DecisionKind.LABEL:
@@ -479,11 +435,12 @@ class Pipeline:
             prediction = model_prediction
         ctx = self._context(row, prediction, model_prediction)
         seq = row.round_start
+        log_ = ActionLog(self.journal, row.id, seq, StepKind.DECISION, "review", "decision", "rfwatch")
         try:
-            self._run_step(ctx, row, seq, "review", "decision", "rfwatch", lambda c: self._decided(c, decision))
-        except _StepFailed as failed:
-            return self._fail(self.journal.get(row.id), failed.reason, ctx=ctx)
-        row = self.journal.get(row.id)
+            self.steps.run(ctx, log_, lambda c: self._decided(c, decision))
+        except StepFailed as failed:
+            return self._fail(self.journal.files.get(row.id), failed.reason, ctx=ctx)
+        row = self.journal.files.get(row.id)
         if decision.kind == DecisionKind.REJECT:
             return self._fail(row, "rejected in review", quarantine_seq=seq + 1)
         return self._act(row, prediction, model_prediction, first_seq=seq + 1)
@@ -501,7 +458,6 @@ class Pipeline:
         row: FileRow,
         reason: str,
         ctx: FileContext | None = None,
-        resume: dict[str, Any] | None = None,
         quarantine_seq: int | None = None,
     ) -> Attempt:
         """A file that cannot be processed: into ``failed:`` if configured, else left where it is.
@@ -512,21 +468,25 @@ class Pipeline:
         """
         path = row.path
         failed_dir = self.runtime.config.failed
-        untouched = row.path == row.source or quarantine_seq is not None
         seq = _QUARANTINE_SEQ if quarantine_seq is None else quarantine_seq
-        step = self.journal.step(row.id, seq)
-        if step is not None and step.state == StepState.DONE:
+        state, resume = self.journal.files.resume_step(row.id, seq)
+        untouched = row.path == row.source or quarantine_seq is not None
+        if state == StepState.DONE:
             untouched = False  # moved into failed: already; the crash came before the file's final state
-        elif resume is None and step is not None:
-            resume = step.intent
         # An interrupted move into failed: is finished even though the file is no longer where it was found.
+        if state == StepState.PENDING and resume:
+            untouched = True
         if failed_dir is not None and untouched and not self.dry_run and (os.path.lexists(path) or resume):
+            qctx = ctx or self._context(row, self._prediction(row.prediction or {"predictions": []}))
+            qctx.path, qctx.sha256 = row.path, row.sha256
+            log_ = ActionLog(self.journal, row.id, seq, StepKind.QUARANTINE, "", "quarantine", "rfwatch")
             try:
-                path = self._quarantine(row, failed_dir, seq, resume)
-            except OSError as exc:
-                log.error("%s: could not move into %s: %s", row.path, failed_dir, exc)
+                self.steps.run(qctx, log_, lambda c: _quarantine(c, failed_dir))
+                path = qctx.path
+            except StepFailed as exc:
+                log.error("%s: could not move into %s: %s", row.path, failed_dir, exc.reason)
         if not self.dry_run:
-            self.journal.finish(row.id, FileState.FAILED, error=reason, path=path)
+            self.journal.files.finish(row.id, FileState.FAILED, error=reason, path=path)
         file_log.warning(
             "%s: failed: %s%s",
             row.source,
@@ -537,52 +497,45 @@ class Pipeline:
         self.runtime.plugins.call("file_failed", path=path, error=reason)
         return Attempt(Outcome.FAILED, row.id, reason)
 
-    def _quarantine(self, row: FileRow, failed_dir: Path, seq: int, resume: dict[str, Any] | None) -> Path:
-        if resume and resume.get("target"):
-            target = Path(resume["target"])
-            tmp = Path(resume["tmp"]) if resume.get("tmp") else None
-            if recover_placement(row.path, target, tmp, row.sha256, keep_source=False):
-                self.journal.finish_step(row.id, seq, True, _moved(row.path, target), path=target)
-                return target
-        self.journal.begin_step(row.id, seq, "", "quarantine")
-        crash_point("quarantine.before_move")
-        placed = place_file(
-            row.path,
-            failed_dir / row.path.name,
-            keep_source=False,
-            src_hash=row.sha256,
-            record=lambda **d: self.journal.record_intent(row.id, seq, dict(src=str(row.path), **d)),
-        )
-        crash_point("quarantine.after_move")
-        self.journal.add_produced(placed.path, row.id)
-        self.journal.finish_step(row.id, seq, True, _moved(row.path, placed.path), path=placed.path)
-        return placed.path
-
     def _finish_missing(self, row: FileRow) -> Attempt:
         reason = "file disappeared before it was processed"
-        self.journal.finish(row.id, FileState.FAILED, error=reason)
+        self.journal.files.finish(row.id, FileState.FAILED, error=reason)
         file_log.warning("%s: %s", row.path, reason, extra={"file": str(row.path), "outcome": "failed"})
         return Attempt(Outcome.FAILED, row.id, reason)
 
 
-class _StepFailed(Exception):
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-
-def _identity(path: Path) -> tuple[int, int, int] | None:
-    """(inode, size, mtime): whether a file was rewritten in place since."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_ino, st.st_size, st.st_mtime_ns
+def _quarantine(ctx: FileContext, failed_dir: Path) -> dict[str, str]:
+    """Move a failed file into ``failed:`` (finishing a move a crash interrupted); the result undo reads."""
+    src = ctx.path
+    resumed = ctx.resume or {}
+    if resumed.get("target") and resumed.get("src") == str(src):
+        target = Path(resumed["target"])
+        tmp = Path(resumed["tmp"]) if resumed.get("tmp") else None
+        if recover_placement(src, target, tmp, ctx.sha256, keep_source=False):
+            ctx.path = target
+            ctx.produced(target)
+            return _moved(src, target)
+    crash_point("quarantine.before_move")
+    placed = place_file(
+        src,
+        failed_dir / src.name,
+        keep_source=False,
+        src_hash=ctx.sha256,
+        record=lambda **d: ctx.intent(src=str(src), **d),
+    )
+    crash_point("quarantine.after_move")
+    ctx.path = placed.path
+    ctx.produced(placed.path)
+    return _moved(src, placed.path)
 
 
 def _moved(src: Path, dst: Path) -> dict[str, str]:
     """A quarantine step's result, in the form undo reads for every move."""
     return {"outcome": "moved", "from": str(src), "to": str(dst)}
+
+
+def _failure(action: str, rule: str, exc: Exception) -> str:
+    return f"action {action} (rule {rule!r}) failed: {redact(str(exc)) or type(exc).__name__}"
 
 
 def _reason(exc: Exception, path: Path) -> str:

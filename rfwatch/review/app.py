@@ -27,7 +27,6 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -40,8 +39,7 @@ from starlette.routing import Route
 
 from rfwatch.config import Config
 from rfwatch.images.prepare import ImageError, prepare_image
-from rfwatch.journal import FileRow, Journal
-from rfwatch.processing.decisions import AlreadyDecided, DecisionKind, Decisions, NotWaiting
+from rfwatch.journal import AlreadyDecided, DecisionKind, FileRow, Journal, NotWaiting, open_journal
 from rfwatch.roboflow.result import Prediction
 from rfwatch.states import FileState
 
@@ -147,12 +145,13 @@ def _secure(response: Response) -> Response:
 
 
 class ReviewApi:
-    """The routes' logic, over the journal (its own connection: decisions must reach the daemon's)."""
+    """The routes' logic, over the journal (a handle of its own: the daemon hears of its decisions as of any
+    other process's)."""
 
     def __init__(self, config: Config, journal: Journal, classes_of: ClassesOf):
         self.config = config
         self.journal = journal
-        self.decisions = Decisions(journal)
+        self.decisions = journal.decisions
         self.classes_of = classes_of
         self._thumbs: OrderedDict[tuple[int, int], bytes] = OrderedDict()
         self._lock = threading.Lock()
@@ -187,8 +186,10 @@ class ReviewApi:
         return {"items": out, "classes": classes, "waiting": len(out)}
 
     def row(self, file_id: int) -> FileRow | None:
-        row = self.journal.fetch_one("SELECT * FROM files WHERE id=?", (file_id,))
-        return FileRow.from_row(row) if row is not None else None
+        try:
+            return self.journal.files.get(file_id)
+        except KeyError:
+            return None
 
     def waiting_row(self, file_id: int) -> FileRow | None:
         """A file that waits for review (or was just decided, and is still where it waited), else None.
@@ -249,8 +250,8 @@ class ReviewApi:
         return 200, {"ok": True, "id": file_id, "decision": decision.json()}
 
 
-def create_app(config: Config, journal_path: Path, classes_of: ClassesOf, port: Callable[[], int]) -> Starlette:
-    journal = Journal(journal_path)
+def create_app(config: Config, classes_of: ClassesOf, port: Callable[[], int]) -> Starlette:
+    journal = open_journal(config, kind="review")
     api = ReviewApi(config, journal, classes_of)
 
     async def page(request: Request) -> Response:

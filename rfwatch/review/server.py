@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -25,13 +24,13 @@ log = logging.getLogger(__name__)
 
 
 class ReviewServer:
-    def __init__(self, config: Config, journal_path: Path, classes_of: ClassesOf):
+    def __init__(self, config: Config, classes_of: ClassesOf):
         listen = config.review.listen
         assert listen is not None
         host, _, port = listen.rpartition(":")
         self.host = host.strip("[]")
         self.port = int(port)
-        self.app = create_app(config, journal_path, classes_of, lambda: self.port)
+        self.app = create_app(config, classes_of, lambda: self.port)
         self._server = uvicorn.Server(
             uvicorn.Config(
                 self.app,

@@ -11,15 +11,13 @@ without it.
 from __future__ import annotations
 
 import difflib
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from rfwatch.journal import Journal
 from rfwatch.roboflow.client import ModelId
 from rfwatch.roboflow.platform import KeyRefused, NotFound, PlatformClient, PlatformError
 from rfwatch.roboflow.sizing import LETTERBOX_FORMATS, UploadSize
@@ -40,14 +38,6 @@ log = logging.getLogger(__name__)
 
 #: Facts older than this are fetched again (in the background; the old ones are used meanwhile).
 MAX_AGE = 24 * 3600.0
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS model_facts (
-    model TEXT PRIMARY KEY,      -- project/version (or workspace/project/version as configured)
-    facts TEXT NOT NULL,         -- JSON, ModelFacts
-    fetched REAL NOT NULL
-);
-"""
 
 
 @dataclass(frozen=True)
@@ -152,23 +142,26 @@ def fetch_facts(platform: PlatformClient, model: str) -> ModelFacts:
     return parse_facts(model, workspace, doc, platform.url)
 
 
-class FactsCache:
-    """Facts per model id in the journal's database."""
+class FactsStore(Protocol):
+    """Where facts are kept between runs (the journal's ``model_facts``: rfwatch.journal.facts)."""
 
-    def __init__(self, journal: Journal):
-        self.journal = journal
-        journal.ensure_schema(_SCHEMA)
+    def get(self, model: str) -> dict[str, Any] | None: ...
+
+    def put(self, model: str, facts: dict[str, Any], fetched: float) -> None: ...
+
+
+class FactsCache:
+    """Facts per model id, kept in the journal (shared by every host on it)."""
+
+    def __init__(self, store: FactsStore):
+        self.store = store
 
     def get(self, model: str) -> ModelFacts | None:
-        row = self.journal.fetch_one("SELECT facts FROM model_facts WHERE model=?", (model,))
-        return ModelFacts.from_json(json.loads(row["facts"])) if row else None
+        doc = self.store.get(model)
+        return ModelFacts.from_json(doc) if doc else None
 
     def put(self, facts: ModelFacts) -> None:
-        with self.journal.transaction() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO model_facts VALUES (?,?,?)",
-                (facts.model, json.dumps(facts.json()), facts.fetched),
-            )
+        self.store.put(facts.model, facts.json(), facts.fetched)
 
 
 @dataclass

@@ -23,8 +23,7 @@ from typing import Any
 
 from rfwatch.config import Config, ConfigError, WatchConfig, load_config
 from rfwatch.host.runtime import Runtime, build_runtime, platform_client
-from rfwatch.journal import Journal
-from rfwatch.processing.decisions import Decisions
+from rfwatch.journal import JournalUnavailable, open_journal
 from rfwatch.processing.delivery import Deliveries
 from rfwatch.processing.pipeline import ApiBlocked, Pipeline, RateLimiter
 from rfwatch.roboflow.client import ModelId
@@ -52,10 +51,18 @@ class _Job:
 
 
 class ApiGate:
-    """Closes when the API cannot classify (down, bad key, quota); lets one probe through when it is time."""
+    """Closes when a service files need is away (the API: down, bad key, quota; the journal's database); lets one
+    probe through when it is time."""
 
-    def __init__(self, min_backoff: float = 2.0, max_backoff: float = 60.0, permanent_backoff: float = 60.0) -> None:
+    def __init__(
+        self,
+        min_backoff: float = 2.0,
+        max_backoff: float = 60.0,
+        permanent_backoff: float = 60.0,
+        what: str = "API",
+    ) -> None:
         self.min_backoff, self.max_backoff, self.permanent_backoff = min_backoff, max_backoff, permanent_backoff
+        self.what = what
         self._cond = threading.Condition()
         self.reason: str | None = None
         self._retry_at = 0.0
@@ -85,24 +92,28 @@ class ApiGate:
         return False
 
     def blocked(self, error: ApiBlocked) -> None:
+        self.blocked_by(str(error), error.permanent)
+
+    def blocked_by(self, reason: str, permanent: bool = False) -> None:
         with self._cond:
             first = self.reason is None
             # A bad key or quota is re-checked at a steady pace; an outage with growing pauses.
             self._backoff = (
-                self.permanent_backoff
-                if error.permanent
-                else min(self.max_backoff, max(self.min_backoff, self._backoff * 2))
+                self.permanent_backoff if permanent else min(self.max_backoff, max(self.min_backoff, self._backoff * 2))
             )
-            self.reason = str(error)
+            self.reason = reason
             self._retry_at = time.monotonic() + self._backoff
             self._prober = None
         if first:
-            log.error("API unavailable, files wait in the queue: %s (next try in %.0fs)", error, self._backoff)
+            log.error(
+                "%s unavailable, files wait in the queue: %s (next try in %.0fs)", self.what, reason, self._backoff
+            )
 
     def success(self) -> None:
         with self._cond:
-            if self.reason is not None:
-                log.warning("API answers again; resuming")
+            if self.reason is None:
+                return
+            log.warning("%s answers again; resuming", self.what)
             self.reason = None
             self._backoff = 0.0
             self._prober = None
@@ -134,7 +145,7 @@ class Daemon:
         self.config_path = config_path
         config = config if config is not None else load_config(config_path)  # type: ignore[arg-type]
         if dry_run:  # nothing may be written, not even by plugins that keep state next to the journal
-            config = dataclasses.replace(config, state=Path(":memory:"))
+            config = dataclasses.replace(config, state=Path(":memory:"), state_url=None)
         self.config = config
         self.dry_run = dry_run
         self.once = once
@@ -144,20 +155,23 @@ class Daemon:
             raise ConfigError("watch: expected at least one folder to watch")
         # Built first: a config that cannot run (no key, a bad rule) must not leave a journal behind.
         self.runtime: Runtime = build_runtime(self.config, facts=lambda model: self.facts.get(model))
-        self.journal = Journal(self.config.state_path)
-        self.facts = ModelFactsService(FactsCache(self.journal), platform_client(self.config))
+        self.journal = open_journal(self.config, kind="run --once" if once else "daemon")
+        self.changes = self.journal.changes()
+        self.facts = ModelFactsService(FactsCache(self.journal.facts), platform_client(self.config))
         self.facts.on_fetched = self._facts_arrived
         try:
             self._check_rule_classes(self.config, wait=True)
         except BaseException:
+            self.changes.close()
             self.journal.close()
             raise
         self.deliveries = Deliveries(self.journal, deliverers=dict(self.runtime.extensions.deliverers))
-        self.decisions = Decisions(self.journal)
-        self.pipeline = Pipeline(self.runtime, self.journal, self.deliveries, self.decisions, dry_run=dry_run)
+        self.pipeline = Pipeline(self.runtime, self.journal, self.deliveries, dry_run=dry_run)
         self.stop_event = threading.Event()
         self.reload_event = threading.Event()
         self.gate = ApiGate()
+        #: Closed while the journal's database cannot be reached (PostgreSQL restarted, the network cut).
+        self.journal_gate = ApiGate(min_backoff=0.5, max_backoff=5.0, what="the journal")
         self.queue: queue.Queue[_Job] = queue.Queue(maxsize=self.config.concurrency * 4)
         self.retry_jobs: collections.deque[_Job] = collections.deque()
         self._busy = 0
@@ -166,12 +180,12 @@ class Daemon:
         self._queued_ids: set[int] = set()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
-        self._journal_version = -1
+        self._next_claim_scan = 0.0
         self._explained: dict[tuple[int, str, str], str | None] = {}
         self.review: Any = None  # a ReviewServer while the page is served
         self.exit_code = 0
         self.counts: collections.Counter[str] = collections.Counter()
-        self.watcher = FolderWatcher(self.config.watch, self._enqueue_path, was_taken=self.journal.was_found_at)
+        self.watcher = FolderWatcher(self.config.watch, self._enqueue_path, was_taken=self._was_taken)
         self.metrics = start_metrics(self.config.metrics_listen, self.queued, self.deliveries.pending_by_plugin)
         self._wire_metrics(self.runtime)
 
@@ -248,24 +262,39 @@ class Daemon:
             self._queued_ids.add(file_id)
         self.retry_jobs.append(_Job(file_id=file_id))
 
+    def _was_taken(self, path: Path) -> bool:
+        try:
+            return self.journal.files.was_found_at(path)
+        except JournalUnavailable:
+            return False
+
     def poll_journal(self, force: bool = False) -> int:
-        """Queue files that another process made ready: ``rfwatch retry``, ``rfwatch undo`` (a retried file),
-        a decision on a review page. Cheap unless the journal changed: ``PRAGMA data_version`` moves only when
-        another connection commits. Returns how many files were queued.
+        """Queue files that another process made ready or let go: ``rfwatch retry``, ``rfwatch undo`` (a retried
+        file), a decision on a review page (served by any host), the files of a process that died (once its lease
+        ran out). Cheap unless something changed: the journal's change feed (SQLite's ``data_version``,
+        PostgreSQL's ``LISTEN``) says when another process committed, and every quarter lease a look finds claims
+        that lapsed. Returns how many files were queued.
         """
-        version = self.journal.data_version()
-        if version == self._journal_version and not force:
+        now = time.monotonic()
+        changed = self.changes.changed()
+        if not (force or changed or now >= self._next_claim_scan):
             return 0
-        self._journal_version = version
+        self._next_claim_scan = now + min(5.0, self.config.lease / 4)
         queued = 0
-        for file_id in self.journal.active_ids():
+        try:
+            self.journal.holders.reap_local(self.journal.host)  # processes of this host killed since: free now
+            claimable = self.journal.files.claimable()
+        except JournalUnavailable as exc:
+            self.journal_gate.blocked_by(str(exc))
+            return 0
+        for file_id in claimable:
             with self._lock:
                 known = file_id in self._queued_ids
             if not known and not self.pipeline.is_busy(file_id):
                 self._enqueue_id(file_id)
                 queued += 1
-        if queued:
-            log.info("%d file(s) queued by another rfwatch command (retry, undo, review)", queued)
+        if queued and not force:
+            log.info("%d file(s) queued by another rfwatch process (retry, undo, review, or one that stopped)", queued)
         return queued
 
     # --- workers --------------------------------------------------------------------
@@ -288,6 +317,8 @@ class Daemon:
             # Only a file still to be classified waits while the API refuses us. Meanwhile this worker takes
             # what needs no API (a person's decision, a retried action): with every worker waiting here, those
             # would wait for the API too, for as long as a quota is spent.
+            if not self.journal_gate.wait(self.stop_event):
+                break
             if self._needs_api(job) and not self.gate.wait(self.stop_event, meanwhile=self._run_one_without_api):
                 break
             self._run(job)
@@ -321,6 +352,13 @@ class Daemon:
             self.counts[attempt.outcome] += 1
             if attempt.outcome in (Outcome.DONE, Outcome.UNMATCHED, Outcome.FAILED):
                 self.metrics.file_done(attempt.outcome)
+            self.journal_gate.success()
+        except JournalUnavailable as exc:
+            # Like an API outage: the file waits, nothing fails; its last journaled step is where it resumes.
+            self.journal_gate.blocked_by(str(exc))
+            self.counts["waiting"] += 1
+            self.retry_jobs.append(job)
+            requeued = job.file_id is not None
         except ApiBlocked as blocked:
             self._explain(blocked)
             self.counts["waiting"] += 1
@@ -340,6 +378,7 @@ class Daemon:
             self.counts["error"] += 1
         finally:
             self.gate.done_probing()  # a probe that never reached the API proves nothing either way
+            self.journal_gate.done_probing()
             with self._lock:
                 self._busy -= 1
                 self._busy_since.pop(me, None)
@@ -350,9 +389,11 @@ class Daemon:
         if job.file_id is None or job.needs_api:
             return True  # a new file: classified first
         try:
-            job.needs_api = self.journal.get(job.file_id).state == FileState.DETECTED
+            job.needs_api = self.journal.files.get(job.file_id).state == FileState.DETECTED
         except LookupError:
             return False
+        except JournalUnavailable:
+            return True
         return job.needs_api
 
     # --- reload ------------------------------------------------------------------------
@@ -364,7 +405,7 @@ class Daemon:
         try:
             config = load_config(self.config_path)  # type: ignore[arg-type]
             if self.dry_run:
-                config = dataclasses.replace(config, state=Path(":memory:"))
+                config = dataclasses.replace(config, state=Path(":memory:"), state_url=None)
             self.facts.platform = platform_client(config)
             runtime = build_runtime(config, facts=self.facts.get)
             self._check_rule_classes(config, wait=True, force=True)  # facts are fetched again on SIGHUP
@@ -399,6 +440,8 @@ class Daemon:
             text += f", {c[Outcome.REVIEW]} sent to review"
         if self.gate.reason:
             text += f"; waiting for the API: {self.gate.reason}"
+        if self.journal_gate.reason:
+            text += f"; waiting for the journal: {self.journal_gate.reason}"
         return text
 
     def progress_line(self, width: int = 30) -> str:
@@ -458,7 +501,7 @@ class Daemon:
             from rfwatch.review.server import ReviewServer  # Starlette and uvicorn only when a page is served
 
             try:
-                self.review = ReviewServer(self.config, self.journal.path, self._classes_of).start()
+                self.review = ReviewServer(self.config, self._classes_of).start()
             except OSError as exc:
                 log.error("%s", exc)
                 self._close()
@@ -480,7 +523,7 @@ class Daemon:
             len(self.config.watch),
             ", ".join(models),
             " (dry run)" if self.dry_run else "",
-            self.journal.path,
+            self.journal.display,
         )
         self.notifier.ready(self.status_line())
         try:
@@ -552,5 +595,6 @@ class Daemon:
         self.deliveries.stop()
         self.runtime.close()
         self.metrics.stop()
+        self.changes.close()
         self.journal.close()
         self.notifier.close()

@@ -1,0 +1,89 @@
+"""What a plugin's deliverer receives and answers (see the ``register_deliverers`` hook).
+
+A delivery is queued by an action (``ctx.deliver``), written with its step, and handed to the deliverer its plugin
+registered for that ``kind`` on rfwatch's delivery threads (rfwatch.processing.delivery). The answer decides what
+happens next:
+
+- :class:`Delivered`: done; its ``result`` (a Roboflow image id, an HTTP status) is kept for ``history``;
+- :class:`Retry` (or an exception): tried again after an exponential backoff (2 s, 4 s, 8 s ... up to an
+  hour, +-25 % jitter so that many rows do not retry in lockstep), or after ``Retry-After`` when the
+  receiver said when; across restarts, since the schedule is in the journal;
+- :class:`Gone`: the target said it wants nothing more (a webhook's 410): every pending row for it stops,
+  and later ones are not queued;
+- :class:`Failed`: this one delivery can never succeed (a receiver that refuses it for good).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Union
+
+__all__ = ["Delivery", "Delivered", "Retry", "Gone", "Failed", "DeliveryAnswer", "Deliverer", "DeliveryPolicy"]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One queued delivery, as its deliverer receives it."""
+
+    id: str
+    kind: str
+    target: str
+    payload: bytes
+    #: Attempts made before this one.
+    attempts: int
+    file_id: int | None
+    created: float
+
+    def json(self) -> Any:
+        """The payload parsed as JSON (it was queued as a dict or list)."""
+        return json.loads(self.payload)
+
+
+@dataclass(frozen=True)
+class Delivered:
+    status: int | None = None
+    #: Kept in the journal and shown by ``history`` (e.g. {"image_id": ...}).
+    result: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Retry:
+    error: str
+    status: int | None = None
+    #: Seconds the receiver asked to wait (Retry-After); None: the backoff schedule.
+    after: float | None = None
+
+
+@dataclass(frozen=True)
+class Gone:
+    """The target wants nothing more: stop every pending delivery to it, queue none later."""
+
+    error: str
+    status: int | None = None
+
+
+@dataclass(frozen=True)
+class Failed:
+    """This delivery can never succeed; it is kept, with the error, for ``history``."""
+
+    error: str
+    status: int | None = None
+
+
+DeliveryAnswer = Union[Delivered, Retry, Gone, Failed]  # noqa: UP007 - a runtime alias on Python 3.10
+Deliverer = Callable[[Delivery], DeliveryAnswer]
+
+
+@dataclass
+class DeliveryPolicy:
+    base: float = 2.0
+    max_delay: float = 3600.0
+    jitter: float = 0.25
+
+    def delay(self, attempts: int) -> float:
+        """Seconds before the next try after ``attempts`` failed ones: base * 2**(attempts-1), +-jitter."""
+        nominal = min(self.max_delay, self.base * 2 ** max(0, min(attempts - 1, 20)))
+        return nominal * random.uniform(1 - self.jitter, 1 + self.jitter)

@@ -1,0 +1,119 @@
+"""A person's decisions about files that wait for review, journaled before they take effect.
+
+A decision (a label, or a reject) is one transaction: the decision row, the file's state ``decided`` and the start
+of a new round of steps. Whoever served the page (the daemon, ``rfwatch review`` on its own, another host) wrote
+it; every daemon on the journal hears of it (a notification on PostgreSQL, the file's change on SQLite) and one of
+them applies it, once, whatever crashes in between.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from rfwatch.crashpoints import crash_point
+from rfwatch.journal.db import Database, Tx
+from rfwatch.journal.files import FileRow, Files
+from rfwatch.states import FileState, StrEnum
+
+__all__ = ["Decision", "DecisionKind", "Decisions", "AlreadyDecided", "NotWaiting"]
+
+
+class DecisionKind(StrEnum):
+    LABEL = "label"
+    REJECT = "reject"
+
+
+class NotWaiting(LookupError):
+    """No such file waits for review."""
+
+
+class AlreadyDecided(RuntimeError):
+    """The file was decided already (here or on another page)."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    file_id: int
+    round: int
+    kind: DecisionKind
+    classes: tuple[str, ...]
+    decided: float
+    by: str | None
+    host: str | None = None
+
+    def json(self) -> dict[str, Any]:
+        return {"kind": str(self.kind), "classes": list(self.classes), "decided": self.decided, "by": self.by}
+
+
+class Decisions:
+    def __init__(self, db: Database, files: Files):
+        self.db = db
+        self.files = files
+
+    def decide(
+        self, file_id: int, kind: DecisionKind, classes: tuple[str, ...] = (), by: str | None = None
+    ) -> Decision:
+        """Record a decision for a waiting file; NotWaiting or AlreadyDecided otherwise. Nothing moves yet."""
+        now = time.time()
+        host = self.files.host
+
+        def record(tx: Tx) -> Decision:
+            row = tx.one("SELECT state, round_start FROM files WHERE id=?", (file_id,))
+            if row is None:
+                raise NotWaiting(file_id)
+            if row["state"] != FileState.REVIEW:
+                if tx.one("SELECT 1 FROM decisions WHERE file_id=?", (file_id,)):
+                    raise AlreadyDecided(file_id)
+                raise NotWaiting(file_id)
+            decision = Decision(file_id, row["round_start"], kind, tuple(classes), now, by, host)
+            # The steps that apply it start after every step so far (the review step among them).
+            if not tx.run(
+                "UPDATE files SET state=?, round_start=?, updated=? WHERE id=? AND state=?",
+                (FileState.DECIDED, Files.next_seq(tx, file_id), now, file_id, FileState.REVIEW),
+            ):
+                raise AlreadyDecided(file_id)
+            tx.run(
+                "INSERT INTO decisions (file_id, round, kind, classes, decided, by, host) VALUES (?,?,?,?,?,?,?)",
+                (file_id, decision.round, str(kind), json.dumps(list(classes)), now, by, host),
+            )
+            what = "rejected" if kind == DecisionKind.REJECT else "labelled " + ", ".join(classes)
+            self.files.event(tx, file_id, f"{what} in review" + (f" by {by}" if by else ""), now)
+            tx.notify()  # a daemon (on any host) applies it
+            return decision
+
+        decision = self.db.transact(record)
+        crash_point("review.decided")
+        return decision
+
+    def latest(self, file_id: int) -> Decision | None:
+        row = self.db.one(
+            "SELECT * FROM decisions WHERE file_id=? AND taken_back IS NULL ORDER BY round DESC LIMIT 1", (file_id,)
+        )
+        return _decision(row) if row is not None else None
+
+    def history(self, file_id: int) -> list[Decision]:
+        """Every decision on the file, oldest first."""
+        return [_decision(r) for r in self.db.all("SELECT * FROM decisions WHERE file_id=? ORDER BY round", (file_id,))]
+
+    def waiting(self) -> list[FileRow]:
+        """Files that wait for a person, oldest first."""
+        rows = self.db.all("SELECT * FROM files WHERE state=? ORDER BY updated, id", (FileState.REVIEW,))
+        return [self.files._row(r) for r in rows]
+
+    def count_waiting(self) -> int:
+        return int(self.db.scalar("SELECT COUNT(*) FROM files WHERE state=?", (FileState.REVIEW,)))
+
+
+def _decision(row: Any) -> Decision:
+    return Decision(
+        row["file_id"],
+        row["round"],
+        DecisionKind(row["kind"]),
+        tuple(json.loads(row["classes"])),
+        row["decided"],
+        row["by"],
+        row["host"],
+    )

@@ -1,0 +1,683 @@
+"""Files and their steps: the record of every file rfwatch took, and each step taken on it.
+
+A file's row goes ``detected -> classified -> done | unmatched | failed``; review adds ``review`` (waiting for a
+person) and ``decided`` (a person's label, to be applied), undo adds ``undoing`` and ``undone``. A file is worked
+on by one process at a time: the row names its holder (see :mod:`rfwatch.journal.holders`), and every transition
+a worker makes checks that the claim is still its own (:class:`ClaimLost` otherwise). Two processes that see one
+new file race to insert its row; a partial unique index on the path of every file rfwatch still owns lets only
+one win.
+
+Steps are journaled so that a crash at any instant is survived: an action records its intent (what it is about to
+do) before each side effect, and the step's result is committed with the file's new place, the files it wrote and
+the deliveries it queued, in one transaction. A step is written first with its intent, or with its result when it
+recorded none: a row saying only "begun" would tell recovery nothing (a step without an intent is redone either
+way), so it would cost a transaction per step for nothing. The last step of a round commits the file's final state
+with its own result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rfwatch.crashpoints import crash_point
+from rfwatch.journal.db import Database, Tx
+from rfwatch.journal.holders import FREE
+from rfwatch.journal.locations import Roots
+from rfwatch.journal.schema import WORKING_STATES_SQL
+from rfwatch.states import (
+    ACTIVE_STATES,
+    TERMINAL_STATES,
+    FileState,
+    StepKind,
+    StepState,
+)
+
+__all__ = ["Files", "FileRow", "StepRow", "ClaimLost", "Skip", "utf8_text"]
+
+_FREE = FREE.format(col="holder")
+_ACTIVE_SQL = "(" + ",".join(f"'{s}'" for s in ACTIVE_STATES) + ")"
+_TERMINAL_SQL = "(" + ",".join(f"'{s}'" for s in TERMINAL_STATES) + ")"
+
+
+def utf8_text(text: str | None) -> str | None:
+    """Text columns must be valid UTF-8; file names need not be (their bytes are kept in BLOB columns)."""
+    return None if text is None else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+class ClaimLost(Exception):
+    """Another process holds the file now (this one's lease ran out): this process must leave it alone."""
+
+
+@dataclass(frozen=True)
+class Skip:
+    """Why a file was not taken, and the row that has it (if any)."""
+
+    reason: str
+    file_id: int | None = None
+
+
+@dataclass(frozen=True)
+class FileRow:
+    id: int
+    path: Path
+    source: Path
+    #: The watched folder it was found in (this host's path for it).
+    watch_root: Path
+    #: That folder's name.
+    root: str
+    size: int
+    mtime_ns: int
+    sha256: str
+    model: str
+    state: FileState
+    prediction: dict[str, Any] | None
+    rule: str | None
+    attempts: int
+    last_error: str | None
+    created: float
+    updated: float
+    support: dict[str, str] | None
+    round_start: int
+    holder: str | None
+    host: str | None
+
+
+@dataclass(frozen=True)
+class StepRow:
+    file_id: int
+    seq: int
+    kind: StepKind
+    rule: str
+    action: str
+    state: StepState
+    intent: dict[str, Any] | None
+    result: Any
+    updated: float
+    host: str | None
+
+
+class Files:
+    def __init__(self, db: Database, roots: Roots, host: str, holder: Callable[[], str], lease: float):
+        self.db = db
+        self.roots = roots
+        self.host = host
+        self._holder = holder  # the holder id, registered at the first claim
+        self.lease = lease
+
+    # --- rows -------------------------------------------------------------------------
+
+    def _row(self, r: Any) -> FileRow:
+        return FileRow(
+            id=r["id"],
+            path=self.roots.resolve(r["path_root"], r["path"]),
+            source=self.roots.resolve(r["root"], r["source"]),
+            watch_root=self.roots.resolve(r["root"], b"") if r["root"] else self.roots.resolve("", r["source"]).parent,
+            root=r["root"],
+            size=r["size"],
+            mtime_ns=r["mtime_ns"],
+            sha256=r["sha256"],
+            model=r["model"],
+            state=FileState(r["state"]),
+            prediction=json.loads(r["prediction"]) if r["prediction"] else None,
+            rule=r["rule"],
+            attempts=r["attempts"],
+            last_error=r["last_error"],
+            created=r["created"],
+            updated=r["updated"],
+            support=json.loads(r["support"]) if r["support"] else None,
+            round_start=r["round_start"],
+            holder=r["holder"],
+            host=r["host"],
+        )
+
+    def _step(self, r: Any) -> StepRow:
+        return StepRow(
+            file_id=r["file_id"],
+            seq=r["seq"],
+            kind=StepKind(r["kind"]),
+            rule=r["rule"],
+            action=r["action"],
+            state=StepState(r["state"]),
+            intent=self.roots.from_portable(json.loads(r["intent"])) if r["intent"] else None,
+            result=self.roots.from_portable(json.loads(r["result"])) if r["result"] else None,
+            updated=r["updated"],
+            host=r["host"],
+        )
+
+    def _loc(self, path: str | os.PathLike[str]) -> tuple[str, bytes]:
+        loc = self.roots.locate(path)
+        return loc.root, loc.rel
+
+    def _json(self, value: Any) -> str:
+        return json.dumps(self.roots.to_portable(value), default=str)
+
+    def event(self, tx: Tx, file_id: int, message: str, at: float | None = None) -> None:
+        """Add a line to a file's history, inside the caller's transaction."""
+        tx.run(
+            "INSERT INTO events (file_id, at, message, host) VALUES (?,?,?,?)",
+            (file_id, at or time.time(), utf8_text(message), self.host),
+        )
+
+    def _mine(self, tx: Tx, file_id: int, now: float, me: str) -> None:
+        """Raise ClaimLost unless this process (holder ``me``) still holds the file (and touch it)."""
+        if not tx.run("UPDATE files SET updated=? WHERE id=? AND holder=?", (now, file_id, me)):
+            raise ClaimLost(file_id)
+
+    # --- reading ------------------------------------------------------------------------
+
+    def get(self, file_id: int) -> FileRow:
+        row = self.db.one("SELECT * FROM files WHERE id=?", (file_id,))
+        if row is None:
+            raise KeyError(file_id)
+        return self._row(row)
+
+    def screen(self, path: Path, size: int, mtime_ns: int) -> Skip | None:
+        """Before a file is hashed: why it needs no new work (rfwatch wrote it; this very file is known; a row
+        rfwatch still works on is at this path), or None."""
+        root, rel = self._loc(path)
+        with self.db.read() as tx:
+            mark = tx.one("SELECT size, mtime_ns FROM produced WHERE path_root=? AND path=?", (root, rel))
+            if mark is not None and (mark["size"] == -1 or (mark["size"], mark["mtime_ns"]) == (size, mtime_ns)):
+                return Skip("written by rfwatch")
+            row = tx.one(
+                f"SELECT id, state, size, mtime_ns FROM files WHERE path_root=? AND path=?"
+                f" AND (state IN {WORKING_STATES_SQL} OR (size=? AND mtime_ns=?)) ORDER BY id DESC LIMIT 1",
+                (root, rel, size, mtime_ns),
+            )
+        if row is None:
+            return None
+        if (row["size"], row["mtime_ns"]) == (size, mtime_ns):
+            return Skip(f"already {row['state']}", row["id"])
+        # rfwatch is still working on the file here (a crash came after a tag rewrote it in place, before the
+        # step was journaled): the journal's row carries it on; it is not a new file.
+        return Skip("being processed", row["id"])
+
+    def was_found_at(self, path: Path) -> bool:
+        """Whether a file was ever taken from ``path`` (it may have been moved on since)."""
+        root, rel = self._loc(path)
+        return (
+            self.db.one(
+                "SELECT 1 FROM files WHERE (root=? AND source=?) OR (path_root=? AND path=?) LIMIT 1",
+                (root, rel, root, rel),
+            )
+            is not None
+        )
+
+    def is_produced(self, path: Path, size: int, mtime_ns: int) -> bool:
+        root, rel = self._loc(path)
+        mark = self.db.one("SELECT size, mtime_ns FROM produced WHERE path_root=? AND path=?", (root, rel))
+        return mark is not None and (mark["size"] == -1 or (mark["size"], mark["mtime_ns"]) == (size, mtime_ns))
+
+    def cached_prediction(self, sha256: str, model: str) -> dict[str, Any] | None:
+        doc = self.db.scalar("SELECT prediction FROM predictions WHERE sha256=? AND model=?", (sha256, model))
+        return json.loads(doc) if doc else None
+
+    def claimable(self) -> list[int]:
+        """Files a worker of this process may carry on: new, classified or decided, held by nobody alive."""
+        rows = self.db.all(
+            f"SELECT id FROM files WHERE state IN {_ACTIVE_SQL} AND {_FREE} ORDER BY id",
+            (self._holder(), self.lease),
+        )
+        return [r["id"] for r in rows]
+
+    def steps(self, file_id: int) -> list[StepRow]:
+        return [self._step(r) for r in self.db.all("SELECT * FROM steps WHERE file_id=? ORDER BY seq", (file_id,))]
+
+    def step(self, file_id: int, seq: int) -> StepRow | None:
+        row = self.db.one("SELECT * FROM steps WHERE file_id=? AND seq=?", (file_id, seq))
+        return self._step(row) if row else None
+
+    def events(self, file_id: int) -> list[tuple[float, str, str | None]]:
+        rows = self.db.all("SELECT at, message, host FROM events WHERE file_id=? ORDER BY id", (file_id,))
+        return [(r["at"], r["message"], r["host"]) for r in rows]
+
+    def history_for(self, path: Path) -> list[FileRow]:
+        root, rel = self._loc(path)
+        rows = self.db.all(
+            "SELECT * FROM files WHERE (path_root=? AND path=?) OR (root=? AND source=?) ORDER BY id",
+            (root, rel, root, rel),
+        )
+        return [self._row(r) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        return {r["state"]: r["n"] for r in self.db.all("SELECT state, COUNT(*) AS n FROM files GROUP BY state")}
+
+    def recent(self, states: Collection[str], limit: int = 5) -> list[FileRow]:
+        marks = ",".join("?" * len(states))
+        rows = self.db.all(
+            f"SELECT * FROM files WHERE state IN ({marks}) ORDER BY updated DESC, id DESC LIMIT ?", (*states, limit)
+        )
+        return [self._row(r) for r in rows]
+
+    def rows_in_state(self, states: Collection[str], paths: Iterable[Path] | None = None) -> list[FileRow]:
+        """Files in one of ``states``: all of them, or the newest row for each of ``paths`` (now or first seen)."""
+        marks = ",".join("?" * len(states))
+        paths = list(paths or [])
+        if not paths:
+            rows = self.db.all(f"SELECT * FROM files WHERE state IN ({marks}) ORDER BY id", tuple(states))
+            return [self._row(r) for r in rows]
+        out = []
+        for p in paths:
+            root, rel = self._loc(p)
+            row = self.db.one(
+                f"SELECT * FROM files WHERE ((path_root=? AND path=?) OR (root=? AND source=?)) AND state IN ({marks})"
+                " ORDER BY id DESC LIMIT 1",
+                (root, rel, root, rel, *states),
+            )
+            if row:
+                out.append(self._row(row))
+        return out
+
+    def select(
+        self,
+        states: Collection[str],
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        rule: str | None = None,
+        paths: Collection[Path] = (),
+        with_done_steps_if: str | None = None,
+    ) -> list[FileRow]:
+        """Files for ``rfwatch undo``, newest first: in ``states``, taken since/until, a rule of this name acted
+        on them, at or from one of ``paths``. ``with_done_steps_if``: files in that state qualify only when a
+        step of theirs is done (a file no rule matched has nothing to reverse unless a review sent it through
+        the rules)."""
+        marks = ",".join("?" * len(states))
+        sql, args = f"SELECT * FROM files WHERE state IN ({marks})", list(states)
+        if with_done_steps_if is not None:
+            sql += " AND (state != ? OR id IN (SELECT file_id FROM steps WHERE state=?))"
+            args += [with_done_steps_if, StepState.DONE]
+        if since is not None:
+            sql, args = sql + " AND created >= ?", [*args, since]
+        if until is not None:
+            sql, args = sql + " AND created <= ?", [*args, until]
+        if rule is not None:
+            sql += " AND (rule=? OR id IN (SELECT file_id FROM steps WHERE rule=?))"
+            args += [rule, rule]
+        if paths:
+            locs = [self._loc(p) for p in paths]
+            holes = " OR ".join(["(path_root=? AND path=?) OR (root=? AND source=?)"] * len(locs))
+            sql += f" AND ({holes})"
+            for root, rel in locs:
+                args += [root, rel, root, rel]
+        return [self._row(r) for r in self.db.all(sql + " ORDER BY id DESC", tuple(args))]
+
+    # --- taking a file -------------------------------------------------------------------
+
+    def take(self, path: Path, size: int, mtime_ns: int, sha256: str, model: str) -> int | Skip:
+        """Journal a new file, claimed by this process; a Skip if another process has it or it needs no work.
+
+        One transaction: the insert loses to a row rfwatch still works on at this path (another process took it
+        first), and a row for this very file that another process finished meanwhile is found after the insert
+        (at READ COMMITTED its finish would have made the insert wait, so no window is left).
+        """
+        root, rel = self._loc(path)
+        now = time.time()
+        holder = self._holder()
+
+        def insert(tx: Tx) -> int | Skip:
+            mark = tx.one("SELECT size, mtime_ns FROM produced WHERE path_root=? AND path=?", (root, rel))
+            if mark is not None and (mark["size"] == -1 or (mark["size"], mark["mtime_ns"]) == (size, mtime_ns)):
+                return Skip("written by rfwatch")
+            file_id = tx.scalar(
+                "INSERT INTO files (root, source, path_root, path, size, mtime_ns, sha256, model, state, created,"
+                " updated, holder, host) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING RETURNING id",
+                (root, rel, root, rel, size, mtime_ns, sha256, model, FileState.DETECTED, now, now, holder, self.host),
+            )
+            if file_id is None:
+                other = tx.one(
+                    f"SELECT id, holder FROM files WHERE path_root=? AND path=? AND state IN {WORKING_STATES_SQL}",
+                    (root, rel),
+                )
+                return Skip("being processed", other["id"] if other else None)
+            done = tx.one(
+                f"SELECT id, state FROM files WHERE path_root=? AND path=? AND size=? AND mtime_ns=? AND id != ?"
+                f" AND state IN {_TERMINAL_SQL} ORDER BY id DESC LIMIT 1",
+                (root, rel, size, mtime_ns, file_id),
+            )
+            if done is not None:  # finished by another process between our look and our insert
+                tx.run("DELETE FROM files WHERE id=?", (file_id,))
+                return Skip(f"already {done['state']}", done["id"])
+            self.event(tx, file_id, f"detected {path}", now)
+            return int(file_id)
+
+        taken = self.db.transact(insert)
+        if not isinstance(taken, Skip):
+            crash_point("journal.created")
+        return taken
+
+    def drop(self, file_id: int) -> None:
+        """Forget a row just taken for a file that vanished or changed before any work was done on it."""
+
+        me = self._holder()
+
+        def forget(tx: Tx) -> None:
+            if tx.run("DELETE FROM files WHERE id=? AND holder=? AND state=?", (file_id, me, FileState.DETECTED)):
+                tx.run("DELETE FROM events WHERE file_id=?", (file_id,))
+
+        self.db.transact(forget)
+
+    def claim(self, file_id: int, states: Collection[str] = ACTIVE_STATES) -> FileRow | None:
+        """Take a journaled file for this process (to carry on from its last step); None if another live
+        process has it or it is no longer in ``states``."""
+        marks = ",".join("?" * len(states))
+        me = self._holder()
+
+        def take(tx: Tx) -> Any:
+            if not tx.run(
+                f"UPDATE files SET holder=? WHERE id=? AND state IN ({marks}) AND {_FREE}",
+                (me, file_id, *states, me, self.lease),
+            ):
+                return None
+            return tx.one("SELECT * FROM files WHERE id=?", (file_id,))
+
+        row = self.db.transact(take)
+        return self._row(row) if row is not None else None
+
+    def release(self, file_id: int) -> None:
+        me = self._holder()
+        self.db.transact(lambda tx: tx.run("UPDATE files SET holder=NULL WHERE id=? AND holder=?", (file_id, me)))
+
+    def release_all(self, holder: str) -> int:
+        def free(tx: Tx) -> int:
+            n = tx.run("UPDATE files SET holder=NULL WHERE holder=?", (holder,))
+            if n:
+                tx.notify()  # files another process may carry on now
+            return n
+
+        return self.db.transact(free)
+
+    # --- classifying ------------------------------------------------------------------------
+
+    def classified(
+        self,
+        file_id: int,
+        prediction: dict[str, Any],
+        sha256: str,
+        model: str,
+        summary: str,
+        support: dict[str, str] | None = None,
+    ) -> None:
+        """The file has its prediction (kept for identical content too). ``support``: ids for Roboflow support
+        (None: the prediction was reused)."""
+        now = time.time()
+        doc = json.dumps(prediction)
+        if support is None:
+            message = f"classified {summary} (cached prediction for identical content)"
+        else:
+            ids = "; ".join(f"{k} {v}" for k, v in support.items())
+            message = f"classified {summary}" + (f" ({ids})" if ids else "")
+        me = self._holder()
+
+        def record(tx: Tx) -> None:
+            if not tx.run(
+                "UPDATE files SET state=?, prediction=?, support=?, attempts=attempts+1, last_error=NULL, updated=?"
+                " WHERE id=? AND holder=?",
+                (FileState.CLASSIFIED, doc, json.dumps(support) if support else None, now, file_id, me),
+            ):
+                raise ClaimLost(file_id)
+            tx.run(
+                "INSERT INTO predictions (sha256, model, prediction, created) VALUES (?,?,?,?) ON CONFLICT DO NOTHING",
+                (sha256, model, doc, now),
+            )
+            self.event(tx, file_id, message, now)
+
+        self.db.transact(record)
+        crash_point("journal.classified")
+
+    def attempt_failed(self, file_id: int, error: str) -> None:
+        """A transient failure: the file stays queued."""
+        now = time.time()
+        me = self._holder()
+
+        def record(tx: Tx) -> None:
+            if not tx.run(
+                "UPDATE files SET attempts=attempts+1, last_error=?, updated=? WHERE id=? AND holder=?",
+                (utf8_text(error), now, file_id, me),
+            ):
+                raise ClaimLost(file_id)
+            self.event(tx, file_id, f"attempt failed: {error}", now)
+
+        self.db.transact(record)
+
+    # --- steps ------------------------------------------------------------------------------
+
+    def resume_step(self, file_id: int, seq: int) -> tuple[StepState | None, Any]:
+        """(state, intent) of a step begun before (a crash or an outage interrupted it), or (None, None)."""
+        row = self.db.one("SELECT state, intent, result FROM steps WHERE file_id=? AND seq=?", (file_id, seq))
+        if row is None:
+            return None, None
+        state = StepState(row["state"])
+        if state == StepState.DONE:
+            return state, self.roots.from_portable(json.loads(row["result"])) if row["result"] else None
+        return state, self.roots.from_portable(json.loads(row["intent"])) if row["intent"] else None
+
+    def record_intent(
+        self, file_id: int, seq: int, kind: StepKind, rule: str, action: str, intent: dict[str, Any]
+    ) -> None:
+        """What the step is about to do, before it does it; the step's row is written with its first intent."""
+        now = time.time()
+        doc = self._json(intent)
+
+        me = self._holder()  # resolved before the transaction (registering takes one of its own)
+
+        def record(tx: Tx) -> None:
+            self._mine(tx, file_id, now, me)
+            tx.run(
+                "INSERT INTO steps (file_id, seq, kind, rule, action, state, intent, updated, host)"
+                " VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (file_id, seq) DO UPDATE SET intent=excluded.intent,"
+                " updated=excluded.updated, host=excluded.host",
+                (file_id, seq, kind, utf8_text(rule), action, StepState.PENDING, doc, now, self.host),
+            )
+
+        self.db.transact(record)
+        crash_point("journal.intent")
+
+    def finish_step(
+        self,
+        file_id: int,
+        seq: int,
+        kind: StepKind,
+        rule: str,
+        action: str,
+        ok: bool,
+        result: Any,
+        *,
+        path: Path | None = None,
+        sha256: str | None = None,
+        produced: Iterable[Path] = (),
+        also: Callable[[Tx], None] | None = None,
+        final: FileState | None = None,
+        final_message: str | None = None,
+    ) -> None:
+        """Record a step's result, with what it changed, in one transaction.
+
+        ``path``: where the file is now, if the step moved it; ``sha256``: its content now, if the step rewrote
+        it; ``produced``: files it wrote (no watcher takes them); ``also(tx)``: more writes in the same transaction
+        (the step's deliveries); ``final``: the file's state after this step (the last of its round), if any.
+        """
+        now = time.time()
+        doc = self._json(result)
+        marks = [_produced_mark(p) for p in produced]
+        state = StepState.DONE if ok else StepState.FAILED
+
+        me = self._holder()  # resolved before the transaction (registering takes one of its own)
+
+        def record(tx: Tx) -> None:
+            self._mine(tx, file_id, now, me)
+            tx.run(
+                "INSERT INTO steps (file_id, seq, kind, rule, action, state, result, updated, host)"
+                " VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (file_id, seq) DO UPDATE SET state=excluded.state,"
+                " result=excluded.result, updated=excluded.updated, host=excluded.host",
+                (file_id, seq, kind, utf8_text(rule), action, state, doc, now, self.host),
+            )
+            if kind == StepKind.ACTION:  # the rule that matched, not rfwatch's own bookkeeping steps
+                tx.run("UPDATE files SET rule=? WHERE id=?", (utf8_text(rule), file_id))
+            if path is not None:
+                root, rel = self._loc(path)
+                tx.run("UPDATE files SET path_root=?, path=? WHERE id=?", (root, rel, file_id))
+            if sha256 is not None:
+                tx.run("UPDATE files SET sha256=? WHERE id=?", (sha256, file_id))
+            for mark in marks:
+                if mark is not None:
+                    self._mark_produced(tx, *mark, file_id)
+            if also is not None:
+                also(tx)
+            self.event(
+                tx, file_id, f"{action} {'done' if ok else 'failed'}: " + json.dumps(result, default=str)[:500], now
+            )
+            if final is not None:
+                self._finish(tx, file_id, final, None, None, now, final_message)
+
+        self.db.transact(record)
+        crash_point("journal.step_finished")
+        if final is not None and final in TERMINAL_STATES:
+            crash_point("journal.finished")
+
+    # --- states -----------------------------------------------------------------------------
+
+    def wait_for_review(self, file_id: int, message: str) -> None:
+        """The file waits for a person (no process holds it meanwhile)."""
+        now = time.time()
+
+        me = self._holder()  # resolved before the transaction (registering takes one of its own)
+
+        def record(tx: Tx) -> None:
+            self._mine(tx, file_id, now, me)
+            tx.run("UPDATE files SET state=?, last_error=NULL, holder=NULL WHERE id=?", (FileState.REVIEW, file_id))
+            self.event(tx, file_id, message, now)
+
+        self.db.transact(record)
+
+    def finish(self, file_id: int, state: FileState, error: str | None = None, path: Path | None = None) -> None:
+        assert state in TERMINAL_STATES
+        now = time.time()
+
+        me = self._holder()  # resolved before the transaction (registering takes one of its own)
+
+        def record(tx: Tx) -> None:
+            self._mine(tx, file_id, now, me)
+            self._finish(tx, file_id, state, error, path, now)
+
+        self.db.transact(record)
+        crash_point("journal.finished")
+
+    def _finish(
+        self,
+        tx: Tx,
+        file_id: int,
+        state: FileState,
+        error: str | None,
+        path: Path | None,
+        now: float,
+        message: str | None = None,
+    ) -> None:
+        if path is not None:
+            root, rel = self._loc(path)
+            tx.run("UPDATE files SET path_root=?, path=? WHERE id=?", (root, rel, file_id))
+        holder = "NULL" if state in TERMINAL_STATES or state == FileState.REVIEW else "holder"
+        tx.run(
+            f"UPDATE files SET state=?, last_error=?, updated=?, holder={holder} WHERE id=?",
+            (state, utf8_text(error), now, file_id),
+        )
+        self.event(tx, file_id, message or (state + (f": {error}" if error else "")), now)
+
+    def requeue(self, file_id: int, states: Collection[str]) -> FileRow | None:
+        """Queue a failed or undone file again (``rfwatch retry``); None if its state is no longer one of
+        ``states`` (an undo or a worker took it since it was chosen: it keeps it).
+
+        A failed file's failed steps run again (with the person's label when its round began with one); an
+        undone file (back where it was found, or wherever an undo that could not finish left it) and a file a
+        person rejected go through a new round of rules (the earlier steps and their undoing stay in its
+        history).
+        """
+        now = time.time()
+
+        def queue(tx: Tx) -> Any:
+            row = tx.one("SELECT * FROM files WHERE id=?", (file_id,))
+            if row is None or row["state"] not in states:
+                return None
+            first = tx.one("SELECT kind, result FROM steps WHERE file_id=? AND seq=?", (file_id, row["round_start"]))
+            decided = first is not None and first["kind"] == StepKind.DECISION
+            rejected = decided and json.loads(first["result"] or "{}").get("kind") == "reject"
+            state = FileState.CLASSIFIED if row["prediction"] else FileState.DETECTED
+            if row["state"] in (FileState.UNDONE, FileState.UNDOING) or rejected:
+                tx.run("UPDATE files SET round_start=? WHERE id=?", (self.next_seq(tx, file_id), file_id))
+                tx.run("DELETE FROM produced WHERE path_root=? AND path=?", (row["path_root"], row["path"]))
+            else:
+                tx.run("DELETE FROM steps WHERE file_id=? AND state=?", (file_id, StepState.FAILED))
+                if decided:  # the round a person's label began: it carries on with the label
+                    state = FileState.DECIDED
+            if not tx.run(
+                "UPDATE files SET state=?, last_error=NULL, holder=NULL, updated=? WHERE id=? AND state=?",
+                (state, now, file_id, row["state"]),
+            ):
+                return None
+            self.event(tx, file_id, "queued again by retry", now)
+            tx.notify()
+            return tx.one("SELECT * FROM files WHERE id=?", (file_id,))
+
+        row = self.db.transact(queue)
+        return self._row(row) if row is not None else None
+
+    @staticmethod
+    def next_seq(tx: Tx, file_id: int) -> int:
+        """The first free step number: where a new round of rules starts."""
+        return (tx.scalar("SELECT MAX(seq) FROM steps WHERE file_id=?", (file_id,)) or 0) + 1
+
+    # --- files rfwatch wrote --------------------------------------------------------------------
+
+    def _mark_produced(self, tx: Tx, path: Path, size: int, mtime_ns: int, file_id: int | None) -> None:
+        root, rel = self._loc(path)
+        tx.run(
+            "INSERT INTO produced (path_root, path, size, mtime_ns, file_id) VALUES (?,?,?,?,?)"
+            " ON CONFLICT (path_root, path) DO UPDATE SET size=excluded.size, mtime_ns=excluded.mtime_ns,"
+            " file_id=excluded.file_id",
+            (root, rel, size, mtime_ns, file_id),
+        )
+
+    def add_produced(self, path: Path, file_id: int | None) -> None:
+        """Remember a file rfwatch wrote (size and mtime as they are now), so that no watcher takes it."""
+        mark = _produced_mark(path)
+        if mark is not None:
+            self.db.transact(lambda tx: self._mark_produced(tx, *mark, file_id))
+
+    # --- housekeeping ---------------------------------------------------------------------------
+
+    def prune(self, older_than: float) -> dict[str, int]:
+        """Forget the step-by-step history of files finished before ``older_than`` (a Unix time).
+
+        Each file's row stays: it is what keeps a finished file from being processed again.
+        """
+        finished = f"SELECT id FROM files WHERE state IN {_TERMINAL_SQL} AND updated < ?"
+        counts: dict[str, int] = {}
+        gone = [
+            (m["path_root"], m["path"])
+            for m in self.db.all("SELECT path_root, path FROM produced")
+            # only marks this host can see: another host's roots are its own to prune
+            if (not m["path_root"] or m["path_root"] in self.roots.by_name)
+            and not os.path.lexists(self.roots.resolve(m["path_root"], m["path"]))
+        ]
+
+        def prune(tx: Tx) -> None:
+            counts["events"] = tx.run(f"DELETE FROM events WHERE file_id IN ({finished})", (older_than,))
+            counts["steps"] = tx.run(f"DELETE FROM steps WHERE file_id IN ({finished})", (older_than,))
+            tx.many("DELETE FROM produced WHERE path_root=? AND path=?", gone)
+            counts["outputs no longer on disk"] = len(gone)
+
+        self.db.transact(prune)
+        return counts
+
+
+def _produced_mark(path: Path) -> tuple[Path, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return path, st.st_size, st.st_mtime_ns

@@ -1,0 +1,247 @@
+"""The outbox: deliveries plugins queued (webhooks, uploads), their leases and their outcomes.
+
+A delivery is written in the same transaction as the step that queued it, under the plugin's key (a webhook's
+``webhook-id``), so a redone step queues nothing twice. Each attempt is made by one process: a due row is leased
+to its holder (``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite's write lock does the same), and the
+answer is recorded only while the lease is still that holder's. A holder that dies mid-send loses the lease when
+its heartbeat ages out; the next attempt, by any host, sends the same id and body.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any
+
+from rfwatch.crashpoints import crash_point
+from rfwatch.journal.db import Database, Dialect, Tx
+from rfwatch.states import DeliveryState
+
+__all__ = ["Outbox", "QueuedDelivery", "DeliveryRow"]
+
+_DONE_BODY = b""  # a delivered (or failed, or gone) row keeps its outcome, not its payload
+#: Leased to nobody alive: not even to this process (its other threads must not send the row twice).
+_UNLEASED = "(lease IS NULL OR lease NOT IN (SELECT id FROM holders WHERE heartbeat > {now} - ?))"
+
+
+@dataclass(frozen=True)
+class QueuedDelivery:
+    """What an action asked to deliver; written with its step."""
+
+    kind: str
+    target: str
+    payload: bytes
+    key: str
+    plugin: str
+
+
+@dataclass(frozen=True)
+class DeliveryRow:
+    id: str
+    plugin: str
+    kind: str
+    target: str
+    payload: bytes
+    attempts: int
+    file_id: int | None
+    created: float
+
+
+class Outbox:
+    def __init__(self, db: Database, host: str, holder: Any, lease: float):
+        self.db = db
+        self.host = host
+        self._holder = holder
+        self.lease = lease
+
+    # --- queueing (inside a step's transaction) ------------------------------------------
+
+    def enqueue(self, tx: Tx, file_id: int | None, queued: list[QueuedDelivery]) -> None:
+        """Insert ``queued`` in the caller's transaction; a key queued before is left as it is."""
+        now = time.time()
+        for q in queued:
+            crash_point("delivery.before_enqueue")
+            tx.run(
+                "INSERT INTO outbox (id, plugin, kind, file_id, url, body, state, next_at, created)"
+                " VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+                (q.key, q.plugin, q.kind, file_id, q.target, q.payload, DeliveryState.PENDING, now, now),
+            )
+        if queued:
+            tx.notify()
+
+    def is_gone(self, target: str) -> bool:
+        return self.db.one("SELECT 1 FROM gone_urls WHERE url=?", (target,)) is not None
+
+    # --- delivering ----------------------------------------------------------------------------
+
+    def claim(self) -> DeliveryRow | None:
+        """A due row, leased to this process: no other thread or process sends it meanwhile."""
+        now = time.time()
+        lock = " FOR UPDATE SKIP LOCKED" if self.db.dialect == Dialect.POSTGRESQL else ""
+        holder = self._holder()
+
+        def lease(tx: Tx) -> Any:
+            row = tx.one(
+                f"SELECT id, plugin, kind, url, body, attempts, file_id, created FROM outbox"
+                f" WHERE state=? AND next_at<=? AND {_UNLEASED} ORDER BY next_at LIMIT 1{lock}",
+                (DeliveryState.PENDING, now, self.lease),
+            )
+            if row is not None:
+                tx.run("UPDATE outbox SET lease=?, host=? WHERE id=?", (holder, self.host, row["id"]))
+            return row
+
+        row = self.db.transact(lease)
+        if row is None:
+            return None
+        return DeliveryRow(
+            row["id"],
+            row["plugin"],
+            row["kind"],
+            row["url"],
+            bytes(row["body"]),
+            row["attempts"],
+            row["file_id"],
+            row["created"],
+        )
+
+    def delivered(self, delivery_id: str, status: int | None, result: dict[str, Any] | None) -> bool:
+        """Record success; False if the lease was lost meanwhile (another process owns the row now)."""
+        now = time.time()
+        return self._record(
+            "UPDATE outbox SET state=?, attempts=attempts+1, last_status=?, last_error=NULL, result=?, delivered=?,"
+            " body=?, lease=NULL WHERE id=?",
+            (DeliveryState.DELIVERED, status, json.dumps(result) if result else None, now, _DONE_BODY, delivery_id),
+        )
+
+    def failed(self, delivery_id: str, status: int | None, error: str) -> bool:
+        """Record that this delivery can never succeed (its payload is kept: ``rfwatch retry`` may send it again
+        once the cause is put right)."""
+        return self._record(
+            "UPDATE outbox SET state=?, attempts=attempts+1, last_status=?, last_error=?, lease=NULL WHERE id=?",
+            (DeliveryState.FAILED, status, error[:500], delivery_id),
+        )
+
+    def retry(self, delivery_id: str, status: int | None, error: str, next_at: float) -> bool:
+        """Record a failed attempt; the row is due again at ``next_at``."""
+        return self._record(
+            "UPDATE outbox SET attempts=attempts+1, last_status=?, last_error=?, next_at=?, lease=NULL WHERE id=?",
+            (status, error[:500], next_at, delivery_id),
+        )
+
+    def _record(self, sql: str, args: tuple) -> bool:
+        # Only while the row is still this process's (or nobody's: a delivery made directly, as tests do).
+        me = self._holder()
+        return bool(self.db.transact(lambda tx: tx.run(sql + " AND (lease IS NULL OR lease=?)", (*args, me))))
+
+    def gone(self, delivery_id: str, target: str, status: int | None, error: str) -> None:
+        """The target wants nothing more: every pending delivery to it stops, and none is queued later."""
+        now = time.time()
+
+        def record(tx: Tx) -> None:
+            tx.run(
+                "INSERT INTO gone_urls (url, at) VALUES (?,?) ON CONFLICT (url) DO UPDATE SET at=excluded.at",
+                (target, now),
+            )
+            tx.run(
+                "UPDATE outbox SET state=?, attempts=attempts+(CASE WHEN id=? THEN 1 ELSE 0 END), last_status=?,"
+                " last_error=?, body=?, lease=NULL WHERE url=? AND state=?",
+                (DeliveryState.GONE, delivery_id, status, error[:500], _DONE_BODY, target, DeliveryState.PENDING),
+            )
+
+        self.db.transact(record)
+
+    def release_all(self, holder: str) -> int:
+        """A holder that stops cleanly: its leases are free at once (nothing was sent under them after this)."""
+        return self.db.transact(lambda tx: tx.run("UPDATE outbox SET lease=NULL WHERE lease=?", (holder,)))
+
+    def requeue_failed(self, kind: str | None = None) -> int:
+        """Deliveries that failed for good (of ``kind``, else all) are due again now (``rfwatch retry``)."""
+        now = time.time()
+        only = " AND kind=?" if kind else ""
+
+        def queue(tx: Tx) -> int:
+            n = tx.run(
+                f"UPDATE outbox SET state=?, next_at=?, lease=NULL WHERE state=?{only} AND LENGTH(body) > 0",
+                (DeliveryState.PENDING, now, DeliveryState.FAILED, *([kind] if kind else [])),
+            )
+            if n:
+                tx.notify()
+            return n
+
+        return self.db.transact(queue)
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    def pending_by_plugin(self) -> dict[str, int]:
+        rows = self.db.all(
+            "SELECT plugin, COUNT(*) AS n FROM outbox WHERE state=? GROUP BY plugin", (DeliveryState.PENDING,)
+        )
+        return {r["plugin"]: r["n"] for r in rows}
+
+    def failed_by_plugin(self) -> dict[str, int]:
+        rows = self.db.all(
+            "SELECT plugin, COUNT(*) AS n FROM outbox WHERE state=? GROUP BY plugin", (DeliveryState.FAILED,)
+        )
+        return {r["plugin"]: r["n"] for r in rows}
+
+    def gone_targets(self, kind: str) -> list[str]:
+        """Targets of ``kind`` that said they want nothing more (a webhook receiver's 410)."""
+        rows = self.db.all(
+            "SELECT url FROM gone_urls WHERE url IN (SELECT url FROM outbox WHERE kind=?) ORDER BY url", (kind,)
+        )
+        return [r["url"] for r in rows]
+
+    def failing(self, kind: str) -> list[dict[str, Any]]:
+        """Pending deliveries of ``kind`` that failed at least once, per target: how many, the last error."""
+        rows = self.db.all(
+            "SELECT url, COUNT(*) AS n, MAX(attempts) AS attempts, MAX(last_error) AS last_error FROM outbox"
+            " WHERE kind=? AND state=? AND attempts>0 GROUP BY url ORDER BY url",
+            (kind, DeliveryState.PENDING),
+        )
+        return [dict(r) for r in rows]
+
+    def for_file(self, file_id: int) -> list[dict[str, Any]]:
+        rows = self.db.all(
+            "SELECT id, kind, url, state, attempts, last_status, last_error, result, created, delivered, next_at, host"
+            " FROM outbox WHERE file_id=? ORDER BY created, id",
+            (file_id,),
+        )
+        return [dict(dict(r), result=json.loads(r["result"]) if r["result"] else None) for r in rows]
+
+    def list(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """Every delivery (of ``kind``), oldest first, without payloads."""
+        only = " WHERE kind=?" if kind else ""
+        rows = self.db.all(
+            "SELECT id, plugin, kind, file_id, url, state, attempts, last_status, last_error, result, created,"
+            f" delivered, next_at, lease, host FROM outbox{only} ORDER BY created, id",
+            (kind,) if kind else (),
+        )
+        return [dict(dict(r), result=json.loads(r["result"]) if r["result"] else None) for r in rows]
+
+    def get(self, delivery_id: str) -> dict[str, Any] | None:
+        row = self.db.one("SELECT * FROM outbox WHERE id=?", (delivery_id,))
+        return dict(row) if row else None
+
+    def untried(self, keys: Collection[str] | None = None) -> int:
+        """Pending deliveries (of ``keys``, else all) with no attempt made yet."""
+        only = f" AND id IN ({','.join('?' * len(keys))})" if keys else ""
+        return int(
+            self.db.scalar(
+                f"SELECT COUNT(*) FROM outbox WHERE state=? AND attempts=0{only}",
+                (DeliveryState.PENDING, *(keys or ())),
+            )
+            or 0
+        )
+
+    def next_due(self) -> float | None:
+        return self.db.scalar("SELECT MIN(next_at) FROM outbox WHERE state=?", (DeliveryState.PENDING,))
+
+    def prune(self, older_than: float) -> int:
+        return self.db.transact(
+            lambda tx: tx.run(
+                "DELETE FROM outbox WHERE state IN (?,?,?) AND created < ?",
+                (DeliveryState.DELIVERED, DeliveryState.GONE, DeliveryState.FAILED, older_than),
+            )
+        )

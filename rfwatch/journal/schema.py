@@ -1,0 +1,387 @@
+"""The journal's tables, in one place, and how a journal is created and upgraded.
+
+One layout for both engines (see :mod:`rfwatch.journal.db` for the tokens). Each table is read and written by
+one module of this package only:
+
+==============  ===========================================================================  ===============
+table           what it holds                                                                module
+==============  ===========================================================================  ===============
+meta            the schema version and the journal's id (delivery ids derive from it)        schema
+holders         every process working on the journal, with its heartbeat                     holders
+files           every file, where it is, its prediction, its state and who works on it      files
+steps           each action a file's rules ran: intent before, result after                  files
+events          a file's history, line by line                                               files
+predictions     predictions by content hash: identical content is classified once            files
+produced        files rfwatch wrote, so that no watcher takes them as new                    files
+undo_steps      each step undone, like steps                                                 undo
+decisions       a person's label or reject for a file that waited for review                 decisions
+outbox          deliveries (webhooks, uploads) and their leases                              outbox
+gone_urls       delivery targets that asked for nothing more (410)                           outbox
+model_facts     what the platform API said about each model                                  facts
+==============  ===========================================================================  ===============
+
+The schema version is in ``meta``; an rfwatch older than the journal refuses it, naming both versions. A
+journal written by rfwatch 0.1 (SQLite, ``PRAGMA user_version`` 0-2, absolute paths) is upgraded in place once,
+in one transaction, its paths made relative to the config's named roots.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import Any
+
+from rfwatch.journal.db import Database, Dialect, SqliteDatabase, Tx
+from rfwatch.journal.locations import Roots
+from rfwatch.states import StepKind
+
+__all__ = ["SCHEMA_VERSION", "SchemaTooNew", "ensure_schema", "WORKING_STATES_SQL"]
+
+log = logging.getLogger(__name__)
+
+#: 1 and 2 were ``PRAGMA user_version`` of rfwatch 0.1's SQLite journal; 3 is the shared layout.
+SCHEMA_VERSION = 3
+
+#: States in which rfwatch still owns a file (no two rows may then name one path): the partial unique index.
+WORKING_STATES_SQL = "('detected','classified','decided','review','undoing')"
+
+TABLES = f"""
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS holders (
+    id TEXT PRIMARY KEY,              -- host/pid/token: never a bare pid
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    kind TEXT NOT NULL,               -- daemon, run --once, undo, review, ...
+    process TEXT,                     -- pid namespace and start time: on its own host, whether it still runs
+    started {{real}} NOT NULL,
+    heartbeat {{real}} NOT NULL       -- the database's clock ({{now}})
+);
+CREATE TABLE IF NOT EXISTS files (
+    id {{id}},
+    root TEXT NOT NULL,               -- the watch root it was found in (its name; '' for none)
+    source {{blob}} NOT NULL,         -- where it was found: below root, else absolute
+    path_root TEXT NOT NULL,
+    path {{blob}} NOT NULL,           -- where it is now, likewise
+    size BIGINT NOT NULL,
+    mtime_ns BIGINT NOT NULL,
+    sha256 TEXT NOT NULL,
+    model TEXT NOT NULL,
+    state TEXT NOT NULL,
+    prediction TEXT,                  -- the documented JSON
+    rule TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    created {{real}} NOT NULL,
+    updated {{real}} NOT NULL,
+    support TEXT,                     -- inference_id and request ids (JSON), for Roboflow support
+    round_start INTEGER NOT NULL DEFAULT 1,  -- the first step of the current round of rules
+    holder TEXT,                      -- the process working on it now (holders.id)
+    host TEXT                         -- the host that took it
+);
+CREATE UNIQUE INDEX IF NOT EXISTS files_working ON files(path_root, path) WHERE state IN {WORKING_STATES_SQL};
+CREATE INDEX IF NOT EXISTS files_path ON files(path_root, path);
+CREATE INDEX IF NOT EXISTS files_source ON files(root, source);
+CREATE INDEX IF NOT EXISTS files_state ON files(state, updated);
+CREATE INDEX IF NOT EXISTS files_sha ON files(sha256);
+CREATE INDEX IF NOT EXISTS files_created ON files(created);
+CREATE TABLE IF NOT EXISTS steps (
+    file_id BIGINT NOT NULL REFERENCES files(id),
+    seq INTEGER NOT NULL,
+    kind TEXT NOT NULL,               -- action | quarantine | decision (rfwatch.states.StepKind)
+    rule TEXT NOT NULL,
+    action TEXT NOT NULL,
+    state TEXT NOT NULL,              -- pending | done | failed
+    intent TEXT,                      -- what the action said it was about to do (JSON)
+    result TEXT,                      -- its result or error (JSON)
+    updated {{real}} NOT NULL,
+    host TEXT,
+    PRIMARY KEY (file_id, seq)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id {{id}},
+    file_id BIGINT NOT NULL,
+    at {{real}} NOT NULL,
+    message TEXT NOT NULL,
+    host TEXT
+);
+CREATE INDEX IF NOT EXISTS events_file ON events(file_id, id);
+CREATE TABLE IF NOT EXISTS predictions (
+    sha256 TEXT NOT NULL,
+    model TEXT NOT NULL,
+    prediction TEXT NOT NULL,
+    created {{real}} NOT NULL,
+    PRIMARY KEY (sha256, model)
+);
+CREATE TABLE IF NOT EXISTS produced (
+    path_root TEXT NOT NULL,
+    path {{blob}} NOT NULL,
+    size BIGINT NOT NULL,             -- -1: whatever is there (an undo at work on the file)
+    mtime_ns BIGINT NOT NULL,
+    file_id BIGINT,
+    PRIMARY KEY (path_root, path)
+);
+CREATE INDEX IF NOT EXISTS produced_file ON produced(file_id);
+CREATE TABLE IF NOT EXISTS undo_steps (
+    file_id BIGINT NOT NULL,
+    seq INTEGER NOT NULL,             -- the step undone
+    action TEXT NOT NULL,
+    state TEXT NOT NULL,              -- pending | done | failed | closed (done, and the file was undone since)
+    intent TEXT,
+    result TEXT,                      -- {{"outcome": undone | kept | nothing | partial, "detail"}} (JSON)
+    updated {{real}} NOT NULL,
+    host TEXT,
+    PRIMARY KEY (file_id, seq)
+);
+CREATE TABLE IF NOT EXISTS decisions (
+    file_id BIGINT NOT NULL,
+    round INTEGER NOT NULL,           -- files.round_start when it was decided: one decision per waiting
+    kind TEXT NOT NULL,               -- label | reject
+    classes TEXT NOT NULL,            -- JSON list: the person's class(es)
+    decided {{real}} NOT NULL,
+    by TEXT,
+    host TEXT,
+    taken_back {{real}},              -- when it was taken back on the review page (the file waits again)
+    PRIMARY KEY (file_id, round)
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    id TEXT PRIMARY KEY,              -- the plugin's key (a webhook's webhook-id): the same on every attempt
+    plugin TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    file_id BIGINT,
+    url TEXT NOT NULL,                -- the target: a URL, a project
+    body {{blob}} NOT NULL,
+    state TEXT NOT NULL,              -- pending | delivered | gone | failed
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at {{real}} NOT NULL,
+    last_status INTEGER,
+    last_error TEXT,
+    created {{real}} NOT NULL,
+    delivered {{real}},
+    result TEXT,
+    lease TEXT,                       -- the holder delivering it now (holders.id)
+    host TEXT                         -- the host that made the last attempt
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox(state, next_at);
+CREATE INDEX IF NOT EXISTS outbox_file ON outbox(file_id);
+CREATE TABLE IF NOT EXISTS gone_urls (
+    url TEXT PRIMARY KEY,
+    at {{real}} NOT NULL
+);
+CREATE TABLE IF NOT EXISTS model_facts (
+    model TEXT PRIMARY KEY,
+    facts TEXT NOT NULL,
+    fetched {{real}} NOT NULL
+);
+"""
+
+#: Changes to layouts written by a later version of this schema, applied in order (none yet).
+MIGRATIONS: dict[int, tuple[str, ...]] = {}
+
+
+class SchemaTooNew(Exception):
+    """The journal was written by a newer rfwatch."""
+
+
+def _statements(db: Database, text: str) -> list[str]:
+    text = "\n".join(line.split("--", 1)[0] for line in text.splitlines())
+    return [s.strip() for s in db.ddl(text).split(";") if s.strip()]
+
+
+def ensure_schema(db: Database, roots: Roots, legacy_id: str | None = None) -> str:
+    """Create or upgrade the layout; return the journal's id. ``legacy_id``: the id an 0.1 journal had (its path)."""
+    if isinstance(db, SqliteDatabase) and _is_legacy(db):
+        _upgrade_legacy(db, roots, legacy_id or str(db.path))
+
+    def setup(tx: Tx) -> str:
+        if db.dialect == Dialect.POSTGRESQL:
+            tx.run("SELECT pg_advisory_xact_lock(7262617463680001)")  # one host creates or upgrades at a time
+        exists = tx.scalar(_TABLE_EXISTS[db.dialect], ("meta",))
+        version = int(tx.scalar("SELECT value FROM meta WHERE key='schema_version'") or 0) if exists else 0
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"the journal {db.display} has schema version {version}, and this rfwatch knows versions up to "
+                f"{SCHEMA_VERSION}: upgrade rfwatch on this host (it must not write a layout it does not know)"
+            )
+        if version == 0:
+            for statement in _statements(db, TABLES):
+                tx.run(statement)
+            tx.run("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            tx.run("INSERT INTO meta (key, value) VALUES ('journal_id', ?)", (legacy_id or uuid.uuid4().hex,))
+        for v in range(max(version, SCHEMA_VERSION) + 1, SCHEMA_VERSION + 1):  # future upgrades
+            for statement in MIGRATIONS.get(v, ()):
+                tx.run(db.ddl(statement))
+            tx.run("UPDATE meta SET value=? WHERE key='schema_version'", (str(v),))
+        return str(tx.scalar("SELECT value FROM meta WHERE key='journal_id'"))
+
+    return db.transact(setup)
+
+
+_TABLE_EXISTS = {
+    Dialect.SQLITE: "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?",
+    Dialect.POSTGRESQL: "SELECT 1 FROM information_schema.tables WHERE table_schema = current_schema() AND table_name=?",
+}
+
+
+# --- rfwatch 0.1's journal ---------------------------------------------------------------
+
+
+def _is_legacy(db: SqliteDatabase) -> bool:
+    with db.read() as tx:
+        has_files = tx.scalar(_TABLE_EXISTS[Dialect.SQLITE], ("files",))
+        has_meta = tx.scalar(_TABLE_EXISTS[Dialect.SQLITE], ("meta",))
+    return bool(has_files) and not has_meta
+
+
+_LEGACY_STEP_KINDS = {"quarantine": StepKind.QUARANTINE, "decision": StepKind.DECISION}
+
+
+def _upgrade_legacy(db: SqliteDatabase, roots: Roots, journal_id: str) -> None:
+    """rfwatch 0.1 -> schema 3, in one transaction: a crash leaves the old journal as it was."""
+
+    def columns(tx: Tx, table: str) -> set[str]:
+        return {r["name"] for r in tx.all(f"PRAGMA table_info({table})")}
+
+    def upgrade(tx: Tx) -> None:
+        existing = {r["name"] for r in tx.all("SELECT name FROM sqlite_master WHERE type='table'")}
+        old = {}
+        for table in sorted(existing):
+            if table in _LEGACY_TABLES:
+                tx.run(f"ALTER TABLE {table} RENAME TO legacy_{table}")
+                old[table] = columns(tx, f"legacy_{table}")
+        for name in [r["name"] for r in tx.all("SELECT name FROM sqlite_master WHERE type='index'")]:
+            if not name.startswith("sqlite_"):
+                tx.run(f"DROP INDEX IF EXISTS {name}")
+        for statement in _statements(db, TABLES):
+            tx.run(statement)
+        tx.run("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        tx.run("INSERT INTO meta (key, value) VALUES ('journal_id', ?)", (journal_id,))
+        _copy_legacy(tx, roots, old)
+        for table in old:
+            tx.run(f"DROP TABLE legacy_{table}")
+
+    db.transact(upgrade)
+    log.warning("journal %s upgraded from rfwatch 0.1's layout to schema %d", db.display, SCHEMA_VERSION)
+
+
+_LEGACY_TABLES = (
+    "files",
+    "steps",
+    "events",
+    "predictions",
+    "produced",
+    "undo_steps",
+    "decisions",
+    "outbox",
+    "gone_urls",
+    "model_facts",
+)
+
+
+def _copy_legacy(tx: Tx, roots: Roots, old: dict[str, set[str]]) -> None:
+    def rows(table: str) -> list[Any]:
+        return tx.all(f"SELECT * FROM legacy_{table}") if table in old else []
+
+    def where(blob: bytes) -> tuple[str, bytes]:
+        loc = roots.locate(bytes(blob).decode("utf-8", "surrogateescape"))
+        return loc.root, loc.rel
+
+    def portable(text: str | None) -> str | None:
+        return json.dumps(roots.to_portable(json.loads(text))) if text else text
+
+    for r in rows("files"):
+        root, source = where(r["source"])
+        path_root, path = where(r["path"])
+        keys = r.keys()
+        tx.run(
+            "INSERT INTO files (id, root, source, path_root, path, size, mtime_ns, sha256, model, state, prediction,"
+            " rule, attempts, last_error, created, updated, support, round_start) VALUES"
+            " (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                r["id"],
+                root,
+                source,
+                path_root,
+                path,
+                r["size"],
+                r["mtime_ns"],
+                r["sha256"],
+                r["model"],
+                r["state"],
+                r["prediction"],
+                r["rule"],
+                r["attempts"],
+                r["last_error"],
+                r["created"],
+                r["updated"],
+                r["support"] if "support" in keys else None,
+                r["round_start"] if "round_start" in keys else 1,
+            ),
+        )
+    for r in rows("steps"):
+        kind = _LEGACY_STEP_KINDS.get(r["action"], StepKind.ACTION)
+        tx.run(
+            "INSERT INTO steps (file_id, seq, kind, rule, action, state, intent, result, updated)"
+            " VALUES (?,?,?,?,?,?,?,?,?)",
+            (
+                r["file_id"],
+                r["seq"],
+                kind,
+                r["rule"],
+                r["action"],
+                r["state"],
+                portable(r["intent"]),
+                portable(r["result"]),
+                r["updated"],
+            ),
+        )
+    if "events" in old:
+        tx.run(
+            "INSERT INTO events (file_id, at, message) SELECT file_id, at, message FROM legacy_events ORDER BY rowid"
+        )
+    if "predictions" in old:
+        tx.run("INSERT INTO predictions SELECT sha256, model, prediction, created FROM legacy_predictions")
+    for r in rows("produced"):
+        root, path = where(r["path"])
+        tx.run(
+            "INSERT INTO produced VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING",
+            (root, path, r["size"], r["mtime_ns"], r["file_id"]),
+        )
+    for r in rows("undo_steps"):
+        tx.run(
+            "INSERT INTO undo_steps (file_id, seq, action, state, intent, result, updated) VALUES (?,?,?,?,?,?,?)",
+            (
+                r["file_id"],
+                r["seq"],
+                r["action"],
+                r["state"],
+                portable(r["intent"]),
+                portable(r["result"]),
+                r["updated"],
+            ),
+        )
+    if "decisions" in old:
+        tx.run(
+            "INSERT INTO decisions (file_id, round, kind, classes, decided, by)"
+            " SELECT file_id, round, kind, classes, decided, by FROM legacy_decisions"
+        )
+    if "outbox" in old:
+        cols = old["outbox"]
+        plugin = "plugin" if "plugin" in cols else "'rfwatch.default_plugins.webhook'"
+        kind = "kind" if "kind" in cols else "'webhook'"
+        file_id = "file_id" if "file_id" in cols else "NULL"
+        result = "result" if "result" in cols else "NULL"
+        # Leases of rfwatch 0.1 named a pid and set next_at to the lease's end: none is live across an upgrade.
+        next_at = "CASE WHEN lease IS NOT NULL THEN 0 ELSE next_at END" if "lease" in cols else "next_at"
+        tx.run(
+            "INSERT INTO outbox (id, plugin, kind, file_id, url, body, state, attempts, next_at, last_status,"
+            f" last_error, created, delivered, result) SELECT id, {plugin}, {kind}, {file_id}, url, body, state,"
+            f" attempts, {next_at}, last_status, last_error, created, delivered, {result} FROM legacy_outbox"
+        )
+    if "gone_urls" in old:
+        tx.run("INSERT INTO gone_urls SELECT url, at FROM legacy_gone_urls")
+    if "model_facts" in old:
+        tx.run("INSERT INTO model_facts SELECT model, facts, fetched FROM legacy_model_facts")

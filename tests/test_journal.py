@@ -1,0 +1,353 @@
+"""The journal's contract, on every backend: SQLite (a file) and PostgreSQL (a throwaway cluster, tests/pg.py).
+
+Each test runs once per backend (the ``journal_url`` fixture). Several Journal handles on one database stand for
+several processes or hosts: each registers as a holder of its own, with its own host id.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import wait_for
+
+from rfwatch.journal import (
+    SCHEMA_VERSION,
+    AlreadyDecided,
+    ClaimLost,
+    DecisionKind,
+    Journal,
+    NotWaiting,
+    Roots,
+    SchemaTooNew,
+    Skip,
+)
+from rfwatch.states import FileState, StepKind
+
+INBOX = Path("/srv/a/inbox")
+
+
+def open_as(url: str, host: str = "host-a", lease: float = 60.0, roots: dict | None = None) -> Journal:
+    return Journal.open(url, host=host, lease=lease, roots=Roots(roots if roots is not None else {"inbox": INBOX}))
+
+
+@pytest.fixture
+def a(journal_url):
+    j = open_as(journal_url, "host-a")
+    yield j
+    j.close()
+
+
+@pytest.fixture
+def b(journal_url):
+    j = open_as(journal_url, "host-b")
+    yield j
+    j.close()
+
+
+def take(j: Journal, name: str = "x.jpg", size: int = 10, mtime: int = 1) -> int | Skip:
+    return j.files.take(INBOX / name, size, mtime, "sha-" + name, "colors/1")
+
+
+# --- taking files ------------------------------------------------------------------------------------------
+
+
+def test_a_file_is_taken_by_one_process(a, b):
+    first = take(a)
+    assert isinstance(first, int)
+    again = take(b)
+    assert again == Skip("being processed", first)
+    assert a.files.get(first).holder == a.holder.id and a.files.get(first).host == "host-a"
+
+
+def test_a_file_finished_meanwhile_is_not_taken_again(a, b):
+    fid = take(a)
+    a.files.classified(fid, {"top": "red"}, "sha-x.jpg", "colors/1", "red 0.9", {})
+    a.files.finish(fid, FileState.UNMATCHED)  # left in place
+    assert take(b) == Skip("already unmatched", fid)
+    assert b.files.screen(INBOX / "x.jpg", 10, 1) == Skip("already unmatched", fid)
+    # the same name with other content is a new file
+    assert isinstance(take(b, size=11), int)
+
+
+def test_a_claim_holds_while_its_holder_beats_and_lapses_when_it_stops(journal_url):
+    a, b = open_as(journal_url, "host-a", lease=1.0), open_as(journal_url, "host-b", lease=1.0)
+    try:
+        fid = take(a)
+        assert b.files.claim(fid) is None, "a live holder's file"
+        assert fid not in b.files.claimable()
+        a._heartbeat.stop()  # host A dies (its heartbeat stops): after the lease its claims are free
+        row = wait_for(lambda: b.files.claim(fid), timeout=10, what="the lease to run out")
+        assert row.holder == b.holder.id
+        with pytest.raises(ClaimLost):  # A, back, may not carry on a file B holds now
+            a.files.classified(fid, {"top": "red"}, "sha-x.jpg", "colors/1", "red", {})
+        b.files.classified(fid, {"top": "red"}, "sha-x.jpg", "colors/1", "red", {})
+        assert b.files.get(fid).state == FileState.CLASSIFIED
+    finally:
+        b.close()
+        a.db.close()
+
+
+KILLED_HOLDER = """
+import os, sys
+from pathlib import Path
+from rfwatch.journal import Journal, Roots
+j = Journal.open(sys.argv[1], host="host-a", roots=Roots({"inbox": Path("/srv/a/inbox")}))
+fid = j.files.take(Path("/srv/a/inbox/x.jpg"), 10, 1, "sha", "colors/1")
+print(fid, flush=True)
+os.kill(os.getpid(), 9)
+"""
+
+
+def test_a_killed_process_of_this_host_lets_go_at_once(journal_url):
+    """Same host, same pid namespace: a holder whose process is gone is dead without waiting for the lease."""
+    out = subprocess.run([sys.executable, "-c", KILLED_HOLDER, journal_url], capture_output=True, text=True)
+    assert out.returncode == -9, out.stderr
+    fid = int(out.stdout)
+    j = open_as(journal_url, "host-a")  # the lease is 60 s: only the reaping makes this immediate
+    try:
+        j.holders.reap_local("host-a")
+        assert j.files.claimable() == [fid]
+        assert j.files.claim(fid) is not None
+    finally:
+        j.close()
+
+
+def test_another_hosts_process_is_never_judged_by_its_pid(journal_url):
+    """A holder of another host (or another pid namespace) is alive while it beats, whatever its pid is here."""
+    out = subprocess.run(
+        [sys.executable, "-c", KILLED_HOLDER.replace('host="host-a"', 'host="elsewhere"'), journal_url],
+        capture_output=True,
+        text=True,
+    )
+    fid = int(out.stdout)
+    j = open_as(journal_url, "host-a")
+    try:
+        j.holders.reap_local("host-a")
+        assert j.files.claim(fid) is None, "claims of another host lapse with their lease only"
+    finally:
+        j.close()
+
+
+def test_a_clean_stop_releases_claims_at_once(a, b):
+    fid = take(a)
+    a.close()
+    assert b.files.claim(fid) is not None
+
+
+def test_drop_forgets_a_row_taken_for_a_file_that_vanished(a):
+    fid = take(a)
+    a.files.drop(fid)
+    with pytest.raises(KeyError):
+        a.files.get(fid)
+    assert isinstance(take(a), int)
+
+
+# --- steps ----------------------------------------------------------------------------------------------------
+
+
+def test_a_step_is_written_with_its_intent_and_finished_with_the_files_state(a):
+    fid = take(a)
+    a.files.classified(fid, {"top": "red"}, "sha-x.jpg", "colors/1", "red", {})
+    assert a.files.resume_step(fid, 1) == (None, None)
+    a.files.record_intent(fid, 1, StepKind.ACTION, "sort", "move", {"target": str(INBOX / "sub" / "x.jpg")})
+    state, intent = a.files.resume_step(fid, 1)
+    assert (state, intent) == ("pending", {"target": str(INBOX / "sub" / "x.jpg")})
+    dest = Path("/elsewhere/x.jpg")
+    a.files.finish_step(
+        fid, 1, StepKind.ACTION, "sort", "move", True, {"to": str(dest)}, path=dest, final=FileState.DONE
+    )
+    row = a.files.get(fid)
+    assert (row.state, row.path, row.source, row.rule, row.holder) == (
+        FileState.DONE,
+        dest,
+        INBOX / "x.jpg",
+        "sort",
+        None,
+    )
+    (step,) = a.files.steps(fid)
+    assert (step.kind, step.state, step.result, step.host) == (StepKind.ACTION, "done", {"to": str(dest)}, "host-a")
+    assert "move done" in " ".join(m for _, m, _ in a.files.events(fid))
+
+
+def test_paths_below_a_named_root_read_as_each_hosts_own(journal_url):
+    """One share at /srv/a/inbox on host A and /mnt/b/inbox on host B: the same file, steps included."""
+    a = open_as(journal_url, "host-a", roots={"inbox": INBOX})
+    b = open_as(journal_url, "host-b", roots={"inbox": Path("/mnt/b/inbox")})
+    try:
+        fid = take(a, "sub/x.jpg")
+        a.files.record_intent(fid, 1, StepKind.ACTION, "r", "move", {"target": str(INBOX / "done" / "x.jpg")})
+        row = b.files.get(fid)
+        assert row.source == Path("/mnt/b/inbox/sub/x.jpg") and row.watch_root == Path("/mnt/b/inbox")
+        assert b.files.resume_step(fid, 1)[1] == {"target": "/mnt/b/inbox/done/x.jpg"}
+        assert b.files.history_for(Path("/mnt/b/inbox/sub/x.jpg"))[0].id == fid
+        # one file, wherever it is mounted: host B cannot take it as new at its own path
+        again = b.files.take(Path("/mnt/b/inbox/sub/x.jpg"), 10, 1, "sha-sub/x.jpg", "colors/1")
+        assert again == Skip("being processed", fid)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_requeue_changes_only_the_states_asked_for(a, b):
+    fid = take(a)
+    a.files.finish(fid, FileState.FAILED, "boom")
+    assert b.files.requeue(fid, (FileState.UNDONE,)) is None, "not undone: left alone"
+    row = b.files.requeue(fid, (FileState.FAILED,))
+    assert row.state == FileState.DETECTED and row.holder is None
+    assert b.files.requeue(fid, (FileState.FAILED,)) is None, "taken meanwhile: not queued twice"
+
+
+def test_identical_content_is_classified_once(a):
+    fid = take(a)
+    a.files.classified(fid, {"top": "red"}, "sha-x.jpg", "colors/1", "red", {"inference_id": "1"})
+    assert a.files.cached_prediction("sha-x.jpg", "colors/1") == {"top": "red"}
+    assert a.files.cached_prediction("sha-x.jpg", "colors/2") is None
+
+
+# --- decisions ---------------------------------------------------------------------------------------------------
+
+
+def test_a_decision_is_taken_once(a, b):
+    fid = take(a)
+    a.files.classified(fid, {"top": "red"}, "sha-x.jpg", "colors/1", "red", {})
+    with pytest.raises(NotWaiting):
+        b.decisions.decide(fid, DecisionKind.LABEL, ("green",))
+    a.files.wait_for_review(fid, "waiting for review: in review/")
+    assert [r.id for r in b.decisions.waiting()] == [fid] and b.decisions.count_waiting() == 1
+    decision = b.decisions.decide(fid, DecisionKind.LABEL, ("green",), by="page")
+    assert decision.host == "host-b"
+    with pytest.raises(AlreadyDecided):
+        a.decisions.decide(fid, DecisionKind.REJECT)
+    assert a.files.get(fid).state == FileState.DECIDED and a.decisions.latest(fid).classes == ("green",)
+    assert a.files.claim(fid) is not None  # a decided file is work again, for whoever claims it
+
+
+# --- undo -------------------------------------------------------------------------------------------------------------
+
+
+def test_an_undo_claim_compares_state_and_time(a, b):
+    fid = take(a)
+    a.files.finish(fid, FileState.DONE)
+    row = b.files.get(fid)
+    stale = a.files.get(fid)
+    assert b.undo.claim(row)
+    assert not a.undo.claim(stale), "another undo holds it"
+    b.undo.finish_step(fid, 1, "move", {"outcome": "undone"})
+    b.undo.finish(fid, INBOX / "x.jpg", "undone", None, None)
+    assert a.files.get(fid).state == FileState.UNDONE and a.undo.closed(fid) == {1}
+
+
+def test_an_interrupted_undo_is_given_up_only_when_its_holder_is_gone(journal_url):
+    a, b = open_as(journal_url, "host-a", lease=1.0), open_as(journal_url, "host-b", lease=1.0)
+    try:
+        fid = take(a)
+        a.files.finish(fid, FileState.DONE)
+        assert a.undo.claim(a.files.get(fid))
+        row = b.files.get(fid)
+        assert not b.undo.give_up(row), "an undo works on it"
+        a._heartbeat.stop()
+        wait_for(lambda: b.undo.give_up(row), timeout=10, what="the undo's lease to run out")
+        assert b.files.get(fid).state == FileState.UNDONE
+    finally:
+        b.close()
+        a.db.close()
+
+
+# --- the schema ------------------------------------------------------------------------------------------------------
+
+
+def test_an_older_rfwatch_refuses_a_newer_schema_naming_both_versions(journal_url):
+    j = open_as(journal_url)
+    j.db.transact(lambda tx: tx.run("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION + 1),)))
+    j.close()
+    with pytest.raises(SchemaTooNew, match=rf"schema version {SCHEMA_VERSION + 1}.*up to {SCHEMA_VERSION}"):
+        open_as(journal_url)
+
+
+def test_the_journal_id_is_stable_and_delivery_ids_derive_from_it(journal_url):
+    first = open_as(journal_url)
+    ident, key = first.id, first.delivery_id(7, 2, "webhook")
+    first.close()
+    again = open_as(journal_url, "host-b")
+    try:
+        assert again.id == ident and again.delivery_id(7, 2, "webhook") == key
+    finally:
+        again.close()
+
+
+def test_change_feed_hears_another_process(a, b):
+    feed = a.changes()
+    try:
+        feed.changed()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and feed.changed():
+            time.sleep(0.05)  # drain whatever opening the journal said
+        fid = take(b)
+        b.files.finish(fid, FileState.FAILED, "x")
+        b.files.requeue(fid, (FileState.FAILED,))
+        wait_for(feed.changed, timeout=5, what="the change to be heard")
+    finally:
+        feed.close()
+
+
+LEGACY = """
+CREATE TABLE files (id INTEGER PRIMARY KEY, path BLOB NOT NULL, source BLOB NOT NULL, watch_root BLOB NOT NULL,
+  size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL, model TEXT NOT NULL, state TEXT NOT NULL,
+  prediction TEXT, rule TEXT, attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, created REAL NOT NULL,
+  updated REAL NOT NULL, support TEXT, round_start INTEGER NOT NULL DEFAULT 1);
+CREATE TABLE steps (file_id INTEGER NOT NULL, seq INTEGER NOT NULL, rule TEXT NOT NULL, action TEXT NOT NULL,
+  state TEXT NOT NULL, intent TEXT, result TEXT, updated REAL NOT NULL, PRIMARY KEY (file_id, seq));
+CREATE TABLE predictions (sha256 TEXT NOT NULL, model TEXT NOT NULL, prediction TEXT NOT NULL, created REAL NOT NULL,
+  PRIMARY KEY (sha256, model));
+CREATE TABLE produced (path BLOB PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, file_id INTEGER);
+CREATE TABLE events (file_id INTEGER NOT NULL, at REAL NOT NULL, message TEXT NOT NULL);
+CREATE TABLE outbox (id TEXT PRIMARY KEY, url TEXT NOT NULL, body BLOB NOT NULL, state TEXT NOT NULL,
+  attempts INTEGER NOT NULL DEFAULT 0, next_at REAL NOT NULL, last_status INTEGER, last_error TEXT,
+  created REAL NOT NULL, delivered REAL, plugin TEXT NOT NULL DEFAULT 'rfwatch.default_plugins.webhook',
+  kind TEXT NOT NULL DEFAULT 'webhook', file_id INTEGER, result TEXT, lease TEXT);
+PRAGMA user_version=2;
+"""
+
+
+def test_a_journal_of_rfwatch_0_1_is_upgraded_in_place(tmp_path):
+    """Paths were absolute and steps named by action: the upgrade keeps every file known and every step undoable."""
+    path = tmp_path / "journal.db"
+    db = sqlite3.connect(path)
+    db.executescript(LEGACY)
+    src, dst = os.fsencode(INBOX / "x.jpg"), os.fsencode("/archive/red/x.jpg")
+    db.execute(
+        "INSERT INTO files VALUES (1,?,?,?,10,1,'sha','colors/1','done','{\"top\": \"red\"}','sort',1,NULL,1,2,NULL,1)",
+        (dst, src, os.fsencode(INBOX)),
+    )
+    result = '{"outcome": "moved", "from": "/srv/a/inbox/x.jpg", "to": "/archive/red/x.jpg"}'
+    db.execute("INSERT INTO steps VALUES (1,1,'sort','move','done',NULL,?,2)", (result,))
+    db.execute("INSERT INTO steps VALUES (1,0,'','quarantine','done',NULL,NULL,2)")
+    db.execute("INSERT INTO events VALUES (1, 1, 'detected')")
+    db.execute(
+        "INSERT INTO outbox (id, url, body, state, next_at, created, lease) VALUES ('m', 'u', x'01', 'pending', 9e9, 1, 'pid 4')"
+    )
+    db.commit()
+    db.close()
+    j = Journal.open(str(path), roots=Roots({"inbox": INBOX}))
+    try:
+        row = j.files.get(1)
+        assert (row.root, row.source, row.path, row.state) == (
+            "inbox",
+            INBOX / "x.jpg",
+            Path("/archive/red/x.jpg"),
+            "done",
+        )
+        kinds = {s.seq: s.kind for s in j.files.steps(1)}
+        assert kinds == {0: StepKind.QUARANTINE, 1: StepKind.ACTION}
+        assert j.files.steps(1)[1].result["from"] == str(INBOX / "x.jpg")
+        assert j.files.screen(Path("/archive/red/x.jpg"), 10, 1) == Skip("already done", 1)
+        assert j.outbox.get("m")["next_at"] == 0 and j.outbox.get("m")["lease"] is None  # a 0.1 lease is no lease
+        assert j.id == str(path)  # delivery ids of steps redone after the upgrade are the ones 0.1 gave
+    finally:
+        j.close()
