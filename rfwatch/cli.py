@@ -157,11 +157,14 @@ def cmd_check(args: argparse.Namespace) -> int:
         if unchecked:
             print(f"warning: the classes named in rules were not checked (nothing known about {', '.join(unchecked)})")
     print(f"journal: {cfg.state_path}")
+    from rfwatch.service.mounts import MountTable, plan_watch
+
+    mounts = MountTable.current()
     for w in cfg.watch:
-        print(
-            f"watch: {w.path} ({'polling' if w.polling else 'inotify'}, settle {w.settle:g}s"
-            f"{', model ' + w.model if w.model else ''})"
-        )
+        root, *submounts = plan_watch(w.path, w.polling, w.recursive, mounts).choices
+        print(f"watch: {w.path} ({root.describe()}; settle {w.settle:g}s{', model ' + w.model if w.model else ''})")
+        for sub in submounts:
+            print(f"watch: {sub.path}, a mount below {w.path} ({sub.describe()})")
     for rule in rules:
         print(f"rule {rule.name!r}: {rule.describe_when()} -> {', '.join(a.name for a in rule.actions)}")
     if cfg.review.listen:

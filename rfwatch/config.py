@@ -71,7 +71,8 @@ class WatchConfig:
     include: tuple[str, ...] = DEFAULT_INCLUDE
     exclude: tuple[str, ...] = DEFAULT_EXCLUDE
     settle: float = 1.0
-    polling: bool = False
+    #: true or false as configured, or "auto": poll on network and FUSE filesystems (rfwatch.service.mounts).
+    polling: bool | str = "auto"
     model: str | None = None
 
 
@@ -385,11 +386,18 @@ def _watch(items: Any, resolve: Any) -> tuple[WatchConfig, ...]:
                 include=tuple(p.lower() for p in sec.str_list("include", DEFAULT_INCLUDE)),
                 exclude=sec.str_list("exclude", DEFAULT_EXCLUDE),
                 settle=sec.number("settle", 1.0, minimum=0.0),
-                polling=sec.bool("polling", False),
+                polling=_polling(sec),
                 model=model,
             )
         )
     return tuple(out)
+
+
+def _polling(sec: _Section) -> bool | str:
+    value = sec.data.get("polling", "auto")
+    if isinstance(value, bool) or value == "auto":
+        return value
+    raise ConfigError(f"{sec.path_of('polling')}: expected auto, true or false, got {_show(value)}")
 
 
 _RULE_KEYS = {"name", "when", "then", "continue"}
