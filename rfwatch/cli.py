@@ -159,13 +159,17 @@ def cmd_check(args: argparse.Namespace) -> int:
         if unchecked:
             print(f"warning: the classes named in rules were not checked (nothing known about {', '.join(unchecked)})")
     print(f"journal: {display_url(cfg.journal_url)}")
+    from rfwatch.service.mounts import MountTable, plan_watch
+
+    mounts = MountTable.current()
     for w in cfg.watch:
-        print(
-            f"watch: {w.path} ({'polling' if w.polling else 'inotify'}, settle {w.settle:g}s"
-            f"{', model ' + w.model if w.model else ''})"
-        )
+        root, *submounts = plan_watch(w.path, w.polling, w.recursive, mounts).choices
+        print(f"watch: {w.path} ({root.describe()}; settle {w.settle:g}s{', model ' + w.model if w.model else ''})")
+        for sub in submounts:
+            print(f"watch: {sub.path}, a mount below {w.path} ({sub.describe()})")
     for rule in rules:
         print(f"rule {rule.name!r}: {rule.describe_when()} -> {', '.join(a.name for a in rule.actions)}")
+    _check_exif(cfg)
     if cfg.review.listen:
         print(f"review page: http://{cfg.review.listen}/" + (" (token required)" if cfg.review.token else ""))
     print(f"plugins: {', '.join(plugins.names()) or '(none)'}")
@@ -173,6 +177,22 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise ConfigError("; ".join(problems))
     print("ok")
     return EXIT_OK
+
+
+def _check_exif(cfg: Config) -> None:
+    """Say which EXIF tags the rules name that only exiftool reads, when it is not installed."""
+    from rfwatch.host.exif import exiftool_available
+    from rfwatch.host.rules import exif_uses
+
+    if exiftool_available():
+        return
+    for key, tag, condition in exif_uses(cfg):
+        if not tag.standard:
+            outcome = "the condition never matches" if condition else "the placeholder is empty"
+            print(
+                f"warning: {key}: {{exif:{tag.text}}} is not a standard EXIF tag and exiftool is not installed: "
+                f"{outcome} (apt-get install libimage-exiftool-perl)"
+            )
 
 
 def _ask_platform(cfg: Config, models: list[str]) -> tuple[dict[str, Any], str, list[str]]:

@@ -74,7 +74,8 @@ class WatchConfig:
     include: tuple[str, ...] = DEFAULT_INCLUDE
     exclude: tuple[str, ...] = DEFAULT_EXCLUDE
     settle: float = 1.0
-    polling: bool = False
+    #: true or false as configured, or "auto": poll on network and FUSE filesystems (rfwatch.service.mounts).
+    polling: bool | str = "auto"
     model: str | None = None
 
 
@@ -84,6 +85,8 @@ class When:
     min_confidence: float | None = None
     max_confidence: float | None = None
     path: str | None = None
+    #: EXIF conditions: (tag, globs), each tag must match one of its globs (rfwatch.host.exif names the tags).
+    exif: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -445,7 +448,7 @@ def _watch(items: Any, resolve: Any) -> tuple[WatchConfig, ...]:
                 include=tuple(p.lower() for p in sec.str_list("include", DEFAULT_INCLUDE)),
                 exclude=sec.str_list("exclude", DEFAULT_EXCLUDE),
                 settle=sec.number("settle", 1.0, minimum=0.0),
-                polling=sec.bool("polling", False),
+                polling=_polling(sec),
                 model=model,
             )
         )
@@ -485,8 +488,41 @@ def _roots(data: Any, resolve: Any, watches: tuple[WatchConfig, ...]) -> tuple[t
     return tuple((n, p) for n, p, k in roots if k.startswith("roots."))
 
 
+def _polling(sec: _Section) -> bool | str:
+    value = sec.data.get("polling", "auto")
+    if isinstance(value, bool) or value == "auto":
+        return value
+    raise ConfigError(f"{sec.path_of('polling')}: expected auto, true or false, got {_show(value)}")
+
+
 _RULE_KEYS = {"name", "when", "then", "continue"}
-_WHEN_KEYS = {"class", "min_confidence", "max_confidence", "path"}
+_WHEN_KEYS = {"class", "min_confidence", "max_confidence", "path", "exif"}
+
+
+def _exif_when(when: _Section) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """``exif: {Model: "*D70*", MakerNotes:Sequence: ["1 *", "2 *"]}``: tag names checked, globs as strings."""
+    from rfwatch.host.exif import TagRef
+
+    data = when.data.get("exif")
+    key = when.path_of("exif")
+    if data is None:
+        return ()
+    if not isinstance(data, dict) or not data:
+        raise ConfigError(f'{key}: expected EXIF tags and globs such as {{Model: "*D70*"}}, got {_show(data)}')
+    # A number is a glob too (ISO: 100): the tag's value is compared as text.
+    numbers = {k: [v] for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    sec = _Section({**data, **numbers}, key, set(data))
+    out = []
+    for tag in data:
+        try:
+            TagRef.parse(tag)
+        except ValueError as exc:
+            raise ConfigError(f"{sec.path_of(str(tag))}: {exc}") from None
+        globs = sec.str_list(tag)
+        if not globs:
+            raise ConfigError(f'{sec.path_of(tag)}: expected a glob such as "*D70*" (or a list of them)')
+        out.append((tag, globs))
+    return tuple(out)
 
 
 def _rules(items: Any) -> tuple[RuleConfig, ...]:
@@ -529,6 +565,7 @@ def _rules(items: Any) -> tuple[RuleConfig, ...]:
                     min_confidence=lo,
                     max_confidence=hi,
                     path=when_sec.str("path"),
+                    exif=_exif_when(when_sec),
                 ),
                 then=tuple(actions),
                 continue_=sec.bool("continue", False),

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from rfwatch.host.exif import CameraFacts, camera_facts
+from rfwatch.host.templates import MISSING
 from rfwatch.roboflow.result import Prediction
 
 if TYPE_CHECKING:
@@ -77,6 +79,7 @@ class FileContext:
     #: Why the file waits for a person, once an action called :meth:`hold`; else None.
     held: str | None = None
     _date: dt.datetime | None = field(default=None, repr=False)
+    _exif: CameraFacts | None = field(default=None, repr=False)
 
     def intent(self, **detail: Any) -> None:
         """Record what the action is about to do, durably, before doing it (crash recovery reads it back as ``resume``)."""
@@ -122,6 +125,13 @@ class FileContext:
             self._date = exif_datetime(self.path) or _mtime(self.path)
         return self._date
 
+    @property
+    def exif(self) -> CameraFacts:
+        """The file's EXIF tags (rfwatch.host.exif), read when first asked for; the rules' read is shared."""
+        if self._exif is None or self._exif.path != self.path:  # moved since: look it up where it is now
+            self._exif = camera_facts(self.path)
+        return self._exif
+
     def values(self) -> dict[str, Any]:
         """Placeholder values for templates (see rfwatch.host.templates.PLACEHOLDERS)."""
         name = self.path.name
@@ -152,7 +162,7 @@ class FileContext:
 
 
 class _LazyValues(dict):
-    """Placeholder values; {date} reads EXIF only when a template asks for it."""
+    """Placeholder values; {date} and {exif:TAG} read EXIF only when a template asks for them."""
 
     def __init__(self, ctx: FileContext, values: dict[str, Any]):
         super().__init__(values)
@@ -161,6 +171,10 @@ class _LazyValues(dict):
     def __missing__(self, key: str) -> Any:
         if key == "date":
             self[key] = self._ctx.date
+            return self[key]
+        if key.startswith("exif:"):
+            value = self._ctx.exif.get(key[5:])
+            self[key] = MISSING if value is None else value
             return self[key]
         raise KeyError(key)
 

@@ -2,6 +2,10 @@
 
 Rules are tried in order; the first whose ``when`` matches runs its ``then``
 list, and ``continue: true`` lets later rules be tried as well.
+
+``when: exif: {TAG: GLOB}`` conditions read the file's EXIF (rfwatch.host.exif) only once the rule's
+other conditions hold, and through :func:`camera_facts`, so the actions' ``{exif:...}`` placeholders
+use the same read.
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from rfwatch.config import ActionSpec, Config, ConfigError, RuleConfig, When
+from rfwatch.host.exif import CameraFacts, TagRef, camera_facts
+from rfwatch.host.templates import Template, TemplateError
 from rfwatch.roboflow.result import Prediction
 
-__all__ = ["Rule", "BoundAction", "compile_rules", "matching_rules"]
+__all__ = ["Rule", "BoundAction", "compile_rules", "matching_rules", "exif_uses"]
 
 
 @dataclass(frozen=True)
@@ -56,8 +62,11 @@ class Rule:
     def continue_(self) -> bool:
         return self.spec.continue_
 
-    def match(self, prediction: Prediction, source: Path) -> str | None:
-        """The class this rule matched (the top class when it names none), or None for no match."""
+    def match(self, prediction: Prediction, source: Path, facts: CameraFacts | None = None) -> str | None:
+        """The class this rule matched (the top class when it names none), or None for no match.
+
+        ``facts``: the file's EXIF tags, for ``exif`` conditions (default: read from ``source``).
+        """
         when = self.when
         if when.classes:
             candidates = prediction.predicted_classes if prediction.multi_label else (prediction.top,)
@@ -73,6 +82,12 @@ class Rule:
             return None
         if when.path is not None and not fnmatch.fnmatchcase(str(source), when.path):
             return None
+        if when.exif:
+            facts = facts or camera_facts(source)
+            for tag, globs in when.exif:
+                value = facts.text(tag)  # a tag the file lacks matches nothing, not even "*"
+                if value is None or not any(fnmatch.fnmatchcase(value, g) for g in globs):
+                    return None
         return matched
 
     def describe_when(self) -> str:
@@ -86,6 +101,8 @@ class Rule:
             parts.append(f"confidence <= {w.max_confidence:g}")
         if w.path:
             parts.append(f"path matches {w.path}")
+        for tag, globs in w.exif:
+            parts.append(f"exif {tag} matches {'/'.join(globs)}")
         return " and ".join(parts) or "always"
 
 
@@ -113,13 +130,50 @@ def _bind(spec: ActionSpec, actions: dict[str, tuple[Callable[[Any], Any], str]]
     return BoundAction(spec.name, run, spec, owner)
 
 
-def matching_rules(rules: tuple[Rule, ...], prediction: Prediction, source: Path) -> list[tuple[Rule, str]]:
+def matching_rules(
+    rules: tuple[Rule, ...], prediction: Prediction, source: Path, facts: CameraFacts | None = None
+) -> list[tuple[Rule, str]]:
+    """The rules that run for a file, with the class each matched. ``facts``: its EXIF (default: from ``source``)."""
     out = []
     for rule in rules:
-        matched = rule.match(prediction, source)
+        if facts is None and rule.when.exif:
+            facts = camera_facts(source)  # one object for every rule: the file is read once, if at all
+        matched = rule.match(prediction, source, facts)
         if matched is None:
             continue
         out.append((rule, matched))
         if not rule.continue_:
             break
     return out
+
+
+def exif_uses(config: Config) -> list[tuple[str, TagRef, bool]]:
+    """Every EXIF tag the rules name: (key path, tag, True for a condition / False for a template).
+
+    Templates are found in any string of an action's options that parses as one (the actions read their own
+    options; a string that is no template is skipped here).
+    """
+    out: list[tuple[str, TagRef, bool]] = []
+    for rc in config.rules:
+        for tag, _ in rc.when.exif:
+            out.append((f"{rc.key}.when.exif.{tag}", TagRef.parse(tag), True))
+        for spec in rc.then:
+            for text in _strings(spec.options):
+                if "{exif" not in text:
+                    continue
+                try:
+                    tags = Template(text).exif_tags()
+                except TemplateError:
+                    continue
+                out += [(spec.key, tag, False) for tag in tags]
+    return out
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []

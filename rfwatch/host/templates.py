@@ -1,9 +1,14 @@
 """Path and argument templates such as ``sorted/{class}/{date:%Y/%m}/{name}``.
 
 Placeholders are checked when the config loads. Values that come from
-outside (class names from the API, file names) are made safe before they
-become part of a path, and a rendered destination can never leave the
+outside (class names from the API, file names, EXIF tags) are made safe before
+they become part of a path, and a rendered destination can never leave the
 template's fixed root: the part before the first placeholder.
+
+``{exif:TAG}`` (``{exif:Model}``, ``{exif:MakerNotes:Sequence}``, ``{exif:GPSLatitude:.4f}``) names a tag
+of the file (rfwatch.host.exif). Python's format syntax would read it as the field ``exif`` with the
+format ``Model``; :class:`_Formatter` takes the tag (and an optional group before it) into the field
+name, ``exif:Model``, and leaves what follows as the format.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PLACEHOLDERS", "Template", "TemplateError", "safe_component", "UnsafePathError"]
+from rfwatch.host.exif import TagRef
+
+__all__ = ["PLACEHOLDERS", "MISSING", "Template", "TemplateError", "safe_component", "UnsafePathError"]
 
 #: Every placeholder a template may use, with what it stands for.
 PLACEHOLDERS: dict[str, str] = {
@@ -33,6 +40,8 @@ PLACEHOLDERS: dict[str, str] = {
     "date": "EXIF DateTimeOriginal, else the file's mtime (strftime format, default %Y-%m-%d)",
     "now": "the current time (strftime format, default %Y-%m-%d)",
     "path": "the file's current full path",
+    "exif": "{exif:TAG}: an EXIF tag of the file, e.g. {exif:Model}, {exif:SerialNumber}, {exif:GPSLatitude:.4f}; "
+    "any tag exiftool reads when it is installed ({exif:MakerNotes:Sequence}); empty when the file lacks it",
 }
 _PATHLIKE = {"relpath", "path"}  # may contain separators on purpose
 _MAX_COMPONENT_BYTES = 200
@@ -42,6 +51,13 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 class TemplateError(ValueError):
     pass
+
+
+class _Missing(str):
+    """The value of a placeholder the file has no value for (an EXIF tag it lacks): empty, whatever the format."""
+
+
+MISSING = _Missing("")
 
 
 class UnsafePathError(ValueError):
@@ -67,11 +83,31 @@ def _safe_relpath(value: str) -> str:
     return "/".join(parts) or "_"
 
 
+_EXIF_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]+")
+
+
+def _split_exif(spec: str) -> tuple[str, str]:
+    """``Model`` -> (Model, ""); ``MakerNotes:Sequence`` -> (MakerNotes:Sequence, ""); ``GPSLatitude:.4f`` ->
+    (GPSLatitude, .4f). A second part is a group's tag when it is a name of two letters or more, else a format."""
+    parts = spec.split(":")
+    take = 2 if len(parts) > 1 and _EXIF_NAME.fullmatch(parts[1]) else 1
+    return ":".join(parts[:take]), ":".join(parts[take:])
+
+
 class _Formatter(string.Formatter):
+    def parse(self, format_string: str):  # type: ignore[override]
+        for literal, field_name, format_spec, conversion in super().parse(format_string):
+            if field_name == "exif" and format_spec:
+                tag, format_spec = _split_exif(format_spec)
+                field_name = f"exif:{tag}"
+            yield literal, field_name, format_spec, conversion
+
     def format_field(self, value: Any, format_spec: str) -> str:
+        if isinstance(value, _Missing):
+            return ""
         if isinstance(value, dt.datetime):
             return value.strftime(format_spec or "%Y-%m-%d")
-        if isinstance(value, float) and not format_spec:
+        if type(value) is float and not format_spec:  # a confidence; EXIF numbers format themselves
             return f"{value:.2f}"
         return format(value, format_spec)
 
@@ -87,7 +123,7 @@ class _Sanitized(Mapping[str, Any]):
 
     def __getitem__(self, key: str) -> Any:
         value = self.values[key]
-        if not isinstance(value, str) or key == "path":
+        if not isinstance(value, str) or key == "path" or isinstance(value, _Missing):
             return value
         return _safe_relpath(value) if key == "relpath" else safe_component(value)
 
@@ -105,12 +141,10 @@ class Template:
 
     def __post_init__(self) -> None:
         fields = self.fields()  # raises on syntax errors
-        unknown = [f for f in fields if f not in self.allowed]
+        unknown = [f for f in fields if f.partition(":")[0] not in self.allowed]
         if unknown:
-            raise TemplateError(
-                f"unknown placeholder {{{unknown[0]}}} in {self.text!r} "
-                f"(known: {', '.join('{' + p + '}' for p in sorted(self.allowed))})"
-            )
+            known = ("{exif:TAG}" if p == "exif" else "{" + p + "}" for p in sorted(self.allowed))
+            raise TemplateError(f"unknown placeholder {{{unknown[0]}}} in {self.text!r} (known: {', '.join(known)})")
 
     def fields(self) -> list[str]:
         try:
@@ -121,12 +155,23 @@ class Template:
         for _, field_name, _, conversion in parsed:
             if field_name is None:
                 continue
-            if field_name == "" or not re.fullmatch(r"[a-z_]+", field_name):
+            if field_name == "exif":
+                raise TemplateError(f"name the tag in {self.text!r}: {{exif:Model}}, {{exif:MakerNotes:Sequence}}")
+            if field_name.startswith("exif:"):
+                try:
+                    TagRef.parse(field_name[5:])
+                except ValueError as exc:
+                    raise TemplateError(f"bad placeholder {{{field_name}}} in {self.text!r}: {exc}") from None
+            elif field_name == "" or not re.fullmatch(r"[a-z_]+", field_name):
                 raise TemplateError(f"bad placeholder {{{field_name}}} in {self.text!r}: use a name such as {{class}}")
             if conversion:
                 raise TemplateError(f"conversions like !{conversion} are not supported in {self.text!r}")
             out.append(field_name)
         return out
+
+    def exif_tags(self) -> list[TagRef]:
+        """The EXIF tags the template names."""
+        return [TagRef.parse(f[5:]) for f in self.fields() if f.startswith("exif:")]
 
     @property
     def fixed_root(self) -> str:

@@ -339,7 +339,10 @@ class Pipeline:
         ctx = self._context(row, prediction, model_prediction)
         plugins = self.runtime.plugins
         plugins.call("file_classified", ctx=ctx)
-        matches = matching_rules(self.runtime.rules, prediction, row.source)
+        # EXIF conditions read the file where it is now (after a review decision it waits in review/, not at
+        # its source); the read is shared with the actions' {exif:...} placeholders.
+        facts = ctx.exif if any(r.when.exif for r in self.runtime.rules) else None
+        matches = matching_rules(self.runtime.rules, prediction, row.source, facts)
         summary = prediction.summary()
         if not matches:
             if not self.dry_run:

@@ -5,6 +5,10 @@ last write; for every source, size and mtime unchanged for ``settle`` seconds.
 Temporary names (``*.part``, dot files, ...) never are. Files moved in by
 rsync-style writers (temp name, then rename) arrive as ``moved`` events and
 are taken by their destination name.
+
+Whether a folder is polled or watched with inotify (``polling: auto``: from its filesystem, mount by
+mount) is decided by rfwatch.service.mounts; the choice also decides whether a file's mtime is trusted
+(:func:`mtime_quiet`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -34,11 +39,12 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
-from watchdog.observers.polling import PollingObserver
+from watchdog.observers.polling import PollingObserver, PollingObserverVFS
 
 from rfwatch.config import WatchConfig
+from rfwatch.service.mounts import POLL_INTERVAL, Choice, MountTable, WatchPlan, plan_watch
 
-__all__ = ["FileFilter", "Settler", "FolderWatcher", "WatchLimitError", "scan"]
+__all__ = ["FileFilter", "Settler", "FolderWatcher", "Plans", "WatchLimitError", "scan"]
 
 log = logging.getLogger("rfwatch.service.watcher")
 
@@ -53,6 +59,8 @@ EARLY_LEAD = 0.15
 
 #: ready(path, watch, settled_at): settled_at is the time.monotonic() at which the file will have settled.
 Ready = Callable[[Path, WatchConfig, float], None]
+#: polls(path, watch): whether the file is on a polled folder (``polling`` true, or auto on a share).
+Polls = Callable[[Path, WatchConfig], bool]
 
 
 class WatchLimitError(OSError):
@@ -116,20 +124,23 @@ def scan(watch: WatchConfig, folder: Path | None = None) -> Iterator[tuple[Path,
                 continue
 
 
-def mtime_quiet(watch: WatchConfig, mtime: float, wall: float) -> float:
+def mtime_quiet(polling: bool, mtime: float, wall: float) -> float:
     """How long the mtime says a file has been unchanged; 0 where the mtime is not trusted.
 
     On a local filesystem the mtime tells how long the file has really been unchanged, so a file
     renamed in complete, or one whose events watchdog delivered late (it holds inotify events
-    ~0.5 s to pair moves), need not wait a whole settle period again. Network shares (polling)
-    may have clocks that differ from ours: there only the time rfwatch watched the file counts.
+    ~0.5 s to pair moves), need not wait a whole settle period again. Network shares (``polling``: the
+    folder's resolved choice) may have clocks that differ from ours: there only the time rfwatch
+    watched the file counts.
     """
-    return 0.0 if watch.polling else wall - mtime
+    return 0.0 if polling else wall - mtime
 
 
 @dataclass
 class _Pending:
     watch: WatchConfig
+    #: The file's folder is polled: its mtime is not trusted, and no close event will come.
+    polling: bool
     size: int
     mtime_ns: int
     since: float
@@ -145,14 +156,14 @@ class _Pending:
         return True
 
     def quiet(self, now: float, wall: float) -> float:
-        return max(now - self.since, mtime_quiet(self.watch, self.mtime, wall))
+        return max(now - self.since, mtime_quiet(self.polling, self.mtime, wall))
 
     def wait(self, now: float, wall: float) -> float:
         """Seconds until it may be handed on if nothing changes meanwhile; 0 means now."""
         settle = self.watch.settle
         observed = now - self.since
         wait = settle - min(EARLY_LEAD, settle / 2) - self.quiet(now, wall)
-        if not self.watch.polling:
+        if not self.polling:
             wait = max(wait, min(MIN_OBSERVATION, settle) - observed)
         if self.writing:
             wait = max(wait, max(OPEN_WRITE_GRACE, settle) - observed)
@@ -172,11 +183,14 @@ class Settler:
         ready: Ready,
         clock: Callable[[], float] = time.monotonic,
         was_taken: Callable[[Path], bool] = lambda path: False,
+        polls: Polls | None = None,
     ):
         self.ready = ready
         self.clock = clock
         #: Whether rfwatch already took a file from this path: a late event for a file it moved on is not news.
         self.was_taken = was_taken
+        #: Whether a file's folder is polled (a FolderWatcher passes its plans; alone, the mounts are read once).
+        self.polls = polls or Plans().polls
         self._pending: dict[Path, _Pending] = {}
         self._due: list[tuple[float, int, Path]] = []  # a heap; entries whose time is not p.due are stale
         self._seq = itertools.count()
@@ -202,16 +216,21 @@ class Settler:
                 log.info("%s: removed before it settled; nothing to do", path)
             return None
 
-    def offer(self, path: Path, watch: WatchConfig, writing: bool | None = None) -> None:
-        """A sign of life from ``path``. ``writing`` True: a write was seen; False: closed after writing."""
+    def offer(self, path: Path, watch: WatchConfig, writing: bool | None = None, polling: bool | None = None) -> None:
+        """A sign of life from ``path``. ``writing`` True: a write was seen; False: closed after writing.
+
+        ``polling``: whether the observer that saw it polls (None: look it up with :attr:`polls`).
+        """
         st = self._stat_or_forget(path)
         if st is None or not stat.S_ISREG(st.st_mode):
             return
         now = self.clock()
+        if polling is None:
+            polling = self.polls(path, watch)
         with self._lock:
             p = self._pending.get(path)
             if p is None:
-                p = self._pending[path] = _Pending(watch, st.st_size, st.st_mtime_ns, now, st.st_mtime)
+                p = self._pending[path] = _Pending(watch, polling, st.st_size, st.st_mtime_ns, now, st.st_mtime)
             else:
                 p.changed(st, now)
             if writing is not None:
@@ -249,21 +268,50 @@ class Settler:
             return len(self._pending)
 
 
+class Plans:
+    """Each watched root's :class:`WatchPlan`, from one reading of the mount table (re-read by :meth:`reload`)."""
+
+    def __init__(self) -> None:
+        self._table: MountTable | None = None
+        self._plans: dict[WatchConfig, WatchPlan] = {}
+
+    def reload(self, watches: tuple[WatchConfig, ...]) -> None:
+        table = MountTable.current()
+        self._plans = {w: plan_watch(w.path, w.polling, w.recursive, table) for w in watches}
+        self._table = table
+
+    def get(self, watch: WatchConfig) -> WatchPlan:
+        plan = self._plans.get(watch)
+        if plan is None:
+            if self._table is None:
+                self._table = MountTable.current()
+            plan = self._plans[watch] = plan_watch(watch.path, watch.polling, watch.recursive, self._table)
+        return plan
+
+    def polls(self, path: Path, watch: WatchConfig) -> bool:
+        return self.get(watch).polls(path)
+
+
 class _Handler(FileSystemEventHandler):
-    def __init__(self, watcher: FolderWatcher, watch: WatchConfig):
+    """Events of one observer: a watched root, or a mount below it watched the other way (``choice``)."""
+
+    def __init__(self, watcher: FolderWatcher, watch: WatchConfig, choice: Choice):
         self.watcher = watcher
         self.watch = watch
+        self.choice = choice
         self.filter = FileFilter(watch)
 
     def _file(self, raw: str | bytes, writing: bool | None) -> None:
         path = Path(os.fsdecode(raw))
-        if self.filter.accepts(path):
-            self.watcher.settler.offer(path, self.watch, writing)
+        # A file inside a mount that another observer watches is that one's to report (see mounts.py).
+        if self.filter.accepts(path) and self.choice.covers(path):
+            self.watcher.settler.offer(path, self.watch, writing, self.choice.polling)
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         try:
             if isinstance(event, FileModifiedEvent):
-                self._file(event.src_path, True if not self.watch.polling else None)
+                # Polling sees changes, never closes: a change is no sign that a close will follow.
+                self._file(event.src_path, True if not self.choice.polling else None)
             elif isinstance(event, FileClosedEvent):
                 self._file(event.src_path, False)
             elif isinstance(event, FileCreatedEvent):
@@ -272,8 +320,9 @@ class _Handler(FileSystemEventHandler):
                 self._file(event.dest_path, None)
             elif isinstance(event, (DirCreatedEvent, DirMovedEvent)):
                 # Files can land in a new folder before its watch exists: look inside.
-                folder = event.dest_path if isinstance(event, DirMovedEvent) else event.src_path
-                self.watcher._request_scan(self.watch, Path(os.fsdecode(folder)))
+                folder = Path(os.fsdecode(event.dest_path if isinstance(event, DirMovedEvent) else event.src_path))
+                if self.choice.covers(folder):
+                    self.watcher._request_scan(self.watch, folder)
         except Exception:  # never let one odd event kill watchdog's thread
             log.exception("error handling %r", event)
 
@@ -308,7 +357,8 @@ class FolderWatcher:
     ):
         self.watches = watches
         self.ready = ready
-        self.settler = Settler(ready, was_taken=was_taken)
+        self.plans = Plans()
+        self.settler = Settler(ready, was_taken=was_taken, polls=self.plans.polls)
         #: Files the scans handed on or began watching (the progress bar's total).
         self.found = 0
         self._scans: queue.Queue[tuple[WatchConfig, Path | None] | None] = queue.Queue()
@@ -329,6 +379,8 @@ class FolderWatcher:
         for watch in self.watches:
             if not watch.path.is_dir():
                 raise FileNotFoundError(errno.ENOENT, f"watched folder does not exist: {watch.path}", str(watch.path))
+        # After the look above, which mounts an automounted share: its own filesystem is then listed.
+        self.plans.reload(self.watches)
         if observe:
             self._observe()
         self._stop.clear()
@@ -393,7 +445,7 @@ class FolderWatcher:
                         break
                     self.found += 1
                     # Untouched for `settle` seconds already: no need to hold it in memory to watch it settle.
-                    if mtime_quiet(watch, st.st_mtime, now) >= watch.settle:
+                    if mtime_quiet(self.plans.polls(path, watch), st.st_mtime, now) >= watch.settle:
                         self.ready(path, watch, 0.0)
                     else:
                         self.settler.offer(path, watch)
@@ -413,27 +465,47 @@ class FolderWatcher:
         logging.getLogger("watchdog.observers.inotify_c").addFilter(self._spy)
         logging.getLogger("watchdog.observers.inotify").addFilter(self._spy)
         for watch in self.watches:
-            observer = PollingObserver(timeout=1.0) if watch.polling else Observer()
-            observer.schedule(_Handler(self, watch), str(watch.path), recursive=watch.recursive)
-            try:
-                observer.start()
-            except OSError as exc:
-                if exc.errno == errno.ENOSPC:
-                    raise WatchLimitError(
-                        exc.errno,
-                        (
-                            f"cannot watch {watch.path}: the inotify watch limit is reached; raise it with "
-                            "sysctl fs.inotify.max_user_watches=524288 (persist in /etc/sysctl.d/), "
-                            "or set polling: true for this folder"
-                        ),
-                    ) from None
-                if exc.errno == errno.EMFILE:
-                    raise WatchLimitError(
-                        exc.errno,
-                        (
-                            f"cannot watch {watch.path}: too many inotify instances; raise "
-                            "sysctl fs.inotify.max_user_instances (e.g. to 1024)"
-                        ),
-                    ) from None
-                raise
-            self._observers.append(observer)
+            plan = self.plans.get(watch)
+            for choice in plan.choices:
+                self._observers.append(self._start_observer(watch, choice))
+                below = f", a mount below {plan.root}" if choice.submount else ""
+                log.info("watching %s%s (%s)", choice.path, below, choice.describe())
+
+    def _start_observer(self, watch: WatchConfig, choice: Choice) -> Any:
+        if not choice.polling:
+            observer: Any = Observer()
+        elif choice.excluded:
+            # Mounts below it that inotify watches are left out of the listing, so they are not polled too.
+            excluded = {str(p) for p in choice.excluded}
+
+            def listdir(folder: str | None) -> Iterator[os.DirEntry]:
+                with os.scandir(folder) as it:
+                    entries = [e for e in it if os.path.join(folder or ".", e.name) not in excluded]
+                return iter(entries)
+
+            observer = PollingObserverVFS(os.stat, listdir, polling_interval=POLL_INTERVAL)
+        else:
+            observer = PollingObserver(timeout=POLL_INTERVAL)
+        observer.schedule(_Handler(self, watch, choice), str(choice.path), recursive=watch.recursive)
+        try:
+            observer.start()
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise WatchLimitError(
+                    exc.errno,
+                    (
+                        f"cannot watch {choice.path}: the inotify watch limit is reached; raise it with "
+                        "sysctl fs.inotify.max_user_watches=524288 (persist in /etc/sysctl.d/), "
+                        "or set polling: true for this folder"
+                    ),
+                ) from None
+            if exc.errno == errno.EMFILE:
+                raise WatchLimitError(
+                    exc.errno,
+                    (
+                        f"cannot watch {choice.path}: too many inotify instances; raise "
+                        "sysctl fs.inotify.max_user_instances (e.g. to 1024)"
+                    ),
+                ) from None
+            raise
+        return observer
