@@ -13,7 +13,13 @@ the answer decides what happens next:
   receiver said when; across restarts, since the schedule is in the table;
 - :class:`Gone`: the target said it wants nothing more (a webhook's 410): every pending row for it stops,
   and later ones are not queued;
-- :class:`Failed`: this one delivery can never succeed (a receiver that refuses it for good).
+- :class:`Failed`: this one delivery can never succeed (a receiver that refuses it for good). The row keeps its
+  payload, so that ``rfwatch retry --uploads`` (:meth:`Deliveries.requeue_failed`) can send it again once the
+  cause is put right.
+
+A deliverer whose delivery takes several calls (an upload, then its label) keeps what it learnt between attempts
+with ``delivery.keep(state)`` (a JSON dict, written at once, before the next call is made) and finds it in
+``delivery.state`` on the next attempt, across restarts: an image the platform accepted is not sent again.
 
 The table is ``outbox`` in the journal's database (the webhook plugin created it under that name before
 deliveries moved into the core; its rows carry on).
@@ -76,6 +82,7 @@ _ADDED_COLUMNS = {
     "plugin": "TEXT NOT NULL DEFAULT 'rfwatch.default_plugins.webhook'",
     "kind": "TEXT NOT NULL DEFAULT 'webhook'",
     "file_id": "INTEGER",
+    # JSON: a delivered row's result; while pending, the state its deliverer kept (Delivery.keep)
     "result": "TEXT",
     # "pid <n>" while a process delivers the row (its next_at is then the lease's end): see Deliveries._claim.
     "lease": "TEXT",
@@ -83,7 +90,7 @@ _ADDED_COLUMNS = {
 #: How long a claimed row is left to the process delivering it before another may try (a deliverer's
 #: timeout is well below this). A crashed process's leases are released when the next one starts delivering.
 LEASE = 600.0
-_DONE_BODY = b""  # a delivered (or failed, or gone) row keeps its outcome, not its payload
+_DONE_BODY = b""  # a delivered (or gone) row keeps its outcome, not its payload; a failed one keeps both
 #: This process, as its leases name it: the pid, and a token that tells a reused pid from this process.
 _LEASE_OWNER = f"pid {os.getpid()} {uuid.uuid4().hex[:12]}"
 #: An answer is recorded only while the row is still this process's (or nobody's: deliver_one called directly):
@@ -106,10 +113,23 @@ class Delivery:
     attempts: int
     file_id: int | None
     created: float
+    #: What the deliverer kept with :meth:`keep` on an earlier attempt (None: nothing yet).
+    state: dict[str, Any] | None = None
+    #: Writes ``state`` for this delivery at once (see keep); set by Deliveries.
+    _keep: Callable[[dict[str, Any]], None] | None = field(default=None, repr=False, compare=False)
 
     def json(self) -> Any:
         """The payload parsed as JSON (it was queued as a dict or list)."""
         return json.loads(self.payload)
+
+    def keep(self, state: dict[str, Any]) -> None:
+        """Keep ``state`` (JSON) for this delivery's next attempts, committed before this returns.
+
+        For a deliverer that makes several calls for one delivery: what an earlier call achieved (an image
+        id) survives a crash, a restart or a Retry, and the next attempt finds it in ``state``.
+        """
+        if self._keep is not None:
+            self._keep(state)
 
 
 @dataclass(frozen=True)
@@ -217,6 +237,44 @@ class Deliveries:
         rows = self.journal.fetch_all("SELECT plugin, COUNT(*) AS n FROM outbox WHERE state='pending' GROUP BY plugin")
         return {r["plugin"]: r["n"] for r in rows}
 
+    def failed_by_plugin(self) -> dict[str, int]:
+        """Deliveries that failed for good, per plugin: every plugin that queued any (or, in a process that
+        delivers, that registered a deliverer) is there, at 0 when none failed, so that metrics have the series
+        from the start."""
+        rows = self.journal.fetch_all("SELECT plugin, SUM(state='failed') AS n FROM outbox GROUP BY plugin")
+        counts = dict.fromkeys(sorted(plugin for plugin, _ in self.deliverers.values()), 0)
+        counts.update({r["plugin"]: int(r["n"] or 0) for r in rows})
+        return counts
+
+    def failed(self, kind: str) -> list[dict[str, Any]]:
+        """Deliveries of ``kind`` that failed for good, per target: how many, and the latest one's error."""
+        rows = self.journal.fetch_all(
+            "SELECT url, COUNT(*) AS n, (SELECT last_error FROM outbox o2 WHERE o2.url=o.url AND o2.kind=o.kind"
+            " AND o2.state='failed' ORDER BY created DESC LIMIT 1) AS last_error FROM outbox o"
+            " WHERE kind=? AND state='failed' GROUP BY url ORDER BY url",
+            (kind,),
+        )
+        return [dict(r) for r in rows]
+
+    def requeue_failed(self, kind: str) -> tuple[int, int]:
+        """Queue every failed delivery of ``kind`` again, as if new: (queued again, left failed).
+
+        Its retry schedule starts over and what its deliverer kept is dropped (a fresh attempt asks the receiver
+        anew); the last error stays until the next attempt replaces it. Rows that failed before failed rows kept
+        their payload cannot be sent again and are left as they are. A running daemon takes the rows within a
+        second (its delivery threads look for due rows that often).
+        """
+        with self.journal.transaction() as db:
+            queued = db.execute(
+                "UPDATE outbox SET state='pending', attempts=0, next_at=?, lease=NULL, result=NULL"
+                " WHERE kind=? AND state='failed' AND length(body)>0",
+                (time.time(), kind),
+            ).rowcount
+            left = db.execute("SELECT COUNT(*) FROM outbox WHERE kind=? AND state='failed'", (kind,)).fetchone()[0]
+        if queued:
+            self.wake()
+        return queued, left
+
     def gone_targets(self, kind: str) -> list[str]:
         """Targets of ``kind`` that said they want nothing more (a webhook receiver's 410)."""
         rows = self.journal.fetch_all(
@@ -316,7 +374,7 @@ class Deliveries:
                 ).rowcount
             if taken:
                 yield self.journal.fetch_one(
-                    "SELECT id, plugin, kind, url, body, attempts, file_id, created FROM outbox WHERE id=?",
+                    "SELECT id, plugin, kind, url, body, attempts, file_id, created, result FROM outbox WHERE id=?",
                     (candidate["id"],),
                 )
                 return
@@ -346,7 +404,7 @@ class Deliveries:
                 self.deliver_one(row)
             except Exception:
                 log.exception("delivery %s failed unexpectedly", row["id"])
-                self._record(_delivery(row), Retry("unexpected error (see the log)"))
+                self._record(self._delivery(row), Retry("unexpected error (see the log)"))
             return True
 
     def _next_due(self) -> float:
@@ -354,7 +412,7 @@ class Deliveries:
         return row[0] if row and row[0] is not None else time.time() + 1.0
 
     def deliver_one(self, row: sqlite3.Row) -> DeliveryAnswer:
-        delivery = _delivery(row)
+        delivery = self._delivery(row)
         entry = self.deliverers.get(delivery.kind)
         if entry is None:
             answer: DeliveryAnswer = Retry(f"no plugin in the running config delivers {delivery.kind!r}")
@@ -387,10 +445,11 @@ class Deliveries:
                     (d.id, answer.status, answer.error[:500], _DONE_BODY, d.target),
                 )
             elif isinstance(answer, Failed):
+                # The payload stays: `rfwatch retry --uploads` (requeue_failed) sends it again.
                 db.execute(
-                    "UPDATE outbox SET state='failed', attempts=attempts+1, last_status=?, last_error=?, body=?,"
+                    "UPDATE outbox SET state='failed', attempts=attempts+1, last_status=?, last_error=?,"
                     " lease=NULL WHERE id=?" + _OURS,
-                    (answer.status, answer.error[:500], _DONE_BODY, d.id, _LEASE_OWNER),
+                    (answer.status, answer.error[:500], d.id, _LEASE_OWNER),
                 )
             else:
                 delay = self.policy.delay(d.attempts + 1)
@@ -409,11 +468,31 @@ class Deliveries:
         else:
             log.warning("%s %s to %s: %s; will retry", d.kind, d.id, redact(d.target), answer.error)  # type: ignore[union-attr]
 
+    def _delivery(self, row: sqlite3.Row) -> Delivery:
+        kept = row["result"] if "result" in row.keys() else None
+        try:
+            state = json.loads(kept) if kept else None
+        except ValueError:
+            state = None
+        return Delivery(
+            row["id"],
+            row["kind"],
+            row["url"],
+            bytes(row["body"]),
+            row["attempts"],
+            row["file_id"],
+            row["created"],
+            state if isinstance(state, dict) else None,
+            lambda new, delivery_id=row["id"]: self._keep(delivery_id, new),
+        )
 
-def _delivery(row: sqlite3.Row) -> Delivery:
-    return Delivery(
-        row["id"], row["kind"], row["url"], bytes(row["body"]), row["attempts"], row["file_id"], row["created"]
-    )
+    def _keep(self, delivery_id: str, state: dict[str, Any]) -> None:
+        """Delivery.keep: the state in the row's result column while it is pending (and this process's)."""
+        with self.journal.transaction() as db:
+            db.execute(
+                "UPDATE outbox SET result=? WHERE id=? AND state='pending'" + _OURS,
+                (json.dumps(state), delivery_id, _LEASE_OWNER),
+            )
 
 
 def _alive(lease: str) -> bool:
