@@ -22,6 +22,7 @@ from rfwatch.default_plugins.move_copy import EXAMPLE, PlaceAction
 from rfwatch.plugin import (
     Config,
     Delivered,
+    Deliveries,
     Delivery,
     Failed,
     FileContext,
@@ -185,7 +186,7 @@ class Uploader:
         if left <= 0:
             return Failed(
                 f"project {project!r}: image {image_id} was uploaded, but the annotate route still answered 404 "
-                f"{waited / 60:.1f} minutes later ({exc}): the image is in the project without its label "
+                f"{waited:.0f} s after the upload ({exc}): the image is in the project without its label "
                 f"{','.join(labels)!r}; `rfwatch retry --uploads` sends it again",
                 404,
             )
@@ -201,6 +202,20 @@ def register_actions(register):
 @hookimpl
 def register_deliverers(register, config):
     register(KIND, Uploader(config))
+
+
+@hookimpl
+def status_lines(config: Config, deliveries: Deliveries) -> list[str]:
+    lines = [
+        f"uploads to {f['url']}: {f['n']} waiting, {f['attempts']} attempt(s), last error {f['last_error']}"
+        for f in deliveries.failing(KIND)
+    ]
+    for f in deliveries.failed(KIND):
+        lines.append(
+            f"uploads to {f['url']} failed for good: {f['n']} (last: {f['last_error']}); "
+            "`rfwatch retry --uploads` sends them again"
+        )
+    return lines
 
 
 @hookimpl

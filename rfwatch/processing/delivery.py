@@ -234,16 +234,28 @@ class Deliveries:
     # reading
 
     def pending_by_plugin(self) -> dict[str, int]:
-        rows = self.journal.fetch_all("SELECT plugin, COUNT(*) AS n FROM outbox WHERE state='pending' GROUP BY plugin")
-        return {r["plugin"]: r["n"] for r in rows}
+        """Deliveries not yet delivered, per plugin (see _per_plugin)."""
+        return {plugin: n for plugin, n in self._per_plugin("pending").items() if n}
 
     def failed_by_plugin(self) -> dict[str, int]:
         """Deliveries that failed for good, per plugin: every plugin that queued any (or, in a process that
         delivers, that registered a deliverer) is there, at 0 when none failed, so that metrics have the series
         from the start."""
-        rows = self.journal.fetch_all("SELECT plugin, SUM(state='failed') AS n FROM outbox GROUP BY plugin")
         counts = dict.fromkeys(sorted(plugin for plugin, _ in self.deliverers.values()), 0)
-        counts.update({r["plugin"]: int(r["n"] or 0) for r in rows})
+        counts.update(self._per_plugin("failed"))
+        return counts
+
+    def _per_plugin(self, state: str) -> dict[str, int]:
+        """Rows in ``state`` per plugin, every plugin with rows included (at 0). A row is counted for the plugin
+        that delivers its kind when one is registered here: the ``plugin`` column names the step that queued it,
+        which for a review upload is rfwatch's decision step ("rfwatch"), not the review plugin."""
+        rows = self.journal.fetch_all(
+            "SELECT kind, plugin, SUM(state=?) AS n FROM outbox GROUP BY kind, plugin", (state,)
+        )
+        counts: dict[str, int] = {}
+        for r in rows:
+            plugin = self.deliverers[r["kind"]][0] if r["kind"] in self.deliverers else r["plugin"]
+            counts[plugin] = counts.get(plugin, 0) + int(r["n"] or 0)
         return counts
 
     def failed(self, kind: str) -> list[dict[str, Any]]:
