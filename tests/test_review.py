@@ -925,7 +925,9 @@ def test_an_annotate_404_right_after_the_upload_is_waited_for(tmp_path, server, 
     assert json.loads(journal.uploads()[0]["result"])["annotation"] == "annotated"
 
 
-def test_an_annotate_404_that_lasts_fails_clearly_is_counted_and_retry_uploads_sends_it(tmp_path, server, platform):
+def test_an_annotate_404_that_lasts_fails_clearly_is_counted_and_retry_uploads_sends_it(
+    tmp_path, server, platform, caplog
+):
     pytest.importorskip("prometheus_client")
     server.classifier = lambda image: dict(UNSURE)
     port, metrics_port = free_port(), free_port()
@@ -957,6 +959,8 @@ def test_an_annotate_404_that_lasts_fails_clearly_is_counted_and_retry_uploads_s
     assert " s after the upload (" in error
     assert "without its label 'green'" in error and VALID_KEY not in error
     assert _uploads_posted(platform).count(200) == 1  # waited for the same image, never sent again
+    assert "was uploaded, but the annotate route still answered 404" in caplog.text
+    assert VALID_KEY not in caplog.text  # nor in any log line of the waiting and the failure
     assert "colors" not in platform.annotations
 
     status = run_cli("status", "-c", str(cfg))
