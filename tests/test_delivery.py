@@ -124,3 +124,52 @@ def test_a_delivery_leased_by_a_killed_process_goes_out_when_the_next_one_starts
         assert bytes(row["body"]) == b"" and row["lease"] is None  # delivered: the payload is not kept
     finally:
         receiver.stop()
+
+
+def test_a_deliverer_keeps_state_between_attempts_and_failed_rows_can_be_queued_again(tmp_path):
+    """Delivery.keep / Delivery.state (an upload's image id), failed_by_plugin and requeue_failed: the methods the
+    review uploads need from the outbox, pinned for the journal's rebuild."""
+    from rfwatch.processing.delivery import Failed, Retry
+
+    db = tmp_path / "journal.db"
+    (key,) = _queue(db, "http://127.0.0.1:9/hook", 1)
+    seen: list[dict | None] = []
+
+    def two_calls(d):
+        seen.append(d.state)
+        if d.state is None:
+            d.keep({"image_id": "abc"})  # the first call got this far, then the second one failed
+            return Retry("annotate: no answer")
+        return Failed("refused for good")
+
+    journal = Journal(db)
+    outbox = Deliveries(journal, deliverers={"test": ("the-plugin", two_calls)})
+    assert outbox.failed_by_plugin() == {"the-plugin": 0}
+    outbox.deliver_one(journal.fetch_one("SELECT * FROM outbox WHERE id=?", (key,)))
+    journal.close()
+    journal = Journal(db)  # a restart: the state is in the row
+    outbox = Deliveries(journal, deliverers={"test": ("the-plugin", two_calls)})
+    outbox.deliver_one(journal.fetch_one("SELECT * FROM outbox WHERE id=?", (key,)))
+    assert seen == [None, {"image_id": "abc"}]
+    assert outbox.failed_by_plugin() == {"the-plugin": 1}
+    assert Deliveries(journal).failed_by_plugin() == {"test": 1}  # without deliverers: the plugin column
+
+    # A keep from a process whose lease was taken over is not written.
+    with journal.transaction() as tx:
+        tx.execute("UPDATE outbox SET state='pending', lease='pid 1 another', result=NULL WHERE id=?", (key,))
+    outbox._delivery(journal.fetch_one("SELECT * FROM outbox WHERE id=?", (key,))).keep({"image_id": "zzz"})
+    assert journal.fetch_one("SELECT result FROM outbox WHERE id=?", (key,))["result"] is None
+    with journal.transaction() as tx:
+        tx.execute("UPDATE outbox SET state='failed', lease=NULL, result='{\"image_id\": \"abc\"}' WHERE id=?", (key,))
+
+    # The payload stayed with the failed row: queued again, from scratch (no state, no attempts).
+    with journal.transaction() as tx:  # a row that failed before failed rows kept their payload
+        tx.execute(
+            "INSERT INTO outbox (id, plugin, kind, url, body, state, next_at, created) "
+            "VALUES ('old', 'test', 'test', 'x', x'', 'failed', 0, 0)"
+        )
+    assert outbox.requeue_failed("test") == (1, 1)
+    row = journal.fetch_one("SELECT state, attempts, result, body FROM outbox WHERE id=?", (key,))
+    assert (row["state"], row["attempts"], row["result"]) == ("pending", 0, None) and bytes(row["body"])
+    assert outbox.untried([key]) == 1
+    journal.close()
