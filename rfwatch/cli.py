@@ -269,7 +269,7 @@ def cmd_model(args: argparse.Namespace) -> int:
         return EXIT_OK
     r = cfg.roboflow
     size = facts.upload_size(r.max_size)
-    print(f"model {facts.model} in workspace {facts.workspace}: {facts.project_type}")
+    print(f"model {facts.model} in workspace {facts.workspace}: {facts.kind}")
     print(f"classes ({len(facts.classes)}): {', '.join(facts.classes) or '(none)'}")
     if facts.resize:
         print(f"input: {facts.resize.width}x{facts.resize.height}, {facts.resize.format}")

@@ -72,14 +72,19 @@ def _ts(t: float | None) -> str:
 
 def status_report(config) -> dict[str, Any]:
     from rfwatch.host.manager import PluginHost
+    from rfwatch.host.runtime import load_extensions
     from rfwatch.processing.delivery import Deliveries
 
     journal = _journal(config)
     try:
         counts = journal.files.counts()
         threshold = config.roboflow.multi_label_threshold
-        deliveries = Deliveries(journal)
-        plugins = PluginHost.load(config.plugins)
+        try:  # the deliverers name the plugin each delivery belongs to (Deliveries.failed_by_plugin)
+            extensions = load_extensions(config)
+            plugins, deliverers = extensions.plugins, dict(extensions.deliverers)
+        except ConfigError:  # rules that do not build: status still reports what the journal holds
+            plugins, deliverers = PluginHost.load(config.plugins), {}
+        deliveries = Deliveries(journal, deliverers=deliverers)
         lines: list[str] = []
         for contributed in plugins.call("status_lines", config=config, deliveries=deliveries) or []:
             lines += [str(line) for line in contributed or []]
@@ -104,6 +109,8 @@ def status_report(config) -> dict[str, Any]:
             ],
             "waiting_reason": _waiting_reason(journal),
             "deliveries_pending": deliveries.pending_by_plugin(),
+            # Failed for good (a refusal, an image the platform never let rfwatch label): per plugin, 0 included.
+            "deliveries_failed": deliveries.failed_by_plugin(),
             "plugins": plugins.names(),
             "plugins_status": lines,
         }
@@ -151,6 +158,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(line)
     pending = report["deliveries_pending"]
     print("deliveries pending: " + (", ".join(f"{p} {n}" for p, n in sorted(pending.items())) or "none"))
+    failed = {p: n for p, n in report["deliveries_failed"].items() if n}
+    print("deliveries failed for good: " + (", ".join(f"{p} {n}" for p, n in sorted(failed.items())) or "none"))
     if report["waiting_reason"]:
         print(f"waiting: {report['waiting_reason']}")
     for title, rows in (("last processed", report["last_done"]), ("last failures", report["last_failed"])):
@@ -170,6 +179,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_retry(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     journal = _journal(config)
+    if args.uploads:
+        _retry_uploads(journal)
+        if not (args.failed or args.undone or args.paths):  # --uploads alone: the uploads only
+            journal.close()
+            return 0
     states: tuple[str, ...] = (FileState.FAILED,)
     if args.undone or args.paths:
         states = (FileState.FAILED, FileState.UNDONE) if args.paths or args.failed else (FileState.UNDONE,)
@@ -197,6 +211,17 @@ def cmd_retry(args: argparse.Namespace) -> int:
         )
     print(f"{queued} file(s) queued again: a running rfwatch takes them within seconds, else the next run")
     return 1 if queued < len(rows) or (args.paths and len(rows) < len(args.paths)) else 0
+
+
+def _retry_uploads(journal: Journal) -> None:
+    """``retry --uploads``: every upload to Roboflow that failed for good is queued again."""
+    from rfwatch.default_plugins.review import KIND
+    from rfwatch.processing.delivery import Deliveries
+
+    queued, left = Deliveries(journal).requeue_failed(KIND)
+    print(f"{queued} failed upload(s) queued again: a running rfwatch sends them within seconds, else the next run")
+    if left:
+        print(f"rfwatch: {left} failed upload(s) kept no image to send again (failed before rfwatch kept it)")
 
 
 def cmd_history(args: argparse.Namespace) -> int:
@@ -393,6 +418,7 @@ def add_commands(sub, common) -> None:
     common(p, True)
     p.add_argument("--failed", action="store_true", help="every failed file (the default without PATHs)")
     p.add_argument("--undone", action="store_true", help="every file that rfwatch undo put back")
+    p.add_argument("--uploads", action="store_true", help="every upload to Roboflow that failed for good")
     p.add_argument("paths", nargs="*", metavar="PATH")
     p.set_defaults(func=cmd_retry)
 

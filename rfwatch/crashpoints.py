@@ -43,6 +43,7 @@ POINTS: dict[str, str] = {
     "quarantine.after_move": "a failed file: moved into failed:, the step not yet finished",
     # review
     "review.decided": "a person's decision committed, nothing applied yet",
+    "review.uploaded": "a reviewed image uploaded and its image id kept, its label not yet sent",
     # undo
     "undo.step_begun": "an undo step about to run, nothing of it journaled or done yet",
     "undo.intent": "an undo's intent committed, before its side effect (moving a file back)",

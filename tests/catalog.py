@@ -41,29 +41,14 @@ AUTO_ORIENT: dict[str, Any] = {"enabled": True}
 @dataclass
 class Project:
     name: str  # the project slug, as in a model id "name/version"
+    #: The platform's project ``type``; a multi-label project is "classification" too, with ``"multilabel": true``
+    #: beside it (roboflow-python core/project.py; see tests/platform_server.py).
     type: str = "classification"
     multi_label: bool = False
     classes: list[str] = field(default_factory=list)  # in class_id order
     # version number -> preprocessing dict as the platform gives it; by default one version with none recorded
     versions: dict[int, dict[str, Any]] = field(default_factory=lambda: {1: {}})
     active_learning: bool = False  # the project has an Active Learning configuration on the platform
-
-    @property
-    def platform_type(self) -> str:
-        """The project ``type`` string the platform reports.
-
-        Single-label: "classification" (roboflow-python ``core/project.py`` checks ``self.type == "classification"``;
-        inference ``routes/legacy.py`` checks ``task_type == "classification"``).
-        Multi-label: INFERRED "multi-label-classification". No stored fixture of GET /{workspace}/{project} for a
-        multi-label project was found. The string is the one roboflow-python's CLI sends when creating such a project
-        (``roboflow/cli/handlers/project.py``: ``multi_label_classification = "multi-label-classification"``) and the
-        task type inference reads back from the platform for multi-label models (its workflow block
-        ``get_compatible_task_types() -> ["multi-label-classification"]`` and the registry test that caches
-        ``{"project_task_type": "multi-label-classification", "model_type": "vit"}``).
-        """
-        if self.type == "classification" and self.multi_label:
-            return "multi-label-classification"
-        return self.type
 
     def preprocessing(self, version: int) -> dict[str, Any] | None:
         return self.versions.get(version)

@@ -24,14 +24,44 @@ Routes and where their shapes come from:
   answer ``{"success": true, "id": ...}`` is INFERRED from both clients (``registration_response["id"]``,
   ``.get("success")``).
 - ``POST /dataset/{project}/annotate/{image_id}?api_key&name[&overwrite=true][&prediction=true]``: roboflow-python
-  ``rfapi.save_annotation`` (JSON ``{"annotationFile", "labelmap"}``; 409 whose ``error.message`` contains
-  "already annotated") and inference ``annotate_image_at_roboflow`` (``text/plain`` body: the class name; its
-  workflow block joins multi-label classes with commas).
+  ``rfapi.save_annotation`` (JSON ``{"annotationFile", "labelmap"}``) and inference ``annotate_image_at_roboflow``
+  (``text/plain`` body: the class name; its workflow block joins multi-label classes with commas).
+- Annotate right after an upload: luxonis/oak-examples#287 (2022-02-11) reports a 404 ``{"error": {"message": "Image
+  not found in dataset.", "type": "InvalidParameterException", "hint": "The image ID is returned by the upload API."}}``
+  for an annotate sent about 0.5 s after an upload that answered 200 with that id, and the fault "went away after
+  several minutes". Modelled as a fault to inject: ``annotate_lag`` seconds after a new upload, annotate answers that
+  404 for it (default 0: no source says how often or how long; chosen). The same 404 answers an image id the project
+  never had (the same message: the platform cannot tell "not yet" from "never").
+- Already annotated, ``already_annotated`` picks the answer (a profile option, as no source settles which one the
+  platform gives today):
+  - ``"400"`` (default): the only report of the real server, roboflow-python#214 (2023-12-28), shows HTTP 400 with
+    ``{"message": "Image was already annotated.", "type": "InvalidImageException", "hint": "This image was already
+    annotated; to overwrite the annotation, pass overwrite=true as a query parameter."}``. roboflow-python of that
+    time (commit 3fd2ac4, ``_save_annotation_error``) printed ``responsejson['error']``, so the body had the
+    ``{"error": {...}}`` envelope, as roboflow-python's own fixture has it (tests/test_project.py,
+    ``test_upload_raises_upload_annotation_error``: status 400, the same message, type and hint).
+  - ``"400-no-hint"``: the same without ``hint`` (chosen: a client must not depend on the hint being there).
+  - ``"409"``: what roboflow-python ``rfapi.save_annotation`` (1.7.3 and main) expects: 409 whose
+    ``error.message`` contains "already annotated"; inference maps any 409 of this route to
+    ``RoboflowAPIIAlreadyAnnotatedError``. No report shows the body; chosen: the 400 body with status 409.
+- ``overwrite=true`` replaces the label (the hint above; roboflow-python ``_save_annotation_url`` sends it as a query
+  parameter) and is accepted on an image with no label yet: roboflow-python 1.7.3 ``Workspace.upload_dataset`` sends
+  it for every image of a classification project ("Defaults to False, except classification projects where it
+  defaults to True (the API requires it)").
 - Errors: unknown workspace -> 404 ``{"error": {"message": "Unsupported get request. Workspace with ID \\"...\\" does
   not exist or cannot be loaded due to missing permissions.", "status": 404, "type": "GraphMethodException",
   "hint": "You can see your available workspaces by issuing a GET request to /workspaces"}}`` (issue
   NorhanM-A/Shape-Detection-with-YOLO#3, roboflow/rf-detr#122). Unknown project: INFERRED 404 with the same shape.
   Bad or missing key: 401 (roboflow-python); its body: no source found; chosen ``UNAUTHORIZED`` below.
+- An unknown version of a project that exists: HTTP 500. roboflow/inference ``inference/core/roboflow_api.py``
+  ``get_roboflow_model_type`` maps a 500 of ``GET /{workspace}/{project}/{version}`` to "not found", with the comment
+  "empirically checked that backend API responds HTTP 500 on incorrect version" (and "TO BE FIXED at backend"). Its
+  body: no source found; chosen ``INTERNAL_ERROR`` below. ``unknown_version_status=404`` gives the answer the backend
+  may give once fixed (the graph error above, INFERRED).
+- Multi-label projects: ``"type": "classification"`` and ``"multilabel": true`` (roboflow-python 1.7.3
+  ``core/project.py``: ``self.type = a_project["type"]``, ``self.multilabel = a_project.get("multilabel", False)``;
+  its tests/test_project.py ``test_multilabel_classification_dataset_upload`` sets exactly these two). A single-label
+  project has no ``multilabel`` key (the fixture in tests/__init__.py has none; the client's ``.get`` default).
 
 Not modelled: upload by ``image=`` URL, ``sequence_number``/``sequence_size``, ``metadata``, jobs and batches.
 """
@@ -60,6 +90,28 @@ WELCOME = {
 }
 # No source found for the platform's 401 body; chosen: the {"error": {...}} envelope the 404 body uses.
 UNAUTHORIZED = {"error": {"message": "Unauthorized: the api_key is missing or not valid.", "status": 401}}
+# The 500 that answers an unknown version: no source found for its body; chosen: the same envelope.
+INTERNAL_ERROR = {"error": {"message": "Internal server error.", "status": 500}}
+# luxonis/oak-examples#287: annotate's 404 for an image id it does not know (yet), verbatim.
+NOT_IN_DATASET = {
+    "error": {
+        "message": "Image not found in dataset.",
+        "type": "InvalidParameterException",
+        "hint": "The image ID is returned by the upload API.",
+    }
+}
+# roboflow-python#214 (the real server) and roboflow-python's fixture (tests/test_project.py), verbatim.
+ALREADY_ANNOTATED = {
+    "message": "Image was already annotated.",
+    "type": "InvalidImageException",
+    "hint": "This image was already annotated; to overwrite the annotation, pass overwrite=true as a query parameter.",
+}
+#: The answers to an annotate of an image that has a label, by ``PlatformServer.already_annotated``.
+ALREADY_ANNOTATED_ANSWERS: dict[str, tuple[int, dict[str, Any]]] = {
+    "400": (400, {"error": dict(ALREADY_ANNOTATED)}),
+    "400-no-hint": (400, {"error": {k: v for k, v in ALREADY_ANNOTATED.items() if k != "hint"}}),
+    "409": (409, {"error": dict(ALREADY_ANNOTATED)}),
+}
 
 
 def _graph_error(status: int, message: str, hint: str | None = None) -> _Reply:
@@ -100,15 +152,33 @@ def labels_of(annotation: str) -> list[str]:
 
 
 class PlatformServer:
-    def __init__(self, catalog: Catalog | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        catalog: Catalog | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        already_annotated: str = "400",
+        unknown_version_status: int = 500,
+    ) -> None:
+        if already_annotated not in ALREADY_ANNOTATED_ANSWERS:
+            raise ValueError(f"already_annotated: one of {sorted(ALREADY_ANNOTATED_ANSWERS)}")
         self.catalog = catalog if catalog is not None else Catalog()
         self.host, self.port = host, port
+        #: How an annotate of an image that has a label is answered (see the module's docstring).
+        self.already_annotated = already_annotated
+        #: 500 (the platform as inference's authors found it) or 404 for a version a project does not have.
+        self.unknown_version_status = unknown_version_status
+        #: Seconds after a new upload during which annotate answers 404 for it (oak-examples#287); inf: for ever.
+        self.annotate_lag = 0.0
+        #: Identical bytes answer "duplicate" (roboflow-python's fixture); False: each upload is a new image, as
+        #: oak-examples#287's author saw ("I get different ids even if I upload the same image twice").
+        self.dedupe = True
         self.lock = threading.Lock()
         self.requests: list[Recorded] = []
-        # uploads[project] = [{"id", "name", "split", "batch", "tags", "bytes"}] in upload order
+        # uploads[project] = [{"id", "name", "split", "batch", "tags", "bytes", "at"}] in upload order
         self.uploads: dict[str, list[dict[str, Any]]] = {}
         self.annotations: dict[str, dict[str, str]] = {}
-        self.faults: list[tuple[int, str]] = []
+        self.faults: list[tuple[int, str, str]] = []  # (status, message, path prefix: "" for any)
         self.delay = 0.0
         self.connections = 0
         self.keepalive_timeout: float | None = None  # no source for api.roboflow.com; chosen: keep idle connections
@@ -135,19 +205,24 @@ class PlatformServer:
     def up(self) -> PlatformServer:
         return self.start()
 
-    def fail_next(self, status: int, count: int = 1, message: str = "") -> None:
+    def fail_next(self, status: int, count: int = 1, message: str = "", path: str = "") -> None:
+        """The next ``count`` requests (whose path starts with ``path``, if given) answer ``status``."""
         # Injected failure body: no source found; chosen: the {"error": {...}} envelope.
         with self.lock:
-            self.faults.extend((status, message or f"Injected {status}") for _ in range(count))
+            self.faults.extend((status, message or f"Injected {status}", path) for _ in range(count))
 
     def reset(self) -> None:
         with self.lock:
             self.requests.clear()
             self.faults.clear()
 
-    def _next_fault(self) -> tuple[int, str] | None:
+    def _next_fault(self, path: str) -> tuple[int, str] | None:
         with self.lock:
-            return self.faults.pop(0) if self.faults else None
+            for i, (status, message, prefix) in enumerate(self.faults):
+                if path.startswith(prefix):
+                    del self.faults[i]
+                    return status, message
+            return None
 
     # documents
 
@@ -162,9 +237,9 @@ class PlatformServer:
         for up in uploads:
             splits[up["split"]] = splits.get(up["split"], 0) + 1
         ws = self.catalog.workspace
-        return {
+        doc = {
             "id": f"{ws}/{project.name}",
-            "type": project.platform_type,
+            "type": project.type,
             "name": project.name,
             "created": self.created,
             "updated": self.created,
@@ -177,6 +252,9 @@ class PlatformServer:
             "colors": {},
             "classes": counts,
         }
+        if project.multi_label:
+            doc["multilabel"] = True
+        return doc
 
     def version_doc(self, project: Project, number: int) -> dict[str, Any]:
         return {
@@ -208,7 +286,7 @@ class _PlatformHandler(_BaseHandler):
         owner = self.owner
         body = read_body(self)
         rec, split = self.record(body)
-        fault = owner._next_fault()
+        fault = owner._next_fault(split.path)
         if fault is not None:
             return self.send_json(rec, fault[0], {"error": {"message": fault[1], "status": fault[0]}})
         if owner.delay:
@@ -256,6 +334,8 @@ class _PlatformHandler(_BaseHandler):
             except ValueError:
                 number = -1
             if number not in project.versions:
+                if owner.unknown_version_status == 500:
+                    raise _Reply(500, json.loads(json.dumps(INTERNAL_ERROR)))
                 raise _missing("Version", f"{catalog.workspace}/{project.name}/{parts[2]}")
             doc["version"] = owner.version_doc(project, number)
         return doc
@@ -283,7 +363,7 @@ class _PlatformHandler(_BaseHandler):
         tags = [v for k, v in urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query) if k == "tag"]
         with owner.lock:
             uploads = owner.uploads.setdefault(project.name, [])
-            for existing in uploads:  # the platform deduplicates identical images within a project
+            for existing in uploads if owner.dedupe else []:  # identical images within a project: one image
                 if existing["bytes"] == data:
                     return {"duplicate": True, "id": existing["id"]}
             upload = {
@@ -293,14 +373,16 @@ class _PlatformHandler(_BaseHandler):
                 "batch": query.get("batch"),
                 "tags": tags,
                 "bytes": data,
+                "at": time.monotonic(),
             }
             uploads.append(upload)
         return {"success": True, "id": upload["id"]}
 
     def _annotate(self, rec: Recorded, project: Project, image_id: str, body: bytes) -> dict[str, Any]:
         owner, query = self.owner, rec.query
-        if not any(up["id"] == image_id for up in owner.uploads.get(project.name, [])):
-            raise _missing("Image", image_id)
+        uploaded = [up for up in owner.uploads.get(project.name, []) if up["id"] == image_id]
+        if not uploaded or time.monotonic() - uploaded[0]["at"] < owner.annotate_lag:
+            raise _Reply(404, json.loads(json.dumps(NOT_IN_DATASET)))
         content_type = (self.headers.get("Content-Type") or "").lower()
         text = body.decode("utf-8", "replace")
         if "application/json" in content_type:
@@ -312,12 +394,8 @@ class _PlatformHandler(_BaseHandler):
         with owner.lock:
             notes = owner.annotations.setdefault(project.name, {})
             if image_id in notes and not overwrite:
-                # roboflow-python reads responsejson["error"]["message"] and looks for "already annotated"; the rest
-                # of the wording: no source found; chosen.
-                raise _Reply(
-                    409,
-                    {"error": {"message": f"Image {image_id} is already annotated; pass overwrite=true to replace."}},
-                )
+                status, doc = ALREADY_ANNOTATED_ANSWERS[owner.already_annotated]
+                raise _Reply(status, json.loads(json.dumps(doc)))
             notes[image_id] = text
         return {"success": True}
 

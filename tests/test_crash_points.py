@@ -319,6 +319,7 @@ REVIEW_POINTS = [
     ("place.before_rename", 1),
     ("delivery.before_enqueue", 1),
     ("delivery.before_send", 1),
+    ("review.uploaded", 1),  # uploaded, the label not yet sent: the restart sends the label to that one image
     ("delivery.after_send", 1),
 ]
 DECIDE = """

@@ -185,3 +185,47 @@ def test_a_lease_of_another_host_is_free_only_when_its_heartbeat_stops(journal_u
     finally:
         near.close()
         far.db.close()
+
+
+def test_a_deliverer_keeps_state_between_attempts_and_failed_rows_can_be_queued_again(journal_url):
+    """Delivery.keep / Delivery.state (an upload's image id), failed_by_plugin and requeue_failed: what the review
+    uploads need from the outbox, across a restart and under another process's lease."""
+    (key,) = _queue(journal_url, "http://127.0.0.1:9/hook", 1)
+    seen: list[dict | None] = []
+
+    def two_calls(d):
+        seen.append(d.state)
+        if d.state is None:
+            d.keep({"image_id": "abc"})  # the first call got this far, then the second one failed
+            return Retry("annotate: no answer", after=0)
+        return Failed("refused for good")
+
+    journal = Journal.open(journal_url)
+    outbox = Deliveries(journal, deliverers={"test": ("the-plugin", two_calls)})
+    assert outbox.failed_by_plugin() == {"the-plugin": 0}
+    outbox.deliver_one(journal.outbox.claim())
+    journal.close()
+    journal = Journal.open(journal_url)  # a restart: the state is in the row
+    outbox = Deliveries(journal, deliverers={"test": ("the-plugin", two_calls)})
+    outbox.deliver_one(wait_for(journal.outbox.claim, timeout=5, what="due again"))
+    assert seen == [None, {"image_id": "abc"}]
+    assert outbox.failed_by_plugin() == {"the-plugin": 1}
+    assert Deliveries(journal).failed_by_plugin() == {"test": 1}  # without deliverers: the plugin that queued it
+
+    # The payload stayed with the failed row: queued again, from scratch (no state, no attempts).
+    assert outbox.requeue_failed("test") == (1, 0)
+    row = journal.outbox.get(key)
+    assert (row["state"], row["attempts"], row["result"]) == ("pending", 0, None) and bytes(row["body"])
+    assert journal.outbox.untried([key]) == 1
+
+    # A keep from a process whose lease another process holds now is not written.
+    other = Journal.open(journal_url, host="other")
+    try:
+        leased = other.outbox.claim()
+        assert leased is not None and leased.id == key
+        stale = outbox._delivery(leased)
+        stale.keep({"image_id": "zzz"})
+        assert journal.outbox.get(key)["result"] is None
+    finally:
+        other.close()
+        journal.close()

@@ -13,7 +13,7 @@ import time
 
 import pytest
 import yaml
-from catalog import Project, resize, static_crop
+from catalog import VALID_KEY, Project, resize, static_crop
 from helpers import (
     UNREACHABLE_PLATFORM,
     DaemonProcess,
@@ -294,6 +294,47 @@ def test_static_crop_facts_parse_from_the_platforms_strings(tmp_path, server, pl
     cfg = write_config(tmp_path, server, model="scans/1")
     shown = json.loads(run_cli("model", "-c", str(cfg), "--json").stdout)
     assert shown["static_crop"] == [0, 50, 100, 100] and shown["resize"] is None
+
+
+def test_a_multi_label_project_is_read_from_its_multilabel_flag(tmp_path, server, platform):
+    """The platform says "classification" with "multilabel": true (roboflow-python core/project.py)."""
+    cfg = write_config(tmp_path, server, model="tags/1")
+    shown = json.loads(run_cli("model", "-c", str(cfg), "--json").stdout)
+    assert shown["project_type"] == "classification" and shown["multi_label"] is True, shown
+    assert "in workspace acme: classification (multi-label)" in run_cli("model", "-c", str(cfg)).stdout
+    check = run_cli("check", "-c", str(cfg))
+    assert "model tags/1: classification (multi-label), 3 classes" in check.stdout, check.stdout
+    single = json.loads(run_cli("model", "-c", str(cfg), "--model", "colors/2", "--json").stdout)
+    assert single["project_type"] == "classification" and single["multi_label"] is False, single
+
+
+@pytest.mark.parametrize("status", [500, 404])
+def test_an_unknown_version_is_explained_whether_the_platform_answers_500_or_404(server, status):
+    """inference's roboflow_api.py: the platform answers 500 for an unknown version ("empirically checked")."""
+    from platform_server import PlatformServer
+
+    from rfwatch.roboflow.facts import diagnose, fetch_facts
+    from rfwatch.roboflow.platform import NotFound, PlatformClient, PlatformUnavailable
+
+    srv = PlatformServer(catalog=server.catalog, unknown_version_status=status).start()
+    client = PlatformClient(VALID_KEY, srv.url)
+    try:
+        said = diagnose(client, "colors/9", 403)
+        assert (
+            said == "the key is valid (workspace 'acme') but project 'colors' has no version 9 (its versions: 1, 2, 3)"
+        )
+        with pytest.raises(NotFound, match="has no version 9" if status == 500 else "Version with ID"):
+            fetch_facts(client, "colors/9")  # `rfwatch check` and `rfwatch model` say so too
+        assert "has no project 'colours'" in diagnose(client, "colours/1", 403)
+        # A 500 for a version the project has is the platform's own trouble, never "no such version".
+        srv.fail_next(500, count=2, path="/acme/colors/2")
+        assert diagnose(client, "colors/2", 403) is None
+        with pytest.raises(PlatformUnavailable):
+            fetch_facts(client, "colors/2")
+        assert fetch_facts(client, "colors/2").resize is not None  # and once it is over, the facts
+    finally:
+        client.close()
+        srv.stop()
 
 
 # --- exiftool kept running --------------------------------------------------------------------------------

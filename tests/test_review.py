@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -921,3 +922,221 @@ def test_a_crash_as_the_decision_is_committed_keeps_it(snapshots, server, platfo
     if served_by == "daemon":
         assert run_cli("run", "-c", str(cfg), "--once").returncode == 0  # and again: nothing left to do
         assert_applied_once(snapshots, platform)
+
+
+# --- uploads as the platform really answers (tests/platform_server.py cites each answer) ---------------------------
+
+
+def _uploader(daemon: Any) -> Any:
+    """The running daemon's deliverer of review uploads (rfwatch.default_plugins.review.Uploader)."""
+    return daemon.deliveries.deliverers["roboflow-upload"][1]
+
+
+def _annotates(platform: Any) -> list[tuple[int, str | None]]:
+    """(status, overwrite parameter) of every annotate request the platform saw, in order."""
+    return [(r.status, r.query.get("overwrite")) for r in platform.requests if "/annotate/" in r.path]
+
+
+def _uploads_posted(platform: Any) -> list[int]:
+    return [r.status for r in platform.requests if r.path.endswith("/upload")]
+
+
+def test_an_annotate_404_right_after_the_upload_is_waited_for(tmp_path, server, platform):
+    """luxonis/oak-examples#287: annotate answered 404 for an id the upload had just returned, for a while."""
+    server.classifier = lambda image: dict(UNSURE)
+    port = free_port()
+    cfg = review_config(tmp_path, server, port, upload=UPLOAD)
+    api, journal = Api(port), JournalView(tmp_path)
+    with DaemonThread(cfg):
+        wait_listening(port)
+        write_one_by_one(tmp_path, {"a.jpg": gray_jpeg(60)})
+        wait_for(lambda: api.items()["classes"], what="the model's classes")
+        platform.reset()
+        platform.annotate_lag = 1.5
+        assert api.label(api.id_of("a.jpg"), "green")[0] == 200
+        wait_for(
+            lambda: [u["state"] for u in journal.uploads()] == ["delivered"], timeout=20, what="the label delivered"
+        )
+    (up,) = platform.uploads["colors"]
+    assert platform.annotations["colors"] == {up["id"]: "green"}
+    statuses = [status for status, _ in _annotates(platform)]
+    assert statuses[-1] == 200 and set(statuses[:-1]) == {404} and len(statuses) >= 2, statuses
+    assert _uploads_posted(platform) == [200], "the image id was kept: the image was sent once"
+    assert journal.uploads()[0]["result"]["annotation"] == "annotated"
+
+
+def test_an_annotate_404_that_lasts_fails_clearly_is_counted_and_retry_uploads_sends_it(
+    tmp_path, server, platform, caplog
+):
+    pytest.importorskip("prometheus_client")
+    server.classifier = lambda image: dict(UNSURE)
+    port, metrics_port = free_port(), free_port()
+    cfg = review_config(tmp_path, server, port, upload=UPLOAD, metrics={"listen": f"127.0.0.1:{metrics_port}"})
+    api, journal = Api(port), JournalView(tmp_path)
+
+    def scrape() -> str:
+        return urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+
+    with DaemonThread(cfg) as d:
+        _uploader(d.daemon).annotate_wait = 2.0  # 10 minutes in production
+        wait_listening(port)
+        write_one_by_one(tmp_path, {"a.jpg": gray_jpeg(61)})
+        wait_for(lambda: api.items()["classes"], what="the model's classes")
+        # every plugin that delivers has its series from the start, at 0
+        assert 'rfwatch_deliveries_failed{plugin="rfwatch.default_plugins.review"} 0.0' in scrape()
+        assert 'rfwatch_deliveries_failed{plugin="rfwatch.default_plugins.webhook"} 0.0' in scrape()
+        platform.annotate_lag = float("inf")  # the platform never lets the image be labelled
+        assert api.label(api.id_of("a.jpg"), "green")[0] == 200
+        wait_for(
+            lambda: [u["state"] for u in journal.uploads()] == ["failed"], timeout=20, what="the upload failed for good"
+        )
+        body = scrape()
+        assert 'rfwatch_deliveries_failed{plugin="rfwatch.default_plugins.review"} 1.0' in body
+        assert 'rfwatch_deliveries_failed{plugin="rfwatch.default_plugins.webhook"} 0.0' in body
+    (up,) = platform.uploads["colors"]
+    error = journal.uploads()[0]["last_error"]
+    assert f"project 'colors': image {up['id']} was uploaded, but the annotate route still answered 404 " in error
+    assert " s after the upload (" in error
+    assert "without its label 'green'" in error and VALID_KEY not in error
+    assert _uploads_posted(platform).count(200) == 1  # waited for the same image, never sent again
+    assert "was uploaded, but the annotate route still answered 404" in caplog.text
+    assert VALID_KEY not in caplog.text  # nor in any log line of the waiting and the failure
+    assert "colors" not in platform.annotations
+
+    status = run_cli("status", "-c", str(cfg))
+    assert "deliveries failed for good: rfwatch.default_plugins.review 1" in status.stdout, status.stdout
+    assert f"uploads to roboflow:colors failed for good: 1 (last: project 'colors': image {up['id']}" in status.stdout
+    report = json.loads(run_cli("status", "-c", str(cfg), "--json").stdout)
+    assert report["deliveries_failed"] == {"rfwatch.default_plugins.review": 1, "rfwatch.default_plugins.webhook": 0}
+    assert VALID_KEY not in status.stdout + status.stderr
+
+    platform.annotate_lag = 0.0  # put right on the platform's side
+    again = run_cli("retry", "-c", str(cfg), "--uploads")
+    assert again.returncode == 0 and "1 failed upload(s) queued again" in again.stdout, again.stdout + again.stderr
+    assert journal.state("a.jpg") == "done", "--uploads alone leaves the files as they are"
+    assert run_cli("run", "-c", str(cfg), "--once").returncode == 0  # the next run sends it
+    assert journal.uploads()[0]["state"] == "delivered"
+    assert platform.annotations["colors"] == {up["id"]: "green"}
+    assert len(platform.uploads["colors"]) == 1
+    report = json.loads(run_cli("status", "-c", str(cfg), "--json").stdout)
+    assert report["deliveries_failed"] == {"rfwatch.default_plugins.review": 0, "rfwatch.default_plugins.webhook": 0}
+    assert "deliveries failed for good: none" in run_cli("status", "-c", str(cfg)).stdout
+
+
+@pytest.mark.parametrize("answer", ["400", "400-no-hint", "409"])
+def test_already_annotated_in_each_form_is_delivered_for_our_label_and_replaced_for_another(
+    snapshots, server, platform, answer
+):
+    """roboflow-python#214 (400, with a hint), the same without it, rfapi's 409: none fails the upload."""
+    platform.already_annotated = answer
+    status = int(answer[:3])
+
+    # A crash after the label arrived, before its answer was recorded: the retry is told "already annotated", and
+    # this delivery had sent that very label: delivered, nothing replaced.
+    cfg, _ = _restore(snapshots, "decided", server)
+    crashed = run_cli("run", "-c", str(cfg), "--once", env={"RFWATCH_CRASH_AT": "delivery.after_send"})
+    assert crashed.returncode == CRASH_EXIT, crashed.stderr[-2000:]
+    assert run_cli("run", "-c", str(cfg), "--once").returncode in (0, 1)
+    (up,) = platform.uploads["colors"]
+    assert platform.annotations["colors"] == {up["id"]: "green"}
+    assert _annotates(platform) == [(200, None), (status, None)]
+    (upload,) = JournalView(snapshots).uploads()
+    assert upload["state"] == "delivered" and upload["result"]["annotation"] == "already annotated"
+
+    # Someone labels the image in Roboflow between rfwatch's upload and its label: the person's label in review
+    # replaces it (overwrite=true), it does not fail.
+    platform.uploads.clear()
+    platform.annotations.clear()
+    platform.reset()
+    cfg, _ = _restore(snapshots, "decided", server)
+    crashed = run_cli("run", "-c", str(cfg), "--once", env={"RFWATCH_CRASH_AT": "review.uploaded"})
+    assert crashed.returncode == CRASH_EXIT, crashed.stderr[-2000:]
+    (up,) = platform.uploads["colors"]
+    platform.annotations["colors"] = {up["id"]: "red"}
+    assert run_cli("run", "-c", str(cfg), "--once").returncode in (0, 1)
+    assert platform.annotations["colors"] == {up["id"]: "green"}
+    assert _annotates(platform) == [(status, None), (200, "true")]
+    (upload,) = JournalView(snapshots).uploads()
+    assert upload["state"] == "delivered" and upload["result"]["annotation"] == "annotated with overwrite"
+    assert_applied_once(snapshots, platform)
+
+
+DECIDE = """
+import sys
+from rfwatch.config import load_config
+from rfwatch.journal import DecisionKind, open_journal
+j = open_journal(load_config(sys.argv[1]))
+(row,) = j.decisions.waiting()
+j.decisions.decide(row.id, DecisionKind.LABEL, (sys.argv[2],), by="test")
+j.close()
+"""
+
+
+def _decide(base: Path, label: str) -> None:
+    """A person labels the one file waiting (as the page would), with no page served."""
+    subprocess.run([sys.executable, "-c", DECIDE, str(base / "config.yaml"), label], check=True, timeout=60)
+
+
+def test_a_relabel_reaches_the_project_with_overwrite(tmp_path, server, platform):
+    """The same photo reviewed again (undo, then retry): the upload answers "duplicate", and the new label is sent
+    with overwrite=true; before, the delivery was recorded as done and Roboflow kept the old label."""
+    server.classifier = lambda image: dict(UNSURE)
+    port = free_port()
+    cfg = review_config(tmp_path, server, port, upload=UPLOAD)
+    api, journal = Api(port), JournalView(tmp_path)
+    with DaemonThread(cfg):
+        wait_listening(port)
+        write_one_by_one(tmp_path, {"a.jpg": gray_jpeg(62)})
+        wait_for(lambda: api.items()["classes"], what="the model's classes")
+        assert api.label(api.id_of("a.jpg"), "green")[0] == 200
+        wait_for(lambda: platform.annotations.get("colors"), what="the first label uploaded")
+        undone = run_cli("undo", "-c", str(cfg), str(tmp_path / "sorted" / "green" / "a.jpg"))
+        assert undone.returncode == 0, undone.stdout + undone.stderr
+        assert run_cli("retry", "-c", str(cfg), "--undone").returncode == 0
+        wait_for(lambda: api.names() == ["a.jpg"], what="a.jpg in review again")
+        assert api.label(api.id_of("a.jpg"), "blue")[0] == 200
+        wait_for(lambda: [u["state"] for u in journal.uploads()] == ["delivered"] * 2, what="both labels delivered")
+    (up,) = platform.uploads["colors"]
+    assert platform.annotations["colors"] == {up["id"]: "blue"}
+    assert _annotates(platform)[-1] == (200, "true")
+    results = sorted((u["result"] for u in journal.uploads()), key=lambda r: r["duplicate"])
+    assert [(r["duplicate"], r["annotation"]) for r in results] == [
+        (False, "annotated"),
+        (True, "annotated with overwrite"),
+    ]
+
+
+@pytest.mark.parametrize("dedupe", [True, False])
+def test_kill_9_between_upload_and_annotate_leaves_one_image_with_the_last_label(tmp_path, server, platform, dedupe):
+    """review.uploaded: the image is in the project, its label not sent. The restart sends the label to that image
+    (its id was kept before the crash), so even a platform that does not deduplicate (oak-examples#287's author saw
+    that) ends with one image; and a relabel's label replaces the first one."""
+    server.classifier = lambda image: dict(UNSURE)
+    platform.dedupe = dedupe
+    cfg = review_config(tmp_path, server, upload=UPLOAD, concurrency=1)
+    (tmp_path / "inbox" / "a.jpg").write_bytes(gray_jpeg(63))
+    assert run_cli("run", "-c", str(cfg), "--once").returncode == 0
+    _decide(tmp_path, "green")
+    crashed = run_cli("run", "-c", str(cfg), "--once", env={"RFWATCH_CRASH_AT": "review.uploaded"})
+    assert crashed.returncode == CRASH_EXIT and "crash point review.uploaded reached" in crashed.stderr
+    assert run_cli("run", "-c", str(cfg), "--once").returncode == 0
+    (up,) = platform.uploads["colors"]
+    assert platform.annotations["colors"] == {up["id"]: "green"}
+    if not dedupe:
+        return  # a relabel finds its image by the platform's "duplicate" answer: nothing to find it by without it
+
+    # The photo reviewed again and labelled blue; killed between the upload (a duplicate) and the label.
+    assert run_cli("undo", "-c", str(cfg), str(tmp_path / "sorted" / "green" / "a.jpg")).returncode == 0
+    assert run_cli("retry", "-c", str(cfg), "--undone").returncode == 0
+    assert run_cli("run", "-c", str(cfg), "--once").returncode == 0
+    assert (tmp_path / "review" / "a.jpg").exists()
+    _decide(tmp_path, "blue")
+    crashed = run_cli("run", "-c", str(cfg), "--once", env={"RFWATCH_CRASH_AT": "review.uploaded"})
+    assert crashed.returncode == CRASH_EXIT, crashed.stderr[-2000:]
+    assert platform.annotations["colors"] == {up["id"]: "green"}  # killed before the new label went out
+    assert run_cli("run", "-c", str(cfg), "--once").returncode == 0
+    assert [u["id"] for u in platform.uploads["colors"]] == [up["id"]]
+    assert platform.annotations["colors"] == {up["id"]: "blue"}
+    journal = JournalView(tmp_path)
+    assert [u["state"] for u in journal.uploads()] == ["delivered", "delivered"]
+    assert (tmp_path / "sorted" / "blue" / "a.jpg").exists()

@@ -16,7 +16,7 @@ import pytest
 import requests
 from catalog import VALID_KEY, Catalog, Project, resize
 from PIL import Image, ImageDraw
-from platform_server import PlatformServer
+from platform_server import ALREADY_ANNOTATED_ANSWERS, PlatformServer
 from roboflow_server import (
     CAUSE_RAW_BYTES,
     DEFAULT_MESSAGES,
@@ -58,10 +58,22 @@ def make_server() -> Iterator[Callable[..., RoboflowServer]]:
 
 
 @pytest.fixture
-def platform() -> Iterator[PlatformServer]:
-    server = PlatformServer().start()
-    yield server
-    server.stop()
+def make_platform() -> Iterator[Callable[..., PlatformServer]]:
+    started: list[PlatformServer] = []
+
+    def make(**kwargs: Any) -> PlatformServer:
+        server = PlatformServer(**kwargs).start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def platform(make_platform) -> PlatformServer:
+    return make_platform()
 
 
 def infer(
@@ -470,8 +482,10 @@ def test_platform_project_and_version(platform):
         "format": "Stretch to",
         "enabled": True,
     }
+    # multi-label: roboflow-python reads project["type"] and project.get("multilabel", False)
+    assert "multilabel" not in doc["project"]
     tags = requests.get(f"{platform.url}/acme/tags", params={"api_key": VALID_KEY}).json()
-    assert tags["project"]["type"] == "multi-label-classification"
+    assert tags["project"]["type"] == "classification" and tags["project"]["multilabel"] is True
     projects = requests.get(f"{platform.url}/acme", params={"api_key": VALID_KEY}).json()["workspace"]["projects"]
     assert [p["id"] for p in projects] == ["acme/colors", "acme/tags"]
 
@@ -490,8 +504,23 @@ def test_platform_not_found_and_unauthorized(platform):
     }
     missing_project = requests.get(f"{platform.url}/acme/nope", params={"api_key": VALID_KEY})
     assert missing_project.status_code == 404 and missing_project.json()["error"]["type"] == "GraphMethodException"
-    assert requests.get(f"{platform.url}/acme/colors/9", params={"api_key": VALID_KEY}).status_code == 404
     assert requests.get(f"{platform.url}/acme/colors", params={"api_key": "bad"}).status_code == 401
+
+
+def test_platform_unknown_version_is_a_500(make_platform):
+    """roboflow/inference roboflow_api.py: "empirically checked that backend API responds HTTP 500 on incorrect
+    version"; an unknown project is still a 404; ``unknown_version_status=404`` is the backend once fixed."""
+    real = make_platform()
+    for version in ("9", "x"):
+        unknown = requests.get(f"{real.url}/acme/colors/{version}", params={"api_key": VALID_KEY})
+        assert unknown.status_code == 500 and unknown.json() == {
+            "error": {"message": "Internal server error.", "status": 500}
+        }
+    assert requests.get(f"{real.url}/acme/nope/1", params={"api_key": VALID_KEY}).status_code == 404
+    assert requests.get(f"{real.url}/acme/colors/3", params={"api_key": VALID_KEY}).status_code == 200
+    fixed = make_platform(unknown_version_status=404)
+    unknown = requests.get(f"{fixed.url}/acme/colors/9", params={"api_key": VALID_KEY})
+    assert unknown.status_code == 404 and unknown.json()["error"]["type"] == "GraphMethodException"
 
 
 def test_platform_upload_then_duplicate(platform):
@@ -526,7 +555,41 @@ def test_platform_upload_then_duplicate(platform):
     assert missing.status_code == 404
 
 
-def test_platform_annotate_then_conflict(platform):
+#: roboflow-python#214 (the real server, 400) and roboflow-python's fixture (400); rfapi's expectation (409).
+ALREADY = {
+    "400": (
+        400,
+        {
+            "error": {
+                "message": "Image was already annotated.",
+                "type": "InvalidImageException",
+                "hint": "This image was already annotated; to overwrite the annotation, pass overwrite=true as a "
+                "query parameter.",
+            }
+        },
+    ),
+    "400-no-hint": (
+        400,
+        {"error": {"message": "Image was already annotated.", "type": "InvalidImageException"}},
+    ),
+    "409": (
+        409,
+        {
+            "error": {
+                "message": "Image was already annotated.",
+                "type": "InvalidImageException",
+                "hint": "This image was already annotated; to overwrite the annotation, pass overwrite=true as a "
+                "query parameter.",
+            }
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("answer", sorted(ALREADY_ANNOTATED_ANSWERS))
+def test_platform_annotate_then_already_annotated(make_platform, answer):
+    assert set(ALREADY) == set(ALREADY_ANNOTATED_ANSWERS)
+    platform = make_platform(already_annotated=answer)
     image_id = requests.post(
         f"{platform.url}/dataset/tags/upload", params={"api_key": VALID_KEY}, data=b64(jpeg()), headers=FORM
     ).json()["id"]
@@ -535,7 +598,8 @@ def test_platform_annotate_then_conflict(platform):
     first = requests.post(url, params=params, data="red,green", headers={"Content-Type": "text/plain"})
     assert first.json() == {"success": True}
     second = requests.post(url, params=params, data="blue", headers={"Content-Type": "text/plain"})
-    assert second.status_code == 409 and "already annotated" in second.json()["error"]["message"]
+    assert (second.status_code, second.json()) == ALREADY[answer]
+    assert platform.annotations["tags"][image_id] == "red,green"  # refused: the label stays
     replaced = requests.post(
         url, params={**params, "overwrite": "true"}, json={"annotationFile": "blue", "labelmap": None}
     )
@@ -544,7 +608,53 @@ def test_platform_annotate_then_conflict(platform):
     classes = requests.get(f"{platform.url}/acme/tags", params={"api_key": VALID_KEY}).json()["project"]["classes"]
     assert classes == {"red": 0, "green": 0, "blue": 1}
     unknown = requests.post(f"{platform.url}/dataset/tags/annotate/nope", params=params, data="red")
-    assert unknown.status_code == 404
+    assert unknown.status_code == 404 and unknown.json()["error"]["message"] == "Image not found in dataset."
+
+
+def test_platform_overwrite_labels_an_image_with_no_label_yet(platform):
+    """roboflow-python 1.7.3 sends overwrite=true for every image of a classification project, new ones too."""
+    image_id = requests.post(
+        f"{platform.url}/dataset/colors/upload", params={"api_key": VALID_KEY}, data=b64(jpeg()), headers=FORM
+    ).json()["id"]
+    params = {"api_key": VALID_KEY, "name": f"{image_id}.txt", "overwrite": "true"}
+    url = f"{platform.url}/dataset/colors/annotate/{image_id}"
+    assert requests.post(url, params=params, data="red", headers={"Content-Type": "text/plain"}).json() == {
+        "success": True
+    }
+    assert platform.annotations["colors"] == {image_id: "red"}
+
+
+def test_platform_annotate_right_after_an_upload_may_be_404_for_a_while(platform):
+    """luxonis/oak-examples#287: a 404 ("Image not found in dataset.") for an id the upload just returned."""
+    platform.annotate_lag = 0.6
+    url = f"{platform.url}/dataset/colors/upload"
+    first = requests.post(url, params={"api_key": VALID_KEY}, data=b64(jpeg()), headers=FORM).json()
+    annotate = f"{platform.url}/dataset/colors/annotate/{first['id']}"
+    params = {"api_key": VALID_KEY, "name": f"{first['id']}.txt"}
+    early = requests.post(annotate, params=params, data="red", headers={"Content-Type": "text/plain"})
+    assert early.status_code == 404 and early.json() == {
+        "error": {
+            "message": "Image not found in dataset.",
+            "type": "InvalidParameterException",
+            "hint": "The image ID is returned by the upload API.",
+        }
+    }
+    assert "colors" not in platform.annotations
+    # the lag counts from the image's first upload: a duplicate does not start it again
+    again = requests.post(url, params={"api_key": VALID_KEY}, data=b64(jpeg()), headers=FORM).json()
+    assert again == {"duplicate": True, "id": first["id"]}
+    time.sleep(0.7)
+    later = requests.post(annotate, params=params, data="red", headers={"Content-Type": "text/plain"})
+    assert later.json() == {"success": True}
+
+
+def test_platform_without_dedupe_the_same_bytes_are_a_new_image(platform):
+    """oak-examples#287's author: "I get different ids even if I upload the same image twice"."""
+    platform.dedupe = False
+    url = f"{platform.url}/dataset/colors/upload"
+    ids = [requests.post(url, params={"api_key": VALID_KEY}, data=b64(jpeg()), headers=FORM).json() for _ in "ab"]
+    assert all(doc["success"] for doc in ids) and ids[0]["id"] != ids[1]["id"]
+    assert len(platform.uploads["colors"]) == 2
 
 
 def test_platform_failures_and_restart(platform):

@@ -6,8 +6,9 @@ person's class at confidence 1.0, a reject sends it to ``failed:``.
 
 With ``review.upload`` in the config, each labelled image goes to the project through the platform API's
 upload and annotate routes (see rfwatch.roboflow.platform), queued with the decision's step (``file_reviewed``) and
-delivered durably: retried with backoff across restarts; a duplicate answer counts as delivered, and the
-Roboflow image id is kept for ``rfwatch history``.
+delivered durably: retried with backoff across restarts, and the Roboflow image id kept for ``rfwatch history``.
+The uploader follows the platform as it answers (see :class:`Uploader`): the label that reaches the project is
+always the person's last one, on one image.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from rfwatch.default_plugins.move_copy import EXAMPLE, PlaceAction
 from rfwatch.plugin import (
     Config,
     Delivered,
+    Deliveries,
     Delivery,
     Failed,
     FileContext,
@@ -28,6 +30,7 @@ from rfwatch.plugin import (
     Retry,
     Template,
     TemplateError,
+    crash_point,
     hookimpl,
     platform_client,
     prepare_image,
@@ -39,6 +42,12 @@ log = logging.getLogger(__name__)
 KIND = "roboflow-upload"
 #: 4xx answers that may pass: a key being fixed (401/403), a timeout (408), a rate limit (429).
 _WORTH_RETRYING = frozenset({401, 403, 408, 429})
+#: How long after its upload an image the annotate route answers 404 for is waited for: the platform has answered
+#: 404 "Image not found in dataset." to an annotate sent 0.5 s after a successful upload, and the same call worked
+#: "after several minutes" (luxonis/oak-examples#287). Chosen: 10 minutes, then a failure that says so.
+ANNOTATE_WAIT = 600.0
+#: The longest pause between two annotate attempts while waiting (pauses grow with the time waited: 1, 2, 4 ... s).
+_ANNOTATE_PAUSE = 60.0
 #: The legacy hosted upload takes bodies up to 5 MB, base64 included: originals up to this size go as they are.
 ORIGINAL_LIMIT = 3_600_000
 _ORIGINAL_FORMATS = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")  # JPEG and PNG are sent as they are
@@ -87,37 +96,102 @@ def _upload_payload(ctx: FileContext, decision: dict[str, Any], upload: Any) -> 
 
 
 class Uploader:
-    """Delivers reviewed images: upload, then the label; both idempotent, so a retry after a crash is safe."""
+    """Delivers reviewed images: the upload, then the label, as the platform really answers.
+
+    - The image id the upload returns is kept (``delivery.keep``) before the label is sent: a retry, a crash or a
+      restart from then on sends the label only, never the image again.
+    - A 404 from annotate in the first ``annotate_wait`` seconds after the upload means "not yet" (oak-examples#287):
+      tried again with growing pauses, then a failure that names the project and the image id.
+    - An upload answered "duplicate" is an image the project has already, perhaps labelled (the same photo
+      reviewed again): the label goes with ``overwrite=true`` and replaces the old one, as roboflow-python does
+      for classification projects.
+    - "Already annotated" (409, or 400 with or without its hint): delivered if this delivery had sent this label
+      before (an answer lost to a crash or a timeout); otherwise the label is sent again with ``overwrite=true``,
+      so the person's label is the one the project keeps.
+    """
 
     def __init__(self, config: Config):
         self.platform = platform_client(config)
+        self.annotate_wait = ANNOTATE_WAIT
 
     def __call__(self, delivery: Delivery) -> Any:
         if self.platform is None:
             return Retry("no Roboflow API key in the running config")
         p = delivery.json()
+        project, labels = p["project"], list(p["labels"])
+        state = dict(delivery.state or {})
+        step = "upload"
         try:
-            uploaded = self.platform.upload(
-                p["project"], base64.b64decode(p["image"]), p["name"], p["split"], p["batch"], tuple(p["tags"])
-            )
-            annotation = self.platform.annotate(p["project"], uploaded.image_id, p["labels"])
+            if not state.get("image_id"):
+                uploaded = self.platform.upload(
+                    project, base64.b64decode(p["image"]), p["name"], p["split"], p["batch"], tuple(p["tags"])
+                )
+                state = {"image_id": uploaded.image_id, "duplicate": uploaded.duplicate, "uploaded_at": time.time()}
+                delivery.keep(state)  # committed before the label is sent: the image is never sent twice
+                crash_point("review.uploaded")
+            step = "annotate"
+            annotation = self._annotate(self.platform, delivery, project, labels, state)
         except platform_api.NotFound as exc:
-            return Failed(f"project {p['project']!r} not found: {exc}", exc.status)
+            if step == "upload":
+                return Failed(f"project {project!r} not found: {exc}", exc.status)
+            return self._not_yet(project, labels, state, exc)
         except platform_api.PlatformError as exc:
+            where = f"project {project!r}" + (f", image {state['image_id']}" if state.get("image_id") else "")
             if exc.status is not None and 400 <= exc.status < 500 and exc.status not in _WORTH_RETRYING:
                 # The platform refused this image or label for good (a 400 for a format or a class name it
                 # will not take): sending it again would be refused again, forever.
-                return Failed(str(exc), exc.status)
-            return Retry(str(exc), exc.status)  # no answer, 5xx, or a key that may be put right
+                return Failed(f"{where}: {exc}", exc.status)
+            return Retry(f"{where}: {exc}", exc.status)  # no answer, 5xx, or a key that may be put right
         return Delivered(
             200,
             {
-                "image_id": uploaded.image_id,
-                "duplicate": uploaded.duplicate,
+                "image_id": state["image_id"],
+                "duplicate": bool(state.get("duplicate")),
                 "annotation": annotation,
-                "uploaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "uploaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(state.get("uploaded_at"))),
             },
         )
+
+    @staticmethod
+    def _annotate(
+        platform: platform_api.PlatformClient,
+        delivery: Delivery,
+        project: str,
+        labels: list[str],
+        state: dict[str, Any],
+    ) -> str:
+        """Send the label; what reached the project: "annotated", "annotated with overwrite" or "already annotated"."""
+        image_id = state["image_id"]
+        if state.get("duplicate"):
+            # The project had these bytes already: its label (if any) is an older decision's, or someone else's.
+            platform.annotate(project, image_id, labels, overwrite=True)
+            return "annotated with overwrite"
+        sent_before = state.get("sent")
+        if sent_before != labels:
+            state["sent"] = labels
+            delivery.keep(state)  # an answer lost after this (a crash, a timeout) is recognised on the next try
+        if platform.annotate(project, image_id, labels) == "annotated":
+            return "annotated"
+        if sent_before == labels:
+            return "already annotated"  # ours: an earlier attempt's label arrived, its answer did not
+        # A label rfwatch did not send (or not this one): the person's decision replaces it.
+        platform.annotate(project, image_id, labels, overwrite=True)
+        return "annotated with overwrite"
+
+    def _not_yet(self, project: str, labels: list[str], state: dict[str, Any], exc: Exception) -> Any:
+        """The annotate route does not know the uploaded image: wait for it (a while), then fail clearly."""
+        image_id = state["image_id"]
+        waited = max(0.0, time.time() - float(state.get("uploaded_at") or 0.0))
+        left = self.annotate_wait - waited
+        if left <= 0:
+            return Failed(
+                f"project {project!r}: image {image_id} was uploaded, but the annotate route still answered 404 "
+                f"{waited:.0f} s after the upload ({exc}): the image is in the project without its label "
+                f"{','.join(labels)!r}; `rfwatch retry --uploads` sends it again",
+                404,
+            )
+        pause = min(_ANNOTATE_PAUSE, max(1.0, waited), left)  # pauses double with the time waited; one at the end
+        return Retry(f"project {project!r}: image {image_id} not yet known to the annotate route ({exc})", 404, pause)
 
 
 @hookimpl
@@ -128,6 +202,20 @@ def register_actions(register):
 @hookimpl
 def register_deliverers(register, config):
     register(KIND, Uploader(config))
+
+
+@hookimpl
+def status_lines(config: Config, deliveries: Deliveries) -> list[str]:
+    lines = [
+        f"uploads to {f['url']}: {f['n']} waiting, {f['attempts']} attempt(s), last error {f['last_error']}"
+        for f in deliveries.failing(KIND)
+    ]
+    for f in deliveries.failed(KIND):
+        lines.append(
+            f"uploads to {f['url']} failed for good: {f['n']} (last: {f['last_error']}); "
+            "`rfwatch retry --uploads` sends them again"
+        )
+    return lines
 
 
 @hookimpl

@@ -10,7 +10,13 @@ happens next:
   receiver said when; across restarts, since the schedule is in the journal;
 - :class:`Gone`: the target said it wants nothing more (a webhook's 410): every pending row for it stops,
   and later ones are not queued;
-- :class:`Failed`: this one delivery can never succeed (a receiver that refuses it for good).
+- :class:`Failed`: this one delivery can never succeed (a receiver that refuses it for good). The row keeps its
+  payload, so that ``rfwatch retry --uploads`` can send it again once the cause is put right.
+
+A deliverer whose delivery takes several calls (an upload, then its label) keeps what it learnt between attempts
+with ``delivery.keep(state)`` (a JSON dict, committed at once, before the next call is made) and finds it in
+``delivery.state`` on the next attempt, on any host, across restarts: an image the platform accepted is not sent
+again.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Union
 
 __all__ = ["Delivery", "Delivered", "Retry", "Gone", "Failed", "DeliveryAnswer", "Deliverer", "DeliveryPolicy"]
@@ -36,10 +42,23 @@ class Delivery:
     attempts: int
     file_id: int | None
     created: float
+    #: What the deliverer kept with :meth:`keep` on an earlier attempt (None: nothing yet).
+    state: dict[str, Any] | None = None
+    #: Writes ``state`` for this delivery at once (see keep); set by rfwatch's delivery threads.
+    _keep: Callable[[dict[str, Any]], None] | None = field(default=None, repr=False, compare=False)
 
     def json(self) -> Any:
         """The payload parsed as JSON (it was queued as a dict or list)."""
         return json.loads(self.payload)
+
+    def keep(self, state: dict[str, Any]) -> None:
+        """Keep ``state`` (JSON) for this delivery's next attempts, committed before this returns.
+
+        For a deliverer that makes several calls for one delivery: what an earlier call achieved (an image id)
+        survives a crash, a restart or a Retry, and the next attempt finds it in ``state``.
+        """
+        if self._keep is not None:
+            self._keep(state)
 
 
 @dataclass(frozen=True)

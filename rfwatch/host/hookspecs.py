@@ -117,7 +117,8 @@ def status_lines(config: Config, deliveries: Deliveries) -> list[str] | None:
     """Lines this plugin adds to ``rfwatch status`` (and ``status --json``, under ``plugins_status``).
 
     Called in the ``status`` command's process, not the daemon's. ``deliveries`` reads what waits for delivery:
-    ``pending_by_plugin()``, ``gone_targets(kind)``, ``failing(kind)``. Return a list of strings, or None.
+    ``pending_by_plugin()``, ``failed_by_plugin()``, ``gone_targets(kind)``, ``failing(kind)``, ``failed(kind)``.
+    Return a list of strings, or None.
     """
 
 

@@ -47,6 +47,8 @@ class DeliveryRow:
     attempts: int
     file_id: int | None
     created: float
+    #: What its deliverer kept on an earlier attempt (``Delivery.keep``), while it is pending.
+    state: dict[str, Any] | None = None
 
 
 class Outbox:
@@ -84,7 +86,7 @@ class Outbox:
 
         def lease(tx: Tx) -> Any:
             row = tx.one(
-                f"SELECT id, plugin, kind, url, body, attempts, file_id, created FROM outbox"
+                f"SELECT id, plugin, kind, url, body, attempts, file_id, created, result FROM outbox"
                 f" WHERE state=? AND next_at<=? AND {_UNLEASED} ORDER BY next_at LIMIT 1{lock}",
                 (DeliveryState.PENDING, now, self.lease),
             )
@@ -95,6 +97,10 @@ class Outbox:
         row = self.db.transact(lease)
         if row is None:
             return None
+        try:
+            kept = json.loads(row["result"]) if row["result"] else None
+        except ValueError:
+            kept = None
         return DeliveryRow(
             row["id"],
             row["plugin"],
@@ -104,6 +110,13 @@ class Outbox:
             row["attempts"],
             row["file_id"],
             row["created"],
+            kept if isinstance(kept, dict) else None,
+        )
+
+    def keep(self, delivery_id: str, state: dict[str, Any]) -> bool:
+        """A deliverer's state between attempts: in the row's ``result`` while it is pending (and ours)."""
+        return self._record(
+            "UPDATE outbox SET result=? WHERE id=? AND state='pending'", (json.dumps(state), delivery_id)
         )
 
     def delivered(self, delivery_id: str, status: int | None, result: dict[str, Any] | None) -> bool:
@@ -156,35 +169,53 @@ class Outbox:
         """A holder that stops cleanly: its leases are free at once (nothing was sent under them after this)."""
         return self.db.transact(lambda tx: tx.run("UPDATE outbox SET lease=NULL WHERE lease=?", (holder,)))
 
-    def requeue_failed(self, kind: str | None = None) -> int:
-        """Deliveries that failed for good (of ``kind``, else all) are due again now (``rfwatch retry``)."""
-        now = time.time()
-        only = " AND kind=?" if kind else ""
+    def requeue_failed(self, kind: str) -> tuple[int, int]:
+        """Every delivery of ``kind`` that failed for good is due again, as if new: (queued again, left failed).
 
-        def queue(tx: Tx) -> int:
-            n = tx.run(
-                f"UPDATE outbox SET state=?, next_at=?, lease=NULL WHERE state=?{only} AND LENGTH(body) > 0",
-                (DeliveryState.PENDING, now, DeliveryState.FAILED, *([kind] if kind else [])),
+        Its retry schedule starts over and what its deliverer kept is dropped (a fresh attempt asks the receiver
+        anew). Rows that failed before failed rows kept their payload cannot be sent again and stay failed.
+        """
+        now = time.time()
+
+        def queue(tx: Tx) -> tuple[int, int]:
+            queued = tx.run(
+                "UPDATE outbox SET state=?, attempts=0, next_at=?, lease=NULL, result=NULL"
+                " WHERE kind=? AND state=? AND LENGTH(body) > 0",
+                (DeliveryState.PENDING, now, kind, DeliveryState.FAILED),
             )
-            if n:
+            left = tx.scalar("SELECT COUNT(*) FROM outbox WHERE kind=? AND state=?", (kind, DeliveryState.FAILED))
+            if queued:
                 tx.notify()
-            return n
+            return queued, int(left or 0)
 
         return self.db.transact(queue)
 
     # --- reading ---------------------------------------------------------------------------------
 
-    def pending_by_plugin(self) -> dict[str, int]:
+    def counts(self, state: str) -> list[tuple[str, str, int]]:
+        """(kind, plugin that queued it, how many) of the deliveries in ``state``, every (kind, plugin) with rows
+        in any state included (at 0)."""
         rows = self.db.all(
-            "SELECT plugin, COUNT(*) AS n FROM outbox WHERE state=? GROUP BY plugin", (DeliveryState.PENDING,)
+            "SELECT kind, plugin, SUM(CASE WHEN state=? THEN 1 ELSE 0 END) AS n FROM outbox GROUP BY kind, plugin",
+            (state,),
         )
-        return {r["plugin"]: r["n"] for r in rows}
+        return [(r["kind"], r["plugin"], int(r["n"] or 0)) for r in rows]
 
-    def failed_by_plugin(self) -> dict[str, int]:
+    def failed_targets(self, kind: str) -> list[dict[str, Any]]:
+        """Deliveries of ``kind`` that failed for good, per target: how many, and the latest one's error."""
         rows = self.db.all(
-            "SELECT plugin, COUNT(*) AS n FROM outbox WHERE state=? GROUP BY plugin", (DeliveryState.FAILED,)
+            "SELECT url, COUNT(*) AS n, MAX(created) AS latest FROM outbox WHERE kind=? AND state=? GROUP BY url"
+            " ORDER BY url",
+            (kind, DeliveryState.FAILED),
         )
-        return {r["plugin"]: r["n"] for r in rows}
+        out = []
+        for r in rows:
+            error = self.db.scalar(
+                "SELECT last_error FROM outbox WHERE kind=? AND state=? AND url=? ORDER BY created DESC LIMIT 1",
+                (kind, DeliveryState.FAILED, r["url"]),
+            )
+            out.append({"url": r["url"], "n": r["n"], "last_error": error})
+        return out
 
     def gone_targets(self, kind: str) -> list[str]:
         """Targets of ``kind`` that said they want nothing more (a webhook receiver's 410)."""

@@ -27,6 +27,7 @@ from rfwatch.host.delivery import (
 )
 from rfwatch.journal import DeliveryRow, Journal, JournalUnavailable
 from rfwatch.redact import redact
+from rfwatch.states import DeliveryState
 
 __all__ = ["Deliveries"]
 
@@ -49,10 +50,35 @@ class Deliveries:
     # --- what status and plugins read (the ``status_lines`` hook gets this object) ------------
 
     def pending_by_plugin(self) -> dict[str, int]:
-        return self.journal.outbox.pending_by_plugin()
+        """Deliveries not yet delivered, per plugin (see _per_plugin)."""
+        return {plugin: n for plugin, n in self._per_plugin(DeliveryState.PENDING).items() if n}
 
     def failed_by_plugin(self) -> dict[str, int]:
-        return self.journal.outbox.failed_by_plugin()
+        """Deliveries that failed for good, per plugin: every plugin that queued any (or, in a process that
+        delivers, that registered a deliverer) is there, at 0 when none failed, so metrics have the series."""
+        counts = dict.fromkeys(sorted(plugin for plugin, _ in self.deliverers.values()), 0)
+        counts.update(self._per_plugin(DeliveryState.FAILED))
+        return counts
+
+    def _per_plugin(self, state: str) -> dict[str, int]:
+        """Rows in ``state`` per plugin. A row counts for the plugin that delivers its kind when one is registered
+        here: the row names the step that queued it, which for a review upload is rfwatch's decision step."""
+        counts: dict[str, int] = {}
+        for kind, queued_by, n in self.journal.outbox.counts(state):
+            plugin = self.deliverers[kind][0] if kind in self.deliverers else queued_by
+            counts[plugin] = counts.get(plugin, 0) + n
+        return counts
+
+    def failed(self, kind: str) -> list[dict[str, Any]]:
+        """Deliveries of ``kind`` that failed for good, per target (the ``status_lines`` hook reads it)."""
+        return self.journal.outbox.failed_targets(kind)
+
+    def requeue_failed(self, kind: str) -> tuple[int, int]:
+        """``rfwatch retry --uploads``: see Outbox.requeue_failed. A running daemon's threads take them at once."""
+        counts = self.journal.outbox.requeue_failed(kind)
+        if counts[0]:
+            self.wake()
+        return counts
 
     def gone_targets(self, kind: str) -> list[str]:
         return self.journal.outbox.gone_targets(kind)
@@ -122,12 +148,12 @@ class Deliveries:
             raise  # the answer could not be recorded: the lease lapses and the row is tried again
         except Exception:
             log.exception("delivery %s failed unexpectedly", row.id)
-            self._record(_delivery(row), Retry("unexpected error (see the log)"))
+            self._record(self._delivery(row), Retry("unexpected error (see the log)"))
         return True
 
     def deliver_one(self, row: DeliveryRow) -> DeliveryAnswer:
         """Hand one leased row to its deliverer and journal the answer."""
-        delivery = _delivery(row)
+        delivery = self._delivery(row)
         entry = self.deliverers.get(delivery.kind)
         if entry is None:
             answer: DeliveryAnswer = Retry(f"no plugin in the running config delivers {delivery.kind!r}")
@@ -160,6 +186,15 @@ class Deliveries:
             outbox.retry(d.id, answer.status, answer.error, time.time() + delay)
             log.warning("%s %s to %s: %s; will retry", d.kind, d.id, redact(d.target), answer.error)
 
-
-def _delivery(row: DeliveryRow) -> Delivery:
-    return Delivery(row.id, row.kind, row.target, row.payload, row.attempts, row.file_id, row.created)
+    def _delivery(self, row: DeliveryRow) -> Delivery:
+        return Delivery(
+            row.id,
+            row.kind,
+            row.target,
+            row.payload,
+            row.attempts,
+            row.file_id,
+            row.created,
+            row.state,
+            lambda state, delivery_id=row.id: self.journal.outbox.keep(delivery_id, state),
+        )

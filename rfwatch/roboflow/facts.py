@@ -19,13 +19,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from rfwatch.roboflow.client import ModelId
-from rfwatch.roboflow.platform import KeyRefused, NotFound, PlatformClient, PlatformError
+from rfwatch.roboflow.platform import KeyRefused, NotFound, PlatformClient, PlatformError, PlatformUnavailable
 from rfwatch.roboflow.sizing import LETTERBOX_FORMATS, UploadSize
 
 __all__ = [
     "ModelFacts",
     "Resize",
     "fetch_facts",
+    "version_document",
     "FactsCache",
     "ModelFactsService",
     "diagnose",
@@ -51,7 +52,8 @@ class Resize:
 class ModelFacts:
     model: str
     workspace: str
-    #: The platform's project type: "classification", "multi-label-classification", ...
+    #: The platform's project type: "classification", "object-detection", ... (multi-label projects are
+    #: "classification" too: see ``multi_label``).
     project_type: str
     classes: tuple[str, ...]
     resize: Resize | None
@@ -59,10 +61,14 @@ class ModelFacts:
     static_crop: tuple[float, float, float, float] | None
     fetched: float
     source: str
+    #: The project's ``multilabel`` flag, read as roboflow-python reads it (core/project.py:
+    #: ``a_project.get("multilabel", False)``) beside ``"type": "classification"``.
+    multi_label: bool = False
 
     @property
-    def multi_label(self) -> bool:
-        return "multi" in self.project_type
+    def kind(self) -> str:
+        """The project type as people say it: "classification (multi-label)" for a multi-label project."""
+        return f"{self.project_type} (multi-label)" if self.multi_label else self.project_type
 
     def upload_size(self, max_size: int) -> UploadSize:
         if self.resize is None:
@@ -90,6 +96,8 @@ class ModelFacts:
             crop,  # type: ignore[arg-type]
             doc["fetched"],
             doc["source"],
+            # Facts cached before the flag was read: the project type was then taken to say it.
+            bool(doc.get("multi_label", "multi" in str(doc.get("project_type", "")))),
         )
 
 
@@ -122,15 +130,19 @@ def parse_facts(model: str, workspace: str, doc: dict[str, Any], source: str) ->
         if 0 <= x0 < x1 <= 100 and 0 <= y0 < y1 <= 100:
             crop = (x0, y0, x1, y1)
     classes = project.get("classes") or {}
+    project_type = str(project.get("type") or "unknown")
     return ModelFacts(
         model=model,
         workspace=workspace,
-        project_type=str(project.get("type") or "unknown"),
+        project_type=project_type,
         classes=tuple(str(c) for c in (classes if isinstance(classes, (dict, list)) else [])),
         resize=resize,
         static_crop=crop,
         fetched=time.time(),
         source=source,
+        # The flag, as roboflow-python reads it; a type that names it ("multi-label-classification", the type a
+        # project is created with by roboflow-python's CLI) is taken to say so too, should the platform answer that.
+        multi_label=project.get("multilabel") is True or "multi-label" in project_type,
     )
 
 
@@ -138,8 +150,39 @@ def fetch_facts(platform: PlatformClient, model: str) -> ModelFacts:
     """Ask the platform; KeyRefused, NotFound or PlatformUnavailable say why not."""
     mid = ModelId.parse(model)
     workspace = mid.workspace or platform.workspace()
-    doc = platform.version(workspace, mid.project, mid.version)
+    doc = version_document(platform, workspace, mid.project, mid.version)
     return parse_facts(model, workspace, doc, platform.url)
+
+
+def version_document(platform: PlatformClient, workspace: str, project: str, version: str) -> dict[str, Any]:
+    """``GET /{workspace}/{project}/{version}``, with the platform's 500 for an unknown version told apart.
+
+    The platform answers an unknown version of a project that exists with HTTP 500, not 404 (roboflow/inference
+    inference/core/roboflow_api.py maps that 500 to "not found": "empirically checked that backend API responds
+    HTTP 500 on incorrect version"). Its authors warn that the mapping "may overshadow existing backend problems",
+    so a 500 is taken for "no such version" only when the project route confirms it: the project exists and does
+    not list the version (NotFound). A 500 for a version the project lists, or a project route that cannot answer
+    either, is the platform's own trouble: the 500 is raised as it came (PlatformUnavailable).
+    """
+    try:
+        return platform.version(workspace, project, version)
+    except PlatformUnavailable as exc:
+        if exc.status != 500:
+            raise
+        try:
+            doc = platform.project(workspace, project)
+        except NotFound:
+            raise  # no such project (the diagnosis asks again and says so)
+        except PlatformError:
+            raise exc from None
+        listed = {str(v.get("id", "")).rsplit("/", 1)[-1] for v in doc.get("versions") or [] if isinstance(v, dict)}
+        if str(version) in listed:
+            raise exc from None
+        raise NotFound(
+            f"{platform.url}/{workspace}/{project}/{version}: project {project!r} has no version {version} (the "
+            "platform answered HTTP 500, as it does for an unknown version)",
+            404,
+        ) from None
 
 
 class FactsStore(Protocol):
@@ -229,7 +272,7 @@ def describe(facts: ModelFacts) -> str:
         else "input size unknown"
     )
     crop = f", static crop {facts.static_crop}" if facts.static_crop else ""
-    return f"{facts.project_type}, {len(facts.classes)} classes, {size}{crop}"
+    return f"{facts.kind}, {len(facts.classes)} classes, {size}{crop}"
 
 
 def unknown_classes(rule_classes: dict[str, tuple[str, ...]], facts: list[ModelFacts]) -> list[str]:
@@ -286,7 +329,7 @@ def diagnose(platform: PlatformClient | None, model: str, status: int | None) ->
         return None
     target = mid.workspace or workspace
     try:
-        platform.version(target, mid.project, mid.version)
+        version_document(platform, target, mid.project, mid.version)  # a 500 for an unknown version is NotFound
     except NotFound:
         try:
             doc = platform.project(target, mid.project)

@@ -5,12 +5,17 @@ roboflow/adapters/rfapi.py, tests/__init__.py) and as inference reads them (robo
 inference/core/roboflow_api.py):
 
 - ``GET /?api_key=KEY`` -> ``{"workspace": "<slug>", ...}``: the key is good, and whose it is; 401 if not;
-- ``GET /{workspace}/{project}/{version}?api_key=`` -> the project (``type``, ``classes``) and its versions
-  with their ``preprocessing`` (``resize``, ``static-crop``); 404 for an unknown workspace, project or version;
+- ``GET /{workspace}/{project}/{version}?api_key=`` -> the project (``type``, ``multilabel``, ``classes``) and
+  its versions with their ``preprocessing`` (``resize``, ``static-crop``); 404 for an unknown workspace or
+  project, and 500 for an unknown version (see rfwatch.roboflow.facts.version_document);
 - ``POST /dataset/{project}/upload?api_key&name&split&batch&tag`` with the image base64 in the body
-  -> ``{"success": true, "id"}`` or ``{"duplicate": true, "id"}``;
-- ``POST /dataset/{project}/annotate/{id}?api_key&name=<x>.txt`` with the class name as text/plain
-  -> ``{"success": true}``; 409 "already annotated".
+  -> ``{"success": true, "id"}`` or ``{"duplicate": true, "id"}`` (the same bytes are in the project already);
+- ``POST /dataset/{project}/annotate/{id}?api_key&name=<x>.txt[&overwrite=true]`` with the class name as
+  text/plain -> ``{"success": true}``. An image that has a label already: 409 (what roboflow-python's rfapi and
+  inference expect) or 400 ``{"error": {"message": "Image was already annotated.", "type":
+  "InvalidImageException", "hint": "...pass overwrite=true..."}}`` (roboflow-python#214, the real server, and
+  roboflow-python's own test fixture); ``overwrite=true`` replaces the label. Right after an upload the route
+  has answered 404 "Image not found in dataset." for minutes (luxonis/oak-examples#287).
 
 Calls have short timeouts: rfwatch asks the platform only for facts it can do without (an air-gapped
 self-hosted site never reaches it), and never holds up classification for it.
@@ -36,6 +41,7 @@ __all__ = [
     "NotFound",
     "PlatformUnavailable",
     "Uploaded",
+    "is_already_annotated",
 ]
 
 log = logging.getLogger(__name__)
@@ -124,23 +130,26 @@ class PlatformClient:
             raise PlatformError(f"upload to {project}: unexpected answer {str(doc)[:200]}")
         return Uploaded(str(image_id), bool(doc.get("duplicate")))
 
-    def annotate(self, project: str, image_id: str, labels: list[str]) -> str:
+    def annotate(self, project: str, image_id: str, labels: list[str], overwrite: bool = False) -> str:
         """Label an uploaded image of a classification project: ``"annotated"`` or ``"already annotated"``.
 
         The label is the class name as a ``.txt`` annotation (inference's active learning posts the top class
         that way: inference/core/active_learning/post_processing.py ``encode_prediction``); several classes of a
-        multi-label image are joined with commas, as inference's dataset-upload workflow block does.
+        multi-label image are joined with commas, as inference's dataset-upload workflow block does. With
+        ``overwrite`` the label replaces the one the image has (roboflow-python sends ``overwrite=true`` for
+        classification projects). NotFound: the route does not know the image (yet: see the module's docstring).
         """
+        params = [("name", f"{image_id}.txt")] + ([("overwrite", "true")] if overwrite else [])
         try:
             self._post(
                 f"/dataset/{project}/annotate/{image_id}",
-                [("name", f"{image_id}.txt")],
+                params,
                 ",".join(labels).encode("utf-8"),
                 "text/plain",
                 self.timeout * 4,
             )
         except PlatformError as exc:
-            if exc.status == 409 and "already annotated" in str(exc):
+            if is_already_annotated(exc):
                 return "already annotated"
             raise
         return "annotated"
@@ -188,6 +197,13 @@ class PlatformClient:
         if resp.status_code >= 500 or resp.status_code == 429:
             raise PlatformUnavailable(message, resp.status_code)
         raise PlatformError(message, resp.status_code)
+
+
+def is_already_annotated(exc: PlatformError) -> bool:
+    """The annotate route's "this image has a label": any 409 there (inference maps every 409 of the route to
+    RoboflowAPIIAlreadyAnnotatedError), or a 400 whose message says so, with or without its hint
+    (roboflow-python#214). Other 400s (an annotation the platform cannot read) are refusals."""
+    return exc.status == 409 or (exc.status == 400 and "already annotated" in str(exc).lower())
 
 
 def _message(resp: requests.Response) -> str:

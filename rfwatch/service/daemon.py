@@ -186,7 +186,12 @@ class Daemon:
         self.exit_code = 0
         self.counts: collections.Counter[str] = collections.Counter()
         self.watcher = FolderWatcher(self.config.watch, self._enqueue_path, was_taken=self._was_taken)
-        self.metrics = start_metrics(self.config.metrics_listen, self.queued, self.deliveries.pending_by_plugin)
+        self.metrics = start_metrics(
+            self.config.metrics_listen,
+            self.queued,
+            self.deliveries.pending_by_plugin,
+            self.deliveries.failed_by_plugin,
+        )
         self._wire_metrics(self.runtime)
 
     def _wire_metrics(self, runtime: Runtime) -> None:

@@ -23,25 +23,30 @@ class Metrics:
     def stop(self) -> None: ...
 
 
-class _PendingDeliveries:
-    """``rfwatch_deliveries_pending{plugin}``: queued webhooks, uploads ... not yet delivered, per plugin."""
+class _Deliveries:
+    """A gauge per plugin read from the outbox when scraped: ``rfwatch_deliveries_pending{plugin}`` (queued
+    webhooks, uploads ... not yet delivered), ``rfwatch_deliveries_failed{plugin}`` (failed for good)."""
 
-    def __init__(self, pending: Callable[[], dict[str, int]]):
-        self.pending = pending
+    def __init__(self, name: str, documentation: str, counts: Callable[[], dict[str, int]]):
+        self.name, self.documentation, self.counts = name, documentation, counts
 
     def collect(self):
         from prometheus_client.core import GaugeMetricFamily
 
-        family = GaugeMetricFamily(
-            "rfwatch_deliveries_pending", "Deliveries (webhooks, uploads) not yet delivered", labels=["plugin"]
-        )
-        for plugin, n in sorted(self.pending().items()):
+        family = GaugeMetricFamily(self.name, self.documentation, labels=["plugin"])
+        for plugin, n in sorted(self.counts().items()):
             family.add_metric([plugin], n)
         yield family
 
 
 class _Prometheus(Metrics):
-    def __init__(self, listen: str, queue_depth: Callable[[], int], pending_deliveries: Callable[[], dict[str, int]]):
+    def __init__(
+        self,
+        listen: str,
+        queue_depth: Callable[[], int],
+        pending_deliveries: Callable[[], dict[str, int]],
+        failed_deliveries: Callable[[], dict[str, int]],
+    ):
         super().__init__()
         import prometheus_client as pc
 
@@ -65,7 +70,19 @@ class _Prometheus(Metrics):
         pc.Gauge("rfwatch_queue_depth", "Files waiting to be processed", registry=self.registry).set_function(
             queue_depth
         )
-        self.registry.register(_PendingDeliveries(pending_deliveries))
+        self.registry.register(
+            _Deliveries(
+                "rfwatch_deliveries_pending", "Deliveries (webhooks, uploads) not yet delivered", pending_deliveries
+            )
+        )
+        # Every plugin that delivers has its series from the start, at 0 (Deliveries.failed_by_plugin).
+        self.registry.register(
+            _Deliveries(
+                "rfwatch_deliveries_failed",
+                "Deliveries (webhooks, uploads) that failed for good; rfwatch retry --uploads sends uploads again",
+                failed_deliveries,
+            )
+        )
         self.server, self.thread = pc.start_http_server(
             int(port), addr=host.strip("[]") or "127.0.0.1", registry=self.registry
         )
@@ -87,7 +104,10 @@ class _Prometheus(Metrics):
 
 
 def start_metrics(
-    listen: str | None, queue_depth: Callable[[], int], pending_deliveries: Callable[[], dict[str, int]]
+    listen: str | None,
+    queue_depth: Callable[[], int],
+    pending_deliveries: Callable[[], dict[str, int]],
+    failed_deliveries: Callable[[], dict[str, int]] = dict,
 ) -> Metrics:
     if not listen:
         return Metrics()
@@ -99,6 +119,6 @@ def start_metrics(
     except ImportError:
         raise ConfigError("metrics.listen: needs prometheus-client: pip install 'rfwatch[metrics]'") from None
     try:
-        return _Prometheus(listen, queue_depth, pending_deliveries)
+        return _Prometheus(listen, queue_depth, pending_deliveries, failed_deliveries)
     except OSError as exc:
         raise ConfigError(f"metrics.listen: cannot listen on {listen}: {exc.strerror or exc}") from None
