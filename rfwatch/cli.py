@@ -22,6 +22,8 @@ from rfwatch import __version__
 from rfwatch.config import Config, ConfigError, config_from_dict, load_config
 from rfwatch.host.runtime import make_client, platform_client
 from rfwatch.images.prepare import ImageError
+from rfwatch.journal.db import JournalUnavailable
+from rfwatch.journal.schema import SchemaTooNew
 from rfwatch.redact import redact
 from rfwatch.roboflow.client import ApiError, ModelId, fetch_image, is_url
 from rfwatch.roboflow.facts import diagnose
@@ -345,5 +347,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, UsageError) as exc:
         print(f"rfwatch: {redact(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
+    except (JournalUnavailable, SchemaTooNew) as exc:  # the database away, or written by a newer rfwatch
+        print(f"rfwatch: {redact(str(exc))}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return 130

@@ -381,6 +381,38 @@ def cmd_review(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_journal_copy(args: argparse.Namespace) -> int:
+    """Copy the config's journal (files, history, undo records, pending deliveries) into another database."""
+    from rfwatch.journal import Journal, JournalUnavailable, Roots
+    from rfwatch.journal.copy import SourceBusy, copy_journal
+
+    config = load_config(args.config)
+    if args.to == config.journal_url:
+        raise ConfigError("--to: that is the journal the config already names")
+    source = _journal(config)
+    try:
+        try:
+            target = Journal.open(args.to, roots=Roots(config.named_roots), host=config.host_id)
+        except JournalUnavailable as exc:
+            raise ConfigError(f"--to: {exc}") from None
+        try:
+            report = copy_journal(source, target)
+        except SourceBusy as exc:
+            print(f"rfwatch: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            target.close()
+    finally:
+        source.close()
+    from rfwatch.journal import display_url
+
+    copied = ", ".join(f"{n} {table}" for table, n in sorted(report.counts.items()))
+    print(f"copied {report.files} file(s) into {display_url(args.to)} ({report.already} there already); {copied}")
+    print("ids " + ("kept as they were" if report.same_ids else "renumbered (the target had files of its own)"))
+    print(f"now set `state: {display_url(args.to)}` in {args.config} and restart rfwatch")
+    return 0
+
+
 def add_commands(sub, common) -> None:
     p = sub.add_parser("undo", help="reverse what rfwatch did to finished files, newest step first")
     common(p, True)
@@ -428,6 +460,13 @@ def add_commands(sub, common) -> None:
         "--older-than", type=float, default=90, metavar="DAYS", help="files finished more than DAYS ago (default 90)"
     )
     p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("journal", help="the journal itself: copy it to another database")
+    jsub = p.add_subparsers(dest="journal_command", required=True, metavar="ACTION")
+    c = jsub.add_parser("copy", help="copy the journal (history, undo records, pending work) into another database")
+    common(c, True)
+    c.add_argument("--to", required=True, metavar="URL", help="postgresql://user@host/db (or an SQLite file)")
+    c.set_defaults(func=cmd_journal_copy)
 
     p = sub.add_parser("history", help="what happened to one file, step by step")
     common(p, True)

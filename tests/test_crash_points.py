@@ -6,6 +6,10 @@ n-th time it gets there. The run must really stop there (exit status CRASH_EXIT:
 reaches fails the test), and the next run must finish the job: every file in exactly one place, whole,
 every step done once (a webhook event has one id and is delivered; an upload is one image), no temporary
 file left. The scenarios together cover every point in POINTS.
+
+The walks that cross the journal's transitions (sorting, undoing, applying a review decision) run on both
+backends, SQLite and PostgreSQL (a fresh database per point); the walks whose points are file operations alone
+(across filesystems, embedding metadata, deduplicating) run on SQLite.
 """
 
 from __future__ import annotations
@@ -48,6 +52,11 @@ class Run:
     n: int = 1
     receiver: Receiver = field(default_factory=lambda: Receiver().start())
     written: dict[str, bytes] = field(default_factory=dict)
+    #: The journal: an SQLite file in the run's folder, or a fresh PostgreSQL database.
+    state: str = "state/journal.db"
+
+    def config(self, **kw: Any) -> Path:
+        return write_config(self.root, self.server, state=self.state, **kw)
 
     def cli(self, *args: str, crash: bool = False) -> subprocess.CompletedProcess:
         env = {"RFWATCH_CRASH_AT": f"{self.point}:{self.n}"} if crash else {}
@@ -109,13 +118,22 @@ def _all_finished(run: Run, expected: dict[str, str] | None = None, content: boo
             assert where.read_bytes() == data, f"{run.point}: the journal's path for {name} holds something else"
 
 
-def _walk(points: list[tuple[str, int]], scenario: Callable[[Run], None], tmp_path: Path, server: Any) -> set[str]:
-    """Run ``scenario`` once per point, two at a time (two cores); returns the points walked."""
+def _walk(
+    points: list[tuple[str, int]],
+    scenario: Callable[[Run], None],
+    tmp_path: Path,
+    server: Any,
+    new_state: Callable[[], str] | None = None,
+) -> set[str]:
+    """Run ``scenario`` once per point, two at a time (two cores); returns the points walked. ``new_state``: a
+    fresh journal for each point (a PostgreSQL database); default: an SQLite file in each run's folder."""
 
     def one(point: tuple[str, int]) -> str:
         root = tmp_path / f"{point[0]}-{point[1]}"
         root.mkdir()
         run = Run(root, server, *point)
+        if new_state is not None:
+            run.state = new_state()
         try:
             scenario(run)
         finally:
@@ -166,7 +184,7 @@ def _sort(run: Run) -> None:
             ],
         }
     ]
-    cfg = write_config(run.root, run.server, rules=rules, failed="failed", settle=0.05, concurrency=1)
+    cfg = run.config(rules=rules, failed="failed", settle=0.05, concurrency=1)
     run.inbox(**{"red.jpg": unique_jpeg(RED, 1), "green.jpg": unique_jpeg(GREEN, 2), "broken.jpg": b"not a picture"})
     run.crashed(run.cli("run", "-c", str(cfg), "--once", crash=True))
     assert run.cli("run", "-c", str(cfg), "--once").returncode in (0, 1)  # 1 if broken.jpg failed in this run
@@ -188,9 +206,15 @@ def _sort(run: Run) -> None:
     assert all(len(v) == 1 for v in ids.values()), f"{run.point}: an event queued twice: {ids}"
 
 
+def _journals(request: Any, backend: str) -> Callable[[], str] | None:
+    """A fresh journal per point on PostgreSQL; None (an SQLite file per run) otherwise."""
+    return request.getfixturevalue("pg_cluster").new_database if backend == "postgresql" else None
+
+
 @needs_exiftool
-def test_every_crash_point_while_sorting(tmp_path, server, api_key):
-    assert _walk(SORT_POINTS, _sort, tmp_path, server) == {p for p, _ in SORT_POINTS}
+def test_every_crash_point_while_sorting(tmp_path, server, api_key, backend, request):
+    walked = _walk(SORT_POINTS, _sort, tmp_path, server, _journals(request, backend))
+    assert walked == {p for p, _ in SORT_POINTS}
 
 
 CROSS_FS_POINTS = [
@@ -204,7 +228,7 @@ CROSS_FS_POINTS = [
 def _across(run: Run) -> None:
     other = Path("/dev/shm") / f"rfwatch-test-{uuid.uuid4().hex[:8]}"
     try:
-        cfg = write_config(run.root, run.server, rules=[{"then": [{"move": f"{other}/{{class}}/{{name}}"}]}])
+        cfg = run.config(rules=[{"then": [{"move": f"{other}/{{class}}/{{name}}"}]}])
         run.inbox(**{"red.jpg": unique_jpeg(RED, 3)})
         run.crashed(run.cli("run", "-c", str(cfg), "--once", crash=True))
         assert run.cli("run", "-c", str(cfg), "--once").returncode == 0
@@ -227,7 +251,7 @@ EMBED_POINTS = [("tag.before_embed", 1), ("tag.after_embed", 1)]
 
 
 def _embed(run: Run) -> None:
-    cfg = write_config(run.root, run.server, rules=[{"then": [{"tag": {"mode": "embed"}}, {"move": "sorted/{name}"}]}])
+    cfg = run.config(rules=[{"then": [{"tag": {"mode": "embed"}}, {"move": "sorted/{name}"}]}])
     run.inbox(**{"red.jpg": unique_jpeg(RED, 4, size=(96, 64))})
     original_scan = jpeg_parts(run.root / "inbox" / "red.jpg")[1]
     run.crashed(run.cli("run", "-c", str(cfg), "--once", crash=True))
@@ -265,7 +289,7 @@ def _undo(run: Run) -> None:
             ]
         }
     ]
-    cfg = write_config(run.root, run.server, rules=rules)
+    cfg = run.config(rules=rules)
     run.inbox(**{"red.jpg": unique_jpeg(RED, 5), "green.jpg": unique_jpeg(GREEN, 6)})
     assert run.cli("run", "-c", str(cfg), "--once").returncode == 0
     run.crashed(run.cli("undo", "-c", str(cfg), crash=True))
@@ -291,9 +315,7 @@ DEDUPE_POINTS = [("place.duplicate", 1)]
 
 def _dedupe(run: Run) -> None:
     """A photo already sorted by hand: rfwatch drops its identical copy, and undo never takes the person's file."""
-    cfg = write_config(
-        run.root, run.server, rules=[{"then": [{"move": {"to": "sorted/{name}", "on_conflict": "dedupe"}}]}]
-    )
+    cfg = run.config(rules=[{"then": [{"move": {"to": "sorted/{name}", "on_conflict": "dedupe"}}]}])
     run.inbox(**{"red.jpg": unique_jpeg(RED, 7)})
     (run.root / "sorted").mkdir()
     (run.root / "sorted" / "red.jpg").write_bytes(run.written["red.jpg"])
@@ -309,8 +331,9 @@ def test_every_crash_point_deduplicating(tmp_path, server, api_key):
 
 
 @needs_exiftool
-def test_every_crash_point_while_undoing(tmp_path, server, api_key):
-    assert _walk(UNDO_POINTS, _undo, tmp_path, server) == {p for p, _ in UNDO_POINTS}
+def test_every_crash_point_while_undoing(tmp_path, server, api_key, backend, request):
+    walked = _walk(UNDO_POINTS, _undo, tmp_path, server, _journals(request, backend))
+    assert walked == {p for p, _ in UNDO_POINTS}
 
 
 REVIEW_POINTS = [
@@ -338,7 +361,7 @@ def _review(run: Run) -> None:
         {"name": "unsure", "when": {"max_confidence": 0.6}, "then": [{"review": "review/{name}"}]},
         {"name": "sorted", "then": [{"move": "sorted/{class}/{name}"}]},
     ]
-    cfg = write_config(run.root, run.server, rules=rules, review={"upload": {"project": "colors", "tags": ["rfwatch"]}})
+    cfg = run.config(rules=rules, review={"upload": {"project": "colors", "tags": ["rfwatch"]}})
     run.inbox(**{"photo.jpg": unique_jpeg(RED, 7)})
     assert run.cli("run", "-c", str(cfg), "--once").returncode == 0
     assert (run.root / "review" / "photo.jpg").exists()
@@ -360,9 +383,10 @@ def _review(run: Run) -> None:
     assert list(platform.annotations["colors"].values()) == ["green"], run.point
 
 
-def test_every_crash_point_while_applying_a_review_decision(tmp_path, server, platform, api_key):
+def test_every_crash_point_while_applying_a_review_decision(tmp_path, server, platform, api_key, backend, request):
     server.platform = platform
-    assert _walk(REVIEW_POINTS, _review, tmp_path, server) == {p for p, _ in REVIEW_POINTS}
+    walked = _walk(REVIEW_POINTS, _review, tmp_path, server, _journals(request, backend))
+    assert walked == {p for p, _ in REVIEW_POINTS}
 
 
 def test_the_walks_cover_every_crash_point():

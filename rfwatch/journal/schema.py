@@ -18,6 +18,7 @@ decisions       a person's label or reject for a file that waited for review    
 outbox          deliveries (webhooks, uploads) and their leases                              outbox
 gone_urls       delivery targets that asked for nothing more (410)                           outbox
 model_facts     what the platform API said about each model                                  facts
+copies          files copied in from another journal, by their old ids                       copy
 ==============  ===========================================================================  ===============
 
 The schema version is in ``meta``; an rfwatch older than the journal refuses it, naming both versions. A
@@ -170,6 +171,12 @@ CREATE INDEX IF NOT EXISTS outbox_file ON outbox(file_id);
 CREATE TABLE IF NOT EXISTS gone_urls (
     url TEXT PRIMARY KEY,
     at {{real}} NOT NULL
+);
+CREATE TABLE IF NOT EXISTS copies (
+    source TEXT NOT NULL,             -- the journal id of a journal copied in (rfwatch journal copy)
+    old_id BIGINT NOT NULL,           -- a file's id there
+    new_id BIGINT NOT NULL,           -- and here
+    PRIMARY KEY (source, old_id)
 );
 CREATE TABLE IF NOT EXISTS model_facts (
     model TEXT PRIMARY KEY,

@@ -174,6 +174,8 @@ class Daemon:
         self.journal_gate = ApiGate(min_backoff=0.5, max_backoff=5.0, what="the journal")
         self.queue: queue.Queue[_Job] = queue.Queue(maxsize=self.config.concurrency * 4)
         self.retry_jobs: collections.deque[_Job] = collections.deque()
+        #: Files the settle check handed on while the queue was full (see _enqueue_path).
+        self._deferred: collections.deque[_Job] = collections.deque()
         self._busy = 0
         self._busy_since: dict[int, float] = {}
         #: Journal rows queued or in a worker's hands, so that a look at the journal does not queue them twice.
@@ -258,7 +260,25 @@ class Daemon:
         return False
 
     def _enqueue_path(self, path: Path, watch: WatchConfig, settled_at: float = 0.0) -> None:
-        self._put(_Job(path=path, watch=watch, settled_at=settled_at))
+        job = _Job(path=path, watch=watch, settled_at=settled_at)
+        if threading.current_thread() is not threading.main_thread():
+            self._put(job)  # a scan: waiting here is what keeps a backlog of any size in constant memory
+            return
+        # The main loop (settle ticks) must never block: it sends systemd's status and watchdog pings, and acts on
+        # signals. While every worker waits (the API or the journal away) a full queue leaves files here meanwhile.
+        if self._deferred or not self._offer(job):
+            self._deferred.append(job)
+
+    def _offer(self, job: _Job) -> bool:
+        try:
+            self.queue.put_nowait(job)
+            return True
+        except queue.Full:
+            return False
+
+    def _flush_deferred(self) -> None:
+        while self._deferred and self._offer(self._deferred[0]):
+            self._deferred.popleft()
 
     def _enqueue_id(self, file_id: int) -> None:
         with self._lock:
@@ -436,7 +456,7 @@ class Daemon:
     # --- status --------------------------------------------------------------------------
 
     def queued(self) -> int:
-        return self.queue.qsize() + len(self.retry_jobs) + self.watcher.pending()
+        return self.queue.qsize() + len(self.retry_jobs) + len(self._deferred) + self.watcher.pending()
 
     def status_line(self) -> str:
         c = self.counts
@@ -545,6 +565,7 @@ class Daemon:
             next_rescan = time.monotonic() + rescan
         idle_since = None
         while not self.stop_event.is_set():
+            self._flush_deferred()
             self.watcher.tick()
             now = time.monotonic()
             if self.reload_event.is_set():
