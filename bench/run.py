@@ -465,7 +465,7 @@ def cpu_floor(files: list[Path], cores: int = 2, repeat: int = 3) -> dict:
     224x224 model, "prepare": rfwatch's whole preparation (draft decode, upright, resize, encode).
     """
     from rfwatch.images.prepare import prepare_image
-    from rfwatch.roboflow.sizing import UploadSize
+    from rfwatch.images.sizing import UploadSize
 
     sized = UploadSize(max_size=1024, model_input=(224, 224))
     fallback = UploadSize(max_size=1024)
@@ -633,7 +633,7 @@ def cpu_breakdown(path: Path, repeat: int = 5) -> list[tuple[str, float]]:
     from PIL import ImageOps
 
     from rfwatch.images.prepare import _encode, _to_rgb
-    from rfwatch.roboflow.sizing import UploadSize
+    from rfwatch.images.sizing import UploadSize
 
     sized = UploadSize(max_size=1024, model_input=(224, 224))
     fallback = UploadSize(max_size=1024)
@@ -698,7 +698,7 @@ def cpu_breakdown(path: Path, repeat: int = 5) -> list[tuple[str, float]]:
 def upload_tradeoffs(path: Path) -> list[tuple[str, float]]:
     """Base64 upload size of one file for the 224x224 model and at other max_size / jpeg_quality settings (kB)."""
     from rfwatch.images.prepare import prepare_image
-    from rfwatch.roboflow.sizing import UploadSize
+    from rfwatch.images.sizing import UploadSize
 
     out = []
     for quality in (90, 80):

@@ -115,7 +115,7 @@ def _model_facts(platform: Any, model: str | None) -> Any:
 
 
 def _save_annotated(source: str, image: str | bytes, prediction, save: str, many: bool) -> int:
-    from rfwatch.images.annotate import annotate_image
+    from rfwatch.host.annotate import annotate_image
 
     out = Path(save)
     if many or out.is_dir() or save.endswith(os.sep):
@@ -183,8 +183,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def _check_exif(cfg: Config) -> None:
     """Say which EXIF tags the rules name that only exiftool reads, when it is not installed."""
-    from rfwatch.host.exif import exiftool_available
     from rfwatch.host.rules import exif_uses
+    from rfwatch.images.exif import exiftool_available
 
     if exiftool_available():
         return

@@ -85,7 +85,7 @@ class When:
     min_confidence: float | None = None
     max_confidence: float | None = None
     path: str | None = None
-    #: EXIF conditions: (tag, globs), each tag must match one of its globs (rfwatch.host.exif names the tags).
+    #: EXIF conditions: (tag, globs), each tag must match one of its globs (rfwatch.images.exif names the tags).
     exif: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
@@ -501,7 +501,7 @@ _WHEN_KEYS = {"class", "min_confidence", "max_confidence", "path", "exif"}
 
 def _exif_when(when: _Section) -> tuple[tuple[str, tuple[str, ...]], ...]:
     """``exif: {Model: "*D70*", MakerNotes:Sequence: ["1 *", "2 *"]}``: tag names checked, globs as strings."""
-    from rfwatch.host.exif import TagRef
+    from rfwatch.images.exif import TagRef
 
     data = when.data.get("exif")
     key = when.path_of("exif")

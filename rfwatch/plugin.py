@@ -35,16 +35,16 @@ from rfwatch.files.place import (
     sha256_file,
     sidecars_of,
 )
-from rfwatch.files.restore import copy_back, move_back
+from rfwatch.host.annotate import annotate_image, label_text
 from rfwatch.host.context import FileContext
 from rfwatch.host.delivery import Delivered, Delivery, Failed, Gone, Retry
+from rfwatch.host.delivery import DeliveryStatus as Deliveries
 from rfwatch.host.options import Options
+from rfwatch.host.restore import copy_back, move_back
 from rfwatch.host.runtime import platform_client
 from rfwatch.host.templates import Template, TemplateError, UnsafePathError, safe_component
-from rfwatch.images.annotate import annotate_image, label_text
 from rfwatch.images.exiftool import ExifToolError, exiftool_executable, exiftool_pool
 from rfwatch.images.prepare import ImageError, open_image, open_upright, prepare_image
-from rfwatch.processing.delivery import Deliveries
 from rfwatch.redact import redact, register_secret
 from rfwatch.roboflow import platform
 from rfwatch.roboflow.result import ClassScore, Prediction

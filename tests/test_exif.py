@@ -21,12 +21,12 @@ import pytest
 from helpers import needs_exiftool, run_cli, write_config
 from PIL import Image
 
-import rfwatch.host.exif as exif_module
+import rfwatch.images.exif as exif_module
 from rfwatch.config import ConfigError, config_from_dict
 from rfwatch.host.context import FileContext
-from rfwatch.host.exif import camera_facts
 from rfwatch.host.rules import compile_rules, matching_rules
 from rfwatch.host.templates import Template, TemplateError
+from rfwatch.images.exif import camera_facts
 from rfwatch.images.exiftool import ExifToolPool
 from rfwatch.roboflow.result import Prediction
 

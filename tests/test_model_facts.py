@@ -27,7 +27,7 @@ from helpers import (
 from metadata_reader import read_xmp
 from PIL import Image
 
-from rfwatch.roboflow.sizing import LETTERBOX_FORMATS, UploadSize
+from rfwatch.images.sizing import LETTERBOX_FORMATS, UploadSize
 
 RED = (230, 10, 10)
 needs_exiftool = pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool is not installed")

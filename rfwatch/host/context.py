@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from rfwatch.host.exif import CameraFacts, camera_facts
 from rfwatch.host.templates import MISSING
+from rfwatch.images.exif import CameraFacts, camera_facts
 from rfwatch.roboflow.result import Prediction
 
 if TYPE_CHECKING:
@@ -127,7 +127,7 @@ class FileContext:
 
     @property
     def exif(self) -> CameraFacts:
-        """The file's EXIF tags (rfwatch.host.exif), read when first asked for; the rules' read is shared."""
+        """The file's EXIF tags (rfwatch.images.exif), read when first asked for; the rules' read is shared."""
         if self._exif is None or self._exif.path != self.path:  # moved since: look it up where it is now
             self._exif = camera_facts(self.path)
         return self._exif

@@ -25,9 +25,19 @@ import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, Protocol, Union
 
-__all__ = ["Delivery", "Delivered", "Retry", "Gone", "Failed", "DeliveryAnswer", "Deliverer", "DeliveryPolicy"]
+__all__ = [
+    "Delivery",
+    "Delivered",
+    "Retry",
+    "Gone",
+    "Failed",
+    "DeliveryAnswer",
+    "Deliverer",
+    "DeliveryPolicy",
+    "DeliveryStatus",
+]
 
 
 @dataclass(frozen=True)
@@ -106,3 +116,23 @@ class DeliveryPolicy:
         """Seconds before the next try after ``attempts`` failed ones: base * 2**(attempts-1), +-jitter."""
         nominal = min(self.max_delay, self.base * 2 ** max(0, min(attempts - 1, 20)))
         return nominal * random.uniform(1 - self.jitter, 1 + self.jitter)
+
+
+class DeliveryStatus(Protocol):
+    """What the ``status_lines`` hook reads about deliveries waiting or failed (rfwatch's ``Deliveries``)."""
+
+    def pending_by_plugin(self) -> dict[str, int]:
+        """Deliveries not yet delivered, per plugin."""
+
+    def failed_by_plugin(self) -> dict[str, int]:
+        """Deliveries that failed for good, per plugin."""
+
+    def gone_targets(self, kind: str) -> list[str]:
+        """Targets of ``kind`` that said they want nothing more (a webhook receiver's 410)."""
+
+    def failing(self, kind: str) -> list[dict[str, Any]]:
+        """Pending deliveries of ``kind`` that failed at least once, per target: ``url``, ``n``, ``attempts``,
+        ``last_error``."""
+
+    def failed(self, kind: str) -> list[dict[str, Any]]:
+        """Deliveries of ``kind`` that failed for good, per target: ``url``, ``n``, ``last_error``."""

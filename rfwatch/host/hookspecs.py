@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from rfwatch.config import Config
     from rfwatch.host.context import FileContext
     from rfwatch.host.delivery import Delivery
-    from rfwatch.processing.delivery import Deliveries
+    from rfwatch.host.delivery import DeliveryStatus as Deliveries
 
 hookspec = pluggy.HookspecMarker("rfwatch")
 

@@ -3,7 +3,7 @@
 Rules are tried in order; the first whose ``when`` matches runs its ``then``
 list, and ``continue: true`` lets later rules be tried as well.
 
-``when: exif: {TAG: GLOB}`` conditions read the file's EXIF (rfwatch.host.exif) only once the rule's
+``when: exif: {TAG: GLOB}`` conditions read the file's EXIF (rfwatch.images.exif) only once the rule's
 other conditions hold, and through :func:`camera_facts`, so the actions' ``{exif:...}`` placeholders
 use the same read.
 """
@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from rfwatch.config import ActionSpec, Config, ConfigError, RuleConfig, When
-from rfwatch.host.exif import CameraFacts, TagRef, camera_facts
 from rfwatch.host.templates import Template, TemplateError
+from rfwatch.images.exif import CameraFacts, TagRef, camera_facts
 from rfwatch.roboflow.result import Prediction
 
 __all__ = ["Rule", "BoundAction", "compile_rules", "matching_rules", "exif_uses"]

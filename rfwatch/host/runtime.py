@@ -14,9 +14,9 @@ from rfwatch.config import Config, ConfigError
 from rfwatch.host.delivery import Deliverer
 from rfwatch.host.manager import PluginHost
 from rfwatch.host.rules import Rule, compile_rules
+from rfwatch.images.sizing import UploadSize
 from rfwatch.roboflow.client import ModelId, RetryPolicy, RoboflowClient
 from rfwatch.roboflow.platform import PlatformClient
-from rfwatch.roboflow.sizing import UploadSize
 
 if TYPE_CHECKING:
     from rfwatch.roboflow.facts import ModelFacts

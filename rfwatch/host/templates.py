@@ -6,7 +6,7 @@ they become part of a path, and a rendered destination can never leave the
 template's fixed root: the part before the first placeholder.
 
 ``{exif:TAG}`` (``{exif:Model}``, ``{exif:MakerNotes:Sequence}``, ``{exif:GPSLatitude:.4f}``) names a tag
-of the file (rfwatch.host.exif). Python's format syntax would read it as the field ``exif`` with the
+of the file (rfwatch.images.exif). Python's format syntax would read it as the field ``exif`` with the
 format ``Model``; :class:`_Formatter` takes the tag (and an optional group before it) into the field
 name, ``exif:Model``, and leaves what follows as the format.
 """
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rfwatch.host.exif import TagRef
+from rfwatch.images.exif import TagRef
 
 __all__ = ["PLACEHOLDERS", "MISSING", "Template", "TemplateError", "safe_component", "UnsafePathError"]
 

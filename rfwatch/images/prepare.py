@@ -18,7 +18,7 @@ from typing import Union
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from rfwatch.roboflow.sizing import UploadSize
+from rfwatch.images.sizing import UploadSize
 
 __all__ = ["PreparedImage", "ImageError", "prepare_image", "MAX_UPLOAD_BYTES", "open_image", "open_upright"]
 
@@ -176,7 +176,7 @@ def prepare_image(
 ) -> PreparedImage:
     """Read ``source`` (a path, or bytes named ``name``): an upright RGB JPEG of the size ``size`` asks for.
 
-    ``size`` is an :class:`~rfwatch.roboflow.sizing.UploadSize` (the model's input, or a longest side), or just the
+    ``size`` is an :class:`~rfwatch.images.sizing.UploadSize` (the model's input, or a longest side), or just the
     longest side in pixels.
     """
     if isinstance(size, int):

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from rfwatch.config import Config
-from rfwatch.files.restore import move_back
 from rfwatch.host.context import FileContext
+from rfwatch.host.restore import move_back
 from rfwatch.host.rules import BoundAction, Rule
 from rfwatch.journal import DecisionKind, FileRow, Journal, StepRow
 from rfwatch.processing.decisions import labelled_prediction

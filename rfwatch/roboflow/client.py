@@ -29,9 +29,9 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from rfwatch.images.prepare import ImageError, PreparedImage, prepare_image
+from rfwatch.images.sizing import UploadSize
 from rfwatch.redact import install_log_redaction, redact, register_secret
 from rfwatch.roboflow.result import DEFAULT_MULTI_LABEL_THRESHOLD, Prediction, ResponseFormatError
-from rfwatch.roboflow.sizing import UploadSize
 
 __all__ = [
     "DEFAULT_API_URL",

@@ -1,7 +1,7 @@
 """What rfwatch knows about a model: its project's type and classes, and the version's preprocessing.
 
 Asked of Roboflow's platform API (see :mod:`rfwatch.roboflow.platform`) and cached in the journal per model id,
-refreshed after a day and on SIGHUP. Used to size uploads to the model's input (:mod:`rfwatch.roboflow.sizing`),
+refreshed after a day and on SIGHUP. Used to size uploads to the model's input (:mod:`rfwatch.images.sizing`),
 to check the classes named in rules, to offer the classes on the review page, and to tell a refused key
 from an unknown model when inference answers 401, 403 or 404. Nothing depends on it: a platform that
 cannot be reached (an air-gapped self-hosted site, a firewall) costs one warning, and rfwatch works as
@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from rfwatch.images.sizing import LETTERBOX_FORMATS, UploadSize
 from rfwatch.roboflow.client import ModelId
 from rfwatch.roboflow.platform import KeyRefused, NotFound, PlatformClient, PlatformError, PlatformUnavailable
-from rfwatch.roboflow.sizing import LETTERBOX_FORMATS, UploadSize
 
 __all__ = [
     "ModelFacts",

@@ -46,7 +46,7 @@ from typing import Any
 
 __all__ = ["TagRef", "CameraFacts", "ExifNumber", "camera_facts", "exiftool_available", "is_standard"]
 
-log = logging.getLogger("rfwatch.host.exif")
+log = logging.getLogger("rfwatch.images.exif")
 
 #: Files whose facts are kept: enough for every worker's file and the few a rule looks at twice.
 CACHE_SIZE = 256

@@ -1,0 +1,159 @@
+"""The journal alone: how many files per second it takes, steps and finishes, with many workers in two processes.
+
+No images, no API: each worker does what the daemon does to the journal for one file sorted by one move (look,
+take, classified, the move's intent, its result with the final state), on one shared list of paths, as two hosts
+scanning one share would: both processes try every file, and the claims must let exactly one take each. Double
+claims (a file taken by both) are counted, and must be zero.
+
+    python bench/journal.py [--files 20000] [--processes 2] [--threads 8] [--backend postgresql|sqlite|both]
+
+PostgreSQL comes from a throwaway cluster started here (tests/pg.py: Debian's postgresql package), on its local
+socket directory's TCP port, fsync on. Prints one line per backend; ``--json`` writes the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import queue
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+ROOT = Path("/bench/share/inbox")
+
+
+def _worker_process(url: str, host: str, names: list[str], threads: int, start: mp.Event, out: mp.Queue) -> None:
+    from rfwatch.journal import Journal, Roots, Skip
+    from rfwatch.states import FileState, StepKind
+
+    journal = Journal.open(url, host=host, roots=Roots({"inbox": ROOT}), synchronous="FULL")
+    _ = journal.holder  # register before the clock starts
+    todo: queue.SimpleQueue[str] = queue.SimpleQueue()
+    for name in names:
+        todo.put(name)
+    taken: list[int] = []
+    lock = threading.Lock()
+
+    def work() -> None:
+        mine = []
+        while True:
+            try:
+                name = todo.get_nowait()
+            except queue.Empty:
+                break
+            path = ROOT / name
+            if journal.files.screen(path, 1000, 1) is not None:
+                continue
+            fid = journal.files.take(path, 1000, 1, "sha-" + name, "colors/1")
+            if isinstance(fid, Skip):
+                continue
+            journal.files.classified(fid, {"top": "red", "confidence": 0.9}, "sha-" + name, "colors/1", "red 0.90", {})
+            target = Path("/bench/share/archive/red") / name
+            journal.files.record_intent(fid, 1, StepKind.ACTION, "sort", "move", {"target": str(target), "tmp": None})
+            journal.files.finish_step(
+                fid,
+                1,
+                StepKind.ACTION,
+                "sort",
+                "move",
+                True,
+                {"outcome": "moved", "to": str(target)},
+                path=target,
+                final=FileState.DONE,
+            )
+            mine.append(fid)
+        with lock:
+            taken.extend(mine)
+
+    pool = [threading.Thread(target=work) for _ in range(threads)]
+    start.wait()
+    began = time.perf_counter()
+    cpu = time.process_time()
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    out.put({"host": host, "taken": taken, "seconds": time.perf_counter() - began, "cpu": time.process_time() - cpu})
+    journal.close()
+
+
+def run(url: str, files: int, processes: int, threads: int) -> dict:
+    names = [f"cam{n % 50:02}/IMG_{n:07}.jpg" for n in range(files)]
+    ctx = mp.get_context("spawn")
+    start, out = ctx.Event(), ctx.Queue()
+    procs = [
+        ctx.Process(target=_worker_process, args=(url, f"host-{i}", names, threads, start, out))
+        for i in range(processes)
+    ]
+    for p in procs:
+        p.start()
+    time.sleep(2.0)  # every process connected and registered
+    began = time.perf_counter()
+    start.set()
+    results = [out.get(timeout=3600) for _ in procs]
+    wall = time.perf_counter() - began
+    for p in procs:
+        p.join()
+    taken = [fid for r in results for fid in r["taken"]]
+    from rfwatch.journal import Journal
+
+    j = Journal.open(url)
+    counts = j.files.counts()
+    j.close()
+    return {
+        "files": files,
+        "processes": processes,
+        "threads": threads,
+        "seconds": wall,
+        "files_per_s": files / wall,
+        "double_claims": len(taken) - len(set(taken)) + (len(taken) - files if len(taken) > files else 0),
+        "taken": len(taken),
+        "done_in_journal": counts.get("done", 0),
+        "per_process": {r["host"]: len(r["taken"]) for r in results},
+        "client_cpu_s": sum(r["cpu"] for r in results),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--files", type=int, default=20000)
+    ap.add_argument("--processes", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=8)
+    ap.add_argument("--backend", choices=("postgresql", "sqlite", "both"), default="both")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    figures = {}
+    if args.backend in ("sqlite", "both"):
+        with tempfile.TemporaryDirectory() as tmp:
+            figures["sqlite"] = run(os.path.join(tmp, "journal.db"), args.files, args.processes, args.threads)
+    if args.backend in ("postgresql", "both"):
+        import pg
+
+        cluster = pg.Cluster(pg.find_bin()).start()
+        try:
+            figures["postgresql"] = run(cluster.new_database(), args.files, args.processes, args.threads)
+        finally:
+            cluster.destroy()
+    for backend, f in figures.items():
+        print(
+            f"{backend}: {f['files']} files, {f['processes']} processes x {f['threads']} threads: "
+            f"{f['files_per_s']:.0f} files/s ({f['seconds']:.1f} s), double claims {f['double_claims']}, "
+            f"taken {f['taken']} ({f['per_process']}), done in the journal {f['done_in_journal']}, "
+            f"client CPU {f['client_cpu_s']:.1f} s"
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
