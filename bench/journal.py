@@ -28,37 +28,51 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-ROOT = Path("/bench/share/inbox")
 
-
-def _worker_process(url: str, host: str, names: list[str], threads: int, start: mp.Event, out: mp.Queue) -> None:
+def _worker_process(url: str, host: str, share: str, names: list[str], threads: int, start, out) -> None:
     from rfwatch.journal import Journal, Roots, Skip
     from rfwatch.states import FileState, StepKind
 
-    journal = Journal.open(url, host=host, roots=Roots({"inbox": ROOT}), synchronous="FULL")
+    root = Path(share)
+    journal = Journal.open(url, host=host, roots=Roots({"share": root}), synchronous="FULL")
     _ = journal.holder  # register before the clock starts
     todo: queue.SimpleQueue[str] = queue.SimpleQueue()
     for name in names:
         todo.put(name)
-    taken: list[int] = []
+    worked: list[str] = []
+    lost: list[str] = []  # a move whose source was gone: a false failure in the daemon
     lock = threading.Lock()
 
     def work() -> None:
-        mine = []
+        mine, gone = [], []
         while True:
             try:
                 name = todo.get_nowait()
             except queue.Empty:
                 break
-            path = ROOT / name
-            if journal.files.screen(path, 1000, 1) is not None:
+            path = root / "inbox" / name
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                continue  # the other host sorted it already
+            if journal.files.screen(path, st.st_size, st.st_mtime_ns) is not None:
                 continue
-            fid = journal.files.take(path, 1000, 1, "sha-" + name, "colors/1")
+            fid = journal.files.take(path, st.st_size, st.st_mtime_ns, "sha-" + name, "colors/1")
             if isinstance(fid, Skip):
                 continue
+            # What the pipeline does after a take: the other host may have finished and moved the file on
+            # between our look and our take; then ours was never a file to work on.
+            if not path.exists():
+                journal.files.drop(fid)
+                continue
             journal.files.classified(fid, {"top": "red", "confidence": 0.9}, "sha-" + name, "colors/1", "red 0.90", {})
-            target = Path("/bench/share/archive/red") / name
+            target = root / "archive" / "red" / name
             journal.files.record_intent(fid, 1, StepKind.ACTION, "sort", "move", {"target": str(target), "tmp": None})
+            try:
+                os.rename(path, target)
+            except FileNotFoundError:
+                gone.append(name)
+                continue
             journal.files.finish_step(
                 fid,
                 1,
@@ -70,9 +84,10 @@ def _worker_process(url: str, host: str, names: list[str], threads: int, start: 
                 path=target,
                 final=FileState.DONE,
             )
-            mine.append(fid)
+            mine.append(name)
         with lock:
-            taken.extend(mine)
+            worked.extend(mine)
+            lost.extend(gone)
 
     pool = [threading.Thread(target=work) for _ in range(threads)]
     start.wait()
@@ -82,28 +97,44 @@ def _worker_process(url: str, host: str, names: list[str], threads: int, start: 
         t.start()
     for t in pool:
         t.join()
-    out.put({"host": host, "taken": taken, "seconds": time.perf_counter() - began, "cpu": time.process_time() - cpu})
+    out.put(
+        {
+            "host": host,
+            "worked": worked,
+            "lost": lost,
+            "seconds": time.perf_counter() - began,
+            "cpu": time.process_time() - cpu,
+        }
+    )
     journal.close()
 
 
 def run(url: str, files: int, processes: int, threads: int) -> dict:
     names = [f"cam{n % 50:02}/IMG_{n:07}.jpg" for n in range(files)]
-    ctx = mp.get_context("spawn")
-    start, out = ctx.Event(), ctx.Queue()
-    procs = [
-        ctx.Process(target=_worker_process, args=(url, f"host-{i}", names, threads, start, out))
-        for i in range(processes)
-    ]
-    for p in procs:
-        p.start()
-    time.sleep(2.0)  # every process connected and registered
-    began = time.perf_counter()
-    start.set()
-    results = [out.get(timeout=3600) for _ in procs]
-    wall = time.perf_counter() - began
-    for p in procs:
-        p.join()
-    taken = [fid for r in results for fid in r["taken"]]
+    with tempfile.TemporaryDirectory(prefix="rfwatch-bench-share-") as share:
+        for cam in {n.split("/")[0] for n in names}:
+            (Path(share) / "inbox" / cam).mkdir(parents=True)
+            (Path(share) / "archive" / "red" / cam).mkdir(parents=True)
+        for name in names:
+            (Path(share) / "inbox" / name).write_bytes(name.encode())
+        ctx = mp.get_context("spawn")
+        start, out = ctx.Event(), ctx.Queue()
+        procs = [
+            ctx.Process(target=_worker_process, args=(url, f"host-{i}", share, names, threads, start, out))
+            for i in range(processes)
+        ]
+        for p in procs:
+            p.start()
+        time.sleep(2.0)  # every process connected and registered
+        began = time.perf_counter()
+        start.set()
+        results = [out.get(timeout=3600) for _ in procs]
+        wall = time.perf_counter() - began
+        for p in procs:
+            p.join()
+        left = sum(1 for _ in (Path(share) / "inbox").rglob("*.jpg"))
+        sorted_ = sum(1 for _ in (Path(share) / "archive").rglob("*.jpg"))
+    worked = [name for r in results for name in r["worked"]]
     from rfwatch.journal import Journal
 
     j = Journal.open(url)
@@ -115,10 +146,14 @@ def run(url: str, files: int, processes: int, threads: int) -> dict:
         "threads": threads,
         "seconds": wall,
         "files_per_s": files / wall,
-        "double_claims": len(taken) - len(set(taken)) + (len(taken) - files if len(taken) > files else 0),
-        "taken": len(taken),
+        # a file worked by two workers (both journaled it done), whichever process they were in
+        "double_claims": len(worked) - len(set(worked)),
+        "false_failures": sum(len(r["lost"]) for r in results),
+        "worked": len(worked),
         "done_in_journal": counts.get("done", 0),
-        "per_process": {r["host"]: len(r["taken"]) for r in results},
+        "left_in_inbox": left,
+        "sorted_on_disk": sorted_,
+        "per_process": {r["host"]: len(r["worked"]) for r in results},
         "client_cpu_s": sum(r["cpu"] for r in results),
     }
 
@@ -147,7 +182,9 @@ def main() -> int:
         print(
             f"{backend}: {f['files']} files, {f['processes']} processes x {f['threads']} threads: "
             f"{f['files_per_s']:.0f} files/s ({f['seconds']:.1f} s), double claims {f['double_claims']}, "
-            f"taken {f['taken']} ({f['per_process']}), done in the journal {f['done_in_journal']}, "
+            f"false failures {f['false_failures']}, worked {f['worked']} ({f['per_process']}), "
+            f"done in the journal {f['done_in_journal']}, sorted on disk {f['sorted_on_disk']}, "
+            f"left in the inbox {f['left_in_inbox']}, "
             f"client CPU {f['client_cpu_s']:.1f} s"
         )
     if args.json:

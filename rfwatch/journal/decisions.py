@@ -80,7 +80,7 @@ class Decisions:
                 (file_id, decision.round, str(kind), json.dumps(list(classes)), now, by, host),
             )
             what = "rejected" if kind == DecisionKind.REJECT else "labelled " + ", ".join(classes)
-            self.files.event(tx, file_id, f"{what} in review" + (f" by {by}" if by else ""), now)
+            self.files.event(tx, file_id, f"{what} in review" + (f" by {by}" if by else ""), at=now)
             tx.notify()  # a daemon (on any host) applies it
             return decision
 

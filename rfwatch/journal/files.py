@@ -157,17 +157,28 @@ class Files:
     def _json(self, value: Any) -> str:
         return json.dumps(self.roots.to_portable(value), default=str)
 
-    def event(self, tx: Tx, file_id: int, message: str, at: float | None = None) -> None:
-        """Add a line to a file's history, inside the caller's transaction."""
-        tx.run(
-            "INSERT INTO events (file_id, at, message, host) VALUES (?,?,?,?)",
-            (file_id, at or time.time(), utf8_text(message), self.host),
-        )
+    def event(self, tx: Tx, file_id: int, *messages: str, at: float | None = None) -> None:
+        """Add lines to a file's history, inside the caller's transaction (one statement for all of them)."""
+        at = at or time.time()
+        values = ",".join(["(?,?,?,?)"] * len(messages))
+        args = [v for m in messages for v in (file_id, at, utf8_text(m), self.host)]
+        tx.run(f"INSERT INTO events (file_id, at, message, host) VALUES {values}", args)
 
-    def _mine(self, tx: Tx, file_id: int, now: float, me: str) -> None:
-        """Raise ClaimLost unless this process (holder ``me``) still holds the file (and touch it)."""
-        if not tx.run("UPDATE files SET updated=? WHERE id=? AND holder=?", (now, file_id, me)):
+    def _mine(self, tx: Tx, file_id: int, now: float, me: str, sets: dict[str, Any] | None = None) -> None:
+        """Raise ClaimLost unless this process (holder ``me``) still holds the file; touch it and set ``sets``
+        (column names are rfwatch's own, never input) in the same statement: one round trip to the database
+        for the claim check and the file's new values."""
+        cols = {"updated": now, **(sets or {})}
+        assign = ", ".join(f"{c}=?" for c in cols)
+        if not tx.run(f"UPDATE files SET {assign} WHERE id=? AND holder=?", (*cols.values(), file_id, me)):
             raise ClaimLost(file_id)
+
+    def _final_sets(self, state: FileState, error: str | None = None) -> dict[str, Any]:
+        """The file's columns for a new state; a process lets go of a file that is finished or waits for a person."""
+        sets: dict[str, Any] = {"state": state, "last_error": utf8_text(error)}
+        if state in TERMINAL_STATES or state == FileState.REVIEW:
+            sets["holder"] = None
+        return sets
 
     # --- reading ------------------------------------------------------------------------
 
@@ -322,15 +333,21 @@ class Files:
         holder = self._holder()
 
         def insert(tx: Tx) -> int | Skip:
-            mark = tx.one("SELECT size, mtime_ns FROM produced WHERE path_root=? AND path=?", (root, rel))
-            if mark is not None and (mark["size"] == -1 or (mark["size"], mark["mtime_ns"]) == (size, mtime_ns)):
-                return Skip("written by rfwatch")
+            # One statement for the common case: no insert over a file rfwatch wrote itself (its produced mark).
             file_id = tx.scalar(
                 "INSERT INTO files (root, source, path_root, path, size, mtime_ns, sha256, model, state, created,"
-                " updated, holder, host) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING RETURNING id",
-                (root, rel, root, rel, size, mtime_ns, sha256, model, FileState.DETECTED, now, now, holder, self.host),
+                " updated, holder, host) SELECT ?,?,?,?,?,?,?,?,?,?,?,?,? WHERE NOT EXISTS (SELECT 1 FROM produced"
+                " WHERE path_root=? AND path=? AND (size=-1 OR (size=? AND mtime_ns=?)))"
+                " ON CONFLICT DO NOTHING RETURNING id",
+                (
+                    *(root, rel, root, rel, size, mtime_ns, sha256, model, FileState.DETECTED, now, now, holder),
+                    *(self.host, root, rel, size, mtime_ns),
+                ),
             )
             if file_id is None:
+                mark = tx.one("SELECT size, mtime_ns FROM produced WHERE path_root=? AND path=?", (root, rel))
+                if mark is not None and (mark["size"] == -1 or (mark["size"], mark["mtime_ns"]) == (size, mtime_ns)):
+                    return Skip("written by rfwatch")
                 other = tx.one(
                     f"SELECT id, holder FROM files WHERE path_root=? AND path=? AND state IN {WORKING_STATES_SQL}",
                     (root, rel),
@@ -344,7 +361,7 @@ class Files:
             if done is not None:  # finished by another process between our look and our insert
                 tx.run("DELETE FROM files WHERE id=?", (file_id,))
                 return Skip(f"already {done['state']}", done["id"])
-            self.event(tx, file_id, f"detected {path}", now)
+            self.event(tx, file_id, f"detected {path}", at=now)
             return int(file_id)
 
         taken = self.db.transact(insert)
@@ -426,7 +443,7 @@ class Files:
                 "INSERT INTO predictions (sha256, model, prediction, created) VALUES (?,?,?,?) ON CONFLICT DO NOTHING",
                 (sha256, model, doc, now),
             )
-            self.event(tx, file_id, message, now)
+            self.event(tx, file_id, message, at=now)
 
         self.db.transact(record)
         crash_point("journal.classified")
@@ -442,7 +459,7 @@ class Files:
                 (utf8_text(error), now, file_id, me),
             ):
                 raise ClaimLost(file_id)
-            self.event(tx, file_id, f"attempt failed: {error}", now)
+            self.event(tx, file_id, f"attempt failed: {error}", at=now)
 
         self.db.transact(record)
 
@@ -509,31 +526,33 @@ class Files:
 
         me = self._holder()  # resolved before the transaction (registering takes one of its own)
 
+        sets: dict[str, Any] = {}
+        if kind == StepKind.ACTION:  # the rule that matched, not rfwatch's own bookkeeping steps
+            sets["rule"] = utf8_text(rule)
+        if path is not None:
+            sets["path_root"], sets["path"] = self._loc(path)
+        if sha256 is not None:
+            sets["sha256"] = sha256
+        if final is not None:
+            sets.update(self._final_sets(final))
+        messages = [f"{action} {'done' if ok else 'failed'}: " + json.dumps(result, default=str)[:500]]
+        if final is not None:
+            messages.append(final_message or final)
+
         def record(tx: Tx) -> None:
-            self._mine(tx, file_id, now, me)
+            self._mine(tx, file_id, now, me, sets)
             tx.run(
                 "INSERT INTO steps (file_id, seq, kind, rule, action, state, result, updated, host)"
                 " VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (file_id, seq) DO UPDATE SET state=excluded.state,"
                 " result=excluded.result, updated=excluded.updated, host=excluded.host",
                 (file_id, seq, kind, utf8_text(rule), action, state, doc, now, self.host),
             )
-            if kind == StepKind.ACTION:  # the rule that matched, not rfwatch's own bookkeeping steps
-                tx.run("UPDATE files SET rule=? WHERE id=?", (utf8_text(rule), file_id))
-            if path is not None:
-                root, rel = self._loc(path)
-                tx.run("UPDATE files SET path_root=?, path=? WHERE id=?", (root, rel, file_id))
-            if sha256 is not None:
-                tx.run("UPDATE files SET sha256=? WHERE id=?", (sha256, file_id))
             for mark in marks:
                 if mark is not None:
                     self._mark_produced(tx, *mark, file_id)
             if also is not None:
                 also(tx)
-            self.event(
-                tx, file_id, f"{action} {'done' if ok else 'failed'}: " + json.dumps(result, default=str)[:500], now
-            )
-            if final is not None:
-                self._finish(tx, file_id, final, None, None, now, final_message)
+            self.event(tx, file_id, *messages, at=now)
 
         self.db.transact(record)
         crash_point("journal.step_finished")
@@ -549,9 +568,8 @@ class Files:
         me = self._holder()  # resolved before the transaction (registering takes one of its own)
 
         def record(tx: Tx) -> None:
-            self._mine(tx, file_id, now, me)
-            tx.run("UPDATE files SET state=?, last_error=NULL, holder=NULL WHERE id=?", (FileState.REVIEW, file_id))
-            self.event(tx, file_id, message, now)
+            self._mine(tx, file_id, now, me, self._final_sets(FileState.REVIEW))
+            self.event(tx, file_id, message, at=now)
 
         self.db.transact(record)
 
@@ -561,32 +579,16 @@ class Files:
 
         me = self._holder()  # resolved before the transaction (registering takes one of its own)
 
+        sets = self._final_sets(state, error)
+        if path is not None:
+            sets["path_root"], sets["path"] = self._loc(path)
+
         def record(tx: Tx) -> None:
-            self._mine(tx, file_id, now, me)
-            self._finish(tx, file_id, state, error, path, now)
+            self._mine(tx, file_id, now, me, sets)
+            self.event(tx, file_id, state + (f": {error}" if error else ""), at=now)
 
         self.db.transact(record)
         crash_point("journal.finished")
-
-    def _finish(
-        self,
-        tx: Tx,
-        file_id: int,
-        state: FileState,
-        error: str | None,
-        path: Path | None,
-        now: float,
-        message: str | None = None,
-    ) -> None:
-        if path is not None:
-            root, rel = self._loc(path)
-            tx.run("UPDATE files SET path_root=?, path=? WHERE id=?", (root, rel, file_id))
-        holder = "NULL" if state in TERMINAL_STATES or state == FileState.REVIEW else "holder"
-        tx.run(
-            f"UPDATE files SET state=?, last_error=?, updated=?, holder={holder} WHERE id=?",
-            (state, utf8_text(error), now, file_id),
-        )
-        self.event(tx, file_id, message or (state + (f": {error}" if error else "")), now)
 
     def requeue(self, file_id: int, states: Collection[str]) -> FileRow | None:
         """Queue a failed or undone file again (``rfwatch retry``); None if its state is no longer one of
@@ -619,7 +621,7 @@ class Files:
                 (state, now, file_id, row["state"]),
             ):
                 return None
-            self.event(tx, file_id, "queued again by retry", now)
+            self.event(tx, file_id, "queued again by retry", at=now)
             tx.notify()
             return tx.one("SELECT * FROM files WHERE id=?", (file_id,))
 

@@ -71,7 +71,7 @@ class UndoRecords:
                 (FileState.UNDOING, me, now, row.id, row.state, row.updated, me, self.files.lease),
             )
             if taken and row.state != FileState.UNDOING:
-                self.files.event(tx, row.id, f"undoing (was {row.state})", now)
+                self.files.event(tx, row.id, f"undoing (was {row.state})", at=now)
             return bool(taken)
 
         return self.db.transact(take)
@@ -97,7 +97,7 @@ class UndoRecords:
             tx.run(
                 "UPDATE undo_steps SET state=? WHERE file_id=? AND state=?", (UndoState.CLOSED, file_id, UndoState.DONE)
             )
-            self.files.event(tx, file_id, utf8_text(f"undone ({outcome})") or "undone", now)
+            self.files.event(tx, file_id, utf8_text(f"undone ({outcome})") or "undone", at=now)
 
         self.db.transact(record)
         crash_point("undo.finished")
@@ -128,7 +128,7 @@ class UndoRecords:
             tx.run("UPDATE undo_steps SET state=? WHERE file_id=?", (UndoState.CLOSED, row.id))
             tx.run("DELETE FROM produced WHERE file_id=? AND size=?", (row.id, ANY_SIZE))  # the undo's claims
             self.files.event(
-                tx, row.id, utf8_text(f"undo given up by rfwatch retry; the file stays at {row.path}"), now
+                tx, row.id, utf8_text(f"undo given up by rfwatch retry; the file stays at {row.path}"), at=now
             )
             return True
 
@@ -201,7 +201,7 @@ class UndoRecords:
                 tx.run("UPDATE files SET sha256=? WHERE id=?", (sha256, file_id))
             if also is not None:
                 also(tx)
-            self.files.event(tx, file_id, f"undo {action}: {result.get('detail') or result.get('outcome')}", now)
+            self.files.event(tx, file_id, f"undo {action}: {result.get('detail') or result.get('outcome')}", at=now)
 
         self.db.transact(record)
         crash_point("undo.step_finished")
