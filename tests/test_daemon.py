@@ -450,6 +450,8 @@ def test_a_file_changed_before_it_settled_is_watched_again_and_taken_once(tmp_pa
         # The watcher's early hand-off: due to settle in a second, so the worker prepares its upload meanwhile.
         d.daemon.watcher.ready(path, d.daemon.config.watch[0], time.monotonic() + 1.0)
         wait_for(lambda: (tmp_path / "sorted" / "green" / "a.jpg").exists(), what="the final version sorted")
+        # The file is in place a moment before the worker that moved it counts it done.
+        wait_for(lambda: d.daemon.counts[Outcome.DONE] >= 1, what="the worker counting the file done")
         assert rewritten, "the early hand-off did not prepare the upload: the case was not staged"
         assert d.daemon.counts[Outcome.CHANGING] == 1 and d.daemon.counts[Outcome.DONE] == 1
     (req,) = server.inference_requests()

@@ -85,9 +85,10 @@ def _listen(address: str) -> socket.socket:
     return sock
 
 
-def _receive(sock: socket.socket, until: float) -> list[tuple[float, str]]:
-    out = []
-    while time.monotonic() < until:
+def _receive(sock: socket.socket, until: float, enough=None) -> list[tuple[float, str]]:
+    """Messages until ``until``, or until ``enough(messages)`` says the test has what it waits for."""
+    out: list[tuple[float, str]] = []
+    while time.monotonic() < until and not (enough and enough(out)):
         try:
             out.append((time.monotonic(), sock.recv(4096).decode()))
         except TimeoutError:
@@ -103,18 +104,27 @@ def test_notify_protocol_with_an_abstract_socket(tmp_path, server):
     (tmp_path / "inbox" / "a.jpg").write_bytes(unique_jpeg(RED, 1))
     env = dict(os.environ, ROBOFLOW_API_KEY=VALID_KEY, NOTIFY_SOCKET="@" + name, WATCHDOG_USEC="1000000")
     proc = subprocess.Popen(rfwatch_cmd("run", "-c", str(cfg)), env=env, stderr=subprocess.PIPE, text=True)
+    status = re.compile(r"STATUS=1 done, 0 unmatched, 0 failed, \d+ queued")
+
+    def enough(messages):  # (a loaded machine starts the process late: wait for what is needed, not a fixed time)
+        pings = [m for _, m in messages if m == "WATCHDOG=1"]
+        return len(pings) >= 6 and any(status.match(m) for _, m in messages)
+
     try:
-        messages = _receive(sock, time.monotonic() + 4)
+        messages = _receive(sock, time.monotonic() + 60, enough)
     finally:
         proc.send_signal(signal.SIGTERM)
-        rest = _receive(sock, time.monotonic() + 2)
+        rest = _receive(sock, time.monotonic() + 30, lambda ms: any(m == "STOPPING=1" for _, m in ms))
         assert proc.wait(timeout=30) == 0
     texts = [m for _, m in messages]
     assert texts and texts[0].startswith("READY=1")
     pings = [t for t, m in messages if m == "WATCHDOG=1"]
-    assert len(pings) >= 5, texts  # every 0.5 s for 1 s WATCHDOG_USEC
-    assert max(b - a for a, b in zip(pings, pings[1:], strict=False)) < 1.0
-    assert any(re.match(r"STATUS=1 done, 0 unmatched, 0 failed, \d+ queued", m) for m in texts), texts
+    assert len(pings) >= 6, texts
+    # Every 0.5 s for a 1 s WATCHDOG_USEC: the typical gap, so that one late tick on a loaded machine is no
+    # failure, while pinging at the full WATCHDOG_USEC (or not at all) is.
+    gaps = sorted(b - a for a, b in zip(pings, pings[1:], strict=False))
+    assert 0.3 < gaps[len(gaps) // 2] < 0.8, gaps
+    assert any(status.match(m) for m in texts), texts
     assert "STOPPING=1" in [m for _, m in rest]
 
 
