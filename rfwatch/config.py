@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from rfwatch.roboflow.client import DEFAULT_API_URL, ModelId
-from rfwatch.roboflow.platform import DEFAULT_PLATFORM_URL
+from rfwatch.errors import ConfigError as ConfigError  # defined there, so the CLI catches it cheaply
+from rfwatch.roboflow.ids import DEFAULT_API_URL, DEFAULT_PLATFORM_URL, ModelId
 
 __all__ = [
     "ConfigError",
@@ -35,10 +35,6 @@ __all__ = [
 DEFAULT_INCLUDE = ("*.jpg", "*.jpeg", "*.png", "*.webp", "*.tif", "*.tiff", "*.bmp", "*.heic", "*.heif", "*.avif")
 DEFAULT_EXCLUDE = ("*.part", "*.tmp", "*.crdownload", ".*", "~$*")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
-
-
-class ConfigError(ValueError):
-    """A configuration problem; ``str()`` starts with the key path."""
 
 
 @dataclass(frozen=True)
