@@ -497,12 +497,12 @@ _WHEN_KEYS = {"class", "min_confidence", "max_confidence", "path", "exif"}
 
 def _exif_when(when: _Section) -> tuple[tuple[str, tuple[str, ...]], ...]:
     """``exif: {Model: "*D70*", MakerNotes:Sequence: ["1 *", "2 *"]}``: tag names checked, globs as strings."""
-    from rfwatch.images.exif import TagRef
-
     data = when.data.get("exif")
     key = when.path_of("exif")
     if data is None:
         return ()
+    from rfwatch.images.exif import TagRef  # only for a rule that names EXIF tags: `status` needs no EXIF tables
+
     if not isinstance(data, dict) or not data:
         raise ConfigError(f'{key}: expected EXIF tags and globs such as {{Model: "*D70*"}}, got {_show(data)}')
     # A number is a glob too (ISO: 100): the tag's value is compared as text.
