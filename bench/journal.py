@@ -31,9 +31,26 @@ sys.path.insert(0, str(REPO / "tests"))
 ROOT = Path("/bench/share/inbox")
 
 
+def sort_by_one_move(journal, fid: int, target: Path) -> None:
+    """What the daemon journals for a classified file that one ``move`` sorts: the intent, then the result."""
+    from rfwatch.states import FileState, StepKind
+
+    journal.files.record_intent(fid, 1, StepKind.ACTION, "sort", "move", {"target": str(target), "tmp": None})
+    journal.files.finish_step(
+        fid,
+        1,
+        StepKind.ACTION,
+        "sort",
+        "move",
+        True,
+        {"outcome": "moved", "to": str(target)},
+        path=target,
+        final=FileState.DONE,
+    )
+
+
 def _worker_process(url: str, host: str, names: list[str], threads: int, start: mp.Event, out: mp.Queue) -> None:
     from rfwatch.journal import Journal, Roots, Skip
-    from rfwatch.states import FileState, StepKind
 
     journal = Journal.open(url, host=host, roots=Roots({"inbox": ROOT}), synchronous="FULL")
     _ = journal.holder  # register before the clock starts
@@ -57,19 +74,7 @@ def _worker_process(url: str, host: str, names: list[str], threads: int, start: 
             if isinstance(fid, Skip):
                 continue
             journal.files.classified(fid, {"top": "red", "confidence": 0.9}, "sha-" + name, "colors/1", "red 0.90", {})
-            target = Path("/bench/share/archive/red") / name
-            journal.files.record_intent(fid, 1, StepKind.ACTION, "sort", "move", {"target": str(target), "tmp": None})
-            journal.files.finish_step(
-                fid,
-                1,
-                StepKind.ACTION,
-                "sort",
-                "move",
-                True,
-                {"outcome": "moved", "to": str(target)},
-                path=target,
-                final=FileState.DONE,
-            )
+            sort_by_one_move(journal, fid, Path("/bench/share/archive/red") / name)
             mine.append(fid)
         with lock:
             taken.extend(mine)
