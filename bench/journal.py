@@ -29,6 +29,24 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 
+def sort_by_one_move(journal, fid: int, target: Path) -> None:
+    """What the daemon journals for a classified file that one ``move`` sorts: the intent, then the result."""
+    from rfwatch.states import FileState, StepKind
+
+    journal.files.record_intent(fid, 1, StepKind.ACTION, "sort", "move", {"target": str(target), "tmp": None})
+    journal.files.finish_step(
+        fid,
+        1,
+        StepKind.ACTION,
+        "sort",
+        "move",
+        True,
+        {"outcome": "moved", "to": str(target)},
+        path=target,
+        final=FileState.DONE,
+    )
+
+
 def _worker_process(url: str, host: str, share: str, names: list[str], threads: int, start, out) -> None:
     from rfwatch.journal import Journal, Roots, Skip
     from rfwatch.states import FileState, StepKind

@@ -19,6 +19,9 @@ the inbox, with a fresh journal (nothing known about the model). The official
 client runs in a loop over the same files, sorting each with shutil.move, as a
 user's ten-line script would. A tag-heavy run (move + tag embed + webhook) is
 timed until every file's webhook has been received.
+
+docs/benchmarks.md is rewritten whole, except the blocks other benchmarks put there between
+``<!-- kept by bench/run.py: NAME -->`` and ``<!-- end NAME -->`` (bench/startup.py's): those are carried over.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import json
 import os
 import platform
 import random
+import re
 import resource
 import shutil
 import socket
@@ -45,11 +49,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-sys.path.insert(0, str(REPO / "bench"))
 
 from PIL import Image, ImageDraw, ImageFilter  # noqa: E402
 from platform_server import PlatformServer  # noqa: E402
-from report import keep_sections  # noqa: E402
 from roboflow_server import VALID_KEY, RoboflowServer  # noqa: E402
 from webhook_receiver import Receiver  # noqa: E402
 
@@ -924,10 +926,20 @@ def main() -> int:
         Path(args.json).write_text(json.dumps(raw, indent=1, default=str))
     print("\n" + report)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(keep_sections(report, Path(args.out)))  # the other benches' sections stay
+    Path(args.out).write_text(report + kept_sections(Path(args.out)))
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def kept_sections(doc: Path) -> str:
+    """The sections other benchmarks wrote into ``doc`` (bench/startup.py), carried over when this run rewrites it.
+
+    Each is a block from ``<!-- kept by bench/run.py: NAME -->`` to ``<!-- end NAME -->``; it is appended as it was.
+    """
+    text = doc.read_text() if doc.exists() else ""
+    kept = re.finditer(r"^<!-- kept by bench/run\.py: ([\w-]+) -->\n.*?^<!-- end \1 -->$", text, re.M | re.S)
+    return "".join("\n" + block.group(0) + "\n" for block in kept)
 
 
 def render(rows, paced, backlog, args, command, breakdown, tradeoffs, extra) -> str:

@@ -16,19 +16,19 @@ import sys
 from collections.abc import Sequence
 from contextlib import closing as _closing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rfwatch import __version__
-from rfwatch.config import Config, ConfigError, config_from_dict, load_config
-from rfwatch.host.runtime import make_client, platform_client
-from rfwatch.images.prepare import ImageError
-from rfwatch.journal.db import JournalUnavailable
-from rfwatch.journal.schema import SchemaTooNew
+from rfwatch.errors import ConfigError
 from rfwatch.redact import redact
-from rfwatch.roboflow.client import ApiError, ModelId, fetch_image, is_url
-from rfwatch.roboflow.facts import diagnose
-from rfwatch.roboflow.result import ResponseFormatError
+from rfwatch.roboflow.ids import ModelId, is_url
 from rfwatch.service.logs import setup_logging
+
+if TYPE_CHECKING:
+    from rfwatch.config import Config
+
+# Each command imports what it uses inside its function: `rfwatch --help`, `status` and `history` must not pay
+# for requests, Pillow or the plugins (issue 23, item 1; tests/test_imports.py holds it).
 
 log = logging.getLogger("rfwatch")
 
@@ -40,6 +40,8 @@ class UsageError(Exception):
 
 
 def _load(args: argparse.Namespace) -> Config:
+    from rfwatch.config import config_from_dict, load_config
+
     if getattr(args, "config", None):
         return load_config(args.config)
     return config_from_dict({}, Path.cwd())
@@ -49,6 +51,12 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
+    from rfwatch.host.runtime import make_client, platform_client
+    from rfwatch.images.prepare import ImageError
+    from rfwatch.roboflow.client import ApiError, fetch_image
+    from rfwatch.roboflow.facts import diagnose
+    from rfwatch.roboflow.result import ResponseFormatError
+
     cfg = _load(args)
     if args.confidence is not None and not 0 < args.confidence < 1:
         raise UsageError(
@@ -116,6 +124,7 @@ def _model_facts(platform: Any, model: str | None) -> Any:
 
 def _save_annotated(source: str, image: str | bytes, prediction, save: str, many: bool) -> int:
     from rfwatch.host.annotate import annotate_image
+    from rfwatch.images.prepare import ImageError
 
     out = Path(save)
     if many or out.is_dir() or save.endswith(os.sep):
@@ -134,6 +143,7 @@ def _save_annotated(source: str, image: str | bytes, prediction, save: str, many
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Validate the config, then ask the platform about the key, the model and the rules' classes."""
+    from rfwatch.config import load_config
     from rfwatch.journal import display_url
 
     cfg = load_config(args.config)
@@ -347,8 +357,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, UsageError) as exc:
         print(f"rfwatch: {redact(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
-    except (JournalUnavailable, SchemaTooNew) as exc:  # the database away, or written by a newer rfwatch
-        print(f"rfwatch: {redact(str(exc))}", file=sys.stderr)
-        return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        code = _exit_code_for(exc)
+        if code is None:
+            raise
+        print(f"rfwatch: {redact(str(exc))}", file=sys.stderr)
+        return code
+
+
+def _exit_code_for(exc: Exception) -> int | None:
+    """The exit code for an error a user can act on; None for a bug (the traceback is shown).
+
+    Looked up in sys.modules, not imported: an exception of a module that was never loaded cannot have been
+    raised, and importing the config or the journal here would undo the lazy imports above.
+    """
+    kinds = (
+        ("rfwatch.journal.db", "JournalUnavailable"),  # the database away
+        ("rfwatch.journal.schema", "SchemaTooNew"),  # written by a newer rfwatch
+    )
+    for module_name, name in kinds:
+        module = sys.modules.get(module_name)
+        if module is not None and isinstance(exc, getattr(module, name)):
+            return EXIT_FAILED
+    return None

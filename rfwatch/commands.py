@@ -12,18 +12,28 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rfwatch.config import ConfigError, load_config
-from rfwatch.journal import Journal, is_postgres_url, open_journal
+from rfwatch.errors import ConfigError
 from rfwatch.redact import redact
-from rfwatch.roboflow.result import Prediction
 from rfwatch.states import ACTIVE_STATES, FileState
+
+if TYPE_CHECKING:  # imported where used: `rfwatch --help` loads no journal (issue 23, item 1)
+    from rfwatch.journal import Journal
 
 __all__ = ["add_commands"]
 
 
+def load_config(path: str | os.PathLike[str]):
+    """``rfwatch.config.load_config``, imported on first use: `rfwatch --help` needs no YAML (issue 23, item 1)."""
+    from rfwatch.config import load_config as load
+
+    return load(path)
+
+
 def _journal(config, kind: str = "command") -> Journal:
+    from rfwatch.journal import is_postgres_url, open_journal
+
     if not is_postgres_url(config.journal_url) and not config.state_path.exists():
         raise ConfigError(
             f"state: no journal at {config.state_path} yet (has `rfwatch run` been started with this config?)"
@@ -72,21 +82,23 @@ def _ts(t: float | None) -> str:
 
 def status_report(config) -> dict[str, Any]:
     from rfwatch.host.manager import PluginHost
-    from rfwatch.host.runtime import load_extensions
     from rfwatch.processing.delivery import Deliveries
 
     journal = _journal(config)
     try:
         counts = journal.files.counts()
         threshold = config.roboflow.multi_label_threshold
-        try:  # the deliverers name the plugin each delivery belongs to (Deliveries.failed_by_plugin)
-            extensions = load_extensions(config)
-            plugins, deliverers = extensions.plugins, dict(extensions.deliverers)
-        except ConfigError:  # rules that do not build: status still reports what the journal holds
-            plugins, deliverers = PluginHost.load(config.plugins), {}
+        # The plugins are loaded for their status_lines and to name the plugin each delivery belongs to
+        # (Deliveries.failed_by_plugin); the rules are not built: status runs no action, and a rule that does not
+        # build leaves status working.
+        plugins = PluginHost.load(config.plugins)
+        try:
+            deliverers = plugins.deliverers(config)
+        except ConfigError:  # a deliverer refusing its options: status still reports what the journal holds
+            deliverers = {}
         deliveries = Deliveries(journal, deliverers=deliverers)
         lines: list[str] = []
-        for contributed in plugins.call("status_lines", config=config, deliveries=deliveries) or []:
+        for contributed in plugins.hook.status_lines(config=config, deliveries=deliveries) or []:
             lines += [str(line) for line in contributed or []]
         report = {
             "model": config.roboflow.model,
@@ -125,6 +137,8 @@ def _waiting_reason(journal: Journal) -> str | None:
 
 
 def _row_brief(row, threshold: float) -> dict[str, Any]:
+    from rfwatch.roboflow.result import Prediction
+
     pred = Prediction.from_json(row.prediction, threshold) if row.prediction else None
     return {
         "path": str(row.path),

@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from rfwatch.roboflow.client import DEFAULT_API_URL, ModelId
-from rfwatch.roboflow.platform import DEFAULT_PLATFORM_URL
+from rfwatch.errors import ConfigError as ConfigError  # defined there, so the CLI catches it cheaply
+from rfwatch.roboflow.ids import DEFAULT_API_URL, DEFAULT_PLATFORM_URL, ModelId
 
 __all__ = [
     "ConfigError",
@@ -35,10 +35,6 @@ __all__ = [
 DEFAULT_INCLUDE = ("*.jpg", "*.jpeg", "*.png", "*.webp", "*.tif", "*.tiff", "*.bmp", "*.heic", "*.heif", "*.avif")
 DEFAULT_EXCLUDE = ("*.part", "*.tmp", "*.crdownload", ".*", "~$*")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
-
-
-class ConfigError(ValueError):
-    """A configuration problem; ``str()`` starts with the key path."""
 
 
 @dataclass(frozen=True)
@@ -501,12 +497,12 @@ _WHEN_KEYS = {"class", "min_confidence", "max_confidence", "path", "exif"}
 
 def _exif_when(when: _Section) -> tuple[tuple[str, tuple[str, ...]], ...]:
     """``exif: {Model: "*D70*", MakerNotes:Sequence: ["1 *", "2 *"]}``: tag names checked, globs as strings."""
-    from rfwatch.images.exif import TagRef
-
     data = when.data.get("exif")
     key = when.path_of("exif")
     if data is None:
         return ()
+    from rfwatch.images.exif import TagRef  # only for a rule that names EXIF tags: `status` needs no EXIF tables
+
     if not isinstance(data, dict) or not data:
         raise ConfigError(f'{key}: expected EXIF tags and globs such as {{Model: "*D70*"}}, got {_show(data)}')
     # A number is a glob too (ISO: 100): the tag's value is compared as text.

@@ -13,12 +13,13 @@ import os
 import sys
 import threading
 
-__all__ = ["POINTS", "CRASH_EXIT", "crash_point"]
+__all__ = ["POINTS", "CRASH_EXIT", "crash_point", "declare", "check_target"]
 
 #: The exit status of a process stopped at a crash point (the walk test tells it from a real failure).
 CRASH_EXIT = 86
 
-#: Every crash point, with where it is. A point not listed here is an error when crash points are on.
+#: Every crash point, with where it is: rfwatch's own here, and each plugin's once it has loaded (``declare``; the tag
+#: and review built-ins declare theirs). A point not listed is an error when crash points are on.
 POINTS: dict[str, str] = {
     # the journal, after each committed write
     "journal.created": "a new file's row committed (state detected)",
@@ -35,15 +36,11 @@ POINTS: dict[str, str] = {
     "place.after_fsync": "across filesystems: the temporary copy fsynced, not yet renamed into place",
     "place.after_tmp_rename": "across filesystems: the copy renamed into place, the source still there",
     "place.after_unlink": "across filesystems: the source removed, its folder not yet fsynced",
-    # tag (embed mode rewrites the image file itself)
-    "tag.before_embed": "tag: intent recorded, exiftool not yet run on the image",
-    "tag.after_embed": "tag: exiftool rewrote the image, not yet fsynced",
     # failed files
     "quarantine.before_move": "a failed file: about to be moved into failed:",
     "quarantine.after_move": "a failed file: moved into failed:, the step not yet finished",
     # review
     "review.decided": "a person's decision committed, nothing applied yet",
-    "review.uploaded": "a reviewed image uploaded and its image id kept, its label not yet sent",
     # undo
     "undo.step_begun": "an undo step about to run, nothing of it journaled or done yet",
     "undo.intent": "an undo's intent committed, before its side effect (moving a file back)",
@@ -63,9 +60,27 @@ def _parse(value: str | None) -> tuple[str, int] | None:
     if not value:
         return None
     name, _, count = value.partition(":")
-    if name not in POINTS:
-        raise SystemExit(f"RFWATCH_CRASH_AT: unknown crash point {name!r} (known: {', '.join(sorted(POINTS))})")
+    if name not in POINTS and "." not in name:  # a plugin's point ("tag.before_embed") is known once it loads
+        _unknown(name)
     return name, int(count or 1)
+
+
+def _unknown(name: str) -> None:
+    raise SystemExit(f"RFWATCH_CRASH_AT: unknown crash point {name!r} (known: {', '.join(sorted(POINTS))})")
+
+
+def declare(points: dict[str, str]) -> None:
+    """Add a plugin's crash points (name -> where it is); the same name with another meaning is an error."""
+    for name, where in points.items():
+        if POINTS.get(name, where) != where:
+            raise ValueError(f"crash point {name!r} is declared twice: {POINTS[name]!r} and {where!r}")
+        POINTS[name] = where
+
+
+def check_target() -> None:
+    """Once the plugins are loaded: ``RFWATCH_CRASH_AT`` must name a point somebody declared (a typo fails loudly)."""
+    if _TARGET is not None and _TARGET[0] not in POINTS:
+        _unknown(_TARGET[0])
 
 
 _TARGET = _parse(os.environ.get("RFWATCH_CRASH_AT"))

@@ -32,6 +32,8 @@ from helpers import JournalView, files_under, run_cli, unique_jpeg, write_config
 from metadata_reader import jpeg_parts, read_xmp
 from webhook_receiver import Receiver
 
+import rfwatch.default_plugins.review  # noqa: F401 - the built-ins declare their own crash points when they load
+import rfwatch.default_plugins.tag  # noqa: F401
 from rfwatch.crashpoints import CRASH_EXIT, POINTS
 
 RED, GREEN = (230, 10, 10), (10, 230, 10)

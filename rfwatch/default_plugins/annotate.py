@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rfwatch.plugin import ConflictMode, FileContext, Options, annotate_image, hookimpl, remove_output, write_output
+from rfwatch.plugin import ConflictMode, FileContext, Options, hookimpl, remove_output, write_output
 
 
 class AnnotateAction:
@@ -25,6 +25,8 @@ class AnnotateAction:
         return f"-> {self.template.render_path(ctx.values(), ctx.config.base_dir)}"
 
     def __call__(self, ctx: FileContext) -> dict[str, Any]:
+        from rfwatch.plugin import annotate_image  # Pillow, loaded by the first annotation, not by the plugin
+
         dst = self.template.render_path(ctx.values(), ctx.config.base_dir)
         placed = write_output(ctx, dst, lambda tmp: annotate_image(ctx.path, ctx.prediction, tmp), self.on_conflict)
         outcome = "annotated" if placed.outcome == "moved" else placed.outcome

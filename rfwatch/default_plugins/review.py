@@ -16,28 +16,32 @@ from __future__ import annotations
 import base64
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rfwatch.default_plugins.move_copy import EXAMPLE, PlaceAction
 from rfwatch.plugin import (
-    Config,
     Delivered,
     Deliveries,
     Delivery,
     Failed,
     FileContext,
-    ImageError,
     Retry,
     Template,
     TemplateError,
     crash_point,
+    declare_crash_points,
     hookimpl,
     platform_client,
-    prepare_image,
 )
-from rfwatch.plugin import platform as platform_api
+
+if TYPE_CHECKING:
+    from rfwatch.plugin import PlatformClient
 
 log = logging.getLogger(__name__)
+
+declare_crash_points(
+    {"review.uploaded": "a reviewed image uploaded and its image id kept, its label not yet sent"},
+)
 
 KIND = "roboflow-upload"
 #: 4xx answers that may pass: a key being fixed (401/403), a timeout (408), a rate limit (429).
@@ -74,6 +78,8 @@ class ReviewAction(PlaceAction):
 
 def _upload_payload(ctx: FileContext, decision: dict[str, Any], upload: Any) -> dict[str, Any]:
     """What one delivery needs, taken now: the file may be moved on by the rules that follow."""
+    from rfwatch.plugin import prepare_image  # Pillow: only for an image that is not sent as it is
+
     data = ctx.path.read_bytes()
     name = ctx.source.name
     if len(data) > ORIGINAL_LIMIT or not data.startswith(_ORIGINAL_FORMATS):
@@ -110,11 +116,21 @@ class Uploader:
       so the person's label is the one the project keeps.
     """
 
-    def __init__(self, config: Config):
-        self.platform = platform_client(config)
+    def __init__(self, config: Any):
+        self.config = config
+        self._platform: PlatformClient | None | bool = False  # False: not made yet
         self.annotate_wait = ANNOTATE_WAIT
 
+    @property
+    def platform(self) -> PlatformClient | None:
+        """The platform client, made on the first delivery: loading the plugin (``rfwatch status``) needs no HTTP."""
+        if self._platform is False:
+            self._platform = platform_client(self.config)
+        return self._platform  # type: ignore[return-value]
+
     def __call__(self, delivery: Delivery) -> Any:
+        from rfwatch.plugin import NotFound, PlatformError  # requests comes with them: on the first delivery only
+
         if self.platform is None:
             return Retry("no Roboflow API key in the running config")
         p = delivery.json()
@@ -131,11 +147,11 @@ class Uploader:
                 crash_point("review.uploaded")
             step = "annotate"
             annotation = self._annotate(self.platform, delivery, project, labels, state)
-        except platform_api.NotFound as exc:
+        except NotFound as exc:
             if step == "upload":
                 return Failed(f"project {project!r} not found: {exc}", exc.status)
             return self._not_yet(project, labels, state, exc)
-        except platform_api.PlatformError as exc:
+        except PlatformError as exc:
             where = f"project {project!r}" + (f", image {state['image_id']}" if state.get("image_id") else "")
             if exc.status is not None and 400 <= exc.status < 500 and exc.status not in _WORTH_RETRYING:
                 # The platform refused this image or label for good (a 400 for a format or a class name it
@@ -154,7 +170,7 @@ class Uploader:
 
     @staticmethod
     def _annotate(
-        platform: platform_api.PlatformClient,
+        platform: PlatformClient,
         delivery: Delivery,
         project: str,
         labels: list[str],
@@ -205,7 +221,7 @@ def register_deliverers(register, config):
 
 
 @hookimpl
-def status_lines(config: Config, deliveries: Deliveries) -> list[str]:
+def status_lines(config: Any, deliveries: Deliveries) -> list[str]:
     lines = [
         f"uploads to {f['url']}: {f['n']} waiting, {f['attempts']} attempt(s), last error {f['last_error']}"
         for f in deliveries.failing(KIND)
@@ -223,6 +239,8 @@ def file_reviewed(ctx: FileContext, decision: dict[str, Any]) -> None:
     upload = ctx.config.review.upload
     if upload is None or decision.get("kind") != "label":
         return
+    from rfwatch.plugin import ImageError
+
     try:
         payload = _upload_payload(ctx, decision, upload)
     except (OSError, ImageError) as exc:  # the file is gone, or cannot be read as an image

@@ -24,6 +24,7 @@ from rfwatch.plugin import (
     FileContext,
     Options,
     crash_point,
+    declare_crash_points,
     exiftool_executable,
     exiftool_pool,
     fsync_dir,
@@ -34,6 +35,14 @@ from rfwatch.plugin import (
 )
 
 log = logging.getLogger(__name__)
+
+# Where tests/test_crash_points.py stops a process dead while embedding (RFWATCH_CRASH_AT=tag.before_embed).
+declare_crash_points(
+    {
+        "tag.before_embed": "tag: intent recorded, exiftool not yet run on the image",
+        "tag.after_embed": "tag: exiftool rewrote the image, not yet fsynced",
+    }
+)
 
 EMBEDDABLE = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP"}
 _EMPTY_XMP = (

@@ -18,10 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import requests
-
 from rfwatch.plugin import (
-    Config,
     Delivered,
     Deliveries,
     Delivery,
@@ -30,6 +27,7 @@ from rfwatch.plugin import (
     Options,
     Retry,
     hookimpl,
+    plugin_config,
     redact,
     register_secret,
 )
@@ -151,8 +149,17 @@ class Deliverer:
 
     def __init__(self, targets: dict[str, Target]):
         self.targets = targets
-        self.session = requests.Session()
-        self.session.headers["User-Agent"] = "rfwatch-webhook/0.1"
+        self._session: Any = None
+
+    @property
+    def session(self) -> Any:
+        """A requests session, made on the first post: loading the plugin (``rfwatch status``) needs no requests."""
+        if self._session is None:
+            import requests
+
+            self._session = requests.Session()
+            self._session.headers["User-Agent"] = "rfwatch-webhook/0.1"
+        return self._session
 
     def __call__(self, delivery: Delivery) -> Any:
         target = self.targets.get(delivery.target)
@@ -167,8 +174,11 @@ class Deliverer:
         }
         if target.secret is not None:
             headers["webhook-signature"] = sign(target.secret, delivery.id, timestamp, delivery.payload)
+        session = self.session
+        import requests
+
         try:
-            resp = self.session.post(
+            resp = session.post(
                 target.url, data=delivery.payload, headers=headers, timeout=target.timeout, allow_redirects=False
             )
         except requests.RequestException as exc:
@@ -192,13 +202,12 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
-def _targets(config: Config) -> dict[str, Target]:
+def _targets(config: Any) -> dict[str, Target]:
+    """Every webhook of the rules, by URL: this plugin's own options, read through ``plugin_config``."""
     targets = {}
-    for rule in config.rules:
-        for spec in rule.then:
-            if spec.name == "webhook":
-                target = parse_target(spec.options)
-                targets[target.url] = target
+    for use in plugin_config(config, "webhook").uses("webhook"):
+        target = parse_target(use.options)
+        targets[target.url] = target
     return targets
 
 
@@ -213,7 +222,7 @@ def register_deliverers(register, config):
 
 
 @hookimpl
-def status_lines(config: Config, deliveries: Deliveries) -> list[str]:
+def status_lines(config: Any, deliveries: Deliveries) -> list[str]:
     lines = [
         f"webhook receiver gone (410), nothing more is sent: {redact(url)}" for url in deliveries.gone_targets(KIND)
     ]

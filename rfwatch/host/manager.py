@@ -29,8 +29,11 @@ from typing import Any
 
 import pluggy
 
-from rfwatch.config import ConfigError
+from rfwatch import crashpoints
+from rfwatch.errors import ConfigError
 from rfwatch.host import hookspecs
+from rfwatch.host.actions import ActionFactory
+from rfwatch.host.delivery import Deliverer
 from rfwatch.redact import redact
 
 __all__ = ["DEFAULT_PLUGINS", "PluginHost", "ActionFactory", "TRACE_ENV"]
@@ -49,7 +52,6 @@ DEFAULT_PLUGINS = (
 #: ``RFWATCH_TRACE_PLUGINS=1`` prints every hook call (datasette's DATASETTE_TRACE_PLUGINS, for rfwatch).
 TRACE_ENV = "RFWATCH_TRACE_PLUGINS"
 
-ActionFactory = Callable[[Any], Callable[..., Any]]
 _GUARDED = "_rfwatch_guarded"
 
 
@@ -77,6 +79,7 @@ class PluginHost:
             pm.check_pending()
         except pluggy.PluginValidationError as exc:
             raise ConfigError(f"plugins: {exc}") from None
+        crashpoints.check_target()  # the plugins declared their crash points by now
         _guard_implementations(pm)
         if os.environ.get(TRACE_ENV, "") not in ("", "0"):
             pm.add_hookcall_monitoring(_trace_before, _trace_after)
@@ -85,23 +88,32 @@ class PluginHost:
         return host
 
     @property
-    def hook(self) -> pluggy.HookRelay:
-        """``host.hook.NAME(**kwargs)``: a hook call through pluggy, each implementation isolated."""
-        return self.pm.hook
+    def hook(self) -> Hooks:
+        """``host.hook.NAME(**kwargs)``: a hook call through pluggy, each implementation isolated.
+
+        A name that is not a hook of rfwatch/host/hookspecs.py raises AttributeError at once: a misspelt hook in
+        rfwatch's own code fails loudly (and in tests), never as a logged failure of some plugin.
+        """
+        return Hooks(self.pm)
 
     def call(self, hook: str, **kwargs: Any) -> Any:
-        """Call ``hook`` through pluggy; a hook wrapper that raises is logged, and the call returns None.
+        """``call("NAME", **kwargs)`` is ``host.hook.NAME(**kwargs)`` (kept for callers that name the hook in a string)."""
+        return getattr(self.hook, hook)(**kwargs)
 
-        Plain implementations are already guarded one by one (see :func:`_guard_implementations`); this
-        catches what only a wrapper (``wrapper=True``/``hookwrapper=True``) can raise.
-        """
-        try:
-            return getattr(self.pm.hook, hook)(**kwargs)
-        except ConfigError:
-            raise
-        except Exception:
-            log.exception("a hook wrapper failed in %s; the call's results are lost", hook)
-            return None
+    def deliverers(self, config: Any) -> dict[str, tuple[str, Deliverer]]:
+        """kind -> (plugin name, deliver), from each plugin's ``register_deliverers``; two owners of a kind is an error."""
+        deliverers: dict[str, tuple[str, Deliverer]] = {}
+        for owner, call in self.per_plugin("register_deliverers"):
+
+            def register(kind: str, deliver: Deliverer, _owner: str = owner) -> None:
+                if kind in deliverers and deliverers[kind][0] != _owner:
+                    raise ConfigError(
+                        f"plugins: delivery kind {kind!r} is registered by both {deliverers[kind][0]} and {_owner}"
+                    )
+                deliverers[kind] = (_owner, deliver)
+
+            call(register=register, config=config)
+        return deliverers
 
     def per_plugin(self, hook: str) -> Iterator[tuple[str, Callable[..., Any]]]:
         """``(plugin name, caller)`` for each plugin implementing ``hook``: ``caller(**kwargs)`` calls only it.
@@ -143,6 +155,38 @@ class PluginHost:
             )
             out.append({"name": name, "hooks": hooks, "actions": actions, "distribution": dist})
         return out
+
+
+class Hooks:
+    """``host.hook``: pluggy's hook relay, with each call guarded against a failing hook wrapper.
+
+    Plain implementations are guarded one by one (see :func:`_guard_implementations`); what only a wrapper
+    (``wrapper=True``/``hookwrapper=True``) can raise is logged here with the hook's name, and the call returns
+    None. Looking up a hook that has no spec raises AttributeError: that is a bug in the caller, not a plugin's.
+    """
+
+    __slots__ = ("_pm",)
+
+    def __init__(self, pm: pluggy.PluginManager):
+        self._pm = pm
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        caller = getattr(self._pm.hook, name, None)
+        if caller is None or caller.spec is None:
+            known = ", ".join(sorted(n for n in vars(self._pm.hook) if not n.startswith("_")))
+            raise AttributeError(f"rfwatch has no hook {name!r} (hooks: {known})")
+
+        def call(**kwargs: Any) -> Any:
+            try:
+                return caller(**kwargs)
+            except ConfigError:
+                raise
+            except Exception:
+                log.exception("a hook wrapper failed in %s; the call's results are lost", name)
+                return None
+
+        call.__name__ = name
+        return call
 
 
 def _guard_implementations(pm: pluggy.PluginManager) -> None:

@@ -15,11 +15,11 @@ from rfwatch.host.delivery import Deliverer
 from rfwatch.host.manager import PluginHost
 from rfwatch.host.rules import Rule, compile_rules
 from rfwatch.images.sizing import UploadSize
-from rfwatch.roboflow.client import ModelId, RetryPolicy, RoboflowClient
-from rfwatch.roboflow.platform import PlatformClient
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the HTTP clients (requests) are imported by what makes one: undo and check need none
+    from rfwatch.roboflow.client import ModelId, RoboflowClient
     from rfwatch.roboflow.facts import ModelFacts
+    from rfwatch.roboflow.platform import PlatformClient
 
 __all__ = ["Runtime", "Extensions", "build_runtime", "load_extensions", "make_client", "platform_client"]
 
@@ -29,6 +29,8 @@ FactsLookup = Callable[[str], "ModelFacts | None"]
 
 def platform_client(config: Config) -> PlatformClient | None:
     """A client for the platform API with the configured key; None without a key."""
+    from rfwatch.roboflow.platform import PlatformClient
+
     if not config.roboflow.api_key:
         return None
     return PlatformClient(config.roboflow.api_key, config.roboflow.platform_url)
@@ -37,6 +39,8 @@ def platform_client(config: Config) -> PlatformClient | None:
 def make_client(
     config: Config, pool_size: int | None = None, facts: FactsLookup | None = None, **overrides
 ) -> RoboflowClient:
+    from rfwatch.roboflow.client import RetryPolicy, RoboflowClient
+
     r = config.roboflow
     settings = {
         "api_key": r.api_key,
@@ -90,17 +94,7 @@ def load_extensions(config: Config) -> Extensions:
     """Load the plugins, build every rule's actions and the deliverers; a ConfigError names the key."""
     plugins = PluginHost.load(config.plugins)
     rules = compile_rules(config, plugins.actions)
-    deliverers: dict[str, tuple[str, Deliverer]] = {}
-    for owner, call in plugins.per_plugin("register_deliverers"):
-
-        def register(kind: str, deliver: Deliverer, _owner: str = owner) -> None:
-            if kind in deliverers and deliverers[kind][0] != _owner:
-                raise ConfigError(
-                    f"plugins: delivery kind {kind!r} is registered by both {deliverers[kind][0]} and {_owner}"
-                )
-            deliverers[kind] = (_owner, deliver)
-
-        call(register=register, config=config)
+    deliverers = plugins.deliverers(config)
     return Extensions(plugins, rules, deliverers)
 
 

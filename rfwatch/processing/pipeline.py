@@ -150,7 +150,7 @@ class Pipeline:
         seen = files.screen(path, st.st_size, st.st_mtime_ns)
         if seen is not None:
             return Attempt(Outcome.SKIPPED, seen.file_id, seen.reason)
-        if self.runtime.plugins.call("ignore_file", path=path):
+        if self.runtime.plugins.hook.ignore_file(path=path):
             file_log.info("%s: ignored by a plugin", path)
             return Attempt(Outcome.SKIPPED, detail="ignored by plugin")
         try:
@@ -338,7 +338,7 @@ class Pipeline:
         """Run the matching rules' actions, from the round's first step (or ``first_seq``) on."""
         ctx = self._context(row, prediction, model_prediction)
         plugins = self.runtime.plugins
-        plugins.call("file_classified", ctx=ctx)
+        plugins.hook.file_classified(ctx=ctx)
         # EXIF conditions read the file where it is now (after a review decision it waits in review/, not at
         # its source); the read is shared with the actions' {exif:...} placeholders.
         facts = ctx.exif if any(r.when.exif for r in self.runtime.rules) else None
@@ -353,7 +353,7 @@ class Pipeline:
                 summary,
                 extra={"file": str(row.path), "outcome": "unmatched"},
             )
-            plugins.call("file_processed", ctx=ctx)
+            plugins.hook.file_processed(ctx=ctx)
             return Attempt(Outcome.UNMATCHED, row.id)
         done: list[str] = []
         finished: list[bool] = []  # set when the last step committed the file's final state with its result
@@ -410,7 +410,7 @@ class Pipeline:
             "; ".join(done),
             extra={"file": str(row.source), "rule": rule_names, "outcome": "done"},
         )
-        plugins.call("file_processed", ctx=ctx)
+        plugins.hook.file_processed(ctx=ctx)
         return Attempt(Outcome.DONE, row.id)
 
     # --- review -----------------------------------------------------------------------
@@ -451,7 +451,7 @@ class Pipeline:
     def _decided(self, ctx: FileContext, decision: Decision) -> dict[str, Any]:
         # Plugins act on the decision inside this step: a delivery they queue (an upload of the labelled
         # image to Roboflow) is written with it, so it is queued exactly once.
-        self.runtime.plugins.call("file_reviewed", ctx=ctx, decision=decision.json())
+        self.runtime.plugins.hook.file_reviewed(ctx=ctx, decision=decision.json())
         return decision.json()
 
     # --- failure -----------------------------------------------------------------------
@@ -497,7 +497,7 @@ class Pipeline:
             f"; the file is at {path}" if path != row.source else "",
             extra={"file": str(row.source), "outcome": "failed"},
         )
-        self.runtime.plugins.call("file_failed", path=path, error=reason)
+        self.runtime.plugins.hook.file_failed(path=path, error=reason)
         return Attempt(Outcome.FAILED, row.id, reason)
 
     def _finish_missing(self, row: FileRow) -> Attempt:

@@ -31,6 +31,7 @@ from requests.adapters import HTTPAdapter
 from rfwatch.images.prepare import ImageError, PreparedImage, prepare_image
 from rfwatch.images.sizing import UploadSize
 from rfwatch.redact import install_log_redaction, redact, register_secret
+from rfwatch.roboflow.ids import DEFAULT_API_URL, ModelId, is_url
 from rfwatch.roboflow.result import DEFAULT_MULTI_LABEL_THRESHOLD, Prediction, ResponseFormatError
 
 __all__ = [
@@ -53,7 +54,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_API_URL = "https://classify.roboflow.com"
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
@@ -151,41 +151,11 @@ def _error_for(status: int, where: str, model: ModelId, server_message: str) -> 
 
 
 @dataclass(frozen=True)
-class ModelId:
-    project: str
-    version: str
-    #: Named in ``workspace/project/version``; else the key's own workspace (asked of the platform API).
-    workspace: str | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> ModelId:
-        """Accept ``project/version`` or ``workspace/project/version`` (as the official client does)."""
-        parts = [p for p in str(text).strip().strip("/").split("/")]
-        workspace = parts.pop(0) if len(parts) == 3 else None
-        if len(parts) != 2 or not all(parts) or not parts[1].isdigit() or workspace == "":
-            raise ValueError(f"expected 'project/version' such as 'my-project/3', got {text!r}")
-        return cls(parts[0], parts[1], workspace)
-
-    def __str__(self) -> str:
-        # The inference route is /{project}/{version}: the workspace is the key's.
-        return f"{self.project}/{self.version}"
-
-    @property
-    def key(self) -> str:
-        """The model as configured, workspace included when it was named (model facts are kept by this)."""
-        return f"{self.workspace}/{self}" if self.workspace else str(self)
-
-
-@dataclass(frozen=True)
 class RetryPolicy:
     attempts: int = 5  # tries in all, the first included
     backoff: float = 0.5  # seconds before the second try; doubles each time
     max_backoff: float = 30.0
     total: float = 120.0  # give up once this much time has passed since the first try
-
-
-def is_url(text: str) -> bool:
-    return text.startswith(("http://", "https://"))
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -32,6 +32,7 @@ from typing import Any
 import requests
 
 from rfwatch.redact import redact, register_secret
+from rfwatch.roboflow.ids import DEFAULT_PLATFORM_URL
 
 __all__ = [
     "DEFAULT_PLATFORM_URL",
@@ -45,8 +46,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_PLATFORM_URL = "https://api.roboflow.com"
 
 
 class PlatformError(Exception):

@@ -447,7 +447,7 @@ class Daemon:
         self.deliveries.deliverers = dict(runtime.extensions.deliverers)
         self._wire_metrics(runtime)
         self.pipeline.limiter = RateLimiter(config.rate_limit)
-        runtime.plugins.call("startup", config=config)
+        runtime.plugins.hook.startup(config=config)
         old.client.close()
         log.info("config reloaded: %d rules, plugins: %s", len(runtime.rules), ", ".join(runtime.plugins.names()))
         self.notifier.ready(self.status_line())
@@ -531,7 +531,7 @@ class Daemon:
                 log.error("%s", exc)
                 self._close()
                 return 1
-        self.runtime.plugins.call("startup", config=self.config)
+        self.runtime.plugins.hook.startup(config=self.config)
         self._threads = [
             threading.Thread(target=self._worker, name=f"rfwatch-worker-{i}", daemon=True)
             for i in range(self.config.concurrency)
@@ -608,7 +608,7 @@ class Daemon:
         if self.once and not self.dry_run:
             self.deliveries.flush(time.monotonic() + 10)  # a one-shot run sends what it queued before it exits
         self.deliveries.stop()
-        self.runtime.plugins.call("shutdown")
+        self.runtime.plugins.hook.shutdown()
         log.info("stopped: %s", self.status_line())
         self._close()
 
