@@ -11,9 +11,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from platform_server import PlatformServer  # noqa: E402
-from roboflow_server import VALID_KEY, RoboflowServer  # noqa: E402
 from webhook_receiver import Receiver  # noqa: E402
+
+from rfwatch.testing import VALID_KEY, PlatformServer, RoboflowServer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # The repository's own small set (tests/data/README.md); RFWATCH_SAMPLES may name a folder holding a larger
