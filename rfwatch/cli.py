@@ -302,8 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("classify", help="classify image files or URLs and print one JSON object per input")
     common(p, False)
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_URL")
-    p.add_argument("--model", help="project/version (or workspace/project/version)")
-    p.add_argument("--api-url", help="API base URL (default https://classify.roboflow.com)")
+    p.add_argument("--model", help="project/version (or workspace/project/version); default $ROBOFLOW_MODEL")
+    p.add_argument("--api-url", help="API base URL (default $ROBOFLOW_API_URL, else https://classify.roboflow.com)")
     p.add_argument("--confidence", type=float, help="lowest confidence the server returns (0 < C < 1)")
     p.add_argument("--save", metavar="OUT", help="write an annotated copy to OUT (a folder for several inputs)")
     p.add_argument(
@@ -317,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("model", help="what rfwatch knows about the model (classes, input size), from the platform")
     common(p, False)
-    p.add_argument("--model", help="project/version (default: roboflow.model of the config)")
+    p.add_argument("--model", help="project/version (default: roboflow.model of the config, else $ROBOFLOW_MODEL)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_model)
 
