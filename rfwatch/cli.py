@@ -321,8 +321,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_model)
 
+    p = sub.add_parser("demo", help="see rfwatch work with no account: a toy model on this machine, nothing sent out")
+    p.add_argument("--dir", default="rfwatch-demo", help="the demo folder (default ./rfwatch-demo)")
+    p.add_argument("--review-port", type=int, help="the review page's port on 127.0.0.1 (default 8765; 0: any free)")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for DEBUG)")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    p.set_defaults(func=cmd_demo)
+
     _add_daemon_commands(sub, common)
     return parser
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from rfwatch.demo import run_demo
+
+    return run_demo(Path(args.dir), args.review_port)
 
 
 def _add_daemon_commands(sub, common) -> None:
