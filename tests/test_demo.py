@@ -172,3 +172,22 @@ def test_demo_from_an_empty_folder_sorts_dropped_images_and_talks_only_to_loopba
     spawned = [r for r in records if not r["event"].startswith("socket.")]
     assert [r for r in spawned if "'/sbin/ldconfig', '-p'" not in r["args"]] == [], spawned
     assert any(r["event"] == "socket.connect" for r in records), "the daemon's requests were seen"
+
+
+def test_the_demo_leaves_a_folder_that_is_not_its_own_alone(tmp_path):
+    from rfwatch.config import ConfigError
+    from rfwatch.demo import prepare_folder
+
+    theirs = tmp_path / "rfwatch-demo"
+    theirs.mkdir()
+    (theirs / "config.yaml").write_text("rules: []\n")  # somebody's own config, by chance in a folder of that name
+    with pytest.raises(ConfigError, match=r"--dir: .*rfwatch-demo is not empty and not a demo folder"):
+        prepare_folder(theirs)
+    assert [p.name for p in theirs.iterdir()] == ["config.yaml"]
+    prepare_folder(tmp_path / "new")  # an empty or new folder is made into one
+    assert sorted(p.name for p in (tmp_path / "new" / "samples").iterdir()) == [
+        "blue.jpg",
+        "green.jpg",
+        "red.jpg",
+        "stripes.jpg",
+    ]
