@@ -1,8 +1,0 @@
-"""Moved to ``rfwatch.testing.roboflow_server`` (public, for plugin authors too). This alias keeps
-``from roboflow_server import ...`` in the tests working: it is the same module object, not a copy."""
-
-import sys
-
-from rfwatch.testing import roboflow_server as _module
-
-sys.modules[__name__] = _module
