@@ -924,7 +924,7 @@ def test_a_crash_as_the_decision_is_committed_keeps_it(snapshots, server, platfo
         assert_applied_once(snapshots, platform)
 
 
-# --- uploads as the platform really answers (rfwatch/testing/platform_server.py cites each answer) ---------------------------
+# --- uploads as the platform really answers (tests/platform_server.py cites each answer) ---------------------------
 
 
 def _uploader(daemon: Any) -> Any:
