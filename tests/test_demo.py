@@ -93,7 +93,9 @@ def test_demo_from_an_empty_folder_sorts_dropped_images_and_talks_only_to_loopba
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(home),
         "LANG": "C.UTF-8",
-        "PYTHONPATH": str(audit),
+        # The audit hook; then whatever PYTHONPATH the test run has (unset in CI; breakage/run.py points it at
+        # the broken copy of rfwatch, which the installed entry point must then import).
+        "PYTHONPATH": os.pathsep.join(p for p in (str(audit), os.environ.get("PYTHONPATH")) if p),
         "RFWATCH_AUDIT_LOG": str(audit_log),
     }
     stderr_path = tmp_path / "stderr.txt"

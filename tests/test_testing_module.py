@@ -42,7 +42,9 @@ def test_the_example_plugins_tests_pass_with_only_rfwatch_testing(tmp_path):
     pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(site)]
     subprocess.run([*pip, str(source)], check=True, capture_output=True, timeout=300)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "ROBOFLOW_"))}
-    env.update(PYTHONPATH=str(site), PYTHONDONTWRITEBYTECODE="1")
+    # The plugin's folder first; then the run's own PYTHONPATH (breakage/run.py points it at a broken rfwatch).
+    pythonpath = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p)
+    env.update(PYTHONPATH=pythonpath, PYTHONDONTWRITEBYTECODE="1")
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp", str(tmp_path / "inner")],
         cwd=source,
