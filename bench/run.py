@@ -51,13 +51,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from PIL import Image, ImageDraw, ImageFilter  # noqa: E402
-from platform_server import PlatformServer  # noqa: E402
-from roboflow_server import VALID_KEY, RoboflowServer  # noqa: E402
 from webhook_receiver import Receiver  # noqa: E402
+
+from rfwatch.testing import VALID_KEY, PlatformServer, RoboflowServer  # noqa: E402
 
 SAMPLES = Path(os.environ.get("RFWATCH_SAMPLES", REPO.parent / "shared" / "samples")) / "exif-samples" / "jpg"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-#: The catalog's (tests/catalog.py) version with a 224x224 "Stretch to" resize, and one with no preprocessing.
+#: The catalog's (rfwatch/testing/catalog.py) version with a 224x224 "Stretch to" resize, and one with no preprocessing.
 SIZED_MODEL = "colors/2"
 UNSIZED_MODEL = "colors/1"
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"rfwatch-bench-webhook-secret-32b").decode()
@@ -953,7 +953,7 @@ def render(rows, paced, backlog, args, command, breakdown, tradeoffs, extra) -> 
         f"Machine: {machine()}.",
         f"Simulated API: {args.latency * 1000:.0f} ms +- {args.jitter * 1000:.0f} ms latency behind a shared "
         f"{args.uplink_mbit:g} Mbit/s uplink, 20 MB body limit (serverless v2); watch `settle` {args.settle:g} s.",
-        f"Platform API stand-in (`tests/platform_server.py`, serving the same catalog): {args.latency * 1000:.0f} ms "
+        f"Platform API stand-in (`rfwatch/testing/platform_server.py`, serving the same catalog): {args.latency * 1000:.0f} ms "
         "per request, no jitter.",
         f'The bench model is `{SIZED_MODEL}`, a {rs["width"]}x{rs["height"]} "{rs["format"]}" version, so rfwatch '
         "(default settings: uploads",

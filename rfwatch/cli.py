@@ -312,8 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("classify", help="classify image files or URLs and print one JSON object per input")
     common(p, False)
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_URL")
-    p.add_argument("--model", help="project/version (or workspace/project/version)")
-    p.add_argument("--api-url", help="API base URL (default https://classify.roboflow.com)")
+    p.add_argument("--model", help="project/version (or workspace/project/version); default $ROBOFLOW_MODEL")
+    p.add_argument("--api-url", help="API base URL (default $ROBOFLOW_API_URL, else https://classify.roboflow.com)")
     p.add_argument("--confidence", type=float, help="lowest confidence the server returns (0 < C < 1)")
     p.add_argument("--save", metavar="OUT", help="write an annotated copy to OUT (a folder for several inputs)")
     p.add_argument(
@@ -327,12 +327,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("model", help="what rfwatch knows about the model (classes, input size), from the platform")
     common(p, False)
-    p.add_argument("--model", help="project/version (default: roboflow.model of the config)")
+    p.add_argument("--model", help="project/version (default: roboflow.model of the config, else $ROBOFLOW_MODEL)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_model)
 
+    p = sub.add_parser("demo", help="see rfwatch work with no account: a toy model on this machine, nothing sent out")
+    p.add_argument("--dir", default="rfwatch-demo", help="the demo folder (default ./rfwatch-demo)")
+    p.add_argument("--review-port", type=int, help="the review page's port on 127.0.0.1 (default 8765; 0: any free)")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for DEBUG)")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    p.set_defaults(func=cmd_demo)
+
     _add_daemon_commands(sub, common)
     return parser
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from rfwatch.demo import run_demo
+
+    return run_demo(Path(args.dir), args.review_port)
 
 
 def _add_daemon_commands(sub, common) -> None:

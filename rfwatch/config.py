@@ -338,15 +338,18 @@ def _roboflow(sec: _Section, resolve: Any) -> RoboflowConfig:
             problem = f"{sec.path_of('api_key_file')}: cannot read {path}: {exc.strerror or exc}"
     elif api_key is None:
         api_key = os.environ.get("ROBOFLOW_API_KEY") or None
-    model = sec.str("model")
+    # Like the key and the platform: the environment when the config does not say ($ROBOFLOW_MODEL,
+    # $ROBOFLOW_API_URL), so `rfwatch classify` and `rfwatch model` without -c go where the README's exports say.
+    model, model_key = _or_environment(sec, "model", "ROBOFLOW_MODEL")
     if model is not None:
         try:
             ModelId.parse(model)
         except ValueError as exc:
-            raise ConfigError(f"{sec.path_of('model')}: {exc}") from None
-    api_url = sec.str("api_url", DEFAULT_API_URL) or DEFAULT_API_URL
+            raise ConfigError(f"{model_key}: {exc}") from None
+    api_url, api_url_key = _or_environment(sec, "api_url", "ROBOFLOW_API_URL")
+    api_url = api_url or DEFAULT_API_URL
     if not api_url.startswith(("http://", "https://")):
-        raise ConfigError(f"{sec.path_of('api_url')}: expected an http:// or https:// URL, got {_show(api_url)}")
+        raise ConfigError(f"{api_url_key}: expected an http:// or https:// URL, got {_show(api_url)}")
     # Like the key: the environment when the config does not say ($ROBOFLOW_PLATFORM_URL).
     platform_url = sec.str("platform_url") or os.environ.get("ROBOFLOW_PLATFORM_URL") or DEFAULT_PLATFORM_URL
     if not platform_url.startswith(("http://", "https://")):
@@ -369,6 +372,15 @@ def _roboflow(sec: _Section, resolve: Any) -> RoboflowConfig:
         connect_timeout=sec.number("connect_timeout", 10.0, positive=True),
         retries=sec.number("retries", 5, minimum=1, integer=True, what="an integer >= 1"),
     )
+
+
+def _or_environment(sec: _Section, name: str, variable: str) -> tuple[str | None, str]:
+    """The key's value, else the environment variable's (empty counts as unset), and how to name where it came
+    from in an error."""
+    value = sec.str(name)
+    if value is not None:
+        return value, sec.path_of(name)
+    return os.environ.get(variable) or None, f"{sec.path_of(name)} (from ${variable})"
 
 
 def _fraction(sec: _Section, name: str, default: float, why: str, upper_inclusive: bool = False) -> float:

@@ -11,9 +11,14 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from platform_server import PlatformServer  # noqa: E402
-from roboflow_server import VALID_KEY, RoboflowServer  # noqa: E402
 from webhook_receiver import Receiver  # noqa: E402
+
+from rfwatch.testing import VALID_KEY, PlatformServer, RoboflowServer, catalog, platform_server, roboflow_server  # noqa: E402
+
+# The stand-ins moved into the package (rfwatch.testing); tests that still say `from roboflow_server import ...`
+# get the same module objects, not copies.
+for _module in (catalog, roboflow_server, platform_server):
+    sys.modules.setdefault(_module.__name__.rpartition(".")[2], _module)
 
 REPO = Path(__file__).resolve().parents[1]
 # The repository's own small set (tests/data/README.md); RFWATCH_SAMPLES may name a folder holding a larger

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 import yaml
 from PIL import Image
-from roboflow_server import VALID_KEY
+
+from rfwatch.testing import VALID_KEY
 
 REPO = Path(__file__).resolve().parents[1]
 

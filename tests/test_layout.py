@@ -2,7 +2,8 @@
 
 Low to high: the base modules (states, crash points, redaction); files and images; the Roboflow client; the config;
 the journal; the plugin host (what actions see); processing (a file's way through the rules, undo, deliveries);
-the review page and the service (daemon, watcher); the commands, the CLI and the public plugin module. A module
+the review page and the service (daemon, watcher); the commands, the CLI, the public plugin module, the
+stand-ins for tests (testing) and the demo. A module
 may import its own part or a lower one. The test reads imports from the source, TYPE_CHECKING ones included.
 """
 
@@ -23,7 +24,7 @@ LAYERS: list[set[str]] = [
     {"host"},
     {"processing"},
     {"review", "service"},
-    {"commands", "cli", "plugin", "default_plugins", "__main__"},
+    {"commands", "cli", "plugin", "default_plugins", "__main__", "testing", "demo"},
 ]
 LAYER = {part: n for n, parts in enumerate(LAYERS) for part in parts}
 

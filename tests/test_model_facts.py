@@ -1,4 +1,4 @@
-"""Knowing the model: facts from the platform API (stand-in: tests/platform_server.py), uploads sized to
+"""Knowing the model: facts from the platform API (stand-in: rfwatch/testing/platform_server.py), uploads sized to
 the model's input, rules checked against its classes, a bad key told from a bad model, and exiftool kept
 running for tagging."""
 

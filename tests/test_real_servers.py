@@ -1,5 +1,5 @@
 """What Roboflow's real servers do, and rfwatch doing the right thing with it (the stand-ins follow
-roboflow/inference; see the docstring of tests/roboflow_server.py for where each behaviour comes from)."""
+roboflow/inference; see the docstring of rfwatch/testing/roboflow_server.py for where each behaviour comes from)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Pins what the stand-ins do, over real HTTP with plain ``requests`` (no rfwatch), per profile and engine.
 
-Each expectation is a behaviour of Roboflow's real servers as cited in tests/roboflow_server.py and
-tests/platform_server.py; if a stand-in drifts, these fail before any rfwatch test is misled by it.
+Each expectation is a behaviour of Roboflow's real servers as cited in rfwatch/testing/roboflow_server.py
+and rfwatch/testing/platform_server.py; if a stand-in drifts, these fail before any rfwatch test is misled by it.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 import requests
-from catalog import VALID_KEY, Catalog, Project, resize
 from PIL import Image, ImageDraw
-from platform_server import ALREADY_ANNOTATED_ANSWERS, PlatformServer
-from roboflow_server import (
+
+from rfwatch.testing.catalog import VALID_KEY, Catalog, Project, resize
+from rfwatch.testing.platform_server import ALREADY_ANNOTATED_ANSWERS, PlatformServer
+from rfwatch.testing.roboflow_server import (
     CAUSE_RAW_BYTES,
     DEFAULT_MESSAGES,
     IMAGE_LOAD_PREFIX,

@@ -1,7 +1,7 @@
 """A real HTTP server on 127.0.0.1 that answers like Roboflow's inference servers on the legacy route.
 
 Route: ``POST|GET /{project}/{version}`` (roboflow/inference ``inference/core/interfaces/http/routes/legacy.py``;
-formerly ``http_api.py``), for the models of a shared ``Catalog`` (``tests/catalog.py``). Tests and the benchmark can
+formerly ``http_api.py``), for the models of a shared ``Catalog`` (``rfwatch/testing/catalog.py``). Tests and the benchmark can
 make it slow, make it fail, take it down and bring it back on the same port.
 
 Profiles (which real deployment it imitates):
@@ -68,8 +68,9 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from catalog import VALID_KEY, Catalog, Project
 from PIL import Image, ImageOps
+
+from rfwatch.testing.catalog import VALID_KEY, Catalog, Project
 
 __all__ = [
     "FORBIDDEN_KEY",
@@ -923,25 +924,3 @@ def _multi_label(
         "predictions": {c: {"confidence": values[c], "class_id": i} for i, c in enumerate(classes)},
         "predicted_classes": passed,
     }
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Run by hand: python tests/roboflow_server.py [PORT] [--profile P] [--engine E]."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("port", nargs="?", type=int, default=0)
-    parser.add_argument("--profile", choices=PROFILES, default="v1")
-    parser.add_argument("--engine", choices=ENGINES, default="new")
-    args = parser.parse_args(argv)
-    srv = RoboflowServer(port=args.port, profile=args.profile, engine=args.engine).start()
-    print(f"listening on {srv.url} (profile {srv.profile}, engine {srv.engine}, api key {VALID_KEY})", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        srv.stop()
-
-
-if __name__ == "__main__":
-    main()

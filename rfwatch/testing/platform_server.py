@@ -1,6 +1,6 @@
 """A real HTTP server on 127.0.0.1 that answers like Roboflow's platform API (api.roboflow.com).
 
-It serves the account described by a ``Catalog`` (``tests/catalog.py``), the same one ``RoboflowServer`` uses, so a
+It serves the account described by a ``Catalog`` (``rfwatch/testing/catalog.py``), the same one ``RoboflowServer`` uses, so a
 key, workspace, project or version is known to both or to neither.
 
 Routes and where their shapes come from:
@@ -79,9 +79,18 @@ import time
 import urllib.parse
 from typing import Any
 
-from catalog import Catalog, Project
 from PIL import Image
-from roboflow_server import Recorded, _BaseHandler, _Reply, _start, _stop, parse_multipart, read_body
+
+from rfwatch.testing.catalog import Catalog, Project
+from rfwatch.testing.roboflow_server import (
+    Recorded,
+    _BaseHandler,
+    _Reply,
+    _start,
+    _stop,
+    parse_multipart,
+    read_body,
+)
 
 WELCOME = {
     "welcome": "Welcome to the Roboflow API.",
@@ -398,25 +407,3 @@ class _PlatformHandler(_BaseHandler):
                 raise _Reply(status, json.loads(json.dumps(doc)))
             notes[image_id] = text
         return {"success": True}
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Run by hand: python tests/platform_server.py [PORT]."""
-    import argparse
-
-    from catalog import VALID_KEY
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("port", nargs="?", type=int, default=0)
-    args = parser.parse_args(argv)
-    srv = PlatformServer(port=args.port).start()
-    print(f"listening on {srv.url} (workspace {srv.catalog.workspace}, api key {VALID_KEY})", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        srv.stop()
-
-
-if __name__ == "__main__":
-    main()

@@ -1,7 +1,7 @@
 """One description of the Roboflow account that both stand-ins share.
 
-``RoboflowServer`` (the inference server, ``tests/roboflow_server.py``) and ``PlatformServer`` (api.roboflow.com,
-``tests/platform_server.py``) read the same ``Catalog``: which API keys are valid, which workspace they open, and
+``RoboflowServer`` (the inference server, ``rfwatch/testing/roboflow_server.py``) and ``PlatformServer`` (api.roboflow.com,
+``rfwatch/testing/platform_server.py``) read the same ``Catalog``: which API keys are valid, which workspace they open, and
 which projects and versions exist. A test that builds its own catalog and hands it to both servers gets an account
 that is consistent on both sides, as the real one is.
 
@@ -42,7 +42,7 @@ AUTO_ORIENT: dict[str, Any] = {"enabled": True}
 class Project:
     name: str  # the project slug, as in a model id "name/version"
     #: The platform's project ``type``; a multi-label project is "classification" too, with ``"multilabel": true``
-    #: beside it (roboflow-python core/project.py; see tests/platform_server.py).
+    #: beside it (roboflow-python core/project.py; see rfwatch/testing/platform_server.py).
     type: str = "classification"
     multi_label: bool = False
     classes: list[str] = field(default_factory=list)  # in class_id order
