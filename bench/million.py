@@ -37,16 +37,24 @@ SIZE = 16
 
 
 def timed(cmd: list[str], cwd: Path, env: dict) -> dict:
-    began = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - began
-    out, err = proc.stdout.read(), proc.stderr.read()
+    # Output goes to files, not pipes: a command that prints more than a pipe holds would block until read.
+    # Peak RSS from GNU time (its child's own): the bench's process would count in a child's ru_maxrss.
+    with tempfile.TemporaryFile() as out_f, tempfile.TemporaryFile() as err_f, tempfile.NamedTemporaryFile() as rss:
+        began = time.perf_counter()
+        proc = subprocess.Popen(
+            ["/usr/bin/time", "-f", "%M", "-o", rss.name, *cmd], cwd=cwd, env=env, stdout=out_f, stderr=err_f
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - began
+        out_f.seek(0)
+        err_f.seek(0)
+        out, err = out_f.read(), err_f.read()
+        peak_kb = int(Path(rss.name).read_text().split()[-1])
     code = os.waitstatus_to_exitcode(status)
     return {
         "wall": wall,
         "cpu": usage.ru_utime + usage.ru_stime,
-        "rss_mb": usage.ru_maxrss / 1024,
+        "rss_mb": peak_kb / 1024,
         "exit": code,
         "out": out.decode(errors="replace")[-400:],
         "err": err.decode(errors="replace")[-400:],
@@ -159,11 +167,13 @@ def restart_to_ready(cfg: Path, cwd: Path, env: dict, timeout: float = 120.0) ->
             msg = sock.recv(4096).decode()
             if "READY=1" in msg.splitlines():
                 ready = time.perf_counter() - began
+        peak = bench.peak_rss_mb(proc.pid)  # VmHWM of the daemon itself, at READY
+        cpu = bench.cpu_seconds(proc.pid)
     finally:
         proc.terminate()
-        _, _, usage = os.wait4(proc.pid, 0)
+        proc.wait(timeout=60)
         sock.close()
-    return {"wall": ready, "cpu": float("nan"), "rss_mb": usage.ru_maxrss / 1024, "exit": 0}
+    return {"wall": ready, "cpu": cpu, "rss_mb": peak, "exit": 0}
 
 
 def main() -> int:
@@ -228,7 +238,15 @@ def main() -> int:
         commands = {
             "python -c pass": [py, "-c", "pass"],
             "status": [py, "-m", "rfwatch", "status", "-c", str(cmd_cfg)],
-            "history PATH": [py, "-m", "rfwatch", "history", "-c", str(cmd_cfg), str(tree / "cam500/IMG_0500000.jpg")],
+            "history PATH": [
+                py,
+                "-m",
+                "rfwatch",
+                "history",
+                "-c",
+                str(cmd_cfg),
+                str(tree / f"cam{args.files // 2000:03}/IMG_{args.files // 2:07}.jpg"),
+            ],
             "undo --dry-run --since 1h": [
                 py,
                 "-m",
@@ -262,7 +280,7 @@ def main() -> int:
             print(f"  {time.perf_counter() - t:.0f} s", flush=True)
             os.sync()
             r = timed([py, "-m", "rfwatch", "run", "--once", "-q", "-c", str(scan_cfg)], work, env)
-            sorted_now = sum(1 for _ in (work / "sorted").rglob("*.jpg")) if (work / "sorted").exists() else 0
+            sorted_now = sum(1 for _ in (work / "sorted").rglob("NEW_*.jpg"))
             r["new_sorted"] = sorted_now
             r["files_per_s"] = (args.files + 1000) / r["wall"]
             results["start-up scan (run --once)"] = [r]

@@ -265,9 +265,10 @@ def test_copy_into_a_watched_tree_is_not_taken_again(tmp_path, server):
     assert looks <= {(Outcome.SKIPPED, "written by rfwatch"), (Outcome.SKIPPED, "already being processed")}
     second = DaemonThread(cfg)
     takes = record_takes(second.daemon)
-    with second:  # its start-up scan finds both: one it finished, one it wrote
-        wait_for(lambda: {p for p, _ in takes} >= {original, copy}, what="the start-up scan to reach both files")
-    assert {a.outcome for _, a in takes} == {Outcome.SKIPPED}
+    with second:  # its start-up scan finds both known (one it finished, one it wrote) and hands on neither
+        wait_for(lambda: second.daemon.watcher.known_found == 2, what="the start-up scan to pass over both files")
+        wait_for(lambda: not second.daemon.watcher.scanning(), what="the start-up scan to end")
+    assert takes == []
     assert len(server.inference_requests()) == 1
     assert len(files_under(tmp_path / "inbox")) == 2
     db = sqlite3.connect(tmp_path / "state" / "journal.db")
@@ -459,3 +460,32 @@ def test_a_file_changed_before_it_settled_is_watched_again_and_taken_once(tmp_pa
     assert (tmp_path / "sorted" / "green" / "a.jpg").read_bytes() == final
     db = sqlite3.connect(tmp_path / "state" / "journal.db")
     assert db.execute("SELECT state, size FROM files").fetchall() == [("done", len(final))]
+
+
+def test_a_restart_passes_over_known_files_and_takes_only_the_new_or_changed(tmp_path, server):
+    """The start-up scan asks the journal once per folder: files it knows (same size and mtime) are not even
+    handed to a worker; a new file, and a known name with new content, are taken as before."""
+    from rfwatch.service.daemon import Daemon
+    from rfwatch.states import Outcome
+
+    rules = [{"name": "never", "when": {"class": "no-such-class"}, "then": [{"move": "x/{name}"}]}]
+    cfg = write_config(tmp_path, server, rules=rules)
+    inbox = tmp_path / "inbox"
+    (inbox / "cam1").mkdir()
+    for n in range(3):
+        (inbox / f"a{n}.jpg").write_bytes(unique_jpeg(RED, 700 + n))
+        (inbox / "cam1" / f"a{n}.jpg").write_bytes(unique_jpeg(GREEN, 710 + n))
+    old = time.time() - 60
+    for f in files_under(inbox):
+        os.utime(f, (old, old))
+    assert run_cli("run", "-c", str(cfg), "--once").returncode == 0  # all six left in place, unmatched
+    (inbox / "cam1" / "new.jpg").write_bytes(unique_jpeg(BLUE, 720))
+    (inbox / "a1.jpg").write_bytes(unique_jpeg(RED, 721))  # the same name, new content
+    os.utime(inbox / "cam1" / "new.jpg", (old, old))
+    os.utime(inbox / "a1.jpg", (old + 1, old + 1))
+    daemon = Daemon(cfg, once=True)
+    takes = record_takes(daemon)
+    assert daemon.run() == 0
+    assert sorted(p.relative_to(inbox).as_posix() for p, _ in takes) == ["a1.jpg", "cam1/new.jpg"]
+    assert all(a.outcome == Outcome.UNMATCHED for _, a in takes)
+    assert daemon.watcher.known_found == 5

@@ -75,6 +75,28 @@ def test_a_file_finished_meanwhile_is_not_taken_again(a, b):
     assert isinstance(take(b, size=11), int)
 
 
+def test_known_in_lists_a_folders_own_files_as_screen_would_skip_them(a, tmp_path):
+    """The start-up scan's one query per folder: exactly the names screen() would skip, in that folder only."""
+    for n, name in enumerate(("x.jpg", "sub/x.jpg", "sub/deeper/y.jpg", "caf\u00e9 \udcff.jpg")):
+        fid = a.files.take(INBOX / name, 10, 5, f"sha-{n}", "colors/1")
+        a.files.classified(fid, {"top": "red"}, f"sha-{n}", "colors/1", "red 0.9", {})
+        a.files.finish(fid, FileState.UNMATCHED)
+    fid = take(a, "sub/moved.jpg")  # sorted away: known where it is now, not where it was found
+    a.files.classified(fid, {"top": "red"}, "sha-m", "colors/1", "red 0.9", {})
+    a.files.finish(fid, FileState.DONE, path=INBOX / "sub" / "sorted" / "moved.jpg")
+    assert a.files.known_in(INBOX) == {"x.jpg": {(10, 5)}, "caf\u00e9 \udcff.jpg": {(10, 5)}}
+    assert a.files.known_in(INBOX / "sub") == {"x.jpg": {(10, 5)}}
+    assert a.files.known_in(INBOX / "sub" / "sorted") == {"moved.jpg": {(10, 1)}}
+    assert a.files.known_in(INBOX / "su") == {}  # a prefix of a folder's name is another folder
+    for name, sizes in a.files.known_in(INBOX).items():
+        for size, mtime in sizes:
+            assert a.files.screen(INBOX / name, size, mtime) is not None
+    # a file outside every named root is known by its absolute path
+    fid = a.files.take(tmp_path / "loose.jpg", 3, 4, "sha-loose", "colors/1")
+    a.files.finish(fid, FileState.FAILED, "bad")
+    assert a.files.known_in(tmp_path) == {"loose.jpg": {(3, 4)}}
+
+
 def test_a_claim_holds_while_its_holder_beats_and_lapses_when_it_stops(journal_url):
     a, b = open_as(journal_url, "host-a", lease=1.0), open_as(journal_url, "host-b", lease=1.0)
     try:

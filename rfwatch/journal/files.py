@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from rfwatch.crashpoints import crash_point
-from rfwatch.journal.db import Database, Tx
+from rfwatch.journal.db import Database, Dialect, Tx
 from rfwatch.journal.holders import FREE
 from rfwatch.journal.locations import Roots
 from rfwatch.journal.schema import WORKING_STATES_SQL
@@ -208,6 +208,30 @@ class Files:
         # rfwatch is still working on the file here (a crash came after a tag rewrote it in place, before the
         # step was journaled): the journal's row carries it on; it is not a new file.
         return Skip("being processed", row["id"])
+
+    def known_in(self, folder: Path) -> dict[str, set[tuple[int, int]]]:
+        """The files directly in ``folder`` the journal knows, by name: the (size, mtime_ns) of each row there
+        and of each output rfwatch wrote there. A start-up scan skips a file that matches, as :meth:`screen`
+        would, with one query per folder instead of one per file."""
+        root, rel = self._loc(folder)
+        prefix = rel + b"/" if rel else b""
+        if self.db.dialect == Dialect.POSTGRESQL:
+            direct = "position(?::bytea in substring(path from ?)) = 0"
+        else:
+            direct = "instr(substr(path, ?), ?) = 0"
+        direct_args: tuple[Any, ...] = (
+            (b"/", len(prefix) + 1) if self.db.dialect == Dialect.POSTGRESQL else (len(prefix) + 1, b"/")
+        )
+        where = "path_root=? AND " + (f"path >= ? AND path < ? AND {direct}" if prefix else direct)
+        args = (root, prefix, prefix[:-1] + b"0", *direct_args) if prefix else (root, *direct_args)
+        known: dict[str, set[tuple[int, int]]] = {}
+        with self.db.read() as tx:
+            rows = tx.all(f"SELECT path, size, mtime_ns FROM files WHERE {where}", args)
+            rows += tx.all(f"SELECT path, size, mtime_ns FROM produced WHERE size >= 0 AND {where}", args)
+        for r in rows:
+            name = os.fsdecode(bytes(r["path"])[len(prefix) :])
+            known.setdefault(name, set()).add((r["size"], r["mtime_ns"]))
+        return known
 
     def was_found_at(self, path: Path) -> bool:
         """Whether a file was ever taken from ``path`` (it may have been moved on since)."""

@@ -187,7 +187,9 @@ class Daemon:
         self.review: Any = None  # a ReviewServer while the page is served
         self.exit_code = 0
         self.counts: collections.Counter[str] = collections.Counter()
-        self.watcher = FolderWatcher(self.config.watch, self._enqueue_path, was_taken=self._was_taken)
+        self.watcher = FolderWatcher(
+            self.config.watch, self._enqueue_path, was_taken=self._was_taken, known=self.journal.files.known_in
+        )
         self.metrics = start_metrics(
             self.config.metrics_listen,
             self.queued,

@@ -23,7 +23,7 @@ import queue
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -354,9 +354,14 @@ class FolderWatcher:
         watches: tuple[WatchConfig, ...],
         ready: Ready,
         was_taken: Callable[[Path], bool] = lambda path: False,
+        known: Callable[[Path], Mapping[str, set[tuple[int, int]]]] | None = None,
     ):
         self.watches = watches
         self.ready = ready
+        #: The journal's files in a folder, by name (size, mtime_ns): a scan hands on only the others.
+        self.known = known
+        #: Files the scans passed over as known (a restart over a large tree finds most files done).
+        self.known_found = 0
         self.plans = Plans()
         self.settler = Settler(ready, was_taken=was_taken, polls=self.plans.polls)
         #: Files the scans handed on or began watching (the progress bar's total).
@@ -440,9 +445,17 @@ class FolderWatcher:
             watch, folder = request
             try:
                 now = time.time()
+                here: Path | None = None
+                known: Mapping[str, set[tuple[int, int]]] = {}
                 for path, st in scan(watch, folder):
                     if self._stop.is_set():
                         break
+                    if self.known is not None:
+                        if path.parent != here:  # a scan yields a folder's files together
+                            here, known = path.parent, self._known_in(path.parent)
+                        if (st.st_size, st.st_mtime_ns) in known.get(path.name, ()):
+                            self.known_found += 1
+                            continue
                     self.found += 1
                     # Untouched for `settle` seconds already: no need to hold it in memory to watch it settle.
                     if mtime_quiet(self.plans.polls(path, watch), st.st_mtime, now) >= watch.settle:
@@ -454,6 +467,13 @@ class FolderWatcher:
             finally:
                 with self._lock:
                     self._scanning -= 1
+
+    def _known_in(self, folder: Path) -> Mapping[str, set[tuple[int, int]]]:
+        try:
+            return self.known(folder) if self.known is not None else {}
+        except Exception as exc:  # noqa: BLE001 - the journal away: every file goes the long way, as before
+            log.debug("cannot ask the journal about %s: %s", folder, exc)
+            return {}
 
     def _overflowed(self) -> None:
         log.warning("filesystem events were lost (inotify queue overflow); rescanning the watched folders")
