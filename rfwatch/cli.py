@@ -322,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_model)
 
     _add_daemon_commands(sub, common)
+    from rfwatch.exports.command import add_export_command
+
+    add_export_command(sub, common)
     return parser
 
 

@@ -22,7 +22,7 @@ LAYERS: list[set[str]] = [
     {"journal"},
     {"host"},
     {"processing"},
-    {"review", "service"},
+    {"review", "service", "exports"},
     {"commands", "cli", "plugin", "default_plugins", "__main__"},
 ]
 LAYER = {part: n for n, parts in enumerate(LAYERS) for part in parts}
