@@ -430,3 +430,22 @@ def test_export_settings_are_checked_with_the_key_named(tmp_path):
         settings({"colour": 1})
     s = settings({"empty": "blank", "timezone": "Europe/Brussels"})
     assert s.empty == frozenset({"blank"}) and str(s.timezone) == "Europe/Brussels"
+
+
+def test_the_readme_camera_traps_config_loads_and_its_export_settings_hold(tmp_path, monkeypatch):
+    from rfwatch.config import _TOP_KEYS, config_from_dict
+    from rfwatch.exports.settings import export_settings
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = text.split("<!-- camera-traps-config -->", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    doc = yaml.safe_load(block)
+    if "sequence" not in _TOP_KEYS:  # the sequences work adds `sequence:`; until it is merged, leave it out
+        doc.pop("sequence")
+    monkeypatch.setenv("ROBOFLOW_API_KEY", "k")
+    config = config_from_dict(doc, tmp_path)
+    settings = export_settings(config)
+    assert settings.empty == frozenset({"empty"})
+    assert settings.taxa["roe_deer"].scientific_name == "Capreolus capreolus"
+    assert settings.deployment_for(Path("/srv/cards/CAM02/IMG_0001.JPG")).extra["locationName"] == "Pond"
+    cam1 = settings.deployment_for(Path("/srv/cards/CAM01/IMG_0001.JPG"))
+    assert (cam1.latitude, cam1.start.isoformat()) == (50.8503, "2026-11-01T12:00:00+01:00")
