@@ -406,6 +406,9 @@ def test_the_journal_lists_classified_files_and_standing_decisions(journal_url):
         standing = journal.decisions.standing()
         assert set(standing) == {ids["b"]} and standing[ids["b"]].classes == ("green",)
         assert standing[ids["b"]].by == "ana"
+        # a decision taken back on the review page no longer stands (the file waits again)
+        journal.db.transact(lambda tx: tx.run("UPDATE decisions SET taken_back=? WHERE file_id=?", (1.0, ids["b"])))
+        assert journal.decisions.standing() == {}
         future = time.time() + 3600
         assert files.classified_between(since=future) == []
         assert [r.id for r in files.classified_between(until=future)] == listed

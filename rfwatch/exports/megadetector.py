@@ -9,7 +9,8 @@ descending order of confidence).
 
 rfwatch classifies whole images, so each file has one whole-image detection (bbox 0,0,1,1) of category "1"
 ("animal", the name downstream tools expect) whose conf is the confidence of the class that stands, carrying
-every class the model scored. A file whose class is one of the empty classes has no detection (the format's way
+every class the model scored. A file whose class is one of the empty classes, or that has no class (nothing
+passed the confidence threshold: the format has no "unknown"), has no detection (the format's way
 of saying "nothing there": an empty list, conf 0). A person's label in review is the only classification, with
 confidence 1.0. ``file`` is the path relative to the named root, prefixed by the root's name (as in Camtrap DP).
 """
