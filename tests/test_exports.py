@@ -1,8 +1,10 @@
-"""`rfwatch export`: Camtrap DP 1.0 (validated by frictionless against the 1.0 profile, offline), MegaDetector
-batch output (read back by a reader written from the format's documentation), and CSV."""
+"""`rfwatch export`: Camtrap DP 1.0 (validated by frictionless, offline, against rfwatch's shipped schemas and, where
+this machine has them, the official 1.0 files, with which the shipped schemas are compared), MegaDetector batch
+output (read back by a reader written from the format's documentation), and CSV."""
 
 from __future__ import annotations
 
+import copy
 import csv
 import datetime as dt
 import io
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from camtrap_dp_compare import differences
 from helpers import run_cli, unique_jpeg, write_config
 from megadetector_reader import read_batch_output
 from PIL import Image
@@ -20,7 +23,14 @@ from PIL import Image
 from rfwatch.config import ConfigError, load_config
 from rfwatch.exports.camtrap_dp import write_camtrap_dp
 from rfwatch.exports.events import group_events
-from rfwatch.exports.profile import ProfileMissing, schemas_dir, validate_package
+from rfwatch.exports.profile import (
+    ProfileMissing,
+    check_official,
+    check_package,
+    official_dir,
+    rfwatch_schemas,
+    validate_package,
+)
 from rfwatch.exports.records import FileRecord, SequenceInfo
 from rfwatch.exports.settings import ExportSettings, Taxon
 from rfwatch.journal import DecisionKind, Journal, open_journal
@@ -44,11 +54,15 @@ def _key(api_key):
 
 
 @pytest.fixture
-def profile_dir() -> Path:
-    """The Camtrap DP 1.0 profile files (rfwatch/data/camtrap-dp/README.md says where they come from)."""
-    folder = schemas_dir()
-    if not (folder / "camtrap-dp-profile.json").is_file():
-        pytest.skip(f"no Camtrap DP 1.0 profile files in {folder} (see rfwatch/data/camtrap-dp/README.md)")
+def official() -> Path:
+    """The official Camtrap DP 1.0 files (tdwg/camtrap-dp at tag 1.0), which rfwatch does not ship: where
+    ``$RFWATCH_CAMTRAP_DP_SCHEMAS`` or ``shared/camtrap-dp/1.0`` beside the repository holds them."""
+    folder = official_dir()
+    if folder is None:
+        pytest.skip(
+            "the official Camtrap DP 1.0 profile files are not on this machine ($RFWATCH_CAMTRAP_DP_SCHEMAS unset, "
+            "no shared/camtrap-dp/1.0 beside the repository): rfwatch's own schemas were used alone"
+        )
     return folder
 
 
@@ -135,11 +149,12 @@ def _color(image) -> dict[str, float]:
 # --- Camtrap DP -------------------------------------------------------------------------------------
 
 
-def test_camtrap_dp_export_validates_against_the_profile_and_says_who_decided(tmp_path, card, profile_dir):
+def test_camtrap_dp_export_validates_against_the_profile_and_says_who_decided(tmp_path, card):
     out = tmp_path / "package"
     result = export(card, "camtrap-dp", out)
     assert "2 deployments, 5 media, 5 observations" in result.stdout
-    assert validate_package(out / "datapackage.json", profile_dir) == []
+    # rfwatch's shipped schemas always; the official profile too where this machine has it
+    assert validate_package(out / "datapackage.json") == []
 
     package = json.loads((out / "datapackage.json").read_text())
     assert package["profile"] == "https://raw.githubusercontent.com/tdwg/camtrap-dp/1.0/camtrap-dp-profile.json"
@@ -184,36 +199,139 @@ def test_camtrap_dp_export_validates_against_the_profile_and_says_who_decided(tm
     assert all(o["observationLevel"] == "media" for o in observations.values())
 
 
-def test_a_broken_package_fails_validation(tmp_path, card, profile_dir):
-    out = tmp_path / "package"
-    export(card, "camtrap-dp", out)
-    rows = read_rows(out / "observations.csv")
-    rows[0]["observationType"] = "bird"  # not in the schema's enum
-    with open(out / "observations.csv", "w", newline="", encoding="utf-8") as f:
+def _edit_table(out: Path, table: str, row: int, **cells: str) -> None:
+    rows = read_rows(out / f"{table}.csv")
+    rows[row].update(cells)
+    with open(out / f"{table}.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
-    problems = validate_package(out / "datapackage.json", profile_dir)
-    assert any("observations" in p and "bird" in p for p in problems), problems
+
+
+@pytest.fixture(params=["rfwatch's schemas", "official profile"])
+def check(request):
+    """Each validation on its own: rfwatch's shipped schemas (everywhere), the official files (where present)."""
+    if request.param == "rfwatch's schemas":
+        return check_package
+    folder = request.getfixturevalue("official")
+    return lambda descriptor: check_official(descriptor, folder)
+
+
+def test_a_broken_package_fails_validation(tmp_path, card, check):
+    out = tmp_path / "package"
+    export(card, "camtrap-dp", out)
+    assert check(out / "datapackage.json") == []
+
+    _edit_table(out, "observations", 0, observationType="bird")  # not in the schema's enum
+    problems = check(out / "datapackage.json")
+    assert len(problems) == 1 and "observations" in problems[0] and "bird" in problems[0], problems
 
     export(card, "camtrap-dp", out)  # whole again
+    _edit_table(out, "media", 1, timestamp="")  # a required value left empty
+    problems = check(out / "datapackage.json")
+    assert len(problems) == 1 and "timestamp" in problems[0] and "required" in problems[0], problems
+
+    export(card, "camtrap-dp", out)
+    _edit_table(out, "observations", 2, mediaID="file-999")  # a dangling foreign key
+    problems = check(out / "datapackage.json")
+    assert len(problems) == 1 and "foreign key" in problems[0] and "file-999" in problems[0], problems
+
+    export(card, "camtrap-dp", out)
+    _edit_table(out, "media", 0, deploymentID="CAM99")  # a file of a deployment the package does not have
+    problems = check(out / "datapackage.json")
+    assert len(problems) == 1 and "foreign key" in problems[0] and "CAM99" in problems[0], problems
+
+    export(card, "camtrap-dp", out)
     package = json.loads((out / "datapackage.json").read_text())
-    del package["project"]["samplingDesign"]
+    del package["project"]["samplingDesign"]  # a required property of the descriptor
     (out / "datapackage.json").write_text(json.dumps(package))
-    problems = validate_package(out / "datapackage.json", profile_dir)
-    assert any("samplingDesign" in p for p in problems), problems
+    problems = check(out / "datapackage.json")
+    assert len(problems) == 1 and "samplingDesign" in problems[0], problems
+
+    package = json.loads((out / "datapackage.json").read_text())
+    package["project"]["samplingDesign"] = "targeted"
+    del package["taxonomic"]
+    (out / "datapackage.json").write_text(json.dumps(package))
+    problems = check(out / "datapackage.json")
+    assert len(problems) == 1 and "taxonomic" in problems[0], problems
 
 
-def test_validation_never_reaches_for_the_network(tmp_path, card, profile_dir):
-    """A package naming a schema the local copies do not have fails to validate; nothing is downloaded."""
+def test_validation_never_reaches_for_the_network(tmp_path, card):
+    """rfwatch's schemas need no URL: one frictionless would fetch (a further resource's schema) is refused and
+    reported, never downloaded."""
+    out = tmp_path / "package"
+    export(card, "camtrap-dp", out)
+    package = json.loads((out / "datapackage.json").read_text())
+    (out / "notes.csv").write_text("note\nhello\n")
+    package["resources"].append({"name": "notes", "path": "notes.csv", "schema": "https://example.invalid/notes.json"})
+    (out / "datapackage.json").write_text(json.dumps(package))
+    problems = check_package(out / "datapackage.json")
+    assert len(problems) == 1, problems
+    assert "https://example.invalid/notes.json is not fetched (no network" in problems[0], problems
+
+
+def test_the_official_profile_is_read_from_local_files_only(tmp_path, card, official):
     out = tmp_path / "package"
     export(card, "camtrap-dp", out)
     package = json.loads((out / "datapackage.json").read_text())
     package["resources"][0]["schema"] = "https://example.invalid/1.0/deployments-table-schema.json"
     (out / "datapackage.json").write_text(json.dumps(package))
-    assert validate_package(out / "datapackage.json", profile_dir) != []
+    assert check_official(out / "datapackage.json", official) != []
     with pytest.raises(ProfileMissing, match="camtrap-dp-profile.json"):
-        validate_package(out / "datapackage.json", tmp_path / "nowhere")
+        check_official(out / "datapackage.json", tmp_path / "nowhere")
+
+
+def test_a_named_folder_without_the_official_files_is_an_error_not_a_silent_skip(tmp_path, card, monkeypatch):
+    out = tmp_path / "package"
+    export(card, "camtrap-dp", out)
+    monkeypatch.setenv("RFWATCH_CAMTRAP_DP_SCHEMAS", str(tmp_path / "empty"))
+    assert official_dir() == tmp_path / "empty"
+    with pytest.raises(ProfileMissing, match="camtrap-dp-profile.json"):
+        validate_package(out / "datapackage.json")
+
+
+def test_rfwatch_schemas_are_the_official_1_0_requirements(official):
+    """rfwatch's transcription against the official files, field by field: a mistake in it shows here."""
+    assert differences(rfwatch_schemas(), official) == []
+
+
+def test_the_comparison_catches_a_transcription_mistake(official):
+    def mistaken(change) -> list[str]:
+        schemas = copy.deepcopy(rfwatch_schemas())
+        change(schemas)
+        return differences(schemas, official)
+
+    def field(schemas, table, name):
+        return next(f for f in schemas["tables"][table]["fields"] if f["name"] == name)
+
+    def enum(s):
+        field(s, "observations", "observationType")["constraints"]["enum"][0] = "animals"
+
+    def required(s):
+        field(s, "media", "filePublic")["constraints"].pop("required")
+
+    def foreign_key(s):
+        s["tables"]["observations"]["foreignKeys"].pop()
+
+    def order(s):
+        fields = s["tables"]["deployments"]["fields"]
+        fields[3], fields[4] = fields[4], fields[3]
+
+    def package_required(s):
+        s["package"]["properties"]["project"]["required"].remove("individualAnimals")
+
+    def bound(s):
+        field(s, "deployments", "latitude")["constraints"]["minimum"] = -80
+
+    assert mistaken(enum) == [
+        "observations.observationType: constraints.enum ['animals', 'human', 'vehicle', 'blank', 'unknown', "
+        "'unclassified'] != official ['animal', 'human', 'vehicle', 'blank', 'unknown', 'unclassified']"
+    ]
+    assert mistaken(required) == ["media.filePublic: constraints.required False != official True"]
+    assert [d.split(" ")[:2] for d in mistaken(foreign_key)] == [["observations:", "foreignKeys"]]
+    assert [d.split(" ")[:2] for d in mistaken(order)] == [["deployments:", "fields"]]
+    assert [d.split(" ")[0] for d in mistaken(package_required)] == ["project:"]
+    assert mistaken(bound) == ["deployments.latitude: constraints.minimum -80 != official -90"]
 
 
 def test_a_required_value_nobody_gave_is_named_never_made_up(tmp_path, card):
@@ -285,7 +403,7 @@ def test_sequences_become_one_event_each():
     assert (lone.label, lone.is_sequence, len(lone.files)) == ("green", False, 1)
 
 
-def test_sequences_are_exported_at_event_level(tmp_path, profile_dir):
+def test_sequences_are_exported_at_event_level(tmp_path):
     settings = ExportSettings(
         empty=frozenset({"blue"}),
         taxa={"red": Taxon("Vulpes vulpes"), "green": Taxon("Capreolus capreolus")},
@@ -294,7 +412,7 @@ def test_sequences_are_exported_at_event_level(tmp_path, profile_dir):
     )
     counts = write_camtrap_dp(sequence_records(), settings, tmp_path / "p")
     assert counts == {"deployments": 1, "media": 6, "observations": 3}
-    assert validate_package(tmp_path / "p" / "datapackage.json", profile_dir) == []
+    assert validate_package(tmp_path / "p" / "datapackage.json") == []
     obs = read_rows(tmp_path / "p" / "observations.csv")
     assert [(o["eventID"], o["observationLevel"], o["mediaID"]) for o in obs] == [
         ("seq-1", "event", ""),
