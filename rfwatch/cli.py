@@ -339,7 +339,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     _add_daemon_commands(sub, common)
+    p = sub.add_parser("export", help="what rfwatch decided, as Camtrap DP, MegaDetector batch output or CSV")
+    common(p, True)
+    p.add_argument("--format", required=True, choices=["camtrap-dp", "megadetector", "csv"])
+    p.add_argument("--since", metavar="WHEN", help="files taken since WHEN: 2h, 3d, or 2026-11-27T14:00")
+    p.add_argument("--until", metavar="WHEN", help="files taken until WHEN")
+    p.add_argument("out", metavar="OUT", help="a folder for camtrap-dp, a file for megadetector (.json) and csv")
+    p.set_defaults(func=cmd_export)
     return parser
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from rfwatch.exports.command import cmd_export as export  # the exports' stack only when asked for
+
+    return export(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -311,14 +311,13 @@ def cmd_undo(args: argparse.Namespace) -> int:
 
     from rfwatch.host.runtime import load_extensions
     from rfwatch.processing.delivery import Deliveries
-    from rfwatch.processing.undo import Undoer, UndoFilter, parse_when
+    from rfwatch.processing.undo import Undoer, UndoFilter, parse_window
 
     config = load_config(args.config)
     try:
-        since = parse_when(args.since) if args.since else None
-        until = parse_when(args.until) if args.until else None
+        since, until = parse_window(args.since, args.until)
     except ValueError as exc:
-        raise ConfigError(f"--since/--until: {exc}") from None
+        raise ConfigError(str(exc)) from None
     extensions = load_extensions(config)
     journal = _journal(config, kind="undo")
     deliveries = Deliveries(journal, deliverers=dict(extensions.deliverers))

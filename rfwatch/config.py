@@ -149,6 +149,8 @@ class Config:
     lease: float = 60.0
     #: Other named trees (``roots:``), e.g. an archive the rules sort into: (name, folder).
     roots: tuple[tuple[str, Path], ...] = ()
+    #: ``export:`` as written (a mapping or None): rfwatch/exports/settings.py checks it when an export runs.
+    export: Any = None
 
     def resolve(self, path: str | os.PathLike[str]) -> Path:
         """A path from the config, made absolute against the config file's folder."""
@@ -599,6 +601,7 @@ _TOP_KEYS = {
     "host",
     "lease",
     "roots",
+    "export",  # read by rfwatch/exports/settings.py when `rfwatch export` runs
 }
 
 
@@ -647,6 +650,7 @@ def config_from_dict(data: Any, base_dir: Path, source: Path | None = None) -> C
         host=host,
         lease=top.number("lease", 60.0, minimum=1.0, what="a number of seconds >= 1"),
         roots=_roots(data.get("roots"), resolve, watches),
+        export=data.get("export"),
     )
 
 

@@ -23,7 +23,7 @@ LAYERS: list[set[str]] = [
     {"journal"},
     {"host"},
     {"processing"},
-    {"review", "service"},
+    {"review", "service", "exports"},
     {"commands", "cli", "plugin", "default_plugins", "__main__", "testing", "demo"},
 ]
 LAYER = {part: n for n, parts in enumerate(LAYERS) for part in parts}

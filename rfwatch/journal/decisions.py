@@ -94,6 +94,12 @@ class Decisions:
         )
         return _decision(row) if row is not None else None
 
+    def standing(self) -> dict[int, Decision]:
+        """Each file's standing decision (its latest not taken back), by file id: what ``rfwatch export``
+        reports as a person's classification."""
+        rows = self.db.all("SELECT * FROM decisions WHERE taken_back IS NULL ORDER BY file_id, round")
+        return {r["file_id"]: _decision(r) for r in rows}  # later rounds overwrite earlier ones
+
     def history(self, file_id: int) -> list[Decision]:
         """Every decision on the file, oldest first."""
         return [_decision(r) for r in self.db.all("SELECT * FROM decisions WHERE file_id=? ORDER BY round", (file_id,))]

@@ -343,6 +343,18 @@ class Files:
                 args += [root, rel, root, rel]
         return [self._row(r) for r in self.db.all(sql + " ORDER BY id DESC", tuple(args))]
 
+    def classified_between(self, since: float | None = None, until: float | None = None) -> list[FileRow]:
+        """Files the model classified (``rfwatch export``), oldest first: taken since/until (Unix times), with
+        a prediction, and not put back by an undo (an undone file is the operator's "never happened")."""
+        undone = (FileState.UNDONE, FileState.UNDOING)
+        sql = "SELECT * FROM files WHERE prediction IS NOT NULL AND state NOT IN (?,?)"
+        args: list[Any] = [*undone]
+        if since is not None:
+            sql, args = sql + " AND created >= ?", [*args, since]
+        if until is not None:
+            sql, args = sql + " AND created <= ?", [*args, until]
+        return [self._row(r) for r in self.db.all(sql + " ORDER BY created, id", tuple(args))]
+
     # --- taking a file -------------------------------------------------------------------
 
     def take(self, path: Path, size: int, mtime_ns: int, sha256: str, model: str) -> int | Skip:

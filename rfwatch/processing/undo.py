@@ -62,6 +62,14 @@ def parse_when(text: str, now: float | None = None) -> float:
     return when.timestamp()
 
 
+def parse_window(since: str | None, until: str | None) -> tuple[float | None, float | None]:
+    """``--since``/``--until`` (as :func:`parse_when` reads them; None: open-ended) as Unix times."""
+    try:
+        return (parse_when(since) if since else None, parse_when(until) if until else None)
+    except ValueError as exc:
+        raise ValueError(f"--since/--until: {exc}") from None
+
+
 @dataclass(frozen=True)
 class UndoFilter:
     rule: str | None = None
