@@ -31,6 +31,17 @@ def _journal(config, kind: str = "command") -> Journal:
     return open_journal(config, kind=kind)
 
 
+def load_for_reading(path: str, journal_only: bool = True):
+    """The config for a command that only reads the journal (status, history, undo --dry-run, export): an unset
+    ``${VAR}`` or an unreadable secret file does not stop it; stderr says what would not run without it."""
+    from rfwatch.config import unavailable_actions
+
+    config = load_config(path, journal_only=journal_only)
+    for line in unavailable_actions(config):
+        print(f"rfwatch: note: {line}", file=sys.stderr)
+    return config
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from rfwatch.service.daemon import Daemon
 
@@ -142,7 +153,7 @@ def _row_brief(row, threshold: float) -> dict[str, Any]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    report = status_report(load_config(args.config))
+    report = status_report(load_for_reading(args.config))
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
         return 0
@@ -225,7 +236,7 @@ def _retry_uploads(journal: Journal) -> None:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = load_for_reading(args.config)
     journal = _journal(config)
     try:
         rows = journal.files.history_for(Path(os.path.abspath(args.path)))
@@ -299,7 +310,7 @@ def cmd_undo(args: argparse.Namespace) -> int:
     from rfwatch.processing.delivery import Deliveries
     from rfwatch.processing.undo import Undoer, UndoFilter, parse_when
 
-    config = load_config(args.config)
+    config = load_for_reading(args.config, journal_only=args.dry_run)
     try:
         since = parse_when(args.since) if args.since else None
         until = parse_when(args.until) if args.until else None

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "rfwatch"
 
 LAYERS: list[set[str]] = [
-    {"rfwatch", "states", "crashpoints", "redact"},
+    {"rfwatch", "states", "crashpoints", "redact", "secret_files"},
     {"files", "images"},
     {"roboflow"},
     {"config"},
