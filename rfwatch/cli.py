@@ -146,7 +146,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     sizing = f"max_size {r.max_size}" + ("" if r.max_size_set else " at most; uploads sized to the model when known")
     print(f"config: {cfg.source}")
     print(f"model: {r.model or '(none)'} at {r.api_url}; confidence {r.confidence:g}; {sizing}")
-    problems: list[str] = []
+    from rfwatch.service.preflight import machine_findings
+
+    findings = machine_findings(cfg)  # what run would stop on, on this machine (folders, packages, the key)
+    problems: list[str] = [str(f) for f in findings if f.error]
     facts: dict[str, Any] = {}
     if not r.api_key:
         print(f"api key: MISSING: {r.api_key_problem or 'set ROBOFLOW_API_KEY'}")
@@ -176,7 +179,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"review page: http://{cfg.review.listen}/" + (" (token required)" if cfg.review.token else ""))
     print(f"plugins: {', '.join(plugins.names()) or '(none)'}")
     if problems:
-        raise ConfigError("; ".join(problems))
+        for problem in problems:
+            print(f"rfwatch: {redact(problem)}", file=sys.stderr)
+        print(f"rfwatch: {len(problems)} problem(s): `rfwatch run` would fail", file=sys.stderr)
+        return EXIT_USAGE
     print("ok")
     return EXIT_OK
 
@@ -214,7 +220,7 @@ def _ask_platform(cfg: Config, models: list[str]) -> tuple[dict[str, Any], str, 
             # Not an error: a self-hosted site may never reach the platform. check_rules() reports the classes.
             return {}, f"set; not checked: the platform API cannot be reached ({exc})", []
         facts: dict[str, Any] = {}
-        problems: list[str] = []
+        problems: list[str] = _check_upload_project(cfg, platform, workspace)
         for model in models:
             try:
                 facts[model] = fetch_facts(platform, model)
@@ -225,6 +231,25 @@ def _ask_platform(cfg: Config, models: list[str]) -> tuple[dict[str, Any], str, 
             except PlatformError as exc:
                 problems.append(f"roboflow.model: {model}: the platform could not say ({exc})")
         return facts, f"valid (workspace {workspace!r})", problems
+
+
+def _check_upload_project(cfg: Config, platform: Any, workspace: str) -> list[str]:
+    """review.upload.project must be a project the key reaches, or every upload fails for good."""
+    from rfwatch.roboflow.platform import KeyRefused, NotFound, PlatformError
+
+    upload = cfg.review.upload
+    if upload is None or not upload.project:
+        return []
+    try:
+        platform.project(workspace, upload.project)
+    except (NotFound, KeyRefused):
+        return [
+            f"review.upload.project: the key cannot reach project {upload.project!r} in workspace {workspace!r}: "
+            "name a project of that workspace (its URL slug), or leave project out to upload into the model's own"
+        ]
+    except PlatformError as exc:
+        print(f"warning: review.upload.project: not checked: the platform could not say ({exc})")
+    return []
 
 
 def cmd_model(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""Secrets read from files: ``review.token_file``, and ``secret_file`` / ``headers_file`` of a ``webhook`` action.
+"""Secrets kept in files: ``review.token_file``, and ``secret_file`` / ``headers_file`` of a ``webhook`` action.
 
 Each ``X_file`` key is read when the config is loaded (at start and on every SIGHUP reload) and stands for ``X``,
 so a plugin sees ``secret`` or ``headers`` as if written inline. This is how systemd credentials reach rfwatch:

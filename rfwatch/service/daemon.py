@@ -517,7 +517,7 @@ class Daemon:
         try:  # first, so that nothing is processed when the folders cannot be watched
             self.watcher.start(observe=not self.once)
         except (WatchLimitError, FileNotFoundError) as exc:
-            log.error("%s", exc.strerror if isinstance(exc, WatchLimitError) else exc)
+            log.error("%s", exc.strerror or exc)  # the message alone: not "[Errno 2] ...: '/p'"
             self._close()
             return 1
         if self.progress:
