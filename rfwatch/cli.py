@@ -87,8 +87,10 @@ def cmd_classify(args: argparse.Namespace) -> int:
                 failures += 1
                 if exc.status not in explained:  # the key or the model? the platform can tell (once per status)
                     explained[exc.status] = diagnose(platform, str(client.model_key), exc.status)
-                why = f": {explained[exc.status]}" if explained[exc.status] else ""
-                print(f"rfwatch: {source}: {redact(str(exc))}{why}", file=sys.stderr)
+                # The verdict first ("the API key is not valid"), then the server's own, often hedged, words.
+                said = redact(str(exc))
+                why = f"{explained[exc.status]} (the server said: {said})" if explained[exc.status] else said
+                print(f"rfwatch: {source}: {why}", file=sys.stderr)
                 continue
             except ResponseFormatError as exc:
                 failures += 1
@@ -287,7 +289,8 @@ def cmd_model(args: argparse.Namespace) -> int:
     if facts is None and cache is not None:
         facts = cache.get(key)
         if facts is not None:
-            how = f"from the journal's cache, fetched {dt.datetime.fromtimestamp(facts.fetched):%Y-%m-%d %H:%M} ({how})"
+            fetched = dt.datetime.fromtimestamp(facts.fetched).astimezone().isoformat(timespec="seconds")
+            how = f"from the journal's cache, fetched {fetched} ({how})"
     if facts is None:
         print(f"rfwatch: nothing is known about {key}: {how}", file=sys.stderr)
         return EXIT_FAILED
@@ -377,3 +380,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `rfwatch status | head -2`: the reader left. Quietly, as other tools do; stdout goes to /dev/null so
+        # that the interpreter's last flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # what a shell reports for a process ended by SIGPIPE (128 + 13)

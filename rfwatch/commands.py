@@ -78,7 +78,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def _ts(t: float | None) -> str:
-    return dt.datetime.fromtimestamp(t).isoformat(timespec="seconds") if t else "-"
+    """RFC 3339 with the local offset, as in the logs: unambiguous across hosts and summer time."""
+    return dt.datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds") if t else "-"
 
 
 def status_report(config) -> dict[str, Any]:

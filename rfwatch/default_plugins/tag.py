@@ -90,6 +90,10 @@ def read_state(path: Path, timeout: float = 60) -> dict[str, Any]:
 
 
 class TagAction:
+    #: What log lines and webhook bodies show of a result; the rest (timeout, what the file held before) is
+    #: kept in the journal for undo only.
+    public_fields = ("keywords", "fallback", "embedded", "sidecar", "sidecar_name")
+
     def __init__(self, options: Any):
         opts = Options(
             options,

@@ -529,9 +529,7 @@ class Files:
                     self._mark_produced(tx, *mark, file_id)
             if also is not None:
                 also(tx)
-            self.event(
-                tx, file_id, f"{action} {'done' if ok else 'failed'}: " + json.dumps(result, default=str)[:500], now
-            )
+            self.event(tx, file_id, f"{action} {'done' if ok else 'failed'}: " + _brief_json(result, 500), now)
             if final is not None:
                 self._finish(tx, file_id, final, None, None, now, final_message)
 
@@ -681,3 +679,22 @@ def _produced_mark(path: Path) -> tuple[Path, int, int] | None:
     except OSError:
         return None
     return path, st.st_size, st.st_mtime_ns
+
+
+def _brief_json(doc: Any, limit: int) -> str:
+    """JSON for a history line, whole: never cut mid-string. Too long, a mapping keeps its short values and names
+    the keys it leaves out (the steps table keeps the whole result)."""
+    text = json.dumps(doc, default=str, ensure_ascii=False)
+    if len(text) <= limit or not isinstance(doc, dict):
+        return text
+    kept: dict[str, Any] = {}
+    left: list[str] = []
+    for key, value in doc.items():
+        part = json.dumps(value, default=str, ensure_ascii=False)
+        if len(part) <= limit // 4 and len(json.dumps(kept, default=str)) + len(part) + len(key) < limit * 3 // 4:
+            kept[key] = value
+        else:
+            left.append(str(key))
+    if left:
+        kept["left out here"] = left
+    return json.dumps(kept, default=str, ensure_ascii=False)
