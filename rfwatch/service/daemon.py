@@ -191,8 +191,9 @@ class Daemon:
         self.metrics = start_metrics(
             self.config.metrics_listen,
             self.queued,
-            self.deliveries.pending_by_plugin,
+            self.deliveries.pending_per_plugin,
             self.deliveries.failed_by_plugin,
+            review_backlog=self.journal.decisions.count_waiting,
         )
         self._wire_metrics(self.runtime)
 
