@@ -38,6 +38,8 @@ POINTS: dict[str, str] = {
     # tag (embed mode rewrites the image file itself)
     "tag.before_embed": "tag: intent recorded, exiftool not yet run on the image",
     "tag.after_embed": "tag: exiftool rewrote the image, not yet fsynced",
+    "tag.before_restore": "tag undo: the original's bytes written beside the image and fsynced, not yet renamed",
+    "tag.after_restore": "tag undo: the original renamed over the tagged image, the step not yet finished",
     # failed files
     "quarantine.before_move": "a failed file: about to be moved into failed:",
     "quarantine.after_move": "a failed file: moved into failed:, the step not yet finished",
