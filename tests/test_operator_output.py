@@ -9,7 +9,7 @@ import os
 import re
 import subprocess
 
-from helpers import REPO, needs_exiftool, rfwatch_cmd, run_cli, unique_jpeg, write_config
+from helpers import needs_exiftool, rfwatch_cmd, run_cli, unique_jpeg, write_config
 from roboflow_server import VALID_KEY
 
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
@@ -117,7 +117,6 @@ def test_status_into_a_pipe_closed_early_ends_without_a_traceback(tmp_path, serv
             text=True,
             env=dict(os.environ, ROBOFLOW_API_KEY=VALID_KEY),
             timeout=120,
-            cwd=REPO,
         )
     finally:
         os.close(write_end)
