@@ -118,3 +118,23 @@ def test_a_bad_headers_file_is_named_never_shown(tmp_path, server, receiver):
     result = run_cli("check", "-c", str(cfg))
     assert result.returncode == 2 and "rules[0].then[1].webhook.headers_file: " in result.stderr
     assert "line 1: expected a header line" in result.stderr and "c2VrcmV0" not in result.stderr
+
+
+def test_a_new_webhook_secret_in_its_file_signs_after_a_reload(tmp_path, server, receiver, api_key):
+    """`systemctl reload rfwatch` (SIGHUP: Daemon.reload) reads the secret file again; the next event uses it."""
+    from helpers import DaemonThread, wait_for
+    from standardwebhooks import Webhook
+
+    second = "whsec_" + base64.b64encode(b"fedcba9876543210fedcba9876543210").decode()
+    (tmp_path / "secret").write_text(SECRET + "\n")
+    cfg = write_config(tmp_path, server, rules=_webhook_rule(receiver, secret_file="secret"))
+    with DaemonThread(cfg) as d:
+        (tmp_path / "inbox" / "a.jpg").write_bytes(unique_jpeg((200, 0, 0), 3))
+        wait_for(lambda: len(receiver.ok()) == 1, what="the first event")
+        (tmp_path / "secret").write_text(second + "\n")
+        assert d.daemon.reload()
+        (tmp_path / "inbox" / "b.jpg").write_bytes(unique_jpeg((200, 0, 0), 4))
+        wait_for(lambda: len(receiver.ok()) == 2, what="the second event")
+    first, after = receiver.ok()
+    Webhook(SECRET).verify(first.body, dict(first.headers))
+    Webhook(second).verify(after.body, dict(after.headers))  # raises if still signed with the old secret
