@@ -95,8 +95,10 @@ def cmd_classify(args: argparse.Namespace) -> int:
                 failures += 1
                 if exc.status not in explained:  # the key or the model? the platform can tell (once per status)
                     explained[exc.status] = diagnose(platform, str(client.model_key), exc.status)
-                why = f": {explained[exc.status]}" if explained[exc.status] else ""
-                print(f"rfwatch: {source}: {redact(str(exc))}{why}", file=sys.stderr)
+                # The verdict first ("the API key is not valid"), then the server's own, often hedged, words.
+                said = redact(str(exc))
+                why = f"{explained[exc.status]} (the server said: {said})" if explained[exc.status] else said
+                print(f"rfwatch: {source}: {why}", file=sys.stderr)
                 continue
             except ResponseFormatError as exc:
                 failures += 1
@@ -156,7 +158,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     sizing = f"max_size {r.max_size}" + ("" if r.max_size_set else " at most; uploads sized to the model when known")
     print(f"config: {cfg.source}")
     print(f"model: {r.model or '(none)'} at {r.api_url}; confidence {r.confidence:g}; {sizing}")
-    problems: list[str] = []
+    from rfwatch.service.preflight import machine_findings
+
+    findings = machine_findings(cfg)  # what run would stop on, on this machine (folders, packages, the key)
+    problems: list[str] = [str(f) for f in findings if f.error]
     facts: dict[str, Any] = {}
     if not r.api_key:
         print(f"api key: MISSING: {r.api_key_problem or 'set ROBOFLOW_API_KEY'}")
@@ -186,7 +191,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"review page: http://{cfg.review.listen}/" + (" (token required)" if cfg.review.token else ""))
     print(f"plugins: {', '.join(plugins.names()) or '(none)'}")
     if problems:
-        raise ConfigError("; ".join(problems))
+        for problem in problems:
+            print(f"rfwatch: {redact(problem)}", file=sys.stderr)
+        print(f"rfwatch: {len(problems)} problem(s): `rfwatch run` would fail", file=sys.stderr)
+        return EXIT_USAGE
     print("ok")
     return EXIT_OK
 
@@ -224,7 +232,7 @@ def _ask_platform(cfg: Config, models: list[str]) -> tuple[dict[str, Any], str, 
             # Not an error: a self-hosted site may never reach the platform. check_rules() reports the classes.
             return {}, f"set; not checked: the platform API cannot be reached ({exc})", []
         facts: dict[str, Any] = {}
-        problems: list[str] = []
+        problems: list[str] = _check_upload_project(cfg, platform, workspace)
         for model in models:
             try:
                 facts[model] = fetch_facts(platform, model)
@@ -235,6 +243,25 @@ def _ask_platform(cfg: Config, models: list[str]) -> tuple[dict[str, Any], str, 
             except PlatformError as exc:
                 problems.append(f"roboflow.model: {model}: the platform could not say ({exc})")
         return facts, f"valid (workspace {workspace!r})", problems
+
+
+def _check_upload_project(cfg: Config, platform: Any, workspace: str) -> list[str]:
+    """review.upload.project must be a project the key reaches, or every upload fails for good."""
+    from rfwatch.roboflow.platform import KeyRefused, NotFound, PlatformError
+
+    upload = cfg.review.upload
+    if upload is None or not upload.project:
+        return []
+    try:
+        platform.project(workspace, upload.project)
+    except (NotFound, KeyRefused):
+        return [
+            f"review.upload.project: the key cannot reach project {upload.project!r} in workspace {workspace!r}: "
+            "name a project of that workspace (its URL slug), or leave project out to upload into the model's own"
+        ]
+    except PlatformError as exc:
+        print(f"warning: review.upload.project: not checked: the platform could not say ({exc})")
+    return []
 
 
 def cmd_model(args: argparse.Namespace) -> int:
@@ -272,7 +299,8 @@ def cmd_model(args: argparse.Namespace) -> int:
     if facts is None and cache is not None:
         facts = cache.get(key)
         if facts is not None:
-            how = f"from the journal's cache, fetched {dt.datetime.fromtimestamp(facts.fetched):%Y-%m-%d %H:%M} ({how})"
+            fetched = dt.datetime.fromtimestamp(facts.fetched).astimezone().isoformat(timespec="seconds")
+            how = f"from the journal's cache, fetched {fetched} ({how})"
     if facts is None:
         print(f"rfwatch: nothing is known about {key}: {how}", file=sys.stderr)
         return EXIT_FAILED
@@ -385,6 +413,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `rfwatch status | head -2`: the reader left. Quietly, as other tools do; stdout goes to /dev/null so
+        # that the interpreter's last flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # what a shell reports for a process ended by SIGPIPE (128 + 13)
     except Exception as exc:
         code = _exit_code_for(exc)
         if code is None:

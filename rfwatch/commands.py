@@ -24,11 +24,11 @@ if TYPE_CHECKING:  # imported where used: `rfwatch --help` loads no journal (iss
 __all__ = ["add_commands"]
 
 
-def load_config(path: str | os.PathLike[str]):
+def load_config(path: str | os.PathLike[str], **options: Any):
     """``rfwatch.config.load_config``, imported on first use: `rfwatch --help` needs no YAML (issue 23, item 1)."""
     from rfwatch.config import load_config as load
 
-    return load(path)
+    return load(path, **options)
 
 
 def _journal(config, kind: str = "command") -> Journal:
@@ -39,6 +39,17 @@ def _journal(config, kind: str = "command") -> Journal:
             f"state: no journal at {config.state_path} yet (has `rfwatch run` been started with this config?)"
         )
     return open_journal(config, kind=kind)
+
+
+def load_for_reading(path: str, journal_only: bool = True):
+    """The config for a command that only reads the journal (status, history, undo --dry-run, export): an unset
+    ``${VAR}`` or an unreadable secret file does not stop it; stderr says what would not run without it."""
+    from rfwatch.config import unavailable_actions
+
+    config = load_config(path, journal_only=journal_only)
+    for line in unavailable_actions(config):
+        print(f"rfwatch: note: {line}", file=sys.stderr)
+    return config
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -77,7 +88,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def _ts(t: float | None) -> str:
-    return dt.datetime.fromtimestamp(t).isoformat(timespec="seconds") if t else "-"
+    """RFC 3339 with the local offset, as in the logs: unambiguous across hosts and summer time."""
+    return dt.datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds") if t else "-"
 
 
 def status_report(config) -> dict[str, Any]:
@@ -156,7 +168,7 @@ def _row_brief(row, threshold: float) -> dict[str, Any]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    report = status_report(load_config(args.config))
+    report = status_report(load_for_reading(args.config))
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
         return 0
@@ -239,7 +251,7 @@ def _retry_uploads(journal: Journal) -> None:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = load_for_reading(args.config)
     journal = _journal(config)
     try:
         rows = journal.files.history_for(Path(os.path.abspath(args.path)))
@@ -313,7 +325,7 @@ def cmd_undo(args: argparse.Namespace) -> int:
     from rfwatch.processing.delivery import Deliveries
     from rfwatch.processing.undo import Undoer, UndoFilter, parse_window
 
-    config = load_config(args.config)
+    config = load_for_reading(args.config, journal_only=args.dry_run)
     try:
         since, until = parse_window(args.since, args.until)
     except ValueError as exc:

@@ -30,6 +30,7 @@ __all__ = [
     "load_config",
     "config_from_dict",
     "default_state_path",
+    "unavailable_actions",
 ]
 
 DEFAULT_INCLUDE = ("*.jpg", "*.jpeg", "*.png", "*.webp", "*.tif", "*.tiff", "*.bmp", "*.heic", "*.heif", "*.avif")
@@ -151,6 +152,9 @@ class Config:
     roots: tuple[tuple[str, Path], ...] = ()
     #: ``export:`` as written (a mapping or None): rfwatch/exports/settings.py checks it when an export runs.
     export: Any = None
+    #: Loaded for the journal only: what was left out (an unset ``${VAR}``, an unreadable secret file), each
+    #: "key: reason". Empty otherwise (such a config fails to load).
+    unavailable: tuple[str, ...] = ()
 
     def resolve(self, path: str | os.PathLike[str]) -> Path:
         """A path from the config, made absolute against the config file's folder."""
@@ -200,7 +204,16 @@ def _show(value: Any) -> str:
     return repr(value) if not isinstance(value, str) else f'"{value}"'
 
 
-def _expand(value: Any, key: str) -> Any:
+class _Unset:
+    """A value that named an unset ``${VAR}`` (or an unreadable secret file) while reading for the journal only."""
+
+
+_UNSET = _Unset()
+
+
+def _expand(value: Any, key: str, unset: list[str] | None = None) -> Any:
+    """``${VAR}`` expanded; with ``unset`` (a list), a value naming an unset variable is left out of its mapping
+    or list and the reason recorded, instead of failing (see :func:`load_config`'s ``journal_only``)."""
     if isinstance(value, str):
 
         def sub(m: re.Match[str]) -> str:
@@ -211,11 +224,19 @@ def _expand(value: Any, key: str) -> Any:
                 return default
             raise ConfigError(f"{key}: environment variable {name} is not set")
 
-        return _ENV_REF.sub(sub, value)
+        try:
+            return _ENV_REF.sub(sub, value)
+        except ConfigError as exc:
+            if unset is None:
+                raise
+            unset.append(str(exc))
+            return _UNSET
     if isinstance(value, list):
-        return [_expand(v, f"{key}[{i}]") for i, v in enumerate(value)]
+        items = [_expand(v, f"{key}[{i}]", unset) for i, v in enumerate(value)]
+        return [v for v in items if v is not _UNSET]
     if isinstance(value, dict):
-        return {k: _expand(v, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
+        pairs = {k: _expand(v, f"{key}.{k}" if key else str(k), unset) for k, v in value.items()}
+        return {k: v for k, v in pairs.items() if v is not _UNSET}
     return value
 
 
@@ -246,6 +267,9 @@ class _Section:
             return None
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             v = str(v)
+        if secret and isinstance(v, str) and not v.strip():
+            # Most often a ${VAR} set to nothing: say so plainly.
+            raise ConfigError(f"{self.path_of(name)}: is empty (is its ${{VAR}} set to nothing?): give a value")
         if not isinstance(v, str) or not v.strip():
             got = f"a {type(v).__name__}" if secret else _show(v)
             raise ConfigError(f"{self.path_of(name)}: expected a non-empty string, got {got}")
@@ -605,13 +629,17 @@ _TOP_KEYS = {
 }
 
 
-def config_from_dict(data: Any, base_dir: Path, source: Path | None = None) -> Config:
-    data = _expand(data if data is not None else {}, "")
-    top = _Section(data, "", _TOP_KEYS)
+def config_from_dict(data: Any, base_dir: Path, source: Path | None = None, *, journal_only: bool = False) -> Config:
+    """The config from parsed YAML; ``journal_only``: see :func:`load_config`."""
+    unset: list[str] | None = [] if journal_only else None
+    data = _expand(data if data is not None else {}, "", unset)
 
     def resolve(p: str) -> Path:
         q = Path(os.path.expanduser(p))
         return q if q.is_absolute() else base_dir / q
+
+    _secret_files(data, resolve, unset)
+    top = _Section(data, "", _TOP_KEYS)
 
     state = top.str("state")
     state_url = None
@@ -645,13 +673,34 @@ def config_from_dict(data: Any, base_dir: Path, source: Path | None = None) -> C
         rescan_interval=top.number("rescan_interval", 0.0, minimum=0.0),
         metrics_listen=metrics.str("listen"),
         log_format=log_format,
-        review=_review(top.section("review", _REVIEW_KEYS), resolve),
+        review=_review(top.section("review", _REVIEW_KEYS), resolve, unset or []),
         state_url=state_url,
         host=host,
         lease=top.number("lease", 60.0, minimum=1.0, what="a number of seconds >= 1"),
         roots=_roots(data.get("roots"), resolve, watches),
         export=data.get("export"),
+        unavailable=tuple(unset or ()),
     )
+
+
+def _secret_files(data: Any, resolve: Any, unset: list[str] | None) -> None:
+    """``review.token_file`` and the ``*_file`` options of actions, read now (rfwatch/secret_files.py)."""
+    from rfwatch.secret_files import SecretFileError, materialise
+
+    if not isinstance(data, dict):
+        return
+    try:
+        if isinstance(data.get("review"), dict):
+            materialise(data["review"], "review", resolve, unset)
+        for i, rule in enumerate(data.get("rules") or []):
+            then = rule.get("then") if isinstance(rule, dict) else None
+            for j, act in enumerate(then if isinstance(then, list) else []):
+                if isinstance(act, dict) and len(act) == 1:
+                    ((name, options),) = act.items()
+                    if isinstance(options, dict):
+                        materialise(options, f"rules[{i}].then[{j}].{name}", resolve, unset)
+    except SecretFileError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _postgres_url(url: str) -> str:
@@ -669,7 +718,10 @@ def _postgres_url(url: str) -> str:
     return url
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
+def load_config(path: str | os.PathLike[str], *, journal_only: bool = False) -> Config:
+    """The config file, checked. ``journal_only`` (commands that only read the journal: status, history,
+    undo --dry-run, export): a value naming an unset ``${VAR}`` or an unreadable secret file is left out and
+    listed in ``Config.unavailable`` instead of failing; see :func:`unavailable_actions`."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -679,10 +731,29 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML: {exc}") from None
-    return config_from_dict(data, p.resolve().parent, p.resolve())
+    return config_from_dict(data, p.resolve().parent, p.resolve(), journal_only=journal_only)
 
 
-_REVIEW_KEYS = {"listen", "token", "upload"}
+def unavailable_actions(config: Config) -> list[str]:
+    """One line per value left out of a config loaded for the journal only, saying what would not run."""
+    out = []
+    for reason in config.unavailable:
+        key = reason.split(":", 1)[0]
+        m = re.match(r"rules\[(\d+)\]\.then\[(\d+)\]\.([^.\[]+)", key)
+        if m and int(m.group(1)) < len(config.rules):
+            rule = config.rules[int(m.group(1))]
+            what = f"the {m.group(3)} action of rule {rule.name!r} would not run"
+        elif key.startswith("review."):
+            what = "the review page would not start"
+        elif key.startswith("roboflow."):
+            what = "no file would be classified"
+        else:
+            what = f"{key} is left out"
+        out.append(f"{reason}: {what} (this command does not need it)")
+    return out
+
+
+_REVIEW_KEYS = {"listen", "token", "token_file", "upload"}
 _UPLOAD_KEYS = {"project", "split", "batch", "tags"}
 
 
@@ -702,7 +773,7 @@ def check_review(review: ReviewConfig) -> ReviewConfig:
     return review
 
 
-def _review(sec: _Section, resolve: Any) -> ReviewConfig:
+def _review(sec: _Section, resolve: Any, unset: list[str]) -> ReviewConfig:
     listen = sec.str("listen")
     if listen is not None:
         host, colon, port = listen.rpartition(":")
@@ -711,7 +782,8 @@ def _review(sec: _Section, resolve: Any) -> ReviewConfig:
                 f"{sec.path_of('listen')}: expected host:port such as 127.0.0.1:8765, got {_show(listen)}"
             )
     token = sec.str("token", secret=True)
-    check_review(ReviewConfig(listen=listen, token=token))
+    if not any(u.startswith("review.token") for u in unset):  # left out: this command serves no page
+        check_review(ReviewConfig(listen=listen, token=token))
     upload = None
     if sec.has("upload"):
         up = sec.section("upload", _UPLOAD_KEYS)

@@ -270,6 +270,30 @@ def test_every_crash_point_while_embedding(tmp_path, server, api_key):
     assert _walk(EMBED_POINTS, _embed, tmp_path, server) == {p for p, _ in EMBED_POINTS}
 
 
+RESTORE_POINTS = [("tag.before_restore", 1), ("tag.after_restore", 1), ("undo.intent", 1), ("undo.step_finished", 1)]
+
+
+def _restore(run: Run) -> None:
+    """Undo of an embedded tag gives the original bytes back (tag_original.py): killed on the way, then again."""
+    cfg = run.config(rules=[{"then": [{"move": "sorted/{name}"}, {"tag": {"mode": "embed"}}]}])
+    tiff = (Path(__file__).parent / "data" / "exif-samples" / "tiff" / "Arbitro.tiff").read_bytes()
+    run.inbox(**{"red.jpg": unique_jpeg(RED, 8, size=(96, 64)), "photo.tiff": tiff})
+    assert run.cli("run", "-c", str(cfg), "--once").returncode == 0
+    run.crashed(run.cli("undo", "-c", str(cfg), crash=True))
+    again = run.cli("undo", "-c", str(cfg))
+    assert again.returncode == 0, again.stdout + again.stderr
+    # byte for byte, each in one place (the inbox), no temporary file left (_once_placed checks)
+    _once_placed(run, {"red.jpg": ("inbox/red.jpg",), "photo.tiff": ("inbox/photo.tiff",)})
+    assert "not byte-identical" not in again.stdout, f"{run.point}: {again.stdout}"
+    states = [str(r.state) for r in run.journal().rows()]
+    assert states == ["undone", "undone"], f"{run.point}: {states}"
+
+
+@needs_exiftool
+def test_every_crash_point_while_restoring_an_original(tmp_path, server, api_key):
+    assert _walk(RESTORE_POINTS, _restore, tmp_path, server) == {p for p, _ in RESTORE_POINTS}
+
+
 UNDO_POINTS = [
     ("undo.step_begun", 1),
     ("undo.intent", 1),
@@ -412,6 +436,7 @@ _GROUPS = [
     ("dedupe", DEDUPE_POINTS),
     ("across", CROSS_FS_POINTS),
     ("embed", EMBED_POINTS),
+    ("restore", RESTORE_POINTS),
     ("undo", UNDO_POINTS),
     ("review", REVIEW_POINTS),
 ]

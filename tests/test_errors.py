@@ -80,7 +80,9 @@ def test_a_plugin_that_fails_to_import_or_clashes(tmp_path, server):
 def test_missing_watched_folder_and_bad_files(tmp_path, server):
     cfg = write_config(tmp_path, server, watch=[{"path": "nowhere"}])
     result = run_cli("run", "-c", str(cfg))
-    assert result.returncode == 1 and f"watched folder does not exist: {tmp_path / 'nowhere'}" in result.stderr
+    assert (
+        result.returncode == 1 and f"watch[0].path: the folder {tmp_path / 'nowhere'} does not exist" in result.stderr
+    )
     (tmp_path / "bad.yaml").write_text("roboflow: [unclosed\n")
     result = run_cli("check", "-c", str(tmp_path / "bad.yaml"))
     assert result.returncode == 2 and "bad.yaml: not valid YAML" in result.stderr

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "rfwatch"
 
 LAYERS: list[set[str]] = [
-    {"rfwatch", "states", "crashpoints", "redact", "errors"},
+    {"rfwatch", "states", "crashpoints", "redact", "errors", "secret_files"},
     {"files", "images"},
     {"roboflow"},
     {"config"},

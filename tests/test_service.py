@@ -351,20 +351,6 @@ def test_metrics_endpoint(tmp_path, server):
     assert re.search(r"rfwatch_last_success_timestamp_seconds \d", body)
 
 
-def test_under_systemd_log_lines_have_no_timestamp(tmp_path, server):
-    cfg = write_config(tmp_path, server)
-    (tmp_path / "inbox" / "a.jpg").write_bytes(unique_jpeg(RED, 80))
-    plain = run_cli("run", "-c", str(cfg), "--once").stderr.splitlines()
-    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", plain[0])
-    (tmp_path / "inbox" / "b.jpg").write_bytes(unique_jpeg(RED, 81))
-    journald = run_cli("run", "-c", str(cfg), "--once", env={"JOURNAL_STREAM": "8:1234"}).stderr.splitlines()
-    assert journald and all(line.startswith(("INFO ", "WARNING ", "ERROR ")) for line in journald), journald
-    (tmp_path / "inbox" / "c.jpg").write_bytes(unique_jpeg(RED, 82))
-    as_json = run_cli("run", "-c", str(cfg), "--once", "--log-format", "json", env={"JOURNAL_STREAM": "8:1"})
-    docs = [json.loads(line) for line in as_json.stderr.splitlines()]
-    assert all("time" not in d for d in docs) and any("c.jpg" in d["message"] for d in docs)
-
-
 def test_the_service_config_loads_with_the_credential(tmp_path, monkeypatch):
     (tmp_path / "roboflow").write_text("key-from-credential\n")
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))

@@ -7,6 +7,7 @@ XMP sidecars travel with a moved file (and are copied with a copied one).
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from rfwatch.plugin import (
     FileContext,
     Options,
     copy_back,
+    fsync_dir,
     hookimpl,
     move_back,
     place_file,
@@ -34,6 +36,8 @@ class PlaceAction:
 
     keep_source = False
     example = EXAMPLE
+    #: What log lines and webhook bodies show of a result (made_dirs is undo's business).
+    public_fields = ("outcome", "from", "to", "dropped", "sha256", "sidecars", "recovered", "reason")
 
     def __init__(self, options: Any):
         opts = Options(options, short="to", known={"to", "on_conflict"}, example=self.example)
@@ -58,12 +62,16 @@ class PlaceAction:
                     return self._done(ctx, src, target, "duplicate", [], True)
                 # The crash may have come between the file and its sidecars.
                 carried = [self._carry_sidecar(src, s, target) for s in sidecars_of(src)]
-                return self._done(ctx, src, target, "copied" if self.keep_source else "moved", carried, True)
+                made = resumed.get("made_dirs") or []
+                return self._done(
+                    ctx, src, target, "copied" if self.keep_source else "moved", carried, True, made_dirs=made
+                )
         dst = self.destination(ctx)
         sidecars = sidecars_of(src)
+        made = _missing_folders(dst.parent)  # the folders this placement creates: undo removes them when empty
 
         def record(**detail: Any) -> None:
-            ctx.intent(src=str(src), **detail)
+            ctx.intent(src=str(src), made_dirs=made, **detail)
 
         placed = place_file(
             src, dst, keep_source=self.keep_source, on_conflict=self.on_conflict, src_hash=ctx.sha256, record=record
@@ -71,7 +79,7 @@ class PlaceAction:
         carried = []
         if placed.outcome in ("moved", "copied"):
             carried = [self._carry_sidecar(src, sidecar, placed.path) for sidecar in sidecars]
-        return self._done(ctx, src, placed.path, placed.outcome, carried)
+        return self._done(ctx, src, placed.path, placed.outcome, carried, made_dirs=made)
 
     def _carry_sidecar(self, src: Path, sidecar: Path, placed: Path) -> dict[str, str] | None:
         name = placed.name + ".xmp" if sidecar.name == src.name + ".xmp" else placed.stem + sidecar.suffix
@@ -93,6 +101,7 @@ class PlaceAction:
         outcome: str,
         sidecars: list[dict[str, str] | None],
         recovered: bool = False,
+        made_dirs: list[str] | None = None,
     ) -> dict[str, Any]:
         if outcome in ("moved", "duplicate") and not self.keep_source:
             ctx.path = target
@@ -107,6 +116,8 @@ class PlaceAction:
             result["sidecars"] = [s for s in sidecars if s]
         if recovered:
             result["recovered"] = True
+        if made_dirs and outcome in ("moved", "copied"):
+            result["made_dirs"] = made_dirs
         return result
 
     @staticmethod
@@ -117,7 +128,7 @@ class PlaceAction:
         """
         outcome = result.get("outcome")
         if outcome == "moved":
-            return move_back(ctx, result)
+            return _without_made_dirs(move_back(ctx, result), result)
         if outcome == "duplicate" and result.get("dropped"):
             return copy_back(ctx, result)
         if outcome != "copied":
@@ -134,7 +145,37 @@ class PlaceAction:
                 done.append(f"copy {path} {removed}")
         if kept:
             return {"outcome": "kept", "detail": "; ".join(kept + done)}
-        return {"outcome": "undone", "detail": "; ".join(done)}
+        return _without_made_dirs({"outcome": "undone", "detail": "; ".join(done)}, result)
+
+
+def _missing_folders(folder: Path) -> list[str]:
+    """``folder`` and its parents that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(str(folder))
+        folder = folder.parent
+    return missing
+
+
+def _without_made_dirs(undone: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """After an undo: the folders the placement created go too, while empty (another file keeps them), deepest
+    first. rmdir removes only an empty folder: nobody's file is ever at stake; a crash just leaves one behind."""
+    removed = []
+    for folder in result.get("made_dirs") or []:
+        try:
+            os.rmdir(folder)
+        except FileNotFoundError:  # removed by an undo that a crash interrupted
+            continue
+        except OSError:  # not empty (another file, a person's): the ones above stay too
+            break
+        fsync_dir(Path(folder).parent)
+        removed.append(folder)
+    if removed:
+        undone = {
+            **undone,
+            "detail": f"{undone['detail']}; removed the empty folder(s) rfwatch made: {', '.join(removed)}",
+        }
+    return undone
 
 
 class Move(PlaceAction):

@@ -19,6 +19,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from rfwatch.default_plugins.tag_original import forget_original, keep_original, restore_original
 from rfwatch.plugin import (
     ExifToolError,
     FileContext,
@@ -41,6 +42,8 @@ declare_crash_points(
     {
         "tag.before_embed": "tag: intent recorded, exiftool not yet run on the image",
         "tag.after_embed": "tag: exiftool rewrote the image, not yet fsynced",
+        "tag.before_restore": "tag undo: the original's bytes written beside the image and fsynced, not yet renamed",
+        "tag.after_restore": "tag undo: the original renamed over the tagged image, the step not yet finished",
     }
 )
 
@@ -99,6 +102,10 @@ def read_state(path: Path, timeout: float = 60) -> dict[str, Any]:
 
 
 class TagAction:
+    #: What log lines and webhook bodies show of a result; the rest (timeout, what the file held before) is
+    #: kept in the journal for undo only.
+    public_fields = ("keywords", "fallback", "embedded", "sidecar", "sidecar_name")
+
     def __init__(self, options: Any):
         opts = Options(
             options,
@@ -179,9 +186,12 @@ class TagAction:
             iptc = EMBEDDABLE[path.suffix.lower()] == "JPEG"
             # What the file held before rfwatch wrote into it: read once, before the first attempt.
             before = resumed.get("embed_before") if resumed.get("embed") == str(path) else None
+            original = resumed.get("embed_original") if before is not None else None
             if before is None:
                 before = read_state(path, self.timeout)
-                ctx.intent(embed=str(path), embed_before=before)
+                # What undo needs for the very same bytes, journaled before the write (tag_original.py).
+                original = keep_original(ctx.config, path)
+                ctx.intent(embed=str(path), embed_before=before, embed_original=original)
             wanted = self._wanted(ctx, iptc)
             crash_point("tag.before_embed")
             args = self._args(ctx, wanted, iptc)
@@ -193,6 +203,8 @@ class TagAction:
             ctx.produced(path)  # its size changed; the watcher must not take it as a new file
             result["embedded"] = str(path)
             result["embed_before"] = before
+            if original is not None:
+                result["embed_original"] = original
             result["embed_added"] = _added(before, wanted)
             # undo wipes blocks it created only while this holds; and rfwatch knows the file by it now
             result["embed_sha256"] = ctx.sha256 = sha256_file(path)
@@ -205,7 +217,7 @@ class TagAction:
             if before is None:
                 before = _EMPTY_STATE if created else read_state(sidecar, self.timeout)
             ctx.intent(
-                **{k: v for k, v in resumed.items() if k in ("embed", "embed_before")},
+                **{k: v for k, v in resumed.items() if k in ("embed", "embed_before", "embed_original")},
                 sidecar=str(sidecar),
                 sidecar_created=created,
                 sidecar_before=before,
@@ -262,12 +274,24 @@ class TagAction:
                 kept = "" if unchanged else " (changed since: the rest kept)"
                 done.append(f"keywords taken out of {path.name}{kept}")
         if result.get("embedded"):
-            unchanged = holds(ctx.path, result.get("embed_sha256"))
-            before = result.get("embed_before") or _EMPTY_STATE
-            _restore(ctx.path, before, result.get("embed_added", {}), timeout, wipe=unchanged)
-            ctx.produced(ctx.path)  # its size changed again; no watcher may take it as new
-            kept = "" if unchanged else " (changed since: the rest kept)"
-            done.append(f"keywords taken out of {ctx.path.name}{kept}")
+            original = result.get("embed_original")
+            exact, why = (
+                restore_original(ctx.path, original, result.get("embed_sha256"))
+                if original
+                else (False, "tagged before rfwatch kept originals")
+            )
+            if exact:
+                forget_original(original)
+                ctx.sha256 = original["sha256"]
+                done.append(why)
+            else:
+                unchanged = holds(ctx.path, result.get("embed_sha256"))
+                before = result.get("embed_before") or _EMPTY_STATE
+                _restore(ctx.path, before, result.get("embed_added", {}), timeout, wipe=unchanged)
+                kept = "" if unchanged else " (changed since: the rest kept)"
+                # Say so: the file reads as before, but its bytes are not the original's.
+                done.append(f"keywords taken out of {ctx.path.name}{kept}; not byte-identical: {why}")
+            ctx.produced(ctx.path)  # its content changed again; no watcher may take it as new
         if not done:
             return {"outcome": "nothing", "detail": "no metadata was written"}
         return {"outcome": "undone", "detail": "; ".join(done)}

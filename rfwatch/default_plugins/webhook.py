@@ -117,7 +117,13 @@ class WebhookAction:
             ctx,
             url,
             "file.undone",
-            {"source": str(ctx.source), "path": str(ctx.path), "model": ctx.model, "undone": result},
+            {
+                "source": str(ctx.source),
+                "path": str(ctx.path),  # where the file is now: this undo runs once the file is back
+                "undone_from": str(ctx.undo_from or ctx.path),  # where it was before the undo
+                "model": ctx.model,
+                "undone": result,
+            },
         )
         if not queued.get("queued"):
             return {"outcome": "nothing", "detail": queued["reason"]}
@@ -232,3 +238,7 @@ def status_lines(config: Any, deliveries: Deliveries) -> list[str]:
             f"{f['attempts']} attempt(s), last error {f['last_error']}"
         )
     return lines
+
+
+# The file.undone event says where the file is now: it is queued after the other undo steps (rfwatch undo).
+WebhookAction.undo.notifies = True  # type: ignore[attr-defined]

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 from pathlib import Path
 
-from rfwatch.config import Config, ConfigError, load_config
+from rfwatch.config import Config, ConfigError
 from rfwatch.exports import Format, run_export
 from rfwatch.journal import is_postgres_url, open_journal
 from rfwatch.processing.undo import parse_window
@@ -15,11 +14,9 @@ __all__ = ["cmd_export"]
 
 
 def _config(path: str) -> Config:
-    """The config, for reading the journal only: where load_config can leave out unset secrets (``${VAR}`` of an
-    API key the export never uses), it does."""
-    if "journal_only" in inspect.signature(load_config).parameters:
-        return load_config(path, journal_only=True)  # type: ignore[call-arg]
-    return load_config(path)
+    """The config, for reading the journal only: unset secrets (``${VAR}`` of an API key the export never uses)
+    are left out, as for status and history."""
+    return load_config(path, journal_only=True)
 
 
 def cmd_export(args: argparse.Namespace) -> int:

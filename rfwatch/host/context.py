@@ -78,6 +78,9 @@ class FileContext:
     step: StepRecorder | None = field(default=None, repr=False)
     #: Why the file waits for a person, once an action called :meth:`hold`; else None.
     held: str | None = None
+    #: During ``rfwatch undo``: where the file was before the undo began (an undo that tells someone, such as
+    #: a ``file.undone`` event, runs after the file is back, and can say both where it was and where it is).
+    undo_from: Path | None = None
     _date: dt.datetime | None = field(default=None, repr=False)
     _exif: CameraFacts | None = field(default=None, repr=False)
 

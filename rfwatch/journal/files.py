@@ -571,7 +571,7 @@ class Files:
             sets["sha256"] = sha256
         if final is not None:
             sets.update(self._final_sets(final))
-        messages = [f"{action} {'done' if ok else 'failed'}: " + json.dumps(result, default=str)[:500]]
+        messages = [f"{action} {'done' if ok else 'failed'}: " + _brief_json(result, 500)]
         if final is not None:
             messages.append(final_message or final)
 
@@ -719,3 +719,22 @@ def _produced_mark(path: Path) -> tuple[Path, int, int] | None:
     except OSError:
         return None
     return path, st.st_size, st.st_mtime_ns
+
+
+def _brief_json(doc: Any, limit: int) -> str:
+    """JSON for a history line, whole: never cut mid-string. Too long, a mapping keeps its short values and names
+    the keys it leaves out (the steps table keeps the whole result)."""
+    text = json.dumps(doc, default=str, ensure_ascii=False)
+    if len(text) <= limit or not isinstance(doc, dict):
+        return text
+    kept: dict[str, Any] = {}
+    left: list[str] = []
+    for key, value in doc.items():
+        part = json.dumps(value, default=str, ensure_ascii=False)
+        if len(part) <= limit // 4 and len(json.dumps(kept, default=str)) + len(part) + len(key) < limit * 3 // 4:
+            kept[key] = value
+        else:
+            left.append(str(key))
+    if left:
+        kept["left out here"] = left
+    return json.dumps(kept, default=str, ensure_ascii=False)

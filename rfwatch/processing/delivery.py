@@ -53,6 +53,12 @@ class Deliveries:
         """Deliveries not yet delivered, per plugin (see _per_plugin)."""
         return {plugin: n for plugin, n in self._per_plugin(DeliveryState.PENDING).items() if n}
 
+    def pending_per_plugin(self) -> dict[str, int]:
+        """Like pending_by_plugin, with every plugin that delivers at 0 when none waits (metrics' series)."""
+        counts = dict.fromkeys(sorted(plugin for plugin, _ in self.deliverers.values()), 0)
+        counts.update(self._per_plugin(DeliveryState.PENDING))
+        return counts
+
     def failed_by_plugin(self) -> dict[str, int]:
         """Deliveries that failed for good, per plugin: every plugin that queued any (or, in a process that
         delivers, that registered a deliverer) is there, at 0 when none failed, so metrics have the series."""

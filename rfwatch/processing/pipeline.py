@@ -62,7 +62,8 @@ class ApiBlocked(Exception):
         super().__init__(str(error))
 
     def __str__(self) -> str:
-        return f"{self.error}: {self.explanation}" if self.explanation else str(self.error)
+        # The verdict first ("the API key is not valid"), then the server's own, often hedged, words.
+        return f"{self.explanation} (the server said: {self.error})" if self.explanation else str(self.error)
 
 
 @dataclass(frozen=True)
@@ -384,6 +385,7 @@ class Pipeline:
                 if not isinstance(failed.__cause__, (OSError, ValueError)):
                     log.error("%s: %s", row.path, failed.reason, exc_info=failed.__cause__)
                 return self._fail(self.journal.files.get(row.id), failed.reason, ctx=ctx)
+            result = public_result(action.run, result)  # webhook bodies and log lines: the documented fields
             ctx.results.append({"action": action.name, "ok": True, "result": result})
             done.append(_describe_result(action.name, result))
             if ctx.held is not None:  # a review action: the file waits for a person
@@ -544,6 +546,15 @@ def _failure(action: str, rule: str, exc: Exception) -> str:
 def _reason(exc: Exception, path: Path) -> str:
     text = redact(str(exc))
     return text.split(": ", 1)[1] if text.startswith(str(path) + ": ") else text
+
+
+def public_result(action: Any, result: Any) -> Any:
+    """What others see of an action's result: an action that lists ``public_fields`` shows those only (the
+    journal keeps the whole result for undo; settings and undo records are no one else's business)."""
+    fields = getattr(action, "public_fields", None)
+    if fields is None or not isinstance(result, dict):
+        return result
+    return {k: v for k, v in result.items() if k in fields}
 
 
 def _describe_result(name: str, result: Any) -> str:

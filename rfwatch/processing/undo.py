@@ -171,7 +171,12 @@ class Undoer:
             )
             return report
         ctx = self._context(row)
-        for step in sorted(steps, key=lambda s: s.seq, reverse=True):  # newest step first
+        ctx.undo_from = _where_it_was(row, history)
+        # Newest step first; an undo that only tells someone (``undo.notifies``: a file.undone event) runs after
+        # the others, once the file is back, so that it can say where the file is now.
+        newest_first = sorted(steps, key=lambda s: s.seq, reverse=True)
+        notifies = [s for s in newest_first if getattr(self._undo_of(s)[0], "notifies", False)]
+        for step in [s for s in newest_first if s not in notifies] + notifies:
             try:
                 self._undo_step(ctx, row, step, report)
             except Exception as exc:
@@ -288,6 +293,17 @@ class Undoer:
         elif outcome == "nothing":
             report.nothing.append(step.action)
         report.lines.append(f"{step.action}: {detail}")
+
+
+def _where_it_was(row: FileRow, history: list[StepRow]) -> Path:
+    """Where the file was when its processing finished, from its steps (an interrupted undo moved it since)."""
+    path = row.source
+    for step in sorted(history, key=lambda s: s.seq):
+        if step.kind in (StepKind.ACTION, StepKind.QUARANTINE) and step.state == StepState.DONE:
+            result = step.result if isinstance(step.result, dict) else {}
+            if result.get("outcome") == "moved" and result.get("to"):
+                path = Path(result["to"])
+    return path
 
 
 def give_up_undo(journal: Journal, row: FileRow) -> bool:

@@ -193,8 +193,9 @@ class Daemon:
         self.metrics = start_metrics(
             self.config.metrics_listen,
             self.queued,
-            self.deliveries.pending_by_plugin,
+            self.deliveries.pending_per_plugin,
             self.deliveries.failed_by_plugin,
+            review_backlog=self.journal.decisions.count_waiting,
         )
         self._wire_metrics(self.runtime)
 
@@ -519,7 +520,7 @@ class Daemon:
         try:  # first, so that nothing is processed when the folders cannot be watched
             self.watcher.start(observe=not self.once)
         except (WatchLimitError, FileNotFoundError) as exc:
-            log.error("%s", exc.strerror if isinstance(exc, WatchLimitError) else exc)
+            log.error("%s", exc.strerror or exc)  # the message alone: not "[Errno 2] ...: '/p'"
             self._close()
             return 1
         if self.progress:

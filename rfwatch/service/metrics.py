@@ -46,6 +46,7 @@ class _Prometheus(Metrics):
         queue_depth: Callable[[], int],
         pending_deliveries: Callable[[], dict[str, int]],
         failed_deliveries: Callable[[], dict[str, int]],
+        review_backlog: Callable[[], int],
     ):
         super().__init__()
         import prometheus_client as pc
@@ -70,6 +71,10 @@ class _Prometheus(Metrics):
         pc.Gauge("rfwatch_queue_depth", "Files waiting to be processed", registry=self.registry).set_function(
             queue_depth
         )
+        pc.Gauge(
+            "rfwatch_review_backlog", "Files waiting for a person on the review page", registry=self.registry
+        ).set_function(review_backlog)
+        # Pending and failed: every plugin that delivers (uploads: the review plugin) has its series, at 0.
         self.registry.register(
             _Deliveries(
                 "rfwatch_deliveries_pending", "Deliveries (webhooks, uploads) not yet delivered", pending_deliveries
@@ -108,6 +113,7 @@ def start_metrics(
     queue_depth: Callable[[], int],
     pending_deliveries: Callable[[], dict[str, int]],
     failed_deliveries: Callable[[], dict[str, int]] = dict,
+    review_backlog: Callable[[], int] = lambda: 0,
 ) -> Metrics:
     if not listen:
         return Metrics()
@@ -119,6 +125,6 @@ def start_metrics(
     except ImportError:
         raise ConfigError("metrics.listen: needs prometheus-client: pip install 'rfwatch[metrics]'") from None
     try:
-        return _Prometheus(listen, queue_depth, pending_deliveries, failed_deliveries)
+        return _Prometheus(listen, queue_depth, pending_deliveries, failed_deliveries, review_backlog)
     except OSError as exc:
         raise ConfigError(f"metrics.listen: cannot listen on {listen}: {exc.strerror or exc}") from None

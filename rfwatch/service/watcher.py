@@ -381,9 +381,12 @@ class FolderWatcher:
 
         The observers start first, so that no file written during the scan goes unseen.
         """
-        for watch in self.watches:
-            if not watch.path.is_dir():
-                raise FileNotFoundError(errno.ENOENT, f"watched folder does not exist: {watch.path}", str(watch.path))
+        from rfwatch.service.preflight import watch_folder_problem
+
+        for i, watch in enumerate(self.watches):
+            problem = watch_folder_problem(watch.path, f"watch[{i}].path")
+            if problem is not None:
+                raise FileNotFoundError(errno.ENOENT, str(problem), str(watch.path))
         # After the look above, which mounts an automounted share: its own filesystem is then listed.
         self.plans.reload(self.watches)
         if observe:
