@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rfwatch.config import Config, ConfigError
+from rfwatch.config import Config, ConfigError, load_config
 from rfwatch.exports import Format, run_export
 from rfwatch.journal import is_postgres_url, open_journal
 from rfwatch.processing.undo import parse_window
