@@ -98,6 +98,18 @@ def status_report(config) -> dict[str, Any]:
             # them within a second or so; otherwise the next `rfwatch run`).
             "backlog": sum(counts.get(s, 0) for s in ACTIVE_STATES),
             "waiting_for_review": journal.decisions.count_waiting(),
+            # Frames classified and waiting for their burst to end (sequence:), grouped as they would close now.
+            "open_sequences": [
+                {
+                    "key": o.key,
+                    "frames": o.frames,
+                    "classified": o.waiting,
+                    "captured": [_ts(o.first_capture), _ts(o.last_capture)],
+                    "quiet_for": round(o.quiet_for, 1),
+                    "gap": o.gap,
+                }
+                for o in journal.sequences.open_sequences()
+            ],
             "last_done": [
                 _row_brief(r, threshold) for r in journal.files.recent((FileState.DONE, FileState.UNMATCHED))
             ],
@@ -156,6 +168,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     if c["undoing"]:
         line += f", undo unfinished {c['undoing']} (run rfwatch undo again; rfwatch retry PATH gives it up)"
     print(line)
+    if report["open_sequences"]:
+        print(f"open sequences: {len(report['open_sequences'])}")
+        for o in report["open_sequences"]:
+            print(
+                f"  {o['key']}: {o['frames']} frame(s) ({o['classified']} classified), captured {o['captured'][0]}"
+                f" to {o['captured'][1]}; no new frame for {o['quiet_for']:g} s (closes after {o['gap']:g} s)"
+            )
     pending = report["deliveries_pending"]
     print("deliveries pending: " + (", ".join(f"{p} {n}" for p, n in sorted(pending.items())) or "none"))
     failed = {p: n for p, n in report["deliveries_failed"].items() if n}
@@ -236,6 +255,7 @@ def cmd_history(args: argparse.Namespace) -> int:
             print(f"#{row.id} {row.source} -> {row.path} [{row.state}] sha256 {row.sha256[:12]} model {row.model}")
             if row.support:
                 print("  for Roboflow support: " + "; ".join(f"{k} {v}" for k, v in row.support.items()))
+            _print_sequence(journal, row.id)
             for at, message, host in journal.files.events(row.id):
                 print(f"  {_ts(at)}  {message}" + (f"  (on {host})" if host else ""))
             for d in journal.outbox.for_file(row.id):
@@ -243,6 +263,22 @@ def cmd_history(args: argparse.Namespace) -> int:
     finally:
         journal.close()
     return 0
+
+
+def _print_sequence(journal: Journal, file_id: int) -> None:
+    frame = journal.sequences.frame(file_id)
+    if frame is None:
+        return
+    seq = journal.sequences.get(frame.sequence_id) if frame.sequence_id is not None else None
+    if seq is None:
+        print(f"  sequence: open (key {frame.key}, captured {_ts(frame.capture)}): waits for the burst to end")
+        return
+    print(
+        f"  sequence {seq.id} (key {seq.key}): frame {frame.frame} of {seq.frames}, its own class"
+        f" {frame.frame_class} {frame.frame_confidence or 0:.2f}; the sequence's {seq.label} {seq.confidence:.2f}"
+        f" ({seq.method}{', every frame empty' if seq.empty else ''}); closed {_ts(seq.closed)}: {seq.why}"
+        f" (rfwatch undo --sequence {seq.id})"
+    )
 
 
 def _delivery_state(d: dict[str, Any]) -> str:

@@ -44,6 +44,9 @@ POINTS: dict[str, str] = {
     # review
     "review.decided": "a person's decision committed, nothing applied yet",
     "review.uploaded": "a reviewed image uploaded and its image id kept, its label not yet sent",
+    # sequences
+    "sequence.waiting": "a classified frame's wait for its sequence committed",
+    "sequence.closed": "a sequence's close committed (its frames classified again), none of their actions run yet",
     # undo
     "undo.step_begun": "an undo step about to run, nothing of it journaled or done yet",
     "undo.intent": "an undo's intent committed, before its side effect (moving a file back)",

@@ -14,6 +14,7 @@ from rfwatch.config import Config, ConfigError
 from rfwatch.host.delivery import Deliverer
 from rfwatch.host.manager import PluginHost
 from rfwatch.host.rules import Rule, compile_rules
+from rfwatch.host.sequence import check_sequence_keys
 from rfwatch.images.sizing import UploadSize
 from rfwatch.roboflow.client import ModelId, RetryPolicy, RoboflowClient
 from rfwatch.roboflow.platform import PlatformClient
@@ -129,6 +130,7 @@ def build_runtime(config: Config, facts: FactsLookup | None = None, **client_ove
         raise ConfigError(
             "roboflow.model: expected a model such as my-project/3 (every watch without its own model uses it)"
         )
+    check_sequence_keys(config)
     extensions = load_extensions(config)
     client = make_client(config, facts=facts, **client_overrides)
     return Runtime(config, extensions, client)

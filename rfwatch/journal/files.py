@@ -542,6 +542,28 @@ class Files:
 
     # --- states -----------------------------------------------------------------------------
 
+    def holder_id(self) -> str:
+        """This process's holder id (registered at first use): for transactions of other journal modules."""
+        return self._holder()
+
+    def hold_for_sequence(self, tx: Tx, file_id: int, me: str, message: str) -> None:
+        """Inside the caller's transaction: a classified frame waits for its sequence (no process holds it)."""
+        now = time.time()
+        self._mine(tx, file_id, now, me)
+        tx.run("UPDATE files SET state=?, last_error=NULL, holder=NULL WHERE id=?", (FileState.WAITING, file_id))
+        self.event(tx, file_id, message, now)
+
+    def release_from_sequence(self, tx: Tx, file_ids: list[int], message: str) -> None:
+        """Inside the caller's transaction: the frames of a sequence that closed are classified files again, with
+        their actions to run (by any process)."""
+        now = time.time()
+        for file_id in file_ids:
+            tx.run(
+                "UPDATE files SET state=?, holder=NULL, updated=? WHERE id=? AND state=?",
+                (FileState.CLASSIFIED, now, file_id, FileState.WAITING),
+            )
+            self.event(tx, file_id, message, now)
+
     def wait_for_review(self, file_id: int, message: str) -> None:
         """The file waits for a person (no process holds it meanwhile)."""
         now = time.time()

@@ -1,0 +1,262 @@
+"""Sequences (issue 22, item 1): the frames of a burst are decided together and land in one class folder.
+
+The stand-in model (``server.classifier``) reads each frame's colour: red is a deer, blue a fox, green empty; a
+grey frame with a tint is an unsure guess at that tint's class (about 0.37). Capture times are written into EXIF
+(DateTimeOriginal, SubSecTimeOriginal, OffsetTimeOriginal) with Pillow, minutes before the test runs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from helpers import DaemonProcess, DaemonThread, JournalView, files_under, run_cli, wait_for, write_config
+from PIL import Image
+from webhook_receiver import Receiver
+
+from rfwatch.config import SequenceLabel
+from rfwatch.journal import Journal
+from rfwatch.processing.sequences import label_sequence
+from rfwatch.roboflow.result import Prediction
+
+# Frame colours, by what the stand-in model makes of them.
+DEER, FOX, EMPTY = (230, 10, 10), (10, 10, 230), (10, 230, 10)
+DEER_UNSURE, FOX_UNSURE, EMPTY_UNSURE = (118, 100, 92), (92, 100, 118), (95, 118, 97)
+MAYBE_DEER = (200, 60, 60)  # deer, but less sure than DEER
+CLASSES = ("deer", "empty", "fox")
+
+
+def classify(image: Image.Image) -> dict[str, float]:
+    """Channel shares: red -> deer, green -> empty, blue -> fox (a softmax-like head, as color_scores)."""
+    data = image.convert("RGB").resize((8, 8)).tobytes()
+    sums = [sum(data[i::3]) for i in range(3)]
+    total = sum(sums) or 1
+    return {name: round(s / total, 4) for name, s in zip(("deer", "empty", "fox"), sums, strict=True)}
+
+
+def frame(color: tuple[int, int, int], captured: dt.datetime, seed: int) -> bytes:
+    """A small JPEG of one colour (its bytes unique per seed) with its capture time in EXIF."""
+    img = Image.new("RGB", (48, 32), color)
+    img.putpixel((seed % 48, (seed // 48) % 32), (seed % 256, (seed * 7) % 256, (seed * 13) % 256))
+    exif = Image.Exif()
+    ifd = exif.get_ifd(0x8769)
+    ifd[0x9003] = captured.strftime("%Y:%m:%d %H:%M:%S")  # DateTimeOriginal
+    ifd[0x9291] = f"{captured.microsecond // 10000:02d}"  # SubSecTimeOriginal
+    ifd[0x9011] = captured.strftime("%z")[:3] + ":" + captured.strftime("%z")[3:]  # OffsetTimeOriginal
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90, exif=exif)
+    return buf.getvalue()
+
+
+def minutes_ago(minutes: float) -> dt.datetime:
+    return (dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=minutes)).astimezone()
+
+
+def burst(
+    folder: Path, prefix: str, colors: list[tuple[int, int, int]], start: dt.datetime, seed: int, order=None
+) -> dict[str, int]:
+    """Write a burst (frames 2 s apart); returns {name: place by capture time, from 1}. ``order``: the capture
+    slot of each frame in name order (a camera whose names do not follow its clock)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    order = order or list(range(len(colors)))
+    places = {}
+    for n, (color, slot) in enumerate(zip(colors, order, strict=True)):
+        name = f"{prefix}{n + 1:02d}.jpg"
+        (folder / name).write_bytes(frame(color, start + dt.timedelta(seconds=2 * slot), seed + n))
+        places[name] = slot + 1
+    return places
+
+
+def config(tmp_path: Path, server, state: str, sequence: dict | None, rules=None, **extra: Any) -> Path:
+    server.classifier = classify
+    move = "sorted/{class}/{name}"
+    doc_rules = rules or [{"name": "sort", "then": [{"move": move}]}]
+    cfg = write_config(tmp_path, server, rules=doc_rules, state=state, **extra)
+    doc = yaml.safe_load(cfg.read_text())
+    if sequence is not None:
+        doc["sequence"] = sequence
+    cfg.write_text(yaml.safe_dump(doc))
+    return cfg
+
+
+def sorted_classes(tmp_path: Path) -> dict[str, str]:
+    """{file name: the class folder it is in} below sorted/."""
+    return {p.name: p.parent.name for p in files_under(tmp_path / "sorted")}
+
+
+# --- labelling ---------------------------------------------------------------------------
+
+
+def _p(scores: dict[str, float]) -> Prediction:
+    ranked = sorted(scores.items(), key=lambda kv: -kv[1])
+    return Prediction.from_json(
+        {
+            "predictions": [{"class": c, "confidence": v} for c, v in ranked],
+            "top": ranked[0][0],
+            "confidence": ranked[0][1],
+        }
+    )
+
+
+def test_labels_max_mean_majority_and_empty_classes():
+    frames = [
+        (1, _p({"fox": 0.40, "deer": 0.35, "empty": 0.25})),
+        (2, _p({"deer": 0.90, "fox": 0.05, "empty": 0.05})),
+        (3, _p({"fox": 0.45, "deer": 0.30, "empty": 0.25})),
+        (4, _p({"fox": 0.38, "deer": 0.32, "empty": 0.30})),
+    ]
+    assert label_sequence(frames, SequenceLabel.MAX).label == "deer"
+    assert label_sequence(frames, "max").confidence == pytest.approx(0.90)
+    # mean: deer (0.35+0.90+0.30+0.32)/4 = 0.4675 beats fox (0.40+0.05+0.45+0.38)/4 = 0.32
+    mean = label_sequence(frames, "mean")
+    assert (mean.label, mean.confidence) == ("deer", pytest.approx(0.4675))
+    majority = label_sequence(frames, "majority")
+    assert (majority.label, majority.confidence) == ("fox", pytest.approx((0.40 + 0.45 + 0.38) / 3))
+    assert label_sequence(frames, "max").frames[3] == ("fox", 0.45)  # each frame keeps its own class
+
+    empties = [(i, _p({"empty": 0.95, "deer": 0.03, "fox": 0.02})) for i in range(1, 5)]
+    one_animal = [*empties, (5, _p({"deer": 0.37, "empty": 0.33, "fox": 0.30}))]
+    for method in ("max", "mean", "majority"):
+        everything_empty = label_sequence(empties, method, ("empty", "blank"))
+        assert (everything_empty.label, everything_empty.empty) == ("empty", True), method
+        animal = label_sequence(one_animal, method, ("empty", "blank"))
+        assert (animal.label, animal.empty) == ("deer", False), method
+    # without empty classes the confident empties win
+    assert label_sequence(one_animal, "max").label == "empty"
+
+
+# --- a card dump ---------------------------------------------------------------------------
+
+
+def test_card_dump_every_frame_of_a_burst_in_its_sequence_class_folder(tmp_path, server, journal_url, api_key):
+    inbox = tmp_path / "inbox"
+    rules = [{"name": "sort", "then": [{"move": "sorted/{class}/{frame}of{frames}-{frame_class}-{name}"}]}]
+    cfg = config(tmp_path, server, journal_url, {"key": "{parent}", "gap": 60, "label": "max"}, rules=rules)
+    expected: dict[str, tuple[str, int, str]] = {}
+    bursts = [
+        # (prefix, colours, label, minutes ago, capture order of the frames in name order)
+        ("A", [FOX_UNSURE, DEER, EMPTY_UNSURE, FOX_UNSURE, DEER_UNSURE], "deer", 12, None),
+        ("B", [DEER_UNSURE, DEER_UNSURE, FOX, EMPTY_UNSURE, DEER_UNSURE], "fox", 8, [4, 2, 0, 3, 1]),
+        ("C", [FOX_UNSURE, EMPTY_UNSURE, MAYBE_DEER, FOX_UNSURE, EMPTY_UNSURE], "deer", 4, None),
+    ]
+    own = {FOX_UNSURE: "fox", DEER: "deer", EMPTY_UNSURE: "empty", DEER_UNSURE: "deer", FOX: "fox"}
+    own[MAYBE_DEER] = "deer"
+    for n, (prefix, colors, label, ago, order) in enumerate(bursts):
+        places = burst(inbox, prefix, colors, minutes_ago(ago), 100 * n, order)
+        for (name, place), color in zip(places.items(), colors, strict=True):
+            expected[name] = (label, place, own[color])
+    result = run_cli("run", "-c", str(cfg), "--once")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert files_under(inbox) == []
+    got = {p.name.split("-", 2)[2]: (p.parent.name, p.name) for p in files_under(tmp_path / "sorted")}
+    assert set(got) == set(expected)
+    for name, (label, place, frame_class) in expected.items():
+        folder, placed_as = got[name]
+        assert folder == label, f"{name} sorted as {folder}, its sequence is {label}"
+        assert placed_as == f"{place}of5-{frame_class}-{name}", placed_as
+    journal = Journal.open(journal_url)
+    try:
+        rows = {r.source.name: r for r in JournalView(cfg).rows()}
+        assert {str(r.state) for r in rows.values()} == {"done"}
+        seqs = journal.sequences.of_files([r.id for r in rows.values()])
+        by_burst = {p: {seqs[r.id].sequence_id for n, r in rows.items() if n.startswith(p)} for p in "ABC"}
+        assert all(len(ids) == 1 for ids in by_burst.values()), by_burst
+        assert len(set().union(*by_burst.values())) == 3
+        assert {seqs[rows["B01.jpg"].id].frames, seqs[rows["B01.jpg"].id].label} == {5, "fox"}
+    finally:
+        journal.close()
+    history = run_cli("history", "-c", str(cfg), str(tmp_path / "sorted" / "fox" / "5of5-deer-B01.jpg"))
+    assert history.returncode == 0, history.stderr
+    assert "sequence" in history.stdout and "frame 5 of 5" in history.stdout, history.stdout
+
+
+def test_an_all_empty_burst_and_one_animal_among_empty_frames(tmp_path, server, journal_url, api_key):
+    inbox = tmp_path / "inbox"
+    cfg = config(tmp_path, server, journal_url, {"gap": 60, "empty": ["empty", "blank"]})
+    start = minutes_ago(6)
+    burst(inbox / "cam1", "E", [EMPTY, EMPTY_UNSURE, EMPTY, EMPTY, EMPTY_UNSURE], start, 1)
+    # the same minutes, another camera (its own key): four confident empties and one unsure deer
+    burst(inbox / "cam2", "M", [EMPTY, EMPTY, DEER_UNSURE, EMPTY, EMPTY], start, 50)
+    result = run_cli("run", "-c", str(cfg), "--once")
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = sorted_classes(tmp_path)
+    assert got == {**{f"E0{n}.jpg": "empty" for n in range(1, 6)}, **{f"M0{n}.jpg": "deer" for n in range(1, 6)}}
+
+
+# --- a live burst -------------------------------------------------------------------------------
+
+
+def test_a_live_burst_arriving_frame_by_frame_waits_then_lands_together(tmp_path, server, api_key):
+    receiver = Receiver().start()
+    try:
+        rules = [{"name": "sort", "then": [{"move": "sorted/{class}/{name}"}, {"webhook": receiver.url}]}]
+        cfg = config(tmp_path, server, "state/journal.db", {"gap": 2}, rules=rules, settle=0.1)
+        inbox = tmp_path / "inbox"
+        view = JournalView(cfg)
+        colors = [FOX_UNSURE, EMPTY_UNSURE, DEER, DEER_UNSURE, FOX_UNSURE]
+        start = minutes_ago(3)
+        with DaemonThread(cfg):
+            for n, color in enumerate(colors):
+                name = f"L{n + 1}.jpg"
+                (inbox / name).write_bytes(frame(color, start + dt.timedelta(seconds=1.5 * n), 300 + n))
+                wait_for(lambda name=name: view.state(name) == "waiting", what=f"{name} waiting")
+                # every frame so far still waits in the inbox: nothing is decided before the burst ends
+                assert sorted(p.name for p in files_under(inbox)) == [f"L{i + 1}.jpg" for i in range(n + 1)]
+                if n == 2:
+                    status = run_cli("status", "-c", str(cfg))
+                    assert "open sequences: 1" in status.stdout, status.stdout
+                    assert "3 frame(s)" in status.stdout, status.stdout
+            wait_for(lambda: len(files_under(tmp_path / "sorted")) == 5, timeout=30, what="the burst sorted")
+            wait_for(lambda: any(json.loads(d.body)["type"] == "sequence.closed" for d in receiver.ok()))
+            wait_for(lambda: len(receiver.ok()) == 6, what="5 file events and 1 sequence event")
+        assert sorted_classes(tmp_path) == {f"L{n}.jpg": "deer" for n in range(1, 6)}
+        events = [json.loads(d.body) for d in receiver.ok()]
+        closed = [e for e in events if e["type"] == "sequence.closed"]
+        assert len(closed) == 1
+        data = closed[0]["data"]
+        assert data["class"] == "deer" and data["label"] == "max"
+        assert [Path(f["source"]).name for f in data["frames"]] == [f"L{n}.jpg" for n in range(1, 6)]
+        assert [f["class"] for f in data["frames"]] == ["fox", "empty", "deer", "deer", "fox"]
+        per_file = [e for e in events if e["type"] == "file.processed"]
+        assert {e["data"]["sequence"]["id"] for e in per_file} == {data["sequence"]}
+        assert {e["data"]["prediction"]["top"] for e in per_file} == {"deer"}
+    finally:
+        receiver.stop()
+
+
+# --- kill -9 while frames wait -------------------------------------------------------------------
+
+
+def test_kill_9_while_frames_wait_then_restart_nothing_lost(tmp_path, server, api_key):
+    inbox = tmp_path / "inbox"
+    # gap 30: the daemon keeps the frames waiting (no new frame for 30 s of wall time has not passed yet)
+    cfg = config(tmp_path, server, "state/journal.db", {"gap": 30}, settle=0.1)
+    burst(inbox, "A", [FOX_UNSURE, DEER, EMPTY_UNSURE, FOX_UNSURE, DEER_UNSURE], minutes_ago(9), 1)
+    burst(inbox, "B", [DEER_UNSURE, FOX, EMPTY_UNSURE], minutes_ago(5), 20)
+    written = {p.name: p.read_bytes() for p in files_under(inbox)}
+    view = JournalView(cfg)
+    log = tmp_path / "daemon.log"
+    with DaemonProcess(cfg, log) as daemon:
+        daemon.wait_ready()
+
+        def burst_b_waits() -> bool:
+            return all(view.state(f"B0{n}.jpg") == "waiting" for n in (1, 2, 3))
+
+        wait_for(burst_b_waits, timeout=30, what="burst B waiting")
+        daemon.kill()  # B waits (A may have closed already, by B's arrival: both are covered)
+    assert {p.name for p in files_under(inbox)} >= {"B01.jpg", "B02.jpg", "B03.jpg"}
+    result = run_cli("run", "-c", str(cfg), "--once")
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = sorted_classes(tmp_path)
+    assert got == {**{f"A0{n}.jpg": "deer" for n in range(1, 6)}, **{f"B0{n}.jpg": "fox" for n in range(1, 4)}}
+    for p in files_under(tmp_path / "sorted"):
+        assert p.read_bytes() == written[p.name]
+    db = sqlite3.connect(tmp_path / "state" / "journal.db")
+    assert db.execute("SELECT COUNT(*) FROM sequences").fetchone()[0] == 2
+    assert db.execute("SELECT COUNT(*) FROM files WHERE state != 'done'").fetchone()[0] == 0
