@@ -345,7 +345,16 @@ def cmd_undo(args: argparse.Namespace) -> int:
     journal = _journal(config, kind="undo")
     deliveries = Deliveries(journal, deliverers=dict(extensions.deliverers))
     undoer = Undoer(config, journal, extensions.rules, extensions.plugins.actions, deliveries, dry_run=args.dry_run)
-    chosen = UndoFilter(args.rule, args.cls, since, until, tuple(Path(os.path.abspath(p)) for p in args.paths))
+    paths = [Path(os.path.abspath(p)) for p in args.paths]
+    for sequence_id in args.sequence or []:  # a sequence's frames, by where each is now
+        frames = journal.sequences.file_ids(sequence_id)
+        if not frames:
+            journal.close()
+            raise ConfigError(
+                f"--sequence {sequence_id}: no closed sequence has this id (rfwatch history shows a frame's)"
+            )
+        paths += [journal.files.get(file_id).path for file_id in frames]
+    chosen = UndoFilter(args.rule, args.cls, since, until, tuple(paths))
     tally: dict[str, int] = {}
     kept: list[str] = []
     nothing: set[str] = set()
@@ -457,6 +466,9 @@ def add_commands(sub, common) -> None:
     p.add_argument("--since", metavar="WHEN", help="files taken since WHEN: 2h, 3d, or 2026-11-27T14:00")
     p.add_argument("--until", metavar="WHEN", help="files taken until WHEN")
     p.add_argument("--dry-run", action="store_true", help="say what would be undone; change nothing")
+    p.add_argument(
+        "--sequence", type=int, action="append", metavar="ID", help="every frame of this sequence (see rfwatch history)"
+    )
     p.add_argument("paths", nargs="*", metavar="PATH", help="files, by where they are now or where they were found")
     p.set_defaults(func=cmd_undo)
 

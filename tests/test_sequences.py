@@ -18,6 +18,7 @@ import pytest
 import yaml
 from helpers import DaemonProcess, DaemonThread, JournalView, files_under, run_cli, wait_for, write_config
 from PIL import Image
+from test_review_browser import browser  # noqa: F401 - the fixture
 from webhook_receiver import Receiver
 
 from rfwatch.config import SequenceLabel
@@ -260,3 +261,160 @@ def test_kill_9_while_frames_wait_then_restart_nothing_lost(tmp_path, server, ap
     db = sqlite3.connect(tmp_path / "state" / "journal.db")
     assert db.execute("SELECT COUNT(*) FROM sequences").fetchone()[0] == 2
     assert db.execute("SELECT COUNT(*) FROM files WHERE state != 'done'").fetchone()[0] == 0
+
+
+# --- undo and review per sequence -------------------------------------------------------------------
+
+
+def test_undo_a_whole_sequence_puts_every_frame_back(tmp_path, server, api_key):
+    inbox = tmp_path / "inbox"
+    cfg = config(tmp_path, server, "state/journal.db", {"gap": 60})
+    burst(inbox, "A", [FOX_UNSURE, DEER, EMPTY_UNSURE], minutes_ago(9), 1)
+    burst(inbox, "B", [DEER_UNSURE, FOX, EMPTY_UNSURE], minutes_ago(5), 20)
+    assert run_cli("run", "-c", str(cfg), "--once").returncode == 0
+    assert sorted_classes(tmp_path) == {
+        **{f"A0{n}.jpg": "deer" for n in (1, 2, 3)},
+        **{f"B0{n}.jpg": "fox" for n in (1, 2, 3)},
+    }
+    history = run_cli("history", "-c", str(cfg), str(tmp_path / "sorted" / "fox" / "B02.jpg"))
+    seq_id = history.stdout.split("sequence ", 1)[1].split()[0]
+    undo = run_cli("undo", "-c", str(cfg), "--sequence", seq_id)
+    assert undo.returncode == 0, undo.stdout + undo.stderr
+    assert "3 file(s): 3 undone" in undo.stdout, undo.stdout
+    assert sorted(p.name for p in files_under(inbox)) == ["B01.jpg", "B02.jpg", "B03.jpg"]
+    assert sorted_classes(tmp_path) == {f"A0{n}.jpg": "deer" for n in (1, 2, 3)}
+    unknown = run_cli("undo", "-c", str(cfg), "--sequence", "999")
+    assert unknown.returncode == 2 and "--sequence 999: no closed sequence" in unknown.stderr, unknown.stderr
+    # retried, the frames run their rules again with their sequence's label (it closed once, for good)
+    assert run_cli("retry", "-c", str(cfg), "--undone").returncode == 0
+    assert run_cli("run", "-c", str(cfg), "--once").returncode == 0
+    assert sorted_classes(tmp_path)["B01.jpg"] == "fox"
+
+
+def test_review_page_shows_a_sequence_frames_together_with_their_sequence(
+    tmp_path,
+    server,
+    api_key,
+    browser,  # noqa: F811 - the fixture of test_review_browser
+):
+    from test_review import REVIEW_RULES, Api, free_port, wait_listening
+    from test_review_browser import Page
+
+    port = free_port()
+    cfg = config(tmp_path, server, "state/journal.db", {"gap": 3}, rules=REVIEW_RULES, settle=0.1)
+    doc = yaml.safe_load(cfg.read_text())
+    doc["review"] = {"listen": f"127.0.0.1:{port}"}
+    cfg.write_text(yaml.safe_dump(doc))
+    api, page = Api(port), Page(browser, port)
+    with DaemonThread(cfg):
+        wait_listening(port)
+        # names against their capture order: the page shows them by their place in the sequence
+        burst(tmp_path / "inbox", "U", [FOX_UNSURE, DEER_UNSURE, EMPTY_UNSURE], minutes_ago(2), 7, [2, 0, 1])
+        wait_for(lambda: api.items()["waiting"] == 3, timeout=30, what="the unsure burst in review")
+        items = api.items()["items"]
+        assert [i["name"] for i in items] == ["U02.jpg", "U03.jpg", "U01.jpg"]
+        assert {i["sequence"]["id"] for i in items} == {items[0]["sequence"]["id"]}
+        seq = items[0]["sequence"]
+        browser.get(page.base + "/")
+        expected = [
+            f"{n} \u00b7 sequence {seq['id']}, frame {k} of 3: {seq['class']}"
+            for k, n in enumerate(["U02.jpg", "U03.jpg", "U01.jpg"], 1)
+        ]
+        wait_for(lambda: page.cards() == expected, timeout=10, what=f"cards {expected}, got {page.cards()}")
+        # a person's label is one frame's: the others still wait
+        status, _ = api.label(items[0]["id"], "deer")
+        assert status == 200
+        wait_for(lambda: (tmp_path / "sorted" / "deer" / "U02.jpg").exists(), what="the labelled frame sorted")
+        assert [i["name"] for i in api.items()["items"]] == ["U03.jpg", "U01.jpg"]
+
+
+# --- the journal: one closer, schema 3 upgraded --------------------------------------------------
+
+
+def _waiting_frames(journal: Journal, root: Path, key: str, count: int, first: int = 0) -> list[int]:
+    """``count`` frames of ``key`` 2 s apart, classified and waiting, as the pipeline leaves them."""
+    ids = []
+    for n in range(first, first + count):
+        taken = journal.files.take(root / f"{key}-{n}.jpg", 10, n, f"sha{key}{n}", "m/1")
+        assert isinstance(taken, int)
+        doc = {"predictions": [{"class": "deer", "confidence": 0.5 + n / 100}], "top": "deer", "confidence": 0.5}
+        journal.files.classified(taken, doc, f"sha{key}{n}", "m/1", "deer 0.50")
+        journal.sequences.arrive(taken, key, 1000.0 + 2 * n, 60.0)
+        assert journal.sequences.wait(taken, "deer", 0.5) is None
+        ids.append(taken)
+    return ids
+
+
+def _decide(key, members):
+    from rfwatch.journal import Decided
+
+    return Decided("deer", 0.9, "max", False, {m.file_id: ("deer", 0.5) for m in members})
+
+
+def test_each_sequence_is_closed_by_exactly_one_of_several_processes(journal_url, tmp_path):
+    import threading
+
+    from rfwatch.journal import Roots
+
+    root = tmp_path / "inbox"
+    handles = [Journal.open(journal_url, host=f"host-{n}", roots=Roots({"inbox": root})) for n in range(3)]
+    try:
+        frames = {f"cam{k}": _waiting_frames(handles[0], root, f"cam{k}", 3) for k in range(8)}
+        start = threading.Barrier(len(handles))
+        closed: list[list] = [[] for _ in handles]
+
+        def close(n: int) -> None:
+            start.wait()
+            closed[n] = handles[n].sequences.close_due(_decide, final=True)
+
+        threads = [threading.Thread(target=close, args=(n,)) for n in range(len(handles))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        keys = [s.key for c in closed for s in c]
+        assert sorted(keys) == sorted(frames), keys  # each key's sequence closed once, by one of them
+        of = handles[1].sequences.of_files([i for ids in frames.values() for i in ids])
+        for ids in frames.values():
+            assert len({of[i].sequence_id for i in ids}) == 1
+            assert [of[i].frame for i in ids] == [1, 2, 3] and {of[i].frames for i in ids} == {3}
+        states = {str(handles[2].files.get(i).state) for ids in frames.values() for i in ids}
+        assert states == {"classified"}  # released: any process carries them on
+        assert handles[2].sequences.close_due(_decide, final=True) == []
+    finally:
+        for j in handles:
+            j.close()
+
+
+def test_a_schema_3_journal_is_upgraded_in_place(journal_url, tmp_path):
+    from rfwatch.journal import SCHEMA_VERSION, Roots
+    from rfwatch.journal.schema import _FILES_WORKING
+
+    root = tmp_path / "inbox"
+    journal = Journal.open(journal_url, roots=Roots({"inbox": root}))
+    kept = journal.files.take(root / "old.jpg", 1, 1, "sha-old", "m/1")
+    journal.close()
+    # back to schema 3 as rfwatch before sequences wrote it
+    old = Journal.open(journal_url, roots=Roots({"inbox": root}))
+
+    def downgrade(tx):
+        tx.run("DROP TABLE seq_frames")
+        tx.run("DROP TABLE sequences")
+        tx.run("DROP INDEX files_working")
+        tx.run(_FILES_WORKING.replace(",'waiting'", ""))
+        tx.run("UPDATE meta SET value='3' WHERE key='schema_version'")
+
+    old.db.transact(downgrade)
+    old.close()
+    journal = Journal.open(journal_url, roots=Roots({"inbox": root}))
+    try:
+        assert SCHEMA_VERSION == 4
+        assert journal.db.scalar("SELECT value FROM meta WHERE key='schema_version'") == "4"
+        assert journal.files.get(kept).source == root / "old.jpg"
+        ids = _waiting_frames(journal, root, "cam", 2)
+        # a waiting frame is one rfwatch still owns: no second row may take its path
+        assert journal.files.take(root / "cam-0.jpg", 10, 0, "other", "m/1").reason == "being processed"
+        assert [s.frames for s in journal.sequences.close_due(_decide, final=True)] == [2]
+        assert journal.sequences.of_files(ids)[ids[1]].frame == 2
+    finally:
+        journal.close()

@@ -3,9 +3,11 @@
 Routes:
 
 - ``GET /``: the page (plain HTML, CSS and JavaScript from this package; no build step, no CDN);
-- ``GET /api/items``: ``{"items": [{"id", "name", "path", "prediction", "image", "classes", "multi_label"}],
-  "classes": [...], "waiting": n}``, oldest first; ``prediction`` is the documented response JSON and
-  ``image`` the URL of a small upright JPEG of the file;
+- ``GET /api/items``: ``{"items": [{"id", "name", "path", "prediction", "image", "classes", "multi_label",
+  "sequence"}], "classes": [...], "waiting": n}``, oldest first, the frames of one sequence together (by their
+  place in it); ``prediction`` is the documented response JSON (a frame's own), ``image`` the URL of a small
+  upright JPEG of the file, ``sequence`` null or ``{"id", "frame", "frames", "class", "confidence"}`` (the
+  sequence's label; a decision labels the one frame);
 - ``GET /api/items/<id>/image``: that JPEG (by the journal's integer id only: never a path; and only of a file
   that waits for review: 404 for any other);
 - ``POST /api/items/<id>/label`` with ``{"class": "dog"}`` (multi-label: ``{"classes": ["dog", "cat"]}``):
@@ -168,7 +170,16 @@ class ReviewApi:
     def items(self) -> dict[str, Any]:
         out = []
         classes: list[str] = []
-        for row in self.decisions.waiting():
+        rows = self.decisions.waiting()
+        sequences = self.journal.sequences.of_files([r.id for r in rows])
+        first: dict[int, int] = {}  # a sequence's frames together, where its first waiting frame is
+        for n, r in enumerate(rows):
+            if r.id in sequences:
+                first.setdefault(sequences[r.id].sequence_id, n)
+        place = {
+            r.id: (first[s.sequence_id], s.frame) if (s := sequences.get(r.id)) else (n, 0) for n, r in enumerate(rows)
+        }
+        for row in sorted(rows, key=lambda r: place[r.id]):
             prediction = self._prediction(row)
             item_classes = self._classes(row, prediction)
             classes += [c for c in item_classes if c not in classes]
@@ -181,6 +192,7 @@ class ReviewApi:
                     "image": f"/api/items/{row.id}/image",
                     "classes": item_classes,
                     "multi_label": prediction.multi_label,
+                    "sequence": _sequence(sequences.get(row.id)),
                 }
             )
         return {"items": out, "classes": classes, "waiting": len(out)}
@@ -304,3 +316,15 @@ def create_app(config: Config, classes_of: ClassesOf, port: Callable[[], int]) -
     app = Starlette(routes=routes, middleware=[Middleware(_Guard, config=config, port=port)])
     app.state.journal = journal
     return app
+
+
+def _sequence(of: Any) -> dict[str, Any] | None:
+    if of is None:
+        return None
+    return {
+        "id": of.sequence_id,
+        "frame": of.frame,
+        "frames": of.frames,
+        "class": of.label,
+        "confidence": of.confidence,
+    }

@@ -78,7 +78,9 @@ function card(item) {
   const img = node.querySelector("img");
   img.src = item.image;
   img.alt = item.name;
-  node.querySelector(".name").textContent = item.name;
+  const seq = item.sequence;
+  node.querySelector(".name").textContent = item.name
+    + (seq ? ` \u00b7 sequence ${seq.id}, frame ${seq.frame} of ${seq.frames}: ${seq.class}` : "");
   const list = node.querySelector(".top3");
   for (const [name, confidence] of top3(item)) {
     const li = document.createElement("li");
