@@ -128,6 +128,10 @@ def test_labels_max_mean_majority_and_empty_classes():
         assert (everything_empty.label, everything_empty.empty) == ("empty", True), method
         animal = label_sequence(one_animal, method, ("empty", "blank"))
         assert (animal.label, animal.empty) == ("deer", False), method
+    # two animal frames that disagree, each with "empty" second: their mean's best is still an animal
+    split = [(1, _p({"deer": 0.40, "empty": 0.35, "fox": 0.25})), (2, _p({"fox": 0.40, "empty": 0.35, "deer": 0.25}))]
+    assert label_sequence(split, "mean", ("empty",)).label in ("deer", "fox")
+    assert label_sequence(split, "mean").label == "empty"  # (empty is a class like any other without empty:)
     # without empty classes the confident empties win
     assert label_sequence(one_animal, "max").label == "empty"
 
@@ -416,5 +420,28 @@ def test_a_schema_3_journal_is_upgraded_in_place(journal_url, tmp_path):
         assert journal.files.take(root / "cam-0.jpg", 10, 0, "other", "m/1").reason == "being processed"
         assert [s.frames for s in journal.sequences.close_due(_decide, final=True)] == [2]
         assert journal.sequences.of_files(ids)[ids[1]].frame == 2
+    finally:
+        journal.close()
+
+
+def test_a_frame_taken_after_its_sequence_closed_joins_it(journal_url, tmp_path):
+    from rfwatch.journal import Roots
+
+    root = tmp_path / "inbox"
+    journal = Journal.open(journal_url, roots=Roots({"inbox": root}))
+    try:
+        _waiting_frames(journal, root, "cam", 3)  # captured at 1000, 1002, 1004
+        (closed,) = journal.sequences.close_due(_decide, final=True)
+        late = journal.files.take(root / "late.jpg", 10, 1, "sha-late", "m/1")
+        journal.files.classified(late, {"predictions": []}, "sha-late", "m/1", "(none)")
+        journal.sequences.arrive(late, "cam", 1030.0, 60.0)  # within gap of the sequence's last frame
+        joined = journal.sequences.wait(late, "fox", 0.4)
+        assert joined is not None and joined.id == closed.id and joined.frames == 4
+        assert journal.sequences.of_files([late])[late].frame == 4
+        later = journal.files.take(root / "later.jpg", 10, 2, "sha-later", "m/1")
+        journal.files.classified(later, {"predictions": []}, "sha-later", "m/1", "(none)")
+        journal.sequences.arrive(later, "cam", 1100.0, 60.0)  # more than gap after it: a sequence of its own
+        assert journal.sequences.wait(later, "fox", 0.4) is None
+        assert str(journal.files.get(later).state) == "waiting"
     finally:
         journal.close()
