@@ -445,3 +445,24 @@ def test_a_frame_taken_after_its_sequence_closed_joins_it(journal_url, tmp_path)
         assert str(journal.files.get(later).state) == "waiting"
     finally:
         journal.close()
+
+
+def test_sequence_config_errors_name_the_key(tmp_path):
+    from rfwatch.config import ConfigError, config_from_dict
+    from rfwatch.host.runtime import load_extensions
+
+    def load(doc):
+        return config_from_dict(
+            {"roboflow": {"model": "a/1"}, "watch": ["inbox", {"path": "b", "sequence": False}], **doc}, tmp_path
+        )
+
+    with pytest.raises(
+        ConfigError, match=r"^sequence.key: unknown placeholder \{class\}.*before the file is classified"
+    ):
+        load_extensions(load({"sequence": {"key": "{class}"}}))
+    with pytest.raises(ConfigError, match=r"^sequence.label: expected max, mean or majority, got 'best'"):
+        load({"sequence": {"label": "best"}})
+    with pytest.raises(ConfigError, match=r"^sequence.gap: expected a positive number of seconds"):
+        load({"sequence": {"gap": 0}})
+    cfg = load({"sequence": {"gap": 30, "empty": "blank"}})
+    assert [(w.sequence.gap, w.sequence.empty) if w.sequence else None for w in cfg.watch] == [(30.0, ("blank",)), None]

@@ -89,6 +89,7 @@ class Extensions:
 
 def load_extensions(config: Config) -> Extensions:
     """Load the plugins, build every rule's actions and the deliverers; a ConfigError names the key."""
+    check_sequence_keys(config)
     plugins = PluginHost.load(config.plugins)
     rules = compile_rules(config, plugins.actions)
     deliverers: dict[str, tuple[str, Deliverer]] = {}
@@ -130,7 +131,6 @@ def build_runtime(config: Config, facts: FactsLookup | None = None, **client_ove
         raise ConfigError(
             "roboflow.model: expected a model such as my-project/3 (every watch without its own model uses it)"
         )
-    check_sequence_keys(config)
     extensions = load_extensions(config)
     client = make_client(config, facts=facts, **client_overrides)
     return Runtime(config, extensions, client)
