@@ -460,7 +460,7 @@ def test_sequence_config_errors_name_the_key(tmp_path):
         ConfigError, match=r"^sequence.key: unknown placeholder \{class\}.*before the file is classified"
     ):
         load_extensions(load({"sequence": {"key": "{class}"}}))
-    with pytest.raises(ConfigError, match=r"^sequence.label: expected max, mean or majority, got 'best'"):
+    with pytest.raises(ConfigError, match=r"^sequence.label: expected max, mean or majority, got \"best\""):
         load({"sequence": {"label": "best"}})
     with pytest.raises(ConfigError, match=r"^sequence.gap: expected a positive number of seconds"):
         load({"sequence": {"gap": 0}})
