@@ -466,3 +466,30 @@ def test_sequence_config_errors_name_the_key(tmp_path):
         load({"sequence": {"gap": 0}})
     cfg = load({"sequence": {"gap": 30, "empty": "blank"}})
     assert [(w.sequence.gap, w.sequence.empty) if w.sequence else None for w in cfg.watch] == [(30.0, ("blank",)), None]
+
+
+def test_journal_copy_keeps_sequences_and_waiting_frames(journal_url, tmp_path):
+    from rfwatch.journal import Roots
+    from rfwatch.journal.copy import copy_journal
+
+    root = tmp_path / "inbox"
+    source = Journal.open(str(tmp_path / "source.db"), roots=Roots({"inbox": root}))
+    closed_ids = _waiting_frames(source, root, "cam1", 3)
+    source.sequences.close_due(_decide, final=True)
+    waiting_ids = _waiting_frames(source, root, "cam2", 2)
+    source.close()
+    source = Journal.open(str(tmp_path / "source.db"), roots=Roots({"inbox": root}))
+    target = Journal.open(journal_url, roots=Roots({"inbox": root}))
+    try:
+        copy_journal(source, target)
+        again = copy_journal(source, target)
+        assert again.files == 0 and "sequences" not in again.counts
+        of = target.sequences.of_files(closed_ids)
+        assert [of[i].frame for i in closed_ids] == [1, 2, 3] and {of[i].label for i in closed_ids} == {"deer"}
+        assert target.db.scalar("SELECT COUNT(*) FROM sequences") == 1
+        assert {str(target.files.get(i).state) for i in waiting_ids} == {"waiting"}
+        (closed,) = target.sequences.close_due(_decide, final=True)  # the waiting frames close in the target
+        assert closed.frames == 2 and closed.id != of[closed_ids[0]].sequence_id
+    finally:
+        source.close()
+        target.close()
