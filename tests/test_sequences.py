@@ -201,7 +201,9 @@ def test_a_live_burst_arriving_frame_by_frame_waits_then_lands_together(tmp_path
     receiver = Receiver().start()
     try:
         rules = [{"name": "sort", "then": [{"move": "sorted/{class}/{name}"}, {"webhook": receiver.url}]}]
-        cfg = config(tmp_path, server, "state/journal.db", {"gap": 2}, rules=rules, settle=0.1)
+        # gap 8: the frames come 1.5 s apart (capture times), and the burst closes 8 s of wall time after the
+        # last one; margin for a loaded machine between two frames (a status command runs meanwhile)
+        cfg = config(tmp_path, server, "state/journal.db", {"gap": 8}, rules=rules, settle=0.1)
         inbox = tmp_path / "inbox"
         view = JournalView(cfg)
         colors = [FOX_UNSURE, EMPTY_UNSURE, DEER, DEER_UNSURE, FOX_UNSURE]
@@ -305,7 +307,7 @@ def test_review_page_shows_a_sequence_frames_together_with_their_sequence(
     from test_review_browser import Page
 
     port = free_port()
-    cfg = config(tmp_path, server, "state/journal.db", {"gap": 3}, rules=REVIEW_RULES, settle=0.1)
+    cfg = config(tmp_path, server, "state/journal.db", {"gap": 5}, rules=REVIEW_RULES, settle=0.1)
     doc = yaml.safe_load(cfg.read_text())
     doc["review"] = {"listen": f"127.0.0.1:{port}"}
     cfg.write_text(yaml.safe_dump(doc))
