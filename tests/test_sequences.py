@@ -174,6 +174,12 @@ def test_card_dump_every_frame_of_a_burst_in_its_sequence_class_folder(tmp_path,
         assert all(len(ids) == 1 for ids in by_burst.values()), by_burst
         assert len(set().union(*by_burst.values())) == 3
         assert {seqs[rows["B01.jpg"].id].frames, seqs[rows["B01.jpg"].id].label} == {5, "fox"}
+        # as exports read it: (sequence_id, frame, frames, label, confidence, captured, key, empty)
+        b = sorted((seqs[r.id] for n, r in rows.items() if n.startswith("B")), key=lambda of: of.frame)
+        _, frame_no, frames, label, confidence, *_ = b[0]
+        assert (frame_no, frames, label) == (1, 5, "fox") and confidence > 0.8
+        assert [of.captured for of in b] == sorted(of.captured for of in b)  # places follow capture times
+        assert {of.key for of in b} == {"inbox/inbox"} and not any(of.empty for of in b)
     finally:
         journal.close()
     history = run_cli("history", "-c", str(cfg), str(tmp_path / "sorted" / "fox" / "5of5-deer-B01.jpg"))

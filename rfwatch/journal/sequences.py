@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 from rfwatch.crashpoints import crash_point
 from rfwatch.journal.db import Database, Dialect, Tx
@@ -68,15 +68,21 @@ class FrameRow:
     frame_confidence: float | None
 
 
-@dataclass(frozen=True)
-class SequenceOf:
-    """A frame's sequence, as exports read it (:meth:`Sequences.of_files`)."""
+class SequenceOf(NamedTuple):
+    """A frame's sequence, as exports read it (:meth:`Sequences.of_files`); unpacks as (sequence_id, frame, frames,
+    label, confidence, ...)."""
 
     sequence_id: int
     frame: int
     frames: int
     label: str
     confidence: float
+    #: The frame's capture time (Unix seconds: EXIF DateTimeOriginal with its sub-seconds and offset, else mtime).
+    captured: float
+    #: The sequence's key: the watched folder's name, "/", the rendered ``sequence.key`` (a camera, say).
+    key: str
+    #: Whether every frame of the sequence was of an empty class.
+    empty: bool
 
 
 @dataclass(frozen=True)
@@ -161,12 +167,22 @@ class Sequences:
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             rows = self.db.all(
-                "SELECT f.file_id, f.frame, s.id, s.frames, s.label, s.confidence FROM seq_frames f"
+                "SELECT f.file_id, f.frame, f.capture, s.id, s.frames, s.label, s.confidence, s.key, s.empty"
+                " FROM seq_frames f"
                 f" JOIN sequences s ON s.id = f.sequence_id WHERE f.file_id IN ({','.join('?' * len(chunk))})",
                 tuple(chunk),
             )
             for r in rows:
-                out[r["file_id"]] = SequenceOf(r["id"], r["frame"], r["frames"], r["label"], r["confidence"])
+                out[r["file_id"]] = SequenceOf(
+                    r["id"],
+                    r["frame"],
+                    r["frames"],
+                    r["label"],
+                    r["confidence"],
+                    r["capture"],
+                    r["key"],
+                    bool(r["empty"]),
+                )
         return out
 
     def open_sequences(self) -> list[OpenSequence]:
