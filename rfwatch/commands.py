@@ -163,6 +163,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     line = f"done {c['done']}, unmatched {c['unmatched']}, failed {c['failed']}, backlog {report['backlog']}"
     if report["waiting_for_review"]:
         line += f", waiting for review {report['waiting_for_review']}"
+    if c["waiting"]:
+        line += f", waiting for their sequence {c['waiting']}"
     if c["undone"]:
         line += f", undone {c['undone']}"
     if c["undoing"]:

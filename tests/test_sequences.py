@@ -223,6 +223,7 @@ def test_a_live_burst_arriving_frame_by_frame_waits_then_lands_together(tmp_path
                 assert sorted(p.name for p in files_under(inbox)) == [f"L{i + 1}.jpg" for i in range(n + 1)]
                 if n == 2:
                     status = run_cli("status", "-c", str(cfg))
+                    assert "waiting for their sequence 3" in status.stdout, status.stdout
                     assert "open sequences: 1" in status.stdout, status.stdout
                     assert "3 frame(s)" in status.stdout, status.stdout
             wait_for(lambda: len(files_under(tmp_path / "sorted")) == 5, timeout=30, what="the burst sorted")
