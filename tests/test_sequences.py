@@ -502,3 +502,30 @@ def test_journal_copy_keeps_sequences_and_waiting_frames(journal_url, tmp_path):
     finally:
         source.close()
         target.close()
+
+
+def test_two_daemons_on_one_journal_close_each_sequence_once(tmp_path, server, journal_url, api_key):
+    receiver = Receiver().start()
+    try:
+        rules = [{"name": "sort", "then": [{"move": "sorted/{class}/{name}"}, {"webhook": receiver.url}]}]
+        cfg = config(tmp_path, server, journal_url, {"gap": 3}, rules=rules, settle=0.1, concurrency=2)
+        inbox = tmp_path / "inbox"
+        with DaemonThread(cfg), DaemonThread(cfg):
+            burst(inbox, "A", [FOX_UNSURE, DEER, EMPTY_UNSURE, FOX_UNSURE, DEER_UNSURE], minutes_ago(9), 1)
+            burst(inbox, "B", [DEER_UNSURE, FOX, EMPTY_UNSURE], minutes_ago(5), 20)
+            wait_for(lambda: len(files_under(tmp_path / "sorted")) == 8, timeout=60, what="both bursts sorted")
+            wait_for(lambda: len(receiver.ok()) >= 10, timeout=30, what="8 file events and 2 sequence events")
+        assert sorted_classes(tmp_path) == {
+            **{f"A0{n}.jpg": "deer" for n in range(1, 6)},
+            **{f"B0{n}.jpg": "fox" for n in range(1, 4)},
+        }
+        events = [json.loads(d.body) for d in receiver.ok()]
+        closed = sorted(
+            (e["data"]["class"], len(e["data"]["frames"])) for e in events if e["type"] == "sequence.closed"
+        )
+        assert closed == [("deer", 5), ("fox", 3)]
+        assert len(events) == 10 and len({e["id"] for e in events}) == 10
+        view = JournalView(cfg)
+        assert view._read(lambda j: j.db.scalar("SELECT COUNT(*) FROM sequences")) == 2
+    finally:
+        receiver.stop()
