@@ -339,6 +339,21 @@ def test_review_page_shows_a_sequence_frames_together_with_their_sequence(
         assert status == 200
         wait_for(lambda: (tmp_path / "sorted" / "deer" / "U02.jpg").exists(), what="the labelled frame sorted")
         assert [i["name"] for i in api.items()["items"]] == ["U03.jpg", "U01.jpg"]
+        # or the whole sequence at once: Shift with a class's number on the page (API: /api/sequences/ID/label)
+        status, _, body = api.post("/api/sequences/999/label", {"class": "fox"})
+        assert status == 404, body
+        status, _, body = api.post(f"/api/sequences/{seq['id']}/label", {"class": "wolf"})
+        assert status == 400 and b"wolf" in body, body
+        wait_for(lambda: page.cards() == expected[1:], timeout=10, what="the labelled frame gone from the page")
+        assert items[1]["classes"] == ["deer", "empty", "fox"]
+        from selenium.webdriver.common.action_chains import ActionChains
+        from selenium.webdriver.common.keys import Keys
+
+        ActionChains(browser).key_down(Keys.SHIFT).send_keys("3").key_up(Keys.SHIFT).perform()
+        wait_for(lambda: len(files_under(tmp_path / "sorted" / "fox")) == 2, what="both other frames sorted as fox")
+        assert sorted(p.name for p in files_under(tmp_path / "sorted" / "fox")) == ["U01.jpg", "U03.jpg"]
+        assert api.items()["items"] == []
+        wait_for(lambda: page.cards() == [], timeout=10, what="an empty page")
 
 
 # --- the journal: one closer, schema 3 upgraded --------------------------------------------------
