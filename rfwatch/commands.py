@@ -122,6 +122,18 @@ def status_report(config) -> dict[str, Any]:
             # them within a second or so; otherwise the next `rfwatch run`).
             "backlog": sum(counts.get(s, 0) for s in ACTIVE_STATES),
             "waiting_for_review": journal.decisions.count_waiting(),
+            # Frames classified and waiting for their burst to end (sequence:), grouped as they would close now.
+            "open_sequences": [
+                {
+                    "key": o.key,
+                    "frames": o.frames,
+                    "classified": o.waiting,
+                    "captured": [_ts(o.first_capture), _ts(o.last_capture)],
+                    "quiet_for": round(o.quiet_for, 1),
+                    "gap": o.gap,
+                }
+                for o in journal.sequences.open_sequences()
+            ],
             "last_done": [
                 _row_brief(r, threshold) for r in journal.files.recent((FileState.DONE, FileState.UNMATCHED))
             ],
@@ -177,11 +189,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     line = f"done {c['done']}, unmatched {c['unmatched']}, failed {c['failed']}, backlog {report['backlog']}"
     if report["waiting_for_review"]:
         line += f", waiting for review {report['waiting_for_review']}"
+    if c["waiting"]:
+        line += f", waiting for their sequence {c['waiting']}"
     if c["undone"]:
         line += f", undone {c['undone']}"
     if c["undoing"]:
         line += f", undo unfinished {c['undoing']} (run rfwatch undo again; rfwatch retry PATH gives it up)"
     print(line)
+    if report["open_sequences"]:
+        print(f"open sequences: {len(report['open_sequences'])}")
+        for o in report["open_sequences"]:
+            print(
+                f"  {o['key']}: {o['frames']} frame(s) ({o['classified']} classified), captured {o['captured'][0]}"
+                f" to {o['captured'][1]}; no new frame for {o['quiet_for']:g} s (closes after {o['gap']:g} s)"
+            )
     pending = report["deliveries_pending"]
     print("deliveries pending: " + (", ".join(f"{p} {n}" for p, n in sorted(pending.items())) or "none"))
     failed = {p: n for p, n in report["deliveries_failed"].items() if n}
@@ -262,6 +283,7 @@ def cmd_history(args: argparse.Namespace) -> int:
             print(f"#{row.id} {row.source} -> {row.path} [{row.state}] sha256 {row.sha256[:12]} model {row.model}")
             if row.support:
                 print("  for Roboflow support: " + "; ".join(f"{k} {v}" for k, v in row.support.items()))
+            _print_sequence(journal, row.id)
             for at, message, host in journal.files.events(row.id):
                 print(f"  {_ts(at)}  {message}" + (f"  (on {host})" if host else ""))
             for d in journal.outbox.for_file(row.id):
@@ -269,6 +291,22 @@ def cmd_history(args: argparse.Namespace) -> int:
     finally:
         journal.close()
     return 0
+
+
+def _print_sequence(journal: Journal, file_id: int) -> None:
+    frame = journal.sequences.frame(file_id)
+    if frame is None:
+        return
+    seq = journal.sequences.get(frame.sequence_id) if frame.sequence_id is not None else None
+    if seq is None:
+        print(f"  sequence: open (key {frame.key}, captured {_ts(frame.capture)}): waits for the burst to end")
+        return
+    print(
+        f"  sequence {seq.id} (key {seq.key}): frame {frame.frame} of {seq.frames}, its own class"
+        f" {frame.frame_class} {frame.frame_confidence or 0:.2f}; the sequence's {seq.label} {seq.confidence:.2f}"
+        f" ({seq.method}{', every frame empty' if seq.empty else ''}); closed {_ts(seq.closed)}: {seq.why}"
+        f" (rfwatch undo --sequence {seq.id})"
+    )
 
 
 def _delivery_state(d: dict[str, Any]) -> str:
@@ -334,7 +372,16 @@ def cmd_undo(args: argparse.Namespace) -> int:
     journal = _journal(config, kind="undo")
     deliveries = Deliveries(journal, deliverers=dict(extensions.deliverers))
     undoer = Undoer(config, journal, extensions.rules, extensions.plugins.actions, deliveries, dry_run=args.dry_run)
-    chosen = UndoFilter(args.rule, args.cls, since, until, tuple(Path(os.path.abspath(p)) for p in args.paths))
+    paths = [Path(os.path.abspath(p)) for p in args.paths]
+    for sequence_id in args.sequence or []:  # a sequence's frames, by where each is now
+        frames = journal.sequences.file_ids(sequence_id)
+        if not frames:
+            journal.close()
+            raise ConfigError(
+                f"--sequence {sequence_id}: no closed sequence has this id (rfwatch history shows a frame's)"
+            )
+        paths += [journal.files.get(file_id).path for file_id in frames]
+    chosen = UndoFilter(args.rule, args.cls, since, until, tuple(paths))
     tally: dict[str, int] = {}
     kept: list[str] = []
     nothing: set[str] = set()
@@ -446,6 +493,9 @@ def add_commands(sub, common) -> None:
     p.add_argument("--since", metavar="WHEN", help="files taken since WHEN: 2h, 3d, or 2026-11-27T14:00")
     p.add_argument("--until", metavar="WHEN", help="files taken until WHEN")
     p.add_argument("--dry-run", action="store_true", help="say what would be undone; change nothing")
+    p.add_argument(
+        "--sequence", type=int, action="append", metavar="ID", help="every frame of this sequence (see rfwatch history)"
+    )
     p.add_argument("paths", nargs="*", metavar="PATH", help="files, by where they are now or where they were found")
     p.set_defaults(func=cmd_undo)
 

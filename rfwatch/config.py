@@ -18,6 +18,7 @@ import yaml
 
 from rfwatch.errors import ConfigError as ConfigError  # defined there, so the CLI catches it cheaply
 from rfwatch.roboflow.ids import DEFAULT_API_URL, DEFAULT_PLATFORM_URL, ModelId
+from rfwatch.states import StrEnum
 
 __all__ = [
     "ConfigError",
@@ -61,6 +62,28 @@ class RoboflowConfig:
     retries: int = 5
 
 
+class SequenceLabel(StrEnum):
+    """How a sequence's one label comes from its frames' predictions (rfwatch.processing.sequences)."""
+
+    MAX = "max"  # the class of its most confident frame
+    MEAN = "mean"  # the best class of the frames' averaged scores
+    MAJORITY = "majority"  # the class most frames have as their top class
+
+
+@dataclass(frozen=True)
+class SequenceConfig:
+    """``sequence:`` (top level or per watch): frames of one key captured within ``gap`` seconds are decided
+    together."""
+
+    key: str = "{parent}"
+    gap: float = 60.0
+    label: SequenceLabel = SequenceLabel.MAX
+    #: Classes that mean "nothing there": a sequence is empty only when every frame is.
+    empty: tuple[str, ...] = ()
+    #: Where it was configured, for error messages ("sequence", "watch[1].sequence").
+    where: str = "sequence"
+
+
 @dataclass(frozen=True)
 class WatchConfig:
     path: Path
@@ -74,6 +97,8 @@ class WatchConfig:
     #: true or false as configured, or "auto": poll on network and FUSE filesystems (rfwatch.service.mounts).
     polling: bool | str = "auto"
     model: str | None = None
+    #: Its files' sequences (``watch[].sequence``, else the top-level ``sequence``); None: each file alone.
+    sequence: SequenceConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -155,6 +180,8 @@ class Config:
     #: Loaded for the journal only: what was left out (an unset ``${VAR}``, an unreadable secret file), each
     #: "key: reason". Empty otherwise (such a config fails to load).
     unavailable: tuple[str, ...] = ()
+    #: The top-level ``sequence:`` (each watched folder has its own in ``watch[].sequence``).
+    sequence: SequenceConfig | None = None
 
     def resolve(self, path: str | os.PathLike[str]) -> Path:
         """A path from the config, made absolute against the config file's folder."""
@@ -423,7 +450,31 @@ def _fraction(sec: _Section, name: str, default: float, why: str, upper_inclusiv
     return float(value)
 
 
-_WATCH_KEYS = {"path", "name", "recursive", "include", "exclude", "settle", "polling", "model"}
+_WATCH_KEYS = {"path", "name", "recursive", "include", "exclude", "settle", "polling", "model", "sequence"}
+_SEQUENCE_KEYS = {"key", "gap", "label", "empty"}
+
+
+def _sequence(data: Any, key: str, base: SequenceConfig | None) -> SequenceConfig | None:
+    """``sequence: {key, gap, label, empty}``; per watch, unset keys come from the top level's, and ``false``
+    turns sequences off for that folder."""
+    if data is None:
+        return base
+    if data is False:
+        return None
+    sec = _Section(data, key, _SEQUENCE_KEYS)
+    start = base or SequenceConfig()
+    label = sec.str("label", start.label)
+    if label not in set(SequenceLabel):
+        raise ConfigError(f"{sec.path_of('label')}: expected max, mean or majority, got {_show(label)}")
+    return SequenceConfig(
+        key=sec.str("key", start.key) or start.key,
+        gap=sec.number("gap", start.gap, positive=True, what="a positive number of seconds"),
+        label=SequenceLabel(label),
+        empty=sec.str_list("empty", start.empty),
+        where=key,
+    )
+
+
 _ROOT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -447,7 +498,7 @@ def _derived_name(path: Path, taken: set[str]) -> str:
     return name
 
 
-def _watch(items: Any, resolve: Any) -> tuple[WatchConfig, ...]:
+def _watch(items: Any, resolve: Any, sequence: SequenceConfig | None = None) -> tuple[WatchConfig, ...]:
     if items is None:
         return ()
     if isinstance(items, (str, dict)):
@@ -484,6 +535,7 @@ def _watch(items: Any, resolve: Any) -> tuple[WatchConfig, ...]:
                 settle=sec.number("settle", 1.0, minimum=0.0),
                 polling=_polling(sec),
                 model=model,
+                sequence=_sequence(sec.data.get("sequence"), sec.path_of("sequence"), sequence),
             )
         )
     taken = {w.name for w in out if w.name}
@@ -610,6 +662,7 @@ def _rules(items: Any) -> tuple[RuleConfig, ...]:
 
 
 _TOP_KEYS = {
+    "sequence",
     "roboflow",
     "state",
     "concurrency",
@@ -658,7 +711,8 @@ def config_from_dict(data: Any, base_dir: Path, source: Path | None = None, *, j
     if log_format not in ("text", "json"):
         raise ConfigError(f"log_format: expected text or json, got {_show(log_format)}")
     plugins = top.str_list("plugins")
-    watches = _watch(data.get("watch"), resolve)
+    sequence = _sequence(data.get("sequence"), "sequence", None)
+    watches = _watch(data.get("watch"), resolve, sequence)
     return Config(
         base_dir=base_dir,
         source=source,
@@ -680,6 +734,7 @@ def config_from_dict(data: Any, base_dir: Path, source: Path | None = None, *, j
         roots=_roots(data.get("roots"), resolve, watches),
         export=data.get("export"),
         unavailable=tuple(unset or ()),
+        sequence=sequence,
     )
 
 

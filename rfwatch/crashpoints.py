@@ -41,6 +41,9 @@ POINTS: dict[str, str] = {
     "quarantine.after_move": "a failed file: moved into failed:, the step not yet finished",
     # review
     "review.decided": "a person's decision committed, nothing applied yet",
+    # sequences
+    "sequence.waiting": "a classified frame's wait for its sequence committed",
+    "sequence.closed": "a sequence's close committed (its frames classified again), none of their actions run yet",
     # undo
     "undo.step_begun": "an undo step about to run, nothing of it journaled or done yet",
     "undo.intent": "an undo's intent committed, before its side effect (moving a file back)",

@@ -40,13 +40,14 @@ class FileState(StrEnum):
     FAILED = "failed"
     UNDONE = "undone"  # put back by `rfwatch undo`: not taken again until `rfwatch retry` names it
     UNDOING = "undoing"  # `rfwatch undo` is reversing it (or was, when interrupted: running it again finishes)
+    WAITING = "waiting"  # classified; its actions wait until its sequence closes (rfwatch.processing.sequences)
 
 
 #: A worker carries these on; the others wait (for a person, a retry) or are finished.
 ACTIVE_STATES = (FileState.DETECTED, FileState.CLASSIFIED, FileState.DECIDED)
 TERMINAL_STATES = (FileState.DONE, FileState.UNMATCHED, FileState.FAILED, FileState.UNDONE)
 #: rfwatch still owns the file (working on it, or waiting for a person): no watcher takes it as new.
-UNFINISHED_STATES = (*ACTIVE_STATES, FileState.REVIEW, FileState.UNDOING)
+UNFINISHED_STATES = (*ACTIVE_STATES, FileState.REVIEW, FileState.UNDOING, FileState.WAITING)
 
 
 class StepState(StrEnum):
@@ -84,4 +85,5 @@ class Outcome(StrEnum):
     FAILED = "failed"
     REVIEW = "review"  # waiting for a person
     SKIPPED = "skipped"  # not taken: a symlink, written by rfwatch, ignored by a plugin, vanished, ...
+    SEQUENCE = "sequence"  # classified; waits for its sequence to close (then its actions run)
     CHANGING = "changing"  # written to again during its last settle moment: the watcher watches it anew

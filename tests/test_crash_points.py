@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from helpers import JournalView, files_under, run_cli, unique_jpeg, write_config
 from metadata_reader import jpeg_parts, read_xmp
 from webhook_receiver import Receiver
@@ -415,6 +416,47 @@ def test_every_crash_point_while_applying_a_review_decision(tmp_path, server, pl
     assert walked == {p for p, _ in REVIEW_POINTS}
 
 
+SEQUENCE_POINTS = [("sequence.waiting", 2), ("sequence.closed", 1), ("journal.step_finished", 4)]
+
+
+def _sequence(run: Run) -> None:
+    """A burst of three frames decided together, a webhook per frame and one sequence.closed event."""
+    import json
+
+    from test_sequences import DEER, EMPTY_UNSURE, FOX_UNSURE, burst, classify, minutes_ago
+
+    run.server.classifier = classify
+    rules = [{"name": "all", "then": [{"move": "sorted/{class}/{name}"}, {"webhook": {"url": run.receiver.url}}]}]
+    cfg = run.config(rules=rules, settle=0.05, concurrency=1)
+    doc = yaml.safe_load(cfg.read_text())
+    doc["sequence"] = {"gap": 60}
+    cfg.write_text(yaml.safe_dump(doc))
+    burst(run.root / "inbox", "S", [FOX_UNSURE, DEER, EMPTY_UNSURE], minutes_ago(4), 1)
+    run.written.update({p.name: p.read_bytes() for p in files_under(run.root / "inbox")})
+    run.crashed(run.cli("run", "-c", str(cfg), "--once", crash=True))
+    result = run.cli("run", "-c", str(cfg), "--once")
+    assert result.returncode == 0, f"{run.point}: {result.stderr[-1500:]}"
+    _once_placed(run, {name: (f"sorted/deer/{name}",) for name in run.written})
+    _all_finished(run, {name: "done" for name in run.written})
+    events: dict[str, set[str]] = {}
+    for d in run.receiver.ok():
+        body = json.loads(d.body)
+        what = body["data"].get("source") or f"sequence {body['data']['sequence']}"
+        events.setdefault(f"{body['type']} {Path(what).name}", set()).add(d.headers["webhook-id"])
+    assert sorted(events) == [
+        "file.processed S01.jpg",
+        "file.processed S02.jpg",
+        "file.processed S03.jpg",
+        "sequence.closed sequence 1",
+    ], (run.point, events)
+    assert all(len(v) == 1 for v in events.values()), f"{run.point}: an event queued twice: {events}"
+
+
+def test_every_crash_point_of_a_sequence(tmp_path, server, api_key, backend, request):
+    walked = _walk(SEQUENCE_POINTS, _sequence, tmp_path, server, _journals(request, backend))
+    assert walked == {p for p, _ in SEQUENCE_POINTS}
+
+
 def test_the_walks_cover_every_crash_point():
     """Every crash point of rfwatch/crashpoints.py is reached in rfwatch's code and named by a walk above (each
     walk fails when its run does not reach the point). Checked from the source and the lists alone, so it holds
@@ -439,4 +481,5 @@ _GROUPS = [
     ("restore", RESTORE_POINTS),
     ("undo", UNDO_POINTS),
     ("review", REVIEW_POINTS),
+    ("sequence", SEQUENCE_POINTS),
 ]

@@ -3,7 +3,12 @@
 The action only queues an event with ``ctx.deliver`` (written with its step, so a crash neither loses nor
 duplicates one); rfwatch's delivery threads post it, signed per the Standard Webhooks spec
 (standard-webhooks/standard-webhooks: spec/standard-webhooks.md), and retry with backoff across restarts
-until a 2xx. The event id (``webhook-id``) is the same on every attempt. Redirects are not followed; 410
+until a 2xx. The event id (``webhook-id``) is the same on every attempt.
+
+A frame of a sequence (``sequence:``) carries ``data.sequence`` (its id, place, the sequence's label and its own
+class); the first of its frames whose webhook action runs also queues one ``sequence.closed`` event listing every
+frame. Its id derives from the sequence and the URL, so the other frames' actions (on any host, after any crash)
+queue the same event, which the outbox keeps once. Redirects are not followed; 410
 Gone stops deliveries to that URL. Secrets and headers are never stored: the deliverer takes them from the
 running config at each attempt.
 """
@@ -85,19 +90,22 @@ class WebhookAction:
         return f"POST {redact(self.target.url)}"
 
     def __call__(self, ctx: FileContext) -> dict[str, Any]:
-        return _queue(
-            ctx,
-            self.target.url,
-            "file.processed",
-            {
-                "source": str(ctx.source),
-                "path": str(ctx.path),
-                "rule": ctx.rule,
-                "model": ctx.model,
-                "prediction": ctx.prediction.json(),
-                "actions": ctx.results,
-            },
-        )
+        data: dict[str, Any] = {
+            "source": str(ctx.source),
+            "path": str(ctx.path),
+            "rule": ctx.rule,
+            "model": ctx.model,
+            "prediction": ctx.prediction.json(),
+            "actions": ctx.results,
+        }
+        if ctx.sequence is None:
+            return _queue(ctx, self.target.url, "file.processed", data)
+        data["sequence"] = ctx.sequence.json()
+        result = _queue(ctx, self.target.url, "file.processed", data)
+        closed = _queue_sequence_closed(ctx, self.target.url)
+        if closed:
+            result["sequence_event"] = closed
+        return result
 
     @staticmethod
     def undo(ctx: FileContext, result: Any) -> dict[str, Any]:
@@ -143,6 +151,31 @@ def _queue(ctx: FileContext, url: str, event_type: str, data: dict[str, Any]) ->
     if not ctx.deliver(KIND, body, target=url, key=msg_id):
         return {"queued": False, "receiver": _receiver_id(url), "reason": "the receiver answered 410 Gone earlier"}
     return {"queued": msg_id, "receiver": _receiver_id(url)}
+
+
+def _queue_sequence_closed(ctx: FileContext, url: str) -> str | None:
+    """The sequence's one ``sequence.closed`` event to ``url`` (queued by whichever frame comes first)."""
+    seq = ctx.sequence
+    assert seq is not None
+    msg_id = "msg_" + hashlib.sha256(f"{seq.uid}#sequence.closed#{url}".encode()).hexdigest()[:32]
+    body = {
+        "type": "sequence.closed",
+        "id": msg_id,
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "host": socket.gethostname(),
+        "data": {
+            "sequence": seq.id,
+            "key": seq.key,
+            "class": seq.label,
+            "confidence": seq.confidence,
+            "label": seq.method,
+            "empty": seq.empty,
+            "closed_because": seq.why,
+            "model": ctx.model,
+            "frames": seq.members(),
+        },
+    }
+    return msg_id if ctx.deliver(KIND, body, target=url, key=msg_id) else None
 
 
 def _receiver_id(url: str) -> str:

@@ -25,7 +25,7 @@ MODEL, PERSON = "model", "person"
 
 @dataclass(frozen=True)
 class SequenceInfo:
-    """A file's place in its sequence (a burst), as the journal records it once sequences are journaled."""
+    """A file's place in its sequence (a burst), as the journal records it (journal.sequences.of_files)."""
 
     id: str
     #: 1-based position in the sequence.
@@ -109,13 +109,23 @@ def collect(
     """Every file classified between ``since`` and ``until`` (when rfwatch took it), oldest first."""
     rows = journal.files.classified_between(since, until)
     decisions = journal.decisions.standing()
+    sequences = journal.sequences.of_files([row.id for row in rows])
     out = []
     for row in rows:
-        out.append(_record(journal, row, decisions.get(row.id), multi_label_threshold, tz))
+        seq = sequences.get(row.id)
+        info = SequenceInfo(str(seq.sequence_id), seq.frame, seq.frames, seq.label, seq.confidence) if seq else None
+        out.append(_record(journal, row, decisions.get(row.id), multi_label_threshold, tz, info))
     return out
 
 
-def _record(journal: Journal, row: FileRow, decision, threshold: float, tz: dt.tzinfo | None) -> FileRecord:
+def _record(
+    journal: Journal,
+    row: FileRow,
+    decision,
+    threshold: float,
+    tz: dt.tzinfo | None,
+    sequence: SequenceInfo | None = None,
+) -> FileRecord:
     prediction = Prediction.from_json(row.prediction or {}, threshold)
     scores = tuple((p.name, p.confidence) for p in prediction.predictions)
     if decision is not None:
@@ -141,6 +151,6 @@ def _record(journal: Journal, row: FileRow, decision, threshold: float, tz: dt.t
         scores=scores,
         model=row.model,
         state=str(row.state),
-        sequence=None,  # the journal has no sequences yet: each file is its own event (see events.py)
+        sequence=sequence,  # none: the file is its own event (see events.py)
         gps=_gps(row.path),
     )

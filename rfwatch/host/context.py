@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from rfwatch.host.sequence import SequenceFacts
 from rfwatch.host.templates import MISSING
 from rfwatch.images.exif import CameraFacts, camera_facts
 from rfwatch.roboflow.result import Prediction
@@ -81,6 +82,9 @@ class FileContext:
     #: During ``rfwatch undo``: where the file was before the undo began (an undo that tells someone, such as
     #: a ``file.undone`` event, runs after the file is back, and can say both where it was and where it is).
     undo_from: Path | None = None
+    #: The frame's sequence, when its watched folder has ``sequence:`` (then ``prediction`` is the sequence's
+    #: label, and this holds the frame's own class and confidence); else None.
+    sequence: SequenceFacts | None = None
     _date: dt.datetime | None = field(default=None, repr=False)
     _exif: CameraFacts | None = field(default=None, repr=False)
 
@@ -160,8 +164,28 @@ class FileContext:
                 "rule": self.rule or "",
                 "now": dt.datetime.now(),
                 "path": str(self.path),
+                **self._sequence_values(cls),
             },
         )
+
+    def _sequence_values(self, cls: str | None) -> dict[str, Any]:
+        seq = self.sequence
+        if seq is None:  # a file outside sequences is its own
+            own = self.prediction.confidence_of(cls) if cls else self.prediction.confidence
+            return {
+                "frame_class": cls or "unclassified",
+                "frame_confidence": own,
+                "sequence": "",
+                "frame": 1,
+                "frames": 1,
+            }
+        return {
+            "frame_class": seq.frame_class or "unclassified",
+            "frame_confidence": seq.frame_confidence,
+            "sequence": str(seq.id),
+            "frame": seq.frame,
+            "frames": seq.frames,
+        }
 
 
 class _LazyValues(dict):

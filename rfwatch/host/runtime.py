@@ -14,6 +14,7 @@ from rfwatch.config import Config, ConfigError
 from rfwatch.host.delivery import Deliverer
 from rfwatch.host.manager import PluginHost
 from rfwatch.host.rules import Rule, compile_rules
+from rfwatch.host.sequence import check_sequence_keys
 from rfwatch.images.sizing import UploadSize
 
 if TYPE_CHECKING:  # the HTTP clients (requests) are imported by what makes one: undo and check need none
@@ -92,6 +93,7 @@ class Extensions:
 
 def load_extensions(config: Config) -> Extensions:
     """Load the plugins, build every rule's actions and the deliverers; a ConfigError names the key."""
+    check_sequence_keys(config)
     plugins = PluginHost.load(config.plugins)
     rules = compile_rules(config, plugins.actions)
     deliverers = plugins.deliverers(config)

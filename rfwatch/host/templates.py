@@ -40,6 +40,11 @@ PLACEHOLDERS: dict[str, str] = {
     "date": "EXIF DateTimeOriginal, else the file's mtime (strftime format, default %Y-%m-%d)",
     "now": "the current time (strftime format, default %Y-%m-%d)",
     "path": "the file's current full path",
+    "frame_class": "in a sequence: the frame's own class (class is then the sequence's)",
+    "frame_confidence": "in a sequence: the frame's own confidence (confidence is then the sequence's)",
+    "sequence": "in a sequence: its id (empty for a file outside sequences)",
+    "frame": "in a sequence: the frame's place in it by capture time, from 1 (1 outside sequences)",
+    "frames": "in a sequence: how many frames it has (1 outside sequences)",
     "exif": "{exif:TAG}: an EXIF tag of the file, e.g. {exif:Model}, {exif:SerialNumber}, {exif:GPSLatitude:.4f}; "
     "any tag exiftool reads when it is installed ({exif:MakerNotes:Sequence}); empty when the file lacks it",
 }

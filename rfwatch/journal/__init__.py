@@ -7,6 +7,7 @@ The only place that knows the tables (a test keeps it so). Callers use its parts
 - ``journal.decisions``: a person's label or reject (decisions.py);
 - ``journal.outbox``: enqueue, lease and record deliveries (outbox.py);
 - ``journal.facts``: the model facts cache (facts.py);
+- ``journal.sequences``: frames waiting for their sequence, and closed sequences (sequences.py);
 - ``journal.holders``: the processes working on the journal, and their heartbeats (holders.py).
 
 SQLite by default (a file; several processes on one host share it), PostgreSQL when one machine is not enough
@@ -37,6 +38,7 @@ from rfwatch.journal.holders import DEFAULT_LEASE, Heartbeat, Holder, Holders, d
 from rfwatch.journal.locations import Roots
 from rfwatch.journal.outbox import DeliveryRow, Outbox, QueuedDelivery
 from rfwatch.journal.schema import SCHEMA_VERSION, SchemaTooNew, ensure_schema
+from rfwatch.journal.sequences import Decided, Member, SequenceOf, SequenceRow, Sequences
 from rfwatch.journal.undo import UndoRecords
 
 if TYPE_CHECKING:
@@ -55,6 +57,11 @@ __all__ = [
     "NotWaiting",
     "QueuedDelivery",
     "DeliveryRow",
+    "Sequences",
+    "SequenceRow",
+    "SequenceOf",
+    "Member",
+    "Decided",
     "Roots",
     "JournalUnavailable",
     "SchemaTooNew",
@@ -100,6 +107,7 @@ class Journal:
         self.decisions = Decisions(db, self.files)
         self.outbox = Outbox(db, self.host, self._holder_id, lease)
         self.facts = FactsStore(db)
+        self.sequences = Sequences(db, self.files, self.host)
         self._holder: Holder | None = None
         self._heartbeat: Heartbeat | None = None
         self._lock = threading.Lock()

@@ -1,7 +1,8 @@
 """``rfwatch journal copy``: move a journal to another database (SQLite to PostgreSQL) without losing history.
 
 Everything that makes history, undo and pending work carry on is copied: files, steps, events, undo records,
-decisions, the prediction cache, the marks of files rfwatch wrote, deliveries (pending ones keep their ids, so a
+decisions, sequences and their frames (a frame waiting for its sequence waits on in the target), the prediction
+cache, the marks of files rfwatch wrote, deliveries (pending ones keep their ids, so a
 receiver sees the same ``webhook-id``), gone targets and model facts. Claims are not: no process of the old journal
 works on the new one.
 
@@ -54,6 +55,9 @@ def copy_journal(source: Any, target: Any, progress: Callable[[int], None] | Non
         dst.transact(lambda tx: tx.run("UPDATE meta SET value=? WHERE key='journal_id'", (source.id,)))
         target.id = source.id
 
+    sequences = dst.transact(
+        lambda tx: _copy_sequences(tx, src.all("SELECT * FROM sequences ORDER BY id"), report, target_empty)
+    )
     last = 0
     while True:
         rows = src.all("SELECT * FROM files WHERE id > ? ORDER BY id LIMIT ?", (last, _BATCH))
@@ -63,9 +67,11 @@ def copy_journal(source: Any, target: Any, progress: Callable[[int], None] | Non
         batch = [dict(r) for r in rows]
         related = {
             table: _rows_of(src, table, [r["id"] for r in batch])
-            for table in ("steps", "events", "undo_steps", "decisions", "produced", "outbox")
+            for table in ("steps", "events", "undo_steps", "decisions", "produced", "outbox", "seq_frames")
         }
-        dst.transact(lambda tx, b=batch, rel=related: _copy_batch(tx, source.id, b, rel, report, target_empty))
+        dst.transact(
+            lambda tx, b=batch, rel=related: _copy_batch(tx, source.id, b, rel, report, target_empty, sequences)
+        )
         if progress is not None:
             progress(report.files + report.already)
 
@@ -78,7 +84,7 @@ def copy_journal(source: Any, target: Any, progress: Callable[[int], None] | Non
             report.add("outbox", _insert_delivery(tx, dict(r), None))
         if dst.dialect == Dialect.POSTGRESQL:
             # Ids were given explicitly: the identity sequences must continue after them.
-            for table in ("files", "events"):
+            for table in ("files", "events", "sequences"):
                 tx.run(
                     f"SELECT setval(pg_get_serial_sequence('{table}', 'id'),"
                     f" GREATEST((SELECT COALESCE(MAX(id), 0) FROM {table}), 1))"
@@ -109,6 +115,29 @@ def _insert_delivery(tx: Tx, row: dict[str, Any], file_id: int | None) -> int:
     return _insert(tx, "outbox", cols, [row[c] for c in cols], "(id)")
 
 
+def _copy_sequences(tx: Tx, rows: list[Any], report: CopyReport, same_ids: bool) -> dict[int, int]:
+    """Closed sequences, by their old id -> new id. A sequence copied before (same key, captures and close) is
+    found again, so a second copy adds none."""
+    out = {}
+    for r in rows:
+        row = dict(r)
+        found = tx.scalar(
+            "SELECT id FROM sequences WHERE key=? AND first_capture=? AND last_capture=? AND closed=?",
+            (row["key"], row["first_capture"], row["last_capture"], row["closed"]),
+        )
+        if found is None:
+            if not same_ids:
+                del row["id"]
+            cols = list(row)
+            found = tx.scalar(
+                f"INSERT INTO sequences ({','.join(cols)}) VALUES ({','.join('?' * len(cols))}) RETURNING id",
+                [row[c] for c in cols],
+            )
+            report.add("sequences", 1)
+        out[r["id"]] = found
+    return out
+
+
 def _copy_batch(
     tx: Tx,
     source_id: str,
@@ -116,6 +145,7 @@ def _copy_batch(
     related: dict[str, dict[int, list[dict[str, Any]]]],
     report: CopyReport,
     same_ids: bool,
+    sequences: dict[int, int],
 ) -> None:
     for f in files:
         old = f["id"]
@@ -153,3 +183,6 @@ def _copy_batch(
             report.add("produced", _insert(tx, "produced", list(p), list(p.values()), "(path_root, path)"))
         for o in related["outbox"].get(old, []):
             report.add("outbox", _insert_delivery(tx, o, new))
+        for q in related["seq_frames"].get(old, []):
+            q = dict(q, file_id=new, sequence_id=sequences.get(q["sequence_id"]))
+            report.add("seq_frames", _insert(tx, "seq_frames", list(q), list(q.values()), "(file_id)"))

@@ -159,6 +159,8 @@ class Files:
 
     def event(self, tx: Tx, file_id: int, *messages: str, at: float | None = None) -> None:
         """Add lines to a file's history, inside the caller's transaction (one statement for all of them)."""
+        if not all(isinstance(m, str) for m in messages):  # a time passed where a line goes (at= is keyword-only)
+            raise TypeError(f"event lines must be text: {messages!r}")
         at = at or time.time()
         values = ",".join(["(?,?,?,?)"] * len(messages))
         args = [v for m in messages for v in (file_id, at, utf8_text(m), self.host)]
@@ -596,6 +598,28 @@ class Files:
             crash_point("journal.finished")
 
     # --- states -----------------------------------------------------------------------------
+
+    def holder_id(self) -> str:
+        """This process's holder id (registered at first use): for transactions of other journal modules."""
+        return self._holder()
+
+    def hold_for_sequence(self, tx: Tx, file_id: int, me: str, message: str) -> None:
+        """Inside the caller's transaction: a classified frame waits for its sequence (no process holds it)."""
+        now = time.time()
+        self._mine(tx, file_id, now, me)
+        tx.run("UPDATE files SET state=?, last_error=NULL, holder=NULL WHERE id=?", (FileState.WAITING, file_id))
+        self.event(tx, file_id, message, at=now)
+
+    def release_from_sequence(self, tx: Tx, file_ids: list[int], message: str) -> None:
+        """Inside the caller's transaction: the frames of a sequence that closed are classified files again, with
+        their actions to run (by any process)."""
+        now = time.time()
+        for file_id in file_ids:
+            tx.run(
+                "UPDATE files SET state=?, holder=NULL, updated=? WHERE id=? AND state=?",
+                (FileState.CLASSIFIED, now, file_id, FileState.WAITING),
+            )
+            self.event(tx, file_id, message, at=now)
 
     def wait_for_review(self, file_id: int, message: str) -> None:
         """The file waits for a person (no process holds it meanwhile)."""

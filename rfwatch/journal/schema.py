@@ -19,11 +19,14 @@ outbox          deliveries (webhooks, uploads) and their leases                 
 gone_urls       delivery targets that asked for nothing more (410)                           outbox
 model_facts     what the platform API said about each model                                  facts
 copies          files copied in from another journal, by their old ids                       copy
+sequences       closed sequences (bursts of frames decided together) and their labels        sequences
+seq_frames      each frame of a sequence: its key and capture time, then its sequence        sequences
 ==============  ===========================================================================  ===============
 
 The schema version is in ``meta``; an rfwatch older than the journal refuses it, naming both versions. A
 journal written by rfwatch 0.1 (SQLite, ``PRAGMA user_version`` 0-2, absolute paths) is upgraded in place once,
-in one transaction, its paths made relative to the config's named roots.
+in one transaction, its paths made relative to the config's named roots. A schema 3 journal is upgraded to 4
+(sequences) in place, in one transaction, by whichever host opens it first.
 """
 
 from __future__ import annotations
@@ -41,11 +44,45 @@ __all__ = ["SCHEMA_VERSION", "SchemaTooNew", "ensure_schema", "WORKING_STATES_SQ
 
 log = logging.getLogger(__name__)
 
-#: 1 and 2 were ``PRAGMA user_version`` of rfwatch 0.1's SQLite journal; 3 is the shared layout.
-SCHEMA_VERSION = 3
+#: 1 and 2 were ``PRAGMA user_version`` of rfwatch 0.1's SQLite journal; 3 is the shared layout; 4 adds sequences.
+SCHEMA_VERSION = 4
 
 #: States in which rfwatch still owns a file (no two rows may then name one path): the partial unique index.
-WORKING_STATES_SQL = "('detected','classified','decided','review','undoing')"
+WORKING_STATES_SQL = "('detected','classified','decided','review','undoing','waiting')"
+
+_FILES_WORKING = f"""
+CREATE UNIQUE INDEX IF NOT EXISTS files_working ON files(path_root, path) WHERE state IN {WORKING_STATES_SQL};
+"""
+
+SEQUENCE_TABLES = """
+CREATE TABLE IF NOT EXISTS sequences (
+    id {id},
+    key TEXT NOT NULL,                -- the watch root's name, "/", the rendered sequence.key
+    first_capture {real} NOT NULL,    -- capture times (Unix seconds) of its first and last frame
+    last_capture {real} NOT NULL,
+    frames INTEGER NOT NULL,
+    label TEXT NOT NULL,              -- the sequence's class
+    confidence {real} NOT NULL,
+    method TEXT NOT NULL,             -- max | mean | majority
+    empty INTEGER NOT NULL,           -- 1 when every frame was of an empty class
+    why TEXT NOT NULL,                -- what closed it: a later frame, the gap in wall time, the end of a run
+    closed {real} NOT NULL,
+    host TEXT                         -- the host that closed it
+);
+CREATE INDEX IF NOT EXISTS sequences_key ON sequences(key, last_capture);
+CREATE TABLE IF NOT EXISTS seq_frames (
+    file_id BIGINT PRIMARY KEY,
+    key TEXT NOT NULL,
+    capture {real} NOT NULL,          -- EXIF DateTimeOriginal (+ SubSecTimeOriginal, OffsetTimeOriginal), else mtime
+    gap {real} NOT NULL,              -- sequence.gap when it arrived
+    arrived {real} NOT NULL,          -- the database's clock ({now}) when it was taken
+    sequence_id BIGINT,               -- NULL while its sequence is open
+    frame INTEGER,                    -- its place in the sequence by capture time, from 1
+    frame_class TEXT,                 -- its own class and confidence, as the sequence was closed
+    frame_confidence {real}
+);
+CREATE INDEX IF NOT EXISTS seq_frames_open ON seq_frames(sequence_id, key);
+"""
 
 TABLES = f"""
 CREATE TABLE IF NOT EXISTS meta (
@@ -83,7 +120,7 @@ CREATE TABLE IF NOT EXISTS files (
     holder TEXT,                      -- the process working on it now (holders.id)
     host TEXT                         -- the host that took it
 );
-CREATE UNIQUE INDEX IF NOT EXISTS files_working ON files(path_root, path) WHERE state IN {WORKING_STATES_SQL};
+{_FILES_WORKING}
 CREATE INDEX IF NOT EXISTS files_path ON files(path_root, path);
 CREATE INDEX IF NOT EXISTS files_source ON files(root, source);
 CREATE INDEX IF NOT EXISTS files_state ON files(state, updated);
@@ -183,10 +220,14 @@ CREATE TABLE IF NOT EXISTS model_facts (
     facts TEXT NOT NULL,
     fetched {{real}} NOT NULL
 );
+{SEQUENCE_TABLES}
 """
 
-#: Changes to layouts written by a later version of this schema, applied in order (none yet).
-MIGRATIONS: dict[int, tuple[str, ...]] = {}
+#: Changes from the layout before each version, applied in order, in the transaction that checks the version.
+MIGRATIONS: dict[int, str] = {
+    # A file waiting for its sequence is one rfwatch still owns: the partial index now counts it.
+    4: "DROP INDEX IF EXISTS files_working;" + _FILES_WORKING + SEQUENCE_TABLES,
+}
 
 
 class SchemaTooNew(Exception):
@@ -218,10 +259,11 @@ def ensure_schema(db: Database, roots: Roots, legacy_id: str | None = None) -> s
                 tx.run(statement)
             tx.run("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             tx.run("INSERT INTO meta (key, value) VALUES ('journal_id', ?)", (legacy_id or uuid.uuid4().hex,))
-        for v in range(max(version, SCHEMA_VERSION) + 1, SCHEMA_VERSION + 1):  # future upgrades
-            for statement in MIGRATIONS.get(v, ()):
-                tx.run(db.ddl(statement))
+        for v in range(version + 1 if version else SCHEMA_VERSION + 1, SCHEMA_VERSION + 1):
+            for statement in _statements(db, MIGRATIONS.get(v, "")):
+                tx.run(statement)
             tx.run("UPDATE meta SET value=? WHERE key='schema_version'", (str(v),))
+            log.warning("journal %s upgraded in place to schema %d", db.display, v)
         return str(tx.scalar("SELECT value FROM meta WHERE key='journal_id'"))
 
     return db.transact(setup)

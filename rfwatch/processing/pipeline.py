@@ -31,10 +31,12 @@ from rfwatch.files.place import place_file, recover_placement, sha256_file
 from rfwatch.host.context import FileContext
 from rfwatch.host.rules import matching_rules
 from rfwatch.host.runtime import Runtime
+from rfwatch.host.sequence import SequenceFacts
 from rfwatch.images.prepare import ImageError, PreparedImage
 from rfwatch.journal import ClaimLost, Decision, DecisionKind, FileRow, Journal, Skip
 from rfwatch.processing.decisions import labelled_prediction
 from rfwatch.processing.delivery import Deliveries
+from rfwatch.processing.sequences import Sequencer, sequence_prediction
 from rfwatch.processing.steps import ActionLog, StepFailed, StepRunner
 from rfwatch.redact import redact
 from rfwatch.roboflow.client import ApiError, BlockingError, UnavailableError
@@ -100,6 +102,8 @@ class Pipeline:
         self.journal = journal
         self.deliveries = deliveries
         self.steps = StepRunner(journal, deliveries.wake)
+        #: Frames of a burst decided together (``sequence:``); its runtime follows ours on reload.
+        self.sequencer = Sequencer(runtime, journal)
         self.dry_run = dry_run
         self.limiter = RateLimiter(runtime.config.rate_limit)
         self._lock = threading.Lock()
@@ -254,15 +258,35 @@ class Pipeline:
         if not os.path.lexists(row.path) and not files.steps(row.id):
             return self._finish_missing(row)
         if row.state == FileState.DETECTED:
+            if not self.dry_run:
+                self.sequencer.arrive(row)  # recorded before classification: its burst waits for it
             prediction = self._classify(row, prepared)
             if prediction is None:
                 row = files.get(row.id)
                 return self._fail(row, row.last_error or "classification failed")
-            return self._act(files.get(row.id), prediction)
+            return self._classified(files.get(row.id), prediction)
         prediction = self._prediction(row.prediction or {})
         if row.state == FileState.DECIDED:
             return self._apply_decision(row, prediction)
-        return self._act(row, prediction)
+        return self._classified(row, prediction)
+
+    def _classified(self, row: FileRow, prediction: Prediction) -> Attempt:
+        """A frame of a sequence waits for it to close, then runs its rules with the sequence's label."""
+        self.sequencer.runtime = self.runtime
+        if self.dry_run:  # nothing is journaled: each file is decided alone
+            return self._act(row, prediction)
+        placed = self.sequencer.place(row, prediction)
+        if placed.waits:
+            file_log.info(
+                "%s: %s: waiting for its sequence",
+                row.source,
+                prediction.summary(),
+                extra={"file": str(row.source), "outcome": "sequence"},
+            )
+            return Attempt(Outcome.SEQUENCE, row.id)
+        if placed.facts is None:
+            return self._act(row, prediction)
+        return self._act(row, sequence_prediction(placed.facts, prediction), sequence=placed.facts)
 
     def _prediction(self, doc: dict[str, Any]) -> Prediction:
         return Prediction.from_json(doc, self.runtime.config.roboflow.multi_label_threshold)
@@ -319,7 +343,13 @@ class Pipeline:
             self.on_api_answer(time.monotonic() - started)
         return prediction
 
-    def _context(self, row: FileRow, prediction: Prediction, model_prediction: Prediction | None = None) -> FileContext:
+    def _context(
+        self,
+        row: FileRow,
+        prediction: Prediction,
+        model_prediction: Prediction | None = None,
+        sequence: SequenceFacts | None = None,
+    ) -> FileContext:
         return FileContext(
             path=row.path,
             source=row.source,
@@ -331,13 +361,19 @@ class Pipeline:
             file_id=row.id,
             dry_run=self.dry_run,
             model_prediction=model_prediction,
+            sequence=sequence,
         )
 
     def _act(
-        self, row: FileRow, prediction: Prediction, model_prediction: Prediction | None = None, first_seq: int = 0
+        self,
+        row: FileRow,
+        prediction: Prediction,
+        model_prediction: Prediction | None = None,
+        first_seq: int = 0,
+        sequence: SequenceFacts | None = None,
     ) -> Attempt:
         """Run the matching rules' actions, from the round's first step (or ``first_seq``) on."""
-        ctx = self._context(row, prediction, model_prediction)
+        ctx = self._context(row, prediction, model_prediction, sequence)
         plugins = self.runtime.plugins
         plugins.hook.file_classified(ctx=ctx)
         # EXIF conditions read the file where it is now (after a review decision it waits in review/, not at
@@ -438,7 +474,8 @@ class Pipeline:
             prediction = labelled_prediction(model_prediction, decision.classes, str(row.path))
         else:
             prediction = model_prediction
-        ctx = self._context(row, prediction, model_prediction)
+        sequence = self.sequencer.facts(row.id)  # a person's label is the frame's own; placeholders still say where
+        ctx = self._context(row, prediction, model_prediction, sequence)
         seq = row.round_start
         log_ = ActionLog(self.journal, row.id, seq, StepKind.DECISION, "review", "decision", "rfwatch")
         try:
@@ -448,7 +485,7 @@ class Pipeline:
         row = self.journal.files.get(row.id)
         if decision.kind == DecisionKind.REJECT:
             return self._fail(row, "rejected in review", quarantine_seq=seq + 1)
-        return self._act(row, prediction, model_prediction, first_seq=seq + 1)
+        return self._act(row, prediction, model_prediction, first_seq=seq + 1, sequence=sequence)
 
     def _decided(self, ctx: FileContext, decision: Decision) -> dict[str, Any]:
         # Plugins act on the decision inside this step: a delivery they queue (an upload of the labelled

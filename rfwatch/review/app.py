@@ -3,14 +3,19 @@
 Routes:
 
 - ``GET /``: the page (plain HTML, CSS and JavaScript from this package; no build step, no CDN);
-- ``GET /api/items``: ``{"items": [{"id", "name", "path", "prediction", "image", "classes", "multi_label"}],
-  "classes": [...], "waiting": n}``, oldest first; ``prediction`` is the documented response JSON and
-  ``image`` the URL of a small upright JPEG of the file;
+- ``GET /api/items``: ``{"items": [{"id", "name", "path", "prediction", "image", "classes", "multi_label",
+  "sequence"}], "classes": [...], "waiting": n}``, oldest first, the frames of one sequence together (by their
+  place in it); ``prediction`` is the documented response JSON (a frame's own), ``image`` the URL of a small
+  upright JPEG of the file, ``sequence`` null or ``{"id", "frame", "frames", "class", "confidence"}`` (the
+  sequence's label; a decision labels the one frame);
 - ``GET /api/items/<id>/image``: that JPEG (by the journal's integer id only: never a path; and only of a file
   that waits for review: 404 for any other);
 - ``POST /api/items/<id>/label`` with ``{"class": "dog"}`` (multi-label: ``{"classes": ["dog", "cat"]}``):
   200; a class the model does not have (or no class at all): 400; an item already decided: 409; no such item: 404;
-- ``POST /api/items/<id>/reject``: 200 (409, 404 likewise).
+- ``POST /api/items/<id>/reject``: 200 (409, 404 likewise);
+- ``POST /api/sequences/<id>/label`` with ``{"class": "deer"}``: every frame of that sequence that waits for
+  review labelled so, each as if labelled on its own: 200 ``{"labelled": [ids], "errors": {id: why}}``; 404 when
+  none of its frames waits; the first frame's 400 when none could be labelled (a class the model does not have).
 
 Safe by default: served on loopback unless configured otherwise, and then only with a token (a cookie set
 once from ``/?token=``, or ``Authorization: Bearer``). Requests must name this server in ``Host`` (a DNS
@@ -168,7 +173,16 @@ class ReviewApi:
     def items(self) -> dict[str, Any]:
         out = []
         classes: list[str] = []
-        for row in self.decisions.waiting():
+        rows = self.decisions.waiting()
+        sequences = self.journal.sequences.of_files([r.id for r in rows])
+        first: dict[int, int] = {}  # a sequence's frames together, where its first waiting frame is
+        for n, r in enumerate(rows):
+            if r.id in sequences:
+                first.setdefault(sequences[r.id].sequence_id, n)
+        place = {
+            r.id: (first[s.sequence_id], s.frame) if (s := sequences.get(r.id)) else (n, 0) for n, r in enumerate(rows)
+        }
+        for row in sorted(rows, key=lambda r: place[r.id]):
             prediction = self._prediction(row)
             item_classes = self._classes(row, prediction)
             classes += [c for c in item_classes if c not in classes]
@@ -181,6 +195,7 @@ class ReviewApi:
                     "image": f"/api/items/{row.id}/image",
                     "classes": item_classes,
                     "multi_label": prediction.multi_label,
+                    "sequence": _sequence(sequences.get(row.id)),
                 }
             )
         return {"items": out, "classes": classes, "waiting": len(out)}
@@ -249,6 +264,27 @@ class ReviewApi:
             return 404, {"error": f"item {file_id} is not waiting for review"}
         return 200, {"ok": True, "id": file_id, "decision": decision.json()}
 
+    def decide_sequence(self, sequence_id: int, body: Any) -> tuple[int, dict[str, Any]]:
+        """A person's label for every frame of a sequence that waits for review (one decision per frame)."""
+        waiting = [
+            fid
+            for fid in self.journal.sequences.file_ids(sequence_id)
+            if (row := self.row(fid)) is not None and row.state == FileState.REVIEW
+        ]
+        if not waiting:
+            return 404, {"error": f"no frame of sequence {sequence_id} waits for review"}
+        labelled, errors, first = [], {}, None
+        for fid in waiting:
+            status, doc = self.decide(fid, DecisionKind.LABEL, body)
+            if status == 200:
+                labelled.append(fid)
+            else:
+                errors[str(fid)] = doc["error"]
+                first = first or (status, doc)
+        if not labelled and first is not None:
+            return first
+        return 200, {"ok": True, "sequence": sequence_id, "labelled": labelled, "errors": errors}
+
 
 def create_app(config: Config, classes_of: ClassesOf, port: Callable[[], int]) -> Starlette:
     journal = open_journal(config, kind="review")
@@ -293,6 +329,16 @@ def create_app(config: Config, classes_of: ClassesOf, port: Callable[[], int]) -
     async def reject(request: Request) -> Response:
         return await decide(request, DecisionKind.REJECT)
 
+    async def label_sequence(request: Request) -> Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            return JSONResponse({"error": "the body is not JSON"}, status_code=400)
+        from starlette.concurrency import run_in_threadpool
+
+        status, doc = await run_in_threadpool(api.decide_sequence, request.path_params["id"], body)
+        return JSONResponse(doc, status_code=status)
+
     routes = [
         Route("/", page),
         Route("/static/{name}", static),
@@ -300,7 +346,20 @@ def create_app(config: Config, classes_of: ClassesOf, port: Callable[[], int]) -
         Route("/api/items/{id:int}/image", image),
         Route("/api/items/{id:int}/label", label, methods=["POST"]),
         Route("/api/items/{id:int}/reject", reject, methods=["POST"]),
+        Route("/api/sequences/{id:int}/label", label_sequence, methods=["POST"]),
     ]
     app = Starlette(routes=routes, middleware=[Middleware(_Guard, config=config, port=port)])
     app.state.journal = journal
     return app
+
+
+def _sequence(of: Any) -> dict[str, Any] | None:
+    if of is None:
+        return None
+    return {
+        "id": of.sequence_id,
+        "frame": of.frame,
+        "frames": of.frames,
+        "class": of.label,
+        "confidence": of.confidence,
+    }

@@ -558,7 +558,8 @@ class Daemon:
             self._loop()
         finally:
             self._shutdown()
-        return self.exit_code or (1 if self.once and self.counts[Outcome.FAILED] else 0)
+        # A file that failed, or one a bug stopped (the traceback is logged), is a run that did not finish its job.
+        return self.exit_code or (1 if self.once and (self.counts[Outcome.FAILED] or self.counts["error"]) else 0)
 
     def _loop(self) -> None:
         next_ping = next_status = next_rescan = next_poll = 0.0
@@ -586,18 +587,36 @@ class Daemon:
             if rescan and now >= next_rescan:
                 self.watcher.rescan()
                 next_rescan = now + rescan
-            if not self.once and now >= next_poll:
-                self.poll_journal()
+            if now >= next_poll:
+                if not self.once:
+                    self.poll_journal()
+                self._close_sequences()
                 next_poll = now + self.POLL_INTERVAL
             if self.once:
                 if self._idle():
                     # twice in a row, a tick apart, so nothing is in flight between two queues
                     if idle_since is not None:
+                        if self._close_sequences(final=True):  # nothing left to read: every burst closes
+                            idle_since = None
+                            continue
                         break
                     idle_since = now
                 else:
                     idle_since = None
             self.stop_event.wait(0.02)  # the settle check's resolution: it adds to every file's latency
+
+    def _close_sequences(self, final: bool = False) -> int:
+        """Close the sequences that are due (``final``: all of them) and queue their frames; how many closed."""
+        if self.dry_run:
+            return 0
+        try:
+            closed = self.pipeline.sequencer.close_due(final)
+        except JournalUnavailable as exc:
+            self.journal_gate.blocked_by(str(exc))
+            return 0
+        if closed:
+            self.poll_journal(force=True)
+        return len(closed)
 
     def _shutdown(self) -> None:
         self.notifier.stopping()

@@ -56,6 +56,32 @@ async function decide(item, kind, classes) {
   }
 }
 
+// Every waiting frame of the item's sequence labelled cls (each its own decision, made by rfwatch).
+async function labelSequence(item, cls) {
+  const id = item.sequence.id;
+  const frames = items.filter((i) => i.sequence && i.sequence.id === id);
+  if (frames.some((i) => deciding.has(i.id))) return;
+  frames.forEach((i) => deciding.add(i.id));
+  let status, doc;
+  try {
+    ({ status, doc } = await post(`/api/sequences/${id}/label`, { class: cls }));
+  } catch (e) {
+    status = 0;
+    doc = { error: "cannot reach rfwatch; try again" };
+  }
+  frames.forEach((i) => deciding.delete(i.id));
+  if (status === 200) {
+    const done = new Set(doc.labelled);
+    for (const fid of done) decided.set(fid, asked);
+    items = items.filter((i) => !done.has(i.id));
+    say(`sequence ${id}: ${done.size} frame${done.size === 1 ? "" : "s"} ${cls}`);
+    render();
+  } else {
+    say(`sequence ${id}: ${doc.error || "HTTP " + status}`);
+  }
+  refresh();
+}
+
 function label(item, cls) {
   if (!item.multi_label) return decide(item, "label", [cls]);
   const set = picked.get(item.id) || new Set(item.prediction.predicted_classes || []);
@@ -78,7 +104,9 @@ function card(item) {
   const img = node.querySelector("img");
   img.src = item.image;
   img.alt = item.name;
-  node.querySelector(".name").textContent = item.name;
+  const seq = item.sequence;
+  node.querySelector(".name").textContent = item.name
+    + (seq ? ` \u00b7 sequence ${seq.id}, frame ${seq.frame} of ${seq.frames}: ${seq.class}` : "");
   const list = node.querySelector(".top3");
   for (const [name, confidence] of top3(item)) {
     const li = document.createElement("li");
@@ -164,6 +192,10 @@ document.addEventListener("keydown", (event) => {
     const next = Math.min(items.length - 1, Math.max(0, index + moves[event.key]));
     selected = items[next].id;
     render();
+    event.preventDefault();
+  } else if (event.shiftKey && /^Digit[1-9]$/.test(event.code) && item.sequence && !item.multi_label) {
+    const cls = item.classes[Number(event.code.slice(5)) - 1];
+    if (cls !== undefined) labelSequence(item, cls);
     event.preventDefault();
   } else if (/^[1-9]$/.test(event.key)) {
     const cls = item.classes[Number(event.key) - 1];
