@@ -372,8 +372,18 @@ def cmd_review(args: argparse.Namespace) -> int:
         facts = cache.get(ModelId.parse(model).key)
         return facts.classes if facts is not None else None
 
-    server = ReviewServer(config, classes_of)
-    print(f"review page at {server.url}" + (" (open it with ?token=...)" if config.review.token else ""), flush=True)
+    from rfwatch.host.runtime import load_extensions
+    from rfwatch.processing.delivery import Deliveries
+    from rfwatch.processing.undo import Undoer
+
+    extensions = load_extensions(config)  # a decision taken back on the page is undone by the rules' actions
+
+    def undoer(page_journal: Journal) -> Undoer:
+        deliveries = Deliveries(page_journal, deliverers=dict(extensions.deliverers))
+        return Undoer(config, page_journal, extensions.rules, extensions.plugins.actions, deliveries)
+
+    server = ReviewServer(config, classes_of, undoer)
+    print(f"review page at {server.url}{server.how_to_open()}", flush=True)
     try:
         server.serve_forever()
     finally:

@@ -16,9 +16,12 @@ from typing import Any
 from rfwatch.crashpoints import crash_point
 from rfwatch.journal.db import Database, Tx
 from rfwatch.journal.files import FileRow, Files
+from rfwatch.journal.holders import FREE
 from rfwatch.states import FileState, StrEnum
 
 __all__ = ["Decision", "DecisionKind", "Decisions", "AlreadyDecided", "NotWaiting"]
+
+_FREE = FREE.format(col="holder")
 
 
 class DecisionKind(StrEnum):
@@ -43,6 +46,7 @@ class Decision:
     decided: float
     by: str | None
     host: str | None = None
+    taken_back: float | None = None
 
     def json(self) -> dict[str, Any]:
         return {"kind": str(self.kind), "classes": list(self.classes), "decided": self.decided, "by": self.by}
@@ -68,7 +72,9 @@ class Decisions:
                 if tx.one("SELECT 1 FROM decisions WHERE file_id=?", (file_id,)):
                     raise AlreadyDecided(file_id)
                 raise NotWaiting(file_id)
-            decision = Decision(file_id, row["round_start"], kind, tuple(classes), now, by, host)
+            # A round taken back on the page keeps its row: the next decision gets a round of its own.
+            last = tx.scalar("SELECT MAX(round) FROM decisions WHERE file_id=?", (file_id,))
+            decision = Decision(file_id, max(row["round_start"], (last or 0) + 1), kind, tuple(classes), now, by, host)
             # The steps that apply it start after every step so far (the review step among them).
             if not tx.run(
                 "UPDATE files SET state=?, round_start=?, updated=? WHERE id=? AND state=?",
@@ -87,6 +93,38 @@ class Decisions:
         decision = self.db.transact(record)
         crash_point("review.decided")
         return decision
+
+    def take_back_unapplied(self, file_id: int, by: str | None = None) -> Decision | None:
+        """A decision no daemon has begun to apply: the file waits again, in one transaction (None when the file
+        is not ``decided``, or a daemon holds it now)."""
+        now = time.time()
+        me = self.files._holder()
+
+        def revert(tx: Tx) -> Decision | None:
+            row = tx.one(
+                "SELECT * FROM decisions WHERE file_id=? AND taken_back IS NULL ORDER BY round DESC LIMIT 1", (file_id,)
+            )
+            if row is None:
+                return None
+            # Its decision step was never written (the daemon writes it once it holds the file): the round starts
+            # where it would have.
+            if not tx.run(
+                f"UPDATE files SET state=?, round_start=?, holder=NULL, updated=? WHERE id=? AND state=? AND {_FREE}",
+                (FileState.REVIEW, Files.next_seq(tx, file_id), now, file_id, FileState.DECIDED, me, self.files.lease),
+            ):
+                return None
+            self.mark_taken_back(tx, file_id, now, by)
+            return _decision(row)
+
+        return self.db.transact(revert)
+
+    def mark_taken_back(self, tx: Tx, file_id: int, now: float, by: str | None = None) -> None:
+        """In the caller's transaction: the file's standing decision is taken back (the file waits again)."""
+        tx.run(
+            "UPDATE decisions SET taken_back=? WHERE file_id=? AND taken_back IS NULL",
+            (now, file_id),
+        )
+        self.files.event(tx, file_id, "decision taken back in review" + (f" by {by}" if by else ""), now)
 
     def latest(self, file_id: int) -> Decision | None:
         row = self.db.one(
@@ -116,4 +154,5 @@ def _decision(row: Any) -> Decision:
         row["decided"],
         row["by"],
         row["host"],
+        row["taken_back"],
     )

@@ -73,6 +73,14 @@ class Outbox:
         if queued:
             tx.notify()
 
+    def cancel_pending(self, tx: Tx, file_id: int, kind: str, why: str) -> int:
+        """In the caller's transaction: the file's pending deliveries of ``kind`` never go out (a review decision
+        taken back: its label must not arrive after the next one). One being sent right now may still arrive."""
+        return tx.run(
+            "UPDATE outbox SET state=?, last_error=?, lease=NULL WHERE file_id=? AND kind=? AND state=?",
+            (DeliveryState.CANCELLED, why[:500], file_id, kind, DeliveryState.PENDING),
+        )
+
     def is_gone(self, target: str) -> bool:
         return self.db.one("SELECT 1 FROM gone_urls WHERE url=?", (target,)) is not None
 
@@ -272,7 +280,13 @@ class Outbox:
     def prune(self, older_than: float) -> int:
         return self.db.transact(
             lambda tx: tx.run(
-                "DELETE FROM outbox WHERE state IN (?,?,?) AND created < ?",
-                (DeliveryState.DELIVERED, DeliveryState.GONE, DeliveryState.FAILED, older_than),
+                "DELETE FROM outbox WHERE state IN (?,?,?,?) AND created < ?",
+                (
+                    DeliveryState.DELIVERED,
+                    DeliveryState.GONE,
+                    DeliveryState.FAILED,
+                    DeliveryState.CANCELLED,
+                    older_than,
+                ),
             )
         )

@@ -102,6 +102,42 @@ class UndoRecords:
         self.db.transact(record)
         crash_point("undo.finished")
 
+    def back_to_review(
+        self,
+        file_id: int,
+        path: Path,
+        size: int | None,
+        mtime_ns: int | None,
+        also: Callable[[Tx, float], None],
+    ) -> None:
+        """A decision taken back: its round's steps are undone, and the file waits for review again where it is.
+
+        One transaction: the file ``review`` (its next round after every step so far), the undone steps closed
+        (no later undo reverses them again), and ``also`` (the decision marked taken back, its uploads cancelled).
+        """
+        now = time.time()
+        root, rel = self.files._loc(path)
+        me = self._holder()
+
+        def record(tx: Tx) -> None:
+            tx.run("DELETE FROM produced WHERE file_id=? AND size=?", (file_id, ANY_SIZE))
+            if size is not None:
+                tx.run("UPDATE files SET size=?, mtime_ns=? WHERE id=?", (size, mtime_ns, file_id))
+                self.files._mark_produced(tx, path, size, mtime_ns, file_id)
+            if not tx.run(
+                "UPDATE files SET state=?, path_root=?, path=?, holder=NULL, round_start=?, last_error=NULL,"
+                " updated=? WHERE id=? AND state=? AND holder=?",
+                (FileState.REVIEW, root, rel, Files.next_seq(tx, file_id), now, file_id, FileState.UNDOING, me),
+            ):
+                raise ClaimLost(file_id)
+            tx.run(
+                "UPDATE undo_steps SET state=? WHERE file_id=? AND state=?", (UndoState.CLOSED, file_id, UndoState.DONE)
+            )
+            also(tx, now)
+
+        self.db.transact(record)
+        crash_point("review.taken_back")
+
     def give_up(self, row: FileRow) -> bool:
         """End an undo that cannot finish (a step whose file is gone fails every time): the steps not undone stay
         as they are, the file is ``undone`` where it is, and ``rfwatch retry`` can queue it again.

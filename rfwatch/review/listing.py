@@ -1,0 +1,178 @@
+"""The review page's list: filters, sorts and cursor pages over the files that wait for review.
+
+The journal gives the waiting files in one indexed query (``files_state``: state, then the time each began to
+wait); the filters on the model's answer (a class, a confidence range) read the prediction, which is JSON in the
+journal, so they run here, over entries cached by (id, updated): a list of thousands costs one query and a pass
+in memory, not a parse of every prediction each time the page asks.
+
+Pages are keyset pages: the cursor is the sort key of the last item shown, and the next page starts after it. An
+item decided meanwhile drops out without shifting the others; no item is shown twice or skipped.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from rfwatch.journal import FileRow
+from rfwatch.roboflow.result import Prediction
+
+__all__ = ["Listing", "Query", "QueryError", "SORTS", "MAX_LIMIT", "entry_of"]
+
+#: Sort orders: time (oldest waiting first, the default), -time, confidence (least sure first), -confidence.
+SORTS = ("time", "-time", "confidence", "-confidence")
+DEFAULT_LIMIT = 60
+MAX_LIMIT = 500
+
+
+class QueryError(ValueError):
+    """A query parameter the list cannot take (named in the message)."""
+
+
+@dataclass(frozen=True)
+class Query:
+    cls: str | None = None  # the model's guess (a predicted class) is this class
+    min_score: float | None = None  # the model's highest score, within [min, max]
+    max_score: float | None = None
+    folder: str | None = None
+    sort: str = "time"
+    cursor: str | None = None
+    limit: int = DEFAULT_LIMIT
+
+    @classmethod
+    def parse(cls, params: Any) -> Query:
+        def number(name: str) -> float | None:
+            text = params.get(name)
+            if text in (None, ""):
+                return None
+            try:
+                value = float(text)
+            except ValueError:
+                raise QueryError(f"{name}: expected a number between 0 and 1, got {text!r}") from None
+            if not 0.0 <= value <= 1.0:
+                raise QueryError(f"{name}: expected a number between 0 and 1, got {text!r}")
+            return value
+
+        sort = params.get("sort") or "time"
+        if sort not in SORTS:
+            raise QueryError(f"sort: expected one of {', '.join(SORTS)}, got {sort!r}")
+        try:
+            limit = int(params.get("limit") or DEFAULT_LIMIT)
+        except ValueError:
+            raise QueryError(f"limit: expected a whole number, got {params.get('limit')!r}") from None
+        if not 1 <= limit <= MAX_LIMIT:
+            raise QueryError(f"limit: expected 1 to {MAX_LIMIT}, got {limit}")
+        return cls(
+            cls=params.get("class") or None,
+            min_score=number("min"),
+            max_score=number("max"),
+            folder=params.get("folder") or None,
+            sort=sort,
+            cursor=params.get("cursor") or None,
+            limit=limit,
+        )
+
+
+def _key(entry: dict[str, Any], sort: str) -> tuple[float, int]:
+    """The item's place in ``sort``, as an ascending tuple (descending orders negate it)."""
+    value = entry["_waiting_since"] if sort.endswith("time") else entry["score"]
+    return (-value, -entry["id"]) if sort.startswith("-") else (value, entry["id"])
+
+
+def _encode(key: tuple[float, int]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode().rstrip("=")
+
+
+def _decode(cursor: str) -> tuple[float, int]:
+    try:
+        value, ident = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return float(value), int(ident)
+    except (ValueError, TypeError):
+        raise QueryError("cursor: not one this page gave out") from None
+
+
+def entry_of(row: FileRow, prediction: Prediction, classes: list[str]) -> dict[str, Any]:
+    """An item as the JSON API shows it."""
+    try:
+        folder_rel = row.source.parent.relative_to(row.watch_root).as_posix()
+    except ValueError:
+        folder_rel = row.source.parent.as_posix()
+    folder = row.root + ("" if folder_rel in ("", ".") else "/" + folder_rel)
+    return {
+        "id": row.id,
+        "name": row.path.name,
+        "path": str(row.path),
+        "folder": folder,
+        "prediction": prediction.json(),
+        "image": f"/api/items/{row.id}/image",
+        "full": f"/api/items/{row.id}/full",
+        "classes": classes,
+        "multi_label": prediction.multi_label,
+        # What the model guessed: its predicted classes, and the one that decides {class} (the highest-scoring).
+        "guess": list(prediction.predicted_classes),
+        "class": prediction.top,
+        "score": prediction.predictions[0].confidence if prediction.predictions else 0.0,
+        "waiting_since": row.updated,
+        "_waiting_since": row.updated,
+    }
+
+
+class Listing:
+    def __init__(self, waiting: Callable[[], Iterable[FileRow]], make_entry: Callable[[FileRow], dict[str, Any]]):
+        self.waiting = waiting
+        self.make_entry = make_entry
+        self._cache: dict[tuple[int, float], dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def entries(self) -> list[dict[str, Any]]:
+        out, seen = [], set()
+        for row in self.waiting():
+            key = (row.id, row.updated)
+            with self._lock:
+                entry = self._cache.get(key)
+            if entry is None:
+                entry = self.make_entry(row)
+                with self._lock:
+                    self._cache[key] = entry
+            out.append(entry)
+            seen.add(key)
+        with self._lock:  # forget the files that no longer wait
+            for key in [k for k in self._cache if k not in seen]:
+                del self._cache[key]
+        return out
+
+    def page(self, q: Query) -> dict[str, Any]:
+        everything = self.entries()
+        classes: list[str] = []
+        folders: set[str] = set()
+        for e in everything:
+            classes += [c for c in e["classes"] if c not in classes]
+            folders.add(e["folder"])
+        chosen = [
+            e
+            for e in everything
+            if (q.cls is None or q.cls in e["guess"])
+            and (q.min_score is None or e["score"] >= q.min_score)
+            and (q.max_score is None or e["score"] <= q.max_score)
+            and (q.folder is None or e["folder"] == q.folder)
+        ]
+        chosen.sort(key=lambda e: _key(e, q.sort))
+        if q.cursor is not None:
+            after = _decode(q.cursor)
+            chosen_after = [e for e in chosen if _key(e, q.sort) > after]
+        else:
+            chosen_after = chosen
+        shown = chosen_after[: q.limit]
+        more = len(chosen_after) > q.limit
+        return {
+            "items": [{k: v for k, v in e.items() if not k.startswith("_")} for e in shown],
+            "classes": classes,
+            "folders": sorted(folders),
+            "total": len(chosen),  # every item the filters match, on all pages
+            "waiting": len(everything),
+            "next": _encode(_key(shown[-1], q.sort)) if more and shown else None,
+        }
