@@ -44,6 +44,7 @@ POINTS: dict[str, str] = {
     # review
     "review.decided": "a person's decision committed, nothing applied yet",
     "review.uploaded": "a reviewed image uploaded and its image id kept, its label not yet sent",
+    "review.taken_back": "a decision taken back on the page committed: the file waits for review again",
     # undo
     "undo.step_begun": "an undo step about to run, nothing of it journaled or done yet",
     "undo.intent": "an undo's intent committed, before its side effect (moving a file back)",

@@ -78,28 +78,11 @@ class UndoRecords:
 
     def finish(self, file_id: int, path: Path, outcome: str, size: int | None, mtime_ns: int | None) -> None:
         """The file is undone: where it is now, recorded so that no watcher takes it, and no longer held."""
-        now = time.time()
-        root, rel = self.files._loc(path)
-        me = self._holder()
 
-        def record(tx: Tx) -> None:
-            # The undo's claims (whatever is at a path) give way to the file as it is now, exactly.
-            tx.run("DELETE FROM produced WHERE file_id=? AND size=?", (file_id, ANY_SIZE))
-            if size is not None:
-                tx.run("UPDATE files SET size=?, mtime_ns=? WHERE id=?", (size, mtime_ns, file_id))
-                self.files._mark_produced(tx, path, size, mtime_ns, file_id)
-            if not tx.run(
-                "UPDATE files SET state=?, path_root=?, path=?, holder=NULL, updated=? WHERE id=? AND state=?"
-                " AND holder=?",
-                (FileState.UNDONE, root, rel, now, file_id, FileState.UNDOING, me),
-            ):
-                raise ClaimLost(file_id)
-            tx.run(
-                "UPDATE undo_steps SET state=? WHERE file_id=? AND state=?", (UndoState.CLOSED, file_id, UndoState.DONE)
-            )
+        def undone(tx: Tx, now: float) -> None:
             self.files.event(tx, file_id, utf8_text(f"undone ({outcome})") or "undone", now)
 
-        self.db.transact(record)
+        self._end(file_id, path, size, mtime_ns, FileState.UNDONE, undone)
         crash_point("undo.finished")
 
     def back_to_review(
@@ -115,19 +98,35 @@ class UndoRecords:
         One transaction: the file ``review`` (its next round after every step so far), the undone steps closed
         (no later undo reverses them again), and ``also`` (the decision marked taken back, its uploads cancelled).
         """
+        self._end(file_id, path, size, mtime_ns, FileState.REVIEW, also)
+        crash_point("review.taken_back")
+
+    def _end(
+        self,
+        file_id: int,
+        path: Path,
+        size: int | None,
+        mtime_ns: int | None,
+        state: FileState,
+        also: Callable[[Tx, float], None],
+    ) -> None:
         now = time.time()
         root, rel = self.files._loc(path)
         me = self._holder()
 
         def record(tx: Tx) -> None:
+            # The undo's claims (whatever is at a path) give way to the file as it is now, exactly.
             tx.run("DELETE FROM produced WHERE file_id=? AND size=?", (file_id, ANY_SIZE))
             if size is not None:
                 tx.run("UPDATE files SET size=?, mtime_ns=? WHERE id=?", (size, mtime_ns, file_id))
                 self.files._mark_produced(tx, path, size, mtime_ns, file_id)
+            # Back in review, the next round of steps starts after every step so far (the undone ones included).
+            again = ", round_start=?, last_error=NULL" if state == FileState.REVIEW else ""
+            args = (Files.next_seq(tx, file_id),) if state == FileState.REVIEW else ()
             if not tx.run(
-                "UPDATE files SET state=?, path_root=?, path=?, holder=NULL, round_start=?, last_error=NULL,"
-                " updated=? WHERE id=? AND state=? AND holder=?",
-                (FileState.REVIEW, root, rel, Files.next_seq(tx, file_id), now, file_id, FileState.UNDOING, me),
+                f"UPDATE files SET state=?, path_root=?, path=?, holder=NULL{again}, updated=? WHERE id=? AND state=?"
+                " AND holder=?",
+                (state, root, rel, *args, now, file_id, FileState.UNDOING, me),
             ):
                 raise ClaimLost(file_id)
             tx.run(
@@ -136,7 +135,6 @@ class UndoRecords:
             also(tx, now)
 
         self.db.transact(record)
-        crash_point("review.taken_back")
 
     def give_up(self, row: FileRow) -> bool:
         """End an undo that cannot finish (a step whose file is gone fails every time): the steps not undone stay

@@ -40,7 +40,7 @@ class Query:
     max_score: float | None = None
     folder: str | None = None
     sort: str = "time"
-    cursor: str | None = None
+    after: tuple[float, int] | None = None  # the cursor: the sort key of the last item of the page before
     limit: int = DEFAULT_LIMIT
 
     @classmethod
@@ -72,7 +72,7 @@ class Query:
             max_score=number("max"),
             folder=params.get("folder") or None,
             sort=sort,
-            cursor=params.get("cursor") or None,
+            after=_decode(params["cursor"]) if params.get("cursor") else None,
             limit=limit,
         )
 
@@ -161,11 +161,8 @@ class Listing:
             and (q.folder is None or e["folder"] == q.folder)
         ]
         chosen.sort(key=lambda e: _key(e, q.sort))
-        if q.cursor is not None:
-            after = _decode(q.cursor)
-            chosen_after = [e for e in chosen if _key(e, q.sort) > after]
-        else:
-            chosen_after = chosen
+        after = q.after
+        chosen_after = chosen if after is None else [e for e in chosen if _key(e, q.sort) > after]
         shown = chosen_after[: q.limit]
         more = len(chosen_after) > q.limit
         return {
