@@ -355,15 +355,21 @@ j.decisions.decide(row.id, DecisionKind.LABEL, ("green",), by="test")
 """
 
 
-def _review(run: Run) -> None:
+def _waiting_for_review(run: Run, seed: int) -> Path:
+    """photo.jpg set aside for review by an unsure model (labels go to the project "colors"); the config."""
     run.server.classifier = lambda image: {"red": 0.4, "green": 0.35, "blue": 0.25}  # the model is unsure
     rules = [
         {"name": "unsure", "when": {"max_confidence": 0.6}, "then": [{"review": "review/{name}"}]},
         {"name": "sorted", "then": [{"move": "sorted/{class}/{name}"}]},
     ]
     cfg = run.config(rules=rules, review={"upload": {"project": "colors", "tags": ["rfwatch"]}})
-    run.inbox(**{"photo.jpg": unique_jpeg(RED, 7)})
+    run.inbox(**{"photo.jpg": unique_jpeg(RED, seed)})
     assert run.cli("run", "-c", str(cfg), "--once").returncode == 0
+    return cfg
+
+
+def _review(run: Run) -> None:
+    cfg = _waiting_for_review(run, 7)
     assert (run.root / "review" / "photo.jpg").exists()
     journal = str(cfg)  # DECIDE opens the journal the config names
     env = dict(os.environ)
@@ -412,14 +418,7 @@ j.close()
 def _take_back(run: Run) -> None:
     """A label applied and uploaded, taken back on the page (killed at the point), then labelled again: one image in
     the project, with the last label, and the file in exactly one place."""
-    run.server.classifier = lambda image: {"red": 0.4, "green": 0.35, "blue": 0.25}  # the model is unsure
-    rules = [
-        {"name": "unsure", "when": {"max_confidence": 0.6}, "then": [{"review": "review/{name}"}]},
-        {"name": "sorted", "then": [{"move": "sorted/{class}/{name}"}]},
-    ]
-    cfg = run.config(rules=rules, review={"upload": {"project": "colors", "tags": ["rfwatch"]}})
-    run.inbox(**{"photo.jpg": unique_jpeg(RED, 8)})
-    assert run.cli("run", "-c", str(cfg), "--once").returncode == 0
+    cfg = _waiting_for_review(run, 8)
     decide = DECIDE.replace('("green",)', "(sys.argv[2],)")
     subprocess.run([sys.executable, "-c", decide, str(cfg), "green"], check=True, timeout=60)
     assert run.cli("run", "-c", str(cfg), "--once").returncode == 0
