@@ -186,7 +186,8 @@ def test_the_page_labels_with_keys_and_keeps_up_with_changes_elsewhere(
         first = browser.find_element("css selector", "#grid .card")
         prediction = api.items()["items"][0]["prediction"]["predictions"]
         top3 = [f"{p['class']} {p['confidence'] * 100:.1f} %" for p in prediction[:3]]
-        assert first.find_element("css selector", ".top3").text.splitlines() == top3  # the model's, not the label's
+        shown_scores = [e.text for e in first.find_elements("css selector", ".top3 .score-text")]
+        assert shown_scores == top3  # the model's, not the label's
         assert float(top3[0].split()[1]) < 60  # unsure
         assert [b.text for b in first.find_elements("css selector", ".classes button")] == [
             "1 red",

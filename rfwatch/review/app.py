@@ -5,7 +5,7 @@ Routes:
 - ``GET /``: the page (plain HTML, CSS and JavaScript from this package; no build step, no CDN);
 - ``GET /api/items?class=&min=&max=&folder=&sort=&limit=&cursor=``: one page, ``{"items": [{"id", "name",
   "path", "folder", "prediction", "image", "full", "classes", "multi_label", "guess", "class", "score",
-  "waiting_since"}], "classes": [...], "folders": [...], "total": n, "waiting": n, "next": cursor|null,
+  "found", "waiting_since"}], "classes": [...], "folders": [...], "total": n, "waiting": n, "next": cursor|null,
   "threshold": t, "take_back": bool}``; ``prediction`` is the documented response JSON, ``guess`` the model's
   predicted classes and ``class`` the one that decides ``{class}`` (the highest-scoring), ``score`` the model's
   highest score, ``total`` every item the filters match (see rfwatch.review.listing for filters and sorts);

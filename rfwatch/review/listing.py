@@ -1,7 +1,7 @@
 """The review page's list: filters, sorts and cursor pages over the files that wait for review.
 
 The journal gives the waiting files in one indexed query (``files_state``: state, then the time each began to
-wait); the filters on the model's answer (a class, a confidence range) read the prediction, which is JSON in the
+wait, in the order they were found); the filters on the model's answer (a class, a confidence range) read the prediction, which is JSON in the
 journal, so they run here, over entries cached by (id, updated): a list of thousands costs one query and a pass
 in memory, not a parse of every prediction each time the page asks.
 
@@ -23,7 +23,8 @@ from rfwatch.roboflow.result import Prediction
 
 __all__ = ["Listing", "Query", "QueryError", "SORTS", "MAX_LIMIT", "entry_of"]
 
-#: Sort orders: time (oldest waiting first, the default), -time, confidence (least sure first), -confidence.
+#: Sort orders: time (the file found first comes first, the default), -time, confidence (least sure first),
+#: -confidence.
 SORTS = ("time", "-time", "confidence", "-confidence")
 DEFAULT_LIMIT = 60
 MAX_LIMIT = 500
@@ -79,7 +80,7 @@ class Query:
 
 def _key(entry: dict[str, Any], sort: str) -> tuple[float, int]:
     """The item's place in ``sort``, as an ascending tuple (descending orders negate it)."""
-    value = entry["_waiting_since"] if sort.endswith("time") else entry["score"]
+    value = entry["found"] if sort.endswith("time") else entry["score"]
     return (-value, -entry["id"]) if sort.startswith("-") else (value, entry["id"])
 
 
@@ -116,8 +117,9 @@ def entry_of(row: FileRow, prediction: Prediction, classes: list[str]) -> dict[s
         "guess": list(prediction.predicted_classes),
         "class": prediction.top,
         "score": prediction.predictions[0].confidence if prediction.predictions else 0.0,
+        # Time order is the order files were found in: a decision taken back puts its file back in its place.
+        "found": row.created,
         "waiting_since": row.updated,
-        "_waiting_since": row.updated,
     }
 
 
@@ -166,7 +168,7 @@ class Listing:
         shown = chosen_after[: q.limit]
         more = len(chosen_after) > q.limit
         return {
-            "items": [{k: v for k, v in e.items() if not k.startswith("_")} for e in shown],
+            "items": shown,
             "classes": classes,
             "folders": sorted(folders),
             "total": len(chosen),  # every item the filters match, on all pages
