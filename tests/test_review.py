@@ -491,6 +491,13 @@ def test_the_image_is_a_small_upright_jpeg_served_by_id(tmp_path, server, sample
     with ReviewProcess(cfg, port, tmp_path / "review.log"):
         items = {i["name"]: i for i in api.items()["items"]}
         assert set(items) == {*names, "big.jpg"}
+        # The full-size view's picture: upright, at the camera's full resolution.
+        status, headers, body = api.get(items["big.jpg"]["full"])
+        assert status == 200 and headers["Content-Type"] == "image/jpeg"
+        full = Image.open(io.BytesIO(body))
+        assert full.size == (3000, 4000) and full.getexif().get(0x0112, 1) == 1
+        diff = ImageStat.Stat(ImageChops.difference(full.convert("RGB"), big_upright.convert("RGB"))).mean
+        assert max(diff) < 8, diff
         thumbs = {}
         for name, item in items.items():
             status, headers, body = api.get(item["image"])
@@ -691,7 +698,9 @@ def test_other_sites_cannot_label_and_images_are_served_by_id_only(tmp_path, ser
             ({"Content-Type": "application/json", "Sec-Fetch-Site": "cross-site"}, b'{"class": "green"}'),
         ]
         for headers, body in refused:
-            for path in (label, f"/api/items/{a}/reject"):
+            for path in (label, f"/api/items/{a}/reject", f"/api/items/{a}/take-back", "/api/decide"):
+                if path == "/api/decide":
+                    body = body.replace(b'{"class"', b'{"items": [%d], "class"' % a)
                 status, _, text = api.request("POST", path, body, headers)
                 assert status == 403, (headers, path, status, text)
         # A name that is not this server's (DNS rebinding: evil.example resolving to 127.0.0.1) is refused.
@@ -717,6 +726,9 @@ def test_other_sites_cannot_label_and_images_are_served_by_id_only(tmp_path, ser
             "/api/items/0x1/image",
             "/api/items/999999/image",
             f"/api/items/{done_id}/image",  # in the journal, but not waiting for review
+            f"/api/items/{done_id}/full",
+            f"/api/items/{quote(str(secret), safe='')}/full",
+            "/api/items/999999/full",
             "/static/..%2F..%2F..%2F..%2Fetc%2Fpasswd",
             "/static/..%2Fapp.py",
             "/static/../app.py",
@@ -731,6 +743,7 @@ def test_other_sites_cannot_label_and_images_are_served_by_id_only(tmp_path, ser
                 assert status == 404, (path, status)
                 assert b"root:" not in body and not body.startswith(b"\xff\xd8"), path
             assert api.get(f"/api/items/{a}/image")[0] == 200  # the hook does see what is read
+            assert api.get(f"/api/items/{a}/full")[0] == 200
         assert not [p for p in opened if "passwd" in p or "secret" in p or p.endswith("app.py")], opened
         assert any(p.endswith("/review/a.jpg") for p in opened), opened
 
