@@ -99,9 +99,9 @@ def status_report(config) -> dict[str, Any]:
             "backlog": sum(counts.get(s, 0) for s in ACTIVE_STATES),
             "waiting_for_review": journal.decisions.count_waiting(),
             "last_done": [
-                _row_brief(r, threshold) for r in journal.files.recent((FileState.DONE, FileState.UNMATCHED))
+                _row_brief(r, threshold, journal) for r in journal.files.recent((FileState.DONE, FileState.UNMATCHED))
             ],
-            "last_failed": [_row_brief(r, threshold) for r in journal.files.recent((FileState.FAILED,))],
+            "last_failed": [_row_brief(r, threshold, journal) for r in journal.files.recent((FileState.FAILED,))],
             # The processes working on the journal now, on every host (each renews its lease).
             "holders": [
                 {"host": h["host"], "pid": h["pid"], "kind": h["kind"], "since": _ts(h["started"])}
@@ -124,16 +124,28 @@ def _waiting_reason(journal: Journal) -> str | None:
     return rows[0].last_error if rows else None
 
 
-def _row_brief(row, threshold: float) -> dict[str, Any]:
+def _row_brief(row, threshold: float, journal: Journal) -> dict[str, Any]:
+    from rfwatch.review.labels import person_and_model
+
     pred = Prediction.from_json(row.prediction, threshold) if row.prediction else None
+    label = person_and_model(journal, row, threshold)  # a person's label stands before the model's guess
     return {
         "path": str(row.path),
         "source": str(row.source),
         "state": str(row.state),
-        "class": pred.top if pred else None,
-        "classes": list(pred.predicted_classes) if pred else [],
-        "confidence": pred.confidence if pred else None,
-        "summary": pred.summary() if pred else None,
+        "class": label.cls if label else pred.top if pred else None,
+        "classes": list(label.classes) if label else list(pred.predicted_classes) if pred else [],
+        "confidence": 1.0 if label else pred.confidence if pred else None,
+        "summary": label.summary if label else pred.summary() if pred else None,
+        "labelled_by": label.by if label else None,
+        "model": {
+            "class": pred.top,
+            "classes": list(pred.predicted_classes),
+            "confidence": pred.confidence,
+            "summary": pred.summary(),
+        }
+        if pred
+        else None,
         "rule": row.rule,
         "host": row.host,
         "error": row.last_error,
@@ -225,6 +237,8 @@ def _retry_uploads(journal: Journal) -> None:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
+    from rfwatch.review.labels import person_and_model
+
     config = load_config(args.config)
     journal = _journal(config)
     try:
@@ -234,6 +248,9 @@ def cmd_history(args: argparse.Namespace) -> int:
             return 1
         for row in rows:
             print(f"#{row.id} {row.source} -> {row.path} [{row.state}] sha256 {row.sha256[:12]} model {row.model}")
+            label = person_and_model(journal, row, config.roboflow.multi_label_threshold)
+            if label is not None:
+                print(f"  {label.summary}")
             if row.support:
                 print("  for Roboflow support: " + "; ".join(f"{k} {v}" for k, v in row.support.items()))
             for at, message, host in journal.files.events(row.id):

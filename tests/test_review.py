@@ -397,6 +397,16 @@ def test_multi_label_models_take_a_list_of_classes(tmp_path, server, platform):
     assert platform.annotations["tags"][by_name["a.jpg"]] == "blue,red"
     history = run_cli("history", "-c", str(cfg), str(tmp_path / "inbox" / "a.jpg")).stdout
     assert "labelled blue, red in review" in history, history
+    # {class} is the highest-scoring of the person's classes (all at 1.0: the model's scores order them), and
+    # history and status name the same one, with the model's own guess beside the label.
+    assert "labelled blue, red ({class} red) in review (model's guess: (none))" in history, history
+    status = run_cli("status", "-c", str(cfg)).stdout
+    assert "labelled blue, red ({class} red) in review (model's guess: (none))" in status, status
+    assert "labelled green in review (model's guess: (none))" in status, status
+    report = json.loads(run_cli("status", "-c", str(cfg), "--json").stdout)
+    brief = {Path(r["source"]).name: r for r in report["last_done"]}
+    assert (brief["a.jpg"]["class"], brief["a.jpg"]["classes"]) == ("red", ["blue", "red"])
+    assert brief["a.jpg"]["labelled_by"] == "review page" and brief["a.jpg"]["model"]["classes"] == []
     assert set(files_under(tmp_path / "sorted")) == {
         tmp_path / "sorted" / "red" / "a.jpg",  # {class}: the first of the person's classes in the model's order
         tmp_path / "sorted" / "green" / "b.jpg",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -57,30 +58,42 @@ def prediction_doc(n: int, path: Path) -> dict[str, Any]:
 
 
 def make_waiting(base: Path, config: Path, count: int, folders: tuple[str, ...] = ("cam1", "cam2")) -> list[int]:
-    """``count`` files waiting for review, journaled as a daemon leaves them (taken, classified, waiting), in the
-    order of their numbers; quicker than classifying each through the stand-in. File ``n`` is in
+    """``count`` files waiting for review, journaled as a daemon leaves them (found, classified, waiting), in the
+    order of their numbers: one transaction, quicker than classifying each through the stand-in. File ``n`` is
     ``inbox/<folders[n % len]>/w<n>.jpg`` and has :func:`scores` (n)."""
     from rfwatch.journal import open_journal
 
     journal = open_journal(load_config(config), kind="test")
-    ids = []
+    now = time.time()
+    rows = []
+    for n in range(count):
+        path = base / "inbox" / folders[n % len(folders)] / f"w{n:04d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = unique_jpeg((128, 128, 128), 10_000 + n)
+        path.write_bytes(data)
+        st = path.stat()
+        root, rel = journal.files._loc(path)
+        doc = json.dumps(prediction_doc(n, path))
+        found = now - count + n  # found in this order, a second apart
+        sha = hashlib.sha256(data).hexdigest()
+        rows.append((root, rel, root, rel, st.st_size, st.st_mtime_ns, sha, "colors/1", "review", doc, found, found))
+
+    def insert(tx: Any) -> list[int]:
+        return [
+            int(
+                tx.scalar(
+                    "INSERT INTO files (root, source, path_root, path, size, mtime_ns, sha256, model, state,"
+                    " prediction, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
+                    row,
+                )
+            )
+            for row in rows
+        ]
+
     try:
-        for n in range(count):
-            path = base / "inbox" / folders[n % len(folders)] / f"w{n:04d}.jpg"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            data = unique_jpeg((128, 128, 128), 10_000 + n)
-            path.write_bytes(data)
-            st = path.stat()
-            sha = hashlib.sha256(data).hexdigest()
-            file_id = journal.files.take(path, st.st_size, st.st_mtime_ns, sha, "colors/1")
-            assert isinstance(file_id, int), file_id
-            doc = prediction_doc(n, path)
-            journal.files.classified(file_id, doc, sha, "colors/1", "unsure", {})
-            journal.files.wait_for_review(file_id, "waiting for review: made by the test")
-            ids.append(file_id)
+        return journal.db.transact(insert)
     finally:
         journal.close()
-    return ids
 
 
 @pytest.fixture
@@ -270,6 +283,13 @@ def test_taking_back_a_sorted_file_puts_it_back_in_review_and_the_next_label_rep
     assert files_under(tmp_path / "sorted") == [tmp_path / "sorted" / "blue" / "a.jpg"]
     history = run_cli("history", "-c", str(cfg), str(tmp_path / "inbox" / "a.jpg")).stdout
     assert "decision taken back in review by review page" in history, history
+    # The person's last label, the model's guess beside it: in history and in status (text and JSON).
+    assert "labelled blue in review (model's guess: red 0.40)" in history, history
+    status = run_cli("status", "-c", str(cfg))
+    assert "labelled blue in review (model's guess: red 0.40) (sorted)" in status.stdout, status.stdout
+    report = json.loads(run_cli("status", "-c", str(cfg), "--json").stdout)
+    (a_brief,) = [r for r in report["last_done"] if r["source"].endswith("a.jpg")]
+    assert (a_brief["class"], a_brief["confidence"], a_brief["model"]["class"]) == ("blue", 1.0, "red")
     # A later `rfwatch undo` reverses the last round and the review step, never the round taken back again.
     undone = run_cli("undo", "-c", str(cfg), str(tmp_path / "sorted" / "blue" / "a.jpg"))
     assert undone.returncode == 0, undone.stdout + undone.stderr
