@@ -97,10 +97,11 @@ def make_waiting(base: Path, config: Path, count: int, folders: tuple[str, ...] 
 
 
 @pytest.fixture
-def page(tmp_path, server):
-    """A review page (ReviewServer, as `rfwatch review` serves it) over a journal with nothing waiting yet."""
+def page(tmp_path, server, journal_url):
+    """A review page (ReviewServer, as `rfwatch review` serves it) over a journal with nothing waiting yet, on
+    each backend (SQLite, PostgreSQL)."""
     port = free_port()
-    cfg = review_config(tmp_path, server, port)
+    cfg = review_config(tmp_path, server, port, state=journal_url)
 
     def classes_of(model: str) -> tuple[str, ...] | None:
         return {"colors/1": COLORS, "pets/2": ("cat", "dog")}.get(model)

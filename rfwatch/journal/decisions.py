@@ -141,6 +141,22 @@ class Decisions:
         rows = self.db.all("SELECT * FROM files WHERE state=? ORDER BY updated, id", (FileState.REVIEW,))
         return [self.files._row(r) for r in rows]
 
+    def waiting_keys(self) -> list[tuple[int, float]]:
+        """(id, updated) of every file that waits for a person: from the ``files_state`` index alone, so a page
+        that keeps its own copy of each row reads only those it has not seen (see rfwatch.review.listing)."""
+        rows = self.db.all("SELECT id, updated FROM files WHERE state=? ORDER BY updated, id", (FileState.REVIEW,))
+        return [(int(r["id"]), float(r["updated"])) for r in rows]
+
+    def waiting_rows(self, ids: list[int]) -> list[FileRow]:
+        """The rows of these files that still wait for a person (in chunks: a query has a bounded size)."""
+        out: list[FileRow] = []
+        for n in range(0, len(ids), 500):
+            chunk = ids[n : n + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.all(f"SELECT * FROM files WHERE state=? AND id IN ({marks})", (FileState.REVIEW, *chunk))
+            out += [self.files._row(r) for r in rows]
+        return out
+
     def count_waiting(self) -> int:
         return int(self.db.scalar("SELECT COUNT(*) FROM files WHERE state=?", (FileState.REVIEW,)))
 

@@ -168,7 +168,7 @@ class ReviewApi:
         self.decisions = journal.decisions
         self.classes_of = classes_of
         self.take_back = take_back
-        self.listing = Listing(self.decisions.waiting, self._entry)
+        self.listing = Listing(self.decisions.waiting_keys, self.decisions.waiting_rows, self._entry)
         self._thumbs: OrderedDict[tuple[int, int, int], bytes] = OrderedDict()
         self._lock = threading.Lock()
 

@@ -1,9 +1,9 @@
 """The review page's list: filters, sorts and cursor pages over the files that wait for review.
 
-The journal gives the waiting files in one indexed query (``files_state``: state, then the time each began to
-wait, in the order they were found); the filters on the model's answer (a class, a confidence range) read the prediction, which is JSON in the
-journal, so they run here, over entries cached by (id, updated): a list of thousands costs one query and a pass
-in memory, not a parse of every prediction each time the page asks.
+The journal gives the waiting files' ids in one index-only query (``files_state``: state, then the time each
+began to wait), and the rows of those not seen before; the filters on the model's answer (a class, a confidence range) read the prediction, which is JSON in the
+journal, so they run here, over entries cached by (id, updated): a list of thousands costs one index-only query and a
+pass in memory, not a read and parse of every prediction each time the page asks (every two seconds).
 
 Pages are keyset pages: the cursor is the sort key of the last item shown, and the next page starts after it. An
 item decided meanwhile drops out without shifting the others; no item is shown twice or skipped.
@@ -124,36 +124,40 @@ def entry_of(row: FileRow, prediction: Prediction, classes: list[str]) -> dict[s
 
 
 class Listing:
-    def __init__(self, waiting: Callable[[], Iterable[FileRow]], make_entry: Callable[[FileRow], dict[str, Any]]):
-        self.waiting = waiting
+    def __init__(
+        self,
+        keys: Callable[[], list[tuple[int, float]]],
+        rows: Callable[[list[int]], Iterable[FileRow]],
+        make_entry: Callable[[FileRow], dict[str, Any]],
+    ):
+        self.keys = keys  # (id, updated) of every waiting file: an index-only query
+        self.rows = rows  # the full rows of some of them
         self.make_entry = make_entry
         self._cache: dict[tuple[int, float], dict[str, Any]] = {}
         self._lock = threading.Lock()
 
     def entries(self) -> list[dict[str, Any]]:
-        out, seen = [], set()
-        for row in self.waiting():
-            key = (row.id, row.updated)
-            with self._lock:
-                entry = self._cache.get(key)
-            if entry is None:
-                entry = self.make_entry(row)
-                with self._lock:
-                    self._cache[key] = entry
-            out.append(entry)
-            seen.add(key)
-        with self._lock:  # forget the files that no longer wait
-            for key in [k for k in self._cache if k not in seen]:
+        keys = self.keys()
+        with self._lock:
+            missing = [k for k in keys if k not in self._cache]
+        fresh = {}
+        if missing:
+            for row in self.rows([file_id for file_id, _ in missing]):
+                fresh[(row.id, row.updated)] = self.make_entry(row)
+        with self._lock:
+            self._cache.update(fresh)
+            wanted = set(keys)
+            for key in [k for k in self._cache if k not in wanted]:  # forget the files that no longer wait
                 del self._cache[key]
-        return out
+            # a row changed between the two queries is left out until the next look
+            return [self._cache[k] for k in keys if k in self._cache]
 
     def page(self, q: Query) -> dict[str, Any]:
         everything = self.entries()
         classes: list[str] = []
-        folders: set[str] = set()
-        for e in everything:
-            classes += [c for c in e["classes"] if c not in classes]
-            folders.add(e["folder"])
+        for names in dict.fromkeys(tuple(e["classes"]) for e in everything):  # the models' class lists, once each
+            classes += [c for c in names if c not in classes]
+        folders = {e["folder"] for e in everything}
         chosen = [
             e
             for e in everything
