@@ -310,15 +310,17 @@ def test_a_decision_not_yet_applied_is_taken_back_at_once(tmp_path, server):
 
     with ReviewProcess(cfg, port, tmp_path / "review.log"):
         a = api.id_of("a.jpg")
-        assert api.label(a, "green")[0] == 200 and journal.state("a.jpg") == "decided"
-        status, _, body = api.post(f"/api/items/{a}/take-back")
-        assert status == 200, body
-        assert journal.state("a.jpg") == "review" and api.names() == ["a.jpg"]
+        for cls in ("green", "red"):  # taken back twice over: each decision a row of its own
+            assert api.label(a, cls)[0] == 200 and journal.state("a.jpg") == "decided"
+            status, _, body = api.post(f"/api/items/{a}/take-back")
+            assert status == 200, body
+            assert journal.state("a.jpg") == "review" and api.names() == ["a.jpg"]
         assert api.label(a, "blue")[0] == 200
     assert run_cli("run", "-c", str(cfg), "--once").returncode == 0
     assert files_under(tmp_path / "sorted") == [tmp_path / "sorted" / "blue" / "a.jpg"]
     assert [(d.classes, d.taken_back is not None) for d in journal.decisions(journal.file("a.jpg").id)] == [
         (("green",), True),
+        (("red",), True),
         (("blue",), False),
     ]
     log = (tmp_path / "review.log").read_text()
