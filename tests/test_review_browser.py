@@ -92,6 +92,19 @@ def browser(tmp_path_factory):
         driver.quit()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_page(request):
+    """Each test starts with no browser log of an earlier one, and leaves no page polling a server that stops
+    (even when it fails half way)."""
+    if "browser" not in request.fixturenames:
+        yield
+        return
+    driver = request.getfixturevalue("browser")
+    driver.get_log("browser")  # read is emptied
+    yield
+    driver.get("about:blank")
+
+
 class Page:
     def __init__(self, driver, port: int):
         self.driver, self.base = driver, f"http://127.0.0.1:{port}"

@@ -68,8 +68,8 @@ class TakeBack:
             if self.journal.decisions.take_back_unapplied(file_id, by) is not None:
                 return TakenBack(TakeBackOutcome.WAITING, "taken back before it was applied")
             return TakenBack(TakeBackOutcome.BUSY, "a daemon is applying it right now: try again in a moment")
-        if row.state not in _APPLIED:
-            return TakenBack(TakeBackOutcome.BUSY, f"it is {row.state} now: try again in a moment")
+        if row.state not in _APPLIED:  # undone by rfwatch undo, or queued again by a retry: not the page's now
+            return TakenBack(TakeBackOutcome.NOTHING, f"item {file_id} is {row.state} now: nothing to take back")
         return self._undo_round(row, by)
 
     def _undo_round(self, row: FileRow, by: str | None) -> TakenBack:

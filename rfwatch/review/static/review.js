@@ -55,10 +55,12 @@ function describe(kind, classes) { return kind === "reject" ? "rejected" : class
 
 function removeShown(ids) {
   const index = items.findIndex((i) => i.id === selected);
+  const before = items.length;
   items = items.filter((i) => !ids.includes(i.id));
   for (const id of ids) { picked.delete(id); chosen.delete(id); decided.set(id, asked); }
   if (ids.includes(selected)) selected = items.length ? items[Math.min(Math.max(index, 0), items.length - 1)].id : null;
-  total = Math.max(0, total - ids.length);
+  // Only those still shown count down: a list that came while the decision was on its way left it out already.
+  total = Math.max(0, total - (before - items.length));
 }
 
 async function decide(item, kind, classes) {
