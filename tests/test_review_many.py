@@ -325,3 +325,45 @@ def test_a_decision_not_yet_applied_is_taken_back_at_once(tmp_path, server):
     ]
     log = (tmp_path / "review.log").read_text()
     assert f"review page at http://127.0.0.1:{port}/ (loopback only" in log
+
+
+def test_an_upload_not_yet_through_is_cancelled_by_the_take_back_and_only_the_last_label_arrives(
+    tmp_path, server, platform, caplog
+):
+    """The platform does not let the first label through yet (annotate answers 404, oak-examples#287): taken back
+    meanwhile, that label must never arrive after the next one. Its delivery is cancelled with the take-back."""
+    server.classifier = lambda image: dict(UNSURE)
+    port = free_port()
+    cfg = review_config(tmp_path, server, port, upload=UPLOAD)
+    api, journal = Api(port), JournalView(tmp_path)
+    with DaemonThread(cfg):
+        wait_listening(port)
+        write_one_by_one(tmp_path, {"a.jpg": gray_jpeg(73)})
+        wait_for(lambda: api.items()["classes"], what="the model's classes")
+        a = api.id_of("a.jpg")
+        platform.annotate_lag = float("inf")
+        assert api.label(a, "green")[0] == 200
+        wait_for(lambda: "will retry" in caplog.text, what="the first label refused for now")
+        assert journal.uploads()[0]["state"] == "pending" and _annotates(platform)[0][0] == 404
+        # Taken back while an attempt is on its way (the platform answers slowly): that attempt's answer, when it
+        # comes, must not put the delivery back in the queue.
+        platform.delay = 1.5
+        wait_for(lambda: journal.uploads()[0]["lease"], timeout=10, what="the next attempt under way")
+        tried = caplog.text.count("will retry")
+        status, _, body = api.post(f"/api/items/{a}/take-back")
+        assert status == 200, body
+        wait_for(lambda: caplog.text.count("will retry") > tried, timeout=10, what="the slow attempt answered")
+        platform.delay = 0.0
+        (first,) = journal.uploads()
+        assert first["state"] == "cancelled" and "taken back" in first["last_error"]
+        platform.annotate_lag = 0.0
+        assert api.label(a, "blue")[0] == 200
+        wait_for(
+            lambda: sorted(u["state"] for u in journal.uploads()) == ["cancelled", "delivered"],
+            what="the second label delivered",
+        )
+    (up,) = platform.uploads["colors"]
+    assert platform.annotations["colors"] == {up["id"]: "blue"}
+    assert [u["state"] for u in journal.uploads() if u["id"] == first["id"]] == ["cancelled"]
+    history = run_cli("history", "-c", str(cfg), str(tmp_path / "inbox" / "a.jpg")).stdout
+    assert "cancelled: its review decision was taken back" in history, history

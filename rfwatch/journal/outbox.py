@@ -140,15 +140,17 @@ class Outbox:
         """Record that this delivery can never succeed (its payload is kept: ``rfwatch retry`` may send it again
         once the cause is put right)."""
         return self._record(
-            "UPDATE outbox SET state=?, attempts=attempts+1, last_status=?, last_error=?, lease=NULL WHERE id=?",
-            (DeliveryState.FAILED, status, error[:500], delivery_id),
+            "UPDATE outbox SET state=?, attempts=attempts+1, last_status=?, last_error=?, lease=NULL WHERE id=?"
+            " AND state=?",  # a row cancelled meanwhile stays cancelled, with its reason
+            (DeliveryState.FAILED, status, error[:500], delivery_id, DeliveryState.PENDING),
         )
 
     def retry(self, delivery_id: str, status: int | None, error: str, next_at: float) -> bool:
         """Record a failed attempt; the row is due again at ``next_at``."""
         return self._record(
-            "UPDATE outbox SET attempts=attempts+1, last_status=?, last_error=?, next_at=?, lease=NULL WHERE id=?",
-            (status, error[:500], next_at, delivery_id),
+            "UPDATE outbox SET attempts=attempts+1, last_status=?, last_error=?, next_at=?, lease=NULL WHERE id=?"
+            " AND state=?",  # a row cancelled meanwhile stays cancelled, with its reason
+            (status, error[:500], next_at, delivery_id, DeliveryState.PENDING),
         )
 
     def _record(self, sql: str, args: tuple) -> bool:
