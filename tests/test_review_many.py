@@ -367,3 +367,21 @@ def test_an_upload_not_yet_through_is_cancelled_by_the_take_back_and_only_the_la
     assert [u["state"] for u in journal.uploads() if u["id"] == first["id"]] == ["cancelled"]
     history = run_cli("history", "-c", str(cfg), str(tmp_path / "inbox" / "a.jpg")).stdout
     assert "cancelled: its review decision was taken back" in history, history
+
+
+def test_the_models_classes_show_once_the_platform_has_said_them(tmp_path, server):
+    """Until the platform has said a model's classes, the page offers those its answers show (in name order); once
+    it has, the model's own list in its order, for files listed before as well."""
+    port = free_port()
+    cfg = review_config(tmp_path, server, port)
+    known: dict[str, tuple[str, ...]] = {}
+    make_waiting(tmp_path, cfg, 3)
+    api = Api(port)
+    with ReviewServer(load_config(cfg), known.get):
+        doc = api.items()
+        assert doc["classes"] == ["blue", "green", "red"] and doc["items"][0]["classes"] == ["blue", "green", "red"]
+        known["colors/1"] = ("red", "green", "blue", "violet")
+        doc = api.items()
+        assert doc["classes"] == ["red", "green", "blue", "violet"]
+        assert {tuple(i["classes"]) for i in doc["items"]} == {("red", "green", "blue", "violet")}
+        assert api.label(doc["items"][0]["id"], "violet")[0] == 200

@@ -4,7 +4,7 @@ Routes:
 
 - ``GET /``: the page (plain HTML, CSS and JavaScript from this package; no build step, no CDN);
 - ``GET /api/items?class=&min=&max=&folder=&sort=&limit=&cursor=``: one page, ``{"items": [{"id", "name",
-  "path", "folder", "prediction", "image", "full", "classes", "multi_label", "guess", "class", "score",
+  "path", "folder", "prediction", "image", "full", "model", "classes", "multi_label", "guess", "class", "score",
   "found", "waiting_since"}], "classes": [...], "folders": [...], "total": n, "waiting": n, "next": cursor|null,
   "threshold": t, "take_back": bool}``; ``prediction`` is the documented response JSON, ``guess`` the model's
   predicted classes and ``class`` the one that decides ``{class}`` (the highest-scoring), ``score`` the model's
@@ -168,7 +168,7 @@ class ReviewApi:
         self.decisions = journal.decisions
         self.classes_of = classes_of
         self.take_back = take_back
-        self.listing = Listing(self.decisions.waiting_keys, self.decisions.waiting_rows, self._entry)
+        self.listing = Listing(self.decisions.waiting_keys, self.decisions.waiting_rows, self._entry, classes_of)
         self._thumbs: OrderedDict[tuple[int, int, int], bytes] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -182,8 +182,7 @@ class ReviewApi:
         return sorted(s.name for s in prediction.predictions)  # the model's classes as far as its answers show
 
     def _entry(self, row: FileRow) -> dict[str, Any]:
-        prediction = self._prediction(row)
-        return entry_of(row, prediction, self._classes(row, prediction))
+        return entry_of(row, self._prediction(row))
 
     def items(self, query: Query | None = None) -> dict[str, Any]:
         doc = self.listing.page(query or Query())

@@ -96,8 +96,8 @@ def _decode(cursor: str) -> tuple[float, int]:
         raise QueryError("cursor: not one this page gave out") from None
 
 
-def entry_of(row: FileRow, prediction: Prediction, classes: list[str]) -> dict[str, Any]:
-    """An item as the JSON API shows it."""
+def entry_of(row: FileRow, prediction: Prediction) -> dict[str, Any]:
+    """An item as the JSON API shows it (its ``classes`` are filled in by :meth:`Listing.page`)."""
     try:
         folder_rel = row.source.parent.relative_to(row.watch_root).as_posix()
     except ValueError:
@@ -111,7 +111,10 @@ def entry_of(row: FileRow, prediction: Prediction, classes: list[str]) -> dict[s
         "prediction": prediction.json(),
         "image": f"/api/items/{row.id}/image",
         "full": f"/api/items/{row.id}/full",
-        "classes": classes,
+        "model": row.model,
+        # The model's classes as far as its answers show: until the platform has said what they are.
+        "_answered": sorted(s.name for s in prediction.predictions),
+        "classes": [],
         "multi_label": prediction.multi_label,
         # What the model guessed: its predicted classes, and the one that decides {class} (the highest-scoring).
         "guess": list(prediction.predicted_classes),
@@ -129,10 +132,12 @@ class Listing:
         keys: Callable[[], list[tuple[int, float]]],
         rows: Callable[[list[int]], Iterable[FileRow]],
         make_entry: Callable[[FileRow], dict[str, Any]],
+        classes_of: Callable[[str], tuple[str, ...] | None],
     ):
         self.keys = keys  # (id, updated) of every waiting file: an index-only query
         self.rows = rows  # the full rows of some of them
         self.make_entry = make_entry
+        self.classes_of = classes_of  # a model's classes, once the platform has said (asked on every page)
         self._cache: dict[tuple[int, float], dict[str, Any]] = {}
         self._lock = threading.Lock()
 
@@ -154,6 +159,12 @@ class Listing:
 
     def page(self, q: Query) -> dict[str, Any]:
         everything = self.entries()
+        known: dict[str, tuple[str, ...] | None] = {}
+        for e in everything:
+            model = e["model"]
+            if model not in known:
+                known[model] = self.classes_of(model)
+            e["classes"] = list(known[model] or e["_answered"])
         classes: list[str] = []
         for names in dict.fromkeys(tuple(e["classes"]) for e in everything):  # the models' class lists, once each
             classes += [c for c in names if c not in classes]
@@ -172,7 +183,7 @@ class Listing:
         shown = chosen_after[: q.limit]
         more = len(chosen_after) > q.limit
         return {
-            "items": shown,
+            "items": [{k: v for k, v in e.items() if not k.startswith("_")} for e in shown],
             "classes": classes,
             "folders": sorted(folders),
             "total": len(chosen),  # every item the filters match, on all pages
