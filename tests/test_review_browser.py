@@ -314,6 +314,17 @@ def test_multi_label_classes_toggle_with_digits_and_save_with_enter(tmp_path, se
             )
 
         assert pressed(HOSTILE) == []  # the model predicted none
+        # Every class's score, each bar with the threshold marked where the model's threshold is (0.5: half way).
+        card0 = "#grid .card:first-child"
+        scores = page.js(f"return [...document.querySelectorAll('{card0} .score-text')].map(e => e.textContent)")
+        assert scores == [f"{c} {v * 100:.1f} %" for c, v in sorted(UNSURE.items(), key=lambda kv: -kv[1])]
+        marks = page.js(
+            f"return [...document.querySelectorAll('{card0} .track')].map(t => {{"
+            "const m = t.querySelector('.threshold'), r = t.getBoundingClientRect(), q = m.getBoundingClientRect();"
+            "return (q.left + q.width / 2 - r.left) / r.width; })"
+        )
+        assert marks == [pytest.approx(0.5, abs=0.02)] * 3
+        assert page.js(f"return document.querySelector('{card0} .threshold-note').textContent") == "threshold 50 %"
         assert page.js("return document.querySelector('#grid .card .save').hidden") is False
         page.press("1", "3")
         assert pressed(HOSTILE) == ["red", "blue"]
