@@ -135,9 +135,9 @@ def status_report(config) -> dict[str, Any]:
                 for o in journal.sequences.open_sequences()
             ],
             "last_done": [
-                _row_brief(r, threshold) for r in journal.files.recent((FileState.DONE, FileState.UNMATCHED))
+                _row_brief(r, threshold, journal) for r in journal.files.recent((FileState.DONE, FileState.UNMATCHED))
             ],
-            "last_failed": [_row_brief(r, threshold) for r in journal.files.recent((FileState.FAILED,))],
+            "last_failed": [_row_brief(r, threshold, journal) for r in journal.files.recent((FileState.FAILED,))],
             # The processes working on the journal now, on every host (each renews its lease).
             "holders": [
                 {"host": h["host"], "pid": h["pid"], "kind": h["kind"], "since": _ts(h["started"])}
@@ -160,18 +160,29 @@ def _waiting_reason(journal: Journal) -> str | None:
     return rows[0].last_error if rows else None
 
 
-def _row_brief(row, threshold: float) -> dict[str, Any]:
+def _row_brief(row, threshold: float, journal: Journal) -> dict[str, Any]:
+    from rfwatch.review.labels import person_and_model
     from rfwatch.roboflow.result import Prediction
 
     pred = Prediction.from_json(row.prediction, threshold) if row.prediction else None
+    label = person_and_model(journal, row, threshold)  # a person's label stands before the model's guess
     return {
         "path": str(row.path),
         "source": str(row.source),
         "state": str(row.state),
-        "class": pred.top if pred else None,
-        "classes": list(pred.predicted_classes) if pred else [],
-        "confidence": pred.confidence if pred else None,
-        "summary": pred.summary() if pred else None,
+        "class": label.cls if label else pred.top if pred else None,
+        "classes": list(label.classes) if label else list(pred.predicted_classes) if pred else [],
+        "confidence": 1.0 if label else pred.confidence if pred else None,
+        "summary": label.summary if label else pred.summary() if pred else None,
+        "labelled_by": label.by if label else None,
+        "model": {
+            "class": pred.top,
+            "classes": list(pred.predicted_classes),
+            "confidence": pred.confidence,
+            "summary": pred.summary(),
+        }
+        if pred
+        else None,
         "rule": row.rule,
         "host": row.host,
         "error": row.last_error,
@@ -272,6 +283,8 @@ def _retry_uploads(journal: Journal) -> None:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
+    from rfwatch.review.labels import person_and_model
+
     config = load_for_reading(args.config)
     journal = _journal(config)
     try:
@@ -281,6 +294,9 @@ def cmd_history(args: argparse.Namespace) -> int:
             return 1
         for row in rows:
             print(f"#{row.id} {row.source} -> {row.path} [{row.state}] sha256 {row.sha256[:12]} model {row.model}")
+            label = person_and_model(journal, row, config.roboflow.multi_label_threshold)
+            if label is not None:
+                print(f"  {label.summary}")
             if row.support:
                 print("  for Roboflow support: " + "; ".join(f"{k} {v}" for k, v in row.support.items()))
             _print_sequence(journal, row.id)
@@ -444,8 +460,18 @@ def cmd_review(args: argparse.Namespace) -> int:
         facts = cache.get(ModelId.parse(model).key)
         return facts.classes if facts is not None else None
 
-    server = ReviewServer(config, classes_of)
-    print(f"review page at {server.url}" + (" (open it with ?token=...)" if config.review.token else ""), flush=True)
+    from rfwatch.host.runtime import load_extensions
+    from rfwatch.processing.delivery import Deliveries
+    from rfwatch.processing.undo import Undoer
+
+    extensions = load_extensions(config)  # a decision taken back on the page is undone by the rules' actions
+
+    def undoer(page_journal: Journal) -> Undoer:
+        deliveries = Deliveries(page_journal, deliverers=dict(extensions.deliverers))
+        return Undoer(config, page_journal, extensions.rules, extensions.plugins.actions, deliveries)
+
+    server = ReviewServer(config, classes_of, undoer)
+    print(f"review page at {server.url}{server.how_to_open()}", flush=True)
     try:
         server.serve_forever()
     finally:

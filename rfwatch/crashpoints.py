@@ -44,6 +44,8 @@ POINTS: dict[str, str] = {
     # sequences
     "sequence.waiting": "a classified frame's wait for its sequence committed",
     "sequence.closed": "a sequence's close committed (its frames classified again), none of their actions run yet",
+    # review page
+    "review.taken_back": "a decision taken back on the page committed: the file waits for review again",
     # undo
     "undo.step_begun": "an undo step about to run, nothing of it journaled or done yet",
     "undo.intent": "an undo's intent committed, before its side effect (moving a file back)",

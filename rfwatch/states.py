@@ -75,6 +75,7 @@ class DeliveryState(StrEnum):
     DELIVERED = "delivered"
     GONE = "gone"  # the target asked for nothing more (410)
     FAILED = "failed"  # this delivery can never succeed
+    CANCELLED = "cancelled"  # its review decision was taken back before it went out
 
 
 class Outcome(StrEnum):

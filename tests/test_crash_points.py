@@ -382,15 +382,21 @@ j.decisions.decide(row.id, DecisionKind.LABEL, ("green",), by="test")
 """
 
 
-def _review(run: Run) -> None:
+def _waiting_for_review(run: Run, seed: int) -> Path:
+    """photo.jpg set aside for review by an unsure model (labels go to the project "colors"); the config."""
     run.server.classifier = lambda image: {"red": 0.4, "green": 0.35, "blue": 0.25}  # the model is unsure
     rules = [
         {"name": "unsure", "when": {"max_confidence": 0.6}, "then": [{"review": "review/{name}"}]},
         {"name": "sorted", "then": [{"move": "sorted/{class}/{name}"}]},
     ]
     cfg = run.config(rules=rules, review={"upload": {"project": "colors", "tags": ["rfwatch"]}})
-    run.inbox(**{"photo.jpg": unique_jpeg(RED, 7)})
+    run.inbox(**{"photo.jpg": unique_jpeg(RED, seed)})
     assert run.cli("run", "-c", str(cfg), "--once").returncode == 0
+    return cfg
+
+
+def _review(run: Run) -> None:
+    cfg = _waiting_for_review(run, 7)
     assert (run.root / "review" / "photo.jpg").exists()
     journal = str(cfg)  # DECIDE opens the journal the config names
     env = dict(os.environ)
@@ -457,6 +463,59 @@ def test_every_crash_point_of_a_sequence(tmp_path, server, api_key, backend, req
     assert walked == {p for p, _ in SEQUENCE_POINTS}
 
 
+TAKE_BACK_POINTS = [("undo.intent", 1), ("undo.step_finished", 1), ("review.taken_back", 1)]
+TAKE_BACK = """
+import sys
+from pathlib import Path
+from rfwatch.config import load_config
+from rfwatch.host.runtime import load_extensions
+from rfwatch.journal import open_journal
+from rfwatch.processing.delivery import Deliveries
+from rfwatch.processing.takeback import TakeBack
+from rfwatch.processing.undo import Undoer
+config = load_config(sys.argv[1])
+extensions = load_extensions(config)
+j = open_journal(config, kind="review")
+undoer = lambda: Undoer(config, j, extensions.rules, extensions.plugins.actions, Deliveries(j))
+(row,) = j.files.rows_in_state(("done", "undoing", "review"))
+print(TakeBack(j, undoer)(row.id, by="test").outcome.value)
+j.close()
+"""
+
+
+def _take_back(run: Run) -> None:
+    """A label applied and uploaded, taken back on the page (killed at the point), then labelled again: one image in
+    the project, with the last label, and the file in exactly one place."""
+    cfg = _waiting_for_review(run, 8)
+    decide = DECIDE.replace('("green",)', "(sys.argv[2],)")
+    subprocess.run([sys.executable, "-c", decide, str(cfg), "green"], check=True, timeout=60)
+    assert run.cli("run", "-c", str(cfg), "--once").returncode == 0
+    _once_placed(run, {"photo.jpg": ("sorted/green/photo.jpg",)})
+    env = dict(os.environ, RFWATCH_CRASH_AT=f"{run.point}:{run.n}")
+    taken = subprocess.run([sys.executable, "-c", TAKE_BACK, str(cfg)], env=env, capture_output=True, text=True)
+    run.crashed(taken)
+    # The page again (a person presses z once more): it carries on, or says there is nothing left to take back.
+    again = subprocess.run([sys.executable, "-c", TAKE_BACK, str(cfg)], capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr[-1500:]
+    expected = "nothing to take back" if run.point == "review.taken_back" else "waiting again"
+    assert again.stdout.strip() == expected, (run.point, again.stdout)
+    _once_placed(run, {"photo.jpg": ("review/photo.jpg",)})
+    assert [str(r.state) for r in run.journal().rows()] == ["review"], run.point
+    subprocess.run([sys.executable, "-c", decide, str(cfg), "blue"], check=True, timeout=60)
+    assert run.cli("run", "-c", str(cfg), "--once").returncode == 0
+    _once_placed(run, {"photo.jpg": ("sorted/blue/photo.jpg",)})
+    _all_finished(run)
+    platform = run.server.platform
+    assert len({u["id"] for u in platform.uploads["colors"]}) == 1, f"{run.point}: {platform.uploads['colors']}"
+    assert list(platform.annotations["colors"].values()) == ["blue"], run.point
+
+
+def test_every_crash_point_while_taking_a_decision_back(tmp_path, server, platform, api_key, backend, request):
+    server.platform = platform
+    walked = _walk(TAKE_BACK_POINTS, _take_back, tmp_path, server, _journals(request, backend))
+    assert walked == {p for p, _ in TAKE_BACK_POINTS}
+
+
 def test_the_walks_cover_every_crash_point():
     """Every crash point of rfwatch/crashpoints.py is reached in rfwatch's code and named by a walk above (each
     walk fails when its run does not reach the point). Checked from the source and the lists alone, so it holds
@@ -482,4 +541,5 @@ _GROUPS = [
     ("undo", UNDO_POINTS),
     ("review", REVIEW_POINTS),
     ("sequence", SEQUENCE_POINTS),
+    ("take back", TAKE_BACK_POINTS),
 ]

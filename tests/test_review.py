@@ -304,7 +304,8 @@ def test_decisions_made_in_rfwatch_review_reach_the_daemon_whenever_it_runs(tmp_
             assert api.reject(api.id_of("c.jpg"))[0] == 200
             wait_for(lambda: journal.state("c.jpg") == "failed", timeout=10, what="c.jpg rejected")
             assert daemon.terminate() == 0
-        assert api.items() == {"items": [], "classes": [], "waiting": 0}
+        doc = api.items()
+        assert (doc["items"], doc["classes"], doc["waiting"], doc["total"]) == ([], [], 0, 0)
     assert files_under(tmp_path / "review") == [tmp_path / "review" / "c.jpg"]  # no failed: it stays
     assert journal.file("c.jpg").last_error == "rejected in review"
     assert [journal.state(n) for n in names] == ["done", "done", "failed"]
@@ -396,6 +397,16 @@ def test_multi_label_models_take_a_list_of_classes(tmp_path, server, platform):
     assert platform.annotations["tags"][by_name["a.jpg"]] == "blue,red"
     history = run_cli("history", "-c", str(cfg), str(tmp_path / "inbox" / "a.jpg")).stdout
     assert "labelled blue, red in review" in history, history
+    # {class} is the highest-scoring of the person's classes (all at 1.0: the model's scores order them), and
+    # history and status name the same one, with the model's own guess beside the label.
+    assert "labelled blue, red ({class} red) in review (model's guess: (none))" in history, history
+    status = run_cli("status", "-c", str(cfg)).stdout
+    assert "labelled blue, red ({class} red) in review (model's guess: (none))" in status, status
+    assert "labelled green in review (model's guess: (none))" in status, status
+    report = json.loads(run_cli("status", "-c", str(cfg), "--json").stdout)
+    brief = {Path(r["source"]).name: r for r in report["last_done"]}
+    assert (brief["a.jpg"]["class"], brief["a.jpg"]["classes"]) == ("red", ["blue", "red"])
+    assert brief["a.jpg"]["labelled_by"] == "review page" and brief["a.jpg"]["model"]["classes"] == []
     assert set(files_under(tmp_path / "sorted")) == {
         tmp_path / "sorted" / "red" / "a.jpg",  # {class}: the first of the person's classes in the model's order
         tmp_path / "sorted" / "green" / "b.jpg",
@@ -490,6 +501,13 @@ def test_the_image_is_a_small_upright_jpeg_served_by_id(tmp_path, server, sample
     with ReviewProcess(cfg, port, tmp_path / "review.log"):
         items = {i["name"]: i for i in api.items()["items"]}
         assert set(items) == {*names, "big.jpg"}
+        # The full-size view's picture: upright, at the camera's full resolution.
+        status, headers, body = api.get(items["big.jpg"]["full"])
+        assert status == 200 and headers["Content-Type"] == "image/jpeg"
+        full = Image.open(io.BytesIO(body))
+        assert full.size == (3000, 4000) and full.getexif().get(0x0112, 1) == 1
+        diff = ImageStat.Stat(ImageChops.difference(full.convert("RGB"), big_upright.convert("RGB"))).mean
+        assert max(diff) < 8, diff
         thumbs = {}
         for name, item in items.items():
             status, headers, body = api.get(item["image"])
@@ -690,7 +708,9 @@ def test_other_sites_cannot_label_and_images_are_served_by_id_only(tmp_path, ser
             ({"Content-Type": "application/json", "Sec-Fetch-Site": "cross-site"}, b'{"class": "green"}'),
         ]
         for headers, body in refused:
-            for path in (label, f"/api/items/{a}/reject"):
+            for path in (label, f"/api/items/{a}/reject", f"/api/items/{a}/take-back", "/api/decide"):
+                if path == "/api/decide":
+                    body = body.replace(b'{"class"', b'{"items": [%d], "class"' % a)
                 status, _, text = api.request("POST", path, body, headers)
                 assert status == 403, (headers, path, status, text)
         # A name that is not this server's (DNS rebinding: evil.example resolving to 127.0.0.1) is refused.
@@ -716,6 +736,9 @@ def test_other_sites_cannot_label_and_images_are_served_by_id_only(tmp_path, ser
             "/api/items/0x1/image",
             "/api/items/999999/image",
             f"/api/items/{done_id}/image",  # in the journal, but not waiting for review
+            f"/api/items/{done_id}/full",
+            f"/api/items/{quote(str(secret), safe='')}/full",
+            "/api/items/999999/full",
             "/static/..%2F..%2F..%2F..%2Fetc%2Fpasswd",
             "/static/..%2Fapp.py",
             "/static/../app.py",
@@ -730,6 +753,7 @@ def test_other_sites_cannot_label_and_images_are_served_by_id_only(tmp_path, ser
                 assert status == 404, (path, status)
                 assert b"root:" not in body and not body.startswith(b"\xff\xd8"), path
             assert api.get(f"/api/items/{a}/image")[0] == 200  # the hook does see what is read
+            assert api.get(f"/api/items/{a}/full")[0] == 200
         assert not [p for p in opened if "passwd" in p or "secret" in p or p.endswith("app.py")], opened
         assert any(p.endswith("/review/a.jpg") for p in opened), opened
 

@@ -16,9 +16,12 @@ from typing import Any
 from rfwatch.crashpoints import crash_point
 from rfwatch.journal.db import Database, Tx
 from rfwatch.journal.files import FileRow, Files
+from rfwatch.journal.holders import FREE
 from rfwatch.states import FileState, StrEnum
 
 __all__ = ["Decision", "DecisionKind", "Decisions", "AlreadyDecided", "NotWaiting"]
+
+_FREE = FREE.format(col="holder")
 
 
 class DecisionKind(StrEnum):
@@ -43,6 +46,7 @@ class Decision:
     decided: float
     by: str | None
     host: str | None = None
+    taken_back: float | None = None
 
     def json(self) -> dict[str, Any]:
         return {"kind": str(self.kind), "classes": list(self.classes), "decided": self.decided, "by": self.by}
@@ -68,7 +72,9 @@ class Decisions:
                 if tx.one("SELECT 1 FROM decisions WHERE file_id=?", (file_id,)):
                     raise AlreadyDecided(file_id)
                 raise NotWaiting(file_id)
-            decision = Decision(file_id, row["round_start"], kind, tuple(classes), now, by, host)
+            # A round taken back on the page keeps its row: the next decision gets a round of its own.
+            last = tx.scalar("SELECT MAX(round) FROM decisions WHERE file_id=?", (file_id,))
+            decision = Decision(file_id, max(row["round_start"], (last or 0) + 1), kind, tuple(classes), now, by, host)
             # The steps that apply it start after every step so far (the review step among them).
             if not tx.run(
                 "UPDATE files SET state=?, round_start=?, updated=? WHERE id=? AND state=?",
@@ -87,6 +93,38 @@ class Decisions:
         decision = self.db.transact(record)
         crash_point("review.decided")
         return decision
+
+    def take_back_unapplied(self, file_id: int, by: str | None = None) -> Decision | None:
+        """A decision no daemon has begun to apply: the file waits again, in one transaction (None when the file
+        is not ``decided``, or a daemon holds it now)."""
+        now = time.time()
+        me = self.files._holder()
+
+        def revert(tx: Tx) -> Decision | None:
+            row = tx.one(
+                "SELECT * FROM decisions WHERE file_id=? AND taken_back IS NULL ORDER BY round DESC LIMIT 1", (file_id,)
+            )
+            if row is None:
+                return None
+            # Its decision step was never written (the daemon writes it once it holds the file): the round starts
+            # where it would have.
+            if not tx.run(
+                f"UPDATE files SET state=?, round_start=?, holder=NULL, updated=? WHERE id=? AND state=? AND {_FREE}",
+                (FileState.REVIEW, Files.next_seq(tx, file_id), now, file_id, FileState.DECIDED, me, self.files.lease),
+            ):
+                return None
+            self.mark_taken_back(tx, file_id, now, by)
+            return _decision(row)
+
+        return self.db.transact(revert)
+
+    def mark_taken_back(self, tx: Tx, file_id: int, now: float, by: str | None = None) -> None:
+        """In the caller's transaction: the file's standing decision is taken back (the file waits again)."""
+        tx.run(
+            "UPDATE decisions SET taken_back=? WHERE file_id=? AND taken_back IS NULL",
+            (now, file_id),
+        )
+        self.files.event(tx, file_id, "decision taken back in review" + (f" by {by}" if by else ""), at=now)
 
     def latest(self, file_id: int) -> Decision | None:
         row = self.db.one(
@@ -109,6 +147,22 @@ class Decisions:
         rows = self.db.all("SELECT * FROM files WHERE state=? ORDER BY updated, id", (FileState.REVIEW,))
         return [self.files._row(r) for r in rows]
 
+    def waiting_keys(self) -> list[tuple[int, float]]:
+        """(id, updated) of every file that waits for a person: from the ``files_state`` index alone, so a page
+        that keeps its own copy of each row reads only those it has not seen (see rfwatch.review.listing)."""
+        rows = self.db.all("SELECT id, updated FROM files WHERE state=? ORDER BY updated, id", (FileState.REVIEW,))
+        return [(int(r["id"]), float(r["updated"])) for r in rows]
+
+    def waiting_rows(self, ids: list[int]) -> list[FileRow]:
+        """The rows of these files that still wait for a person (in chunks: a query has a bounded size)."""
+        out: list[FileRow] = []
+        for n in range(0, len(ids), 500):
+            chunk = ids[n : n + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.all(f"SELECT * FROM files WHERE state=? AND id IN ({marks})", (FileState.REVIEW, *chunk))
+            out += [self.files._row(r) for r in rows]
+        return out
+
     def count_waiting(self) -> int:
         return int(self.db.scalar("SELECT COUNT(*) FROM files WHERE state=?", (FileState.REVIEW,)))
 
@@ -122,4 +176,5 @@ def _decision(row: Any) -> Decision:
         row["decided"],
         row["by"],
         row["host"],
+        row["taken_back"],
     )

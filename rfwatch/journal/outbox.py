@@ -73,6 +73,14 @@ class Outbox:
         if queued:
             tx.notify()
 
+    def cancel_pending(self, tx: Tx, file_id: int, kind: str, why: str) -> int:
+        """In the caller's transaction: the file's pending deliveries of ``kind`` never go out (a review decision
+        taken back: its label must not arrive after the next one). One being sent right now may still arrive."""
+        return tx.run(
+            "UPDATE outbox SET state=?, last_error=?, lease=NULL WHERE file_id=? AND kind=? AND state=?",
+            (DeliveryState.CANCELLED, why[:500], file_id, kind, DeliveryState.PENDING),
+        )
+
     def is_gone(self, target: str) -> bool:
         return self.db.one("SELECT 1 FROM gone_urls WHERE url=?", (target,)) is not None
 
@@ -132,15 +140,17 @@ class Outbox:
         """Record that this delivery can never succeed (its payload is kept: ``rfwatch retry`` may send it again
         once the cause is put right)."""
         return self._record(
-            "UPDATE outbox SET state=?, attempts=attempts+1, last_status=?, last_error=?, lease=NULL WHERE id=?",
-            (DeliveryState.FAILED, status, error[:500], delivery_id),
+            "UPDATE outbox SET state=?, attempts=attempts+1, last_status=?, last_error=?, lease=NULL WHERE id=?"
+            " AND state=?",  # a row cancelled meanwhile stays cancelled, with its reason
+            (DeliveryState.FAILED, status, error[:500], delivery_id, DeliveryState.PENDING),
         )
 
     def retry(self, delivery_id: str, status: int | None, error: str, next_at: float) -> bool:
         """Record a failed attempt; the row is due again at ``next_at``."""
         return self._record(
-            "UPDATE outbox SET attempts=attempts+1, last_status=?, last_error=?, next_at=?, lease=NULL WHERE id=?",
-            (status, error[:500], next_at, delivery_id),
+            "UPDATE outbox SET attempts=attempts+1, last_status=?, last_error=?, next_at=?, lease=NULL WHERE id=?"
+            " AND state=?",  # a row cancelled meanwhile stays cancelled, with its reason
+            (status, error[:500], next_at, delivery_id, DeliveryState.PENDING),
         )
 
     def _record(self, sql: str, args: tuple) -> bool:
@@ -272,7 +282,13 @@ class Outbox:
     def prune(self, older_than: float) -> int:
         return self.db.transact(
             lambda tx: tx.run(
-                "DELETE FROM outbox WHERE state IN (?,?,?) AND created < ?",
-                (DeliveryState.DELIVERED, DeliveryState.GONE, DeliveryState.FAILED, older_than),
+                "DELETE FROM outbox WHERE state IN (?,?,?,?) AND created < ?",
+                (
+                    DeliveryState.DELIVERED,
+                    DeliveryState.GONE,
+                    DeliveryState.FAILED,
+                    DeliveryState.CANCELLED,
+                    older_than,
+                ),
             )
         )

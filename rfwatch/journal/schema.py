@@ -192,7 +192,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     file_id BIGINT,
     url TEXT NOT NULL,                -- the target: a URL, a project
     body {{blob}} NOT NULL,
-    state TEXT NOT NULL,              -- pending | delivered | gone | failed
+    state TEXT NOT NULL,              -- pending | delivered | gone | failed | cancelled
     attempts INTEGER NOT NULL DEFAULT 0,
     next_at {{real}} NOT NULL,
     last_status INTEGER,

@@ -78,6 +78,38 @@ class UndoRecords:
 
     def finish(self, file_id: int, path: Path, outcome: str, size: int | None, mtime_ns: int | None) -> None:
         """The file is undone: where it is now, recorded so that no watcher takes it, and no longer held."""
+
+        def undone(tx: Tx, now: float) -> None:
+            self.files.event(tx, file_id, utf8_text(f"undone ({outcome})") or "undone", at=now)
+
+        self._end(file_id, path, size, mtime_ns, FileState.UNDONE, undone)
+        crash_point("undo.finished")
+
+    def back_to_review(
+        self,
+        file_id: int,
+        path: Path,
+        size: int | None,
+        mtime_ns: int | None,
+        also: Callable[[Tx, float], None],
+    ) -> None:
+        """A decision taken back: its round's steps are undone, and the file waits for review again where it is.
+
+        One transaction: the file ``review`` (its next round after every step so far), the undone steps closed
+        (no later undo reverses them again), and ``also`` (the decision marked taken back, its uploads cancelled).
+        """
+        self._end(file_id, path, size, mtime_ns, FileState.REVIEW, also)
+        crash_point("review.taken_back")
+
+    def _end(
+        self,
+        file_id: int,
+        path: Path,
+        size: int | None,
+        mtime_ns: int | None,
+        state: FileState,
+        also: Callable[[Tx, float], None],
+    ) -> None:
         now = time.time()
         root, rel = self.files._loc(path)
         me = self._holder()
@@ -88,19 +120,21 @@ class UndoRecords:
             if size is not None:
                 tx.run("UPDATE files SET size=?, mtime_ns=? WHERE id=?", (size, mtime_ns, file_id))
                 self.files._mark_produced(tx, path, size, mtime_ns, file_id)
+            # Back in review, the next round of steps starts after every step so far (the undone ones included).
+            again = ", round_start=?, last_error=NULL" if state == FileState.REVIEW else ""
+            args = (Files.next_seq(tx, file_id),) if state == FileState.REVIEW else ()
             if not tx.run(
-                "UPDATE files SET state=?, path_root=?, path=?, holder=NULL, updated=? WHERE id=? AND state=?"
+                f"UPDATE files SET state=?, path_root=?, path=?, holder=NULL{again}, updated=? WHERE id=? AND state=?"
                 " AND holder=?",
-                (FileState.UNDONE, root, rel, now, file_id, FileState.UNDOING, me),
+                (state, root, rel, *args, now, file_id, FileState.UNDOING, me),
             ):
                 raise ClaimLost(file_id)
             tx.run(
                 "UPDATE undo_steps SET state=? WHERE file_id=? AND state=?", (UndoState.CLOSED, file_id, UndoState.DONE)
             )
-            self.files.event(tx, file_id, utf8_text(f"undone ({outcome})") or "undone", at=now)
+            also(tx, now)
 
         self.db.transact(record)
-        crash_point("undo.finished")
 
     def give_up(self, row: FileRow) -> bool:
         """End an undo that cannot finish (a step whose file is gone fails every time): the steps not undone stay

@@ -11,11 +11,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
 
 from rfwatch.config import Config
+from rfwatch.journal import Journal
+from rfwatch.processing.undo import Undoer
 from rfwatch.review.app import ClassesOf, create_app
 
 __all__ = ["ReviewServer"]
@@ -24,13 +27,14 @@ log = logging.getLogger(__name__)
 
 
 class ReviewServer:
-    def __init__(self, config: Config, classes_of: ClassesOf):
+    def __init__(self, config: Config, classes_of: ClassesOf, undoer: Callable[[Journal], Undoer] | None = None):
+        self.token_needed = bool(config.review.token)
         listen = config.review.listen
         assert listen is not None
         host, _, port = listen.rpartition(":")
         self.host = host.strip("[]")
         self.port = int(port)
-        self.app = create_app(config, classes_of, lambda: self.port)
+        self.app = create_app(config, classes_of, lambda: self.port, undoer)
         self._server = uvicorn.Server(
             uvicorn.Config(
                 self.app,
@@ -60,8 +64,17 @@ class ReviewServer:
             time.sleep(0.02)
         if self.port == 0:  # tests ask for any free port
             self.port = self._server.servers[0].sockets[0].getsockname()[1]
-        log.info("review page at %s", self.url)
+        log.info("review page at %s%s", self.url, self.how_to_open())
         return self
+
+    def how_to_open(self) -> str:
+        """What the log line adds to the address: how to get past the token (never the token itself)."""
+        if not self.token_needed:
+            return " (loopback only: open it in a browser on this machine)"
+        return (
+            " (a token is needed: open it once as ?token=<review.token from the config>, or send"
+            " Authorization: Bearer <review.token>; the browser keeps a cookie)"
+        )
 
     def serve_forever(self) -> None:
         """``rfwatch review``: serve in this (main) thread until SIGINT/SIGTERM."""

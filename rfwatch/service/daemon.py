@@ -236,6 +236,13 @@ class Daemon:
         facts = self.facts.get(ModelId.parse(model).key)
         return facts.classes if facts is not None else None
 
+    def _review_undoer(self, journal: Any) -> Any:
+        """For a decision taken back on the review page: an Undoer over the page's journal, with the rules in use."""
+        from rfwatch.processing.undo import Undoer
+
+        runtime = self.runtime  # as reloaded last
+        return Undoer(self.config, journal, runtime.rules, runtime.plugins.actions, self.deliveries)
+
     def _explain(self, blocked: ApiBlocked) -> None:
         """401/403/404 from inference: ask the platform whether the key or the model is wrong (once per answer)."""
         status = blocked.error.status
@@ -529,7 +536,7 @@ class Daemon:
             from rfwatch.review.server import ReviewServer  # Starlette and uvicorn only when a page is served
 
             try:
-                self.review = ReviewServer(self.config, self._classes_of).start()
+                self.review = ReviewServer(self.config, self._classes_of, self._review_undoer).start()
             except OSError as exc:
                 log.error("%s", exc)
                 self._close()
