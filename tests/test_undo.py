@@ -348,6 +348,9 @@ def test_an_undo_killed_after_moving_a_file_back_finishes_that_move_once(tmp_pat
     crash = undo(cfg, env={"RFWATCH_CRASH_AT": "place.after_rename"}, code=CRASH_EXIT)
     assert "crash point place.after_rename reached" in crash.stderr
     assert names(inbox) == {"a.jpg"} and names(tmp_path / "sorted") == set()
+    # Back in the watched folder, not yet recorded there: a daemon that looks now leaves it to the undo.
+    run_once(cfg)
+    assert names(inbox) == {"a.jpg"} and len(journal_files(tmp_path)) == 1, "the file put back was taken as new"
 
     result = undo(cfg)
     assert summary(result.stdout) == "1 file(s): 1 undone", result.stdout
