@@ -243,6 +243,8 @@ def test_a_decision_is_taken_once(a, b):
     a.files.classified(fid, {"top": "red"}, "sha-x.jpg", "colors/1", "red", {})
     with pytest.raises(NotWaiting):
         b.decisions.decide(fid, DecisionKind.LABEL, ("green",))
+    review = Path("/srv/a/review/x.jpg")  # the review action's step, as the pipeline journals it
+    a.files.finish_step(fid, 1, StepKind.ACTION, "unsure", "review", True, {"to": str(review)}, path=review)
     a.files.wait_for_review(fid, "waiting for review: in review/")
     assert [r.id for r in b.decisions.waiting()] == [fid] and b.decisions.count_waiting() == 1
     decision = b.decisions.decide(fid, DecisionKind.LABEL, ("green",), by="page")
