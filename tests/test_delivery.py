@@ -15,7 +15,7 @@ from helpers import wait_for
 from webhook_receiver import Receiver
 
 from rfwatch.crashpoints import CRASH_EXIT
-from rfwatch.host.delivery import Delivered, Failed, Retry
+from rfwatch.host.delivery import Delivered, Failed, Gone, Retry
 from rfwatch.journal import Journal, QueuedDelivery
 from rfwatch.processing.delivery import Deliveries
 
@@ -228,4 +228,27 @@ def test_a_deliverer_keeps_state_between_attempts_and_failed_rows_can_be_queued_
         assert journal.outbox.get(key)["result"] is None
     finally:
         other.close()
+        journal.close()
+
+
+def test_a_410_stops_every_pending_delivery_to_that_target(journal_url):
+    """A receiver that answers 410 Gone wants nothing more: the other rows queued for it stop too (they are never
+    sent), rows for other targets stay, and nothing is queued for it later."""
+    gone_url, other_url = "http://127.0.0.1:9/gone", "http://127.0.0.1:9/other"
+    first, second = _queue(journal_url, gone_url, 2)
+    journal = Journal.open(journal_url)
+    try:
+        journal.db.transact(
+            lambda tx: journal.outbox.enqueue(tx, None, [QueuedDelivery("test", other_url, b"{}", "other", "test")])
+        )
+        sent = []
+        outbox = Deliveries(journal, deliverers={"test": ("test", lambda d: sent.append(d.id) or Gone("HTTP 410"))})
+        row = journal.outbox.claim()
+        assert row is not None and row.id in (first, second)
+        outbox.deliver_one(row)
+        states = {d["id"]: d["state"] for d in journal.outbox.list()}
+        assert states == {first: "gone", second: "gone", "other": "pending"}
+        assert journal.outbox.is_gone(gone_url) and not journal.outbox.is_gone(other_url)
+        assert sent == [row.id]
+    finally:
         journal.close()

@@ -23,10 +23,12 @@ from rfwatch.journal import (
     DecisionKind,
     Journal,
     NotWaiting,
+    QueuedDelivery,
     Roots,
     SchemaTooNew,
     Skip,
 )
+from rfwatch.journal.copy import copy_journal
 from rfwatch.states import FileState, StepKind
 
 INBOX = Path("/srv/a/inbox")
@@ -103,11 +105,20 @@ def test_a_claim_holds_while_its_holder_beats_and_lapses_when_it_stops(journal_u
         fid = take(a)
         assert b.files.claim(fid) is None, "a live holder's file"
         assert fid not in b.files.claimable()
+        # A works on the file for several leases: its heartbeat keeps the claim its own all along.
+        alive = "SELECT {now} - started FROM holders WHERE id=?"
+        wait_for(lambda: a.db.scalar(alive, (a.holder.id,)) > 3.5, timeout=10, what="three leases to pass")
+        assert b.files.claim(fid) is None and fid not in b.files.claimable(), "a claim lapsed while its holder beat"
         a._heartbeat.stop()  # host A dies (its heartbeat stops): after the lease its claims are free
         row = wait_for(lambda: b.files.claim(fid), timeout=10, what="the lease to run out")
         assert row.holder == b.holder.id
         with pytest.raises(ClaimLost):  # A, back, may not carry on a file B holds now
             a.files.classified(fid, {"top": "red"}, "sha-x.jpg", "colors/1", "red", {})
+        with pytest.raises(ClaimLost):  # nor journal a step of it, nor finish it
+            a.files.record_intent(fid, 1, StepKind.ACTION, "sort", "move", {"target": str(INBOX / "y.jpg")})
+        with pytest.raises(ClaimLost):
+            a.files.finish(fid, FileState.FAILED, "late")
+        assert b.files.steps(fid) == [] and b.files.get(fid).state == FileState.DETECTED
         b.files.classified(fid, {"top": "red"}, "sha-x.jpg", "colors/1", "red", {})
         assert b.files.get(fid).state == FileState.CLASSIFIED
     finally:
@@ -168,6 +179,20 @@ def test_drop_forgets_a_row_taken_for_a_file_that_vanished(a):
     with pytest.raises(KeyError):
         a.files.get(fid)
     assert isinstance(take(a), int)
+
+
+def test_a_file_waiting_for_review_or_being_undone_keeps_its_path(a, b):
+    """Only one row rfwatch works on may name a path: new content there is not taken while a file waits for a
+    person or an undo works on it."""
+    waiting = take(a, "w.jpg")
+    a.files.classified(waiting, {"top": "red"}, "sha-w.jpg", "colors/1", "red", {})
+    a.files.wait_for_review(waiting, "waiting for review")
+    assert take(b, "w.jpg", size=11) == Skip("being processed", waiting)
+    assert b.files.screen(INBOX / "w.jpg", 11, 1) == Skip("being processed", waiting)
+    undoing = take(a, "u.jpg")
+    a.files.finish(undoing, FileState.DONE)
+    assert a.undo.claim(a.files.get(undoing))
+    assert take(b, "u.jpg", size=11) == Skip("being processed", undoing)
 
 
 # --- steps ----------------------------------------------------------------------------------------------------
@@ -240,6 +265,8 @@ def test_a_decision_is_taken_once(a, b):
     a.files.classified(fid, {"top": "red"}, "sha-x.jpg", "colors/1", "red", {})
     with pytest.raises(NotWaiting):
         b.decisions.decide(fid, DecisionKind.LABEL, ("green",))
+    review = Path("/srv/a/review/x.jpg")  # the review action's step, as the pipeline journals it
+    a.files.finish_step(fid, 1, StepKind.ACTION, "unsure", "review", True, {"to": str(review)}, path=review)
     a.files.wait_for_review(fid, "waiting for review: in review/")
     assert [r.id for r in b.decisions.waiting()] == [fid] and b.decisions.count_waiting() == 1
     decision = b.decisions.decide(fid, DecisionKind.LABEL, ("green",), by="page")
@@ -260,6 +287,7 @@ def test_an_undo_claim_compares_state_and_time(a, b):
     stale = a.files.get(fid)
     assert b.undo.claim(row)
     assert not a.undo.claim(stale), "another undo holds it"
+    assert not a.undo.claim(a.files.get(fid)), "chosen after B claimed it: B's undo is alive and holds it"
     b.undo.finish_step(fid, 1, "move", {"outcome": "undone"})
     b.undo.finish(fid, INBOX / "x.jpg", "undone", None, None)
     assert a.files.get(fid).state == FileState.UNDONE and a.undo.closed(fid) == {1}
@@ -301,6 +329,79 @@ def test_the_journal_id_is_stable_and_delivery_ids_derive_from_it(journal_url):
         assert again.id == ident and again.delivery_id(7, 2, "webhook") == key
     finally:
         again.close()
+
+
+def test_a_transaction_the_database_rolls_back_is_run_again(request):
+    """PostgreSQL rolls a transaction back when a concurrent one changed what it read (a serialization failure):
+    the transition is run again, on what is committed now, instead of failing."""
+    url = request.getfixturevalue("pg_cluster").new_database()
+    a, b = open_as(url, "host-a"), open_as(url, "host-b")
+    try:
+        a.db.transact(lambda tx: tx.run("INSERT INTO meta (key, value) VALUES ('probe', '0')"))
+        calls = []
+
+        def bump(tx):
+            calls.append(tx.scalar("SELECT value FROM meta WHERE key='probe'"))
+            if len(calls) == 1:  # the first attempt reads, then another process changes the row under it
+                b.db.transact(lambda other: other.run("UPDATE meta SET value='b' WHERE key='probe'"))
+            tx.run("UPDATE meta SET value=? WHERE key='probe'", (calls[-1] + "+a",))
+            return len(calls)
+
+        def serializable(tx):
+            tx.run("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            return bump(tx)
+
+        assert a.db.transact(serializable) == 2
+        assert calls == ["0", "b"] and a.db.scalar("SELECT value FROM meta WHERE key='probe'") == "b+a"
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_copy_keeps_the_journal_id_and_pending_deliveries(tmp_path, journal_url):
+    """rfwatch journal copy into an empty database: the journal id, the files and the pending deliveries (same
+    ids, no lease) carry over; a second copy copies nothing twice."""
+    src_url = str(tmp_path / "source" / "journal.db")
+    src = open_as(src_url)
+    fid = take(src)
+    key = src.delivery_id(fid, 1, "webhook")
+    queued = [QueuedDelivery("webhook", "http://127.0.0.1:9/hook", b"{}", key, "webhook")]
+
+    def enqueue(tx):  # the webhook the step queued, in the step's transaction
+        src.outbox.enqueue(tx, fid, queued)
+
+    src.files.finish_step(fid, 1, StepKind.ACTION, "r", "webhook", True, {}, final=FileState.DONE, also=enqueue)
+    src.close()
+    src, dst = open_as(src_url), open_as(journal_url, "host-b")
+    try:
+        report = copy_journal(src, dst)
+        assert (report.files, report.same_ids) == (1, True)
+        again = open_as(journal_url, "host-c")
+        assert again.id == src.id and again.delivery_id(fid, 1, "webhook") == key
+        row = again.outbox.get(key)
+        assert (row["state"], row["lease"], row["file_id"]) == ("pending", None, fid)
+        assert again.files.get(fid).state == FileState.DONE
+        again.close()
+        second = copy_journal(src, dst)
+        assert (second.files, second.already) == (0, 1)
+        assert dst.db.scalar("SELECT COUNT(*) FROM files") == 1
+    finally:
+        src.close()
+        dst.close()
+
+
+def test_a_folder_beside_a_named_root_is_not_below_it():
+    roots = Roots({"inbox": INBOX})
+    beside = Path("/srv/a/inbox-old/x.jpg")
+    assert (roots.locate(beside).root, roots.locate(beside).rel) == ("", os.fsencode(beside))
+    assert roots.to_portable({"to": str(beside)}) == {"to": str(beside)}
+    assert roots.locate(INBOX / "x.jpg").rel == b"x.jpg"
+
+
+def test_model_facts_fetched_again_replace_the_cached_ones(a):
+    a.facts.put("colors/1", {"classes": ["red"]}, 1.0)
+    a.facts.put("colors/1", {"classes": ["red", "green"]}, 2.0)
+    assert a.facts.get("colors/1") == {"classes": ["red", "green"]}
 
 
 def test_change_feed_hears_another_process(a, b):

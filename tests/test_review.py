@@ -342,6 +342,12 @@ def test_a_retry_after_a_decision_keeps_the_label_and_a_rejected_file_is_asked_a
     # c, rejected, goes through the rules again from the model's answer: a person is asked again
     assert journal.state("c.jpg") == "review"
     assert files_under(tmp_path / "review") == [tmp_path / "review" / "c.jpg"]
+    # decided again, with a label this time: the latest decision is the one applied
+    with ReviewProcess(cfg, port, tmp_path / "review2.log", "--listen", f"127.0.0.1:{port}"):
+        assert api.label(api.id_of("c.jpg"), "green")[0] == 200
+    assert run_cli("run", "-c", str(cfg), "--once").returncode == 0
+    assert journal.state("c.jpg") == "done" and marks.read_text() == "a.jpg blue\nc.jpg green\n"
+    assert (tmp_path / "sorted" / "green" / "c.jpg").exists() and files_under(tmp_path / "failed") == []
 
 
 def test_a_label_takes_effect_while_every_worker_waits_for_the_api(tmp_path, server):

@@ -348,6 +348,9 @@ def test_an_undo_killed_after_moving_a_file_back_finishes_that_move_once(tmp_pat
     crash = undo(cfg, env={"RFWATCH_CRASH_AT": "place.after_rename"}, code=CRASH_EXIT)
     assert "crash point place.after_rename reached" in crash.stderr
     assert names(inbox) == {"a.jpg"} and names(tmp_path / "sorted") == set()
+    # Back in the watched folder, not yet recorded there: a daemon that looks now leaves it to the undo.
+    run_once(cfg)
+    assert names(inbox) == {"a.jpg"} and len(journal_files(tmp_path)) == 1, "the file put back was taken as new"
 
     result = undo(cfg)
     assert summary(result.stdout) == "1 file(s): 1 undone", result.stdout
@@ -584,6 +587,21 @@ def test_every_action_kind_is_reversed(tmp_path, server, receiver):
     run_once(cfg)
     assert names(inbox) == {"a.jpg", "b.jpg", "b.jpg.xmp"} and files_under(tmp_path / "sorted") == []
     assert {f["state"] for f in journal_files(tmp_path).values()} == {"undone"}
+
+
+def test_undo_exits_only_once_its_file_undone_events_are_out(tmp_path, server, receiver):
+    """More files than delivery threads: every file.undone event reached the receiver when rfwatch undo exits
+    (no process is left to send them later)."""
+    rules = [{"name": "all", "then": [{"move": "sorted/{name}"}, {"webhook": {"url": receiver.url}}]}]
+    cfg = write_config(tmp_path, server, rules=rules)
+    originals = {f"f{n}.jpg": unique_jpeg(RED, 80 + n) for n in range(10)}
+    for name, data in originals.items():
+        (tmp_path / "inbox" / name).write_bytes(data)
+    run_once(cfg)
+    wait_for(lambda: len(receiver.ok()) == 10, what="the file.processed events")
+    assert summary(undo(cfg).stdout) == "10 file(s): 10 undone"
+    undone = [d for d in receiver.ok() if json.loads(d.body)["type"] == "file.undone"]
+    assert len(undone) == 10, "rfwatch undo exited before its events were sent"
 
 
 def test_a_file_goes_back_where_it_was_found_never_replacing_anything(tmp_path, server):
