@@ -48,3 +48,36 @@ def test_review_backlog_and_deliveries_per_plugin_have_series_from_the_start(tmp
         # The webhook's receiver refuses connections (port 9): its event waits, counted for the webhook plugin.
         wait_for(lambda: f'rfwatch_deliveries_pending{{plugin="{WEBHOOK}"}} 1.0' in scrape(), what="a pending delivery")
         assert f'rfwatch_deliveries_pending{{plugin="{REVIEW}"}} 0.0' in scrape()
+
+
+def test_open_sequences_and_waiting_frames_are_gauges_from_zero(tmp_path, server, api_key):
+    """A burst's frames wait for their sequence: the metrics show one open sequence and its frames, then none."""
+    pytest.importorskip("prometheus_client")
+    import datetime as dt
+
+    from test_sequences import DEER, EMPTY_UNSURE, FOX_UNSURE, burst, classify
+
+    server.classifier = classify
+    port = _free_port()
+    cfg = write_config(
+        tmp_path,
+        server,
+        metrics={"listen": f"127.0.0.1:{port}"},
+        sequence={"gap": 8},
+        settle=0.1,
+    )
+
+    def scrape() -> str:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+
+    with DaemonThread(cfg):
+        first = scrape()
+        assert "rfwatch_sequences_open 0.0" in first and "rfwatch_frames_waiting 0.0" in first, first
+        now = dt.datetime.now(dt.timezone.utc).astimezone()
+        burst(tmp_path / "inbox", "M", [FOX_UNSURE, DEER, EMPTY_UNSURE], now, 3)
+        wait_for(lambda: "rfwatch_frames_waiting 3.0" in scrape(), what="three frames waiting")
+        assert "rfwatch_sequences_open 1.0" in scrape()
+        # no new frame for `gap` seconds of wall time: the sequence closes and its frames are sorted
+        wait_for(lambda: len(list((tmp_path / "sorted").rglob("*.jpg"))) == 3, timeout=40, what="the burst sorted")
+        wait_for(lambda: "rfwatch_sequences_open 0.0" in scrape(), what="no sequence open")
+        assert "rfwatch_frames_waiting 0.0" in scrape()

@@ -196,8 +196,14 @@ class Daemon:
             self.deliveries.pending_per_plugin,
             self.deliveries.failed_by_plugin,
             review_backlog=self.journal.decisions.count_waiting,
+            sequences=self._open_sequences,
         )
         self._wire_metrics(self.runtime)
+
+    def _open_sequences(self) -> tuple[int, int]:
+        """(sequences open, frames waiting in them), for the metrics."""
+        groups = self.journal.sequences.open_sequences()
+        return len(groups), sum(g.waiting for g in groups)
 
     def _wire_metrics(self, runtime: Runtime) -> None:
         runtime.client.on_retry = self.metrics.retried

@@ -47,6 +47,7 @@ class _Prometheus(Metrics):
         pending_deliveries: Callable[[], dict[str, int]],
         failed_deliveries: Callable[[], dict[str, int]],
         review_backlog: Callable[[], int],
+        sequences: Callable[[], tuple[int, int]] = lambda: (0, 0),
     ):
         super().__init__()
         import prometheus_client as pc
@@ -74,6 +75,16 @@ class _Prometheus(Metrics):
         pc.Gauge(
             "rfwatch_review_backlog", "Files waiting for a person on the review page", registry=self.registry
         ).set_function(review_backlog)
+        # Open sequences and the frames waiting in them (0 with no `sequence:`): a sequence that never closes (a
+        # key whose frames keep coming) shows as a number that only grows.
+        pc.Gauge(
+            "rfwatch_sequences_open",
+            "Sequences (bursts) open, their frames waiting to be decided together",
+            registry=self.registry,
+        ).set_function(lambda: sequences()[0])
+        pc.Gauge(
+            "rfwatch_frames_waiting", "Frames waiting for their sequence to close", registry=self.registry
+        ).set_function(lambda: sequences()[1])
         # Pending and failed: every plugin that delivers (uploads: the review plugin) has its series, at 0.
         self.registry.register(
             _Deliveries(
@@ -114,6 +125,7 @@ def start_metrics(
     pending_deliveries: Callable[[], dict[str, int]],
     failed_deliveries: Callable[[], dict[str, int]] = dict,
     review_backlog: Callable[[], int] = lambda: 0,
+    sequences: Callable[[], tuple[int, int]] = lambda: (0, 0),
 ) -> Metrics:
     if not listen:
         return Metrics()
@@ -125,6 +137,6 @@ def start_metrics(
     except ImportError:
         raise ConfigError("metrics.listen: needs prometheus-client: pip install 'rfwatch[metrics]'") from None
     try:
-        return _Prometheus(listen, queue_depth, pending_deliveries, failed_deliveries, review_backlog)
+        return _Prometheus(listen, queue_depth, pending_deliveries, failed_deliveries, review_backlog, sequences)
     except OSError as exc:
         raise ConfigError(f"metrics.listen: cannot listen on {listen}: {exc.strerror or exc}") from None
