@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 
 import pytest
 import yaml
@@ -84,3 +85,15 @@ def test_a_rule_naming_an_unknown_class_is_refused_before_any_file_moves(tmp_pat
     assert hint in caplog.text
     assert sorted(p.name for p in files_under(tmp_path / "inbox")) == [f"p{i}.jpg" for i in range(4)]
     assert not [p for d in ("g", "sorted", "failed") for p in files_under(tmp_path / d)], "a file was moved"
+
+
+def test_no_delivery_threads_run_while_nothing_is_to_be_delivered(tmp_path, server, platform):
+    """A config whose rules deliver nothing (a move) starts no delivery thread, so none polls the journal; the
+    webhook tests (tests/test_delivery.py) show them starting once a delivery is queued."""
+    cfg = write_config(tmp_path, server, model="colors/2")
+    photos(tmp_path / "inbox", 2)
+    with DaemonThread(cfg) as d:
+        wait_for(lambda: len(files_under(tmp_path / "sorted")) == 2, what="the 2 files sorted")
+        wait_for(lambda: d.daemon.counts["done"] == 2, what="both files done")
+        running = [t.name for t in threading.enumerate() if t.name.startswith("rfwatch-delivery")]
+        assert running == [], f"delivery threads with nothing to deliver: {running}"

@@ -366,6 +366,8 @@ class Daemon:
         except JournalUnavailable as exc:
             self.journal_gate.blocked_by(str(exc))
             return 0
+        if changed and not self.dry_run:
+            self.deliveries.notice()  # deliveries another process queued (rfwatch retry --uploads): threads for them
         for file_id in claimable:
             with self._lock:
                 known = file_id in self._queued_ids
