@@ -700,6 +700,9 @@ class Daemon:
         self.notifier.stopping()
         self.stop_event.set()
         self.watcher.stop()  # take no new files while in-flight ones finish
+        for _ in self._threads:  # an idle worker waits on the queue: woken now, it sees the stop at once
+            if not self._offer(_Job()):
+                break
         deadline = time.monotonic() + 30
         for t in self._threads:
             t.join(timeout=max(0.1, deadline - time.monotonic()))
