@@ -24,7 +24,8 @@ def read_and_hash(path: Path, size: int) -> tuple[bytes | None, str]:
     if size > KEEP_AT_MOST:
         return None, sha256_file(path)
     with open(path, "rb") as fh:
-        data = fh.read(KEEP_AT_MOST + 1)
-    if len(data) > KEEP_AT_MOST:  # it grew since its stat: hash it all; the settle check finds it changing
+        # Exactly the size its stat gave (and one byte more, to see it grew): read(n) allocates n bytes up front.
+        data = fh.read(size + 1)
+    if len(data) > size:  # it grew since its stat: hashed whole, not kept; the settle check finds it changing
         return None, sha256_file(path)
     return data, hashlib.sha256(data).hexdigest()
