@@ -419,6 +419,9 @@ def test_a_file_changed_before_it_settled_is_not_sent_nor_journaled(tmp_path, se
     path.write_bytes(first)
     daemon = Daemon(cfg)  # its pipeline, never run: the test is the worker
     try:
+        # A cold start prepares early only once the model's input size is known or cannot come (here: the
+        # platform refuses at once); until then a file is journaled first and prepared later.
+        wait_for(lambda: not daemon.facts.fetching(), what="the platform asked about the model")
         watch = daemon.config.watch[0]
         rewritten = _rewrite_during_prepare(daemon.runtime.client, monkeypatch, path, final)
         attempt = daemon.pipeline.take(path, watch, settled_at=time.monotonic() + 0.3)
@@ -449,6 +452,7 @@ def test_a_file_changed_before_it_settled_is_watched_again_and_taken_once(tmp_pa
         for observer in d.daemon.watcher._observers:  # blind: only the worker's give-back can bring it back
             observer.unschedule_all()
         wait_for(lambda: not d.daemon.watcher.scanning(), what="the start-up scan (of an empty inbox)")
+        wait_for(lambda: not d.daemon.facts.fetching(), what="the platform asked about the model")
         path.write_bytes(first)
         rewritten = _rewrite_during_prepare(d.daemon.runtime.client, monkeypatch, path, final)
         # The watcher's early hand-off: due to settle in a second, so the worker prepares its upload meanwhile.

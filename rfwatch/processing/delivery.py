@@ -46,6 +46,9 @@ class Deliveries:
     _wake: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
     _workers: list[threading.Thread] = field(default_factory=list, init=False, repr=False)
+    #: Started (start()) but with its threads spawned only once there is something to deliver (see start).
+    _armed: bool = field(default=False, init=False, repr=False)
+    _spawn_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     # --- what status and plugins read (the ``status_lines`` hook gets this object) ------------
 
@@ -95,22 +98,48 @@ class Deliveries:
     # --- running ----------------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Deliver from now on. The threads start at once only if the outbox holds deliveries still to make;
+        otherwise on the first one queued (wake) or seen queued by another process (notice): a run whose rules
+        deliver nothing starts none, and polls nothing."""
         self._stop.clear()
-        self._workers = [
-            threading.Thread(target=self._run, name=f"rfwatch-delivery-{i}", daemon=True) for i in range(self.threads)
-        ]
-        for t in self._workers:
-            t.start()
+        self._armed = True
+        self.notice()
+
+    def notice(self) -> None:
+        """Start the threads if deliveries are waiting (queued by another process, or left from an earlier run)."""
+        if not self._armed or self._workers:
+            return
+        try:
+            due = self.journal.outbox.next_due()
+        except JournalUnavailable:
+            due = 0.0  # cannot tell: the threads wait for the journal themselves
+        if due is not None:
+            self._spawn()
+
+    def _spawn(self) -> None:
+        with self._spawn_lock:
+            if self._workers or not self._armed:
+                return
+            self._workers = [
+                threading.Thread(target=self._run, name=f"rfwatch-delivery-{i}", daemon=True)
+                for i in range(self.threads)
+            ]
+            for t in self._workers:
+                t.start()
 
     def wake(self) -> None:
+        if self._armed and not self._workers:
+            self._spawn()
         self._wake.set()
 
     def stop(self) -> None:
+        with self._spawn_lock:
+            self._armed = False
+            workers, self._workers = self._workers, []
         self._stop.set()
         self._wake.set()
-        for t in self._workers:
+        for t in workers:
             t.join(timeout=10)
-        self._workers = []
 
     def flush(self, deadline: float, keys: Collection[str] | None = None) -> None:
         """Wait until every delivery not yet tried (of ``keys``, else all) had its first attempt, or ``deadline``

@@ -27,7 +27,8 @@ from typing import Any
 
 from rfwatch.config import WatchConfig
 from rfwatch.crashpoints import crash_point
-from rfwatch.files.place import place_file, recover_placement, sha256_file
+from rfwatch.files.content import read_and_hash
+from rfwatch.files.place import place_file, recover_placement
 from rfwatch.host.context import FileContext
 from rfwatch.host.rules import matching_rules
 from rfwatch.host.runtime import Runtime
@@ -43,12 +44,15 @@ from rfwatch.roboflow.client import ApiError, BlockingError, UnavailableError
 from rfwatch.roboflow.result import Prediction, ResponseFormatError
 from rfwatch.states import FileState, Outcome, StepKind, StepState
 
-__all__ = ["Pipeline", "ApiBlocked", "Attempt"]
+__all__ = ["Pipeline", "ApiBlocked", "Attempt", "NotYet"]
 
 log = logging.getLogger("rfwatch.processing.pipeline")
 file_log = logging.getLogger("rfwatch.file")
 
 _QUARANTINE_SEQ = 0  # the step that moves a file that failed before any action into failed:
+
+#: A file's upload: prepared already, or the bytes read when it was taken (hashed, to be decoded).
+Upload = PreparedImage | bytes
 
 
 class ApiBlocked(Exception):
@@ -66,6 +70,16 @@ class ApiBlocked(Exception):
     def __str__(self) -> str:
         # The verdict first ("the API key is not valid"), then the server's own, often hedged, words.
         return f"{self.explanation} (the server said: {self.error})" if self.explanation else str(self.error)
+
+
+class NotYet(Exception):
+    """A journaled file waits for what a cold start is still asking the platform (the model's input size for its
+    upload, the check of the rules' classes for its actions): carried on by its journal row from its last step
+    once that is known. Its worker takes the next file meanwhile (see Daemon: a cold start)."""
+
+    def __init__(self, file_id: int, what: str = "the model's facts"):
+        self.file_id = file_id
+        super().__init__(f"journal row {file_id}: waiting for {what}")
 
 
 @dataclass(frozen=True)
@@ -112,6 +126,13 @@ class Pipeline:
         self._inflight: dict[tuple[str, str], threading.Event] = {}
         #: Called with the seconds a successful API call took (the daemon reopens its gate, records metrics).
         self.on_api_answer: Callable[[float], None] | None = None
+        #: Called before a file's actions (or its move into failed:, with None: it waits then) and may raise to keep
+        #: them from running: the daemon holds them (NotYet) until the rules' classes have been checked against the
+        #: model, and refuses them if a rule names a class it lacks (see rfwatch.service.startcheck).
+        self.before_acting: Callable[[int | None], None] | None = None
+        #: Whether an upload can be sized now without waiting (False while the model's facts are on their way: a
+        #: file still settling is then journaled first and prepared once the size is known).
+        self.can_size_now: Callable[[], bool] = lambda: True
 
     # --- taking a new file -------------------------------------------------------
 
@@ -159,7 +180,7 @@ class Pipeline:
             file_log.info("%s: ignored by a plugin", path)
             return Attempt(Outcome.SKIPPED, detail="ignored by plugin")
         try:
-            sha = sha256_file(path)
+            content, sha = read_and_hash(path, st.st_size)  # the bytes hashed are the bytes decoded (one read)
             after = os.stat(path)
         except FileNotFoundError:
             file_log.info("%s: vanished while being read; nothing to do", path)
@@ -170,8 +191,8 @@ class Pipeline:
         model = (watch.model if watch and watch.model else None) or str(self.runtime.config.roboflow.model)
         prepared = None
         if settled_at > time.monotonic():
-            if files.cached_prediction(sha, model) is None:
-                prepared = self._prepare_early(path, model)
+            if self.can_size_now() and files.cached_prediction(sha, model) is None:
+                prepared = self._prepare_early(content if content is not None else path, path, model)
             time.sleep(max(0.0, settled_at - time.monotonic()))
             try:
                 after = os.stat(path)
@@ -197,11 +218,13 @@ class Pipeline:
                 files.drop(taken)
                 file_log.debug("%s: moved on or changed before it was taken; nothing to do", path)
                 return Attempt(Outcome.SKIPPED if now is None else Outcome.CHANGING, detail="vanished")
-            return self._process(files.get(taken), prepared)
+            if prepared is None and not self.can_size_now():
+                raise NotYet(taken, "the model's input size")
+            return self._process(files.get(taken), prepared if prepared is not None else content)
 
-    def _prepare_early(self, path: Path, model: str) -> PreparedImage | None:
+    def _prepare_early(self, source: bytes | Path, path: Path, model: str) -> PreparedImage | None:
         try:
-            return self.runtime.client.prepare(str(path), model)
+            return self.runtime.client.prepare(source if isinstance(source, bytes) else str(path), model, str(path))
         except ImageError:
             return None  # reported properly once the file has settled
 
@@ -211,7 +234,7 @@ class Pipeline:
         with self._lock:
             return file_id in self._active_ids
 
-    def process(self, file_id: int, prepared: PreparedImage | None = None) -> Attempt:
+    def process(self, file_id: int, prepared: Upload | None = None) -> Attempt:
         """Carry a journaled file from wherever it stopped to a terminal state (or to waiting for review).
 
         Safe to call twice for the same file, at once too, from any process: the file is claimed first, and the
@@ -242,7 +265,7 @@ class Pipeline:
                 with self._lock:
                     self._active_ids.discard(file_id)
 
-    def _process(self, row: FileRow, prepared: PreparedImage | None) -> Attempt:
+    def _process(self, row: FileRow, prepared: Upload | None) -> Attempt:
         try:
             return self._carry_on(row, prepared)
         except ClaimLost:
@@ -250,7 +273,7 @@ class Pipeline:
             log.warning("%s: another rfwatch process took this file over; leaving it to that one", row.path)
             return Attempt(Outcome.SKIPPED, row.id, "taken over by another process")
 
-    def _carry_on(self, row: FileRow, prepared: PreparedImage | None) -> Attempt:
+    def _carry_on(self, row: FileRow, prepared: Upload | None) -> Attempt:
         files = self.journal.files
         state, pending_quarantine = files.resume_step(row.id, _QUARANTINE_SEQ)
         if state == StepState.PENDING and pending_quarantine is not None:
@@ -291,7 +314,7 @@ class Pipeline:
     def _prediction(self, doc: dict[str, Any]) -> Prediction:
         return Prediction.from_json(doc, self.runtime.config.roboflow.multi_label_threshold)
 
-    def _classify(self, row: FileRow, prepared: PreparedImage | None = None) -> Prediction | None:
+    def _classify(self, row: FileRow, prepared: Upload | None = None) -> Prediction | None:
         """Classify the file (once per content: a worker classifying identical content is waited for)."""
         key = (row.sha256, row.model)
         while True:
@@ -320,12 +343,14 @@ class Pipeline:
             with self._lock:
                 self._inflight.pop(key).set()
 
-    def _call_api(self, row: FileRow, prepared: PreparedImage | None) -> Prediction | None:
+    def _call_api(self, row: FileRow, prepared: Upload | None) -> Prediction | None:
         """The API's answer for the file; None (attempt journaled) when this image is the problem."""
         self.limiter.acquire()
         started = time.monotonic()
         try:
             client = self.runtime.client
+            if isinstance(prepared, bytes):  # the content read when the file was taken: decoded, not read again
+                prepared = client.prepare(prepared, row.model, str(row.path))
             if prepared is not None:
                 prediction = client.classify_prepared(prepared, str(row.path), model=row.model)
             else:
@@ -373,6 +398,8 @@ class Pipeline:
         sequence: SequenceFacts | None = None,
     ) -> Attempt:
         """Run the matching rules' actions, from the round's first step (or ``first_seq``) on."""
+        if self.before_acting is not None:
+            self.before_acting(row.id)
         ctx = self._context(row, prediction, model_prediction, sequence)
         plugins = self.runtime.plugins
         plugins.hook.file_classified(ctx=ctx)
@@ -467,6 +494,8 @@ class Pipeline:
 
     def _apply_decision(self, row: FileRow, model_prediction: Prediction) -> Attempt:
         """A person labelled or rejected a file that waited: apply it once, as journaled steps."""
+        if self.before_acting is not None:
+            self.before_acting(row.id)
         decision = self.journal.decisions.latest(row.id)
         if decision is None:  # cannot happen: the decision and the state are one transaction
             return self._fail(row, "a review decision was recorded without its label")
@@ -508,6 +537,8 @@ class Pipeline:
         a person rejected in review): one that an earlier action already sorted stays there, and
         ``rfwatch retry`` redoes the failed step.
         """
+        if self.before_acting is not None:
+            self.before_acting(None)  # waits: the classification that failed would otherwise be asked again
         path = row.path
         failed_dir = self.runtime.config.failed
         seq = _QUARANTINE_SEQ if quarantine_seq is None else quarantine_seq

@@ -24,6 +24,36 @@ from rfwatch.states import FileState, StepKind, StepState, UndoState
 
 __all__ = ["StepLog", "ActionLog", "UndoLog", "StepRunner", "StepFailed"]
 
+# Why a file costs the journal transactions it does, and why none of them can be merged further (issue 23 item 3).
+#
+# A new file sorted by one move writes four transactions: take (the row, its hash, the claim), classified (the
+# prediction, kept by content), the move's intent, and the move's result with the file's final state. Each is
+# the only record of a fact that exists outside the journal from that instant on, and a kill -9 may come between
+# any two (tests/test_crash_points.py stops the process at each):
+#
+# * take comes before anything is asked or done for the file: it is what lets a restart (or another process,
+#   through the claim) carry the file on instead of finding it again as new. It needs the hash, so it comes after
+#   the read; nothing before it has an effect outside this process.
+# * classified commits the API's answer before any action reads it: a restart acts on the same answer (and pays
+#   for no second call, and every host on the journal finds the answer by content). It could only be merged
+#   into the first step's intent for a file whose rules run an action (an unmatched file is finished after it,
+#   a file held for review waits with it); that would make the intent the first record of the answer, and a
+#   crash between the answer and the intent would pay for the call again: kept, as the answer costs more than
+#   the transaction (about a millisecond against the API's round trip).
+# * an action's intent is written before its side effect starts (place_file records the temporary name and the
+#   target before it writes a byte): after a crash, the half-done move is finished or rolled back from it
+#   (recover_placement), never redone blind and never lost. It cannot move into the previous transaction, as the
+#   target name is chosen by the action (a free name in the folder at that moment), nor into the next, which
+#   exists to say that the side effect happened.
+# * an action's result is committed after its side effect, with the file's new place and content, the files it
+#   wrote and the deliveries it queued (one transaction): the journal never says a file is somewhere it is not,
+#   and a delivery is queued exactly once. The round's last step commits the file's final state (done) in that
+#   same transaction (``final``), so there is no separate "finish" for a file whose last action succeeded.
+#
+# Between the intent and the result of one step is the one side effect; between two steps, the next intent must
+# follow the previous result, because the next action's intent names the place the previous one left the file in.
+# Hence 2 + 2 x (actions) transactions per file, the minimum for "intent before each action, result after".
+
 
 class StepFailed(Exception):
     def __init__(self, reason: str):

@@ -242,6 +242,16 @@ class ModelFactsService:
         if wait:
             thread.join(wait)
 
+    def wait(self, timeout: float) -> None:
+        """Up to ``timeout`` seconds for the fetch under way, if any, to end (facts fetched, or found unreachable)."""
+        thread = self._thread
+        if thread is not None and timeout > 0:
+            thread.join(timeout)
+
+    def fetching(self) -> bool:
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
     def _fetch_all(self, models: list[str]) -> None:
         assert self.platform is not None
         for model in models:

@@ -25,11 +25,12 @@ from rfwatch.config import Config, ConfigError, WatchConfig, load_config
 from rfwatch.host.runtime import Runtime, build_runtime, platform_client
 from rfwatch.journal import JournalUnavailable, open_journal
 from rfwatch.processing.delivery import Deliveries
-from rfwatch.processing.pipeline import ApiBlocked, Pipeline, RateLimiter
+from rfwatch.processing.pipeline import ApiBlocked, NotYet, Pipeline, RateLimiter
 from rfwatch.roboflow.client import ModelId
 from rfwatch.roboflow.facts import FactsCache, ModelFactsService, check_rules, diagnose, models_in_use
 from rfwatch.service.metrics import start_metrics
 from rfwatch.service.notify import Notifier
+from rfwatch.service.startcheck import RulesRefused, StartCheck
 from rfwatch.service.watcher import FolderWatcher, WatchLimitError
 from rfwatch.states import FileState, Outcome
 
@@ -38,6 +39,8 @@ __all__ = ["Daemon", "EXIT_API_REJECTED"]
 log = logging.getLogger("rfwatch.service.daemon")
 
 EXIT_API_REJECTED = 3
+#: As the CLI's exit for a ConfigError: a rule refused once the model's facts came, after start-up.
+EXIT_CONFIG = 2
 
 
 @dataclass(eq=False)  # one job is one object: removed from a queue by identity
@@ -153,20 +156,24 @@ class Daemon:
         self.progress = progress
         if not self.config.watch:
             raise ConfigError("watch: expected at least one folder to watch")
+        #: The rules' classes checked while the first files are hashed and journaled (None: checked already).
+        self.start_check: StartCheck | None = None
         # Built first: a config that cannot run (no key, a bad rule) must not leave a journal behind.
-        self.runtime: Runtime = build_runtime(self.config, facts=lambda model: self.facts.get(model))
+        self.runtime: Runtime = build_runtime(self.config, facts=self._facts_for_upload)
         self.journal = open_journal(self.config, kind="run --once" if once else "daemon")
         self.changes = self.journal.changes()
         self.facts = ModelFactsService(FactsCache(self.journal.facts), platform_client(self.config))
         self.facts.on_fetched = self._facts_arrived
         try:
-            self._check_rule_classes(self.config, wait=True)
+            self._check_rule_classes(self.config, wait=True, defer=True)
         except BaseException:
             self.changes.close()
             self.journal.close()
             raise
         self.deliveries = Deliveries(self.journal, deliverers=dict(self.runtime.extensions.deliverers))
         self.pipeline = Pipeline(self.runtime, self.journal, self.deliveries, dry_run=dry_run)
+        self.pipeline.before_acting = self._rules_checked
+        self.pipeline.can_size_now = self._can_size_now
         self.stop_event = threading.Event()
         self.reload_event = threading.Event()
         self.gate = ApiGate()
@@ -176,6 +183,8 @@ class Daemon:
         self.retry_jobs: collections.deque[_Job] = collections.deque()
         #: Files the settle check handed on while the queue was full (see _enqueue_path).
         self._deferred: collections.deque[_Job] = collections.deque()
+        #: Files journaled on a cold start while the model's facts were on their way: queued again once they came.
+        self._awaiting: collections.deque[_Job] = collections.deque()
         self._busy = 0
         self._busy_since: dict[int, float] = {}
         #: Journal rows queued or in a worker's hands, so that a look at the journal does not queue them twice.
@@ -218,15 +227,31 @@ class Daemon:
     #: At start-up, how long to wait for facts rfwatch never fetched before (see _check_rule_classes).
     FACTS_WAIT = 3.0
 
-    def _check_rule_classes(self, config: Config, wait: bool, force: bool = False) -> None:
-        """Refuse rules that name a class the model does not have (ConfigError); warn when it cannot tell."""
+    def _check_rule_classes(self, config: Config, wait: bool, force: bool = False, defer: bool = False) -> None:
+        """Refuse rules that name a class the model does not have (ConfigError); warn when it cannot tell.
+
+        ``defer`` (a cold start): facts never fetched are not waited for here; files are found, hashed and
+        journaled meanwhile, and ``self.start_check`` holds uploads (for the size) and actions (for this check).
+        """
         models = models_in_use(config)
         # Worth a short wait at start for facts never fetched: rules name classes to check, or uploads are to
         # be sized to the model. A refused connection answers at once; only a platform that answers slowly
         # costs up to FACTS_WAIT, once (afterwards they are cached, or it has been found unreachable).
         wanted = any(r.when.classes for r in config.rules) or not config.roboflow.max_size_set
         needed = wanted and any(self.facts.get(m) is None for m in models)
-        self.facts.refresh(models, force=force, wait=self.FACTS_WAIT if wait and needed else 0.0)
+        deferred = defer and needed
+        self.facts.refresh(models, force=force, wait=self.FACTS_WAIT if wait and needed and not deferred else 0.0)
+        if deferred:
+            self.start_check = StartCheck(
+                self.facts.wait,
+                time.monotonic() + self.FACTS_WAIT,
+                lambda: self._judge_rules(config),
+                ConfigError,
+            )
+            return
+        self._judge_rules(config)
+
+    def _judge_rules(self, config: Config) -> None:
         problems, unchecked = check_rules(config, self.facts.get)
         if problems:
             raise ConfigError("; ".join(problems))
@@ -236,6 +261,33 @@ class Daemon:
                 ", ".join(unchecked),
                 config.roboflow.platform_url,
             )
+
+    def _facts_for_upload(self, model: str) -> Any:
+        """The model's facts for sizing an upload: on a cold start, waited for (until FACTS_WAIT has passed)."""
+        facts = self.facts.get(model)
+        if facts is None and self.start_check is not None:
+            self.start_check.wait_for_facts()
+            facts = self.facts.get(model)
+        return facts
+
+    def _can_size_now(self) -> bool:
+        check = self.start_check
+        if check is None or self.config.roboflow.max_size_set:  # an explicit max_size sizes uploads alone
+            return True
+        return check.done or not self.facts.fetching() or time.monotonic() >= check.deadline
+
+    def _rules_checked(self, file_id: int | None) -> None:
+        """Before any action (a move into failed: too): the start-up check of the rules' classes is done.
+
+        While the facts are still on their way, a file (``file_id``) waits in ``_awaiting`` and its worker takes
+        the next one; RulesRefused once they show a rule naming a class the model lacks.
+        """
+        check = self.start_check
+        if check is None:
+            return
+        if not check.done and file_id is not None and self.facts.fetching() and time.monotonic() < check.deadline:
+            raise NotYet(file_id, "the check of the rules' classes")
+        check.wait()  # at once when done; raises RulesRefused if it refused
 
     def _classes_of(self, model: str) -> tuple[str, ...] | None:
         """The model's class names, for the review page (None when the platform has not said)."""
@@ -260,6 +312,8 @@ class Daemon:
         blocked.explanation = self._explained[key]
 
     def _facts_arrived(self, facts: Any) -> None:
+        if self.start_check is not None and not self.start_check.done:
+            return  # the start-up check refuses it (see _loop), before any action
         # Fetched after start-up: too late to refuse the config, not too late to say so.
         for problem in check_rules(self.config, self.facts.get)[0]:
             log.error("%s; fix the rule and reload (systemctl reload rfwatch)", problem)
@@ -328,6 +382,8 @@ class Daemon:
         except JournalUnavailable as exc:
             self.journal_gate.blocked_by(str(exc))
             return 0
+        if changed and not self.dry_run:
+            self.deliveries.notice()  # deliveries another process queued (rfwatch retry --uploads): threads for them
         for file_id in claimable:
             with self._lock:
                 known = file_id in self._queued_ids
@@ -400,6 +456,13 @@ class Daemon:
             self.counts["waiting"] += 1
             self.retry_jobs.append(job)
             requeued = job.file_id is not None
+        except RulesRefused as refused:
+            self._refuse(refused)
+            self.counts["waiting"] += 1
+        except NotYet as later:
+            with self._lock:
+                self._queued_ids.add(later.file_id)
+            self._awaiting.append(_Job(file_id=later.file_id))
         except ApiBlocked as blocked:
             self._explain(blocked)
             self.counts["waiting"] += 1
@@ -437,6 +500,31 @@ class Daemon:
             return True
         return job.needs_api
 
+    def _finish_start_check(self, exiting: bool = False) -> None:
+        """Make the start-up check of the rules (waiting for the facts, until FACTS_WAIT has passed).
+
+        A ``run --once`` that found nothing to do still says that a rule names an unknown class, as it did when
+        the check came first; with no class in the rules it need not wait for facts that only size uploads.
+        """
+        check = self.start_check
+        if check is None or check.done:
+            return
+        if exiting and not any(r.when.classes for r in self.config.rules):
+            return
+        try:
+            check.wait()
+        except RulesRefused as refused:
+            self._refuse(refused)
+
+    def _refuse(self, refused: RulesRefused) -> None:
+        """A rule names a class the model lacks, found once the facts came: stop as a ConfigError at start did."""
+        with self._lock:
+            first = self.exit_code != EXIT_CONFIG
+            self.exit_code = EXIT_CONFIG
+        if first:
+            log.error("%s; nothing was done under this config: fix the rule and start again", refused)
+        self.stop_event.set()
+
     # --- reload ------------------------------------------------------------------------
 
     def reload(self) -> bool:
@@ -472,7 +560,13 @@ class Daemon:
     # --- status --------------------------------------------------------------------------
 
     def queued(self) -> int:
-        return self.queue.qsize() + len(self.retry_jobs) + len(self._deferred) + self.watcher.pending()
+        return (
+            self.queue.qsize()
+            + len(self.retry_jobs)
+            + len(self._deferred)
+            + len(self._awaiting)
+            + self.watcher.pending()
+        )
 
     def status_line(self) -> str:
         c = self.counts
@@ -600,6 +694,11 @@ class Daemon:
             if rescan and now >= next_rescan:
                 self.watcher.rescan()
                 next_rescan = now + rescan
+            check = self.start_check
+            if check is not None and not check.done and (not self.facts.fetching() or now >= check.deadline):
+                self._finish_start_check()  # the facts are in (or cannot come): refuse a bad rule now
+            while self._awaiting and (check is None or (check.done and check.refused is None)):
+                self.retry_jobs.append(self._awaiting.popleft())
             if now >= next_poll:
                 if not self.once:
                     self.poll_journal()
@@ -609,6 +708,9 @@ class Daemon:
                 if self._idle():
                     # twice in a row, a tick apart, so nothing is in flight between two queues
                     if idle_since is not None:
+                        self._finish_start_check(exiting=True)
+                        if self.stop_event.is_set():
+                            break  # a rule refused: nothing is done under this config
                         if self._close_sequences(final=True):  # nothing left to read: every burst closes
                             idle_since = None
                             continue
@@ -635,6 +737,9 @@ class Daemon:
         self.notifier.stopping()
         self.stop_event.set()
         self.watcher.stop()  # take no new files while in-flight ones finish
+        for _ in self._threads:  # an idle worker waits on the queue: woken now, it sees the stop at once
+            if not self._offer(_Job()):
+                break
         deadline = time.monotonic() + 30
         for t in self._threads:
             t.join(timeout=max(0.1, deadline - time.monotonic()))

@@ -1,0 +1,99 @@
+"""A cold start overlaps the platform's answer about the model (issue 23 item 2): files are found, hashed and
+journaled while the facts are on their way; uploads still wait for the model's input size, and actions for the
+check of the rules' classes. Real stand-ins on loopback: rfwatch/testing/platform_server.py (its ``delay``) and
+rfwatch/testing/roboflow_server.py."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+
+import pytest
+import yaml
+from helpers import DaemonThread, files_under, wait_for, write_config
+from PIL import Image
+
+from rfwatch.service.daemon import Daemon
+
+
+@pytest.fixture(autouse=True)
+def _key(api_key):
+    return api_key
+
+
+@pytest.fixture
+def slow_platform(platform, monkeypatch):
+    """The platform answers after 1.5 s; the daemon's wait for it is long enough that its answer always counts."""
+    platform.delay = 1.5
+    monkeypatch.setattr(Daemon, "FACTS_WAIT", 60.0)
+    return platform
+
+
+def photos(inbox, count=4):
+    inbox.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        Image.new("RGB", (1200, 900), (230, 10 + 7 * i, 10)).save(inbox / f"p{i}.jpg", "JPEG", quality=90)
+
+
+def journaled(tmp_path) -> int:
+    """Files in the journal with their content's hash (what pipeline.take writes once it has read a file)."""
+    db = tmp_path / "state" / "journal.db"
+    if not db.exists():
+        return 0
+    with sqlite3.connect(db) as con:
+        try:
+            return con.execute("SELECT count(*) FROM files WHERE length(sha256) = 64").fetchone()[0]
+        except sqlite3.OperationalError:  # the schema not written yet
+            return 0
+
+
+def test_files_are_journaled_while_the_facts_come_and_uploads_are_sized_once_they_do(tmp_path, server, slow_platform):
+    cfg = write_config(tmp_path, server, model="colors/2", concurrency=2)  # 224x224, "Stretch to"
+    photos(tmp_path / "inbox")
+    with DaemonThread(cfg, once=True) as d:
+        wait_for(lambda: journaled(tmp_path) == 4, what="the 4 files hashed and journaled")
+        # The order, not a time: the platform has not answered yet, and nothing was uploaded unsized meanwhile.
+        assert d.daemon.facts.get("colors/2") is None, "the files were taken only after the facts came"
+        assert not server.inference_requests(), "an upload went out before the model's input size was known"
+        d.thread.join(60)
+    assert d.result == 0
+    assert len(files_under(tmp_path / "sorted")) == 4
+    sizes = {r.image.size for r in server.inference_requests()}
+    assert sizes == {(299, 224)}, f"uploads not sized to the model's 224x224 input: {sizes}"
+
+
+@pytest.mark.parametrize("once", [True, False], ids=["run --once", "daemon"])
+def test_a_rule_naming_an_unknown_class_is_refused_before_any_file_moves(tmp_path, server, slow_platform, caplog, once):
+    rules = [
+        {"name": "pets", "when": {"class": "gren"}, "then": [{"move": "g/{name}"}]},
+        {"name": "rest", "then": [{"move": "sorted/{class}/{name}"}]},
+    ]
+    # With max_size set the uploads need no facts: files are classified meanwhile, and only the actions wait.
+    cfg = write_config(tmp_path, server, model="colors/2", rules=rules, concurrency=2, failed="failed")
+    doc = yaml.safe_load(cfg.read_text())
+    doc["roboflow"]["max_size"] = 600
+    cfg.write_text(yaml.safe_dump(doc))
+    photos(tmp_path / "inbox")
+    caplog.set_level(logging.INFO)
+    with DaemonThread(cfg, once=once) as d:
+        wait_for(lambda: journaled(tmp_path) == 4, what="the 4 files hashed and journaled meanwhile")
+        d.thread.join(60)  # it stops by itself once the facts show the rule's mistake
+        assert not d.thread.is_alive(), "the daemon kept running under a rule naming an unknown class"
+    assert d.result == 2
+    hint = "rule 'pets': class 'gren' is not a class of colors/2 (did you mean 'green'?)"
+    assert hint in caplog.text
+    assert sorted(p.name for p in files_under(tmp_path / "inbox")) == [f"p{i}.jpg" for i in range(4)]
+    assert not [p for d in ("g", "sorted", "failed") for p in files_under(tmp_path / d)], "a file was moved"
+
+
+def test_no_delivery_threads_run_while_nothing_is_to_be_delivered(tmp_path, server, platform):
+    """A config whose rules deliver nothing (a move) starts no delivery thread, so none polls the journal; the
+    webhook tests (tests/test_delivery.py) show them starting once a delivery is queued."""
+    cfg = write_config(tmp_path, server, model="colors/2")
+    photos(tmp_path / "inbox", 2)
+    with DaemonThread(cfg) as d:
+        wait_for(lambda: len(files_under(tmp_path / "sorted")) == 2, what="the 2 files sorted")
+        wait_for(lambda: d.daemon.counts["done"] == 2, what="both files done")
+        running = [t.name for t in threading.enumerate() if t.name.startswith("rfwatch-delivery")]
+        assert running == [], f"delivery threads with nothing to deliver: {running}"
