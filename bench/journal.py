@@ -14,6 +14,7 @@ socket directory's TCP port, fsync on. Prints one line per backend; ``--json`` w
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing as mp
 import os
@@ -29,11 +30,14 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 
-def sort_by_one_move(journal, fid: int, target: Path) -> None:
-    """What the daemon journals for a classified file that one ``move`` sorts: the intent, then the result."""
+def sort_by_one_move(journal, fid: int, target: Path, move=None) -> bool:
+    """What the daemon journals for a classified file that one ``move`` sorts: the intent, the move itself
+    (``move()``, if given: False when the file was gone), then the result. Whether the file was sorted."""
     from rfwatch.states import FileState, StepKind
 
     journal.files.record_intent(fid, 1, StepKind.ACTION, "sort", "move", {"target": str(target), "tmp": None})
+    if move is not None and not move():
+        return False
     journal.files.finish_step(
         fid,
         1,
@@ -45,11 +49,19 @@ def sort_by_one_move(journal, fid: int, target: Path) -> None:
         path=target,
         final=FileState.DONE,
     )
+    return True
+
+
+def _rename(source: Path, target: Path) -> bool:
+    try:
+        os.rename(source, target)
+        return True
+    except FileNotFoundError:
+        return False
 
 
 def _worker_process(url: str, host: str, share: str, names: list[str], threads: int, start, out) -> None:
     from rfwatch.journal import Journal, Roots, Skip
-    from rfwatch.states import FileState, StepKind
 
     root = Path(share)
     journal = Journal.open(url, host=host, roots=Roots({"share": root}), synchronous="FULL")
@@ -85,23 +97,9 @@ def _worker_process(url: str, host: str, share: str, names: list[str], threads: 
                 continue
             journal.files.classified(fid, {"top": "red", "confidence": 0.9}, "sha-" + name, "colors/1", "red 0.90", {})
             target = root / "archive" / "red" / name
-            journal.files.record_intent(fid, 1, StepKind.ACTION, "sort", "move", {"target": str(target), "tmp": None})
-            try:
-                os.rename(path, target)
-            except FileNotFoundError:
+            if not sort_by_one_move(journal, fid, target, functools.partial(_rename, path, target)):
                 gone.append(name)
                 continue
-            journal.files.finish_step(
-                fid,
-                1,
-                StepKind.ACTION,
-                "sort",
-                "move",
-                True,
-                {"outcome": "moved", "to": str(target)},
-                path=target,
-                final=FileState.DONE,
-            )
             mine.append(name)
         with lock:
             worked.extend(mine)
