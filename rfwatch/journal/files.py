@@ -328,14 +328,15 @@ class Files:
         marks = ",".join("?" * len(states))
         sql, args = f"SELECT * FROM files WHERE state IN ({marks})", list(states)
         if with_done_steps_if is not None:
-            sql += " AND (state != ? OR id IN (SELECT file_id FROM steps WHERE state=?))"
+            # EXISTS, by the steps' key: IN (SELECT ...) would list the done steps of every file first
+            sql += " AND (state != ? OR EXISTS (SELECT 1 FROM steps s WHERE s.file_id=files.id AND s.state=?))"
             args += [with_done_steps_if, StepState.DONE]
         if since is not None:
             sql, args = sql + " AND created >= ?", [*args, since]
         if until is not None:
             sql, args = sql + " AND created <= ?", [*args, until]
         if rule is not None:
-            sql += " AND (rule=? OR id IN (SELECT file_id FROM steps WHERE rule=?))"
+            sql += " AND (rule=? OR EXISTS (SELECT 1 FROM steps s WHERE s.file_id=files.id AND s.rule=?))"
             args += [rule, rule]
         if paths:
             locs = [self._loc(p) for p in paths]
@@ -343,7 +344,10 @@ class Files:
             sql += f" AND ({holes})"
             for root, rel in locs:
                 args += [root, rel, root, rel]
-        return [self._row(r) for r in self.db.all(sql + " ORDER BY id DESC", tuple(args))]
+        # With a time window, the files_created index finds the few files in it; "+id" keeps the planner from
+        # walking the whole table in id order to spare the sort of those few (a million rows: 0.7 s against 3 ms).
+        order = " ORDER BY +id DESC" if since is not None or until is not None else " ORDER BY id DESC"
+        return [self._row(r) for r in self.db.all(sql + order, tuple(args))]
 
     def classified_between(self, since: float | None = None, until: float | None = None) -> list[FileRow]:
         """Files the model classified (``rfwatch export``), oldest first: taken since/until (Unix times), with
