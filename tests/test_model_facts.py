@@ -282,6 +282,9 @@ def test_facts_are_fetched_again_on_sighup(tmp_path, server, platform):
     with DaemonProcess(cfg, tmp_path / "daemon.log") as d:
         d.wait_ready()
         wait_for(lambda: version_asked() == 1, what="the facts fetched at start")
+        # and kept (the answer is in once logged): a reload before that would fetch them for want of any
+        log = tmp_path / "daemon.log"
+        wait_for(lambda: "model colors/2: classification" in log.read_text(), what="the facts known to the daemon")
         d.proc.send_signal(signal.SIGHUP)
         wait_for(lambda: version_asked() == 2, timeout=10, what="the facts fetched again after SIGHUP")
         assert d.terminate() == 0
