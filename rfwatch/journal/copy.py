@@ -126,16 +126,22 @@ def _copy_sequences(tx: Tx, rows: list[Any], report: CopyReport, same_ids: bool)
             (row["key"], row["first_capture"], row["last_capture"], row["closed"]),
         )
         if found is None:
-            if not same_ids:
-                del row["id"]
-            cols = list(row)
-            found = tx.scalar(
-                f"INSERT INTO sequences ({','.join(cols)}) VALUES ({','.join('?' * len(cols))}) RETURNING id",
-                [row[c] for c in cols],
-            )
+            found = _insert_new(tx, "sequences", row, same_ids)
             report.add("sequences", 1)
         out[r["id"]] = found
     return out
+
+
+def _insert_new(tx: Tx, table: str, row: dict[str, Any], same_ids: bool) -> int:
+    """Insert a copied row; its new id. ``same_ids``: the target is empty, so rows keep the ids they had (the
+    journal id and delivery ids derive from them)."""
+    if not same_ids:
+        row = {k: v for k, v in row.items() if k != "id"}
+    cols = list(row)
+    return tx.scalar(
+        f"INSERT INTO {table} ({','.join(cols)}) VALUES ({','.join('?' * len(cols))}) RETURNING id",
+        [row[c] for c in cols],
+    )
 
 
 def _copy_batch(
@@ -154,13 +160,7 @@ def _copy_batch(
             continue
         row = dict(f, holder=None)
         row["source"], row["path"] = bytes(row["source"]), bytes(row["path"])
-        if not same_ids:
-            del row["id"]
-        cols = list(row)
-        new = tx.scalar(
-            f"INSERT INTO files ({','.join(cols)}) VALUES ({','.join('?' * len(cols))}) RETURNING id",
-            [row[c] for c in cols],
-        )
+        new = _insert_new(tx, "files", row, same_ids)
         tx.run("INSERT INTO copies (source, old_id, new_id) VALUES (?,?,?)", (source_id, old, new))
         report.files += 1
         for s in related["steps"].get(old, []):
