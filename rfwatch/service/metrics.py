@@ -39,6 +39,22 @@ class _Deliveries:
         yield family
 
 
+class _Sequences:
+    """``rfwatch_sequences_open`` and ``rfwatch_frames_waiting``, read together from the journal when scraped."""
+
+    def __init__(self, read: Callable[[], tuple[int, int]]):
+        self.read = read
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        open_, waiting = self.read()
+        yield GaugeMetricFamily(
+            "rfwatch_sequences_open", "Sequences (bursts) open, their frames waiting to be decided together", open_
+        )
+        yield GaugeMetricFamily("rfwatch_frames_waiting", "Frames waiting for their sequence to close", waiting)
+
+
 class _Prometheus(Metrics):
     def __init__(
         self,
@@ -76,15 +92,8 @@ class _Prometheus(Metrics):
             "rfwatch_review_backlog", "Files waiting for a person on the review page", registry=self.registry
         ).set_function(review_backlog)
         # Open sequences and the frames waiting in them (0 with no `sequence:`): a sequence that never closes (a
-        # key whose frames keep coming) shows as a number that only grows.
-        pc.Gauge(
-            "rfwatch_sequences_open",
-            "Sequences (bursts) open, their frames waiting to be decided together",
-            registry=self.registry,
-        ).set_function(lambda: sequences()[0])
-        pc.Gauge(
-            "rfwatch_frames_waiting", "Frames waiting for their sequence to close", registry=self.registry
-        ).set_function(lambda: sequences()[1])
+        # key whose frames keep coming) shows as a number that only grows. One journal read per scrape for both.
+        self.registry.register(_Sequences(sequences))
         # Pending and failed: every plugin that delivers (uploads: the review plugin) has its series, at 0.
         self.registry.register(
             _Deliveries(
