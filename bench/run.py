@@ -34,7 +34,6 @@ import json
 import os
 import platform
 import random
-import re
 import resource
 import shutil
 import socket
@@ -49,8 +48,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "bench"))
 
 from PIL import Image, ImageDraw, ImageFilter  # noqa: E402
+from report import kept_sections  # noqa: E402
 from webhook_receiver import Receiver  # noqa: E402
 
 from rfwatch.testing import VALID_KEY, PlatformServer, RoboflowServer  # noqa: E402
@@ -930,16 +931,6 @@ def main() -> int:
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
     return 0
-
-
-def kept_sections(doc: Path) -> str:
-    """The sections other benchmarks wrote into ``doc`` (bench/startup.py), carried over when this run rewrites it.
-
-    Each is a block from ``<!-- kept by bench/run.py: NAME -->`` to ``<!-- end NAME -->``; it is appended as it was.
-    """
-    text = doc.read_text() if doc.exists() else ""
-    kept = re.finditer(r"^<!-- kept by bench/run\.py: ([\w-]+) -->\n.*?^<!-- end \1 -->$", text, re.M | re.S)
-    return "".join("\n" + block.group(0) + "\n" for block in kept)
 
 
 def render(rows, paced, backlog, args, command, breakdown, tradeoffs, extra) -> str:
