@@ -474,3 +474,11 @@ def test_a_journal_of_rfwatch_0_1_is_upgraded_in_place(tmp_path):
         assert j.id == str(path)  # delivery ids of steps redone after the upgrade are the ones 0.1 gave
     finally:
         j.close()
+
+
+def test_a_history_line_must_be_text(a):
+    """The time is keyword-only: a time passed where a line goes (a merge once did) is refused, not journaled."""
+    fid = take(a)
+    with pytest.raises(TypeError, match="event lines must be text"):
+        a.db.transact(lambda tx: a.files.event(tx, fid, "detected", 12.5))
+    assert [m for _, m, _ in a.files.events(fid)] == [f"detected {INBOX / 'x.jpg'}"]
