@@ -92,26 +92,32 @@ def _ts(t: float | None) -> str:
     return dt.datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds") if t else "-"
 
 
-def status_report(config) -> dict[str, Any]:
-    from rfwatch.host.manager import PluginHost
+def status_report(config, with_plugins: bool = False) -> dict[str, Any]:
+    """What ``rfwatch status`` prints. The plugins are loaded only ``with_plugins`` (``status --plugins``): for their
+    names, their ``status_lines`` and every plugin that delivers listed at 0; plain ``status`` runs no plugin code
+    and names each delivery by the plugin the outbox recorded (issue 23: only commands that run actions load the
+    plugins, and loading them was a third of status's start-up)."""
     from rfwatch.processing.delivery import Deliveries
 
     journal = _journal(config)
     try:
         counts = journal.files.counts()
         threshold = config.roboflow.multi_label_threshold
-        # The plugins are loaded for their status_lines and to name the plugin each delivery belongs to
-        # (Deliveries.failed_by_plugin); the rules are not built: status runs no action, and a rule that does not
-        # build leaves status working.
-        plugins = PluginHost.load(config.plugins)
-        try:
-            deliverers = plugins.deliverers(config)
-        except ConfigError:  # a deliverer refusing its options: status still reports what the journal holds
-            deliverers = {}
-        deliveries = Deliveries(journal, deliverers=deliverers)
+        deliveries = Deliveries(journal)
+        plugin_names: list[str] | None = None
         lines: list[str] = []
-        for contributed in plugins.hook.status_lines(config=config, deliveries=deliveries) or []:
-            lines += [str(line) for line in contributed or []]
+        if with_plugins:
+            from rfwatch.host.manager import PluginHost
+
+            # The rules are not built: status runs no action, and a rule that does not build leaves status working.
+            plugins = PluginHost.load(config.plugins)
+            try:
+                deliveries.use(plugins.deliverers(config))
+            except ConfigError:  # a deliverer refusing its options: status still reports what the journal holds
+                pass
+            for contributed in plugins.hook.status_lines(config=config, deliveries=deliveries) or []:
+                lines += [str(line) for line in contributed or []]
+            plugin_names = plugins.names()
         report = {
             "model": config.roboflow.model,
             # Every model in use: the default and each folder's own (watch[].model).
@@ -147,7 +153,10 @@ def status_report(config) -> dict[str, Any]:
             "deliveries_pending": deliveries.pending_by_plugin(),
             # Failed for good (a refusal, an image the platform never let rfwatch label): per plugin, 0 included.
             "deliveries_failed": deliveries.failed_by_plugin(),
-            "plugins": plugins.names(),
+            # Targets that answer with errors, that failed for good, or that said 410: rfwatch's own outbox, read
+            # without the plugins.
+            "delivery_problems": deliveries.problems(),
+            "plugins": plugin_names,
             "plugins_status": lines,
         }
     finally:
@@ -191,7 +200,7 @@ def _row_brief(row, threshold: float, journal: Journal) -> dict[str, Any]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    report = status_report(load_for_reading(args.config))
+    report = status_report(load_for_reading(args.config), with_plugins=args.plugins)
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
         return 0
@@ -228,9 +237,12 @@ def cmd_status(args: argparse.Namespace) -> int:
                 # Where the file is now, and where it came from when it moved.
                 where = r["path"] if r["path"] == r["source"] else f"{r['path']} (from {r['source']})"
                 print(f"  {r['at']}  {where}: {what}")
+    for problem in report["delivery_problems"]:
+        print(problem)
     for extra in report["plugins_status"]:
         print(extra)
-    print("plugins: " + ", ".join(report["plugins"]))
+    if report["plugins"] is not None:
+        print("plugins: " + ", ".join(report["plugins"]))
     return 0
 
 
@@ -273,10 +285,9 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 def _retry_uploads(journal: Journal) -> None:
     """``retry --uploads``: every upload to Roboflow that failed for good is queued again."""
-    from rfwatch.default_plugins.review import KIND
-    from rfwatch.processing.delivery import Deliveries
+    from rfwatch.processing.delivery import UPLOAD_KIND, Deliveries
 
-    queued, left = Deliveries(journal).requeue_failed(KIND)
+    queued, left = Deliveries(journal).requeue_failed(UPLOAD_KIND)
     print(f"{queued} failed upload(s) queued again: a running rfwatch sends them within seconds, else the next run")
     if left:
         print(f"rfwatch: {left} failed upload(s) kept no image to send again (failed before rfwatch kept it)")
@@ -545,6 +556,9 @@ def add_commands(sub, common) -> None:
     p = sub.add_parser("status", help="counts, backlog, recent results and failures")
     common(p, True)
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--plugins", action="store_true", help="also load the plugins: their names and status lines (slower)"
+    )
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("retry", help="queue failed (or undone) files again; a running daemon takes them")

@@ -309,3 +309,17 @@ class JournalView:
 
     def uploads(self) -> list[dict[str, Any]]:
         return self.outbox("roboflow-upload")
+
+
+def back_to_schema_4(tx, dialect: str) -> None:
+    """In the caller's transaction: the journal as an rfwatch before schema 5 (file counts, deliverers) left it."""
+    if dialect == "postgresql":
+        tx.run("DROP TRIGGER files_counted_insert ON files")
+        tx.run("DROP TRIGGER files_counted_update ON files")
+        tx.run("DROP FUNCTION rfwatch_count_files()")
+    else:
+        for trigger in ("insert", "update", "delete"):
+            tx.run(f"DROP TRIGGER files_counted_{trigger}")
+    tx.run("DROP TABLE file_counts")
+    tx.run("DROP TABLE deliverers")
+    tx.run("UPDATE meta SET value='4' WHERE key='schema_version'")

@@ -1,7 +1,8 @@
 """Commands import only what they use (issue 23, item 1).
 
 `rfwatch --help`, `status`, `history`, `retry`, `undo --dry-run` and `plugins` must not load requests, the image
-stack (Pillow) or the review server; only commands that may run actions or answer a hook load the plugins. Each
+stack (Pillow) or the review server; only commands that may run actions, or are asked to (`status --plugins`,
+`plugins`), load the plugins. Each
 check runs the command in a fresh interpreter and reads its ``sys.modules`` afterwards: what a user pays for at
 every start. The speed itself is measured in bench/startup.py, never here.
 """
@@ -101,11 +102,14 @@ def test_help_loads_neither_the_config_nor_the_journal(tmp_path):
     assert among(modules, ("yaml", "rfwatch.config", "rfwatch.journal")) == []
 
 
-def test_status_loads_no_http_or_image_stack(tmp_path, small_journal):
+def test_status_loads_no_plugins_and_status_plugins_does(tmp_path, small_journal):
     cfg, _ = small_journal
     modules = loaded_by(tmp_path, "status", "-c", str(cfg))
     assert among(modules, HEAVY) == []
-    # Documented: status loads the plugins for their status_lines hook (docs/plugins.md), but builds no rule.
+    assert among(modules, PLUGINS) == []  # it names each delivery's plugin from the journal (outbox.deliverers)
+    # `status --plugins` loads them, for their names and status_lines (docs/plugins.md), but builds no rule.
+    modules = loaded_by(tmp_path, "status", "--plugins", "-c", str(cfg))
+    assert among(modules, HEAVY) == []
     assert "rfwatch.default_plugins.webhook" in modules
     assert among(modules, ("rfwatch.host.rules", "rfwatch.host.runtime")) == []
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import wait_for
+from helpers import back_to_schema_4, wait_for
 
 from rfwatch.journal import (
     SCHEMA_VERSION,
@@ -482,3 +482,96 @@ def test_a_history_line_must_be_text(a):
     with pytest.raises(TypeError, match="event lines must be text"):
         a.db.transact(lambda tx: a.files.event(tx, fid, "detected", 12.5))
     assert [m for _, m, _ in a.files.events(fid)] == [f"detected {INBOX / 'x.jpg'}"]
+
+
+# --- counting files without counting them ------------------------------------------------------------------
+
+
+def _counted(j: Journal) -> dict[str, int]:
+    """The files per state, counted the slow way: what counts() must always equal."""
+    return {r["state"]: int(r["n"]) for r in j.db.all("SELECT state, COUNT(*) AS n FROM files GROUP BY state")}
+
+
+def test_counts_follow_every_change_of_state_and_a_fold_keeps_them(a, b):
+    ids = [take(a, f"f{i}.jpg") for i in range(6)]
+    assert a.files.counts() == _counted(a) == {"detected": 6}
+    for fid in ids[:4]:
+        a.files.classified(fid, {"top": "red"}, "sha", "colors/1", "red 0.9", {})
+    a.files.finish(ids[0], FileState.DONE)
+    a.files.finish(ids[1], FileState.FAILED, error="no")
+    assert b.files.requeue(ids[1], (FileState.FAILED,)) is not None  # another process's change counts the same
+    a.files.drop(ids[5])  # a row forgotten
+    assert b.files.counts() == _counted(a)
+    assert sum(b.files.counts().values()) == 5
+    assert a.files.fold_counts(above=0)
+    assert a.db.scalar("SELECT COUNT(*) FROM file_counts") == len(_counted(a))  # one row per state left
+    assert b.files.counts() == _counted(a)
+    assert not a.files.fold_counts()  # a few rows: nothing to fold
+    a.files.finish(ids[2], FileState.DONE)
+    assert a.files.counts() == _counted(a)
+
+
+def test_folds_running_beside_transitions_count_nothing_twice(journal_url):
+    """Two processes change states while two others fold over and over: the sums stay exact (on PostgreSQL a fold
+    is one statement, and a fold running at once blocks on the same rows, then finds them gone)."""
+    import threading
+
+    workers = [open_as(journal_url, f"host-{n}") for n in range(4)]
+    try:
+        stop = threading.Event()
+        errors: list[BaseException] = []
+
+        def change(j: Journal, prefix: str) -> None:
+            try:
+                for i in range(60):
+                    fid = take(j, f"{prefix}{i}.jpg")
+                    j.files.classified(fid, {"top": "red"}, "sha", "colors/1", "red 0.9", {})
+                    j.files.finish(fid, FileState.DONE if i % 3 else FileState.UNMATCHED)
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        def fold(j: Journal) -> None:
+            try:
+                while not stop.is_set():
+                    j.files.fold_counts(above=0)
+            except BaseException as exc:
+                errors.append(exc)
+
+        folders = [threading.Thread(target=fold, args=(j,)) for j in workers[2:]]
+        changers = [threading.Thread(target=change, args=(j, p)) for j, p in zip(workers[:2], "pq", strict=True)]
+        for t in folders + changers:
+            t.start()
+        for t in changers:
+            t.join()
+        stop.set()
+        for t in folders:
+            t.join()
+        assert errors == []
+        assert workers[0].files.counts() == _counted(workers[0]) == {"done": 80, "unmatched": 40}
+    finally:
+        for j in workers:
+            j.close()
+
+
+def test_a_schema_4_journal_is_upgraded_with_its_counts(journal_url):
+    j = open_as(journal_url)
+    fid = take(j)
+    take(j, "y.jpg")
+    j.files.classified(fid, {"top": "red"}, "sha", "colors/1", "red 0.9", {})
+    j.files.finish(fid, FileState.DONE)
+    j.db.transact(lambda tx: back_to_schema_4(tx, j.dialect))
+    j.close()
+    again = open_as(journal_url)
+    try:
+        assert again.db.scalar("SELECT value FROM meta WHERE key='schema_version'") == str(SCHEMA_VERSION) == "5"
+        assert again.files.counts() == {"done": 1, "detected": 1}
+        again.files.finish(take(again, "z.jpg"), FileState.FAILED, error="x")
+        assert again.files.counts() == _counted(again) == {"done": 1, "detected": 1, "failed": 1}  # triggers too
+    finally:
+        again.close()
+
+
+def test_the_plugin_that_delivers_each_kind_is_remembered_for_status(a, b):
+    a.outbox.record_deliverers({"webhook": "rfwatch.default_plugins.webhook", "chat": "chatplug"})
+    b.outbox.record_deliverers({"chat": "chatplug2"})  # a later process with another plugin for it
+    assert a.outbox.deliverers() == {"webhook": "rfwatch.default_plugins.webhook", "chat": "chatplug2"}

@@ -253,3 +253,33 @@ def test_wrapper_tryfirst_and_a_raising_plugin_behave_as_pluggy_documents(tmp_pa
     # RFWATCH_TRACE_PLUGINS=1 prints every hook call with its implementations
     assert "rfwatch plugins: ignore_file(path=" in result.stderr
     assert "rfwatch plugins: file_processed returned" in result.stderr
+
+
+STATUS_PLUGIN = """
+from rfwatch.plugin import hookimpl
+
+@hookimpl
+def status_lines(config, deliveries):
+    return [f"chatplug: {sum(deliveries.pending_by_plugin().values())} waiting, model {config.roboflow.model}"]
+"""
+
+
+def test_status_lines_are_printed_by_status_plugins_and_plain_status_runs_no_plugin(tmp_path, server):
+    """A third party's status_lines reach `rfwatch status --plugins` (with the plugins' names); plain `status`
+    loads no plugin at all, so a plugin's module is not even imported (issue 23: a light command stays light)."""
+    (tmp_path / "chatplug.py").write_text(STATUS_PLUGIN + "\nopen(__file__ + '.imported', 'w').close()\n")
+    cfg = write_config(tmp_path, server, plugins=["chatplug"])
+    (tmp_path / "inbox" / "a.jpg").write_bytes(unique_jpeg((200, 0, 0), 1))
+    env = {"PYTHONPATH": str(tmp_path)}
+    assert run_cli("run", "-c", str(cfg), "--once", env=env).returncode == 0
+    marker = tmp_path / "chatplug.py.imported"
+    marker.unlink()
+    plain = run_cli("status", "-c", str(cfg), env=env)
+    assert plain.returncode == 0 and "done 1" in plain.stdout, plain.stderr
+    assert "chatplug" not in plain.stdout and not marker.exists()
+    full = run_cli("status", "--plugins", "-c", str(cfg), env=env)
+    assert "chatplug: 0 waiting, model colors/1" in full.stdout, full.stdout + full.stderr
+    assert "plugins: " in full.stdout and "chatplug" in full.stdout.split("plugins: ")[-1]
+    report = json.loads(run_cli("status", "--plugins", "--json", "-c", str(cfg), env=env).stdout)
+    assert report["plugins_status"] == ["chatplug: 0 waiting, model colors/1"] and "chatplug" in report["plugins"]
+    assert json.loads(run_cli("status", "--json", "-c", str(cfg), env=env).stdout)["plugins"] is None

@@ -1035,7 +1035,11 @@ def test_an_annotate_404_that_lasts_fails_clearly_is_counted_and_retry_uploads_s
 
     status = run_cli("status", "-c", str(cfg))
     assert "deliveries failed for good: rfwatch.default_plugins.review 1" in status.stdout, status.stdout
-    assert f"uploads to roboflow:colors failed for good: 1 (last: project 'colors': image {up['id']}" in status.stdout
+    assert (
+        f"roboflow-upload: roboflow:colors failed for good: 1 (last: project 'colors': image {up['id']}"
+        in status.stdout
+    )
+    assert "`rfwatch retry --uploads` sends them again" in status.stdout
     report = json.loads(run_cli("status", "-c", str(cfg), "--json").stdout)
     assert report["deliveries_failed"] == {"rfwatch.default_plugins.review": 1, "rfwatch.default_plugins.webhook": 0}
     assert VALID_KEY not in status.stdout + status.stderr

@@ -16,7 +16,16 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import DaemonProcess, DaemonThread, JournalView, files_under, run_cli, wait_for, write_config
+from helpers import (
+    DaemonProcess,
+    DaemonThread,
+    JournalView,
+    back_to_schema_4,
+    files_under,
+    run_cli,
+    wait_for,
+    write_config,
+)
 from PIL import Image
 from test_review_browser import browser  # noqa: F401 - the fixture
 from webhook_receiver import Receiver
@@ -426,6 +435,7 @@ def test_a_schema_3_journal_is_upgraded_in_place(journal_url, tmp_path):
     old = Journal.open(journal_url, roots=Roots({"inbox": root}))
 
     def downgrade(tx):
+        back_to_schema_4(tx, old.dialect)
         tx.run("DROP TABLE seq_frames")
         tx.run("DROP TABLE sequences")
         tx.run("DROP INDEX files_working")
@@ -436,8 +446,7 @@ def test_a_schema_3_journal_is_upgraded_in_place(journal_url, tmp_path):
     old.close()
     journal = Journal.open(journal_url, roots=Roots({"inbox": root}))
     try:
-        assert SCHEMA_VERSION == 4
-        assert journal.db.scalar("SELECT value FROM meta WHERE key='schema_version'") == "4"
+        assert journal.db.scalar("SELECT value FROM meta WHERE key='schema_version'") == str(SCHEMA_VERSION)
         assert journal.files.get(kept).source == root / "old.jpg"
         ids = _waiting_frames(journal, root, "cam", 2)
         # a waiting frame is one rfwatch still owns: no second row may take its path

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 from rfwatch.default_plugins.move_copy import EXAMPLE, PlaceAction
 from rfwatch.plugin import (
     Delivered,
-    Deliveries,
     Delivery,
     Failed,
     FileContext,
@@ -218,20 +217,6 @@ def register_actions(register):
 @hookimpl
 def register_deliverers(register, config):
     register(KIND, Uploader(config))
-
-
-@hookimpl
-def status_lines(config: Any, deliveries: Deliveries) -> list[str]:
-    lines = [
-        f"uploads to {f['url']}: {f['n']} waiting, {f['attempts']} attempt(s), last error {f['last_error']}"
-        for f in deliveries.failing(KIND)
-    ]
-    for f in deliveries.failed(KIND):
-        lines.append(
-            f"uploads to {f['url']} failed for good: {f['n']} (last: {f['last_error']}); "
-            "`rfwatch retry --uploads` sends them again"
-        )
-    return lines
 
 
 @hookimpl

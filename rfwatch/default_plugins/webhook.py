@@ -25,7 +25,6 @@ from typing import Any
 
 from rfwatch.plugin import (
     Delivered,
-    Deliveries,
     Delivery,
     FileContext,
     Gone,
@@ -258,19 +257,6 @@ def register_actions(register):
 @hookimpl
 def register_deliverers(register, config):
     register(KIND, Deliverer(_targets(config)))
-
-
-@hookimpl
-def status_lines(config: Any, deliveries: Deliveries) -> list[str]:
-    lines = [
-        f"webhook receiver gone (410), nothing more is sent: {redact(url)}" for url in deliveries.gone_targets(KIND)
-    ]
-    for f in deliveries.failing(KIND):
-        lines.append(
-            f"webhook receiver failing: {redact(f['url'])}: {f['n']} event(s) waiting, "
-            f"{f['attempts']} attempt(s), last error {f['last_error']}"
-        )
-    return lines
 
 
 # The file.undone event says where the file is now: it is queued after the other undo steps (rfwatch undo).

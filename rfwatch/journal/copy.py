@@ -76,7 +76,12 @@ def copy_journal(source: Any, target: Any, progress: Callable[[int], None] | Non
             progress(report.files + report.already)
 
     def rest(tx: Tx) -> None:
-        for table, key in (("predictions", "(sha256, model)"), ("gone_urls", "(url)"), ("model_facts", "(model)")):
+        for table, key in (
+            ("predictions", "(sha256, model)"),
+            ("gone_urls", "(url)"),
+            ("model_facts", "(model)"),
+            ("deliverers", "(kind)"),
+        ):
             for r in src.all(f"SELECT * FROM {table}"):
                 cols = list(r.keys())
                 report.add(table, _insert(tx, table, cols, [r[c] for c in cols], key))

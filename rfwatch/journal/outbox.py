@@ -211,6 +211,30 @@ class Outbox:
         )
         return [(r["kind"], r["plugin"], int(r["n"] or 0)) for r in rows]
 
+    def record_deliverers(self, plugins: dict[str, str]) -> None:
+        """Which plugin delivers each kind (kind -> plugin), as a process that loaded the plugins found: ``status``
+        names deliveries by it without loading them."""
+        if not plugins:
+            return
+
+        def record(tx: Tx) -> None:
+            for kind, plugin in sorted(plugins.items()):
+                tx.run(
+                    "INSERT INTO deliverers (kind, plugin, seen) VALUES (?,?,{now}) ON CONFLICT (kind) DO UPDATE"
+                    " SET plugin=excluded.plugin, seen=excluded.seen",
+                    (kind, plugin),
+                )
+
+        self.db.transact(record)
+
+    def deliverers(self) -> dict[str, str]:
+        """kind -> the plugin that delivers it, as last recorded (record_deliverers)."""
+        return {r["kind"]: r["plugin"] for r in self.db.all("SELECT kind, plugin FROM deliverers")}
+
+    def kinds(self) -> list[str]:
+        """The kinds of delivery the outbox holds any row of."""
+        return [r["kind"] for r in self.db.all("SELECT DISTINCT kind FROM outbox ORDER BY kind")]
+
     def failed_targets(self, kind: str) -> list[dict[str, Any]]:
         """Deliveries of ``kind`` that failed for good, per target: how many, and the latest one's error."""
         rows = self.db.all(

@@ -21,12 +21,17 @@ model_facts     what the platform API said about each model                     
 copies          files copied in from another journal, by their old ids                       copy
 sequences       closed sequences (bursts of frames decided together) and their labels        sequences
 seq_frames      each frame of a sequence: its key and capture time, then its sequence        sequences
+file_counts     files per state, as +1/-1 rows written by triggers on files, folded now and  files
+                then: ``status`` sums a few rows instead of counting a million
+deliverers      which plugin delivers each kind of delivery (named by ``status`` without     outbox
+                loading the plugins)
 ==============  ===========================================================================  ===============
 
 The schema version is in ``meta``; an rfwatch older than the journal refuses it, naming both versions. A
 journal written by rfwatch 0.1 (SQLite, ``PRAGMA user_version`` 0-2, absolute paths) is upgraded in place once,
 in one transaction, its paths made relative to the config's named roots. A schema 3 journal is upgraded to 4
-(sequences) in place, in one transaction, by whichever host opens it first.
+(sequences) and a schema 4 journal to 5 (file counts, deliverers) in place, in one transaction each, by whichever
+host opens it first.
 """
 
 from __future__ import annotations
@@ -44,8 +49,9 @@ __all__ = ["SCHEMA_VERSION", "SchemaTooNew", "ensure_schema", "WORKING_STATES_SQ
 
 log = logging.getLogger(__name__)
 
-#: 1 and 2 were ``PRAGMA user_version`` of rfwatch 0.1's SQLite journal; 3 is the shared layout; 4 adds sequences.
-SCHEMA_VERSION = 4
+#: 1 and 2 were ``PRAGMA user_version`` of rfwatch 0.1's SQLite journal; 3 is the shared layout; 4 adds sequences;
+#: 5 the file counts and the deliverers.
+SCHEMA_VERSION = 5
 
 #: States in which rfwatch still owns a file (no two rows may then name one path): the partial unique index.
 WORKING_STATES_SQL = "('detected','classified','decided','review','undoing','waiting')"
@@ -83,6 +89,47 @@ CREATE TABLE IF NOT EXISTS seq_frames (
 );
 CREATE INDEX IF NOT EXISTS seq_frames_open ON seq_frames(sequence_id, key);
 """
+
+#: Files per state without counting them: every change of a file's state adds a -1 row for the old state and a +1
+#: row for the new one, in the transaction that changes it (a trigger, so no transition can forget it, and no
+#: extra round trip). Rows are only ever inserted, so concurrent transitions never wait on one counter row; the
+#: rows are folded into one per state now and then (Files.fold_counts), so the sum stays a read of a few rows.
+COUNT_TABLES = """
+CREATE TABLE IF NOT EXISTS file_counts (
+    id {id},
+    state TEXT NOT NULL,
+    n BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deliverers (
+    kind TEXT PRIMARY KEY,            -- a kind of delivery (register_deliverers)
+    plugin TEXT NOT NULL,             -- the plugin that delivers it, as the last process that loaded it said
+    seen {real} NOT NULL
+);
+"""
+#: The triggers behind file_counts, each one statement (their bodies hold semicolons).
+COUNT_TRIGGERS: dict[Dialect, tuple[str, ...]] = {
+    Dialect.SQLITE: (
+        "CREATE TRIGGER IF NOT EXISTS files_counted_insert AFTER INSERT ON files"
+        " BEGIN INSERT INTO file_counts (state, n) VALUES (NEW.state, 1); END",
+        "CREATE TRIGGER IF NOT EXISTS files_counted_update AFTER UPDATE OF state ON files"
+        " WHEN OLD.state IS NOT NEW.state"
+        " BEGIN INSERT INTO file_counts (state, n) VALUES (OLD.state, -1), (NEW.state, 1); END",
+        "CREATE TRIGGER IF NOT EXISTS files_counted_delete AFTER DELETE ON files"
+        " BEGIN INSERT INTO file_counts (state, n) VALUES (OLD.state, -1); END",
+    ),
+    Dialect.POSTGRESQL: (
+        "CREATE OR REPLACE FUNCTION rfwatch_count_files() RETURNS trigger LANGUAGE plpgsql AS $$"
+        " BEGIN"
+        " IF TG_OP <> 'INSERT' THEN INSERT INTO file_counts (state, n) VALUES (OLD.state, -1); END IF;"
+        " IF TG_OP <> 'DELETE' THEN INSERT INTO file_counts (state, n) VALUES (NEW.state, 1); END IF;"
+        " RETURN NULL;"
+        " END $$",
+        "CREATE OR REPLACE TRIGGER files_counted_insert AFTER INSERT OR DELETE ON files"
+        " FOR EACH ROW EXECUTE FUNCTION rfwatch_count_files()",
+        "CREATE OR REPLACE TRIGGER files_counted_update AFTER UPDATE OF state ON files"
+        " FOR EACH ROW WHEN (OLD.state IS DISTINCT FROM NEW.state) EXECUTE FUNCTION rfwatch_count_files()",
+    ),
+}
 
 TABLES = f"""
 CREATE TABLE IF NOT EXISTS meta (
@@ -221,12 +268,15 @@ CREATE TABLE IF NOT EXISTS model_facts (
     fetched {{real}} NOT NULL
 );
 {SEQUENCE_TABLES}
+{COUNT_TABLES}
 """
 
 #: Changes from the layout before each version, applied in order, in the transaction that checks the version.
 MIGRATIONS: dict[int, str] = {
     # A file waiting for its sequence is one rfwatch still owns: the partial index now counts it.
     4: "DROP INDEX IF EXISTS files_working;" + _FILES_WORKING + SEQUENCE_TABLES,
+    # The counts start from one count of the files, in the upgrade's transaction; the triggers keep them from then.
+    5: COUNT_TABLES + "INSERT INTO file_counts (state, n) SELECT state, COUNT(*) FROM files GROUP BY state;",
 }
 
 
@@ -255,18 +305,27 @@ def ensure_schema(db: Database, roots: Roots, legacy_id: str | None = None) -> s
                 f"{SCHEMA_VERSION}: upgrade rfwatch on this host (it must not write a layout it does not know)"
             )
         if version == 0:
-            for statement in _statements(db, TABLES):
-                tx.run(statement)
+            _create_tables(tx, db)
             tx.run("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             tx.run("INSERT INTO meta (key, value) VALUES ('journal_id', ?)", (legacy_id or uuid.uuid4().hex,))
         for v in range(version + 1 if version else SCHEMA_VERSION + 1, SCHEMA_VERSION + 1):
             for statement in _statements(db, MIGRATIONS.get(v, "")):
                 tx.run(statement)
+            if v == 5:
+                for statement in COUNT_TRIGGERS[db.dialect]:
+                    tx.run(statement)
             tx.run("UPDATE meta SET value=? WHERE key='schema_version'", (str(v),))
             log.warning("journal %s upgraded in place to schema %d", db.display, v)
         return str(tx.scalar("SELECT value FROM meta WHERE key='journal_id'"))
 
     return db.transact(setup)
+
+
+def _create_tables(tx: Tx, db: Database) -> None:
+    for statement in _statements(db, TABLES):
+        tx.run(statement)
+    for statement in COUNT_TRIGGERS[db.dialect]:
+        tx.run(statement)
 
 
 _TABLE_EXISTS = {
@@ -304,8 +363,7 @@ def _upgrade_legacy(db: SqliteDatabase, roots: Roots, journal_id: str) -> None:
         for name in [r["name"] for r in tx.all("SELECT name FROM sqlite_master WHERE type='index'")]:
             if not name.startswith("sqlite_"):
                 tx.run(f"DROP INDEX IF EXISTS {name}")
-        for statement in _statements(db, TABLES):
-            tx.run(statement)
+        _create_tables(tx, db)
         tx.run("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         tx.run("INSERT INTO meta (key, value) VALUES ('journal_id', ?)", (journal_id,))
         _copy_legacy(tx, roots, old)

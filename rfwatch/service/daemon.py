@@ -131,6 +131,8 @@ class ApiGate:
 class Daemon:
     #: How often the main loop looks whether another process changed the journal (a cheap PRAGMA).
     POLL_INTERVAL = 0.5
+    #: How often the journal's file counts are folded (rfwatch.journal.files.fold_counts); status sums what is left.
+    FOLD_INTERVAL = 60.0
     #: Seconds a worker may spend on one file beyond what the API could take (roboflow.timeout x retries)
     #: before the daemon counts as stuck and stops its systemd watchdog pings (tests lower it).
     STUCK_GRACE = 120.0
@@ -548,7 +550,7 @@ class Daemon:
         old = self.runtime
         self.config, self.runtime = config, runtime
         self.pipeline.runtime = runtime
-        self.deliveries.deliverers = dict(runtime.extensions.deliverers)
+        self.deliveries.use(dict(runtime.extensions.deliverers))
         self._wire_metrics(runtime)
         self.pipeline.limiter = RateLimiter(config.rate_limit)
         runtime.plugins.hook.startup(config=config)
@@ -670,6 +672,7 @@ class Daemon:
 
     def _loop(self) -> None:
         next_ping = next_status = next_rescan = next_poll = 0.0
+        next_fold = time.monotonic() + self.FOLD_INTERVAL
         ping_every = self.notifier.watchdog_interval
         rescan = self.config.rescan_interval
         if rescan:
@@ -704,6 +707,9 @@ class Daemon:
                     self.poll_journal()
                 self._close_sequences()
                 next_poll = now + self.POLL_INTERVAL
+            if now >= next_fold:
+                self._fold_counts()
+                next_fold = now + self.FOLD_INTERVAL
             if self.once:
                 if self._idle():
                     # twice in a row, a tick apart, so nothing is in flight between two queues
@@ -719,6 +725,15 @@ class Daemon:
                 else:
                     idle_since = None
             self.stop_event.wait(0.02)  # the settle check's resolution: it adds to every file's latency
+
+    def _fold_counts(self) -> None:
+        """Keep ``rfwatch status``'s count of the files a read of a few rows (rfwatch.journal.files.fold_counts)."""
+        if self.dry_run:
+            return
+        try:
+            self.journal.files.fold_counts()
+        except JournalUnavailable as exc:
+            self.journal_gate.blocked_by(str(exc))
 
     def _close_sequences(self, final: bool = False) -> int:
         """Close the sequences that are due (``final``: all of them) and queue their frames; how many closed."""
@@ -748,6 +763,7 @@ class Daemon:
         if self.once and not self.dry_run:
             self.deliveries.flush(time.monotonic() + 10)  # a one-shot run sends what it queued before it exits
         self.deliveries.stop()
+        self._fold_counts()
         self.runtime.plugins.hook.shutdown()
         log.info("stopped: %s", self.status_line())
         self._close()
