@@ -327,10 +327,34 @@ def cmd_model(args: argparse.Namespace) -> int:
 # --- entry point -----------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Unbuilt:
+    """A command's parser not built because another command was asked for: every call on it is a no-op."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: self
+
+
+class _OnlyOne:
+    """The subparsers, building only the parser of the command asked for (``only``): a light command need not pay
+    for the options of every other (about 4 ms of the start, issue 23). ``--help`` and mistakes get them all."""
+
+    def __init__(self, sub: Any, only: str):
+        self.sub, self.only, self.built = sub, only, False
+
+    def add_parser(self, name: str, **kwargs: Any) -> Any:
+        if name != self.only:
+            return _Unbuilt()
+        self.built = True
+        return self.sub.add_parser(name, **kwargs)
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; ``only``: just that command's parser (the others are not built)."""
     parser = argparse.ArgumentParser(prog="rfwatch", description="Watch folders and classify images with Roboflow.")
     parser.add_argument("--version", action="version", version=f"rfwatch {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub: Any = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    if only is not None:
+        sub = _OnlyOne(sub, only)
 
     def common(p: argparse.ArgumentParser, config_required: bool) -> None:
         p.add_argument("-c", "--config", required=config_required, help="YAML config file")
@@ -374,6 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until", metavar="WHEN", help="files taken until WHEN")
     p.add_argument("out", metavar="OUT", help="a folder for camtrap-dp, a file for megadetector (.json) and csv")
     p.set_defaults(func=cmd_export)
+    if isinstance(sub, _OnlyOne) and not sub.built:
+        return build_parser()  # not a command: the whole parser names them all
     return parser
 
 
@@ -402,8 +428,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # A known command first: build its parser alone. Anything else (--help, --version, a mistake) gets them all.
+    first = argv[0] if argv and not argv[0].startswith("-") else None
+    args = build_parser(first).parse_args(argv)
     verbosity = -1 if getattr(args, "quiet", False) else getattr(args, "verbose", 0)
     setup_logging(verbosity, getattr(args, "log_format", None) or "text")
     try:

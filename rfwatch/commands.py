@@ -97,17 +97,20 @@ def status_report(config, with_plugins: bool = False) -> dict[str, Any]:
     names, their ``status_lines`` and every plugin that delivers listed at 0; plain ``status`` runs no plugin code
     and names each delivery by the plugin the outbox recorded (issue 23: only commands that run actions load the
     plugins, and loading them was a third of status's start-up)."""
-    from rfwatch.processing.delivery import Deliveries
+    from rfwatch.processing.outbox_view import DeliveryView
 
     journal = _journal(config)
     try:
         counts = journal.files.counts()
         threshold = config.roboflow.multi_label_threshold
-        deliveries = Deliveries(journal)
+        deliveries = DeliveryView(journal)
         plugin_names: list[str] | None = None
         lines: list[str] = []
         if with_plugins:
             from rfwatch.host.manager import PluginHost
+            from rfwatch.processing.delivery import Deliveries
+
+            deliveries = Deliveries(journal)  # what the hook is documented to get
 
             # The rules are not built: status runs no action, and a rule that does not build leaves status working.
             plugins = PluginHost.load(config.plugins)
@@ -285,7 +288,8 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 def _retry_uploads(journal: Journal) -> None:
     """``retry --uploads``: every upload to Roboflow that failed for good is queued again."""
-    from rfwatch.processing.delivery import UPLOAD_KIND, Deliveries
+    from rfwatch.processing.delivery import Deliveries
+    from rfwatch.processing.outbox_view import UPLOAD_KIND
 
     queued, left = Deliveries(journal).requeue_failed(UPLOAD_KIND)
     print(f"{queued} failed upload(s) queued again: a running rfwatch sends them within seconds, else the next run")

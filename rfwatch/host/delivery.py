@@ -22,7 +22,6 @@ again.
 from __future__ import annotations
 
 import json
-import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Union
@@ -115,6 +114,8 @@ class DeliveryPolicy:
     def delay(self, attempts: int) -> float:
         """Seconds before the next try after ``attempts`` failed ones: base * 2**(attempts-1), +-jitter."""
         nominal = min(self.max_delay, self.base * 2 ** max(0, min(attempts - 1, 20)))
+        import random  # only where deliveries are sent: status reads this module too
+
         return nominal * random.uniform(1 - self.jitter, 1 + self.jitter)
 
 

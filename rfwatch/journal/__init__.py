@@ -18,7 +18,6 @@ so hosts that mount one share at different paths see one file.
 from __future__ import annotations
 
 import threading
-import uuid
 from typing import TYPE_CHECKING
 
 from rfwatch.journal.db import (
@@ -148,6 +147,8 @@ class Journal:
 
     def delivery_id(self, *parts: object) -> str:
         """A delivery's key, the same on every host and after every crash: from the journal's id and ``parts``."""
+        import uuid  # here, not at the top: status and history never need it (uuid loads platform)
+
         return uuid.uuid5(uuid.NAMESPACE_URL, "#".join([self.id, *map(str, parts)])).hex
 
     def changes(self) -> ChangeFeed:

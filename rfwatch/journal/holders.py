@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 
 from rfwatch.journal.db import Database, JournalUnavailable
@@ -42,7 +40,8 @@ FREE = "({col} IS NULL OR {col} = ? OR {col} NOT IN (SELECT id FROM holders WHER
 
 
 def default_host() -> str:
-    return socket.gethostname() or "localhost"
+    # gethostname() is uname()'s node name on Linux; os has it without loading socket (issue 23: light commands)
+    return os.uname().nodename or "localhost"
 
 
 def _pid_namespace() -> str:
@@ -74,6 +73,8 @@ class Holder:
     @classmethod
     def new(cls, host: str, kind: str) -> Holder:
         pid = os.getpid()
+        import uuid  # only a process that claims something registers: status and history never do
+
         return cls(f"{host}/{pid}/{uuid.uuid4().hex[:12]}", host, pid, kind, f"{_pid_namespace()} {_start_time(pid)}")
 
 

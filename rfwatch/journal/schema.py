@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from typing import Any
 
 from rfwatch.journal.db import Database, Dialect, SqliteDatabase, Tx
@@ -307,7 +306,7 @@ def ensure_schema(db: Database, roots: Roots, legacy_id: str | None = None) -> s
         if version == 0:
             _create_tables(tx, db)
             tx.run("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            tx.run("INSERT INTO meta (key, value) VALUES ('journal_id', ?)", (legacy_id or uuid.uuid4().hex,))
+            tx.run("INSERT INTO meta (key, value) VALUES ('journal_id', ?)", (legacy_id or _new_id(),))
         for v in range(version + 1 if version else SCHEMA_VERSION + 1, SCHEMA_VERSION + 1):
             for statement in _statements(db, MIGRATIONS.get(v, "")):
                 tx.run(statement)
@@ -319,6 +318,12 @@ def ensure_schema(db: Database, roots: Roots, legacy_id: str | None = None) -> s
         return str(tx.scalar("SELECT value FROM meta WHERE key='journal_id'"))
 
     return db.transact(setup)
+
+
+def _new_id() -> str:
+    import uuid  # once per journal, at its creation: not at every command's start
+
+    return uuid.uuid4().hex
 
 
 def _create_tables(tx: Tx, db: Database) -> None:

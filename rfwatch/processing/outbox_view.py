@@ -1,0 +1,111 @@
+"""What the outbox holds, read without the delivery machinery: ``rfwatch status`` (which must answer at once, and
+loads no plugin) and the ``status_lines`` hook (through Deliveries, which adds the threads that deliver)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from rfwatch.journal import Journal, JournalUnavailable
+from rfwatch.redact import redact
+from rfwatch.states import DeliveryState
+
+if TYPE_CHECKING:
+    from rfwatch.host.delivery import Deliverer
+
+__all__ = ["DeliveryView", "UPLOAD_KIND"]
+
+log = logging.getLogger(__name__)
+
+#: The kind of the review plugin's uploads to Roboflow (rfwatch.default_plugins.review.KIND), which
+#: ``rfwatch retry --uploads`` queues again; named here so that ``status`` and ``retry`` need not load the plugin.
+UPLOAD_KIND = "roboflow-upload"
+
+
+@dataclass
+class DeliveryView:
+    """The outbox as status reads it: what waits, what failed, per plugin and per target."""
+
+    journal: Journal
+    #: kind -> (plugin name, deliverer); replaced as a whole when the config is reloaded.
+    deliverers: dict[str, tuple[str, Deliverer]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._remember(self.deliverers)
+
+    def use(self, deliverers: dict[str, tuple[str, Deliverer]]) -> None:
+        """The deliverers of a reloaded config, as a whole."""
+        self.deliverers = deliverers
+        self._remember(deliverers)
+
+    def _remember(self, deliverers: dict[str, tuple[str, Deliverer]]) -> None:
+        # So that `rfwatch status`, which loads no plugin, names each delivery's plugin and lists every plugin
+        # that delivers. A journal away now is no reason not to start: the next start records it.
+        try:
+            self.journal.outbox.record_deliverers({kind: plugin for kind, (plugin, _) in deliverers.items()})
+        except JournalUnavailable as exc:
+            log.debug("the deliverers were not recorded: %s", exc)
+
+    # --- what status and plugins read (the ``status_lines`` hook gets this object) ------------
+
+    def _plugins(self) -> dict[str, str]:
+        """kind -> plugin: this process's deliverers when it loaded them, else what the journal recorded."""
+        if self.deliverers:
+            return {kind: plugin for kind, (plugin, _) in self.deliverers.items()}
+        return self.journal.outbox.deliverers()
+
+    def pending_by_plugin(self) -> dict[str, int]:
+        """Deliveries not yet delivered, per plugin (see _per_plugin)."""
+        return {plugin: n for plugin, n in self._per_plugin(DeliveryState.PENDING, self._plugins()).items() if n}
+
+    def pending_per_plugin(self) -> dict[str, int]:
+        """Like pending_by_plugin, with every plugin that delivers at 0 when none waits (metrics' series)."""
+        plugins = self._plugins()
+        counts = dict.fromkeys(sorted(plugins.values()), 0)
+        counts.update(self._per_plugin(DeliveryState.PENDING, plugins))
+        return counts
+
+    def failed_by_plugin(self) -> dict[str, int]:
+        """Deliveries that failed for good, per plugin: every plugin that queued any, or that delivers (loaded
+        here, or recorded by the last process that loaded the plugins), is there, at 0 when none failed, so
+        metrics have the series."""
+        plugins = self._plugins()
+        counts = dict.fromkeys(sorted(plugins.values()), 0)
+        counts.update(self._per_plugin(DeliveryState.FAILED, plugins))
+        return counts
+
+    def _per_plugin(self, state: str, plugins: dict[str, str]) -> dict[str, int]:
+        """Rows in ``state`` per plugin. A row counts for the plugin that delivers its kind when that is known:
+        the row names the step that queued it, which for a review upload is rfwatch's decision step."""
+        counts: dict[str, int] = {}
+        for kind, queued_by, n in self.journal.outbox.counts(state):
+            plugin = plugins.get(kind, queued_by)
+            counts[plugin] = counts.get(plugin, 0) + n
+        return counts
+
+    def failed(self, kind: str) -> list[dict[str, Any]]:
+        """Deliveries of ``kind`` that failed for good, per target (the ``status_lines`` hook reads it)."""
+        return self.journal.outbox.failed_targets(kind)
+
+    def gone_targets(self, kind: str) -> list[str]:
+        return self.journal.outbox.gone_targets(kind)
+
+    def failing(self, kind: str) -> list[dict[str, Any]]:
+        return self.journal.outbox.failing(kind)
+
+    def problems(self) -> list[str]:
+        """What ``rfwatch status`` says of targets that need a person, per kind, from the outbox alone (no plugin
+        code): a target that said 410, one whose deliveries keep failing, deliveries that failed for good."""
+        lines: list[str] = []
+        for kind in self.journal.outbox.kinds():
+            lines += [f"{kind}: {redact(url)} is gone (410), nothing more is sent" for url in self.gone_targets(kind)]
+            for f in self.failing(kind):
+                lines.append(
+                    f"{kind}: {redact(f['url'])} failing: {f['n']} waiting, {f['attempts']} attempt(s),"
+                    f" last error {f['last_error']}"
+                )
+            for f in self.failed(kind):
+                again = "; `rfwatch retry --uploads` sends them again" if kind == UPLOAD_KIND else ""
+                lines.append(f"{kind}: {redact(f['url'])} failed for good: {f['n']} (last: {f['last_error']}){again}")
+        return lines
