@@ -1,3 +1,3 @@
-from rfwatch.cli import main
+from rfwatch.cli import console
 
-raise SystemExit(main())
+console()

@@ -41,6 +41,8 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
 
 @dataclass(frozen=True)
 class RoboflowConfig:
+    """The ``roboflow:`` section: the model, the API and platform URLs, the key and the upload settings."""
+
     api_key: str | None = field(default=None, repr=False)
     #: Why there is no key (an unreadable api_key_file), for the error when one is needed.
     api_key_problem: str | None = None
@@ -86,6 +88,8 @@ class SequenceConfig:
 
 @dataclass(frozen=True)
 class WatchConfig:
+    """One folder of ``watch:``: its path, its name in the journal and how files in it are taken."""
+
     path: Path
     #: The root's name in the journal (``watch[].name``; by default the folder's own name): hosts that mount one
     #: share at different paths give it the same name, and see one file.
@@ -103,6 +107,8 @@ class WatchConfig:
 
 @dataclass(frozen=True)
 class When:
+    """A rule's ``when:``: the classes and the confidence a prediction must have."""
+
     classes: tuple[str, ...] = ()
     min_confidence: float | None = None
     max_confidence: float | None = None
@@ -113,6 +119,8 @@ class When:
 
 @dataclass(frozen=True)
 class ActionSpec:
+    """One entry of a rule's ``then:``: the action's name and its options as written."""
+
     name: str
     options: Any
     key: str  # e.g. "rules[0].then[1]", for error messages
@@ -120,6 +128,8 @@ class ActionSpec:
 
 @dataclass(frozen=True)
 class RuleConfig:
+    """One rule: its name, its ``when:`` and its actions in order."""
+
     name: str
     when: When
     then: tuple[ActionSpec, ...]
@@ -153,6 +163,8 @@ class ReviewConfig:
 
 @dataclass(frozen=True)
 class Config:
+    """A whole config file, read and checked (rfwatch.config.load_config)."""
+
     base_dir: Path
     source: Path | None = None
     roboflow: RoboflowConfig = field(default_factory=RoboflowConfig)
@@ -783,7 +795,9 @@ def load_config(path: str | os.PathLike[str], *, journal_only: bool = False) -> 
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read config file: {exc.strerror or exc}") from None
     try:
-        data = yaml.safe_load(text)
+        # libyaml's parser when PyYAML has it (Debian's and PyPI's wheels do): the pure-Python one was a few ms
+        # of every command's start (issue 23).
+        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML: {exc}") from None
     return config_from_dict(data, p.resolve().parent, p.resolve(), journal_only=journal_only)

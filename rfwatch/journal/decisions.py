@@ -39,6 +39,8 @@ class AlreadyDecided(RuntimeError):
 
 @dataclass(frozen=True)
 class Decision:
+    """A person's label or reject for a file that waited for review."""
+
     file_id: int
     round: int
     kind: DecisionKind

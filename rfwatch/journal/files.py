@@ -64,6 +64,8 @@ class Skip:
 
 @dataclass(frozen=True)
 class FileRow:
+    """One row of ``files``: a file, where it is now, what the model said and its state."""
+
     id: int
     path: Path
     source: Path
@@ -90,6 +92,8 @@ class FileRow:
 
 @dataclass(frozen=True)
 class StepRow:
+    """One row of ``steps``: an action a file's rules ran, its intent and its result."""
+
     file_id: int
     seq: int
     kind: StepKind

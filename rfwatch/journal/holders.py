@@ -63,6 +63,8 @@ def _start_time(pid: int) -> str | None:
 
 @dataclass(frozen=True)
 class Holder:
+    """A process working on the journal, as it names itself in its claims."""
+
     id: str
     host: str
     pid: int

@@ -28,6 +28,8 @@ _TOKEN = "rfwatch-root:"
 
 @dataclass(frozen=True)
 class Location:
+    """A path as the journal stores it: a named root and the bytes below it."""
+
     root: str
     rel: bytes
 

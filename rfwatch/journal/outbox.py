@@ -39,6 +39,8 @@ class QueuedDelivery:
 
 @dataclass(frozen=True)
 class DeliveryRow:
+    """One row of ``outbox``: a delivery, its target, its state and its lease."""
+
     id: str
     plugin: str
     kind: str

@@ -41,6 +41,8 @@ class CloseWhy(StrEnum):
 
 @dataclass(frozen=True)
 class SequenceRow:
+    """A closed sequence: its frames' key and capture times, and the label they share."""
+
     id: int
     key: str
     first_capture: float
@@ -57,6 +59,8 @@ class SequenceRow:
 
 @dataclass(frozen=True)
 class FrameRow:
+    """A frame of a sequence: its key, capture time and, once closed, its sequence and place."""
+
     file_id: int
     key: str
     capture: float

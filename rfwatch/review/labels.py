@@ -19,6 +19,8 @@ __all__ = ["PersonLabel", "person_and_model"]
 
 @dataclass(frozen=True)
 class PersonLabel:
+    """A person's label for a file, as status and history show it beside the model's guess."""
+
     classes: tuple[str, ...]
     #: The class ``{class}`` stood for when the rules ran again with the label.
     cls: str

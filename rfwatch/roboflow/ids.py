@@ -16,6 +16,8 @@ DEFAULT_PLATFORM_URL = "https://api.roboflow.com"
 
 @dataclass(frozen=True)
 class ModelId:
+    """A model version as the API names it: project and version (a workspace when given)."""
+
     project: str
     version: str
     #: Named in ``workspace/project/version``; else the key's own workspace (asked of the platform API).

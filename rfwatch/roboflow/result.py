@@ -32,6 +32,8 @@ class ResponseFormatError(ValueError):
 
 @dataclass(frozen=True)
 class ClassScore:
+    """One class and its confidence, as the model answered."""
+
     name: str
     confidence: float
     class_id: int | None = None
@@ -39,6 +41,8 @@ class ClassScore:
 
 @dataclass(frozen=True)
 class Prediction:
+    """The model's answer for one image, in the documented JSON shape and as rules read it."""
+
     #: The class the model asserts most: single-label, the top class ("" when the server returned none
     #: above the request's confidence); multi-label, the highest-scoring predicted class ("" when none is).
     top: str
