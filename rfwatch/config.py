@@ -217,9 +217,9 @@ class Config:
 
     @property
     def host_id(self) -> str:
-        import socket
-
-        return self.host or socket.gethostname() or "localhost"
+        """``host:``, else the machine's host name (uname's node name: what gethostname() returns on Linux, without
+        loading socket into every command)."""
+        return self.host or os.uname().nodename or "localhost"
 
     @property
     def named_roots(self) -> dict[str, Path]:

@@ -142,9 +142,7 @@ def test_410_stops_deliveries_and_redirects_are_not_followed(tmp_path, server, r
         wait_for(lambda: receiver.deliveries[-1].status == 410, what="the 410")
         wait_for(
             lambda: (
-                run_cli("status", "-c", str(cfg)).stdout.count(
-                    f"webhook: {receiver.url} is gone (410), nothing more is sent"
-                )
+                run_cli("status", "-c", str(cfg)).stdout.count(f"{receiver.url} is gone (410), nothing more is sent")
                 == 1
             ),
             what="status to say so",

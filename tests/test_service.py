@@ -245,7 +245,10 @@ def test_status_json_reports_true_counts_and_retry_requeues(tmp_path, server):
     assert status["backlog"] == 0 and status["model"] == "colors/1"
     assert {Path(f["source"]).name for f in status["last_failed"]} == {"broken.jpg", "text.jpg"}
     assert any("cannot decode image" in f["error"] for f in status["last_failed"])
-    assert "rfwatch.default_plugins.move_copy" in status["plugins"] and status["deliveries_pending"] == {}
+    assert status["plugins"] is None and status["deliveries_pending"] == {}  # plain status loads no plugin
+    with_plugins = json.loads(run_cli("status", "--plugins", "-c", str(cfg), "--json").stdout)
+    assert "rfwatch.default_plugins.move_copy" in with_plugins["plugins"]
+    assert with_plugins["counts"] == status["counts"]
     text = run_cli("status", "-c", str(cfg)).stdout
     assert "done 3, unmatched 1, failed 2, backlog 0" in text
     # fix one failed file in place, then retry just that one

@@ -325,11 +325,20 @@ class Files:
         return True
 
     def recent(self, states: Collection[str], limit: int = 5) -> list[FileRow]:
-        marks = ",".join("?" * len(states))
-        rows = self.db.all(
-            f"SELECT * FROM files WHERE state IN ({marks}) ORDER BY updated DESC, id DESC LIMIT ?", (*states, limit)
-        )
-        return [self._row(r) for r in rows]
+        """The ``limit`` files changed last among ``states``, newest first.
+
+        One query per state, each reading its newest rows from the end of the (state, updated) index: with
+        ``state IN (...)`` the engine sorted every row of those states (a million done files: most of status's
+        time)."""
+        rows = [
+            r
+            for state in states
+            for r in self.db.all(
+                "SELECT * FROM files WHERE state=? ORDER BY updated DESC, id DESC LIMIT ?", (state, limit)
+            )
+        ]
+        rows.sort(key=lambda r: (r["updated"], r["id"]), reverse=True)
+        return [self._row(r) for r in rows[:limit]]
 
     def rows_in_state(self, states: Collection[str], paths: Iterable[Path] | None = None) -> list[FileRow]:
         """Files in one of ``states``: all of them, or the newest row for each of ``paths`` (now or first seen)."""

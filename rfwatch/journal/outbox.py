@@ -205,11 +205,11 @@ class Outbox:
     # --- reading ---------------------------------------------------------------------------------
 
     def counts(self, state: str) -> list[tuple[str, str, int]]:
-        """(kind, plugin that queued it, how many) of the deliveries in ``state``, every (kind, plugin) with rows
-        in any state included (at 0)."""
+        """(kind, plugin that queued it, how many) of the deliveries in ``state``: a range of the (state, next_at)
+        index, never the whole outbox (one row per webhook per file: a million after a million files). The
+        plugins that deliver, at 0, come from record_deliverers."""
         rows = self.db.all(
-            "SELECT kind, plugin, SUM(CASE WHEN state=? THEN 1 ELSE 0 END) AS n FROM outbox GROUP BY kind, plugin",
-            (state,),
+            "SELECT kind, plugin, COUNT(*) AS n FROM outbox WHERE state=? GROUP BY kind, plugin", (state,)
         )
         return [(r["kind"], r["plugin"], int(r["n"] or 0)) for r in rows]
 
@@ -233,25 +233,26 @@ class Outbox:
         """kind -> the plugin that delivers it, as last recorded (record_deliverers)."""
         return {r["kind"]: r["plugin"] for r in self.db.all("SELECT kind, plugin FROM deliverers")}
 
-    def kinds(self) -> list[str]:
-        """The kinds of delivery the outbox holds any row of."""
-        return [r["kind"] for r in self.db.all("SELECT DISTINCT kind FROM outbox ORDER BY kind")]
-
-    def failed_targets(self, kind: str) -> list[dict[str, Any]]:
-        """Deliveries of ``kind`` that failed for good, per target: how many, and the latest one's error."""
+    def failed_targets(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """Deliveries of ``kind`` (None: of every kind) that failed for good, per kind and target: how many, and
+        the latest one's error."""
+        which = "" if kind is None else " AND kind=?"
         rows = self.db.all(
-            "SELECT url, COUNT(*) AS n, MAX(created) AS latest FROM outbox WHERE kind=? AND state=? GROUP BY url"
-            " ORDER BY url",
-            (kind, DeliveryState.FAILED),
+            f"SELECT kind, url, COUNT(*) AS n FROM outbox WHERE state=?{which} GROUP BY kind, url ORDER BY kind, url",
+            (DeliveryState.FAILED, *([] if kind is None else [kind])),
         )
         out = []
         for r in rows:
             error = self.db.scalar(
-                "SELECT last_error FROM outbox WHERE kind=? AND state=? AND url=? ORDER BY created DESC LIMIT 1",
-                (kind, DeliveryState.FAILED, r["url"]),
+                "SELECT last_error FROM outbox WHERE state=? AND kind=? AND url=? ORDER BY created DESC LIMIT 1",
+                (DeliveryState.FAILED, r["kind"], r["url"]),
             )
-            out.append({"url": r["url"], "n": r["n"], "last_error": error})
+            out.append({"kind": r["kind"], "url": r["url"], "n": r["n"], "last_error": error})
         return out
+
+    def gone_urls(self) -> list[str]:
+        """Every target that said it wants nothing more (a 410), whatever its kind."""
+        return [r["url"] for r in self.db.all("SELECT url FROM gone_urls ORDER BY url")]
 
     def gone_targets(self, kind: str) -> list[str]:
         """Targets of ``kind`` that said they want nothing more (a webhook receiver's 410)."""
@@ -260,12 +261,14 @@ class Outbox:
         )
         return [r["url"] for r in rows]
 
-    def failing(self, kind: str) -> list[dict[str, Any]]:
-        """Pending deliveries of ``kind`` that failed at least once, per target: how many, the last error."""
+    def failing(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """Pending deliveries of ``kind`` (None: of every kind) that failed at least once, per kind and target: how
+        many, the attempts, the last error."""
+        which = "" if kind is None else " AND kind=?"
         rows = self.db.all(
-            "SELECT url, COUNT(*) AS n, MAX(attempts) AS attempts, MAX(last_error) AS last_error FROM outbox"
-            " WHERE kind=? AND state=? AND attempts>0 GROUP BY url ORDER BY url",
-            (kind, DeliveryState.PENDING),
+            "SELECT kind, url, COUNT(*) AS n, MAX(attempts) AS attempts, MAX(last_error) AS last_error FROM outbox"
+            f" WHERE state=? AND attempts>0{which} GROUP BY kind, url ORDER BY kind, url",
+            (DeliveryState.PENDING, *([] if kind is None else [kind])),
         )
         return [dict(r) for r in rows]
 

@@ -95,17 +95,17 @@ class DeliveryView:
         return self.journal.outbox.failing(kind)
 
     def problems(self) -> list[str]:
-        """What ``rfwatch status`` says of targets that need a person, per kind, from the outbox alone (no plugin
-        code): a target that said 410, one whose deliveries keep failing, deliveries that failed for good."""
-        lines: list[str] = []
-        for kind in self.journal.outbox.kinds():
-            lines += [f"{kind}: {redact(url)} is gone (410), nothing more is sent" for url in self.gone_targets(kind)]
-            for f in self.failing(kind):
-                lines.append(
-                    f"{kind}: {redact(f['url'])} failing: {f['n']} waiting, {f['attempts']} attempt(s),"
-                    f" last error {f['last_error']}"
-                )
-            for f in self.failed(kind):
-                again = "; `rfwatch retry --uploads` sends them again" if kind == UPLOAD_KIND else ""
-                lines.append(f"{kind}: {redact(f['url'])} failed for good: {f['n']} (last: {f['last_error']}){again}")
+        """What ``rfwatch status`` says of targets that need a person, from the outbox alone (no plugin code): a
+        target that said 410, one whose deliveries keep failing, deliveries that failed for good. Each query
+        reads the few rows pending or failed (an index range), never the delivered ones."""
+        outbox = self.journal.outbox
+        lines = [f"{redact(url)} is gone (410), nothing more is sent" for url in outbox.gone_urls()]
+        for f in outbox.failing():
+            lines.append(
+                f"{f['kind']}: {redact(f['url'])} failing: {f['n']} waiting, {f['attempts']} attempt(s),"
+                f" last error {f['last_error']}"
+            )
+        for f in outbox.failed_targets():
+            again = "; `rfwatch retry --uploads` sends them again" if f["kind"] == UPLOAD_KIND else ""
+            lines.append(f"{f['kind']}: {redact(f['url'])} failed for good: {f['n']} (last: {f['last_error']}){again}")
         return lines

@@ -1,0 +1,114 @@
+"""What `rfwatch status` and `rfwatch history` ask of the journal: index ranges, never a whole table (issue 23).
+
+On a journal of a million files a scan of ``files`` or of ``outbox`` (one row per webhook per file) is most of a
+second; a read of an index range stays a few ms at any size. Each statement the commands run is planned by SQLite
+(EXPLAIN QUERY PLAN) on a journal that holds every kind of row: a plan that scans one of the big tables, or sorts
+all of a state's rows to return five, fails here. Speed itself is measured in bench/million.py, never here.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from rfwatch.commands import status_report
+from rfwatch.config import load_config
+from rfwatch.journal import Journal, QueuedDelivery, Roots
+from rfwatch.journal.db import Tx
+from rfwatch.states import FileState
+
+#: Tables that grow with every file (or every delivery): never read whole. (file_counts is read whole by design:
+#: the daemon folds it to a row per state every minute.)
+BIG = ("files", "steps", "events", "outbox", "undo_steps", "decisions", "seq_frames")
+SCAN = re.compile(rf"\bSCAN ({'|'.join(BIG)})\b")
+
+
+@pytest.fixture
+def journal_with_everything(tmp_path) -> Path:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(
+        f"roboflow:\n  model: colors/1\nstate: {tmp_path / 'journal.db'}\nwatch:\n  - path: {inbox}\n"
+        "rules:\n  - name: sort\n    then:\n      - move: sorted/{class}/{name}\n"
+    )
+    j = Journal.open(str(tmp_path / "journal.db"), roots=Roots({"inbox": inbox}))
+    try:
+        for i, state in enumerate([FileState.DONE] * 30 + [FileState.UNMATCHED] * 5 + [FileState.FAILED] * 3):
+            fid = j.files.take(inbox / f"f{i}.jpg", 10 + i, 1, f"sha{i}", "colors/1")
+            j.files.classified(fid, {"top": "red", "predictions": []}, f"sha{i}", "colors/1", "red 0.9", {})
+            if i % 3 == 0:
+                j.db.transact(
+                    lambda tx, fid=fid: j.outbox.enqueue(
+                        tx, fid, [QueuedDelivery("webhook", "http://127.0.0.1:9/hook", b"{}", f"k{fid}", "webhook")]
+                    )
+                )
+            j.files.finish(fid, state, error="no" if state == FileState.FAILED else None)
+        j.outbox.record_deliverers({"webhook": "rfwatch.default_plugins.webhook"})
+    finally:
+        j.close()
+    return cfg
+
+
+def _plans(db_path: Path, statements: list[tuple[str, tuple]]) -> list[str]:
+    plain = sqlite3.connect(db_path)
+    try:
+        out = []
+        for sql, args in statements:
+            if not sql.lstrip().upper().startswith(("SELECT", "WITH")):
+                continue
+            plan = " / ".join(r[3] for r in plain.execute("EXPLAIN QUERY PLAN " + sql, args))
+            out.append(f"{plan}    <- {sql}")
+        return out
+    finally:
+        plain.close()
+
+
+def _recording(monkeypatch) -> list[tuple[str, tuple]]:
+    seen: list[tuple[str, tuple]] = []
+    one, all_ = Tx.one, Tx.all
+
+    def record_one(self, sql, args=()):
+        seen.append((self.db.sql(sql), tuple(args)))
+        return one(self, sql, args)
+
+    def record_all(self, sql, args=()):
+        seen.append((self.db.sql(sql), tuple(args)))
+        return all_(self, sql, args)
+
+    monkeypatch.setattr(Tx, "one", record_one)
+    monkeypatch.setattr(Tx, "all", record_all)
+    return seen
+
+
+def test_status_reads_index_ranges_never_a_whole_table(journal_with_everything, monkeypatch):
+    config = load_config(journal_with_everything, journal_only=True)
+    seen = _recording(monkeypatch)
+    report = status_report(config)
+    assert report["counts"]["done"] == 30 and report["deliveries_pending"] == {"rfwatch.default_plugins.webhook": 13}
+    plans = _plans(config.state_path, seen)
+    assert plans, "status ran no query?"
+    assert [p for p in plans if SCAN.search(p)] == [], "\n".join(plans)
+    # five rows of the newest done files must not sort all of them
+    assert [p for p in plans if "TEMP B-TREE FOR ORDER BY" in p and "FROM files" in p] == []
+
+
+def test_the_plan_check_sees_a_scan(journal_with_everything):
+    """The check above is not blind: a count of every file by state is a scan."""
+    config = load_config(journal_with_everything, journal_only=True)
+    (plan,) = _plans(config.state_path, [("SELECT state, COUNT(*) FROM files GROUP BY state", ())])
+    assert SCAN.search(plan), plan
+
+
+def test_history_reads_index_ranges_never_a_whole_table(journal_with_everything, monkeypatch, capsys):
+    from rfwatch.cli import main
+
+    config = load_config(journal_with_everything, journal_only=True)
+    seen = _recording(monkeypatch)
+    assert main(["history", "-c", str(journal_with_everything), str(config.watch[0].path / "f3.jpg")]) == 0
+    assert "webhook" in capsys.readouterr().out  # its delivery is listed
+    plans = _plans(config.state_path, seen)
+    assert [p for p in plans if SCAN.search(p)] == [], "\n".join(plans)
