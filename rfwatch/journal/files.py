@@ -313,13 +313,13 @@ class Files:
                     " HAVING SUM(n) <> 0"
                 )
                 return
-            last = tx.scalar("SELECT MAX(id) FROM file_counts")
+            last = tx.scalar("SELECT MAX(rowid) FROM file_counts")
             tx.run(
-                "INSERT INTO file_counts (state, n) SELECT state, SUM(n) FROM file_counts WHERE id <= ?"
+                "INSERT INTO file_counts (state, n) SELECT state, SUM(n) FROM file_counts WHERE rowid <= ?"
                 " GROUP BY state HAVING SUM(n) <> 0",
                 (last,),
             )
-            tx.run("DELETE FROM file_counts WHERE id <= ?", (last,))
+            tx.run("DELETE FROM file_counts WHERE rowid <= ?", (last,))
 
         self.db.transact(fold)
         return True

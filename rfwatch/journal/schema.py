@@ -94,8 +94,7 @@ CREATE INDEX IF NOT EXISTS seq_frames_open ON seq_frames(sequence_id, key);
 #: extra round trip). Rows are only ever inserted, so concurrent transitions never wait on one counter row; the
 #: rows are folded into one per state now and then (Files.fold_counts), so the sum stays a read of a few rows.
 COUNT_TABLES = """
-CREATE TABLE IF NOT EXISTS file_counts (
-    id {id},
+CREATE TABLE IF NOT EXISTS file_counts (  -- no key, no index: each insert is one heap row (SQLite: its rowid)
     state TEXT NOT NULL,
     n BIGINT NOT NULL
 );
