@@ -248,3 +248,14 @@ def test_journal_commands_need_no_key_and_run_says_what_is_missing(tmp_path, ser
     assert run.returncode == 2 and "roboflow.api_key: no Roboflow API key: set ROBOFLOW_API_KEY" in run.stderr
     status = run_cli("status", "-c", str(tmp_path / "c.yaml"), env=env)
     assert "no journal at" in status.stderr  # about the journal, not the key
+
+
+def test_a_mistyped_command_is_told_every_command():
+    """Only a known command gets its parser alone (rfwatch.cli.build_parser): a mistake is answered by the whole
+    parser, which names the commands."""
+    result = run_cli("statu", "-c", "x.yaml")
+    assert result.returncode == 2
+    assert "invalid choice: 'statu'" in result.stderr
+    assert "'status'" in result.stderr and "'history'" in result.stderr and "'run'" in result.stderr
+    # a known command's own usage names its own options only
+    assert "usage: rfwatch history [-h] -c CONFIG" in run_cli("history").stderr

@@ -112,3 +112,33 @@ def test_history_reads_index_ranges_never_a_whole_table(journal_with_everything,
     assert "webhook" in capsys.readouterr().out  # its delivery is listed
     plans = _plans(config.state_path, seen)
     assert [p for p in plans if SCAN.search(p)] == [], "\n".join(plans)
+
+
+def test_read_only_commands_end_at_once_with_all_their_output(journal_with_everything):
+    """status and history end without the interpreter's teardown (rfwatch.cli.console): what they printed into a
+    pipe's buffer must still arrive whole, when Python buffers stdout as it does by default."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    cfg = str(journal_with_everything)
+    for argv in (["status", "--json", "-c", cfg], ["--help"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "rfwatch", *argv], capture_output=True, text=True, env=env, timeout=60
+        )
+        assert proc.returncode == 0, proc.stderr
+        if argv[0] == "status":
+            assert json.loads(proc.stdout)["counts"]["done"] == 30  # the whole document, parsed
+        else:
+            assert proc.stdout.rstrip().endswith("show program's version number and exit"), proc.stdout
+    inbox = load_config(journal_with_everything, journal_only=True).watch[0].path
+    proc = subprocess.run(
+        [sys.executable, "-m", "rfwatch", "history", "-c", cfg, str(inbox / "f3.jpg")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert proc.returncode == 0 and "webhook" in proc.stdout.splitlines()[-1], proc.stdout + proc.stderr
