@@ -371,6 +371,7 @@ def test_a_copy_keeps_the_journal_id_and_pending_deliveries(tmp_path, journal_ur
         src.outbox.enqueue(tx, fid, queued)
 
     src.files.finish_step(fid, 1, StepKind.ACTION, "r", "webhook", True, {}, final=FileState.DONE, also=enqueue)
+    src.outbox.record_deliverers({"webhook": "rfwatch.default_plugins.webhook"})
     src.close()
     src, dst = open_as(src_url), open_as(journal_url, "host-b")
     try:
@@ -381,10 +382,14 @@ def test_a_copy_keeps_the_journal_id_and_pending_deliveries(tmp_path, journal_ur
         row = again.outbox.get(key)
         assert (row["state"], row["lease"], row["file_id"]) == ("pending", None, fid)
         assert again.files.get(fid).state == FileState.DONE
+        # status on the copy: the counts (the triggers counted the rows copied in) and each delivery's plugin
+        assert again.files.counts() == {"done": 1}
+        assert again.outbox.deliverers() == {"webhook": "rfwatch.default_plugins.webhook"}
         again.close()
         second = copy_journal(src, dst)
         assert (second.files, second.already) == (0, 1)
         assert dst.db.scalar("SELECT COUNT(*) FROM files") == 1
+        assert dst.files.counts() == {"done": 1}  # nothing counted twice
     finally:
         src.close()
         dst.close()
