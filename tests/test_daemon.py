@@ -496,3 +496,35 @@ def test_a_restart_passes_over_known_files_and_takes_only_the_new_or_changed(tmp
     assert sorted(p.relative_to(inbox).as_posix() for p, _ in takes) == ["a1.jpg", "cam1/new.jpg"]
     assert all(a.outcome == Outcome.UNMATCHED for _, a in takes)
     assert daemon.watcher.known_found == 5
+
+
+def test_files_are_read_and_prepared_one_per_core_while_more_wait_for_the_api(tmp_path, server, monkeypatch):
+    """Workers beyond the cores keep requests in flight; the decoding itself takes turns, one file per core."""
+    import threading
+
+    import rfwatch.processing.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "usable_cores", lambda: 2)
+    cfg = write_config(tmp_path, server, concurrency=6, settle=0.1)
+    for n in range(12):
+        (tmp_path / "inbox" / f"red-{n}.jpg").write_bytes(unique_jpeg(RED, 700 + n))
+    running = DaemonThread(cfg)
+    client = running.daemon.runtime.client
+    real_prepare = client.prepare
+    lock, now, most = threading.Lock(), [0], [0]
+
+    def counting_prepare(*args, **kw):
+        with lock:
+            now[0] += 1
+            most[0] = max(most[0], now[0])
+        try:
+            time.sleep(0.05)  # long enough for the other workers to reach their decode
+            return real_prepare(*args, **kw)
+        finally:
+            with lock:
+                now[0] -= 1
+
+    monkeypatch.setattr(client, "prepare", counting_prepare)
+    with running:
+        wait_for(lambda: len(files_under(tmp_path / "sorted")) == 12, what="twelve sorted files")
+    assert 1 <= most[0] <= 2, f"{most[0]} files were prepared at once on 2 cores"
