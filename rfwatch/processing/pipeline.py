@@ -146,6 +146,9 @@ class Pipeline:
         #: Whether an upload can be sized now without waiting (False while the model's facts are on their way: a
         #: file still settling is then journaled first and prepared once the size is known).
         self.can_size_now: Callable[[], bool] = lambda: True
+        #: Whether an event was heard for a file handed on before it settled, until it did (see watcher.Settler): it
+        #: is then given back to settle again, not taken.
+        self.heard_since_handed_on: Callable[[Path], bool] = lambda path: False
 
     # --- taking a new file -------------------------------------------------------
 
@@ -213,7 +216,7 @@ class Pipeline:
             except OSError:
                 file_log.info("%s: vanished before it settled; nothing to do", path)
                 return Attempt(Outcome.SKIPPED, detail="vanished")
-        if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+        if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or self.heard_since_handed_on(path):
             file_log.info("%s: still changing; will be taken once it settles", path)
             return Attempt(Outcome.CHANGING)
         with self._lock:  # taken and marked busy at once: a look at the journal must not queue it too
