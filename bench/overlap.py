@@ -124,7 +124,29 @@ def cpu_split(photos: list[Path], server, platform_api, work: Path) -> dict[str,
 
 
 #: What the figures cannot say by themselves (kept with the block; edited by hand when the code changes).
-NOTES: list[str] = []
+NOTES: list[str] = [
+    "What changed for the cold run (issue 23 item 2): the model-facts request no longer holds the start (files are "
+    "found, hashed and journaled while it is on its way; uploads wait for the input size and actions for the check "
+    "of the rules' classes), and a new file is read once, for its hash and its decode. An earlier 5-run measurement "
+    "of the empty-inbox start and exit at load average 5.9 gave 0.68 s against 1.14 s for 4f3940a: under load its "
+    "0.5 s target is missed. Reading a new file once (bench/read_once.py, one thread, 24 photos) measured 45.4 to "
+    "48.2 ms CPU per photo for hash plus preparation against 51.0 to 51.1 ms read twice.",
+    "",
+    "What changed for the daemon (issue 23 item 3): a file is read and prepared one per core at a time (with eight "
+    "workers on two cores all eight decoded at once, so every file of a burst reached the API late and together, "
+    "the first request 0.6 s after the take, and the cores idled while all waited for their answers); a file "
+    "renamed in complete is read and prepared during its 0.25 s look instead of after it (taken at its end only "
+    "if unchanged and nothing was heard of it meanwhile); the HTTP client reads the environment (proxies, CA "
+    "bundle, ~/.netrc) once, not on every upload (3,723 Python calls per upload before, 1,949 after).",
+    "",
+    "Why the two targets are far: during the burst the daemon is CPU-bound on this shared machine (the span times "
+    "the cores it gets equals the files times their CPU), so files/s moves with CPU per file, and turns at the "
+    "cores pay only where cores would idle (the first and last requests; an idle machine). 1.2x the older tree's "
+    "files/s at the same CPU share asks for about 45 ms a file, barely above the preparation alone; what a file "
+    "costs beyond it (the table above) is mostly what the promises need: the SHA-256 that names the content, the "
+    "four journal transactions that make a kill -9 safe (rfwatch/processing/steps.py says why none merges), the "
+    "fsyncs of the move, the upload.",
+]
 
 
 def main() -> int:
@@ -245,9 +267,11 @@ def main() -> int:
         new, old = (daemon[label] for label in labels)
         cpu_ratio = median(new, "cpu") / prepare
         fps_ratio = median(new, "fps") / median(old, "fps")
+        start = median(empty[labels[0]], "seconds")
         lines += [
             "",
-            f"Against issue 23's targets: daemon CPU per file at most 1.15x the preparation: {cpu_ratio:.2f}x "
+            f"Against issue 23's targets: empty-inbox start and exit at most 0.5 s: {start:.2f} s "
+            f"(**{'met' if start <= 0.5 else 'missed'}** in this run); daemon CPU per file at most 1.15x the preparation: {cpu_ratio:.2f}x "
             f"(**{'met' if cpu_ratio <= 1.15 else 'missed'}**); files/s at least 1.2x the older tree's: "
             f"{fps_ratio:.2f}x (**{'met' if fps_ratio >= 1.2 else 'missed'}**).",
         ]
