@@ -6,8 +6,13 @@ answering after 150 ms,
 
 * the empty-inbox start and exit of ``run --once`` (a fresh journal: nothing known about the model);
 * a cold ``run --once`` of 24 12 MP photos (the 224x224 model), from process start to exit;
-* the daemon on 48 12 MP photos at concurrency 8: CPU per file (process CPU over the run / files) and files/s,
-  beside rfwatch's own preparation CPU per file (draft decode, upright, resize, encode: bench/run.py's floor).
+* the daemon on 48 12 MP photos at concurrency 8: CPU per file and files/s, beside rfwatch's own preparation CPU
+  per file (draft decode, upright, resize, encode: bench/run.py's floor), and where the rest goes (one thread).
+
+What "CPU per file" counts (bench/run.py's run_rfwatch): the daemon process's CPU (user and system, every thread)
+from 0.5 s after its journal appears (its start-up, about 0.2 s of CPU, is over by then and not counted) until the
+last file is in its class folder, divided by the files. It does count the first file's lazy imports (Pillow's
+plugins, about 35 ms once, under 1 ms a file here). The stand-ins run in this process, on the same cores.
 
 The figures go into docs/benchmarks.md between ``<!-- kept by bench/run.py: cold-overlap -->`` and
 ``<!-- end cold-overlap -->`` (bench/run.py carries the block over when it rewrites the page).
@@ -23,17 +28,125 @@ import platform as py_platform
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as bench  # noqa: E402
+from report import write_section  # noqa: E402
 
 REPO = bench.REPO
-BEGIN, END = "<!-- kept by bench/run.py: cold-overlap -->", "<!-- end cold-overlap -->"
 
 
 def median(results: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in results)
+
+
+def cpu_split(photos: list[Path], server, platform_api, work: Path) -> dict[str, float]:
+    """CPU seconds per file, one thread, of the daemon's pipeline taking each photo (latency 0), and of its parts.
+
+    The daemon of this tree is built in this process and its pipeline called file after file: no other thread,
+    no waiting, so the thread's CPU is the file's. Its parts are measured by wrapping the functions that do them.
+    """
+    import shutil
+    from collections import Counter
+
+    import rfwatch.files.place as place
+    import rfwatch.journal.db as journal_db
+    import rfwatch.processing.pipeline as pipeline
+    import rfwatch.roboflow.client as client
+    from rfwatch.service.daemon import Daemon
+
+    spent: Counter[str] = Counter()
+    undo: list[tuple[object, str, object]] = []
+
+    def timed(owner: object, name: str, part: str) -> None:
+        real = getattr(owner, name)
+        undo.append((owner, name, real))
+
+        def wrapper(*args, **kw):
+            t = time.thread_time()
+            try:
+                return real(*args, **kw)
+            finally:
+                spent[part] += time.thread_time() - t
+
+        setattr(owner, name, wrapper)
+
+    folder = Path(tempfile.mkdtemp(dir=work))
+    latency = server.latency, server.jitter
+    server.latency, server.jitter = 0.0, 0.0
+    here = os.getcwd()
+    key = os.environ.get("ROBOFLOW_API_KEY")
+    os.environ["ROBOFLOW_API_KEY"] = bench.VALID_KEY
+    try:
+        setup = bench.Setup(bench.Code("this tree", sys.executable, True), bench.SIZED_MODEL, platform_api.url)
+        cfg = bench.write_config(folder, server, 8, 1.0, setup)
+        for f in photos:
+            shutil.copyfile(f, folder / "inbox" / f.name)
+        os.chdir(folder)
+        daemon = Daemon(cfg)
+        try:
+            while daemon.facts.fetching():
+                time.sleep(0.05)
+            daemon._finish_start_check()
+            watch = daemon.config.watch[0]
+            first, rest = photos[0], photos[1:]
+            daemon.pipeline.take(folder / "inbox" / first.name, watch, 0.0)  # lazy imports: not a file's cost
+            timed(pipeline, "read_and_hash", "read and hash")
+            timed(client, "prepare_image", "preparation")
+            timed(client.RoboflowClient, "_post", "HTTP request")
+            timed(journal_db.SqliteDatabase, "transact", "journal transactions")
+            for name in ("one", "all", "scalar", "read"):
+                timed(journal_db.SqliteDatabase, name, "journal reads")
+            timed(place, "fsync_file", "fsync (file, folders)")
+            timed(place, "fsync_dir", "fsync (file, folders)")
+            t = time.thread_time()
+            for f in rest:
+                daemon.pipeline.take(folder / "inbox" / f.name, watch, 0.0)
+            total = time.thread_time() - t
+        finally:
+            for owner, name, real in reversed(undo):
+                setattr(owner, name, real)
+            daemon._close()
+    finally:
+        os.chdir(here)
+        if key is None:
+            os.environ.pop("ROBOFLOW_API_KEY", None)
+        else:
+            os.environ["ROBOFLOW_API_KEY"] = key
+        server.latency, server.jitter = latency
+        shutil.rmtree(folder, ignore_errors=True)
+    out = {part: seconds / len(rest) for part, seconds in spent.items()}
+    out["everything else (rules, steps, stats, bookkeeping)"] = (total - sum(spent.values())) / len(rest)
+    out["total"] = total / len(rest)
+    return out
+
+
+#: What the figures cannot say by themselves (kept with the block; edited by hand when the code changes).
+NOTES: list[str] = [
+    "What changed for the cold run (issue 23 item 2): the model-facts request no longer holds the start (files are "
+    "found, hashed and journaled while it is on its way; uploads wait for the input size and actions for the check "
+    "of the rules' classes), and a new file is read once, for its hash and its decode. An earlier 5-run measurement "
+    "of the empty-inbox start and exit at load average 5.9 gave 0.68 s against 1.14 s for 4f3940a: under load its "
+    "0.5 s target is missed. Reading a new file once (bench/read_once.py, one thread, 24 photos) measured 45.4 to "
+    "48.2 ms CPU per photo for hash plus preparation against 51.0 to 51.1 ms read twice.",
+    "",
+    "What changed for the daemon (issue 23 item 3): a file is read and prepared one per core at a time (with eight "
+    "workers on two cores all eight decoded at once, so every file of a burst reached the API late and together, "
+    "the first request 0.6 s after the take, and the cores idled while all waited for their answers); a file "
+    "renamed in complete is read and prepared during its 0.25 s look instead of after it (taken at its end only "
+    "if unchanged and nothing was heard of it meanwhile); the HTTP client reads the environment (proxies, CA "
+    "bundle, ~/.netrc) once, not on every upload (3,723 Python calls per upload before, 1,949 after).",
+    "",
+    "Why the two targets are far: during the burst the daemon is CPU-bound on this shared machine (the span times "
+    "the cores it gets equals the files times their CPU), so files/s moves with CPU per file, and turns at the "
+    "cores pay only where cores would idle (the first and last requests; an idle machine). 1.2x the older tree's "
+    "files/s at the same CPU share asks for about 45 ms a file, barely above the preparation alone; what a file "
+    "costs beyond it (the table above) is mostly what the promises need: the SHA-256 that names the content, the "
+    "four journal transactions that make a kill -9 safe (rfwatch/processing/steps.py says why none merges), the "
+    "fsyncs of the move, the upload.",
+]
 
 
 def main() -> int:
@@ -41,7 +154,7 @@ def main() -> int:
     ap.add_argument("--old-python", default=None, help="python of a virtualenv holding the older rfwatch")
     ap.add_argument("--old-label", default="old")
     ap.add_argument("--runs", type=int, default=5, help="repeats of each cold run (median kept)")
-    ap.add_argument("--daemon-runs", type=int, default=3, help="repeats of each daemon run (median kept)")
+    ap.add_argument("--daemon-runs", type=int, default=5, help="repeats of each daemon run (median kept)")
     ap.add_argument("--cold-files", type=int, default=24)
     ap.add_argument("--daemon-files", type=int, default=48)
     ap.add_argument("--latency", type=float, default=0.150)
@@ -89,16 +202,17 @@ def main() -> int:
             )
     floor = bench.cpu_floor(photos[: args.daemon_files], repeat=3)
     prepare = floor["prepare"] / floor["files"]
+    split = cpu_split(photos[: min(args.daemon_files, 25)], server, platform_api, work)
     if args.json:
-        raw = {"empty": empty, "cold": cold, "daemon": daemon, "floor": floor}
+        raw = {"empty": empty, "cold": cold, "daemon": daemon, "floor": floor, "split": split}
         Path(args.json).write_text(json.dumps(raw, indent=1, default=str))
     official = bench.run_official(photos[: args.cold_files], server, work, bench.SIZED_MODEL) if args.official else None
     server.stop()
     platform_api.stop()
 
     load = os.getloadavg()[0]
+    labels = list(setups)
     lines = [
-        BEGIN,
         "## Cold start overlapped with the platform; CPU per file (issue 23 items 2 and 3)",
         "",
         f"Produced by `python bench/overlap.py {' '.join(sys.argv[1:])}` on {dt.date.today()} (Python "
@@ -108,10 +222,10 @@ def main() -> int:
         "round robin between the trees.",
         "",
         "| tree | empty inbox start+exit s | CPU s | cold run, 24 photos s | files/s | x official | daemon 48 "
-        "photos c=8: CPU ms/file | files/s | CPU / preparation |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "photos c=8: CPU ms/file | files/s | p50 s | CPU / preparation |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for label in setups:
+    for label in labels:
         e, c, d = empty[label], cold[label], daemon[label]
         cpu_file = median(d, "cpu")
         ratio = f"{median(c, 'fps') / official['fps']:.1f}x" if official else "n/m"
@@ -119,8 +233,12 @@ def main() -> int:
             f"| {label} | {median(e, 'seconds'):.2f} | {median(e, 'cpu'):.2f} | {median(c, 'seconds'):.2f} | "
             f"{median(c, 'fps'):.2f} | {ratio} | "
             f"{cpu_file * 1000:.0f} | "
-            f"{median(d, 'fps'):.2f} | {cpu_file / prepare:.2f}x |"
+            f"{median(d, 'fps'):.2f} | {median(d, 'p50'):.2f} | {cpu_file / prepare:.2f}x |"
         )
+    runs = "; ".join(
+        f"{label}: " + ", ".join(f"{r['fps']:.1f} files/s at {r['cpu'] * 1000:.0f} ms" for r in daemon[label])
+        for label in labels
+    )
     lines += [
         "",
         (
@@ -129,23 +247,38 @@ def main() -> int:
             else "The official client was not timed in this run (n/m: `--official` needs bench/requirements.txt)."
         )
         + " rfwatch's preparation "
-        f"alone (draft decode, upright, resize, encode; best of 3 passes in one process): {prepare * 1000:.0f} ms "
-        "CPU per 12 MP photo.",
+        f"alone (draft decode, upright, resize, encode; best of 3 passes in one process): {prepare * 1000:.1f} ms "
+        f"CPU per 12 MP photo. Daemon runs in order: {runs}.",
         "",
-        "What changed: the model-facts request no longer holds the start (files are found, hashed and journaled "
-        "while it is on its way; uploads wait for the input size and actions for the check of the rules' "
-        "classes), and a new file is read once, for its hash and its decode.",
-        END,
+        "**What CPU per file counts.** The daemon process's CPU (user and system, every thread) from 0.5 s after "
+        "its journal appears until the last file is in its class folder, over the 48 files: its start-up (about "
+        "0.2 s of CPU, over by then) is not counted; the first file's lazy imports (Pillow's plugins, about 35 ms "
+        "once) are. Measuring from READY would change nothing: the window already opens after it.",
+        "",
+        f"**Where a file's CPU goes**, one thread taking {min(args.daemon_files, 25) - 1} photos in this process "
+        "(the daemon's pipeline called file after file, the API answering at once; the first photo not counted):",
+        "",
+        "| part | ms per file |",
+        "|---|---|",
+        *(f"| {part} | {ms * 1000:.2f} |" for part, ms in split.items() if part != "total"),
+        f"| **total** | **{split['total'] * 1000:.1f}** ({split['total'] / split['preparation']:.2f}x its preparation) |",
     ]
-    text = "\n".join(lines)
-    print(text)
+    if len(labels) == 2:
+        new, old = (daemon[label] for label in labels)
+        cpu_ratio = median(new, "cpu") / prepare
+        fps_ratio = median(new, "fps") / median(old, "fps")
+        start = median(empty[labels[0]], "seconds")
+        lines += [
+            "",
+            f"Against issue 23's targets: empty-inbox start and exit at most 0.5 s: {start:.2f} s "
+            f"(**{'met' if start <= 0.5 else 'missed'}** in this run); daemon CPU per file at most 1.15x the preparation: {cpu_ratio:.2f}x "
+            f"(**{'met' if cpu_ratio <= 1.15 else 'missed'}**); files/s at least 1.2x the older tree's: "
+            f"{fps_ratio:.2f}x (**{'met' if fps_ratio >= 1.2 else 'missed'}**).",
+        ]
+    body = "\n".join(lines + ["", *NOTES])
+    print(body)
     if args.write:
-        doc = REPO / "docs" / "benchmarks.md"
-        old = doc.read_text()
-        if BEGIN in old:
-            head, rest = old.split(BEGIN, 1)
-            old = head.rstrip("\n") + "\n" + rest.split(END, 1)[1].lstrip("\n")
-        doc.write_text(old.rstrip("\n") + "\n\n" + text + "\n")
+        write_section("cold-overlap", body)
     return 0
 
 

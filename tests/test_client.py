@@ -383,3 +383,44 @@ def test_heic_without_the_extra_says_what_to_install(heic_file):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert heic_file.name in out and "pip install 'rfwatch[heif]'" in out
+
+
+def test_a_proxy_from_the_environment_carries_the_uploads_unless_no_proxy_names_the_host(server, red, monkeypatch):
+    """The environment is read once, when the client is made (not for each upload): proxies and no_proxy hold."""
+    import http.server
+    import threading
+    import urllib.request
+
+    seen: list[str] = []
+
+    class Forward(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            seen.append(self.path)  # an absolute URL: the client spoke to us as to a proxy
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            req = urllib.request.Request(self.path, data=body, headers=dict(self.headers), method="POST")
+            with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(req) as answer:
+                data, status = answer.read(), answer.status
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_address[1]}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        with client_for(server) as client:
+            assert client.classify(str(red)).top == "red"
+            monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # after the client was made: not seen by it
+            assert client.classify(str(red)).top == "red"
+        assert len(seen) == 2 and seen[0].startswith(server.url + "/colors/1?")
+        with client_for(server) as client:
+            assert client.classify(str(red)).top == "red"
+        assert len(seen) == 2, "no_proxy names the host: the upload went straight to it"
+    finally:
+        proxy.shutdown()

@@ -496,3 +496,66 @@ def test_a_restart_passes_over_known_files_and_takes_only_the_new_or_changed(tmp
     assert sorted(p.relative_to(inbox).as_posix() for p, _ in takes) == ["a1.jpg", "cam1/new.jpg"]
     assert all(a.outcome == Outcome.UNMATCHED for _, a in takes)
     assert daemon.watcher.known_found == 5
+
+
+def test_files_are_read_and_prepared_one_per_core_while_more_wait_for_the_api(tmp_path, server, monkeypatch):
+    """Workers beyond the cores keep requests in flight; the decoding itself takes turns, one file per core."""
+    import threading
+
+    import rfwatch.processing.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "usable_cores", lambda: 2)
+    cfg = write_config(tmp_path, server, concurrency=6, settle=0.1)
+    for n in range(12):
+        (tmp_path / "inbox" / f"red-{n}.jpg").write_bytes(unique_jpeg(RED, 700 + n))
+    running = DaemonThread(cfg)
+    client = running.daemon.runtime.client
+    real_prepare = client.prepare
+    lock, now, most = threading.Lock(), [0], [0]
+
+    def counting_prepare(*args, **kw):
+        with lock:
+            now[0] += 1
+            most[0] = max(most[0], now[0])
+        try:
+            time.sleep(0.05)  # long enough for the other workers to reach their decode
+            return real_prepare(*args, **kw)
+        finally:
+            with lock:
+                now[0] -= 1
+
+    monkeypatch.setattr(client, "prepare", counting_prepare)
+    with running:
+        wait_for(lambda: len(files_under(tmp_path / "sorted")) == 12, what="twelve sorted files")
+    assert 1 <= most[0] <= 2, f"{most[0]} files were prepared at once on 2 cores"
+
+
+def test_a_file_heard_of_after_its_early_hand_off_is_given_back_not_taken(tmp_path, server):
+    """A file renamed in complete is handed on before it has been watched MIN_OBSERVATION long; an event heard
+    for it in that time (a write queued late) keeps its worker from taking it: nothing is journaled or sent."""
+    from rfwatch.service.daemon import Daemon
+    from rfwatch.states import Outcome
+
+    cfg = write_config(tmp_path, server, settle=1.0)
+    path = tmp_path / "inbox" / "a.jpg"
+    path.write_bytes(unique_jpeg(RED, 600))
+    hour_ago = time.time() - 3600
+    os.utime(path, (hour_ago, hour_ago))
+    daemon = Daemon(cfg)  # never run: the test is the settle loop and the worker
+    try:
+        wait_for(lambda: not daemon.facts.fetching(), what="the platform asked about the model")
+        watch = daemon.config.watch[0]
+        settler = daemon.watcher.settler
+        settler.offer(path, watch, polling=False)
+        wait_for(lambda: settler.tick() == 0, what="the early hand-off")
+        job = daemon.queue.get_nowait()
+        assert job.settled_at > time.monotonic(), "handed on once settled: the case was not staged"
+        settler.offer(path, watch, writing=True)  # the write event, heard after the hand-off
+        attempt = daemon.pipeline.take(job.path, job.watch, job.settled_at)
+        assert attempt.outcome == Outcome.CHANGING
+        assert server.inference_requests() == [], "sent although an event was heard before it settled"
+        db = sqlite3.connect(tmp_path / "state" / "journal.db")
+        assert db.execute("SELECT COUNT(*) FROM files").fetchone()[0] == 0, "journaled although it was heard of"
+        assert len(settler) == 1, "watched again"
+    finally:
+        daemon._close()

@@ -68,12 +68,15 @@ def test_polling_counts_only_the_time_rfwatch_watched_the_file(tmp_path):
     h.settler.offer(local, WatchConfig(path=tmp_path, settle=settle, polling=False))
 
     # Local: the mtime is trusted, so it has been quiet for an hour; it is only watched MIN_OBSERVATION
-    # long, so that the events already queued for it are seen first, and it is settled when handed on.
-    h.run_until(t0 + MIN_OBSERVATION - STEP)
-    assert h.handed_on(local) is None, "taken before every queued event for it could be seen"
+    # long, so that the events already queued for it are seen first. It is handed on EARLY_LEAD before (to be
+    # read meanwhile), due to settle once watched MIN_OBSERVATION long: an event heard until then is remembered.
+    h.run_until(t0 + MIN_OBSERVATION - EARLY_LEAD - STEP)
+    assert h.handed_on(local) is None, "handed on before every queued event for it could be seen"
     h.run_until(t0 + MIN_OBSERVATION)
     handed, settled_at = h.handed_on(local)
-    assert handed == pytest.approx(t0 + MIN_OBSERVATION) and settled_at == pytest.approx(handed)
+    assert handed == pytest.approx(t0 + MIN_OBSERVATION - EARLY_LEAD)
+    assert settled_at == pytest.approx(t0 + MIN_OBSERVATION), "due to settle before every queued event was seen"
+    assert h.settler.heard_since_handed_on(local) is False
 
     # Polling: only the time rfwatch watched it counts. It is handed on EARLY_LEAD before `settle` seconds of
     # observation (to prepare its upload), with the promise that it will have settled after all `settle` seconds.
@@ -180,3 +183,22 @@ def test_an_excluded_folder_name_keeps_its_files_out(tmp_path):
         assert hidden not in ready and thumb not in ready, ready
     finally:
         watcher.stop()
+
+
+def test_an_event_heard_for_a_file_handed_on_early_is_remembered_for_its_worker(tmp_path):
+    """Handed on before it settled, a file is taken only if nothing was heard of it until it did: an event in
+    that time (a write or a close queued late) makes its worker give it back to settle again."""
+    h = Harness()
+    old = time.time() - HOUR
+    quiet, written = _file(tmp_path, "quiet.jpg", mtime=old), _file(tmp_path, "written.jpg", mtime=old)
+    watch = WatchConfig(path=tmp_path, settle=2.0, polling=False)
+    t0 = h.clock.now
+    h.settler.offer(quiet, watch)
+    h.settler.offer(written, watch)
+    h.run_until(t0 + MIN_OBSERVATION - EARLY_LEAD)
+    assert h.handed_on(quiet) and h.handed_on(written)
+    h.settler.offer(written, watch, writing=True)  # a write event, delivered after the hand-off
+    assert h.settler.heard_since_handed_on(quiet) is False
+    assert h.settler.heard_since_handed_on(written) is True
+    assert h.settler.heard_since_handed_on(written) is False, "asked once, by its one worker"
+    assert len(h.settler) == 1, "the written file is watched again"

@@ -91,6 +91,14 @@ class Attempt:
     detail: str = ""
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a container or taskset may allow fewer than exist)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 class RateLimiter:
     """At most ``rate`` calls per second across all workers (0 = unlimited)."""
 
@@ -124,6 +132,11 @@ class Pipeline:
         self._active_paths: set[Path] = set()
         self._active_ids: set[int] = set()
         self._inflight: dict[tuple[str, str], threading.Event] = {}
+        #: Reading, hashing and preparing a picture keep a core busy: at most one file per core does so at a time.
+        #: With more workers than cores (they exist to keep requests in flight), all of them decoding at once
+        #: would only share the cores out: every file would reach the API late and together, its cores idle while
+        #: all wait for their answers. In turns, the first files are sent while the next are decoded.
+        self._cores = threading.BoundedSemaphore(usable_cores())
         #: Called with the seconds a successful API call took (the daemon reopens its gate, records metrics).
         self.on_api_answer: Callable[[float], None] | None = None
         #: Called before a file's actions (or its move into failed:, with None: it waits then) and may raise to keep
@@ -133,6 +146,9 @@ class Pipeline:
         #: Whether an upload can be sized now without waiting (False while the model's facts are on their way: a
         #: file still settling is then journaled first and prepared once the size is known).
         self.can_size_now: Callable[[], bool] = lambda: True
+        #: Whether an event was heard for a file handed on before it settled, until it did (see watcher.Settler): it
+        #: is then given back to settle again, not taken.
+        self.heard_since_handed_on: Callable[[Path], bool] = lambda path: False
 
     # --- taking a new file -------------------------------------------------------
 
@@ -180,7 +196,8 @@ class Pipeline:
             file_log.info("%s: ignored by a plugin", path)
             return Attempt(Outcome.SKIPPED, detail="ignored by plugin")
         try:
-            content, sha = read_and_hash(path, st.st_size)  # the bytes hashed are the bytes decoded (one read)
+            with self._cores:
+                content, sha = read_and_hash(path, st.st_size)  # the bytes hashed are the bytes decoded (one read)
             after = os.stat(path)
         except FileNotFoundError:
             file_log.info("%s: vanished while being read; nothing to do", path)
@@ -199,7 +216,7 @@ class Pipeline:
             except OSError:
                 file_log.info("%s: vanished before it settled; nothing to do", path)
                 return Attempt(Outcome.SKIPPED, detail="vanished")
-        if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+        if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or self.heard_since_handed_on(path):
             file_log.info("%s: still changing; will be taken once it settles", path)
             return Attempt(Outcome.CHANGING)
         with self._lock:  # taken and marked busy at once: a look at the journal must not queue it too
@@ -224,7 +241,8 @@ class Pipeline:
 
     def _prepare_early(self, source: bytes | Path, path: Path, model: str) -> PreparedImage | None:
         try:
-            return self.runtime.client.prepare(source if isinstance(source, bytes) else str(path), model, str(path))
+            with self._cores:
+                return self.runtime.client.prepare(source if isinstance(source, bytes) else str(path), model, str(path))
         except ImageError:
             return None  # reported properly once the file has settled
 
@@ -346,15 +364,15 @@ class Pipeline:
     def _call_api(self, row: FileRow, prepared: Upload | None) -> Prediction | None:
         """The API's answer for the file; None (attempt journaled) when this image is the problem."""
         self.limiter.acquire()
-        started = time.monotonic()
         try:
             client = self.runtime.client
-            if isinstance(prepared, bytes):  # the content read when the file was taken: decoded, not read again
-                prepared = client.prepare(prepared, row.model, str(row.path))
-            if prepared is not None:
-                prediction = client.classify_prepared(prepared, str(row.path), model=row.model)
-            else:
-                prediction = client.classify_file(str(row.path), model=row.model)
+            if not isinstance(prepared, PreparedImage):
+                # The content read when the file was taken is decoded, not read again (None: read it now).
+                with self._cores:
+                    source = prepared if prepared is not None else str(row.path)
+                    prepared = client.prepare(source, row.model, str(row.path))
+            started = time.monotonic()  # the API's time alone (a turn waited for a core is not the API's)
+            prediction = client.classify_prepared(prepared, str(row.path), model=row.model)
         except (ImageError, ResponseFormatError) as exc:
             self.journal.files.attempt_failed(row.id, _reason(exc, row.path))
             return None

@@ -18,6 +18,7 @@ import base64
 import dataclasses
 import email.utils
 import logging
+import os
 import random
 import re
 import time
@@ -208,6 +209,7 @@ class RoboflowClient:
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
         self._session.headers["User-Agent"] = "rfwatch/0.1"
+        _read_environment_once(self._session, self.api_url)
 
     def __repr__(self) -> str:  # the dataclass repr would print the key
         return f"RoboflowClient(model={self.model}, api_url={self.api_url!r})"
@@ -339,6 +341,20 @@ class RoboflowClient:
         error = _error_for(resp.status_code, where, model, _server_message(resp))
         error.retry_after = _retry_after(resp.headers.get("Retry-After"))  # type: ignore[attr-defined]
         raise error
+
+
+def _read_environment_once(session: requests.Session, url: str) -> None:
+    """What requests takes from the environment for ``url`` (proxies and no_proxy, the CA bundle, ~/.netrc), read
+    now, for the one host the session talks to. Left to requests, every upload reads every environment variable
+    again (a fifth of the client's CPU per request); a proxy set after start is not seen, as with any setting."""
+    session.proxies.update(requests.utils.get_environ_proxies(url))
+    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    if bundle:
+        session.verify = bundle
+    netrc = requests.utils.get_netrc_auth(url)
+    if netrc:
+        session.auth = netrc
+    session.trust_env = False
 
 
 #: Response headers worth keeping for Roboflow support (request ids, processing time, engine), when present.

@@ -201,6 +201,7 @@ class Daemon:
         self.watcher = FolderWatcher(
             self.config.watch, self._enqueue_path, was_taken=self._was_taken, known=self.journal.files.known_in
         )
+        self.pipeline.heard_since_handed_on = self.watcher.settler.heard_since_handed_on
         self.metrics = start_metrics(
             self.config.metrics_listen,
             self.queued,

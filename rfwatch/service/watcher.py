@@ -158,15 +158,21 @@ class _Pending:
     def quiet(self, now: float, wall: float) -> float:
         return max(now - self.since, mtime_quiet(self.polling, self.mtime, wall))
 
-    def wait(self, now: float, wall: float) -> float:
-        """Seconds until it may be handed on if nothing changes meanwhile; 0 means now."""
+    def settles_in(self, now: float, wall: float) -> float:
+        """Seconds until it has settled if nothing changes meanwhile: quiet for ``settle`` seconds and, where
+        events are heard (not polled), watched for MIN_OBSERVATION; 0 means settled."""
         settle = self.watch.settle
-        observed = now - self.since
-        wait = settle - min(EARLY_LEAD, settle / 2) - self.quiet(now, wall)
+        left = settle - self.quiet(now, wall)
         if not self.polling:
-            wait = max(wait, min(MIN_OBSERVATION, settle) - observed)
+            left = max(left, min(MIN_OBSERVATION, settle) - (now - self.since))
+        return max(0.0, left)
+
+    def wait(self, now: float, wall: float) -> float:
+        """Seconds until it may be handed on if nothing changes meanwhile (EARLY_LEAD before it settles); 0: now."""
+        settle = self.watch.settle
+        wait = self.settles_in(now, wall) - min(EARLY_LEAD, settle / 2)
         if self.writing:
-            wait = max(wait, max(OPEN_WRITE_GRACE, settle) - observed)
+            wait = max(wait, max(OPEN_WRITE_GRACE, settle) - (now - self.since))
         return max(0.0, wait)
 
 
@@ -176,6 +182,11 @@ class Settler:
     Each pending file is looked at (one stat) only when it could be due, not on every tick:
     changes in between arrive as events and reschedule it. A burst of thousands of files
     therefore costs thousands of stats, not thousands per tick.
+
+    A file is handed on EARLY_LEAD before it settles (its worker reads and prepares it meanwhile); an event
+    heard for it in that time is remembered, and its worker, asking :meth:`heard_since_handed_on` once the
+    time is up, gives it back instead of taking it: a file handed on early is taken only if it has settled
+    exactly as one handed on late would have.
     """
 
     def __init__(
@@ -195,6 +206,9 @@ class Settler:
         self._due: list[tuple[float, int, Path]] = []  # a heap; entries whose time is not p.due are stale
         self._seq = itertools.count()
         self._lock = threading.Lock()
+        #: Files handed on before they settled: (when they settle, whether an event was heard for one since).
+        self._early: dict[Path, tuple[float, bool]] = {}
+        self._next_forget = 0.0
 
     def __len__(self) -> int:
         with self._lock:
@@ -228,6 +242,9 @@ class Settler:
         if polling is None:
             polling = self.polls(path, watch)
         with self._lock:
+            early = self._early.get(path)
+            if early is not None:
+                self._early[path] = (early[0], True)
             p = self._pending.get(path)
             if p is None:
                 p = self._pending[path] = _Pending(watch, polling, st.st_size, st.st_mtime_ns, now, st.st_mtime)
@@ -261,11 +278,26 @@ class Settler:
                     self._schedule(path, p, now + wait)
                     continue
                 del self._pending[path]
-            ready.append((path, p.watch, now + max(0.0, p.watch.settle - p.quiet(now, wall))))
+                settled_at = now + p.settles_in(now, wall)
+                if settled_at > now:
+                    self._early[path] = (settled_at, False)
+            ready.append((path, p.watch, settled_at))
+        with self._lock:
+            if now >= self._next_forget:  # a file its worker never asked about (it vanished, it was known) is forgotten
+                self._next_forget = now + OPEN_WRITE_GRACE
+                for path in [p for p, (at, _) in self._early.items() if at < now - OPEN_WRITE_GRACE]:
+                    del self._early[path]
         for path, watch, settled_at in ready:
             self.ready(path, watch, settled_at)
         with self._lock:
             return len(self._pending)
+
+    def heard_since_handed_on(self, path: Path) -> bool:
+        """Whether an event came for a file handed on before it settled, in the time it took to settle (asked once,
+        by its worker, when that time is up). False for a file handed on once settled: nothing was left to hear."""
+        with self._lock:
+            early = self._early.pop(path, None)
+        return early is not None and early[1]
 
 
 class Plans:
