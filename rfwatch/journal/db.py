@@ -98,22 +98,38 @@ class Tx:
         self.dialect = db.dialect
         self._notify = False
 
+    def _execute(self, sql: str, args: tuple | list) -> Any:
+        """Execute; the cursor that holds the statement's answer."""
+        self._cursor.execute(self.db.sql(sql), tuple(args))
+        return self._cursor
+
     def run(self, sql: str, args: tuple | list = ()) -> int:
         """Execute; return the number of rows changed."""
-        self._cursor.execute(self.db.sql(sql), tuple(args))
-        return self._cursor.rowcount
+        return self._execute(sql, args).rowcount
+
+    def send(self, sql: str, args: tuple | list = ()) -> None:
+        """Execute a statement whose answer the caller does not need. On PostgreSQL it goes on without waiting
+        for the server (an error in it is raised by the next statement that waits for an answer, or by the
+        commit): use :meth:`run` where the rowcount, or an error at this very statement, matters."""
+        self._execute(sql, args)
+
+    def check(self, sql: str, args: tuple | list, error: Callable[[], Exception]) -> None:
+        """Execute a statement that must change a row (a claim check); raise ``error()`` if it changed none.
+
+        On PostgreSQL it goes on without waiting, like :meth:`send`; ``error()`` is raised at the latest before
+        the transaction commits, so statements sent after it may run first, and are rolled back with it."""
+        if not self.run(sql, args):
+            raise error()
 
     def many(self, sql: str, rows: list[tuple]) -> None:
         if rows:
             self._cursor.executemany(self.db.sql(sql), rows)
 
     def one(self, sql: str, args: tuple | list = ()) -> Mapping[str, Any] | None:
-        self._cursor.execute(self.db.sql(sql), tuple(args))
-        return self._cursor.fetchone()
+        return self._execute(sql, args).fetchone()
 
     def all(self, sql: str, args: tuple | list = ()) -> list[Mapping[str, Any]]:
-        self._cursor.execute(self.db.sql(sql), tuple(args))
-        return self._cursor.fetchall()
+        return self._execute(sql, args).fetchall()
 
     def scalar(self, sql: str, args: tuple | list = ()) -> Any:
         row = self.one(sql, args)
@@ -366,11 +382,14 @@ class PostgresDatabase(Database):
 
         with self._connection() as conn:
             try:
-                with conn.transaction(), conn.cursor() as cur:
-                    tx = Tx(cur, self)
-                    yield tx
-                    if tx._notify:
-                        cur.execute(f"NOTIFY {self.CHANNEL}")
+                try:
+                    with conn.pipeline() as pipeline:
+                        tx = _PipelinedTx(conn, pipeline, self)
+                        yield tx
+                        tx.commit()
+                except BaseException:
+                    _roll_back(conn)
+                    raise
             except (errors.SerializationFailure, errors.DeadlockDetected):
                 raise _Retryable() from None
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
@@ -398,6 +417,84 @@ class PostgresDatabase(Database):
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+
+
+class _PipelinedTx(Tx):
+    """A PostgreSQL transaction in pipeline mode: BEGIN, and every statement whose answer is not needed yet
+    (:meth:`~Tx.send`, :meth:`~Tx.check`), go to the server without waiting for it; a statement whose answer is
+    needed (``run``, ``one``, ``all``) waits once for the answers to all of them. A transition of a claim check
+    and a few inserts is then two round trips (its statements, then COMMIT) instead of one per statement and two
+    more for BEGIN and COMMIT.
+
+    Each statement that is answered gets a cursor of its own: a shared cursor would hold whichever answer came
+    in last.
+    """
+
+    def __init__(self, conn: Any, pipeline: Any, db: Database):
+        super().__init__(conn.cursor(), db)
+        self._conn = conn
+        self._pipeline = pipeline
+        self._checks: list[tuple[Any, Callable[[], Exception]]] = []
+        self._cursor.execute("BEGIN")
+
+    def _execute(self, sql: str, args: tuple | list) -> Any:
+        cur = self._conn.cursor()
+        cur.execute(self.db.sql(sql), tuple(args))
+        return cur
+
+    def send(self, sql: str, args: tuple | list = ()) -> None:
+        self._cursor.execute(self.db.sql(sql), tuple(args))
+
+    def check(self, sql: str, args: tuple | list, error: Callable[[], Exception]) -> None:
+        self._checks.append((self._execute(sql, args), error))
+
+    def run(self, sql: str, args: tuple | list = ()) -> int:
+        cur = self._execute(sql, args)
+        self._settle()
+        return cur.rowcount
+
+    def one(self, sql: str, args: tuple | list = ()) -> Mapping[str, Any] | None:
+        cur = self._execute(sql, args)
+        self._settle()
+        return cur.fetchone()
+
+    def all(self, sql: str, args: tuple | list = ()) -> list[Mapping[str, Any]]:
+        cur = self._execute(sql, args)
+        self._settle()
+        return cur.fetchall()
+
+    def _settle(self) -> None:
+        """Wait for the answer to every statement sent; raise the error of a check that changed no row (before
+        an error of a statement after it: a claim lost is why such a statement failed)."""
+        try:
+            self._pipeline.sync()
+        finally:
+            checks, self._checks = self._checks, []
+            for cur, error in checks:
+                if cur.pgresult is not None and cur.rowcount == 0:
+                    raise error()
+
+    def commit(self) -> None:
+        """Send COMMIT after every check has passed; the pipeline's end waits for its answer (a statement that
+        failed before it makes the server skip it: the transaction is then rolled back)."""
+        if self._notify:
+            self.send(f"NOTIFY {PostgresDatabase.CHANNEL}")
+        if self._checks:
+            self._settle()  # only once every check has passed may the transaction commit
+        self._cursor.execute("COMMIT")
+
+
+def _roll_back(conn: Any) -> None:
+    """End a transaction that failed half way (the pipeline is over: ROLLBACK waits for its answer)."""
+    import psycopg
+    from psycopg.pq import TransactionStatus
+
+    if conn.closed or conn.info.transaction_status not in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+        return
+    try:
+        conn.execute("ROLLBACK")
+    except psycopg.Error:
+        conn.close()  # a connection in an unknown state is not given back to the pool
 
 
 def _pg_reason(exc: Exception) -> str:
