@@ -17,6 +17,7 @@ the Roboflow API is down; nothing is failed because of it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -114,10 +115,11 @@ class Tx:
         self._execute(sql, args)
 
     def check(self, sql: str, args: tuple | list, error: Callable[[], Exception]) -> None:
-        """Execute a statement that must change a row (a claim check); raise ``error()`` if it changed none.
+        """Execute a statement that must change a row (a claim check: an UPDATE, DELETE or INSERT without
+        RETURNING); raise ``error()`` if it changed none, and roll the transaction back.
 
-        On PostgreSQL it goes on without waiting, like :meth:`send`; ``error()`` is raised at the latest before
-        the transaction commits, so statements sent after it may run first, and are rolled back with it."""
+        On PostgreSQL it goes on without waiting, like :meth:`send`, and ``error()`` is raised by the next
+        statement that waits for an answer, or by the commit; the statements sent after it are not run."""
         if not self.run(sql, args):
             raise error()
 
@@ -381,15 +383,25 @@ class PostgresDatabase(Database):
         from psycopg import errors
 
         with self._connection() as conn:
+            tx: _PipelinedTx | None = None
             try:
                 try:
                     with conn.pipeline() as pipeline:
                         tx = _PipelinedTx(conn, pipeline, self)
-                        yield tx
-                        tx.commit()
+                        try:
+                            yield tx
+                            tx.commit()
+                        except BaseException:
+                            tx.drain()
+                            raise
                 except BaseException:
-                    _roll_back(conn)
+                    # Not ROLLBACK: psycopg counts a statement as prepared once it has sent the PREPARE, and the
+                    # server skips what follows a failed statement in a pipeline, so the connection's prepared
+                    # statements may no longer be what psycopg thinks. Closing it rolls the transaction back.
+                    conn.close()
                     raise
+            except errors.DivisionByZero as exc:  # a check that changed no row (see _PipelinedTx)
+                raise (tx.failed_check(exc) if tx is not None else exc) from None
             except (errors.SerializationFailure, errors.DeadlockDetected):
                 raise _Retryable() from None
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
@@ -420,11 +432,17 @@ class PostgresDatabase(Database):
 
 
 class _PipelinedTx(Tx):
-    """A PostgreSQL transaction in pipeline mode: BEGIN, and every statement whose answer is not needed yet
-    (:meth:`~Tx.send`, :meth:`~Tx.check`), go to the server without waiting for it; a statement whose answer is
-    needed (``run``, ``one``, ``all``) waits once for the answers to all of them. A transition of a claim check
-    and a few inserts is then two round trips (its statements, then COMMIT) instead of one per statement and two
+    """A PostgreSQL transaction in pipeline mode: BEGIN, the statements whose answer is not needed yet
+    (:meth:`~Tx.send`, :meth:`~Tx.check`) and COMMIT go to the server without waiting for each answer; a
+    statement whose answer is needed (``run``, ``one``, ``all``) waits once for the answers to all of them. A
+    transition of a claim check and a few inserts is then one round trip instead of one per statement and two
     more for BEGIN and COMMIT.
+
+    A check cannot be verified by the client before COMMIT is sent, so the server verifies it: the statement
+    becomes ``WITH changed AS (<statement> RETURNING 1) SELECT 1 / COUNT(*) FROM changed``, which fails (a
+    division by zero: PostgreSQL has no RAISE outside PL/pgSQL, and a function would be schema) when it changed
+    no row. A failed statement makes the server skip the rest of the pipeline, COMMIT included; the transaction
+    is rolled back and the failed check's own error raised.
 
     Each statement that is answered gets a cursor of its own: a shared cursor would hold whichever answer came
     in last.
@@ -446,55 +464,46 @@ class _PipelinedTx(Tx):
         self._cursor.execute(self.db.sql(sql), tuple(args))
 
     def check(self, sql: str, args: tuple | list, error: Callable[[], Exception]) -> None:
-        self._checks.append((self._execute(sql, args), error))
+        self._checks.append(
+            (self._execute(f"WITH changed AS ({sql} RETURNING 1) SELECT 1 / COUNT(*) FROM changed", args), error)
+        )
 
     def run(self, sql: str, args: tuple | list = ()) -> int:
         cur = self._execute(sql, args)
-        self._settle()
+        self._pipeline.sync()
         return cur.rowcount
 
     def one(self, sql: str, args: tuple | list = ()) -> Mapping[str, Any] | None:
         cur = self._execute(sql, args)
-        self._settle()
+        self._pipeline.sync()
         return cur.fetchone()
 
     def all(self, sql: str, args: tuple | list = ()) -> list[Mapping[str, Any]]:
         cur = self._execute(sql, args)
-        self._settle()
+        self._pipeline.sync()
         return cur.fetchall()
 
-    def _settle(self) -> None:
-        """Wait for the answer to every statement sent; raise the error of a check that changed no row (before
-        an error of a statement after it: a claim lost is why such a statement failed)."""
-        try:
-            self._pipeline.sync()
-        finally:
-            checks, self._checks = self._checks, []
-            for cur, error in checks:
-                if cur.pgresult is not None and cur.rowcount == 0:
-                    raise error()
-
     def commit(self) -> None:
-        """Send COMMIT after every check has passed; the pipeline's end waits for its answer (a statement that
-        failed before it makes the server skip it: the transaction is then rolled back)."""
+        """Send COMMIT; the pipeline's end waits for its answer."""
         if self._notify:
             self.send(f"NOTIFY {PostgresDatabase.CHANNEL}")
-        if self._checks:
-            self._settle()  # only once every check has passed may the transaction commit
         self._cursor.execute("COMMIT")
 
+    def drain(self) -> None:
+        """After a failure: take in whatever answers are still to come (a statement after a failed one is only
+        answered "skipped"), so that the pipeline ends quietly; the failure itself is being raised already."""
+        import psycopg
 
-def _roll_back(conn: Any) -> None:
-    """End a transaction that failed half way (the pipeline is over: ROLLBACK waits for its answer)."""
-    import psycopg
-    from psycopg.pq import TransactionStatus
+        with contextlib.suppress(psycopg.Error):
+            self._pipeline.sync()
 
-    if conn.closed or conn.info.transaction_status not in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
-        return
-    try:
-        conn.execute("ROLLBACK")
-    except psycopg.Error:
-        conn.close()  # a connection in an unknown state is not given back to the pool
+    def failed_check(self, exc: Exception) -> Exception:
+        """The error to raise for a division by zero: the first check that has no answer is the one that failed
+        (the server answered every statement before it, and none after it)."""
+        for cur, error in self._checks:
+            if cur.pgresult is None:
+                return error()
+        return exc
 
 
 def _pg_reason(exc: Exception) -> str:
