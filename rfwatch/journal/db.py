@@ -499,7 +499,8 @@ class _PipelinedTx(Tx):
 
     def failed_check(self, exc: Exception) -> Exception:
         """The error to raise for a division by zero: the first check that has no answer is the one that failed
-        (the server answered every statement before it, and none after it)."""
+        (the server answered every statement before it, and none after it; no other statement of the journal
+        divides)."""
         for cur, error in self._checks:
             if cur.pgresult is None:
                 return error()
