@@ -34,7 +34,8 @@ import run as bench  # noqa: E402
 
 
 def tree_cpu(root_pid: int) -> float:
-    """CPU seconds of a process and its live children (a PostgreSQL server: postmaster and backends)."""
+    """CPU seconds of a process, its live children and those it has reaped (a PostgreSQL server: postmaster and
+    backends, also those whose connection has closed)."""
     total = 0.0
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -43,7 +44,9 @@ def tree_cpu(root_pid: int) -> float:
             fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(entry) == root_pid or int(fields[1]) == root_pid:
+        if int(entry) == root_pid:
+            total += sum(int(f) for f in fields[11:15]) / bench.CLK_TCK
+        elif int(fields[1]) == root_pid:
             total += (int(fields[11]) + int(fields[12])) / bench.CLK_TCK
     return total
 

@@ -28,6 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "bench"))
 
 
 def sort_by_one_move(journal, fid: int, target: Path, move=None) -> bool:
@@ -125,7 +126,8 @@ def _worker_process(url: str, host: str, share: str, names: list[str], threads: 
     journal.close()
 
 
-def run(url: str, files: int, processes: int, threads: int) -> dict:
+def run(url: str, files: int, processes: int, threads: int, server_cpu=None) -> dict:
+    """``server_cpu``: a function giving the database server's CPU seconds so far (PostgreSQL), or None."""
     names = [f"cam{n % 50:02}/IMG_{n:07}.jpg" for n in range(files)]
     with tempfile.TemporaryDirectory(prefix="rfwatch-bench-share-") as share:
         for cam in {n.split("/")[0] for n in names}:
@@ -142,10 +144,12 @@ def run(url: str, files: int, processes: int, threads: int) -> dict:
         for p in procs:
             p.start()
         time.sleep(2.0)  # every process connected and registered
+        server_cpu0 = server_cpu() if server_cpu else 0.0
         began = time.perf_counter()
         start.set()
         results = [out.get(timeout=3600) for _ in procs]
         wall = time.perf_counter() - began
+        server_cpu_s = (server_cpu() - server_cpu0) if server_cpu else None
         for p in procs:
             p.join()
         left = sum(1 for _ in (Path(share) / "inbox").rglob("*.jpg"))
@@ -171,6 +175,8 @@ def run(url: str, files: int, processes: int, threads: int) -> dict:
         "sorted_on_disk": sorted_,
         "per_process": {r["host"]: len(r["worked"]) for r in results},
         "client_cpu_s": sum(r["cpu"] for r in results),
+        "server_cpu_s": server_cpu_s,
+        "load_average": os.getloadavg(),
     }
 
 
@@ -188,10 +194,12 @@ def main() -> int:
             figures["sqlite"] = run(os.path.join(tmp, "journal.db"), args.files, args.processes, args.threads)
     if args.backend in ("postgresql", "both"):
         import pg
+        from hosts import postmaster_pid, tree_cpu
 
         cluster = pg.Cluster(pg.find_bin()).start()
         try:
-            figures["postgresql"] = run(cluster.new_database(), args.files, args.processes, args.threads)
+            server = functools.partial(tree_cpu, postmaster_pid(cluster))
+            figures["postgresql"] = run(cluster.new_database(), args.files, args.processes, args.threads, server)
         finally:
             cluster.destroy()
     for backend, f in figures.items():
@@ -201,7 +209,13 @@ def main() -> int:
             f"false failures {f['false_failures']}, worked {f['worked']} ({f['per_process']}), "
             f"done in the journal {f['done_in_journal']}, sorted on disk {f['sorted_on_disk']}, "
             f"left in the inbox {f['left_in_inbox']}, "
-            f"client CPU {f['client_cpu_s']:.1f} s"
+            f"client CPU {f['client_cpu_s']:.1f} s ({1000 * f['client_cpu_s'] / f['files']:.2f} ms/file)"
+            + (
+                f", server CPU {f['server_cpu_s']:.1f} s ({1000 * f['server_cpu_s'] / f['files']:.2f} ms/file)"
+                if f["server_cpu_s"] is not None
+                else ""
+            )
+            + f", load average {' '.join(f'{x:.2f}' for x in f['load_average'])}"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))

@@ -358,6 +358,50 @@ def test_a_transaction_the_database_rolls_back_is_run_again(request):
         b.close()
 
 
+class _Lost(Exception):
+    pass
+
+
+def test_a_failed_check_or_statement_commits_nothing_of_its_transaction(a):
+    """On PostgreSQL a transaction's statements and checks go to the server without waiting for each answer
+    (pipeline mode) and COMMIT goes with them: a check that changed no row, or a statement that failed, must
+    still roll all of it back, statements before and after it included, and leave the connection fit for the
+    next transaction."""
+    count = "SELECT COUNT(*) FROM meta WHERE key LIKE 't-%'"
+    insert = "INSERT INTO meta (key, value) VALUES (?, ?)"
+    missing = ("UPDATE meta SET value=? WHERE key=?", ("x", "no such key"), _Lost)
+
+    def check_between(tx):
+        tx.send(insert, ("t-before", "1"))
+        tx.check(*missing)
+        tx.send(insert, ("t-after", "1"))
+
+    def check_then_wait(tx):
+        tx.check(*missing)
+        tx.run("UPDATE meta SET value=value WHERE key=?", ("t-none",))  # waits: the failed check is raised here
+        tx.send(insert, ("t-late", "1"))
+
+    def duplicate(tx):
+        tx.send(insert, ("t-dup", "1"))
+        tx.send(insert, ("t-dup", "2"))  # the primary key refuses it
+
+    for _ in range(3):  # more times than the pool has connections, each given back after a failure
+        for fn in (check_between, check_then_wait):
+            with pytest.raises(_Lost):
+                a.db.transact(fn)
+        with pytest.raises(Exception, match="(?i)unique|duplicate"):
+            a.db.transact(duplicate)
+        assert a.db.scalar(count) == 0
+
+    def passing(tx):
+        tx.send(insert, ("t-ok", "1"))
+        tx.check("UPDATE meta SET value=? WHERE key=?", ("2", "t-ok"), _Lost)
+        return tx.scalar("SELECT value FROM meta WHERE key=?", ("t-ok",))
+
+    assert a.db.transact(passing) == "2"
+    assert a.db.scalar("SELECT value FROM meta WHERE key='t-ok'") == "2" and a.db.scalar(count) == 1
+
+
 def test_a_copy_keeps_the_journal_id_and_pending_deliveries(tmp_path, journal_url):
     """rfwatch journal copy into an empty database: the journal id, the files and the pending deliveries (same
     ids, no lease) carry over; a second copy copies nothing twice."""

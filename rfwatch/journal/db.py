@@ -17,6 +17,7 @@ the Roboflow API is down; nothing is failed because of it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -98,22 +99,39 @@ class Tx:
         self.dialect = db.dialect
         self._notify = False
 
+    def _execute(self, sql: str, args: tuple | list) -> Any:
+        """Execute; the cursor that holds the statement's answer."""
+        self._cursor.execute(self.db.sql(sql), tuple(args))
+        return self._cursor
+
     def run(self, sql: str, args: tuple | list = ()) -> int:
         """Execute; return the number of rows changed."""
-        self._cursor.execute(self.db.sql(sql), tuple(args))
-        return self._cursor.rowcount
+        return self._execute(sql, args).rowcount
+
+    def send(self, sql: str, args: tuple | list = ()) -> None:
+        """Execute a statement whose answer the caller does not need. On PostgreSQL it goes on without waiting
+        for the server (an error in it is raised by the next statement that waits for an answer, or by the
+        commit): use :meth:`run` where the rowcount, or an error at this very statement, matters."""
+        self._execute(sql, args)
+
+    def check(self, sql: str, args: tuple | list, error: Callable[[], Exception]) -> None:
+        """Execute a statement that must change a row (a claim check: an UPDATE, DELETE or INSERT without
+        RETURNING); raise ``error()`` if it changed none, and roll the transaction back.
+
+        On PostgreSQL it goes on without waiting, like :meth:`send`, and ``error()`` is raised by the next
+        statement that waits for an answer, or by the commit; the statements sent after it are not run."""
+        if not self.run(sql, args):
+            raise error()
 
     def many(self, sql: str, rows: list[tuple]) -> None:
         if rows:
             self._cursor.executemany(self.db.sql(sql), rows)
 
     def one(self, sql: str, args: tuple | list = ()) -> Mapping[str, Any] | None:
-        self._cursor.execute(self.db.sql(sql), tuple(args))
-        return self._cursor.fetchone()
+        return self._execute(sql, args).fetchone()
 
     def all(self, sql: str, args: tuple | list = ()) -> list[Mapping[str, Any]]:
-        self._cursor.execute(self.db.sql(sql), tuple(args))
-        return self._cursor.fetchall()
+        return self._execute(sql, args).fetchall()
 
     def scalar(self, sql: str, args: tuple | list = ()) -> Any:
         row = self.one(sql, args)
@@ -365,12 +383,25 @@ class PostgresDatabase(Database):
         from psycopg import errors
 
         with self._connection() as conn:
+            tx: _PipelinedTx | None = None
             try:
-                with conn.transaction(), conn.cursor() as cur:
-                    tx = Tx(cur, self)
-                    yield tx
-                    if tx._notify:
-                        cur.execute(f"NOTIFY {self.CHANNEL}")
+                try:
+                    with conn.pipeline() as pipeline:
+                        tx = _PipelinedTx(conn, pipeline, self)
+                        try:
+                            yield tx
+                            tx.commit()
+                        except BaseException:
+                            tx.drain()
+                            raise
+                except BaseException:
+                    # Not ROLLBACK: psycopg counts a statement as prepared once it has sent the PREPARE, and the
+                    # server skips what follows a failed statement in a pipeline, so the connection's prepared
+                    # statements may no longer be what psycopg thinks. Closing it rolls the transaction back.
+                    conn.close()
+                    raise
+            except errors.DivisionByZero as exc:  # a check that changed no row (see _PipelinedTx)
+                raise (tx.failed_check(exc) if tx is not None else exc) from None
             except (errors.SerializationFailure, errors.DeadlockDetected):
                 raise _Retryable() from None
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
@@ -398,6 +429,82 @@ class PostgresDatabase(Database):
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+
+
+class _PipelinedTx(Tx):
+    """A PostgreSQL transaction in pipeline mode: BEGIN, the statements whose answer is not needed yet
+    (:meth:`~Tx.send`, :meth:`~Tx.check`) and COMMIT go to the server without waiting for each answer; a
+    statement whose answer is needed (``run``, ``one``, ``all``) waits once for the answers to all of them. A
+    transition of a claim check and a few inserts is then one round trip instead of one per statement and two
+    more for BEGIN and COMMIT.
+
+    A check cannot be verified by the client before COMMIT is sent, so the server verifies it: the statement
+    becomes ``WITH changed AS (<statement> RETURNING 1) SELECT 1 / COUNT(*) FROM changed``, which fails (a
+    division by zero: PostgreSQL has no RAISE outside PL/pgSQL, and a function would be schema) when it changed
+    no row. A failed statement makes the server skip the rest of the pipeline, COMMIT included; the transaction
+    is rolled back and the failed check's own error raised.
+
+    Each statement that is answered gets a cursor of its own: a shared cursor would hold whichever answer came
+    in last.
+    """
+
+    def __init__(self, conn: Any, pipeline: Any, db: Database):
+        super().__init__(conn.cursor(), db)
+        self._conn = conn
+        self._pipeline = pipeline
+        self._checks: list[tuple[Any, Callable[[], Exception]]] = []
+        self._cursor.execute("BEGIN")
+
+    def _execute(self, sql: str, args: tuple | list) -> Any:
+        cur = self._conn.cursor()
+        cur.execute(self.db.sql(sql), tuple(args))
+        return cur
+
+    def send(self, sql: str, args: tuple | list = ()) -> None:
+        self._cursor.execute(self.db.sql(sql), tuple(args))
+
+    def check(self, sql: str, args: tuple | list, error: Callable[[], Exception]) -> None:
+        self._checks.append(
+            (self._execute(f"WITH changed AS ({sql} RETURNING 1) SELECT 1 / COUNT(*) FROM changed", args), error)
+        )
+
+    def run(self, sql: str, args: tuple | list = ()) -> int:
+        cur = self._execute(sql, args)
+        self._pipeline.sync()
+        return cur.rowcount
+
+    def one(self, sql: str, args: tuple | list = ()) -> Mapping[str, Any] | None:
+        cur = self._execute(sql, args)
+        self._pipeline.sync()
+        return cur.fetchone()
+
+    def all(self, sql: str, args: tuple | list = ()) -> list[Mapping[str, Any]]:
+        cur = self._execute(sql, args)
+        self._pipeline.sync()
+        return cur.fetchall()
+
+    def commit(self) -> None:
+        """Send COMMIT; the pipeline's end waits for its answer."""
+        if self._notify:
+            self.send(f"NOTIFY {PostgresDatabase.CHANNEL}")
+        self._cursor.execute("COMMIT")
+
+    def drain(self) -> None:
+        """After a failure: take in whatever answers are still to come (a statement after a failed one is only
+        answered "skipped"), so that the pipeline ends quietly; the failure itself is being raised already."""
+        import psycopg
+
+        with contextlib.suppress(psycopg.Error):
+            self._pipeline.sync()
+
+    def failed_check(self, exc: Exception) -> Exception:
+        """The error to raise for a division by zero: the first check that has no answer is the one that failed
+        (the server answered every statement before it, and none after it; no other statement of the journal
+        divides)."""
+        for cur, error in self._checks:
+            if cur.pgresult is None:
+                return error()
+        return exc
 
 
 def _pg_reason(exc: Exception) -> str:

@@ -168,16 +168,19 @@ class Files:
         at = at or time.time()
         values = ",".join(["(?,?,?,?)"] * len(messages))
         args = [v for m in messages for v in (file_id, at, utf8_text(m), self.host)]
-        tx.run(f"INSERT INTO events (file_id, at, message, host) VALUES {values}", args)
+        tx.send(f"INSERT INTO events (file_id, at, message, host) VALUES {values}", args)
 
     def _mine(self, tx: Tx, file_id: int, now: float, me: str, sets: dict[str, Any] | None = None) -> None:
         """Raise ClaimLost unless this process (holder ``me``) still holds the file; touch it and set ``sets``
-        (column names are rfwatch's own, never input) in the same statement: one round trip to the database
-        for the claim check and the file's new values."""
+        (column names are rfwatch's own, never input) in the same statement. On PostgreSQL the check goes on
+        without waiting, with the transaction's other statements, and ClaimLost is raised before the commit."""
         cols = {"updated": now, **(sets or {})}
         assign = ", ".join(f"{c}=?" for c in cols)
-        if not tx.run(f"UPDATE files SET {assign} WHERE id=? AND holder=?", (*cols.values(), file_id, me)):
-            raise ClaimLost(file_id)
+        tx.check(
+            f"UPDATE files SET {assign} WHERE id=? AND holder=?",
+            (*cols.values(), file_id, me),
+            lambda: ClaimLost(file_id),
+        )
 
     def _final_sets(self, state: FileState, error: str | None = None) -> dict[str, Any]:
         """The file's columns for a new state; a process lets go of a file that is finished or waits for a person."""
@@ -523,13 +526,13 @@ class Files:
         me = self._holder()
 
         def record(tx: Tx) -> None:
-            if not tx.run(
+            tx.check(
                 "UPDATE files SET state=?, prediction=?, support=?, attempts=attempts+1, last_error=NULL, updated=?"
                 " WHERE id=? AND holder=?",
                 (FileState.CLASSIFIED, doc, json.dumps(support) if support else None, now, file_id, me),
-            ):
-                raise ClaimLost(file_id)
-            tx.run(
+                lambda: ClaimLost(file_id),
+            )
+            tx.send(
                 "INSERT INTO predictions (sha256, model, prediction, created) VALUES (?,?,?,?) ON CONFLICT DO NOTHING",
                 (sha256, model, doc, now),
             )
@@ -576,7 +579,7 @@ class Files:
 
         def record(tx: Tx) -> None:
             self._mine(tx, file_id, now, me)
-            tx.run(
+            tx.send(
                 "INSERT INTO steps (file_id, seq, kind, rule, action, state, intent, updated, host)"
                 " VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (file_id, seq) DO UPDATE SET intent=excluded.intent,"
                 " updated=excluded.updated, host=excluded.host",
@@ -631,7 +634,7 @@ class Files:
 
         def record(tx: Tx) -> None:
             self._mine(tx, file_id, now, me, sets)
-            tx.run(
+            tx.send(
                 "INSERT INTO steps (file_id, seq, kind, rule, action, state, result, updated, host)"
                 " VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (file_id, seq) DO UPDATE SET state=excluded.state,"
                 " result=excluded.result, updated=excluded.updated, host=excluded.host",
