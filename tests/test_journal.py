@@ -624,3 +624,40 @@ def test_the_plugin_that_delivers_each_kind_is_remembered_for_status(a, b):
     a.outbox.record_deliverers({"webhook": "rfwatch.default_plugins.webhook", "chat": "chatplug"})
     b.outbox.record_deliverers({"chat": "chatplug2"})  # a later process with another plugin for it
     assert a.outbox.deliverers() == {"webhook": "rfwatch.default_plugins.webhook", "chat": "chatplug2"}
+
+
+def test_an_upgrade_to_schema_5_counts_a_change_committed_while_it_runs(request):
+    """PostgreSQL: an older rfwatch still writing while a newer one upgrades the shared journal. A state change
+    under way when the upgrade starts commits while the upgrade waits for it: it must be in the counts (counted
+    before the triggers existed and committed after the count, it would be in neither, for good)."""
+    import threading
+
+    import psycopg
+
+    url = request.getfixturevalue("pg_cluster").new_database()
+    j = open_as(url)
+    fid = take(j)
+    j.db.transact(lambda tx: back_to_schema_4(tx, j.dialect))
+    j.close()
+    writer = psycopg.connect(url)  # the older rfwatch, in the middle of a transition
+    writer.execute("UPDATE files SET state='failed' WHERE id=%s", (fid,))
+    upgraded: list[Journal] = []
+    upgrade = threading.Thread(target=lambda: upgraded.append(open_as(url, "host-new")))
+    upgrade.start()
+    watcher = psycopg.connect(url, autocommit=True)
+    try:
+        wait_for(
+            lambda: watcher.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE wait_event_type='Lock' AND datname=current_database()"
+            ).fetchone(),
+            timeout=20,
+            what="the upgrade waiting for the writer",
+        )
+        writer.commit()
+        upgrade.join(timeout=30)
+        (new,) = upgraded
+        assert new.files.counts() == _counted(new) == {"failed": 1}
+        new.close()
+    finally:
+        writer.close()
+        watcher.close()

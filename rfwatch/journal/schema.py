@@ -126,9 +126,12 @@ COUNT_TRIGGERS: dict[Dialect, tuple[str, ...]] = {
         " END IF;"
         " RETURN NULL;"
         " END $$",
-        "CREATE OR REPLACE TRIGGER files_counted_insert AFTER INSERT OR DELETE ON files"
+        # DROP and CREATE, not CREATE OR REPLACE TRIGGER (PostgreSQL 14): rfwatch needs nothing newer than 11.
+        "DROP TRIGGER IF EXISTS files_counted_insert ON files",
+        "CREATE TRIGGER files_counted_insert AFTER INSERT OR DELETE ON files"
         " FOR EACH ROW EXECUTE FUNCTION rfwatch_count_files()",
-        "CREATE OR REPLACE TRIGGER files_counted_update AFTER UPDATE OF state ON files"
+        "DROP TRIGGER IF EXISTS files_counted_update ON files",
+        "CREATE TRIGGER files_counted_update AFTER UPDATE OF state ON files"
         " FOR EACH ROW WHEN (OLD.state IS DISTINCT FROM NEW.state) EXECUTE FUNCTION rfwatch_count_files()",
     ),
 }
@@ -274,12 +277,22 @@ CREATE TABLE IF NOT EXISTS model_facts (
 """
 
 #: Changes from the layout before each version, applied in order, in the transaction that checks the version.
-MIGRATIONS: dict[int, str] = {
-    # A file waiting for its sequence is one rfwatch still owns: the partial index now counts it.
-    4: "DROP INDEX IF EXISTS files_working;" + _FILES_WORKING + SEQUENCE_TABLES,
-    # The counts start from one count of the files, in the upgrade's transaction; the triggers keep them from then.
-    5: COUNT_TABLES + "INSERT INTO file_counts (state, n) SELECT state, COUNT(*) FROM files GROUP BY state;",
-}
+def _migration(db: Database, version: int) -> list[str]:
+    """The statements that upgrade the layout of ``version - 1`` to ``version``, in order."""
+    if version == 4:
+        # A file waiting for its sequence is one rfwatch still owns: the partial index now counts it.
+        return _statements(db, "DROP INDEX IF EXISTS files_working;" + _FILES_WORKING + SEQUENCE_TABLES)
+    if version == 5:
+        # The triggers first, then one count of the files. On PostgreSQL creating a trigger locks ``files``
+        # against writers until the upgrade commits, after waiting for those under way: the count then sees every
+        # change committed before it, and every later change fires a trigger. (Counted first, a change committed
+        # between the count and the trigger would be in neither, for good.)
+        return [
+            *_statements(db, COUNT_TABLES),
+            *COUNT_TRIGGERS[db.dialect],
+            "INSERT INTO file_counts (state, n) SELECT state, COUNT(*) FROM files GROUP BY state",
+        ]
+    return []
 
 
 class SchemaTooNew(Exception):
@@ -311,11 +324,8 @@ def ensure_schema(db: Database, roots: Roots, legacy_id: str | None = None) -> s
             tx.run("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             tx.run("INSERT INTO meta (key, value) VALUES ('journal_id', ?)", (legacy_id or _new_id(),))
         for v in range(version + 1 if version else SCHEMA_VERSION + 1, SCHEMA_VERSION + 1):
-            for statement in _statements(db, MIGRATIONS.get(v, "")):
+            for statement in _migration(db, v):
                 tx.run(statement)
-            if v == 5:
-                for statement in COUNT_TRIGGERS[db.dialect]:
-                    tx.run(statement)
             tx.run("UPDATE meta SET value=? WHERE key='schema_version'", (str(v),))
             log.warning("journal %s upgraded in place to schema %d", db.display, v)
         return str(tx.scalar("SELECT value FROM meta WHERE key='journal_id'"))
