@@ -115,7 +115,7 @@ def status_report(config, with_plugins: bool = False) -> dict[str, Any]:
             # The rules are not built: status runs no action, and a rule that does not build leaves status working.
             plugins = PluginHost.load(config.plugins)
             try:
-                deliveries.use(plugins.deliverers(config))
+                deliveries.deliverers = plugins.deliverers(config)
             except ConfigError:  # a deliverer refusing its options: status still reports what the journal holds
                 pass
             for contributed in plugins.hook.status_lines(config=config, deliveries=deliveries) or []:

@@ -210,7 +210,9 @@ def test_a_deliverer_keeps_state_between_attempts_and_failed_rows_can_be_queued_
     outbox.deliver_one(wait_for(journal.outbox.claim, timeout=5, what="due again"))
     assert seen == [None, {"image_id": "abc"}]
     assert outbox.failed_by_plugin() == {"the-plugin": 1}
-    # without deliverers loaded (`rfwatch status`): the plugin the last process that loaded them recorded ...
+    # without deliverers loaded (`rfwatch status`): the plugin the last process that delivered recorded ...
+    assert Deliveries(journal).failed_by_plugin() == {"test": 1}  # (none did yet: the plugin that queued it)
+    outbox.remember()  # as the daemon does at its start
     assert Deliveries(journal).failed_by_plugin() == {"the-plugin": 1}
     journal.db.transact(lambda tx: tx.run("DELETE FROM deliverers"))
     assert Deliveries(journal).failed_by_plugin() == {"test": 1}  # ... else the plugin that queued it

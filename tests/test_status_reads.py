@@ -142,3 +142,31 @@ def test_read_only_commands_end_at_once_with_all_their_output(journal_with_every
         timeout=60,
     )
     assert proc.returncode == 0 and "webhook" in proc.stdout.splitlines()[-1], proc.stdout + proc.stderr
+
+
+def test_reading_commands_write_nothing_to_the_journal(journal_with_everything):
+    """status (plain and --plugins), history and undo --dry-run only read: a read-only journal, a dry run and a
+    second opinion must never change it. SQLite's data_version, read on a connection of our own, moves when any
+    other connection commits."""
+    import os
+    import subprocess
+    import sys
+
+    config = load_config(journal_with_everything, journal_only=True)
+    watch = sqlite3.connect(config.state_path)
+    try:
+        before = watch.execute("PRAGMA data_version").fetchone()[0]
+        cfg = str(journal_with_everything)
+        for argv in (
+            ["status", "-c", cfg],
+            ["status", "--plugins", "-c", cfg],
+            ["history", "-c", cfg, str(config.watch[0].path / "f3.jpg")],
+            ["undo", "--dry-run", "--since", "1h", "-c", cfg],
+        ):
+            proc = subprocess.run(
+                [sys.executable, "-m", "rfwatch", *argv], capture_output=True, text=True, timeout=60, env=os.environ
+            )
+            assert proc.returncode == 0, (argv, proc.stderr)
+            assert watch.execute("PRAGMA data_version").fetchone()[0] == before, f"rfwatch {argv[0]} wrote"
+    finally:
+        watch.close()

@@ -31,19 +31,14 @@ class DeliveryView:
     #: kind -> (plugin name, deliverer); replaced as a whole when the config is reloaded.
     deliverers: dict[str, tuple[str, Deliverer]] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        self._remember(self.deliverers)
-
-    def use(self, deliverers: dict[str, tuple[str, Deliverer]]) -> None:
-        """The deliverers of a reloaded config, as a whole."""
-        self.deliverers = deliverers
-        self._remember(deliverers)
-
-    def _remember(self, deliverers: dict[str, tuple[str, Deliverer]]) -> None:
-        # So that `rfwatch status`, which loads no plugin, names each delivery's plugin and lists every plugin
-        # that delivers. A journal away now is no reason not to start: the next start records it.
+    def remember(self) -> None:
+        """Record in the journal which plugin delivers each kind, so that `rfwatch status`, which loads no plugin,
+        names each delivery's plugin and lists every plugin that delivers. Called by the processes that deliver
+        (the daemon at its start and at each reload), never by one that only reads or plans
+        (status --plugins, undo --dry-run): those write nothing. A journal away now is no reason not to start: the
+        next start records it."""
         try:
-            self.journal.outbox.record_deliverers({kind: plugin for kind, (plugin, _) in deliverers.items()})
+            self.journal.outbox.record_deliverers({kind: plugin for kind, (plugin, _) in self.deliverers.items()})
         except JournalUnavailable as exc:
             log.debug("the deliverers were not recorded: %s", exc)
 

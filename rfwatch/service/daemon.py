@@ -173,6 +173,8 @@ class Daemon:
             self.journal.close()
             raise
         self.deliveries = Deliveries(self.journal, deliverers=dict(self.runtime.extensions.deliverers))
+        if not self.dry_run:
+            self.deliveries.remember()
         self.pipeline = Pipeline(self.runtime, self.journal, self.deliveries, dry_run=dry_run)
         self.pipeline.before_acting = self._rules_checked
         self.pipeline.can_size_now = self._can_size_now
@@ -551,7 +553,9 @@ class Daemon:
         old = self.runtime
         self.config, self.runtime = config, runtime
         self.pipeline.runtime = runtime
-        self.deliveries.use(dict(runtime.extensions.deliverers))
+        self.deliveries.deliverers = dict(runtime.extensions.deliverers)
+        if not self.dry_run:
+            self.deliveries.remember()
         self._wire_metrics(runtime)
         self.pipeline.limiter = RateLimiter(config.rate_limit)
         runtime.plugins.hook.startup(config=config)
