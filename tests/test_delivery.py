@@ -257,3 +257,25 @@ def test_a_410_stops_every_pending_delivery_to_that_target(journal_url):
         assert sent == [row.id]
     finally:
         journal.close()
+
+
+def test_an_error_is_kept_redacted_and_status_prints_it_so(journal_url, tmp_path):
+    """A third party's deliverer may quote its own secret in an error. The delivering process knows the secret
+    (the plugin registered it) and keeps the error redacted; `rfwatch status`, which loads no plugin and so never
+    learns the secret, prints what was kept."""
+    from rfwatch.processing.outbox_view import DeliveryView
+    from rfwatch.redact import register_secret
+
+    secret = "chat-token-" + "Zq9" * 6
+    register_secret(secret)
+    (key,) = _queue(journal_url, "http://127.0.0.1:9/hook", 1)
+    journal = Journal.open(journal_url)
+    try:
+        outbox = Deliveries(journal, deliverers={"test": ("chatplug", lambda d: Failed(f"refused {secret}"))})
+        outbox.deliver_one(journal.outbox.claim())
+        kept = journal.outbox.get(key)["last_error"]
+        assert secret not in kept and kept.startswith("refused ")
+        lines = DeliveryView(journal).problems()
+        assert any("failed for good: 1" in line for line in lines) and secret not in "".join(lines)
+    finally:
+        journal.close()

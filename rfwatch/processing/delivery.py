@@ -7,6 +7,7 @@ outbox and never send one row at once. What each answer means is in rfwatch.host
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -162,6 +163,10 @@ class Deliveries(DeliveryView):
 
     def _record(self, d: Delivery, answer: DeliveryAnswer) -> None:
         outbox = self.journal.outbox
+        # Redacted before it is kept: this process knows every secret the plugins registered, and `rfwatch
+        # status` prints the kept error without loading them (a third party's deliverer may quote its token).
+        if not isinstance(answer, Delivered) and answer.error:
+            answer = dataclasses.replace(answer, error=redact(answer.error))
         if isinstance(answer, Delivered):
             outbox.delivered(d.id, answer.status, answer.result)
             log.debug("%s %s delivered to %s", d.kind, d.id, redact(d.target))

@@ -98,9 +98,10 @@ class DeliveryView:
         for f in outbox.failing():
             lines.append(
                 f"{f['kind']}: {redact(f['url'])} failing: {f['n']} waiting, {f['attempts']} attempt(s),"
-                f" last error {f['last_error']}"
+                f" last error {redact(f['last_error'] or '')}"
             )
         for f in outbox.failed_targets():
             again = "; `rfwatch retry --uploads` sends them again" if f["kind"] == UPLOAD_KIND else ""
-            lines.append(f"{f['kind']}: {redact(f['url'])} failed for good: {f['n']} (last: {f['last_error']}){again}")
+            error = redact(f["last_error"] or "")
+            lines.append(f"{f['kind']}: {redact(f['url'])} failed for good: {f['n']} (last: {error}){again}")
         return lines
