@@ -431,8 +431,8 @@ _READ_ONLY = frozenset({"status", "history"})
 def console() -> None:
     """The ``rfwatch`` console script and ``python -m rfwatch``: main(), then the exit.
 
-    A read-only command (and ``--help``, ``--version``) ends with os._exit once its output and its log are
-    flushed: the interpreter's teardown (every module and object freed one by one) was about 15 ms of a 90 ms
+    A read-only command (and ``--help``, ``--version``; not ``status --plugins``, which runs plugin code) ends with
+    os._exit once its output and its log are flushed: the interpreter's teardown (every module and object freed one by one) was about 15 ms of a 90 ms
     ``status`` (issue 23), and these commands hold nothing that needs it (their journal is closed, nothing is
     written). Every other command exits the usual way. main() itself never does this, so callers in-process
     (tests, other tools) keep their interpreter.
@@ -445,7 +445,8 @@ def console() -> None:
         if exc.code in (0, None) and first in ("-h", "--help", "--version"):
             _exit_at_once(0)
         raise
-    if first in _READ_ONLY:
+    # Not with --plugins: third-party code is loaded then, and its atexit handlers and threads must run as usual.
+    if first in _READ_ONLY and "--plugins" not in argv:
         _exit_at_once(code)
     raise SystemExit(code)
 

@@ -114,11 +114,11 @@ def file_failed(path: Path, error: str) -> None:
 
 @hookspec
 def status_lines(config: Config, deliveries: Deliveries) -> list[str] | None:
-    """Lines this plugin adds to ``rfwatch status --plugins`` (and ``status --plugins --json``, ``plugins_status``).
+    """Lines this plugin adds to ``rfwatch status --plugins`` (``status --plugins --json``: ``plugins_status``).
 
     Called in the ``status --plugins`` command's process, not the daemon's; plain ``status`` loads no plugin (it
-    must answer at once), and says itself what the outbox holds: targets gone, failing or failed for good. ``deliveries`` reads what waits for delivery:
-    ``pending_by_plugin()``, ``failed_by_plugin()``, ``gone_targets(kind)``, ``failing(kind)``, ``failed(kind)``.
+    must answer at once), and says itself what the outbox holds: targets gone, failing or failed for good.
+    ``deliveries`` reads what waits for delivery: ``pending_by_plugin()``, ``failed_by_plugin()``, ``gone_targets(kind)``, ``failing(kind)``, ``failed(kind)``.
     Return a list of strings, or None.
     """
 

@@ -330,11 +330,16 @@ class PostgresDatabase(Database):
     def __init__(self, url: str, pool_size: int = 6, connect_timeout: float = 10.0):
         super().__init__()
         try:
-            import psycopg  # noqa: F401  (imported here: SQLite users need not install it)
+            import psycopg  # (imported here: SQLite users need not install it)
         except ImportError:
             raise JournalUnavailable(
                 "state: a postgresql:// journal needs psycopg 3: pip install 'rfwatch[postgresql]'"
             ) from None
+        if not psycopg.Pipeline.is_supported():  # write transactions are pipelined (see _PipelinedTx)
+            raise JournalUnavailable(
+                f"state: psycopg here uses libpq {psycopg.pq.version()}, which has no pipeline mode: rfwatch needs "
+                "libpq 14 or newer (pip install 'rfwatch[postgresql]' brings psycopg[binary], which has one)"
+            )
         self.url = url
         self.display = display_url(url)
         password = urlsplit(url).password

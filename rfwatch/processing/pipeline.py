@@ -196,8 +196,9 @@ class Pipeline:
             file_log.info("%s: ignored by a plugin", path)
             return Attempt(Outcome.SKIPPED, detail="ignored by plugin")
         try:
-            with self._cores:
-                content, sha = read_and_hash(path, st.st_size)  # the bytes hashed are the bytes decoded (one read)
+            # No core held while reading: a read waits on the disk, or on a share that may stall for long, and
+            # must not keep other folders' files from their decode. (The hash is a few ms of the decode's 40.)
+            content, sha = read_and_hash(path, st.st_size)  # the bytes hashed are the bytes decoded (one read)
             after = os.stat(path)
         except FileNotFoundError:
             file_log.info("%s: vanished while being read; nothing to do", path)
@@ -363,7 +364,6 @@ class Pipeline:
 
     def _call_api(self, row: FileRow, prepared: Upload | None) -> Prediction | None:
         """The API's answer for the file; None (attempt journaled) when this image is the problem."""
-        self.limiter.acquire()
         try:
             client = self.runtime.client
             if not isinstance(prepared, PreparedImage):
@@ -371,6 +371,7 @@ class Pipeline:
                 with self._cores:
                     source = prepared if prepared is not None else str(row.path)
                     prepared = client.prepare(source, row.model, str(row.path))
+            self.limiter.acquire()  # right before the request: a turn waited for a core must not bunch requests
             started = time.monotonic()  # the API's time alone (a turn waited for a core is not the API's)
             prediction = client.classify_prepared(prepared, str(row.path), model=row.model)
         except (ImageError, ResponseFormatError) as exc:
