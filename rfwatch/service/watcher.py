@@ -280,7 +280,9 @@ class Settler:
                 del self._pending[path]
                 settled_at = now + p.settles_in(now, wall)
                 if settled_at > now:
-                    self._early[path] = (settled_at, False)
+                    # Handed on again before its first worker asked: what was heard since the first hand-off stays.
+                    heard = self._early.get(path, (0.0, False))[1]
+                    self._early[path] = (settled_at, heard)
             ready.append((path, p.watch, settled_at))
         with self._lock:
             if now >= self._next_forget:  # a file its worker never asked about (it vanished, it was known) is forgotten
