@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from helpers import unique_jpeg
 
 from rfwatch.testing import VALID_KEY
 
@@ -80,3 +81,14 @@ def test_the_marker_chooses_the_deployment_and_both_stand_ins_share_the_account(
 def test_without_the_marker_the_server_is_classify_roboflow_com(rfwatch_server):
     r = requests.post(f"{rfwatch_server.url}/colors/1", data=b"x", timeout=10)
     assert r.status_code == 401 and "message" in r.json() and "status" not in r.json()
+
+
+def test_wait_for_returns_once_the_file_is_finished(rfwatch_server, rfwatch_daemon):
+    """RunningDaemon.wait_for waits for a finished file, not for the journal's first row of it: with the API
+    answering after 0.4 s the file is journaled (detected, then classified) well before it is sorted."""
+    rfwatch_server.latency = 0.4
+    daemon = rfwatch_daemon(rules=[{"name": "sort", "then": [{"move": "sorted/{class}/{name}"}]}])
+    daemon.drop("slow.jpg", unique_jpeg((210, 40, 40), 7))
+    done = daemon.wait_for("slow.jpg")
+    assert (done.state, done.top) == ("done", "red")
+    assert done.path == daemon.root / "sorted" / "red" / "slow.jpg" and done.path.exists()
