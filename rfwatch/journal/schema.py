@@ -276,6 +276,7 @@ CREATE TABLE IF NOT EXISTS model_facts (
 {COUNT_TABLES}
 """
 
+
 #: Changes from the layout before each version, applied in order, in the transaction that checks the version.
 def _migration(db: Database, version: int) -> list[str]:
     """The statements that upgrade the layout of ``version - 1`` to ``version``, in order."""
