@@ -277,9 +277,9 @@ CREATE TABLE IF NOT EXISTS model_facts (
 """
 
 
-#: Changes from the layout before each version, applied in order, in the transaction that checks the version.
 def _migration(db: Database, version: int) -> list[str]:
-    """The statements that upgrade the layout of ``version - 1`` to ``version``, in order."""
+    """The statements that upgrade the layout of ``version - 1`` to ``version``, in order (run in the transaction
+    that checks the version)."""
     if version == 4:
         # A file waiting for its sequence is one rfwatch still owns: the partial index now counts it.
         return _statements(db, "DROP INDEX IF EXISTS files_working;" + _FILES_WORKING + SEQUENCE_TABLES)
