@@ -382,15 +382,23 @@ j.decisions.decide(row.id, DecisionKind.LABEL, ("green",), by="test")
 """
 
 
+def _run_tag(run: Run) -> str:
+    return f"{run.point}-{run.n}"
+
+
 def _waiting_for_review(run: Run, seed: int) -> Path:
-    """photo.jpg set aside for review by an unsure model (labels go to the project "colors"); the config."""
+    """photo.jpg set aside for review by an unsure model (labels go to the project "colors"); the config.
+
+    The walk runs two points at a time against one platform stand-in: each run's photo is its own (the platform
+    takes identical content for one image) and its uploads carry the run's tag, so that each run reads its own."""
     run.server.classifier = lambda image: {"red": 0.4, "green": 0.35, "blue": 0.25}  # the model is unsure
     rules = [
         {"name": "unsure", "when": {"max_confidence": 0.6}, "then": [{"review": "review/{name}"}]},
         {"name": "sorted", "then": [{"move": "sorted/{class}/{name}"}]},
     ]
-    cfg = run.config(rules=rules, review={"upload": {"project": "colors", "tags": ["rfwatch"]}})
-    run.inbox(**{"photo.jpg": unique_jpeg(RED, seed)})
+    cfg = run.config(rules=rules, review={"upload": {"project": "colors", "tags": ["rfwatch", _run_tag(run)]}})
+    own = int(hashlib.sha256(_run_tag(run).encode()).hexdigest()[:6], 16)
+    run.inbox(**{"photo.jpg": unique_jpeg(RED, seed * 10_000_000 + own)})
     assert run.cli("run", "-c", str(cfg), "--once").returncode == 0
     return cfg
 
@@ -410,10 +418,7 @@ def _review(run: Run) -> None:
     assert run.cli("run", "-c", str(cfg), "--once").returncode == 0
     _once_placed(run, {"photo.jpg": ("sorted/green/photo.jpg",)})
     _all_finished(run)
-    platform = run.server.platform
-    uploads = platform.uploads.get("colors", [])
-    assert len({u["id"] for u in uploads}) == 1, f"{run.point}: {uploads}"
-    assert list(platform.annotations["colors"].values()) == ["green"], run.point
+    _one_image_labelled(run, "green")
 
 
 def test_every_crash_point_while_applying_a_review_decision(tmp_path, server, platform, api_key, backend, request):
@@ -505,9 +510,15 @@ def _take_back(run: Run) -> None:
     assert run.cli("run", "-c", str(cfg), "--once").returncode == 0
     _once_placed(run, {"photo.jpg": ("sorted/blue/photo.jpg",)})
     _all_finished(run)
+    _one_image_labelled(run, "blue")
+
+
+def _one_image_labelled(run: Run, label: str) -> None:
+    """This run's photo is one image in the project (a relabel is no second image), with ``label``."""
     platform = run.server.platform
-    assert len({u["id"] for u in platform.uploads["colors"]}) == 1, f"{run.point}: {platform.uploads['colors']}"
-    assert list(platform.annotations["colors"].values()) == ["blue"], run.point
+    mine = [u for u in platform.uploads.get("colors", []) if _run_tag(run) in u["tags"]]
+    assert len({u["id"] for u in mine}) == 1, f"{run.point}: {mine}"
+    assert platform.annotations["colors"].get(mine[0]["id"]) == label, run.point
 
 
 def test_every_crash_point_while_taking_a_decision_back(tmp_path, server, platform, api_key, backend, request):
