@@ -393,6 +393,18 @@ def test_a_failed_check_or_statement_commits_nothing_of_its_transaction(a):
             a.db.transact(duplicate)
         assert a.db.scalar(count) == 0
 
+    class _Second(Exception):
+        """The second check's own error: the one raised when the second of two checks fails."""
+
+    def second_of_two_fails(tx):
+        tx.send(insert, ("t-first", "1"))
+        tx.check("UPDATE meta SET value=? WHERE key=?", ("2", "t-first"), _Lost)  # changes its row
+        tx.check("UPDATE meta SET value=? WHERE key=?", ("x", "no such key"), _Second)
+
+    with pytest.raises(_Second):  # not the first check's error: the server answered that one
+        a.db.transact(second_of_two_fails)
+    assert a.db.scalar(count) == 0
+
     def passing(tx):
         tx.send(insert, ("t-ok", "1"))
         tx.check("UPDATE meta SET value=? WHERE key=?", ("2", "t-ok"), _Lost)

@@ -170,3 +170,24 @@ def test_reading_commands_write_nothing_to_the_journal(journal_with_everything):
             assert watch.execute("PRAGMA data_version").fetchone()[0] == before, f"rfwatch {argv[0]} wrote"
     finally:
         watch.close()
+
+
+def test_a_reader_that_left_ends_a_read_only_command_quietly_with_141(journal_with_everything):
+    """`rfwatch status | head -0`: the reader is gone before the output is flushed at the fast exit. The command
+    ends as a shell reports a process ended by SIGPIPE (141), with no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # output kept until the exit's flush
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rfwatch", "status", "-c", str(journal_with_everything)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    proc.stdout.close()  # long before it prints: it takes tens of ms to start
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 141, err
+    assert "Traceback" not in err
