@@ -342,7 +342,14 @@ def test_metrics_endpoint(tmp_path, server):
     with DaemonThread(cfg):
         (tmp_path / "inbox" / "m.jpg").write_bytes(unique_jpeg(RED, 70))
         wait_for(lambda: (tmp_path / "sorted" / "red" / "m.jpg").exists(), what="sorted")
-        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+
+        def scrape() -> str:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+
+        # The file is in its folder a moment before its worker counts it (the move is journaled, then counted):
+        # wait for the count itself, not only for the file (a scrape in between once read 0).
+        wait_for(lambda: 'rfwatch_files_total{outcome="done"} 1.0' in scrape(), what="the file counted")
+        body = scrape()
     assert 'rfwatch_files_total{outcome="done"} 1.0' in body
     # every outcome has its series from the start, at 0
     assert (
