@@ -118,7 +118,8 @@ def status_lines(config: Config, deliveries: Deliveries) -> list[str] | None:
 
     Called in the ``status --plugins`` command's process, not the daemon's; plain ``status`` loads no plugin (it
     must answer at once), and says itself what the outbox holds: targets gone, failing or failed for good.
-    ``deliveries`` reads what waits for delivery: ``pending_by_plugin()``, ``failed_by_plugin()``, ``gone_targets(kind)``, ``failing(kind)``, ``failed(kind)``.
+    ``deliveries`` reads what waits for delivery: ``pending_by_plugin()``, ``failed_by_plugin()``,
+    ``gone_targets(kind)``, ``failing(kind)``, ``failed(kind)``.
     Return a list of strings, or None.
     """
 

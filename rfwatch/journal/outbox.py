@@ -250,12 +250,11 @@ class Outbox:
             out.append({"kind": r["kind"], "url": r["url"], "n": r["n"], "last_error": error})
         return out
 
-    def gone_urls(self) -> list[str]:
-        """Every target that said it wants nothing more (a 410), whatever its kind."""
-        return [r["url"] for r in self.db.all("SELECT url FROM gone_urls ORDER BY url")]
-
-    def gone_targets(self, kind: str) -> list[str]:
-        """Targets of ``kind`` that said they want nothing more (a webhook receiver's 410)."""
+    def gone_targets(self, kind: str | None = None) -> list[str]:
+        """Targets of ``kind`` (None: of any kind, from gone_urls alone, without reading the outbox) that said they
+        want nothing more (a webhook receiver's 410)."""
+        if kind is None:
+            return [r["url"] for r in self.db.all("SELECT url FROM gone_urls ORDER BY url")]
         rows = self.db.all(
             "SELECT url FROM gone_urls WHERE url IN (SELECT url FROM outbox WHERE kind=?) ORDER BY url", (kind,)
         )

@@ -63,7 +63,7 @@ class DeliveryView:
 
     def failed_by_plugin(self) -> dict[str, int]:
         """Deliveries that failed for good, per plugin: every plugin that queued any, or that delivers (loaded
-        here, or recorded by the last process that loaded the plugins), is there, at 0 when none failed, so
+        here, or recorded by the last daemon to start), is there, at 0 when none failed, so
         metrics have the series."""
         plugins = self._plugins()
         counts = dict.fromkeys(sorted(plugins.values()), 0)
@@ -94,7 +94,7 @@ class DeliveryView:
         target that said 410, one whose deliveries keep failing, deliveries that failed for good. Each query
         reads the few rows pending or failed (an index range), never the delivered ones."""
         outbox = self.journal.outbox
-        lines = [f"{redact(url)} is gone (410), nothing more is sent" for url in outbox.gone_urls()]
+        lines = [f"{redact(url)} is gone (410), nothing more is sent" for url in outbox.gone_targets()]
         for f in outbox.failing():
             lines.append(
                 f"{f['kind']}: {redact(f['url'])} failing: {f['n']} waiting, {f['attempts']} attempt(s),"
