@@ -191,3 +191,34 @@ def test_a_reader_that_left_ends_a_read_only_command_quietly_with_141(journal_wi
     proc.stderr.close()
     assert proc.wait(timeout=60) == 141, err
     assert "Traceback" not in err
+
+
+def test_reading_commands_answer_while_a_writer_holds_the_journal(journal_with_everything):
+    """On SQLite writers take turns: a daemon's write transaction holds the journal's write lock for its span.
+    A command that only reads must answer meanwhile (WAL lets it), not queue for the lock behind the daemon's
+    writes (and then hold it itself), as it did when opening the journal began with a write transaction. Here
+    another connection holds the lock for the whole test; SQLite's busy timeout is 30 s, the commands get 20."""
+    import os
+    import subprocess
+    import sys
+
+    config = load_config(journal_with_everything, journal_only=True)
+    writer = sqlite3.connect(config.state_path, isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        cfg = str(journal_with_everything)
+        for argv in (
+            ["status", "-c", cfg],
+            ["history", "-c", cfg, str(config.watch[0].path / "f3.jpg")],
+            ["undo", "--dry-run", "--since", "1h", "-c", cfg],
+        ):
+            proc = subprocess.run(
+                [sys.executable, "-m", "rfwatch", *argv], capture_output=True, text=True, timeout=20, env=os.environ
+            )
+            assert proc.returncode == 0, (argv, proc.stderr)
+        assert "done 30" in subprocess.run(
+            [sys.executable, "-m", "rfwatch", "status", "-c", cfg], capture_output=True, text=True, timeout=20
+        ).stdout
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()

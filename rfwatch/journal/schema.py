@@ -309,17 +309,17 @@ def ensure_schema(db: Database, roots: Roots, legacy_id: str | None = None) -> s
     """Create or upgrade the layout; return the journal's id. ``legacy_id``: the id an 0.1 journal had (its path)."""
     if isinstance(db, SqliteDatabase) and _is_legacy(db):
         _upgrade_legacy(db, roots, legacy_id or str(db.path))
+    # A journal of this layout is only read: a write transaction here would make every command (`status` too)
+    # wait for the daemon's writes on SQLite, whose writers take turns, and take the lock from the daemon meanwhile.
+    with db.read() as tx:
+        version, journal_id = _layout(tx, db)
+    if version == SCHEMA_VERSION and journal_id:
+        return journal_id
 
     def setup(tx: Tx) -> str:
         if db.dialect == Dialect.POSTGRESQL:
             tx.run("SELECT pg_advisory_xact_lock(7262617463680001)")  # one host creates or upgrades at a time
-        exists = tx.scalar(_TABLE_EXISTS[db.dialect], ("meta",))
-        version = int(tx.scalar("SELECT value FROM meta WHERE key='schema_version'") or 0) if exists else 0
-        if version > SCHEMA_VERSION:
-            raise SchemaTooNew(
-                f"the journal {db.display} has schema version {version}, and this rfwatch knows versions up to "
-                f"{SCHEMA_VERSION}: upgrade rfwatch on this host (it must not write a layout it does not know)"
-            )
+        version, _ = _layout(tx, db)  # again, under the lock: another process may have done it meanwhile
         if version == 0:
             _create_tables(tx, db)
             tx.run("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
@@ -332,6 +332,21 @@ def ensure_schema(db: Database, roots: Roots, legacy_id: str | None = None) -> s
         return str(tx.scalar("SELECT value FROM meta WHERE key='journal_id'"))
 
     return db.transact(setup)
+
+
+def _layout(tx: Tx, db: Database) -> tuple[int, str | None]:
+    """The journal's schema version (0: no tables yet) and its id; SchemaTooNew for a layout this rfwatch does not
+    know."""
+    if not tx.scalar(_TABLE_EXISTS[db.dialect], ("meta",)):
+        return 0, None
+    version = int(tx.scalar("SELECT value FROM meta WHERE key='schema_version'") or 0)
+    if version > SCHEMA_VERSION:
+        raise SchemaTooNew(
+            f"the journal {db.display} has schema version {version}, and this rfwatch knows versions up to "
+            f"{SCHEMA_VERSION}: upgrade rfwatch on this host (it must not write a layout it does not know)"
+        )
+    found = tx.scalar("SELECT value FROM meta WHERE key='journal_id'")
+    return version, str(found) if found else None
 
 
 def _new_id() -> str:
