@@ -348,11 +348,41 @@ class _OnlyOne:
         return self.sub.add_parser(name, **kwargs)
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, asking the terminal for its width only when it formats something.
+
+    argparse makes a formatter for every ``add_argument`` (to check the metavar) and each one asks the terminal
+    for its width at once, the first one importing shutil (with bz2, lzma and zlib): about 2 ms of a light
+    command's start (issue 23), for help that is seldom printed. The width is only read by ``format_help``.
+    """
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24, width: int | None = None):
+        super().__init__(prog, indent_increment, max_help_position, width=width or 80)
+        self._asked = None if width else max_help_position
+
+    def format_help(self) -> str:
+        if self._asked is not None:  # as HelpFormatter.__init__ computes them for width=None
+            import shutil
+
+            self._width = shutil.get_terminal_size().columns - 2
+            self._max_help_position = min(self._asked, max(self._width - 20, self._indent_increment * 2))
+            self._asked = None
+        return super().format_help()
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser with :class:`_HelpFormatter`; the subcommands' parsers are of this class too."""
+
+    def __init__(self, *args: Any, formatter_class: Any = _HelpFormatter, **kwargs: Any):
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The whole command line; ``only``: just that command's parser (the others are not built)."""
-    parser = argparse.ArgumentParser(prog="rfwatch", description="Watch folders and classify images with Roboflow.")
+    parser = _Parser(prog="rfwatch", description="Watch folders and classify images with Roboflow.")
     parser.add_argument("--version", action="version", version=f"rfwatch {__version__}")
-    sub: Any = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # prog given: argparse would format a usage line to find it ("rfwatch": no positionals come before COMMAND).
+    sub: Any = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", prog="rfwatch")
     if only is not None:
         sub = _OnlyOne(sub, only)
 
