@@ -216,9 +216,12 @@ def test_reading_commands_answer_while_a_writer_holds_the_journal(journal_with_e
                 [sys.executable, "-m", "rfwatch", *argv], capture_output=True, text=True, timeout=20, env=os.environ
             )
             assert proc.returncode == 0, (argv, proc.stderr)
-        assert "done 30" in subprocess.run(
-            [sys.executable, "-m", "rfwatch", "status", "-c", cfg], capture_output=True, text=True, timeout=20
-        ).stdout
+        assert (
+            "done 30"
+            in subprocess.run(
+                [sys.executable, "-m", "rfwatch", "status", "-c", cfg], capture_output=True, text=True, timeout=20
+            ).stdout
+        )
     finally:
         writer.execute("ROLLBACK")
         writer.close()
