@@ -366,7 +366,7 @@ def test_a_label_takes_effect_while_every_worker_waits_for_the_api(tmp_path, ser
         wait_for(lambda: d.daemon.gate.reason, what="the daemon to notice the spent quota")
         daemon = d.daemon
         # both workers hold a new file (two of the four are out of the queues), waiting for the API
-        wait_for(lambda: daemon.queue.qsize() + len(daemon.retry_jobs) == 2, what="every worker waiting")
+        wait_for(lambda: daemon.queued() == 2, what="every worker waiting")
         assert api.label(api.id_of("a.jpg"), "blue")[0] == 200
         wait_for(lambda: (tmp_path / "sorted" / "blue" / "a.jpg").exists(), timeout=10, what="a.jpg sorted")
         assert d.daemon.gate.reason is not None, "the API still refuses: the label went ahead without it"

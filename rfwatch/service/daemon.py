@@ -53,6 +53,10 @@ class _Job:
     needs_api: bool = False
 
 
+#: Put on the queue to wake an idle worker for a job in ``retry_jobs`` (see Daemon._requeue); never run.
+_WAKE = _Job()
+
+
 class ApiGate:
     """Closes when a service files need is away (the API: down, bad key, quota; the journal's database); lets one
     probe through when it is time."""
@@ -355,12 +359,20 @@ class Daemon:
         while self._deferred and self._offer(self._deferred[0]):
             self._deferred.popleft()
 
+    def _requeue(self, job: _Job) -> None:
+        """Queue a job before the new files (a journaled file carried on, or one to try again), and wake a worker.
+
+        An idle worker waits on the queue of new files; without the wake it would see the job only when that wait
+        timed out, up to 0.2 s later (on a cold start every file waiting for the model's facts sat out that long)."""
+        self.retry_jobs.append(job)
+        self._offer(_WAKE)  # a full queue needs no wake: its workers are busy and look at retry_jobs first
+
     def _enqueue_id(self, file_id: int) -> None:
         with self._lock:
             if file_id in self._queued_ids:
                 return
             self._queued_ids.add(file_id)
-        self.retry_jobs.append(_Job(file_id=file_id))
+        self._requeue(_Job(file_id=file_id))
 
     def _was_taken(self, path: Path) -> bool:
         try:
@@ -407,9 +419,10 @@ class Daemon:
         except IndexError:
             pass
         try:
-            return self.queue.get(timeout=0.2)
+            job = self.queue.get(timeout=0.2)
         except queue.Empty:
             return None
+        return None if job is _WAKE else job  # woken: the job is in retry_jobs (see _requeue)
 
     def _worker(self) -> None:
         while not self.stop_event.is_set():
@@ -459,7 +472,7 @@ class Daemon:
             # Like an API outage: the file waits, nothing fails; its last journaled step is where it resumes.
             self.journal_gate.blocked_by(str(exc))
             self.counts["waiting"] += 1
-            self.retry_jobs.append(job)
+            self._requeue(job)
             requeued = job.file_id is not None
         except RulesRefused as refused:
             self._refuse(refused)
@@ -478,7 +491,7 @@ class Daemon:
             else:
                 self.gate.blocked(blocked)
                 if blocked.file_id is not None and blocked.file_id == job.file_id:
-                    self.retry_jobs.append(job)  # still counted as queued: a look at the journal skips it
+                    self._requeue(job)  # still counted as queued: a look at the journal skips it
                     requeued = True
                 elif blocked.file_id is not None:
                     self._enqueue_id(blocked.file_id)  # a new file, journaled before the API refused it
@@ -567,8 +580,10 @@ class Daemon:
     # --- status --------------------------------------------------------------------------
 
     def queued(self) -> int:
+        with self.queue.mutex:  # jobs, not the wake-ups among them (see _requeue)
+            new = sum(1 for job in self.queue.queue if job is not _WAKE)
         return (
-            self.queue.qsize()
+            new
             + len(self.retry_jobs)
             + len(self._deferred)
             + len(self._awaiting)
@@ -706,7 +721,7 @@ class Daemon:
             if check is not None and not check.done and (not self.facts.fetching() or now >= check.deadline):
                 self._finish_start_check()  # the facts are in (or cannot come): refuse a bad rule now
             while self._awaiting and (check is None or (check.done and check.refused is None)):
-                self.retry_jobs.append(self._awaiting.popleft())
+                self._requeue(self._awaiting.popleft())
             if now >= next_poll:
                 if not self.once:
                     self.poll_journal()
@@ -758,7 +773,7 @@ class Daemon:
         self.stop_event.set()
         self.watcher.stop()  # take no new files while in-flight ones finish
         for _ in self._threads:  # an idle worker waits on the queue: woken now, it sees the stop at once
-            if not self._offer(_Job()):
+            if not self._offer(_WAKE):
                 break
         deadline = time.monotonic() + 30
         for t in self._threads:
