@@ -505,7 +505,7 @@ def cmd_journal_copy(args: argparse.Namespace) -> int:
     source = _journal(config)
     try:
         try:
-            target = Journal.open(args.to, roots=Roots(config.named_roots), host=config.host_id)
+            target = Journal.open(args.to, roots=Roots(config.named_roots), host=config.host)
         except JournalUnavailable as exc:
             raise ConfigError(f"--to: {exc}") from None
         try:

@@ -216,12 +216,6 @@ class Config:
         return (self.state_path if self.state_url is None else default_state_path()).parent
 
     @property
-    def host_id(self) -> str:
-        """``host:``, else the machine's host name (uname's node name: what gethostname() returns on Linux, without
-        loading socket into every command)."""
-        return self.host or os.uname().nodename or "localhost"
-
-    @property
     def named_roots(self) -> dict[str, Path]:
         """Every named folder: the watched ones and ``roots:``."""
         return {**{w.name: w.path for w in self.watch}, **dict(self.roots)}

@@ -53,6 +53,7 @@ if TYPE_CHECKING:  # what the lazy names below are, for type checkers and editor
     from rfwatch.host.templates import Template, TemplateError, UnsafePathError, safe_component
     from rfwatch.images.exiftool import ExifToolError, exiftool_executable, exiftool_pool
     from rfwatch.images.prepare import ImageError, open_image, open_upright, prepare_image
+    from rfwatch.processing.outbox_view import UPLOAD_KIND
     from rfwatch.redact import redact, register_secret
     from rfwatch.roboflow.platform import KeyRefused, NotFound, PlatformClient, PlatformError, PlatformUnavailable
     from rfwatch.roboflow.result import ClassScore, Prediction
@@ -112,6 +113,7 @@ __all__ = [
     "Gone",
     "Failed",
     "Deliveries",
+    "UPLOAD_KIND",
     # Roboflow's platform API (uploads, project facts)
     "platform_client",
     "PlatformClient",
@@ -165,6 +167,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "Gone": ("rfwatch.host.delivery", "Gone"),
     "Failed": ("rfwatch.host.delivery", "Failed"),
     "Deliveries": ("rfwatch.host.delivery", "DeliveryStatus"),
+    "UPLOAD_KIND": ("rfwatch.processing.outbox_view", "UPLOAD_KIND"),
     "PlatformClient": ("rfwatch.roboflow.platform", "PlatformClient"),
     "PlatformError": ("rfwatch.roboflow.platform", "PlatformError"),
     "KeyRefused": ("rfwatch.roboflow.platform", "KeyRefused"),

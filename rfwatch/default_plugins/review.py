@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from rfwatch.default_plugins.move_copy import EXAMPLE, PlaceAction
 from rfwatch.plugin import (
+    UPLOAD_KIND,
     Delivered,
     Delivery,
     Failed,
@@ -42,7 +43,7 @@ declare_crash_points(
     {"review.uploaded": "a reviewed image uploaded and its image id kept, its label not yet sent"},
 )
 
-KIND = "roboflow-upload"
+KIND = UPLOAD_KIND  # rfwatch's retry --uploads and the review page's take-back know it
 #: 4xx answers that may pass: a key being fixed (401/403), a timeout (408), a rate limit (429).
 _WORTH_RETRYING = frozenset({401, 403, 408, 429})
 #: How long after its upload an image the annotate route answers 404 for is waited for: the platform has answered

@@ -176,7 +176,7 @@ def open_journal(config: Config, kind: str = "rfwatch", **kw) -> Journal:
     return Journal(
         open_database(url, synchronous=kw.pop("synchronous", "FULL")),
         roots=Roots(config.named_roots),
-        host=config.host_id,
+        host=config.host,  # None: the machine's host name (holders.default_host)
         lease=config.lease,
         kind=kind,
         legacy_id=None if is_postgres_url(url) else url,

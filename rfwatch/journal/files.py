@@ -547,11 +547,11 @@ class Files:
         me = self._holder()
 
         def record(tx: Tx) -> None:
-            if not tx.run(
+            tx.check(
                 "UPDATE files SET attempts=attempts+1, last_error=?, updated=? WHERE id=? AND holder=?",
                 (utf8_text(error), now, file_id, me),
-            ):
-                raise ClaimLost(file_id)
+                lambda: ClaimLost(file_id),
+            )
             self.event(tx, file_id, f"attempt failed: {error}", at=now)
 
         self.db.transact(record)

@@ -25,10 +25,10 @@ from rfwatch.host.delivery import (
     Retry,
 )
 from rfwatch.journal import DeliveryRow, JournalUnavailable
-from rfwatch.processing.outbox_view import UPLOAD_KIND, DeliveryView
+from rfwatch.processing.outbox_view import DeliveryView
 from rfwatch.redact import redact
 
-__all__ = ["Deliveries", "UPLOAD_KIND"]
+__all__ = ["Deliveries"]
 
 log = logging.getLogger(__name__)
 

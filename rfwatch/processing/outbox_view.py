@@ -18,8 +18,9 @@ __all__ = ["DeliveryView", "UPLOAD_KIND"]
 
 log = logging.getLogger(__name__)
 
-#: The kind of the review plugin's uploads to Roboflow (rfwatch.default_plugins.review.KIND), which
-#: ``rfwatch retry --uploads`` queues again; named here so that ``status`` and ``retry`` need not load the plugin.
+#: The kind of a delivery that uploads an image to Roboflow (the review plugin's; rfwatch.plugin exports it): what
+#: ``rfwatch retry --uploads`` queues again, ``status`` names, and a review decision taken back cancels. Defined
+#: here, in core, so that ``status`` and ``retry`` need not load the plugin.
 UPLOAD_KIND = "roboflow-upload"
 
 
@@ -30,6 +31,8 @@ class DeliveryView:
     journal: Journal
     #: kind -> (plugin name, deliverer); replaced as a whole when the config is reloaded.
     deliverers: dict[str, tuple[str, Deliverer]] = field(default_factory=dict)
+    #: What the journal recorded, read once (a view without deliverers is made for one report: status).
+    _recorded: dict[str, str] | None = field(default=None, init=False, repr=False)
 
     def remember(self) -> None:
         """Record in the journal which plugin delivers each kind, so that `rfwatch status`, which loads no plugin,
@@ -48,7 +51,9 @@ class DeliveryView:
         """kind -> plugin: this process's deliverers when it loaded them, else what the journal recorded."""
         if self.deliverers:
             return {kind: plugin for kind, (plugin, _) in self.deliverers.items()}
-        return self.journal.outbox.deliverers()
+        if self._recorded is None:
+            self._recorded = self.journal.outbox.deliverers()
+        return self._recorded
 
     def pending_by_plugin(self) -> dict[str, int]:
         """Deliveries not yet delivered, per plugin (see _per_plugin)."""

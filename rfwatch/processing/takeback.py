@@ -23,15 +23,14 @@ from dataclasses import dataclass
 from enum import Enum
 
 from rfwatch.journal import FileRow, Journal
+from rfwatch.processing.outbox_view import UPLOAD_KIND
 from rfwatch.processing.undo import FileUndo, Undoer
 from rfwatch.states import FileState, StepKind, StepState
 
-__all__ = ["TakeBack", "TakenBack", "TakeBackOutcome", "UPLOAD_KIND"]
+__all__ = ["TakeBack", "TakenBack", "TakeBackOutcome"]
 
 log = logging.getLogger(__name__)
 
-#: The review plugin's deliveries (rfwatch.default_plugins.review.KIND): cancelled with the decision.
-UPLOAD_KIND = "roboflow-upload"
 #: States a decision's round can have left a file in.
 _APPLIED = (FileState.DONE, FileState.FAILED, FileState.UNMATCHED, FileState.UNDOING)
 
