@@ -146,9 +146,10 @@ def test_names_that_left_the_public_module_still_work_with_a_warning():
 
 def test_a_crash_point_nobody_declared_is_refused_once_the_plugins_loaded(tmp_path, server, api_key):
     """The built-ins declare their crash points (core lists none of theirs); a typo still fails loudly."""
+    import rfwatch.default_plugins.tag  # noqa: F401 - declares its crash points as it loads
     from rfwatch.crashpoints import POINTS
 
-    assert "tag.before_embed" in POINTS  # this process loaded the tag plugin above (or now)
+    assert "tag.before_embed" in POINTS
     cfg = write_config(tmp_path, server)
     result = run_cli("run", "--once", "-c", str(cfg), env={"RFWATCH_CRASH_AT": "tag.before_embedd"})
     assert result.returncode != 0
