@@ -23,6 +23,7 @@ from typing import Any
 
 from rfwatch.config import Config, ConfigError, WatchConfig, load_config
 from rfwatch.host.runtime import Runtime, build_runtime, platform_client
+from rfwatch.images.prepare import warm_up
 from rfwatch.journal import JournalUnavailable, open_journal
 from rfwatch.processing.delivery import Deliveries
 from rfwatch.processing.pipeline import ApiBlocked, NotYet, Pipeline, RateLimiter
@@ -582,13 +583,7 @@ class Daemon:
     def queued(self) -> int:
         with self.queue.mutex:  # jobs, not the wake-ups among them (see _requeue)
             new = sum(1 for job in self.queue.queue if job is not _WAKE)
-        return (
-            new
-            + len(self.retry_jobs)
-            + len(self._deferred)
-            + len(self._awaiting)
-            + self.watcher.pending()
-        )
+        return new + len(self.retry_jobs) + len(self._deferred) + len(self._awaiting) + self.watcher.pending()
 
     def status_line(self) -> str:
         c = self.counts
@@ -664,6 +659,7 @@ class Daemon:
                 self._close()
                 return 1
         self.runtime.plugins.hook.startup(config=self.config)
+        threading.Thread(target=warm_up, name="rfwatch-warm-up", daemon=True).start()
         self._threads = [
             threading.Thread(target=self._worker, name=f"rfwatch-worker-{i}", daemon=True)
             for i in range(self.config.concurrency)
