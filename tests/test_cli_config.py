@@ -259,3 +259,25 @@ def test_a_mistyped_command_is_told_every_command():
     assert "'status'" in result.stderr and "'history'" in result.stderr and "'run'" in result.stderr
     # a known command's own usage names its own options only
     assert "usage: rfwatch history [-h] -c CONFIG" in run_cli("history").stderr
+
+
+@pytest.mark.parametrize("columns", [44, 200])
+def test_help_fits_the_terminal_it_is_printed_on(columns, monkeypatch, capsys):
+    """Help is wrapped to the terminal's width (what $COLUMNS says, else the terminal), though the width is read
+    only when help is printed (rfwatch.cli._HelpFormatter): a narrow terminal gets no line wider than itself, a
+    wide one keeps an option's help on the option's line."""
+    from rfwatch.cli import main
+
+    monkeypatch.setenv("COLUMNS", str(columns))
+    for argv in (["status", "--help"], ["--help"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert max(len(line) for line in lines) <= columns - 2, lines
+        joined = "\n".join(lines)
+        if argv[0] == "status":  # the option's help is on its line when the terminal is wide, wrapped when not
+            one_line = any("--plugins" in line and "(slower)" in line for line in lines)
+            assert one_line == (columns == 200), lines
+        if columns == 44 and argv[0] == "--help":
+            assert "classify" in joined and "history" in joined  # every command still listed, wrapped
