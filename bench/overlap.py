@@ -149,8 +149,8 @@ NOTES: list[str] = [
     "first upload leaves about 0.07 s after the facts, and the cold run went from about 1.75 s to about 1.5 s "
     "on the timeline's machine.",
     "",
-    "Why 25x the official client stays out of reach on this link: at the official client's 0.78 files/s it asks "
-    "for the 24 photos in 1.23 s. The model's input size (without which no upload can be sized) arrives after "
+    "Why 25x the official client stays out of reach on this link: at the official client's 0.78 to 0.80 files/s "
+    "(two runs on 2026-12-07) it asks for the 24 photos in about 1.2 s. The model's input size (without which no upload can be sized) arrives after "
     "the start-up (about 0.17 s of imports, config and journal) and two platform round trips of 150 ms, near "
     "0.5 s; the 24 preparations then take 24 x about 54 ms of CPU on 2 cores, 0.65 s, and the last answer 0.15 "
     "to 0.2 s more: about 1.35 s before the exit, 22x at best. What would be left: deciding the draft scale "
@@ -270,8 +270,8 @@ def main() -> int:
         "",
         "**What CPU per file counts.** The daemon process's CPU (user and system, every thread) from 0.5 s after "
         "its journal appears until the last file is in its class folder, over the 48 files: its start-up (about "
-        "0.2 s of CPU, over by then) is not counted; the first file's lazy imports (Pillow's plugins, about 35 ms "
-        "once) are. Measuring from READY would change nothing: the window already opens after it.",
+        "0.2 s of CPU, over by then) is not counted, nor (since the warm-up at start) Pillow's first-use work. "
+        "Measuring from READY would change nothing: the window already opens after it.",
         "",
         f"**Where a file's CPU goes**, one thread taking {min(args.daemon_files, 25) - 1} photos in this process "
         "(the daemon's pipeline called file after file, the API answering at once; the first photo not counted):",
