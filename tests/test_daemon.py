@@ -498,6 +498,29 @@ def test_a_restart_passes_over_known_files_and_takes_only_the_new_or_changed(tmp
     assert daemon.watcher.known_found == 5
 
 
+def test_run_once_ends_only_once_the_file_a_worker_took_is_done(tmp_path, server, monkeypatch):
+    """A file a worker has taken from the queue is work until it is done, also while it waits to start (the
+    journal's read of its state, a gate): `run --once` ends once it is sorted, not while a slow journal keeps it in
+    the worker's hand (it ended then, exit 0, the file left in the inbox for the next run)."""
+    from rfwatch.service.daemon import Daemon
+
+    cfg = write_config(tmp_path, server)
+    (tmp_path / "inbox" / "a.jpg").write_bytes(unique_jpeg(RED, 900))
+    server.fail_next(402, count=10_000)  # a spent quota: the first run journals the file, then stops
+    assert run_cli("run", "-c", str(cfg), "--once").returncode == 3
+    server.reset()
+    daemon = Daemon(cfg, once=True)
+    real = daemon._needs_api
+
+    def slow(job):  # the journal takes its time to answer (a database far away, or busy)
+        time.sleep(0.5)
+        return real(job)
+
+    monkeypatch.setattr(daemon, "_needs_api", slow)
+    assert daemon.run() == 0
+    assert files_under(tmp_path / "sorted") == [tmp_path / "sorted" / "red" / "a.jpg"]
+
+
 def test_files_are_read_and_prepared_one_per_core_while_more_wait_for_the_api(tmp_path, server, monkeypatch):
     """Workers beyond the cores keep requests in flight; the decoding itself takes turns, one file per core."""
     import threading

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 from helpers import DaemonProcess, JournalView, files_under, rfwatch_cmd, run_cli, unique_jpeg, wait_for, write_burst
+from roboflow_server import VALID_KEY
 
 RED = (230, 10, 10)
 
@@ -179,6 +180,43 @@ def test_postgresql_stopped_mid_burst_loses_nothing(tmp_path, server, request):
     _each_once(share, written)
     text = daemon.log.read_text()
     assert "the journal answers again" in text or "journal answers again" in text, text[-3000:]
+
+
+def test_run_once_waits_for_postgresql_stopped_mid_run(tmp_path, server, request):
+    """`run --once` with the database away mid-run waits for it, as the daemon does, and finishes every file: it
+    ended (exit 0, files left in the inbox) as soon as every worker waited for the journal with a file in hand,
+    since such a file was counted nowhere."""
+    cluster = request.getfixturevalue("pg_cluster")
+    url = cluster.new_database()
+    share = _share(tmp_path)
+    server.delay = 0.05
+    host = Host(tmp_path, "here", "mnt", server, url, [{"then": [{"move": "ARCHIVE/sorted/{class}/{name}"}]}])
+    written: dict[str, bytes] = {}
+    write_burst(share / "inbox", written, 0, 40, 5000)
+    env = dict(os.environ, ROBOFLOW_API_KEY=VALID_KEY)
+    with subprocess.Popen(
+        rfwatch_cmd("run", "-c", str(host.config), "--once"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    ) as proc:
+        try:
+            wait_for(lambda: len(files_under(share / "archive")) >= 5, timeout=60, what="a few sorted")
+            cluster.stop()
+            try:
+                time.sleep(4)
+                assert proc.poll() is None, "run --once ended while the journal was away"
+            finally:
+                cluster.start_again()
+            err = proc.stderr.read()
+            assert proc.wait(timeout=120) == 0, err[-3000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    _each_once(share, written)
+    assert JournalView(host.config).states() == {"done": 40}
+    assert "journal answers again" in err, err[-3000:]
 
 
 def test_undo_on_host_b_of_files_host_a_sorted(tmp_path, server, journal_url):

@@ -99,6 +99,11 @@ class ApiGate:
                     self._cond.wait(timeout=pause)
         return False
 
+    def may_try(self) -> bool:
+        """Whether the service is taken to answer, or it is time to try it again (unlike wait, claims nothing)."""
+        with self._cond:
+            return self.reason is None or time.monotonic() >= self._retry_at
+
     def blocked(self, error: ApiBlocked) -> None:
         self.blocked_by(str(error), error.permanent)
 
@@ -195,6 +200,10 @@ class Daemon:
         #: Files journaled on a cold start while the model's facts were on their way: queued again once they came.
         self._awaiting: collections.deque[_Job] = collections.deque()
         self._busy = 0
+        #: Jobs a worker has taken from the queues and not finished (waiting for a gate, or running).
+        self._in_hand = 0
+        #: Files queued by run --once's last look at the journal (see _left_over): each is looked for once.
+        self._looked_at_the_end: set[int] = set()
         self._busy_since: dict[int, float] = {}
         #: Journal rows queued or in a worker's hands, so that a look at the journal does not queue them twice.
         self._queued_ids: set[int] = set()
@@ -368,12 +377,14 @@ class Daemon:
         self.retry_jobs.append(job)
         self._offer(_WAKE)  # a full queue needs no wake: its workers are busy and look at retry_jobs first
 
-    def _enqueue_id(self, file_id: int) -> None:
+    def _enqueue_id(self, file_id: int) -> bool:
+        """Queue a journaled file to carry on; False if it is queued or in a worker's hands already."""
         with self._lock:
             if file_id in self._queued_ids:
-                return
+                return False
             self._queued_ids.add(file_id)
         self._requeue(_Job(file_id=file_id))
+        return True
 
     def _was_taken(self, path: Path) -> bool:
         try:
@@ -430,14 +441,22 @@ class Daemon:
             job = self._next_job()
             if job is None:
                 continue
-            # Only a file still to be classified waits while the API refuses us. Meanwhile this worker takes
-            # what needs no API (a person's decision, a retried action): with every worker waiting here, those
-            # would wait for the API too, for as long as a quota is spent.
-            if not self.journal_gate.wait(self.stop_event):
-                break
-            if self._needs_api(job) and not self.gate.wait(self.stop_event, meanwhile=self._run_one_without_api):
-                break
-            self._run(job)
+            # In hand from now on: out of the queues, and not yet running while it waits for the journal or the
+            # API below, where it must still count as work (a run --once that saw no job anywhere would end).
+            with self._lock:
+                self._in_hand += 1
+            try:
+                # Only a file still to be classified waits while the API refuses us. Meanwhile this worker takes
+                # what needs no API (a person's decision, a retried action): with every worker waiting here, those
+                # would wait for the API too, for as long as a quota is spent.
+                if not self.journal_gate.wait(self.stop_event):
+                    break
+                if self._needs_api(job) and not self.gate.wait(self.stop_event, meanwhile=self._run_one_without_api):
+                    break
+                self._run(job)
+            finally:
+                with self._lock:
+                    self._in_hand -= 1
 
     def _run_one_without_api(self) -> bool:
         """Run one queued job that needs no API (found among the jobs taken first); False if there is none."""
@@ -611,7 +630,7 @@ class Daemon:
 
     def _idle(self) -> bool:
         with self._lock:
-            busy = self._busy
+            busy = self._busy + self._in_hand
         return busy == 0 and not self.watcher.scanning() and self.queued() == 0
 
     def healthy(self) -> bool:
@@ -736,11 +755,36 @@ class Daemon:
                         if self._close_sequences(final=True):  # nothing left to read: every burst closes
                             idle_since = None
                             continue
+                        if self._left_over():
+                            idle_since = None
+                            continue
                         break
                     idle_since = now
                 else:
                     idle_since = None
             self.stop_event.wait(0.02)  # the settle check's resolution: it adds to every file's latency
+
+    def _left_over(self) -> bool:
+        """``run --once``, about to end: queue the files of the journal this run may still carry on; whether there
+        were any, or whether the journal could not be asked (the run then waits for it, as its workers would).
+
+        A job lost to a journal outage leaves its file journaled and held by this process (a new file taken just
+        before the database went away is found at its path as being processed when tried again): without this
+        look the run would end with it in the inbox. Each file gets one such look, so a file that cannot be
+        carried on (another process's, in the end) does not keep the run from ending."""
+        if self.dry_run:
+            return False
+        if not self.journal_gate.may_try():
+            return True
+        try:
+            found = self.journal.files.claimable()
+        except JournalUnavailable as exc:
+            self.journal_gate.blocked_by(str(exc))
+            return True
+        self.journal_gate.success()
+        new = [file_id for file_id in found if file_id not in self._looked_at_the_end]
+        self._looked_at_the_end.update(new)
+        return sum(self._enqueue_id(file_id) for file_id in new) > 0
 
     def _fold_counts(self) -> None:
         """Keep ``rfwatch status``'s count of the files a read of a few rows (rfwatch.journal.files.fold_counts)."""
