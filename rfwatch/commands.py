@@ -581,7 +581,7 @@ def add_commands(sub, common) -> None:
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("journal", help="the journal itself: copy it to another database")
-    jsub = p.add_subparsers(dest="journal_command", required=True, metavar="ACTION")
+    jsub = p.add_subparsers(dest="journal_command", required=True, metavar="ACTION", prog="rfwatch journal")
     c = jsub.add_parser("copy", help="copy the journal (history, undo records, pending work) into another database")
     common(c, True)
     c.add_argument("--to", required=True, metavar="URL", help="postgresql://user@host/db (or an SQLite file)")

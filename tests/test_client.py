@@ -424,3 +424,29 @@ def test_a_proxy_from_the_environment_carries_the_uploads_unless_no_proxy_names_
         assert len(seen) == 2, "no_proxy names the host: the upload went straight to it"
     finally:
         proxy.shutdown()
+
+
+def test_a_heic_opened_while_another_thread_registers_its_decoder_is_read(heic_file):
+    """The daemon's warm-up thread registers pillow-heif's opener as the workers start: a worker opening its first
+    HEIC meanwhile waits for it, rather than being told the format needs an extra decoder (and the file failing for
+    good). The registration is slowed here to leave that moment wide open."""
+    pytest.importorskip("pillow_heif")
+    code = (
+        "import threading, time, pillow_heif\n"
+        "real = pillow_heif.register_heif_opener\n"
+        "def slow(*a, **k):\n"
+        "    time.sleep(0.5)\n"
+        "    return real(*a, **k)\n"
+        "pillow_heif.register_heif_opener = slow\n"
+        "from PIL import Image\n"
+        "Image.init()  # every built-in format loaded, as after any earlier image\n"
+        "from rfwatch.images import prepare\n"
+        "warming = threading.Thread(target=prepare.warm_up)\n"
+        "warming.start()\n"
+        "time.sleep(0.1)\n"
+        f"print(prepare.prepare_image({str(heic_file)!r}).upload_size)\n"
+        "warming.join()\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("("), run.stdout

@@ -183,9 +183,10 @@ def test_postgresql_stopped_mid_burst_loses_nothing(tmp_path, server, request):
 
 
 def test_run_once_waits_for_postgresql_stopped_mid_run(tmp_path, server, request):
-    """`run --once` with the database away mid-run waits for it, as the daemon does, and finishes every file: it
-    ended (exit 0, files left in the inbox) as soon as every worker waited for the journal with a file in hand,
-    since such a file was counted nowhere."""
+    """`run --once` with the database away mid-run waits for it, as the daemon does, and finishes every file. It
+    ended (exit 0, files left in the inbox): a file a worker held while waiting for the journal was counted
+    nowhere, and a new file journaled just before the outage was found at its path "being processed" when tried
+    again, and left."""
     cluster = request.getfixturevalue("pg_cluster")
     url = cluster.new_database()
     share = _share(tmp_path)
@@ -194,13 +195,13 @@ def test_run_once_waits_for_postgresql_stopped_mid_run(tmp_path, server, request
     written: dict[str, bytes] = {}
     write_burst(share / "inbox", written, 0, 40, 5000)
     env = dict(os.environ, ROBOFLOW_API_KEY=VALID_KEY)
-    with subprocess.Popen(
-        rfwatch_cmd("run", "-c", str(host.config), "--once"),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=env,
-        text=True,
-    ) as proc:
+    log = tmp_path / "run.log"
+    with (
+        open(log, "wb") as out,
+        subprocess.Popen(
+            rfwatch_cmd("run", "-c", str(host.config), "--once"), stdout=subprocess.DEVNULL, stderr=out, env=env
+        ) as proc,
+    ):
         try:
             wait_for(lambda: len(files_under(share / "archive")) >= 5, timeout=60, what="a few sorted")
             cluster.stop()
@@ -209,14 +210,13 @@ def test_run_once_waits_for_postgresql_stopped_mid_run(tmp_path, server, request
                 assert proc.poll() is None, "run --once ended while the journal was away"
             finally:
                 cluster.start_again()
-            err = proc.stderr.read()
-            assert proc.wait(timeout=120) == 0, err[-3000:]
+            assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
         finally:
             if proc.poll() is None:
                 proc.kill()
     _each_once(share, written)
     assert JournalView(host.config).states() == {"done": 40}
-    assert "journal answers again" in err, err[-3000:]
+    assert "journal answers again" in log.read_text(), log.read_text()[-3000:]
 
 
 def test_undo_on_host_b_of_files_host_a_sorted(tmp_path, server, journal_url):

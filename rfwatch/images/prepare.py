@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Union
@@ -29,6 +30,7 @@ MAX_UPLOAD_BYTES = 5 * 1000 * 1000
 _HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1")
 _AVIF_BRANDS = (b"avif", b"avis")
 _plugins_loaded = False
+_plugins_lock = threading.Lock()
 
 
 class ImageError(Exception):
@@ -53,18 +55,23 @@ def _load_optional_decoders() -> None:
     global _plugins_loaded
     if _plugins_loaded:
         return
-    _plugins_loaded = True
-    try:
-        import pillow_heif  # type: ignore[import-not-found]
+    # Under a lock, and marked loaded only once registered: a worker opening its first HEIC while another thread
+    # (the daemon's warm-up, another worker) is still registering the opener would be refused the format for good.
+    with _plugins_lock:
+        if _plugins_loaded:
+            return
+        try:
+            import pillow_heif  # type: ignore[import-not-found]
 
-        pillow_heif.register_heif_opener()
-        if hasattr(pillow_heif, "register_avif_opener"):
-            try:
-                pillow_heif.register_avif_opener()
-            except Exception:  # newer pillow-heif dropped AVIF; Pillow 11.2+ reads it natively
-                pass
-    except ImportError:
-        pass
+            pillow_heif.register_heif_opener()
+            if hasattr(pillow_heif, "register_avif_opener"):
+                try:
+                    pillow_heif.register_avif_opener()
+                except Exception:  # newer pillow-heif dropped AVIF; Pillow 11.2+ reads it natively
+                    pass
+        except ImportError:
+            pass
+        _plugins_loaded = True
 
 
 def _container_brand(head: bytes) -> str | None:

@@ -58,6 +58,42 @@ class _Job:
 _WAKE = _Job()
 
 
+class _JobQueue(queue.Queue):
+    """The queue of new files, counting the jobs workers have taken from it or from ``retry_jobs`` and not yet
+    finished (``in_hand``), under the queue's own lock: a job is counted the instant it leaves a queue, so a
+    look at the queues and the count together (Daemon._idle) never misses one in between."""
+
+    def __init__(self, maxsize: int):
+        super().__init__(maxsize)
+        self.in_hand = 0
+
+    def _get(self) -> _Job:  # called by get() under self.mutex
+        job = super()._get()
+        if job is not _WAKE:
+            self.in_hand += 1
+        return job
+
+    def take_first(self, jobs: collections.deque[_Job], job: _Job | None = None) -> _Job | None:
+        """Take ``job`` (else the first) out of ``jobs`` and count it in hand; None if it is not there."""
+        with self.mutex:
+            if job is None:
+                if not jobs:
+                    return None
+                job = jobs.popleft()
+            else:
+                try:
+                    jobs.remove(job)
+                except ValueError:
+                    return None  # another worker took it
+            self.in_hand += 1
+            return job
+
+    def done(self) -> None:
+        """A job taken (get, take_first) is finished, or put back."""
+        with self.mutex:
+            self.in_hand -= 1
+
+
 class ApiGate:
     """Closes when a service files need is away (the API: down, bad key, quota; the journal's database); lets one
     probe through when it is time."""
@@ -193,15 +229,13 @@ class Daemon:
         self.gate = ApiGate()
         #: Closed while the journal's database cannot be reached (PostgreSQL restarted, the network cut).
         self.journal_gate = ApiGate(min_backoff=0.5, max_backoff=5.0, what="the journal")
-        self.queue: queue.Queue[_Job] = queue.Queue(maxsize=self.config.concurrency * 4)
+        self.queue = _JobQueue(maxsize=self.config.concurrency * 4)
         self.retry_jobs: collections.deque[_Job] = collections.deque()
         #: Files the settle check handed on while the queue was full (see _enqueue_path).
         self._deferred: collections.deque[_Job] = collections.deque()
         #: Files journaled on a cold start while the model's facts were on their way: queued again once they came.
         self._awaiting: collections.deque[_Job] = collections.deque()
         self._busy = 0
-        #: Jobs a worker has taken from the queues and not finished (waiting for a gate, or running).
-        self._in_hand = 0
         #: Files queued by run --once's last look at the journal (see _left_over): each is looked for once.
         self._looked_at_the_end: set[int] = set()
         self._busy_since: dict[int, float] = {}
@@ -426,10 +460,10 @@ class Daemon:
     # --- workers --------------------------------------------------------------------
 
     def _next_job(self) -> _Job | None:
-        try:
-            return self.retry_jobs.popleft()
-        except IndexError:
-            pass
+        """The next job, counted in hand (``self.queue.done()`` when finished); None when there is none yet."""
+        job = self.queue.take_first(self.retry_jobs)
+        if job is not None:
+            return job
         try:
             job = self.queue.get(timeout=0.2)
         except queue.Empty:
@@ -441,10 +475,8 @@ class Daemon:
             job = self._next_job()
             if job is None:
                 continue
-            # In hand from now on: out of the queues, and not yet running while it waits for the journal or the
-            # API below, where it must still count as work (a run --once that saw no job anywhere would end).
-            with self._lock:
-                self._in_hand += 1
+            # In hand (counted by the queue) until done: while it waits for the journal or the API below it is
+            # still work, or a run --once that saw no job anywhere would end.
             try:
                 # Only a file still to be classified waits while the API refuses us. Meanwhile this worker takes
                 # what needs no API (a person's decision, a retried action): with every worker waiting here, those
@@ -455,19 +487,19 @@ class Daemon:
                     break
                 self._run(job)
             finally:
-                with self._lock:
-                    self._in_hand -= 1
+                self.queue.done()
 
     def _run_one_without_api(self) -> bool:
         """Run one queued job that needs no API (found among the jobs taken first); False if there is none."""
         for job in list(self.retry_jobs):
             if self._needs_api(job):
                 continue
-            try:
-                self.retry_jobs.remove(job)
-            except ValueError:
+            if self.queue.take_first(self.retry_jobs, job) is None:
                 continue  # another worker took it
-            self._run(job)
+            try:
+                self._run(job)
+            finally:
+                self.queue.done()
             return True
         return False
 
@@ -601,8 +633,8 @@ class Daemon:
 
     def queued(self) -> int:
         with self.queue.mutex:  # jobs, not the wake-ups among them (see _requeue)
-            new = sum(1 for job in self.queue.queue if job is not _WAKE)
-        return new + len(self.retry_jobs) + len(self._deferred) + len(self._awaiting) + self.watcher.pending()
+            new = sum(1 for job in self.queue.queue if job is not _WAKE) + len(self.retry_jobs)
+        return new + len(self._deferred) + len(self._awaiting) + self.watcher.pending()
 
     def status_line(self) -> str:
         c = self.counts
@@ -629,9 +661,12 @@ class Daemon:
         )
 
     def _idle(self) -> bool:
-        with self._lock:
-            busy = self._busy + self._in_hand
-        return busy == 0 and not self.watcher.scanning() and self.queued() == 0
+        with self.queue.mutex:  # the jobs in the queues and in workers' hands, in one look (see _JobQueue)
+            in_queues = sum(1 for job in self.queue.queue if job is not _WAKE) + len(self.retry_jobs)
+            busy = self.queue.in_hand
+        if busy or in_queues or self.watcher.scanning():
+            return False
+        return len(self._deferred) + len(self._awaiting) + self.watcher.pending() == 0
 
     def healthy(self) -> bool:
         """Worth a WATCHDOG=1: threads alive and no file stuck far longer than the API could take."""
@@ -752,6 +787,10 @@ class Daemon:
                         self._finish_start_check(exiting=True)
                         if self.stop_event.is_set():
                             break  # a rule refused: nothing is done under this config
+                        if not self.journal_gate.may_try():  # the journal is away: wait for it, at its pace
+                            idle_since = None
+                            self.stop_event.wait(0.1)
+                            continue
                         if self._close_sequences(final=True):  # nothing left to read: every burst closes
                             idle_since = None
                             continue
@@ -774,8 +813,6 @@ class Daemon:
         carried on (another process's, in the end) does not keep the run from ending."""
         if self.dry_run:
             return False
-        if not self.journal_gate.may_try():
-            return True
         try:
             found = self.journal.files.claimable()
         except JournalUnavailable as exc:
