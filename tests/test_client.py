@@ -450,3 +450,22 @@ def test_a_heic_opened_while_another_thread_registers_its_decoder_is_read(heic_f
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("("), run.stdout
+
+
+def test_a_picture_over_pillows_pixel_limit_is_refused_as_a_bomb(tmp_path):
+    """Between Pillow's limit and twice it Pillow only warns: rfwatch refuses such a picture itself (once by turning
+    the warning into an error, which swapped the process's warning filters under every worker)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    side = int((Image.MAX_IMAGE_PIXELS * 1.5) ** 0.5)  # 1.5x the limit: a warning only, for Pillow
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    path = tmp_path / "big.png"
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+    )
+    with pytest.warns(Image.DecompressionBombWarning), pytest.raises(ImageError, match="decompression bomb"):
+        prepare_image(path)
