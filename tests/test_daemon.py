@@ -250,18 +250,33 @@ def test_dry_run_changes_nothing(tmp_path, server):
 
 
 def test_copy_into_a_watched_tree_is_not_taken_again(tmp_path, server):
-    from rfwatch.states import Outcome
+    from rfwatch.states import Outcome, StepKind
 
     rules = [{"name": "r", "then": [{"copy": "inbox/copies/{class}/{name}"}]}]
     cfg = write_config(tmp_path, server, rules=rules)
     original, copy = tmp_path / "inbox" / "a.jpg", tmp_path / "inbox" / "copies" / "green" / "a.jpg"
     first = DaemonThread(cfg)
     takes = record_takes(first.daemon)
+    # The copy's step result commits only after the copy has settled (as a loaded disk's fsync can make it):
+    # the daemon must look at the copy, and leave it, while its step is still at work.
+    files = first.daemon.journal.files
+    real_finish = files.finish_step
+
+    held = []
+
+    def slow_finish(file_id, seq, kind, *args, **kwargs):
+        if kind == StepKind.ACTION and not held:  # the original's copy step (a copy taken as new is not held)
+            held.append(file_id)
+            wait_for(lambda: any(p == copy for p, _ in takes), what="the daemon to look at the copy mid-step")
+        return real_finish(file_id, seq, kind, *args, **kwargs)
+
+    files.finish_step = slow_finish
     with first:
         original.write_bytes(unique_jpeg(GREEN, 15))
         wait_for(copy.exists, what="copy")
         # The copy landed in the watched tree: the daemon looks at it, and leaves it.
         wait_for(lambda: any(p == copy for p, _ in takes), what="the daemon to look at the copy")
+        wait_for(lambda: first.daemon.journal.files.counts().get("done") == 1, what="the original to be done")
     # (An event and the scan of its new folder may hand it on twice, at once: the second finds it busy.)
     looks = {(a.outcome, a.detail) for p, a in takes if p == copy}
     assert (Outcome.SKIPPED, "written by rfwatch") in looks

@@ -99,6 +99,30 @@ def test_known_in_lists_a_folders_own_files_as_screen_would_skip_them(a, tmp_pat
     assert a.files.known_in(tmp_path) == {"loose.jpg": {(3, 4)}}
 
 
+def test_a_path_a_step_is_about_to_write_is_kept_from_watchers_until_its_result(a, b, tmp_path):
+    """A copy lands in a watched folder before its step's result commits: from the intent on, no process takes
+    what is at the target; the result marks the file exactly as written; a step that wrote nothing lets go."""
+    fid = take(a)
+    a.files.classified(fid, {"top": "red"}, "sha-x.jpg", "colors/1", "red 0.9", {})
+    copy, other = tmp_path / "copy.jpg", tmp_path / "other.jpg"
+    a.files.record_intent(fid, 1, StepKind.ACTION, "r", "copy", {"src": str(INBOX / "x.jpg"), "target": str(copy)})
+    # not written yet, and not gone: journal prune keeps the claim of a step at work
+    assert b.files.prune(time.time() + 3600)["outputs no longer on disk"] == 0
+    copy.write_bytes(b"copied")
+    st = copy.stat()
+    assert b.files.screen(copy, st.st_size, st.st_mtime_ns) == Skip("written by rfwatch")
+    assert b.files.take(copy, st.st_size, st.st_mtime_ns, "sha-c", "colors/1") == Skip("written by rfwatch")
+    a.files.finish_step(fid, 1, StepKind.ACTION, "r", "copy", True, {"outcome": "copied"}, produced=[copy])
+    assert b.files.screen(copy, st.st_size, st.st_mtime_ns) == Skip("written by rfwatch")
+    assert b.files.screen(copy, st.st_size + 1, st.st_mtime_ns) is None, "exactly as written, from then on"
+    # A step that failed (or found a duplicate and wrote nothing) leaves no claim: a person's file there is new.
+    a.files.record_intent(fid, 2, StepKind.ACTION, "r", "copy", {"target": str(other)})
+    a.files.finish_step(fid, 2, StepKind.ACTION, "r", "copy", False, {"error": "disk full"})
+    a.files.record_intent(fid, 3, StepKind.ACTION, "r", "copy", {"target": str(other), "duplicate": True})
+    other.write_bytes(b"a person's")
+    assert b.files.screen(other, other.stat().st_size, other.stat().st_mtime_ns) is None
+
+
 def test_a_claim_holds_while_its_holder_beats_and_lapses_when_it_stops(journal_url):
     a, b = open_as(journal_url, "host-a", lease=1.0), open_as(journal_url, "host-b", lease=1.0)
     try:

@@ -38,10 +38,16 @@ from rfwatch.states import (
     StepState,
 )
 
-__all__ = ["Files", "FileRow", "StepRow", "ClaimLost", "Skip", "utf8_text"]
+__all__ = ["Files", "FileRow", "StepRow", "ClaimLost", "Skip", "utf8_text", "ANY_SIZE"]
 
 _FREE = FREE.format(col="holder")
 _ACTIVE_SQL = "(" + ",".join(f"'{s}'" for s in ACTIVE_STATES) + ")"
+#: The size (and mtime) of a claim in ``produced``: no watcher takes whatever is at that path. A step claims the
+#: path its intent names before it writes there (an undo, each path it moves the file through), and the claim
+#: gives way to the file as written, exactly, with the step's result: between the two, the written file sits in a
+#: watched folder for as long as the result takes to commit (a loaded disk's fsync can outlast a watch's settle
+#: time), and a watcher that looked at it then took a copy rfwatch made for a new file.
+ANY_SIZE = -1
 _TERMINAL_SQL = "(" + ",".join(f"'{s}'" for s in TERMINAL_STATES) + ")"
 
 
@@ -585,7 +591,15 @@ class Files:
                 " updated=excluded.updated, host=excluded.host",
                 (file_id, seq, kind, utf8_text(rule), action, StepState.PENDING, doc, now, self.host),
             )
+            for claimed in claims:
+                root, rel = self._loc(claimed)
+                tx.send(
+                    "INSERT INTO produced (path_root, path, size, mtime_ns, file_id) VALUES (?,?,?,?,?)"
+                    " ON CONFLICT (path_root, path) DO NOTHING",
+                    (root, rel, ANY_SIZE, ANY_SIZE, file_id),
+                )
 
+        claims = _output_claims(intent)
         self.db.transact(record)
         crash_point("journal.intent")
 
@@ -634,6 +648,8 @@ class Files:
 
         def record(tx: Tx) -> None:
             self._mine(tx, file_id, now, me, sets)
+            # The step's claims (record_intent) give way to the files it wrote, exactly as they are now.
+            tx.send("DELETE FROM produced WHERE file_id=? AND size=?", (file_id, ANY_SIZE))
             tx.send(
                 "INSERT INTO steps (file_id, seq, kind, rule, action, state, result, updated, host)"
                 " VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (file_id, seq) DO UPDATE SET state=excluded.state,"
@@ -776,7 +792,11 @@ class Files:
         counts: dict[str, int] = {}
         gone = [
             (m["path_root"], m["path"])
-            for m in self.db.all("SELECT path_root, path FROM produced")
+            # a claim of a file still at work names a path its step is about to write: not gone, not yet there
+            for m in self.db.all(
+                "SELECT path_root, path FROM produced WHERE size >= 0 OR NOT EXISTS (SELECT 1 FROM files"
+                f" WHERE files.id = produced.file_id AND files.state IN {WORKING_STATES_SQL})"
+            )
             # only marks this host can see: another host's roots are its own to prune
             if (not m["path_root"] or m["path_root"] in self.roots.by_name)
             and not os.path.lexists(self.roots.resolve(m["path_root"], m["path"]))
@@ -790,6 +810,16 @@ class Files:
 
         self.db.transact(prune)
         return counts
+
+
+def _output_claims(intent: dict[str, Any]) -> list[Path]:
+    """The paths a step's intent says it is about to write: place_file's ``target`` (a move or a copy) and
+    write_output's ``output_target``, unless what is there already is kept (``duplicate``: nothing is written)."""
+    claims = []
+    for key, kept in (("target", "duplicate"), ("output_target", "output_duplicate")):
+        if isinstance(intent.get(key), str) and not intent.get(kept):
+            claims.append(Path(intent[key]))
+    return claims
 
 
 def _produced_mark(path: Path) -> tuple[Path, int, int] | None:

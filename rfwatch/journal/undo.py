@@ -18,15 +18,13 @@ from typing import Any
 
 from rfwatch.crashpoints import crash_point
 from rfwatch.journal.db import Database, Tx
-from rfwatch.journal.files import ClaimLost, FileRow, Files, utf8_text
+from rfwatch.journal.files import ANY_SIZE, ClaimLost, FileRow, Files, utf8_text
 from rfwatch.journal.holders import FREE
 from rfwatch.states import FileState, StepState, UndoState
 
 __all__ = ["UndoRecords", "ANY_SIZE"]
 
 _FREE = FREE.format(col="holder")
-#: The size of a claim in ``produced``: no watcher takes whatever is at that path (an undo at work there).
-ANY_SIZE = -1
 
 
 class UndoRecords:

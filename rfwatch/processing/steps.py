@@ -116,7 +116,9 @@ class ActionLog:
         self.journal.files.record_intent(self.file_id, self.seq, self.kind, self.rule, self.action, detail)
 
     def produced(self, path: Path) -> list[Path]:
-        return [path]  # marked with the step's result (a moment later: no watcher settles a file that fast)
+        # Marked exactly (size, mtime) with the step's result; until then the path its intent named is claimed
+        # (see rfwatch.journal.files.ANY_SIZE).
+        return [path]
 
     def delivery_id(self, parts: tuple[str, ...]) -> str:
         return self.journal.delivery_id(self.file_id, self.seq, *parts)
