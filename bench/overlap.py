@@ -150,12 +150,23 @@ NOTES: list[str] = [
     "on the timeline's machine.",
     "",
     "Why 25x the official client stays out of reach on this link: at the official client's 0.78 to 0.80 files/s "
-    "(two runs on 2026-12-07) it asks for the 24 photos in about 1.2 s. The model's input size (without which no upload can be sized) arrives after "
-    "the start-up (about 0.17 s of imports, config and journal) and two platform round trips of 150 ms, near "
-    "0.5 s; the 24 preparations then take 24 x about 54 ms of CPU on 2 cores, 0.65 s, and the last answer 0.15 "
-    "to 0.2 s more: about 1.35 s before the exit, 22x at best. What would be left: deciding the draft scale "
-    "before the size is known (a guess, or a decode large enough for any model: more CPU per file), or a first "
-    "platform request that goes out before the daemon's imports.",
+    "(two runs on 2026-12-07) it asks for the 24 photos in about 1.2 s. A timeline of the cold run (when each "
+    "request reached the stand-ins; 2026-12-07, third pass) shows what bounds it: the model's input size (without "
+    "which no upload can be sized, as issue 23 asks) arrives after the start-up and two platform round trips, the "
+    "second needing the first, at about 0.58 s; then 24 requests at ``concurrency: 8`` (the default) go in three "
+    "waves, each waiting for the answers of the one before, of 0.15 s latency plus up to 0.05 s jitter: the last "
+    "upload leaves near 1.3 s and the run ends about 0.3 s later (its answer, then the exit). From the facts on "
+    "it is bound by round trips, not by the cores: 25x (1.2 s) would need the last answer before the three waves "
+    "can have gone.",
+    "",
+    "Decoding while the size is on its way (third pass): a cold start now decodes each new file as it is taken, "
+    "for a guessed input (up to 640x640, rfwatch/images/sizing.py EARLY_INPUT), and sizes it once the real input "
+    "is known; a file whose turn at a core comes after the size lets the ones decoded early go first. Measured "
+    "beside the tree before it (median of 7 cold runs each, round robin, `--old-python` of that commit): on "
+    "this link 1.47 s against 1.57 s (16.3 against 15.2 files/s), at 1.53 s of CPU against 1.42 s (a 12 MP file "
+    "decoded at 1/4 instead of 1/8 and resized from 1000 px costs about 8 ms more); with the inference server on "
+    "the LAN (`--inference-latency 0.01`, the platform still 150 ms away), where the cores bound the run, 1.22 s "
+    "against 1.42 s (19.6 against 16.9 files/s).",
     "",
     "Why the two targets are far: during the burst the daemon is CPU-bound on this shared machine (the span times "
     "the cores it gets equals the files times their CPU), so files/s moves with CPU per file, and turns at the "
@@ -176,6 +187,12 @@ def main() -> int:
     ap.add_argument("--cold-files", type=int, default=24)
     ap.add_argument("--daemon-files", type=int, default=48)
     ap.add_argument("--latency", type=float, default=0.150)
+    ap.add_argument(
+        "--inference-latency",
+        type=float,
+        default=None,
+        help="the inference server's own latency (default --latency; e.g. 0.01 for a server on the LAN)",
+    )
     ap.add_argument("--write", action="store_true", help="write the figures into docs/benchmarks.md")
     ap.add_argument(
         "--official", action="store_true", help="time the official client too (needs bench/requirements.txt)"
@@ -188,7 +205,8 @@ def main() -> int:
     bench.PYCACHE = work / "pycache"
     photos = bench.build_workloads(work / "cache", max(args.cold_files, args.daemon_files))["12 MP"]
     server = bench.RoboflowServer().start()
-    server.latency, server.jitter = args.latency, 0.05
+    inference_latency = args.latency if args.inference_latency is None else args.inference_latency
+    server.latency, server.jitter = inference_latency, min(0.05, inference_latency / 3)
     server.uplink_bps = 50e6
     server.decode_images = False
     server.keep_images = False
@@ -235,7 +253,7 @@ def main() -> int:
         "",
         f"Produced by `python bench/overlap.py {' '.join(sys.argv[1:])}` on {dt.date.today()} (Python "
         f"{py_platform.python_version()}; load average {load:.1f} at the end, on {os.cpu_count()} cores). Inference "
-        f"at {args.latency * 1000:.0f} ms latency, the platform answering after {args.latency * 1000:.0f} ms, a "
+        f"at {inference_latency * 1000:.0f} ms latency, the platform answering after {args.latency * 1000:.0f} ms, a "
         f"fresh journal for each cold run; median of {args.runs} cold runs and {args.daemon_runs} daemon runs, "
         "round robin between the trees.",
         "",

@@ -5,6 +5,7 @@ rfwatch/testing/roboflow_server.py."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import sqlite3
 import threading
@@ -51,9 +52,12 @@ def journaled(tmp_path) -> int:
 def test_files_are_journaled_while_the_facts_come_and_uploads_are_sized_once_they_do(tmp_path, server, slow_platform):
     cfg = write_config(tmp_path, server, model="colors/2", concurrency=2)  # 224x224, "Stretch to"
     photos(tmp_path / "inbox")
-    with DaemonThread(cfg, once=True) as d:
-        wait_for(lambda: journaled(tmp_path) == 4, what="the 4 files hashed and journaled")
+    d = DaemonThread(cfg, once=True)
+    decoded, decoded_again = count_decodes(d)
+    with d:
+        wait_for(lambda: len(decoded) == 4, what="the 4 files hashed, journaled and decoded")
         # The order, not a time: the platform has not answered yet, and nothing was uploaded unsized meanwhile.
+        assert journaled(tmp_path) == 4
         assert d.daemon.facts.get("colors/2") is None, "the files were taken only after the facts came"
         assert not server.inference_requests(), "an upload went out before the model's input size was known"
         d.thread.join(60)
@@ -61,6 +65,38 @@ def test_files_are_journaled_while_the_facts_come_and_uploads_are_sized_once_the
     assert len(files_under(tmp_path / "sorted")) == 4
     sizes = {r.image.size for r in server.inference_requests()}
     assert sizes == {(299, 224)}, f"uploads not sized to the model's 224x224 input: {sizes}"
+    assert decoded_again == [], "a file decoded while the facts came was decoded again once they had"
+
+
+def count_decodes(d: DaemonThread) -> tuple[list, list]:
+    """(decodes while the size was unknown, files decoded from disk once it was known), as the daemon runs."""
+    client = d.daemon.runtime.client
+    decoded, decoded_again = [], []
+    for name, calls in (("decode_early", decoded), ("prepare", decoded_again)):
+        real = getattr(client, name)
+        setattr(client, name, lambda *a, _real=real, _calls=calls, **kw: _calls.append(a) or _real(*a, **kw))
+    return decoded, decoded_again
+
+
+def test_what_a_cold_start_decodes_early_is_bounded_in_memory(tmp_path, server, slow_platform, monkeypatch):
+    """Early decodes wait in memory for the size: beyond EARLY_DECODE_BYTES a file is decoded once it is known."""
+    from rfwatch.processing import pipeline
+
+    monkeypatch.setattr(pipeline, "EARLY_DECODE_BYTES", 1)  # room for one picture
+    cfg = write_config(tmp_path, server, model="colors/2", concurrency=2)
+    photos(tmp_path / "inbox")
+    d = DaemonThread(cfg, once=True)
+    decoded, decoded_again = count_decodes(d)
+    with d:
+        wait_for(lambda: journaled(tmp_path) == 4, what="the 4 files hashed and journaled")
+        assert d.daemon.facts.get("colors/2") is None
+        assert len(decoded) == 1, "more early decodes held than the bound allows"
+        d.thread.join(60)
+    assert d.result == 0
+    assert len(decoded_again) == 3 and len(files_under(tmp_path / "sorted")) == 4
+    assert {r.image.size for r in server.inference_requests()} == {(299, 224)}
+    gc.collect()  # (a reference cycle, such as an exception's traceback, frees its objects only then)
+    assert d.daemon.pipeline._early_bytes == 0, "what the sized decodes held was given back"
 
 
 @pytest.mark.parametrize("once", [True, False], ids=["run --once", "daemon"])

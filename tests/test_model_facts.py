@@ -4,6 +4,7 @@ running for tagging."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -74,6 +75,44 @@ def test_a_static_crop_is_taken_into_account_and_limits_hold():
     assert (w, h) == (374, 280)
     assert UploadSize(max_size=1024, model_input=(224, 224)).target((200, 150)) == (200, 150)  # never enlarged
     assert UploadSize(max_size=256, model_input=(640, 640)).target((4000, 3000)) == (256, 192)  # never above max
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+@pytest.mark.parametrize(
+    "size,covered",
+    [
+        (UploadSize(max_size=1024, model_input=(224, 224)), True),
+        (UploadSize(max_size=1024, model_input=(640, 640)), True),
+        (UploadSize(max_size=1024, model_input=(320, 320), letterbox=True, crop=(25, 25, 75, 75)), True),
+        (UploadSize(max_size=1024), True),  # the platform never answered: max_size alone
+        (UploadSize(max_size=2048, model_input=(1024, 1024)), False),  # more than the guess: decoded again
+        (UploadSize(max_size=1024, model_input=(640, 640), crop=(25, 25, 75, 75)), False),
+    ],
+)
+def test_a_picture_decoded_before_the_size_was_known_is_uploaded_as_if_decoded_for_it(
+    tmp_path, size, covered, orientation
+):
+    """A cold start decodes new files for a guessed input while the platform's answer is on its way: once the size
+    is known, the upload made from that decode has the size, orientation and look of one decoded for it."""
+    from PIL import ImageChops, ImageStat
+
+    from rfwatch.images.prepare import decode_image, prepare_image, size_decoded
+
+    big = tmp_path / "big.jpg"
+    picture = Image.linear_gradient("L").resize((4000, 3000)).convert("RGB")
+    picture.paste((200, 30, 30), (0, 0, 1000, 750))  # a red corner: shows the turn
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    picture.save(big, "JPEG", quality=90, exif=exif)
+    early = decode_image(big, UploadSize(max_size=size.max_size).early())
+    assert early.decoded != early.stored, "the early decode is at a reduced scale (a JPEG draft)"
+    assert early.covers(size) is covered
+    if not covered:
+        return
+    direct, late = prepare_image(big, size), size_decoded(early, size)
+    assert late.upload_size == direct.upload_size and late.original_size == direct.original_size
+    a, b = (Image.open(io.BytesIO(p.jpeg)).convert("RGB") for p in (direct, late))
+    assert sum(ImageStat.Stat(ImageChops.difference(a, b)).mean) < 6, "the early decode's upload looks different"
 
 
 # --- facts, end to end -------------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ import io
 import logging
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Union
 
@@ -20,7 +22,17 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from rfwatch.images.sizing import UploadSize
 
-__all__ = ["PreparedImage", "ImageError", "prepare_image", "MAX_UPLOAD_BYTES", "open_image", "open_upright"]
+__all__ = [
+    "PreparedImage",
+    "DecodedImage",
+    "ImageError",
+    "prepare_image",
+    "decode_image",
+    "size_decoded",
+    "MAX_UPLOAD_BYTES",
+    "open_image",
+    "open_upright",
+]
 
 log = logging.getLogger(__name__)
 
@@ -194,32 +206,86 @@ def prepare_image(
     """
     if isinstance(size, int):
         size = UploadSize(max_size=size)
+    return size_decoded(decode_image(source, size, name), size, quality)
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """A picture decoded (at a reduced scale where the decoder allows) and turned upright, not yet sized.
+
+    A cold start decodes new files while the model's input size is still on its way (the decode is most of a
+    preparation's CPU) and sizes them once it is known, if what was decoded still covers it (:meth:`covers`).
+    """
+
+    rgb: Image.Image
+    #: Upright size of the original picture, as a viewer shows it.
+    original_size: tuple[int, int]
+    #: The picture's size as stored in the file, and as the decoder delivered it (the same unless a JPEG draft).
+    stored: tuple[int, int]
+    decoded: tuple[int, int]
+    rotated: bool
+    label: str
+
+    def covers(self, size: UploadSize) -> bool:
+        """Whether sizing this decode for ``size`` gives what decoding the file for ``size`` would: it holds at
+        least the pixels a decode for ``size`` would have asked the decoder for."""
+        if self.decoded == self.stored:
+            return True
+        need = size.draft(self.stored, self.rotated)
+        return self.decoded[0] >= need[0] and self.decoded[1] >= need[1]
+
+    @property
+    def nbytes(self) -> int:
+        return self.rgb.width * self.rgb.height * 3
+
+
+def decode_image(source: Source, size: UploadSize, name: str | None = None) -> DecodedImage:
+    """Decode ``source`` upright, in RGB, with the pixels an upload of ``size`` needs (and no more than a JPEG
+    decoder's nearest scale above them); :class:`ImageError` as from :func:`open_image`."""
     path = _label(source, name)
     img = open_image(source, name)
-    try:
-        with img:
-            orientation = _orientation(img)
-            original = _upright(img.size, orientation)
-            if img.format == "JPEG":
-                img.draft("RGB", size.draft(img.size, orientation in (5, 6, 7, 8)))
-            try:
-                upright = ImageOps.exif_transpose(img)
-            except Exception as exc:  # damaged EXIF must not stop classification
-                log.debug("%s: ignoring unreadable EXIF orientation (%s)", path, exc)
-                upright = img
-            rgb = _to_rgb(upright)
-            target = size.target(original)
-            if size.knows_model and rgb.width > target[0] and rgb.height > target[1]:
-                rgb = rgb.resize(target, Image.Resampling.LANCZOS, reducing_gap=2.0)
-            elif max(rgb.size) > size.max_size:
-                rgb.thumbnail((size.max_size, size.max_size), Image.Resampling.LANCZOS, reducing_gap=2.0)
+    with _image_errors(path), img:
+        orientation = _orientation(img)
+        rotated = orientation in (5, 6, 7, 8)
+        stored = img.size
+        if img.format == "JPEG":
+            img.draft("RGB", size.draft(img.size, rotated))
+        decoded = img.size  # what the draft chose (the picture is read at that scale)
+        try:
+            upright = ImageOps.exif_transpose(img)
+        except Exception as exc:  # damaged EXIF must not stop classification
+            log.debug("%s: ignoring unreadable EXIF orientation (%s)", path, exc)
+            upright = img
+        rgb = _to_rgb(upright)
+        rgb = rgb.copy() if rgb is img else rgb  # the file is closed on the way out: keep the pixels
+        rgb.load()
+        return DecodedImage(rgb, _upright(stored, orientation), stored, decoded, rotated, os.fspath(path))
+
+
+def size_decoded(decoded: DecodedImage, size: UploadSize, quality: int = 90) -> PreparedImage:
+    """The upload for ``size`` from a decoded picture (one that :meth:`DecodedImage.covers` it)."""
+    with _image_errors(decoded.label):
+        rgb = decoded.rgb
+        target = size.target(decoded.original_size)
+        if size.knows_model and rgb.width > target[0] and rgb.height > target[1]:
+            rgb = rgb.resize(target, Image.Resampling.LANCZOS, reducing_gap=2.0)
+        elif max(rgb.size) > size.max_size:
+            rgb = rgb.copy()  # thumbnail works in place: the decode stays as it was
+            rgb.thumbnail((size.max_size, size.max_size), Image.Resampling.LANCZOS, reducing_gap=2.0)
+        jpeg = _encode(rgb, quality)
+        # Only reachable with a very large max_size: shrink until the
+        # base64 body fits the hosted API's limit.
+        while len(jpeg) * 4 / 3 > MAX_UPLOAD_BYTES * 0.98:
+            rgb = rgb.resize((max(1, rgb.width * 3 // 4), max(1, rgb.height * 3 // 4)), Image.Resampling.LANCZOS)
             jpeg = _encode(rgb, quality)
-            # Only reachable with a very large max_size: shrink until the
-            # base64 body fits the hosted API's limit.
-            while len(jpeg) * 4 / 3 > MAX_UPLOAD_BYTES * 0.98:
-                rgb = rgb.resize((max(1, rgb.width * 3 // 4), max(1, rgb.height * 3 // 4)), Image.Resampling.LANCZOS)
-                jpeg = _encode(rgb, quality)
-            return PreparedImage(jpeg=jpeg, original_size=original, upload_size=rgb.size)
+        return PreparedImage(jpeg=jpeg, original_size=decoded.original_size, upload_size=rgb.size)
+
+
+@contextmanager
+def _image_errors(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Pillow's ways of failing on a picture, as an :class:`ImageError` naming the file and the reason."""
+    try:
+        yield
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

@@ -19,6 +19,7 @@ import os
 import stat
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from rfwatch.host.context import FileContext
 from rfwatch.host.rules import matching_rules
 from rfwatch.host.runtime import Runtime
 from rfwatch.host.sequence import SequenceFacts
-from rfwatch.images.prepare import ImageError, PreparedImage
+from rfwatch.images.prepare import DecodedImage, ImageError, PreparedImage
 from rfwatch.journal import ClaimLost, Decision, DecisionKind, FileRow, Journal, Skip
 from rfwatch.processing.decisions import labelled_prediction
 from rfwatch.processing.delivery import Deliveries
@@ -51,8 +52,16 @@ file_log = logging.getLogger("rfwatch.file")
 
 _QUARANTINE_SEQ = 0  # the step that moves a file that failed before any action into failed:
 
-#: A file's upload: prepared already, or the bytes read when it was taken (hashed, to be decoded).
-Upload = PreparedImage | bytes
+#: A file's upload: prepared already, decoded before its size was known, or the bytes read when it was taken (hashed,
+#: to be decoded).
+Upload = PreparedImage | DecodedImage | bytes
+
+#: What Pipeline._decode_early returns for a file whose turn at a core came after the model's input size did.
+_GAVE_WAY = object()
+
+#: What the early decodes of a cold start may hold in memory at once (see Pipeline._decode_early): at 12 MP about
+#: 28 pictures, more than two cores decode while the platform's answers are on their way.
+EARLY_DECODE_BYTES = 64 * 1024 * 1024
 
 
 class ApiBlocked(Exception):
@@ -77,8 +86,10 @@ class NotYet(Exception):
     upload, the check of the rules' classes for its actions): carried on by its journal row from its last step
     once that is known. Its worker takes the next file meanwhile (see Daemon: a cold start)."""
 
-    def __init__(self, file_id: int, what: str = "the model's facts"):
+    def __init__(self, file_id: int, what: str = "the model's facts", upload: Upload | None = None):
         self.file_id = file_id
+        #: The file's picture, decoded while it waits (handed back to Pipeline.process when it is carried on).
+        self.upload = upload
         super().__init__(f"journal row {file_id}: waiting for {what}")
 
 
@@ -137,6 +148,7 @@ class Pipeline:
         #: would only share the cores out: every file would reach the API late and together, its cores idle while
         #: all wait for their answers. In turns, the first files are sent while the next are decoded.
         self._cores = threading.BoundedSemaphore(usable_cores())
+        self._early_bytes = 0  # held by early decodes not yet sized (EARLY_DECODE_BYTES)
         #: Called with the seconds a successful API call took (the daemon reopens its gate, records metrics).
         self.on_api_answer: Callable[[float], None] | None = None
         #: Called before a file's actions (or its move into failed:, with None: it waits then) and may raise to keep
@@ -236,9 +248,52 @@ class Pipeline:
                 files.drop(taken)
                 file_log.debug("%s: moved on or changed before it was taken; nothing to do", path)
                 return Attempt(Outcome.SKIPPED if now is None else Outcome.CHANGING, detail="vanished")
+            upload: Upload | None = prepared if prepared is not None else content
             if prepared is None and not self.can_size_now():
-                raise NotYet(taken, "the model's input size")
-            return self._process(files.get(taken), prepared if prepared is not None else content)
+                # A cold start: the cores would idle until the platform says the model's input size. The decode
+                # (most of a preparation) is done now, for a guessed size; the sizing waits for the real one.
+                if files.cached_prediction(sha, model) is None:
+                    early = self._decode_early(content if content is not None else path, path)
+                    if early is _GAVE_WAY:
+                        # The size came while this file waited for a core: the files decoded meanwhile are sized
+                        # and sent first (a worker here would hold up one of them for a whole decode and request).
+                        raise NotYet(taken, "its turn after the files decoded early", content)
+                    upload = early if isinstance(early, DecodedImage) else upload
+                if not self.can_size_now():
+                    raise NotYet(taken, "the model's input size", upload if isinstance(upload, DecodedImage) else None)
+            return self._process(files.get(taken), upload)
+
+    def _decode_early(self, source: bytes | Path, path: Path) -> DecodedImage | object | None:
+        """Decode a taken file before its upload's size is known, within EARLY_DECODE_BYTES; None: later, whole;
+        _GAVE_WAY: the size became known while it waited for a core."""
+        with self._lock:  # a place is taken with the look (the decode's real size is known after it)
+            if self._early_bytes >= EARLY_DECODE_BYTES:
+                return None
+            self._early_bytes += 1
+        try:
+            while not self._cores.acquire(timeout=0.02):
+                if self.can_size_now():
+                    return _GAVE_WAY
+            try:
+                if self.can_size_now():
+                    return _GAVE_WAY
+                decoded = self.runtime.client.decode_early(
+                    source if isinstance(source, bytes) else str(path), str(path)
+                )
+            finally:
+                self._cores.release()
+        except ImageError:
+            return None  # reported properly when the file is carried on
+        finally:
+            self._early_released(1)
+        with self._lock:
+            self._early_bytes += decoded.nbytes
+        weakref.finalize(decoded, self._early_released, decoded.nbytes)  # sized, or dropped with its job
+        return decoded
+
+    def _early_released(self, nbytes: int) -> None:
+        with self._lock:
+            self._early_bytes -= nbytes
 
     def _prepare_early(self, source: bytes | Path, path: Path, model: str) -> PreparedImage | None:
         try:
@@ -366,6 +421,9 @@ class Pipeline:
         """The API's answer for the file; None (attempt journaled) when this image is the problem."""
         try:
             client = self.runtime.client
+            if isinstance(prepared, DecodedImage):  # decoded while the size was unknown: sized now, if it covers it
+                with self._cores:
+                    prepared = client.prepare_decoded(prepared, row.model)
             if not isinstance(prepared, PreparedImage):
                 # The content read when the file was taken is decoded, not read again (None: read it now).
                 with self._cores:

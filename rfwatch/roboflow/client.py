@@ -29,7 +29,7 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
-from rfwatch.images.prepare import ImageError, PreparedImage, prepare_image
+from rfwatch.images.prepare import DecodedImage, ImageError, PreparedImage, decode_image, prepare_image, size_decoded
 from rfwatch.images.sizing import UploadSize
 from rfwatch.redact import install_log_redaction, redact, register_secret
 from rfwatch.roboflow.ids import DEFAULT_API_URL, ModelId, is_url
@@ -246,6 +246,16 @@ class RoboflowClient:
         self, source: str | bytes, model: ModelId | str | None = None, name: str | None = None
     ) -> PreparedImage:
         return prepare_image(source, self.upload_size(model), self.jpeg_quality, name=name)
+
+    def decode_early(self, source: str | bytes, name: str | None = None) -> DecodedImage:
+        """Decode a picture before the model's input size is known (a cold start): see UploadSize.early. (Not
+        ``upload_size``: on a cold start it waits for the platform's answer, which is what this decode overlaps.)"""
+        return decode_image(source, UploadSize(max_size=self.max_size).early(), name=name)
+
+    def prepare_decoded(self, decoded: DecodedImage, model: ModelId | str | None = None) -> PreparedImage | None:
+        """The upload from an early decode, if it covers the size now known; None: decode the file again."""
+        size = self.upload_size(model)
+        return size_decoded(decoded, size, self.jpeg_quality) if decoded.covers(size) else None
 
     def classify_file(self, path: str, model: ModelId | str | None = None) -> Prediction:
         return self.classify_prepared(self.prepare(path, model), str(path), model)

@@ -52,6 +52,8 @@ class _Job:
     settled_at: float = 0.0
     #: Known to need the API (a file still to classify stays so until a worker classifies it): looked up once.
     needs_api: bool = False
+    #: The file's picture, decoded while it waited for the model's input size (Pipeline: a cold start).
+    upload: Any = None
 
 
 #: Put on the queue to wake an idle worker for a job in ``retry_jobs`` (see Daemon._requeue); never run.
@@ -515,7 +517,8 @@ class Daemon:
                 if attempt.outcome == Outcome.CHANGING:
                     self.watcher.not_settled(job.path, job.watch)  # type: ignore[arg-type]
             else:
-                attempt = self.pipeline.process(job.file_id)
+                upload, job.upload = job.upload, None  # used once: a job put back later reads the file again
+                attempt = self.pipeline.process(job.file_id, upload)
             self.counts[attempt.outcome] += 1
             if attempt.outcome in (Outcome.DONE, Outcome.UNMATCHED, Outcome.FAILED):
                 self.metrics.file_done(attempt.outcome)
@@ -532,7 +535,7 @@ class Daemon:
         except NotYet as later:
             with self._lock:
                 self._queued_ids.add(later.file_id)
-            self._awaiting.append(_Job(file_id=later.file_id))
+            self._awaiting.append(_Job(file_id=later.file_id, upload=later.upload))
         except ApiBlocked as blocked:
             self._explain(blocked)
             self.counts["waiting"] += 1
