@@ -312,7 +312,8 @@ class JournalView:
 
 
 def back_to_schema_4(tx, dialect: str) -> None:
-    """In the caller's transaction: the journal as an rfwatch before schema 5 (file counts, deliverers) left it."""
+    """In the caller's transaction: the journal as an rfwatch before schema 5 (file counts, deliverers; and 6,
+    claims) left it."""
     if dialect == "postgresql":
         tx.run("DROP TRIGGER files_counted_insert ON files")
         tx.run("DROP TRIGGER files_counted_update ON files")
@@ -322,4 +323,5 @@ def back_to_schema_4(tx, dialect: str) -> None:
             tx.run(f"DROP TRIGGER files_counted_{trigger}")
     tx.run("DROP TABLE file_counts")
     tx.run("DROP TABLE deliverers")
+    tx.run("DROP TABLE claims")  # schema 6
     tx.run("UPDATE meta SET value='4' WHERE key='schema_version'")

@@ -34,7 +34,8 @@ def slow_platform(platform, monkeypatch):
 def photos(inbox, count=4):
     inbox.mkdir(parents=True, exist_ok=True)
     for i in range(count):
-        Image.new("RGB", (1200, 900), (230, 10 + 7 * i, 10)).save(inbox / f"p{i}.jpg", "JPEG", quality=90)
+        # 2400x1800: decoded early at half scale (for the guessed input), at an eighth for the model's 224x224
+        Image.new("RGB", (2400, 1800), (230, 10 + 7 * i, 10)).save(inbox / f"p{i}.jpg", "JPEG", quality=90)
 
 
 def journaled(tmp_path) -> int:
@@ -74,7 +75,14 @@ def count_decodes(d: DaemonThread) -> tuple[list, list]:
     decoded, decoded_again = [], []
     for name, calls in (("decode_early", decoded), ("prepare", decoded_again)):
         real = getattr(client, name)
-        setattr(client, name, lambda *a, _real=real, _calls=calls, **kw: _calls.append(a) or _real(*a, **kw))
+
+        def counted(*a, _real=real, _calls=calls, **kw):
+            answer = _real(*a, **kw)
+            if answer is not None:  # an early decode the memory bound refused is none
+                _calls.append(a)
+            return answer
+
+        setattr(client, name, counted)
     return decoded, decoded_again
 
 
@@ -82,7 +90,7 @@ def test_what_a_cold_start_decodes_early_is_bounded_in_memory(tmp_path, server, 
     """Early decodes wait in memory for the size: beyond EARLY_DECODE_BYTES a file is decoded once it is known."""
     from rfwatch.processing import pipeline
 
-    monkeypatch.setattr(pipeline, "EARLY_DECODE_BYTES", 1)  # room for one picture
+    monkeypatch.setattr(pipeline, "EARLY_DECODE_BYTES", 5_000_000)  # room for one picture at 1200x900 (4.3 MB)
     cfg = write_config(tmp_path, server, model="colors/2", concurrency=2)
     photos(tmp_path / "inbox")
     d = DaemonThread(cfg, once=True)
@@ -97,6 +105,67 @@ def test_what_a_cold_start_decodes_early_is_bounded_in_memory(tmp_path, server, 
     assert {r.image.size for r in server.inference_requests()} == {(299, 224)}
     gc.collect()  # (a reference cycle, such as an exception's traceback, frees its objects only then)
     assert d.daemon.pipeline._early_bytes == 0, "what the sized decodes held was given back"
+
+
+def test_an_early_decode_freed_by_the_garbage_collector_under_the_pipelines_locks_gives_its_memory_back(
+    tmp_path, server
+):
+    """An early decode kept alive by a reference cycle (an exception's traceback) is freed by the garbage collector,
+    in whatever thread allocates then, also one inside the pipeline's own critical sections: its memory is counted
+    back there without waiting for a lock that thread holds (a worker once hung that way, and the daemon with it
+    at its next stop)."""
+    cfg = write_config(tmp_path, server, model="colors/2")
+    photos(tmp_path / "inbox", count=1)
+    pipeline = DaemonThread(cfg).daemon.pipeline
+    pipeline.can_size_now = lambda: False
+    picture = tmp_path / "inbox" / "p0.jpg"
+    decoded = pipeline._decode_early(picture.read_bytes(), picture)
+    assert pipeline._early_bytes == 1200 * 900 * 4  # decoded at half scale: 1200x900, four bytes a pixel
+    cycle: list = [decoded]
+    cycle.append(cycle)
+    del decoded
+
+    def collect_inside_the_locks():
+        nonlocal cycle
+        with pipeline._lock, pipeline._early_lock:
+            del cycle
+            gc.collect()
+
+    collector = threading.Thread(target=collect_inside_the_locks, daemon=True)
+    collector.start()
+    collector.join(10)
+    assert not collector.is_alive(), "the thread that freed the decode waits for a lock it holds itself"
+    assert pipeline._early_bytes == 0
+
+
+def test_a_file_whose_turn_at_a_core_comes_after_the_size_is_not_decoded_for_the_guess(
+    tmp_path, server, slow_platform, monkeypatch
+):
+    """One core, two workers: the first file's early decode holds the core until the platform has answered; the
+    second file, waiting for the core meanwhile, gives way (it is decoded for the model's real input, after the
+    files decoded early) instead of being decoded for the guess when its turn comes."""
+    from rfwatch.processing import pipeline
+
+    monkeypatch.setattr(pipeline, "usable_cores", lambda: 1)
+    cfg = write_config(tmp_path, server, model="colors/2", concurrency=2)
+    photos(tmp_path / "inbox", count=2)
+    d = DaemonThread(cfg, once=True)
+    client = d.daemon.runtime.client
+    real_decode = client.decode_early
+    decoded = []
+
+    def decode_when_the_size_is_known(*a, **kw):  # holds the only core meanwhile
+        wait_for(d.daemon.pipeline.can_size_now, timeout=30, what="the model's input size")
+        decoded.append(a)
+        return real_decode(*a, **kw)
+
+    client.decode_early = decode_when_the_size_is_known
+    with d:
+        d.thread.join(60)
+    assert d.result == 0
+    assert len(files_under(tmp_path / "sorted")) == 2
+    assert {r.image.size for r in server.inference_requests()} == {(299, 224)}
+    assert len(decoded) == 1, "the file that waited for the core was decoded for the guess after the size came"
 
 
 @pytest.mark.parametrize("once", [True, False], ids=["run --once", "daemon"])

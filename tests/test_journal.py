@@ -106,8 +106,11 @@ def test_a_path_a_step_is_about_to_write_is_kept_from_watchers_until_its_result(
     a.files.classified(fid, {"top": "red"}, "sha-x.jpg", "colors/1", "red 0.9", {})
     copy, other = tmp_path / "copy.jpg", tmp_path / "other.jpg"
     a.files.record_intent(fid, 1, StepKind.ACTION, "r", "copy", {"src": str(INBOX / "x.jpg"), "target": str(copy)})
-    # not written yet, and not gone: journal prune keeps the claim of a step at work
+    undoing = tmp_path / "undo-target.jpg"
+    a.undo.claim_path(fid, undoing)  # an undo's claim, in produced (the file at work all the same)
+    # not written yet, and not gone: journal prune keeps the claims of work under way
     assert b.files.prune(time.time() + 3600)["outputs no longer on disk"] == 0
+    assert _written(b, undoing, b"put back") == Skip("written by rfwatch")
     copy.write_bytes(b"copied")
     st = copy.stat()
     assert b.files.screen(copy, st.st_size, st.st_mtime_ns) == Skip("written by rfwatch")
@@ -119,8 +122,41 @@ def test_a_path_a_step_is_about_to_write_is_kept_from_watchers_until_its_result(
     a.files.record_intent(fid, 2, StepKind.ACTION, "r", "copy", {"target": str(other)})
     a.files.finish_step(fid, 2, StepKind.ACTION, "r", "copy", False, {"error": "disk full"})
     a.files.record_intent(fid, 3, StepKind.ACTION, "r", "copy", {"target": str(other), "duplicate": True})
+    a.files.record_intent(fid, 4, StepKind.ACTION, "r", "thumb", {"output_target": str(other), "output_duplicate": 1})
     other.write_bytes(b"a person's")
     assert b.files.screen(other, other.stat().st_size, other.stat().st_mtime_ns) is None
+
+
+def _written(j: Journal, path: Path, content: bytes) -> Skip | None:
+    path.write_bytes(content)
+    return j.files.screen(path, path.stat().st_size, path.stat().st_mtime_ns)
+
+
+def test_a_claim_holds_over_an_old_mark_and_beside_another_files_claim_until_its_own_result(a, b, tmp_path):
+    """A path with a mark already (an output a person deleted, one a step overwrites) is claimed all the same; two
+    files placing under one name at once each keep it claimed until their own result; a file that ends without
+    its step's result (the rules changed across a crash) lets go of what the step claimed."""
+    x, y = take(a, "x.jpg"), take(a, "y.jpg")
+    thumb, same, left = tmp_path / "thumb.jpg", tmp_path / "same.jpg", tmp_path / "left.jpg"
+    # an earlier output at thumb.jpg, marked, then deleted by a person
+    a.files.record_intent(x, 1, StepKind.ACTION, "r", "thumb", {"output_target": str(thumb)})
+    assert _written(a, thumb, b"old thumbnail") == Skip("written by rfwatch")
+    a.files.finish_step(x, 1, StepKind.ACTION, "r", "thumb", True, {}, produced=[thumb])
+    thumb.unlink()
+    a.files.record_intent(x, 2, StepKind.ACTION, "r", "thumb", {"output_target": str(thumb)})
+    assert _written(b, thumb, b"a new, longer thumbnail") == Skip("written by rfwatch")
+    # x and y both aim at same.jpg; y's rename wins, x goes on to another name and finishes first
+    a.files.record_intent(y, 1, StepKind.ACTION, "r", "copy", {"target": str(same)})
+    a.files.record_intent(x, 3, StepKind.ACTION, "r", "copy", {"target": str(same)})
+    assert _written(b, same, b"y's copy") == Skip("written by rfwatch")
+    a.files.finish_step(x, 3, StepKind.ACTION, "r", "copy", True, {}, produced=[tmp_path / "same (1).jpg"])
+    assert b.files.screen(same, same.stat().st_size, same.stat().st_mtime_ns) == Skip("written by rfwatch")
+    a.files.finish_step(y, 1, StepKind.ACTION, "r", "copy", True, {}, produced=[same])
+    assert b.files.screen(same, same.stat().st_size, same.stat().st_mtime_ns) == Skip("written by rfwatch")
+    # a step begun and never finished: the file's end lets go of its claim
+    a.files.record_intent(y, 2, StepKind.ACTION, "r", "copy", {"target": str(left)})
+    a.files.finish(y, FileState.DONE)
+    assert _written(b, left, b"a person's photo") is None
 
 
 def test_a_claim_holds_while_its_holder_beats_and_lapses_when_it_stops(journal_url):
@@ -648,7 +684,7 @@ def test_a_schema_4_journal_is_upgraded_with_its_counts(journal_url):
     j.close()
     again = open_as(journal_url)
     try:
-        assert again.db.scalar("SELECT value FROM meta WHERE key='schema_version'") == str(SCHEMA_VERSION) == "5"
+        assert again.db.scalar("SELECT value FROM meta WHERE key='schema_version'") == str(SCHEMA_VERSION) == "6"
         assert again.files.counts() == {"done": 1, "detected": 1}
         again.files.finish(take(again, "z.jpg"), FileState.FAILED, error="x")
         assert again.files.counts() == _counted(again) == {"done": 1, "detected": 1, "failed": 1}  # triggers too

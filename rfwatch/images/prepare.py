@@ -13,7 +13,7 @@ import io
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Union
@@ -206,7 +206,13 @@ def prepare_image(
     """
     if isinstance(size, int):
         size = UploadSize(max_size=size)
-    return size_decoded(decode_image(source, size, name), size, quality)
+    decoded = decode_image(source, size, name)
+    assert decoded is not None  # (refused only by an ``admit``)
+    return size_decoded(decoded, size, quality)
+
+
+#: What Pillow holds per pixel of an RGB picture (its RGB mode keeps four bytes a pixel).
+BYTES_PER_PIXEL = 4
 
 
 @dataclass(frozen=True)
@@ -234,14 +240,16 @@ class DecodedImage:
         need = size.draft(self.stored, self.rotated)
         return self.decoded[0] >= need[0] and self.decoded[1] >= need[1]
 
-    @property
-    def nbytes(self) -> int:
-        return self.rgb.width * self.rgb.height * 3
 
-
-def decode_image(source: Source, size: UploadSize, name: str | None = None) -> DecodedImage:
+def decode_image(
+    source: Source, size: UploadSize, name: str | None = None, admit: Callable[[int], bool] | None = None
+) -> DecodedImage | None:
     """Decode ``source`` upright, in RGB, with the pixels an upload of ``size`` needs (and no more than a JPEG
-    decoder's nearest scale above them); :class:`ImageError` as from :func:`open_image`."""
+    decoder's nearest scale above them); :class:`ImageError` as from :func:`open_image`.
+
+    ``admit(nbytes)``, given the memory the decoded picture will take (known from the header, before the
+    decode), may refuse it: then nothing is decoded and the answer is None.
+    """
     path = _label(source, name)
     img = open_image(source, name)
     with _image_errors(path), img:
@@ -251,6 +259,8 @@ def decode_image(source: Source, size: UploadSize, name: str | None = None) -> D
         if img.format == "JPEG":
             img.draft("RGB", size.draft(img.size, rotated))
         decoded = img.size  # what the draft chose (the picture is read at that scale)
+        if admit is not None and not admit(decoded[0] * decoded[1] * BYTES_PER_PIXEL):
+            return None
         try:
             upright = ImageOps.exif_transpose(img)
         except Exception as exc:  # damaged EXIF must not stop classification

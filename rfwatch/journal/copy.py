@@ -67,7 +67,7 @@ def copy_journal(source: Any, target: Any, progress: Callable[[int], None] | Non
         batch = [dict(r) for r in rows]
         related = {
             table: _rows_of(src, table, [r["id"] for r in batch])
-            for table in ("steps", "events", "undo_steps", "decisions", "produced", "outbox", "seq_frames")
+            for table in ("steps", "events", "undo_steps", "decisions", "produced", "claims", "outbox", "seq_frames")
         }
         dst.transact(
             lambda tx, b=batch, rel=related: _copy_batch(tx, source.id, b, rel, report, target_empty, sequences)
@@ -189,6 +189,9 @@ def _copy_batch(
         for p in related["produced"].get(old, []):
             p = dict(p, file_id=new, path=bytes(p["path"]))
             report.add("produced", _insert(tx, "produced", list(p), list(p.values()), "(path_root, path)"))
+        for c in related["claims"].get(old, []):  # a step that a crash left between its intent and its result
+            c = dict(c, file_id=new, path=bytes(c["path"]))
+            report.add("claims", _insert(tx, "claims", list(c), list(c.values()), "(path_root, path, file_id)"))
         for o in related["outbox"].get(old, []):
             report.add("outbox", _insert_delivery(tx, o, new))
         for q in related["seq_frames"].get(old, []):

@@ -42,11 +42,8 @@ __all__ = ["Files", "FileRow", "StepRow", "ClaimLost", "Skip", "utf8_text", "ANY
 
 _FREE = FREE.format(col="holder")
 _ACTIVE_SQL = "(" + ",".join(f"'{s}'" for s in ACTIVE_STATES) + ")"
-#: The size (and mtime) of a claim in ``produced``: no watcher takes whatever is at that path. A step claims the
-#: path its intent names before it writes there (an undo, each path it moves the file through), and the claim
-#: gives way to the file as written, exactly, with the step's result: between the two, the written file sits in a
-#: watched folder for as long as the result takes to commit (a loaded disk's fsync can outlast a watch's settle
-#: time), and a watcher that looked at it then took a copy rfwatch made for a new file.
+#: The size (and mtime) of an undo's claim in ``produced``: no watcher takes whatever is at that path (see
+#: rfwatch.journal.undo). A step of a file's rules claims the paths it is about to write in ``claims`` instead.
 ANY_SIZE = -1
 _TERMINAL_SQL = "(" + ",".join(f"'{s}'" for s in TERMINAL_STATES) + ")"
 
@@ -211,6 +208,8 @@ class Files:
             mark = tx.one("SELECT size, mtime_ns FROM produced WHERE path_root=? AND path=?", (root, rel))
             if mark is not None and (mark["size"] == -1 or (mark["size"], mark["mtime_ns"]) == (size, mtime_ns)):
                 return Skip("written by rfwatch")
+            if tx.one("SELECT 1 FROM claims WHERE path_root=? AND path=? LIMIT 1", (root, rel)) is not None:
+                return Skip("written by rfwatch")  # a step is writing it now
             row = tx.one(
                 f"SELECT id, state, size, mtime_ns FROM files WHERE path_root=? AND path=?"
                 f" AND (state IN {WORKING_STATES_SQL} OR (size=? AND mtime_ns=?)) ORDER BY id DESC LIMIT 1",
@@ -261,8 +260,11 @@ class Files:
 
     def is_produced(self, path: Path, size: int, mtime_ns: int) -> bool:
         root, rel = self._loc(path)
-        mark = self.db.one("SELECT size, mtime_ns FROM produced WHERE path_root=? AND path=?", (root, rel))
-        return mark is not None and (mark["size"] == -1 or (mark["size"], mark["mtime_ns"]) == (size, mtime_ns))
+        with self.db.read() as tx:
+            mark = tx.one("SELECT size, mtime_ns FROM produced WHERE path_root=? AND path=?", (root, rel))
+            if mark is not None and (mark["size"] == -1 or (mark["size"], mark["mtime_ns"]) == (size, mtime_ns)):
+                return True
+            return tx.one("SELECT 1 FROM claims WHERE path_root=? AND path=? LIMIT 1", (root, rel)) is not None
 
     def cached_prediction(self, sha256: str, model: str) -> dict[str, Any] | None:
         doc = self.db.scalar("SELECT prediction FROM predictions WHERE sha256=? AND model=?", (sha256, model))
@@ -437,15 +439,18 @@ class Files:
                 "INSERT INTO files (root, source, path_root, path, size, mtime_ns, sha256, model, state, created,"
                 " updated, holder, host) SELECT ?,?,?,?,?,?,?,?,?,?,?,?,? WHERE NOT EXISTS (SELECT 1 FROM produced"
                 " WHERE path_root=? AND path=? AND (size=-1 OR (size=? AND mtime_ns=?)))"
+                " AND NOT EXISTS (SELECT 1 FROM claims WHERE path_root=? AND path=?)"
                 " ON CONFLICT DO NOTHING RETURNING id",
                 (
                     *(root, rel, root, rel, size, mtime_ns, sha256, model, FileState.DETECTED, now, now, holder),
-                    *(self.host, root, rel, size, mtime_ns),
+                    *(self.host, root, rel, size, mtime_ns, root, rel),
                 ),
             )
             if file_id is None:
                 mark = tx.one("SELECT size, mtime_ns FROM produced WHERE path_root=? AND path=?", (root, rel))
                 if mark is not None and (mark["size"] == -1 or (mark["size"], mark["mtime_ns"]) == (size, mtime_ns)):
+                    return Skip("written by rfwatch")
+                if tx.one("SELECT 1 FROM claims WHERE path_root=? AND path=? LIMIT 1", (root, rel)) is not None:
                     return Skip("written by rfwatch")
                 other = tx.one(
                     f"SELECT id, holder FROM files WHERE path_root=? AND path=? AND state IN {WORKING_STATES_SQL}",
@@ -591,12 +596,10 @@ class Files:
                 " updated=excluded.updated, host=excluded.host",
                 (file_id, seq, kind, utf8_text(rule), action, StepState.PENDING, doc, now, self.host),
             )
-            for claimed in claims:
-                root, rel = self._loc(claimed)
+            for claimed in claims:  # kept from watchers until the step's result (see schema.CLAIM_TABLES)
                 tx.send(
-                    "INSERT INTO produced (path_root, path, size, mtime_ns, file_id) VALUES (?,?,?,?,?)"
-                    " ON CONFLICT (path_root, path) DO NOTHING",
-                    (root, rel, ANY_SIZE, ANY_SIZE, file_id),
+                    "INSERT INTO claims (path_root, path, file_id) VALUES (?,?,?) ON CONFLICT DO NOTHING",
+                    (*self._loc(claimed), file_id),
                 )
 
         claims = _output_claims(intent)
@@ -649,7 +652,7 @@ class Files:
         def record(tx: Tx) -> None:
             self._mine(tx, file_id, now, me, sets)
             # The step's claims (record_intent) give way to the files it wrote, exactly as they are now.
-            tx.send("DELETE FROM produced WHERE file_id=? AND size=?", (file_id, ANY_SIZE))
+            tx.send("DELETE FROM claims WHERE file_id=?", (file_id,))
             tx.send(
                 "INSERT INTO steps (file_id, seq, kind, rule, action, state, result, updated, host)"
                 " VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (file_id, seq) DO UPDATE SET state=excluded.state,"
@@ -700,6 +703,7 @@ class Files:
 
         def record(tx: Tx) -> None:
             self._mine(tx, file_id, now, me, self._final_sets(FileState.REVIEW))
+            tx.send("DELETE FROM claims WHERE file_id=?", (file_id,))  # its round is over (a step left unfinished)
             self.event(tx, file_id, message, at=now)
 
         self.db.transact(record)
@@ -716,6 +720,8 @@ class Files:
 
         def record(tx: Tx) -> None:
             self._mine(tx, file_id, now, me, sets)
+            # A step begun and never finished (the rules changed across a crash): what it claimed is let go.
+            tx.send("DELETE FROM claims WHERE file_id=?", (file_id,))
             self.event(tx, file_id, state + (f": {error}" if error else ""), at=now)
 
         self.db.transact(record)
@@ -791,11 +797,11 @@ class Files:
         finished = f"SELECT id FROM files WHERE state IN {_TERMINAL_SQL} AND updated < ?"
         counts: dict[str, int] = {}
         gone = [
-            (m["path_root"], m["path"])
-            # a claim of a file still at work names a path its step is about to write: not gone, not yet there
+            (m["path_root"], m["path"], m["size"], m["mtime_ns"])
+            # an undo's claim names a path the undo is about to write: not gone, not yet there
             for m in self.db.all(
-                "SELECT path_root, path FROM produced WHERE size >= 0 OR NOT EXISTS (SELECT 1 FROM files"
-                f" WHERE files.id = produced.file_id AND files.state IN {WORKING_STATES_SQL})"
+                "SELECT path_root, path, size, mtime_ns FROM produced WHERE size >= 0 OR NOT EXISTS (SELECT 1 FROM"
+                f" files WHERE files.id = produced.file_id AND files.state IN {WORKING_STATES_SQL})"
             )
             # only marks this host can see: another host's roots are its own to prune
             if (not m["path_root"] or m["path_root"] in self.roots.by_name)
@@ -805,8 +811,13 @@ class Files:
         def prune(tx: Tx) -> None:
             counts["events"] = tx.run(f"DELETE FROM events WHERE file_id IN ({finished})", (older_than,))
             counts["steps"] = tx.run(f"DELETE FROM steps WHERE file_id IN ({finished})", (older_than,))
-            tx.many("DELETE FROM produced WHERE path_root=? AND path=?", gone)
+            # each mark as it was read (one written meanwhile is another's, and stays)
+            tx.many("DELETE FROM produced WHERE path_root=? AND path=? AND size=? AND mtime_ns=?", gone)
             counts["outputs no longer on disk"] = len(gone)
+            # claims of files no longer at work (a step's result or the file's end lets go of them: a backstop)
+            tx.run(
+                f"DELETE FROM claims WHERE file_id NOT IN (SELECT id FROM files WHERE state IN {WORKING_STATES_SQL})"
+            )
 
         self.db.transact(prune)
         return counts

@@ -13,6 +13,8 @@ steps           each action a file's rules ran: intent before, result after     
 events          a file's history, line by line                                               files
 predictions     predictions by content hash: identical content is classified once            files
 produced        files rfwatch wrote, so that no watcher takes them as new                    files
+claims          paths a step is about to write (its intent named them), kept from watchers   files
+                until the step's result marks what it wrote in ``produced``
 undo_steps      each step undone, like steps                                                 undo
 decisions       a person's label or reject for a file that waited for review                 decisions
 outbox          deliveries (webhooks, uploads) and their leases                              outbox
@@ -30,8 +32,8 @@ deliverers      which plugin delivers each kind of delivery (named by ``status``
 The schema version is in ``meta``; an rfwatch older than the journal refuses it, naming both versions. A
 journal written by rfwatch 0.1 (SQLite, ``PRAGMA user_version`` 0-2, absolute paths) is upgraded in place once,
 in one transaction, its paths made relative to the config's named roots. A schema 3 journal is upgraded to 4
-(sequences) and a schema 4 journal to 5 (file counts, deliverers) in place, in one transaction each, by whichever
-host opens it first.
+(sequences), a schema 4 journal to 5 (file counts, deliverers) and a schema 5 journal to 6 (claims) in place, in one
+transaction each, by whichever host opens it first.
 """
 
 from __future__ import annotations
@@ -49,8 +51,8 @@ __all__ = ["SCHEMA_VERSION", "SchemaTooNew", "ensure_schema", "WORKING_STATES_SQ
 log = logging.getLogger(__name__)
 
 #: 1 and 2 were ``PRAGMA user_version`` of rfwatch 0.1's SQLite journal; 3 is the shared layout; 4 adds sequences;
-#: 5 the file counts and the deliverers.
-SCHEMA_VERSION = 5
+#: 5 the file counts and the deliverers; 6 the claims.
+SCHEMA_VERSION = 6
 
 #: States in which rfwatch still owns a file (no two rows may then name one path): the partial unique index.
 WORKING_STATES_SQL = "('detected','classified','decided','review','undoing','waiting')"
@@ -104,6 +106,21 @@ CREATE TABLE IF NOT EXISTS deliverers (
     seen {real} NOT NULL
 );
 """
+#: A path a step's intent names is claimed by its file until the step's result: the written file sits in a watched
+#: folder from its rename until the result commits (a loaded disk's fsync can outlast a watch's settle time), and a
+#: watcher that looked at it then took a copy rfwatch made as a new file. A table of their own, keyed by the file
+#: too: a claim never replaces a mark in ``produced`` (an output the step overwrites, a mark a person's deletion left
+#: behind), and two files placing under one name at once each hold their own claim until their own result.
+CLAIM_TABLES = """
+CREATE TABLE IF NOT EXISTS claims (
+    path_root TEXT NOT NULL,
+    path {blob} NOT NULL,
+    file_id BIGINT NOT NULL,
+    PRIMARY KEY (path_root, path, file_id)
+);
+CREATE INDEX IF NOT EXISTS claims_file ON claims(file_id);
+"""
+
 #: The triggers behind file_counts, each one statement (their bodies hold semicolons).
 COUNT_TRIGGERS: dict[Dialect, tuple[str, ...]] = {
     Dialect.SQLITE: (
@@ -274,6 +291,7 @@ CREATE TABLE IF NOT EXISTS model_facts (
 );
 {SEQUENCE_TABLES}
 {COUNT_TABLES}
+{CLAIM_TABLES}
 """
 
 
@@ -293,6 +311,8 @@ def _migration(db: Database, version: int) -> list[str]:
             *COUNT_TRIGGERS[db.dialect],
             "INSERT INTO file_counts (state, n) SELECT state, COUNT(*) FROM files GROUP BY state",
         ]
+    if version == 6:
+        return _statements(db, CLAIM_TABLES)
     return []
 
 

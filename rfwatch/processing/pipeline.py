@@ -59,8 +59,9 @@ Upload = PreparedImage | DecodedImage | bytes
 #: What Pipeline._decode_early returns for a file whose turn at a core came after the model's input size did.
 _GAVE_WAY = object()
 
-#: What the early decodes of a cold start may hold in memory at once (see Pipeline._decode_early): at 12 MP about
-#: 28 pictures, more than two cores decode while the platform's answers are on their way.
+#: What the early decodes of a cold start may hold in memory at once (see Pipeline._decode_early), counted from each
+#: picture's header before it is decoded: at 12 MP (1000x750 at 4 bytes a pixel) 22 pictures, more than two cores
+#: decode while the platform's answers are on their way.
 EARLY_DECODE_BYTES = 64 * 1024 * 1024
 
 
@@ -149,6 +150,7 @@ class Pipeline:
         #: all wait for their answers. In turns, the first files are sent while the next are decoded.
         self._cores = threading.BoundedSemaphore(usable_cores())
         self._early_bytes = 0  # held by early decodes not yet sized (EARLY_DECODE_BYTES)
+        self._early_lock = threading.RLock()
         #: Called with the seconds a successful API call took (the daemon reopens its gate, records metrics).
         self.on_api_answer: Callable[[float], None] | None = None
         #: Called before a file's actions (or its move into failed:, with None: it waits then) and may raise to keep
@@ -266,10 +268,17 @@ class Pipeline:
     def _decode_early(self, source: bytes | Path, path: Path) -> DecodedImage | object | None:
         """Decode a taken file before its upload's size is known, within EARLY_DECODE_BYTES; None: later, whole;
         _GAVE_WAY: the size became known while it waited for a core."""
-        with self._lock:  # a place is taken with the look (the decode's real size is known after it)
-            if self._early_bytes >= EARLY_DECODE_BYTES:
-                return None
-            self._early_bytes += 1
+        reserved = 0
+
+        def admit(nbytes: int) -> bool:  # from the picture's header, before a pixel is decoded
+            nonlocal reserved
+            with self._early_lock:
+                if self._early_bytes + nbytes > EARLY_DECODE_BYTES:
+                    return False
+                self._early_bytes += nbytes
+                reserved = nbytes
+                return True
+
         try:
             while not self._cores.acquire(timeout=0.02):
                 if self.can_size_now():
@@ -278,21 +287,21 @@ class Pipeline:
                 if self.can_size_now():
                     return _GAVE_WAY
                 decoded = self.runtime.client.decode_early(
-                    source if isinstance(source, bytes) else str(path), str(path)
+                    source if isinstance(source, bytes) else str(path), str(path), admit
                 )
             finally:
                 self._cores.release()
         except ImageError:
+            self._early_released(reserved)
             return None  # reported properly when the file is carried on
-        finally:
-            self._early_released(1)
-        with self._lock:
-            self._early_bytes += decoded.nbytes
-        weakref.finalize(decoded, self._early_released, decoded.nbytes)  # sized, or dropped with its job
+        if decoded is not None:
+            weakref.finalize(decoded, self._early_released, reserved)  # sized, or dropped with its job
         return decoded
 
     def _early_released(self, nbytes: int) -> None:
-        with self._lock:
+        # Its own lock, reentrant: a finalizer runs wherever the garbage collector frees a decode, in any thread,
+        # also one that holds this lock already (Pipeline._lock there would deadlock that thread).
+        with self._early_lock:
             self._early_bytes -= nbytes
 
     def _prepare_early(self, source: bytes | Path, path: Path, model: str) -> PreparedImage | None:

@@ -247,10 +247,12 @@ class RoboflowClient:
     ) -> PreparedImage:
         return prepare_image(source, self.upload_size(model), self.jpeg_quality, name=name)
 
-    def decode_early(self, source: str | bytes, name: str | None = None) -> DecodedImage:
+    def decode_early(
+        self, source: str | bytes, name: str | None = None, admit: Callable[[int], bool] | None = None
+    ) -> DecodedImage | None:
         """Decode a picture before the model's input size is known (a cold start): see UploadSize.early. (Not
         ``upload_size``: on a cold start it waits for the platform's answer, which is what this decode overlaps.)"""
-        return decode_image(source, UploadSize(max_size=self.max_size).early(), name=name)
+        return decode_image(source, UploadSize(max_size=self.max_size).early(), name=name, admit=admit)
 
     def prepare_decoded(self, decoded: DecodedImage, model: ModelId | str | None = None) -> PreparedImage | None:
         """The upload from an early decode, if it covers the size now known; None: decode the file again."""
