@@ -182,6 +182,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--old-python", default=None, help="python of a virtualenv holding the older rfwatch")
     ap.add_argument("--old-label", default="old")
+    ap.add_argument(
+        "--old-note",
+        default='"old" is 4f3940a, the tree before issue 23\'s work (`--old-python` names its virtualenv).',
+        help="what the older tree is, printed under the table",
+    )
     ap.add_argument("--runs", type=int, default=5, help="repeats of each cold run (median kept)")
     ap.add_argument("--daemon-runs", type=int, default=5, help="repeats of each daemon run (median kept)")
     ap.add_argument("--cold-files", type=int, default=24)
@@ -277,7 +282,8 @@ def main() -> int:
     )
     lines += [
         "",
-        (
+        (f"{args.old_note} " if args.old_python and args.old_note else "")
+        + (
             f"Official client, the same {args.cold_files} photos: {official['fps']:.2f} files/s."
             if official
             else "The official client was not timed in this run (n/m: `--official` needs bench/requirements.txt)."

@@ -153,10 +153,50 @@ def test_a_claim_holds_over_an_old_mark_and_beside_another_files_claim_until_its
     assert b.files.screen(same, same.stat().st_size, same.stat().st_mtime_ns) == Skip("written by rfwatch")
     a.files.finish_step(y, 1, StepKind.ACTION, "r", "copy", True, {}, produced=[same])
     assert b.files.screen(same, same.stat().st_size, same.stat().st_mtime_ns) == Skip("written by rfwatch")
-    # a step begun and never finished: the file's end lets go of its claim
-    a.files.record_intent(y, 2, StepKind.ACTION, "r", "copy", {"target": str(left)})
+    # the other order: the first to claim finishes first, elsewhere; the second's claim holds
+    other = tmp_path / "other.jpg"
+    a.files.record_intent(x, 4, StepKind.ACTION, "r", "copy", {"target": str(other)})
+    a.files.record_intent(y, 2, StepKind.ACTION, "r", "copy", {"target": str(other)})
+    a.files.finish_step(x, 4, StepKind.ACTION, "r", "copy", True, {}, produced=[tmp_path / "other (1).jpg"])
+    assert _written(b, other, b"y's second copy") == Skip("written by rfwatch")
+    a.files.finish_step(y, 2, StepKind.ACTION, "r", "copy", True, {}, produced=[other])
+    # a step begun and never finished: the file's end lets go of its claim (a round ending in review, too)
+    a.files.record_intent(y, 3, StepKind.ACTION, "r", "copy", {"target": str(left)})
     a.files.finish(y, FileState.DONE)
     assert _written(b, left, b"a person's photo") is None
+    waiting = tmp_path / "waiting.jpg"
+    a.files.record_intent(x, 5, StepKind.ACTION, "r", "copy", {"target": str(waiting)})
+    a.files.wait_for_review(x, "waiting for review")
+    assert _written(b, waiting, b"another photo") is None
+
+
+def test_a_decision_a_daemon_began_to_apply_is_not_taken_back_as_unapplied(a, b, tmp_path):
+    """A daemon died applying a decision (its decision step written, an action's intent claiming its target): the
+    page cannot take it back as if nothing had happened (the file may have moved); whoever claims it next
+    finishes the round, and the claim holds meanwhile."""
+    fid = take(a)
+    a.files.classified(fid, {"top": "red"}, "sha-x.jpg", "colors/1", "red", {})
+    review = Path("/srv/a/review/x.jpg")
+    a.files.finish_step(fid, 1, StepKind.ACTION, "unsure", "review", True, {"to": str(review)}, path=review)
+    a.files.wait_for_review(fid, "waiting for review: in review/")
+    b.decisions.decide(fid, DecisionKind.LABEL, ("green",))
+    target = tmp_path / "green" / "x.jpg"
+    assert a.files.claim(fid) is not None
+    round_start = a.files.get(fid).round_start
+    a.files.finish_step(fid, round_start, StepKind.DECISION, "", "decision", True, {"kind": "label"})
+    a.files.record_intent(fid, round_start + 1, StepKind.ACTION, "r", "move", {"target": str(target)})
+    a.files.release(fid)  # (as its lease running out would)
+    assert b.decisions.take_back_unapplied(fid) is None
+    assert b.files.get(fid).state == FileState.DECIDED
+    target.parent.mkdir()
+    assert _written(b, target, b"moved before the crash") == Skip("written by rfwatch")
+    # before any step of its round, a decision is taken back at once
+    other = take(a, "y.jpg")
+    a.files.classified(other, {"top": "red"}, "sha-y.jpg", "colors/1", "red", {})
+    a.files.finish_step(other, 1, StepKind.ACTION, "unsure", "review", True, {"to": str(review)})
+    a.files.wait_for_review(other, "waiting for review")
+    b.decisions.decide(other, DecisionKind.LABEL, ("green",))
+    assert b.decisions.take_back_unapplied(other) is not None and b.files.get(other).state == FileState.REVIEW
 
 
 def test_a_claim_holds_while_its_holder_beats_and_lapses_when_it_stops(journal_url):

@@ -3,8 +3,8 @@
 Everything that makes history, undo and pending work carry on is copied: files, steps, events, undo records,
 decisions, sequences and their frames (a frame waiting for its sequence waits on in the target), the prediction
 cache, the marks of files rfwatch wrote, deliveries (pending ones keep their ids, so a
-receiver sees the same ``webhook-id``), gone targets and model facts. Claims are not: no process of the old journal
-works on the new one.
+receiver sees the same ``webhook-id``), gone targets and model facts, and the paths a step left between its intent
+and its result had claimed (``claims``). Who held a file is not: no process of the old journal works on the new one.
 
 Idempotent: each file copied is recorded in the target (``copies``: the source journal's id and the file's old and
 new ids), in the same transaction as its rows, so running the copy again (after an interruption, or to take files

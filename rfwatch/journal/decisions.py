@@ -98,7 +98,7 @@ class Decisions:
 
     def take_back_unapplied(self, file_id: int, by: str | None = None) -> Decision | None:
         """A decision no daemon has begun to apply: the file waits again, in one transaction (None when the file
-        is not ``decided``, or a daemon holds it now)."""
+        is not ``decided``, a daemon holds it now, or one began to apply it)."""
         now = time.time()
         me = self.files._holder()
 
@@ -107,6 +107,11 @@ class Decisions:
                 "SELECT * FROM decisions WHERE file_id=? AND taken_back IS NULL ORDER BY round DESC LIMIT 1", (file_id,)
             )
             if row is None:
+                return None
+            # A daemon began to apply it (its decision step, an action's intent) and died before it finished: the
+            # round is under way (a file may have moved already), and whoever claims the file next finishes it;
+            # the page takes it back the undo way then.
+            if Files.round_begun(tx, file_id):
                 return None
             # Its decision step was never written (the daemon writes it once it holds the file): the round starts
             # where it would have.

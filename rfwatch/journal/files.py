@@ -205,11 +205,12 @@ class Files:
         rfwatch still works on is at this path), or None."""
         root, rel = self._loc(path)
         with self.db.read() as tx:
+            # claims first: a step's result that commits between the two reads turns its claim into a mark
+            if tx.one("SELECT 1 FROM claims WHERE path_root=? AND path=? LIMIT 1", (root, rel)) is not None:
+                return Skip("written by rfwatch")  # a step is writing it now
             mark = tx.one("SELECT size, mtime_ns FROM produced WHERE path_root=? AND path=?", (root, rel))
             if mark is not None and (mark["size"] == -1 or (mark["size"], mark["mtime_ns"]) == (size, mtime_ns)):
                 return Skip("written by rfwatch")
-            if tx.one("SELECT 1 FROM claims WHERE path_root=? AND path=? LIMIT 1", (root, rel)) is not None:
-                return Skip("written by rfwatch")  # a step is writing it now
             row = tx.one(
                 f"SELECT id, state, size, mtime_ns FROM files WHERE path_root=? AND path=?"
                 f" AND (state IN {WORKING_STATES_SQL} OR (size=? AND mtime_ns=?)) ORDER BY id DESC LIMIT 1",
@@ -764,6 +765,17 @@ class Files:
 
         row = self.db.transact(queue)
         return self._row(row) if row is not None else None
+
+    @staticmethod
+    def round_begun(tx: Tx, file_id: int) -> bool:
+        """In the caller's transaction: whether the file's current round has a step (begun or done)."""
+        return (
+            tx.one(
+                "SELECT 1 FROM steps WHERE file_id=? AND seq >= (SELECT round_start FROM files WHERE id=?) LIMIT 1",
+                (file_id, file_id),
+            )
+            is not None
+        )
 
     @staticmethod
     def next_seq(tx: Tx, file_id: int) -> int:

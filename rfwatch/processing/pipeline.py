@@ -279,6 +279,7 @@ class Pipeline:
                 reserved = nbytes
                 return True
 
+        decoded = None
         try:
             while not self._cores.acquire(timeout=0.02):
                 if self.can_size_now():
@@ -292,8 +293,10 @@ class Pipeline:
             finally:
                 self._cores.release()
         except ImageError:
-            self._early_released(reserved)
             return None  # reported properly when the file is carried on
+        finally:
+            if decoded is None:  # refused, failed, or given way: nothing is held
+                self._early_released(reserved)
         if decoded is not None:
             weakref.finalize(decoded, self._early_released, reserved)  # sized, or dropped with its job
         return decoded
