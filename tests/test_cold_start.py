@@ -69,21 +69,46 @@ def test_files_are_journaled_while_the_facts_come_and_uploads_are_sized_once_the
     assert decoded_again == [], "a file decoded while the facts came was decoded again once they had"
 
 
-def count_decodes(d: DaemonThread) -> tuple[list, list]:
-    """(decodes while the size was unknown, files decoded from disk once it was known), as the daemon runs."""
+def count_decodes(d: DaemonThread, tried: list | None = None) -> tuple[list, list]:
+    """(decodes while the size was unknown, files decoded from disk once it was known), as the daemon runs;
+    ``tried`` gets every early decode asked for, once it has answered (refused by the memory bound too)."""
     client = d.daemon.runtime.client
     decoded, decoded_again = [], []
     for name, calls in (("decode_early", decoded), ("prepare", decoded_again)):
         real = getattr(client, name)
 
-        def counted(*a, _real=real, _calls=calls, **kw):
+        def counted(*a, _real=real, _calls=calls, _name=name, **kw):
             answer = _real(*a, **kw)
             if answer is not None:  # an early decode the memory bound refused is none
                 _calls.append(a)
+            if _name == "decode_early" and tried is not None:
+                tried.append(a)
             return answer
 
         setattr(client, name, counted)
     return decoded, decoded_again
+
+
+def test_a_broken_picture_taken_while_the_facts_come_fails_with_its_reason(tmp_path, server, slow_platform, caplog):
+    """A file that cannot be decoded early is not lost in the overlap: once the size is known it is tried as any
+    file is, and fails with the reason a person can act on, named in the journal; the others are sorted."""
+    cfg = write_config(tmp_path, server, model="colors/2", concurrency=2)
+    photos(tmp_path / "inbox", count=2)
+    whole = (tmp_path / "inbox" / "p0.jpg").read_bytes()
+    (tmp_path / "inbox" / "broken.jpg").write_bytes(whole[: len(whole) // 3])  # cut off mid-scan
+    d = DaemonThread(cfg, once=True)
+    decoded, _ = count_decodes(d)
+    with d:
+        wait_for(lambda: journaled(tmp_path) == 3, what="the 3 files hashed and journaled")
+        d.thread.join(60)
+    assert d.result == 1  # README: "1 some input failed"
+    assert len(decoded) == 2, "the broken file was decoded early"
+    assert sorted(p.name for p in files_under(tmp_path / "sorted")) == ["p0.jpg", "p1.jpg"]
+    with sqlite3.connect(tmp_path / "state" / "journal.db") as con:
+        state, error = con.execute("SELECT state, last_error FROM files WHERE source = ?", (b"broken.jpg",)).fetchone()
+    assert state == "failed" and error.startswith("cannot decode image: image file is truncated"), (state, error)
+    assert f"{tmp_path / 'inbox' / 'broken.jpg'}: failed: cannot decode image" in caplog.text
+    assert "unexpected error" not in caplog.text, "a broken picture made rfwatch log an internal error"
 
 
 def test_what_a_cold_start_decodes_early_is_bounded_in_memory(tmp_path, server, slow_platform, monkeypatch):
@@ -94,9 +119,11 @@ def test_what_a_cold_start_decodes_early_is_bounded_in_memory(tmp_path, server, 
     cfg = write_config(tmp_path, server, model="colors/2", concurrency=2)
     photos(tmp_path / "inbox")
     d = DaemonThread(cfg, once=True)
-    decoded, decoded_again = count_decodes(d)
+    tried: list = []
+    decoded, decoded_again = count_decodes(d, tried)
     with d:
-        wait_for(lambda: journaled(tmp_path) == 4, what="the 4 files hashed and journaled")
+        # (each file is journaled before its decode is tried: wait for the tries, not the journal rows)
+        wait_for(lambda: len(tried) == 4, what="an early decode tried for each of the 4 files")
         assert d.daemon.facts.get("colors/2") is None
         assert len(decoded) == 1, "more early decodes held than the bound allows"
         d.thread.join(60)

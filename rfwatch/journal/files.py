@@ -205,11 +205,7 @@ class Files:
         rfwatch still works on is at this path), or None."""
         root, rel = self._loc(path)
         with self.db.read() as tx:
-            # claims first: a step's result that commits between the two reads turns its claim into a mark
-            if tx.one("SELECT 1 FROM claims WHERE path_root=? AND path=? LIMIT 1", (root, rel)) is not None:
-                return Skip("written by rfwatch")  # a step is writing it now
-            mark = tx.one("SELECT size, mtime_ns FROM produced WHERE path_root=? AND path=?", (root, rel))
-            if mark is not None and (mark["size"] == -1 or (mark["size"], mark["mtime_ns"]) == (size, mtime_ns)):
+            if _written_by_rfwatch(tx, root, rel, size, mtime_ns):
                 return Skip("written by rfwatch")
             row = tx.one(
                 f"SELECT id, state, size, mtime_ns FROM files WHERE path_root=? AND path=?"
@@ -258,14 +254,6 @@ class Files:
             )
             is not None
         )
-
-    def is_produced(self, path: Path, size: int, mtime_ns: int) -> bool:
-        root, rel = self._loc(path)
-        with self.db.read() as tx:
-            mark = tx.one("SELECT size, mtime_ns FROM produced WHERE path_root=? AND path=?", (root, rel))
-            if mark is not None and (mark["size"] == -1 or (mark["size"], mark["mtime_ns"]) == (size, mtime_ns)):
-                return True
-            return tx.one("SELECT 1 FROM claims WHERE path_root=? AND path=? LIMIT 1", (root, rel)) is not None
 
     def cached_prediction(self, sha256: str, model: str) -> dict[str, Any] | None:
         doc = self.db.scalar("SELECT prediction FROM predictions WHERE sha256=? AND model=?", (sha256, model))
@@ -448,10 +436,7 @@ class Files:
                 ),
             )
             if file_id is None:
-                mark = tx.one("SELECT size, mtime_ns FROM produced WHERE path_root=? AND path=?", (root, rel))
-                if mark is not None and (mark["size"] == -1 or (mark["size"], mark["mtime_ns"]) == (size, mtime_ns)):
-                    return Skip("written by rfwatch")
-                if tx.one("SELECT 1 FROM claims WHERE path_root=? AND path=? LIMIT 1", (root, rel)) is not None:
+                if _written_by_rfwatch(tx, root, rel, size, mtime_ns):
                     return Skip("written by rfwatch")
                 other = tx.one(
                     f"SELECT id, holder FROM files WHERE path_root=? AND path=? AND state IN {WORKING_STATES_SQL}",
@@ -833,6 +818,16 @@ class Files:
 
         self.db.transact(prune)
         return counts
+
+
+def _written_by_rfwatch(tx: Tx, root: str, rel: bytes, size: int, mtime_ns: int) -> bool:
+    """Whether what is at this path now is rfwatch's: a step is writing there (a claim), an undo is at work there
+    (a mark of ANY_SIZE), or rfwatch wrote exactly this (its mark's size and mtime)."""
+    # claims first: a step's result that commits between the two reads turns its claim into a mark
+    if tx.one("SELECT 1 FROM claims WHERE path_root=? AND path=? LIMIT 1", (root, rel)) is not None:
+        return True
+    mark = tx.one("SELECT size, mtime_ns FROM produced WHERE path_root=? AND path=?", (root, rel))
+    return mark is not None and (mark["size"] == ANY_SIZE or (mark["size"], mark["mtime_ns"]) == (size, mtime_ns))
 
 
 def _output_claims(intent: dict[str, Any]) -> list[Path]:

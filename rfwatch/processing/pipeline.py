@@ -45,7 +45,7 @@ from rfwatch.roboflow.client import ApiError, BlockingError, UnavailableError
 from rfwatch.roboflow.result import Prediction, ResponseFormatError
 from rfwatch.states import FileState, Outcome, StepKind, StepState
 
-__all__ = ["Pipeline", "ApiBlocked", "Attempt", "NotYet"]
+__all__ = ["Pipeline", "ApiBlocked", "Attempt", "NotYet", "Upload"]
 
 log = logging.getLogger("rfwatch.processing.pipeline")
 file_log = logging.getLogger("rfwatch.file")
@@ -252,18 +252,26 @@ class Pipeline:
                 return Attempt(Outcome.SKIPPED if now is None else Outcome.CHANGING, detail="vanished")
             upload: Upload | None = prepared if prepared is not None else content
             if prepared is None and not self.can_size_now():
-                # A cold start: the cores would idle until the platform says the model's input size. The decode
-                # (most of a preparation) is done now, for a guessed size; the sizing waits for the real one.
-                if files.cached_prediction(sha, model) is None:
-                    early = self._decode_early(content if content is not None else path, path)
-                    if early is _GAVE_WAY:
-                        # The size came while this file waited for a core: the files decoded meanwhile are sized
-                        # and sent first (a worker here would hold up one of them for a whole decode and request).
-                        raise NotYet(taken, "its turn after the files decoded early", content)
-                    upload = early if isinstance(early, DecodedImage) else upload
-                if not self.can_size_now():
-                    raise NotYet(taken, "the model's input size", upload if isinstance(upload, DecodedImage) else None)
+                upload = self._before_the_size(taken, path, content, sha, model) or upload
             return self._process(files.get(taken), upload)
+
+    def _before_the_size(
+        self, taken: int, path: Path, content: bytes | None, sha: str, model: str
+    ) -> DecodedImage | None:
+        """A cold start: the cores would idle until the platform says the model's input size. The decode (most of
+        a preparation) is done now, for a guessed size, and the file waits (NotYet) for the real one; its decode if
+        the size came meanwhile."""
+        early = None
+        if self.journal.files.cached_prediction(sha, model) is None:
+            early = self._decode_early(content if content is not None else path, path)
+            if early is _GAVE_WAY:
+                # The size came while this file waited for a core: the files decoded meanwhile are sized and sent
+                # first (a worker here would hold up one of them for a whole decode and request).
+                raise NotYet(taken, "its turn after the files decoded early", content)
+        decoded = early if isinstance(early, DecodedImage) else None
+        if not self.can_size_now():
+            raise NotYet(taken, "the model's input size", decoded)
+        return decoded
 
     def _decode_early(self, source: bytes | Path, path: Path) -> DecodedImage | object | None:
         """Decode a taken file before its upload's size is known, within EARLY_DECODE_BYTES; None: later, whole;

@@ -117,7 +117,7 @@ class ActionLog:
 
     def produced(self, path: Path) -> list[Path]:
         # Marked exactly (size, mtime) with the step's result; until then the path its intent named is claimed
-        # (see rfwatch.journal.files.ANY_SIZE).
+        # (the ``claims`` table, see rfwatch.journal.schema.CLAIM_TABLES).
         return [path]
 
     def delivery_id(self, parts: tuple[str, ...]) -> str:

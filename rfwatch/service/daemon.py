@@ -26,7 +26,7 @@ from rfwatch.host.runtime import Runtime, build_runtime, platform_client
 from rfwatch.images.prepare import warm_up
 from rfwatch.journal import JournalUnavailable, open_journal
 from rfwatch.processing.delivery import Deliveries
-from rfwatch.processing.pipeline import ApiBlocked, NotYet, Pipeline, RateLimiter
+from rfwatch.processing.pipeline import ApiBlocked, NotYet, Pipeline, RateLimiter, Upload
 from rfwatch.roboflow.client import ModelId
 from rfwatch.roboflow.facts import FactsCache, ModelFactsService, check_rules, diagnose, models_in_use
 from rfwatch.service.metrics import start_metrics
@@ -53,7 +53,7 @@ class _Job:
     #: Known to need the API (a file still to classify stays so until a worker classifies it): looked up once.
     needs_api: bool = False
     #: The file's picture, decoded while it waited for the model's input size (Pipeline: a cold start).
-    upload: Any = None
+    upload: Upload | None = None
 
 
 #: Put on the queue to wake an idle worker for a job in ``retry_jobs`` (see Daemon._requeue); never run.
