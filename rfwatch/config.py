@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from rfwatch.errors import ConfigError as ConfigError  # defined there, so the CLI catches it cheaply
+from rfwatch.record import record
 from rfwatch.roboflow.ids import DEFAULT_API_URL, DEFAULT_PLATFORM_URL, ModelId
 from rfwatch.states import StrEnum
 
@@ -39,7 +40,7 @@ DEFAULT_EXCLUDE = ("*.part", "*.tmp", "*.crdownload", ".*", "~$*")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
 
 
-@dataclass(frozen=True)
+@record
 class RoboflowConfig:
     """The ``roboflow:`` section: the model, the API and platform URLs, the key and the upload settings."""
 
@@ -72,7 +73,7 @@ class SequenceLabel(StrEnum):
     MAJORITY = "majority"  # the class most frames have as their top class
 
 
-@dataclass(frozen=True)
+@record
 class SequenceConfig:
     """``sequence:`` (top level or per watch): frames of one key captured within ``gap`` seconds are decided
     together."""
@@ -86,7 +87,7 @@ class SequenceConfig:
     where: str = "sequence"
 
 
-@dataclass(frozen=True)
+@record
 class WatchConfig:
     """One folder of ``watch:``: its path, its name in the journal and how files in it are taken."""
 
@@ -105,7 +106,7 @@ class WatchConfig:
     sequence: SequenceConfig | None = None
 
 
-@dataclass(frozen=True)
+@record
 class When:
     """A rule's ``when:``: the classes and the confidence a prediction must have."""
 
@@ -117,7 +118,7 @@ class When:
     exif: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
-@dataclass(frozen=True)
+@record
 class ActionSpec:
     """One entry of a rule's ``then:``: the action's name and its options as written."""
 
@@ -126,7 +127,7 @@ class ActionSpec:
     key: str  # e.g. "rules[0].then[1]", for error messages
 
 
-@dataclass(frozen=True)
+@record
 class RuleConfig:
     """One rule: its name, its ``when:`` and its actions in order."""
 
@@ -137,7 +138,7 @@ class RuleConfig:
     key: str = ""
 
 
-@dataclass(frozen=True)
+@record
 class UploadConfig:
     """``review.upload``: where reviewed images go (Roboflow's upload and annotate routes)."""
 
@@ -147,7 +148,7 @@ class UploadConfig:
     tags: tuple[str, ...] = ("rfwatch",)
 
 
-@dataclass(frozen=True)
+@record
 class ReviewConfig:
     """``review:``: the page for files a ``review`` action set aside."""
 
@@ -161,7 +162,7 @@ class ReviewConfig:
         return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
 
 
-@dataclass(frozen=True)
+@record
 class Config:
     """A whole config file, read and checked (rfwatch.config.load_config)."""
 

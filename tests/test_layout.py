@@ -1,6 +1,6 @@
 """The package's layout shows its architecture: parts in layers, imports only downward, no cycles.
 
-Low to high: the base modules (states, crash points, redaction); files and images; the Roboflow client; the config;
+Low to high: the base modules (states, crash points, redaction, records); files and images; the Roboflow client; the config;
 the journal; the plugin host (what actions see); processing (a file's way through the rules, undo, deliveries);
 the review page and the service (daemon, watcher); the commands, the CLI, the public plugin module, the
 stand-ins for tests (testing) and the demo. A module
@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "rfwatch"
 
 LAYERS: list[set[str]] = [
-    {"rfwatch", "states", "crashpoints", "redact", "errors", "secret_files"},
+    {"rfwatch", "states", "crashpoints", "redact", "errors", "secret_files", "record"},
     {"files", "images"},
     {"roboflow"},
     {"config"},

@@ -7,14 +7,14 @@ with no sequence is an event of its own. :func:`group_events` is the only place 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
 
 from rfwatch.exports.records import PERSON, FileRecord
+from rfwatch.record import record
 
 __all__ = ["Event", "group_events"]
 
 
-@dataclass(frozen=True)
+@record
 class Event:
     #: The sequence's id, or ``file-<id>`` for a file on its own.
     id: str

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 from rfwatch.images.exif import camera_facts
 from rfwatch.journal import DecisionKind, FileRow, Journal
+from rfwatch.record import record
 from rfwatch.roboflow.result import Prediction
 
 __all__ = ["FileRecord", "SequenceInfo", "collect", "capture_time"]
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 MODEL, PERSON = "model", "person"
 
 
-@dataclass(frozen=True)
+@record
 class SequenceInfo:
     """A file's place in its sequence (a burst), as the journal records it (journal.sequences.of_files)."""
 
@@ -36,7 +36,7 @@ class SequenceInfo:
     confidence: float
 
 
-@dataclass(frozen=True)
+@record
 class FileRecord:
     file_id: int
     source: Path

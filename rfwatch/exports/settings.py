@@ -21,11 +21,12 @@ export:
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
 from rfwatch.config import Config, ConfigError
+from rfwatch.record import record
 
 __all__ = ["ExportSettings", "Deployment", "Taxon", "export_settings"]
 
@@ -68,14 +69,14 @@ DEPLOYMENT_FIELDS = tuple(
 )
 
 
-@dataclass(frozen=True)
+@record
 class Taxon:
     scientific_name: str
     #: Other Camtrap DP taxonomic fields (taxonRank, vernacularNames, ...), as given.
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@record
 class Deployment:
     id: str
     #: Files found below this folder belong to it (None: files found in a folder of this name).
@@ -87,7 +88,7 @@ class Deployment:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@record
 class ExportSettings:
     empty: frozenset[str] = frozenset()
     taxa: dict[str, Taxon] = field(default_factory=dict)

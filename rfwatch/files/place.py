@@ -17,10 +17,10 @@ import os
 import re
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from rfwatch.crashpoints import crash_point
+from rfwatch.record import record
 from rfwatch.states import StrEnum
 
 __all__ = [
@@ -115,7 +115,7 @@ def _with_suffix_number(dst: Path, n: int) -> Path:
     return dst.with_name(f"{stem} ({n}).{ext}" if ext else f"{stem} ({n})")
 
 
-@dataclass(frozen=True)
+@record
 class Placed:
     """Where a file ended up. ``outcome``: moved, copied, skipped (destination taken) or duplicate."""
 

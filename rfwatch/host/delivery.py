@@ -26,6 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Union
 
+from rfwatch.record import record
+
 __all__ = [
     "Delivery",
     "Delivered",
@@ -39,7 +41,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
+@record
 class Delivery:
     """One queued delivery, as its deliverer receives it."""
 
@@ -70,14 +72,14 @@ class Delivery:
             self._keep(state)
 
 
-@dataclass(frozen=True)
+@record
 class Delivered:
     status: int | None = None
     #: Kept in the journal and shown by ``history`` (e.g. {"image_id": ...}).
     result: dict[str, Any] | None = None
 
 
-@dataclass(frozen=True)
+@record
 class Retry:
     error: str
     status: int | None = None
@@ -85,7 +87,7 @@ class Retry:
     after: float | None = None
 
 
-@dataclass(frozen=True)
+@record
 class Gone:
     """The target wants nothing more: stop every pending delivery to it, queue none later."""
 
@@ -93,7 +95,7 @@ class Gone:
     status: int | None = None
 
 
-@dataclass(frozen=True)
+@record
 class Failed:
     """This delivery can never succeed; it is kept, with the error, for ``history``."""
 

@@ -12,19 +12,19 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rfwatch.config import ActionSpec, Config, ConfigError, RuleConfig, When
 from rfwatch.host.templates import Template, TemplateError
 from rfwatch.images.exif import CameraFacts, TagRef, camera_facts
+from rfwatch.record import record
 from rfwatch.roboflow.result import Prediction
 
 __all__ = ["Rule", "BoundAction", "compile_rules", "matching_rules", "exif_uses"]
 
 
-@dataclass(frozen=True)
+@record
 class BoundAction:
     name: str
     run: Callable[..., Any]
@@ -43,7 +43,7 @@ class BoundAction:
         return f"{self.name} {self.spec.options!r}" if self.spec.options is not None else self.name
 
 
-@dataclass(frozen=True)
+@record
 class Rule:
     """A rule from the config with its actions built."""
 

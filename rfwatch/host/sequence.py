@@ -7,11 +7,12 @@ and its EXIF tags (``{parent}``, ``{exif:SerialNumber}``), never its class.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from rfwatch.config import Config, ConfigError
 from rfwatch.host.templates import PLACEHOLDERS, Template, TemplateError
+from rfwatch.record import record
 
 __all__ = ["SequenceFacts", "KEY_PLACEHOLDERS", "key_template", "check_sequence_keys"]
 
@@ -29,7 +30,7 @@ KEY_PLACEHOLDERS = frozenset(PLACEHOLDERS) - {
 }
 
 
-@dataclass(frozen=True)
+@record
 class SequenceFacts:
     """A frame's sequence, once it closed: the label every frame's rules run with, and the frame's own."""
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from rfwatch.record import record
 
 if TYPE_CHECKING:
     from rfwatch.config import Config
@@ -21,7 +22,7 @@ __all__ = ["ActionUse", "PluginConfig", "plugin_config", "state_folder"]
 _NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-@dataclass(frozen=True)
+@record
 class ActionUse:
     """One use of an action in the rules: the rule's name, the YAML value under the action, its key path."""
 
@@ -30,7 +31,7 @@ class ActionUse:
     key: str
 
 
-@dataclass(frozen=True)
+@record
 class PluginConfig:
     """One plugin's view of the loaded config (read-only)."""
 

@@ -18,11 +18,11 @@ import os
 import re
 import string
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rfwatch.images.exif import TagRef
+from rfwatch.record import record
 
 __all__ = ["PLACEHOLDERS", "MISSING", "Template", "TemplateError", "safe_component", "UnsafePathError"]
 
@@ -139,7 +139,7 @@ class _Sanitized(Mapping[str, Any]):
         return len(self.values)
 
 
-@dataclass(frozen=True)
+@record
 class Template:
     text: str
     allowed: frozenset[str] = frozenset(PLACEHOLDERS)

@@ -40,9 +40,10 @@ import re
 import shutil
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from rfwatch.record import record
 
 __all__ = ["TagRef", "CameraFacts", "ExifNumber", "camera_facts", "exiftool_available", "is_standard"]
 
@@ -109,7 +110,7 @@ def is_standard(name: str) -> bool:
     return name.lower() in _tables()[2]
 
 
-@dataclass(frozen=True)
+@record
 class TagRef:
     """A tag as a rule or a template names it: ``Model``, ``MakerNotes:Sequence``."""
 
@@ -203,7 +204,7 @@ def _warn_no_exiftool(tag: str) -> None:
     )
 
 
-@dataclass(frozen=True)
+@record
 class _ExifToolTags:
     by_name: dict[str, Any]
     by_group: dict[tuple[str, str], Any]

@@ -65,9 +65,11 @@ import time
 import weakref
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import TypeAlias
+
+from rfwatch.record import record
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +110,7 @@ class ExifToolError(RuntimeError):
         self.result = result
 
 
-@dataclass(frozen=True)
+@record
 class ExifResult:
     """What one exiftool command reported, much as its exit status and output would tell a shell."""
 

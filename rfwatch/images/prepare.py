@@ -15,12 +15,12 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Union
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from rfwatch.images.sizing import UploadSize
+from rfwatch.record import record
 
 __all__ = [
     "PreparedImage",
@@ -53,7 +53,7 @@ class ImageError(Exception):
         super().__init__(f"{self.path}: {reason}")
 
 
-@dataclass(frozen=True)
+@record
 class PreparedImage:
     jpeg: bytes
     #: Upright size of the original picture, as a viewer shows it.
@@ -215,7 +215,7 @@ def prepare_image(
 BYTES_PER_PIXEL = 4
 
 
-@dataclass(frozen=True)
+@record
 class DecodedImage:
     """A picture decoded (at a reduced scale where the decoder allows) and turned upright, not yet sized.
 

@@ -21,7 +21,9 @@ newer inference_models engine: common/roboflow/model_packages.py ``ResizeMode``)
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
+
+from rfwatch.record import record
 
 __all__ = ["UploadSize", "LETTERBOX_FORMATS", "EARLY_INPUT"]
 
@@ -36,7 +38,7 @@ LETTERBOX_FORMATS = frozenset({"Fit (black edges) in", "Fit (white edges) in", "
 EARLY_INPUT = (640, 640)
 
 
-@dataclass(frozen=True)
+@record
 class UploadSize:
     """The rule for one model: ``max_size`` alone (unknown model), or its input, format and crop."""
 

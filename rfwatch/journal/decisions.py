@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from rfwatch.crashpoints import crash_point
 from rfwatch.journal.db import Database, Tx
 from rfwatch.journal.files import FileRow, Files
 from rfwatch.journal.holders import FREE
+from rfwatch.record import record
 from rfwatch.states import FileState, StrEnum
 
 __all__ = ["Decision", "DecisionKind", "Decisions", "AlreadyDecided", "NotWaiting"]
@@ -37,7 +37,7 @@ class AlreadyDecided(RuntimeError):
     """The file was decided already (here or on another page)."""
 
 
-@dataclass(frozen=True)
+@record
 class Decision:
     """A person's label or reject for a file that waited for review."""
 

@@ -21,7 +21,6 @@ import json
 import os
 import time
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from rfwatch.journal.db import Database, Dialect, Tx
 from rfwatch.journal.holders import FREE
 from rfwatch.journal.locations import Roots
 from rfwatch.journal.schema import WORKING_STATES_SQL
+from rfwatch.record import record
 from rfwatch.states import (
     ACTIVE_STATES,
     TERMINAL_STATES,
@@ -57,7 +57,7 @@ class ClaimLost(Exception):
     """Another process holds the file now (this one's lease ran out): this process must leave it alone."""
 
 
-@dataclass(frozen=True)
+@record
 class Skip:
     """Why a file was not taken, and the row that has it (if any)."""
 
@@ -65,7 +65,7 @@ class Skip:
     file_id: int | None = None
 
 
-@dataclass(frozen=True)
+@record
 class FileRow:
     """One row of ``files``: a file, where it is now, what the model said and its state."""
 
@@ -93,7 +93,7 @@ class FileRow:
     host: str | None
 
 
-@dataclass(frozen=True)
+@record
 class StepRow:
     """One row of ``steps``: an action a file's rules ran, its intent and its result."""
 

@@ -23,9 +23,9 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
 
 from rfwatch.journal.db import Database, JournalUnavailable
+from rfwatch.record import record
 
 __all__ = ["Holder", "Holders", "Heartbeat", "DEFAULT_LEASE", "default_host", "FREE"]
 
@@ -61,7 +61,7 @@ def _start_time(pid: int) -> str | None:
     return stat.rsplit(b")", 1)[-1].split()[19].decode()
 
 
-@dataclass(frozen=True)
+@record
 class Holder:
     """A process working on the journal, as it names itself in its claims."""
 

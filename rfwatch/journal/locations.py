@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from rfwatch.record import record
 
 __all__ = ["Roots", "Location"]
 
 _TOKEN = "rfwatch-root:"
 
 
-@dataclass(frozen=True)
+@record
 class Location:
     """A path as the journal stores it: a named root and the bytes below it."""
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Collection
-from dataclasses import dataclass
 from typing import Any
 
 from rfwatch.crashpoints import crash_point
 from rfwatch.journal.db import Database, Dialect, Tx
+from rfwatch.record import record
 from rfwatch.states import DeliveryState
 
 __all__ = ["Outbox", "QueuedDelivery", "DeliveryRow"]
@@ -26,7 +26,7 @@ _DONE_BODY = b""  # a delivered (or failed, or gone) row keeps its outcome, not 
 _UNLEASED = "(lease IS NULL OR lease NOT IN (SELECT id FROM holders WHERE heartbeat > {now} - ?))"
 
 
-@dataclass(frozen=True)
+@record
 class QueuedDelivery:
     """What an action asked to deliver; written with its step."""
 
@@ -37,7 +37,7 @@ class QueuedDelivery:
     plugin: str
 
 
-@dataclass(frozen=True)
+@record
 class DeliveryRow:
     """One row of ``outbox``: a delivery, its target, its state and its lease."""
 

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field, fields
+from dataclasses import field, fields
 from typing import Any, NamedTuple
 
 from rfwatch.crashpoints import crash_point
 from rfwatch.journal.db import Database, Dialect, Tx
 from rfwatch.journal.files import Files
+from rfwatch.record import record
 from rfwatch.states import FileState, StrEnum
 
 __all__ = ["Sequences", "SequenceRow", "FrameRow", "SequenceOf", "OpenSequence", "Member", "Decided", "CloseWhy"]
@@ -39,7 +40,7 @@ class CloseWhy(StrEnum):
     END = "nothing left to read (run --once)"
 
 
-@dataclass(frozen=True)
+@record
 class SequenceRow:
     """A closed sequence: its frames' key and capture times, and the label they share."""
 
@@ -57,7 +58,7 @@ class SequenceRow:
     host: str | None
 
 
-@dataclass(frozen=True)
+@record
 class FrameRow:
     """A frame of a sequence: its key, capture time and, once closed, its sequence and place."""
 
@@ -89,7 +90,7 @@ class SequenceOf(NamedTuple):
     empty: bool
 
 
-@dataclass(frozen=True)
+@record
 class OpenSequence:
     """Frames of one key that wait together (for ``status``)."""
 
@@ -104,7 +105,7 @@ class OpenSequence:
     gap: float
 
 
-@dataclass(frozen=True)
+@record
 class Member:
     """A frame handed to the labelling function."""
 
@@ -113,7 +114,7 @@ class Member:
     prediction: dict[str, Any]
 
 
-@dataclass(frozen=True)
+@record
 class Decided:
     """A sequence's label, and each frame's own class and confidence (by file id)."""
 

@@ -22,7 +22,6 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ from rfwatch.processing.decisions import labelled_prediction
 from rfwatch.processing.delivery import Deliveries
 from rfwatch.processing.sequences import Sequencer, sequence_prediction
 from rfwatch.processing.steps import ActionLog, StepFailed, StepRunner
+from rfwatch.record import record
 from rfwatch.redact import redact
 from rfwatch.roboflow.client import ApiError, BlockingError, UnavailableError
 from rfwatch.roboflow.result import Prediction, ResponseFormatError
@@ -94,7 +94,7 @@ class NotYet(Exception):
         super().__init__(f"journal row {file_id}: waiting for {what}")
 
 
-@dataclass(frozen=True)
+@record
 class Attempt:
     """What one attempt at a file came to."""
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from rfwatch.config import SequenceConfig, SequenceLabel
@@ -24,6 +23,7 @@ from rfwatch.host.context import FileContext
 from rfwatch.host.sequence import SequenceFacts, key_template
 from rfwatch.images.capture import capture_time
 from rfwatch.journal import Decided, FileRow, Journal, Member, SequenceRow
+from rfwatch.record import record
 from rfwatch.roboflow.result import Prediction
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ __all__ = ["Sequencer", "label_sequence", "sequence_prediction", "Placed"]
 log = logging.getLogger("rfwatch.sequences")
 
 
-@dataclass(frozen=True)
+@record
 class Placed:
     """Where a classified frame stands: it waits, or its rules run (with its sequence's facts, if it has one)."""
 

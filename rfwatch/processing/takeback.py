@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from enum import Enum
 
 from rfwatch.journal import FileRow, Journal
 from rfwatch.processing.outbox_view import UPLOAD_KIND
 from rfwatch.processing.undo import FileUndo, Undoer
+from rfwatch.record import record
 from rfwatch.states import FileState, StepKind, StepState
 
 __all__ = ["TakeBack", "TakenBack", "TakeBackOutcome"]
@@ -42,7 +42,7 @@ class TakeBackOutcome(Enum):
     FAILED = "failed"  # a step could not be undone (the file stays undoing: rfwatch undo or retry)
 
 
-@dataclass(frozen=True)
+@record
 class TakenBack:
     outcome: TakeBackOutcome
     detail: str = ""

@@ -31,6 +31,7 @@ from rfwatch.journal import DecisionKind, FileRow, Journal, StepRow
 from rfwatch.processing.decisions import labelled_prediction
 from rfwatch.processing.delivery import Deliveries
 from rfwatch.processing.steps import StepRunner, UndoLog
+from rfwatch.record import record
 from rfwatch.redact import redact
 from rfwatch.roboflow.result import Prediction
 from rfwatch.states import FileState, StepKind, StepState, UndoState
@@ -70,7 +71,7 @@ def parse_window(since: str | None, until: str | None) -> tuple[float | None, fl
         raise ValueError(f"--since/--until: {exc}") from None
 
 
-@dataclass(frozen=True)
+@record
 class UndoFilter:
     rule: str | None = None
     cls: str | None = None

@@ -8,16 +8,15 @@ scored highest. The review page marks the same class, and these lines name the s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from rfwatch.journal import DecisionKind, FileRow, Journal
 from rfwatch.processing.decisions import labelled_prediction
+from rfwatch.record import record
 from rfwatch.roboflow.result import Prediction
 
 __all__ = ["PersonLabel", "person_and_model"]
 
 
-@dataclass(frozen=True)
+@record
 class PersonLabel:
     """A person's label for a file, as status and history show it beside the model's guess."""
 

@@ -15,10 +15,10 @@ import base64
 import json
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from rfwatch.journal import FileRow
+from rfwatch.record import record
 from rfwatch.roboflow.result import Prediction
 
 __all__ = ["Listing", "Query", "QueryError", "SORTS", "MAX_LIMIT", "entry_of"]
@@ -34,7 +34,7 @@ class QueryError(ValueError):
     """A query parameter the list cannot take (named in the message)."""
 
 
-@dataclass(frozen=True)
+@record
 class Query:
     cls: str | None = None  # the model's guess (a predicted class) is this class
     min_score: float | None = None  # the model's highest score, within [min, max]

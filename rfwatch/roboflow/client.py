@@ -31,6 +31,7 @@ from requests.adapters import HTTPAdapter
 
 from rfwatch.images.prepare import DecodedImage, ImageError, PreparedImage, decode_image, prepare_image, size_decoded
 from rfwatch.images.sizing import UploadSize
+from rfwatch.record import record
 from rfwatch.redact import install_log_redaction, redact, register_secret
 from rfwatch.roboflow.ids import DEFAULT_API_URL, ModelId, is_url
 from rfwatch.roboflow.result import DEFAULT_MULTI_LABEL_THRESHOLD, Prediction, ResponseFormatError
@@ -151,7 +152,7 @@ def _error_for(status: int, where: str, model: ModelId, server_message: str) -> 
 # --- settings -----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record
 class RetryPolicy:
     attempts: int = 5  # tries in all, the first included
     backoff: float = 0.5  # seconds before the second try; doubles each time

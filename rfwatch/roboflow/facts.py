@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from rfwatch.images.sizing import LETTERBOX_FORMATS, UploadSize
+from rfwatch.record import record
 from rfwatch.roboflow.client import ModelId
 from rfwatch.roboflow.platform import KeyRefused, NotFound, PlatformClient, PlatformError, PlatformUnavailable
 
@@ -41,14 +42,14 @@ log = logging.getLogger(__name__)
 MAX_AGE = 24 * 3600.0
 
 
-@dataclass(frozen=True)
+@record
 class Resize:
     width: int
     height: int
     format: str
 
 
-@dataclass(frozen=True)
+@record
 class ModelFacts:
     model: str
     workspace: str

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from rfwatch.record import record
 
 __all__ = ["DEFAULT_API_URL", "DEFAULT_PLATFORM_URL", "ModelId"]
 
@@ -14,7 +14,7 @@ DEFAULT_API_URL = "https://classify.roboflow.com"
 DEFAULT_PLATFORM_URL = "https://api.roboflow.com"
 
 
-@dataclass(frozen=True)
+@record
 class ModelId:
     """A model version as the API names it: project and version (a workspace when given)."""
 

@@ -31,6 +31,7 @@ from typing import Any
 
 import requests
 
+from rfwatch.record import record
 from rfwatch.redact import redact, register_secret
 from rfwatch.roboflow.ids import DEFAULT_PLATFORM_URL
 
@@ -66,7 +67,7 @@ class PlatformUnavailable(PlatformError):
     """No answer, a timeout or a 5xx: nothing is known either way."""
 
 
-@dataclass(frozen=True)
+@record
 class Uploaded:
     image_id: str
     duplicate: bool

@@ -16,8 +16,10 @@ the same whatever the engine.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
+
+from rfwatch.record import record
 
 __all__ = ["ClassScore", "Prediction", "ResponseFormatError", "DEFAULT_MULTI_LABEL_THRESHOLD"]
 
@@ -30,7 +32,7 @@ class ResponseFormatError(ValueError):
     """The server answered 200 with something that is not a classification result."""
 
 
-@dataclass(frozen=True)
+@record
 class ClassScore:
     """One class and its confidence, as the model answered."""
 
@@ -39,7 +41,7 @@ class ClassScore:
     class_id: int | None = None
 
 
-@dataclass(frozen=True)
+@record
 class Prediction:
     """The model's answer for one image, in the documented JSON shape and as rules read it."""
 

@@ -37,8 +37,10 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
+
+from rfwatch.record import record
 
 __all__ = ["Mount", "MountTable", "Choice", "WatchPlan", "parse_mountinfo", "is_network_fs", "plan_watch"]
 
@@ -101,7 +103,7 @@ def _unescape(text: str) -> str:
     return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), text)
 
 
-@dataclass(frozen=True)
+@record
 class Mount:
     mount_point: str
     fstype: str
@@ -136,7 +138,7 @@ def _under(path: str, mount_point: str) -> bool:
     return path == mount_point or path.startswith(mount_point + "/")
 
 
-@dataclass(frozen=True)
+@record
 class MountTable:
     mounts: tuple[Mount, ...] = ()
 
@@ -172,7 +174,7 @@ class MountTable:
         return sorted(visible.values(), key=lambda m: (m.mount_point.count("/"), m.mount_point))
 
 
-@dataclass(frozen=True)
+@record
 class Choice:
     """One observer's share of a watched root: the root itself, or a mount below it watched the other way."""
 
@@ -198,7 +200,7 @@ class Choice:
         return f"{self.fstype}: {how}{forced}"
 
 
-@dataclass(frozen=True)
+@record
 class WatchPlan:
     """How one watched root is observed: its Choice first, then any sub-mount watched the other way."""
 

@@ -14,16 +14,16 @@ from __future__ import annotations
 import importlib.util
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from rfwatch.config import Config, ConfigError, check_review
 from rfwatch.journal import is_postgres_url
+from rfwatch.record import record
 
 __all__ = ["Finding", "machine_findings", "watch_folder_problem"]
 
 
-@dataclass(frozen=True)
+@record
 class Finding:
     key: str
     problem: str
