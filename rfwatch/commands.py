@@ -53,19 +53,25 @@ def load_for_reading(path: str, journal_only: bool = True):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from rfwatch.service.daemon import Daemon
+    from rfwatch.service.early import ask_early
 
     config = load_config(args.config)
     if args.log_format is None and config.log_format != "text":
         from rfwatch.service.logs import setup_logging
 
         setup_logging(-1 if args.quiet else args.verbose, config.log_format)
+    # On a first run the platform is asked about the model now, while the daemon's modules load (the upload size
+    # is needed before the first upload): rfwatch/service/early.py.
+    facts = ask_early(config)
+    from rfwatch.service.daemon import Daemon
+
     daemon = Daemon(
         args.config,
         config=config,
         dry_run=args.dry_run,
         once=args.once,
         progress=args.once and sys.stderr.isatty() and not args.quiet,
+        facts=facts,
     )
     return daemon.run()
 

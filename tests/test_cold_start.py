@@ -9,10 +9,11 @@ import gc
 import logging
 import sqlite3
 import threading
+import time
 
 import pytest
 import yaml
-from helpers import DaemonThread, files_under, wait_for, write_config
+from helpers import DaemonThread, files_under, run_cli, wait_for, write_config
 from PIL import Image
 
 from rfwatch.service.daemon import Daemon
@@ -229,3 +230,79 @@ def test_no_delivery_threads_run_while_nothing_is_to_be_delivered(tmp_path, serv
         wait_for(lambda: d.daemon.counts["done"] == 2, what="both files done")
         running = [t.name for t in threading.enumerate() if t.name.startswith("rfwatch-delivery")]
         assert running == [], f"delivery threads with nothing to deliver: {running}"
+
+
+# --- the cold run's two ends: the platform asked before the daemon is loaded, the exit -----------------------------
+
+
+def test_a_first_run_asks_the_platform_before_its_journal_exists_and_only_once(tmp_path, server, platform):
+    """rfwatch/service/early.py: on a first run the model is asked about right after the config is read, while the
+    daemon is still being loaded (its journal is created after that); the daemon takes that fetch over instead of
+    asking again, and the journal keeps the facts it brought (tests/test_model_facts.py: a second run asks
+    nothing)."""
+    platform.delay = 0.3  # still on its way when the daemon, loaded, looks for the facts
+    cfg = write_config(tmp_path, server, model="colors/2")
+    photos(tmp_path / "inbox", 2)
+    db = tmp_path / "state" / "journal.db"
+    appeared: list[float] = []
+    done = threading.Event()
+
+    def watch_for_the_journal() -> None:
+        while not done.is_set() and not appeared:
+            if db.exists():
+                appeared.append(time.monotonic())
+            time.sleep(0.001)
+
+    watcher = threading.Thread(target=watch_for_the_journal)
+    watcher.start()
+    try:
+        run = run_cli("run", "-c", str(cfg), "--once")
+    finally:
+        done.set()
+        watcher.join()
+    assert run.returncode == 0, run.stderr
+    assert len(files_under(tmp_path / "sorted")) == 2
+    asked = [r.path for r in platform.requests]
+    assert asked == ["/", f"/{platform.catalog.workspace}/colors/2"], "the facts were asked for more than once"
+    assert appeared, "no journal was made"
+    assert platform.requests[0].at < appeared[0], "the platform was asked only once the journal existed"
+    with sqlite3.connect(db) as con:
+        assert [m for (m,) in con.execute("SELECT model FROM model_facts")] == ["colors/2"]
+
+
+PLUGIN_THAT_OUTLIVES_THE_RUN = """
+import atexit, threading, time
+from pathlib import Path
+from rfwatch.plugin import hookimpl
+
+OUT = Path(__file__).parent
+
+
+@hookimpl
+def startup(config):
+    atexit.register(lambda: (OUT / "atexit-ran").write_text("yes"))
+
+    def late():
+        time.sleep(0.5)
+        (OUT / "thread-ran").write_text("yes")
+
+    threading.Thread(target=late, name="a-plugins-own").start()  # not a daemon thread: the exit waits for it
+"""
+
+
+@pytest.mark.parametrize("leaves_a_thread", [False, True], ids=["atexit only", "a thread left running"])
+def test_run_once_exits_without_the_teardown_yet_runs_what_plugins_left_for_the_exit(tmp_path, server, leaves_a_thread):
+    """A finished ``run --once`` ends with os._exit (the interpreter's teardown cost 50 to 70 ms of a cold run), but a
+    plugin's atexit handler still runs, and a thread a plugin left running is still waited for."""
+    plugin = tmp_path / "outliving.py"
+    text = PLUGIN_THAT_OUTLIVES_THE_RUN
+    if not leaves_a_thread:
+        text = text.replace('    threading.Thread(target=late, name="a-plugins-own").start()', "    pass")
+    plugin.write_text(text)
+    cfg = write_config(tmp_path, server, plugins=[str(plugin)])
+    photos(tmp_path / "inbox", 1)
+    run = run_cli("run", "-c", str(cfg), "--once")
+    assert run.returncode == 0, run.stderr
+    assert len(files_under(tmp_path / "sorted")) == 1
+    assert (tmp_path / "atexit-ran").read_text() == "yes"
+    assert (tmp_path / "thread-ran").exists() == leaves_a_thread

@@ -568,6 +568,49 @@ def test_files_are_read_and_prepared_one_per_core_while_more_wait_for_the_api(tm
     assert 1 <= most[0] <= 2, f"{most[0]} files were prepared at once on 2 cores"
 
 
+def test_a_file_busy_with_its_actions_holds_no_request_slot(tmp_path, server, monkeypatch):
+    """``concurrency`` counts requests in flight (README), not files: at ``concurrency: 1`` the next files are sent
+    while the first one's actions still run, and never two requests at once."""
+    import threading
+
+    server.latency = 0.2  # long enough that two requests sent without a slot would overlap
+    cfg = write_config(tmp_path, server, concurrency=1, settle=0.1)
+    for n in range(4):
+        (tmp_path / "inbox" / f"red-{n}.jpg").write_bytes(unique_jpeg(RED, 720 + n))
+    running = DaemonThread(cfg)
+    pipeline, client = running.daemon.pipeline, running.daemon.runtime.client
+    real_act, real_classify = pipeline._act, client.classify_prepared
+    release, held = threading.Event(), threading.Event()
+    lock, now, most = threading.Lock(), [0], [0]
+
+    def slow_act(row, *args, **kw):
+        if not held.is_set():  # the first file's actions take their time (a slow share, a slow plugin)
+            held.set()
+            release.wait(20)
+        return real_act(row, *args, **kw)
+
+    def counting_classify(*args, **kw):
+        with lock:
+            now[0] += 1
+            most[0] = max(most[0], now[0])
+        try:
+            return real_classify(*args, **kw)
+        finally:
+            with lock:
+                now[0] -= 1
+
+    monkeypatch.setattr(pipeline, "_act", slow_act)
+    monkeypatch.setattr(client, "classify_prepared", counting_classify)
+    with running:
+        try:
+            wait_for(held.is_set, what="the first file at its actions")
+            wait_for(lambda: len(server.inference_requests()) == 4, what="the other files sent meanwhile")
+        finally:
+            release.set()
+        wait_for(lambda: len(files_under(tmp_path / "sorted")) == 4, what="the four files sorted")
+    assert most[0] == 1, f"{most[0]} requests in flight at concurrency 1"
+
+
 def test_a_file_heard_of_after_its_early_hand_off_is_given_back_not_taken(tmp_path, server):
     """A file renamed in complete is handed on before it has been watched MIN_OBSERVATION long; an event heard
     for it in that time (a write queued late) keeps its worker from taking it: nothing is journaled or sent."""

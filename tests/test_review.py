@@ -361,16 +361,17 @@ def test_a_label_takes_effect_while_every_worker_waits_for_the_api(tmp_path, ser
         wait_listening(port)
         write_one_by_one(tmp_path, {"a.jpg": gray_jpeg(40)})
         server.fail_next(402, count=10_000)  # the quota is spent from now on
-        for n in range(4):
-            (tmp_path / "inbox" / f"new{n}.jpg").write_bytes(unique_jpeg(RED, 50 + n))
-        wait_for(lambda: d.daemon.gate.reason, what="the daemon to notice the spent quota")
         daemon = d.daemon
-        # both workers hold a new file (two of the four are out of the queues), waiting for the API
+        workers = len(daemon._threads)  # concurrency, and one per core beyond it
+        for n in range(workers + 2):
+            (tmp_path / "inbox" / f"new{n}.jpg").write_bytes(unique_jpeg(RED, 50 + n))
+        wait_for(lambda: daemon.gate.reason, what="the daemon to notice the spent quota")
+        # every worker holds a new file (all but two are out of the queues), waiting for the API
         wait_for(lambda: daemon.queued() == 2, what="every worker waiting")
         assert api.label(api.id_of("a.jpg"), "blue")[0] == 200
         wait_for(lambda: (tmp_path / "sorted" / "blue" / "a.jpg").exists(), timeout=10, what="a.jpg sorted")
-        assert d.daemon.gate.reason is not None, "the API still refuses: the label went ahead without it"
-        assert len(files_under(tmp_path / "inbox")) == 4  # the new files wait, unharmed
+        assert daemon.gate.reason is not None, "the API still refuses: the label went ahead without it"
+        assert len(files_under(tmp_path / "inbox")) == workers + 2  # the new files wait, unharmed
     server.reset()
 
 

@@ -149,6 +149,9 @@ class Pipeline:
         #: would only share the cores out: every file would reach the API late and together, its cores idle while
         #: all wait for their answers. In turns, the first files are sent while the next are decoded.
         self._cores = threading.BoundedSemaphore(usable_cores())
+        #: ``concurrency``: requests in flight (README). The daemon runs more workers than that, so a slot is
+        #: taken only around the request itself.
+        self._in_flight = threading.BoundedSemaphore(runtime.config.concurrency)
         self._early_bytes = 0  # held by early decodes not yet sized (EARLY_DECODE_BYTES)
         self._early_lock = threading.RLock()
         #: Called with the seconds a successful API call took (the daemon reopens its gate, records metrics).
@@ -449,9 +452,10 @@ class Pipeline:
                 with self._cores:
                     source = prepared if prepared is not None else str(row.path)
                     prepared = client.prepare(source, row.model, str(row.path))
-            self.limiter.acquire()  # right before the request: a turn waited for a core must not bunch requests
-            started = time.monotonic()  # the API's time alone (a turn waited for a core is not the API's)
-            prediction = client.classify_prepared(prepared, str(row.path), model=row.model)
+            with self._in_flight:
+                self.limiter.acquire()  # right before the request: a turn waited for a core must not bunch requests
+                started = time.monotonic()  # the API's time alone (a turn waited for a core is not the API's)
+                prediction = client.classify_prepared(prepared, str(row.path), model=row.model)
         except (ImageError, ResponseFormatError) as exc:
             self.journal.files.attempt_failed(row.id, _reason(exc, row.path))
             return None

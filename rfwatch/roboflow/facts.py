@@ -210,38 +210,62 @@ class FactsCache:
 
 @dataclass
 class ModelFactsService:
-    """Keeps facts for the models in use: cached ones at once, fresh ones fetched on a background thread."""
+    """Keeps facts for the models in use: cached ones at once, fresh ones fetched on a background thread.
 
-    cache: FactsCache
+    Made before the journal is open (a first run asks the platform while the daemon is still being loaded:
+    rfwatch.service.early), it keeps what it fetched in memory until ``attach`` gives it the journal's cache.
+    """
+
+    cache: FactsCache | None
     platform: PlatformClient | None
     max_age: float = MAX_AGE
     _facts: dict[str, ModelFacts] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _warned: bool = False
     _thread: threading.Thread | None = None
+    #: Models a fetch was started for by this process (a second refresh without ``force`` does not ask again).
+    _asked: set[str] = field(default_factory=set)
     #: Called with each model's facts once fetched (the daemon checks the rules against the classes).
     on_fetched: Callable[[ModelFacts], None] | None = None
 
+    def attach(self, cache: FactsCache) -> None:
+        """Keep facts in ``cache`` from now on, and put there those fetched before it was given."""
+        with self._lock:
+            self.cache = cache
+            fetched = list(self._facts.values())
+        for facts in fetched:
+            cache.put(facts)
+
     def get(self, model: str) -> ModelFacts | None:
         with self._lock:
-            facts = self._facts.get(model)
-        if facts is None:
-            facts = self.cache.get(model)
+            facts, cache = self._facts.get(model), self.cache
+        if facts is None and cache is not None:
+            facts = cache.get(model)
             if facts is not None:
                 with self._lock:
                     self._facts[model] = facts
         return facts
 
     def refresh(self, models: Iterable[str], force: bool = False, wait: float = 0.0) -> None:
-        """Fetch stale (or, with ``force``, all) facts on a background thread; wait up to ``wait`` seconds."""
-        due = [m for m in models if force or (f := self.get(m)) is None or time.time() - f.fetched > self.max_age]
-        if not due or self.platform is None:
-            return
-        thread = threading.Thread(target=self._fetch_all, args=(due,), name="rfwatch-model-facts", daemon=True)
-        self._thread = thread
-        thread.start()
+        """Fetch stale (or, with ``force``, all) facts on a background thread; wait up to ``wait`` seconds.
+
+        Without ``force``, a model this service already asked about is not asked again: an early fetch under way
+        (or one that found the platform unreachable) stands for the daemon's first one.
+        """
+
+        def due(model: str) -> bool:
+            facts = self.get(model)
+            fresh = facts is not None and time.time() - facts.fetched <= self.max_age
+            return force or (not fresh and model not in self._asked)
+
+        wanted = [m for m in models if due(m)]
+        if wanted and self.platform is not None:
+            self._asked.update(wanted)
+            thread = threading.Thread(target=self._fetch_all, args=(wanted,), name="rfwatch-model-facts", daemon=True)
+            self._thread = thread
+            thread.start()
         if wait:
-            thread.join(wait)
+            self.wait(wait)
 
     def wait(self, timeout: float) -> None:
         """Up to ``timeout`` seconds for the fetch under way, if any, to end (facts fetched, or found unreachable)."""
@@ -268,9 +292,11 @@ class ModelFactsService:
                         exc,
                     )
                 continue
-            self.cache.put(facts)
             with self._lock:
                 self._facts[model] = facts
+                cache = self.cache
+            if cache is not None:  # None: attach() puts it there
+                cache.put(facts)
             log.info("model %s: %s", model, describe(facts))
             if self.on_fetched is not None:
                 self.on_fetched(facts)
@@ -314,6 +340,12 @@ def check_rules(config: Any, facts_of: Callable[[str], ModelFacts | None]) -> tu
     if not rule_classes or missing:
         return [], missing if rule_classes else []
     return unknown_classes(rule_classes, known), []
+
+
+def facts_wanted(config: Any) -> bool:
+    """Whether a start is worth waiting a little for facts: rules name classes to check, or uploads are sized to the
+    model (no ``max_size`` set)."""
+    return any(r.when.classes for r in config.rules) or not config.roboflow.max_size_set
 
 
 def models_in_use(config: Any) -> list[str]:

@@ -26,9 +26,9 @@ from rfwatch.host.runtime import Runtime, build_runtime, platform_client
 from rfwatch.images.prepare import warm_up
 from rfwatch.journal import JournalUnavailable, open_journal
 from rfwatch.processing.delivery import Deliveries
-from rfwatch.processing.pipeline import ApiBlocked, NotYet, Pipeline, RateLimiter, Upload
+from rfwatch.processing.pipeline import ApiBlocked, NotYet, Pipeline, RateLimiter, Upload, usable_cores
 from rfwatch.roboflow.client import ModelId
-from rfwatch.roboflow.facts import FactsCache, ModelFactsService, check_rules, diagnose, models_in_use
+from rfwatch.roboflow.facts import FactsCache, ModelFactsService, check_rules, diagnose, facts_wanted, models_in_use
 from rfwatch.service.metrics import start_metrics
 from rfwatch.service.notify import Notifier
 from rfwatch.service.startcheck import RulesRefused, StartCheck
@@ -194,7 +194,9 @@ class Daemon:
         once: bool = False,
         notifier: Notifier | None = None,
         progress: bool = False,
+        facts: ModelFactsService | None = None,
     ):
+        """``facts``: a service already asking the platform (rfwatch.service.early), taken over here."""
         self.config_path = config_path
         config = config if config is not None else load_config(config_path)  # type: ignore[arg-type]
         if dry_run:  # nothing may be written, not even by plugins that keep state next to the journal
@@ -212,7 +214,8 @@ class Daemon:
         self.runtime: Runtime = build_runtime(self.config, facts=self._facts_for_upload)
         self.journal = open_journal(self.config, kind="run --once" if once else "daemon")
         self.changes = self.journal.changes()
-        self.facts = ModelFactsService(FactsCache(self.journal.facts), platform_client(self.config))
+        self.facts = facts if facts is not None else ModelFactsService(None, platform_client(self.config))
+        self.facts.attach(FactsCache(self.journal.facts))
         self.facts.on_fetched = self._facts_arrived
         try:
             self._check_rule_classes(self.config, wait=True, defer=True)
@@ -292,7 +295,7 @@ class Daemon:
         # Worth a short wait at start for facts never fetched: rules name classes to check, or uploads are to
         # be sized to the model. A refused connection answers at once; only a platform that answers slowly
         # costs up to FACTS_WAIT, once (afterwards they are cached, or it has been found unreachable).
-        wanted = any(r.when.classes for r in config.rules) or not config.roboflow.max_size_set
+        wanted = facts_wanted(config)
         needed = wanted and any(self.facts.get(m) is None for m in models)
         deferred = defer and needed
         self.facts.refresh(models, force=force, wait=self.FACTS_WAIT if wait and needed and not deferred else 0.0)
@@ -717,9 +720,12 @@ class Daemon:
                 return 1
         self.runtime.plugins.hook.startup(config=self.config)
         threading.Thread(target=warm_up, name="rfwatch-warm-up", daemon=True).start()
+        # `concurrency` requests in flight (the pipeline's slots), and a worker per core beyond them: a file busy
+        # with its actions (a move's fsyncs, exiftool, a slow share) or with its journal does not hold a slot
+        # while the next file could be on its way.
         self._threads = [
             threading.Thread(target=self._worker, name=f"rfwatch-worker-{i}", daemon=True)
-            for i in range(self.config.concurrency)
+            for i in range(self.config.concurrency + usable_cores())
         ]
         for t in self._threads:
             t.start()
