@@ -149,16 +149,6 @@ NOTES: list[str] = [
     "first upload leaves about 0.07 s after the facts, and the cold run went from about 1.75 s to about 1.5 s "
     "on the timeline's machine.",
     "",
-    "Why 25x the official client stays out of reach on this link: at the official client's 0.78 to 0.80 files/s "
-    "(two runs on 2026-12-07) it asks for the 24 photos in about 1.2 s. A timeline of the cold run (when each "
-    "request reached the stand-ins; 2026-12-07, third pass) shows what bounds it: the model's input size (without "
-    "which no upload can be sized, as issue 23 asks) arrives after the start-up and two platform round trips, the "
-    "second needing the first, at about 0.58 s; then 24 requests at ``concurrency: 8`` (the default) go in three "
-    "waves, each waiting for the answers of the one before, of 0.15 s latency plus up to 0.05 s jitter: the last "
-    "upload leaves near 1.3 s and the run ends about 0.3 s later (its answer, then the exit). From the facts on "
-    "it is bound by round trips, not by the cores: 25x (1.2 s) would need the last answer before the three waves "
-    "can have gone.",
-    "",
     "Decoding while the size is on its way (third pass): a cold start now decodes each new file as it is taken, "
     "for a guessed input (up to 640x640, rfwatch/images/sizing.py EARLY_INPUT), and sizes it once the real input "
     "is known; a file whose turn at a core comes after the size lets the ones decoded early go first. Measured "
@@ -168,13 +158,33 @@ NOTES: list[str] = [
     "the LAN (`--inference-latency 0.01`, the platform still 150 ms away), where the cores bound the run, 1.22 s "
     "against 1.42 s (19.6 against 16.9 files/s).",
     "",
-    "Why the two targets are far: during the burst the daemon is CPU-bound on this shared machine (the span times "
-    "the cores it gets equals the files times their CPU), so files/s moves with CPU per file, and turns at the "
-    "cores pay only where cores would idle (the first and last requests; an idle machine). 1.2x the older tree's "
-    "files/s at the same CPU share asks for about 45 ms a file, barely above the preparation alone; what a file "
-    "costs beyond it (the table above) is mostly what the promises need: the SHA-256 that names the content, the "
-    "four journal transactions that make a kill -9 safe (rfwatch/processing/steps.py says why none merges), the "
-    "fsyncs of the move, the upload.",
+    "Fifth session (2026-12-07): three changes, each timed with a timeline of 5 cold runs (when each request "
+    "reached the stand-ins). (1) A first run (no journal yet) asks the platform right after reading the config, "
+    "while the daemon's modules load, its plugins are built and its journal is made (rfwatch/service/early.py): "
+    "the first platform request arrives at 0.12 s instead of 0.17 to 0.25 s (importing requests, about 85 ms of "
+    "CPU, is what is left before it). (2) A finished ``run --once`` ends with os._exit once the atexit handlers "
+    "have run: freeing the interpreter took 50 to 70 ms after the run's last log line. (3) ``concurrency`` counts "
+    "requests in flight, with a worker per core beyond them: a file busy with its move's fsyncs and its journal "
+    "no longer holds a request slot: in an A/B run of this tree with and without it (48 photos, concurrency 8, 4 "
+    "rounds each, round robin) the daemon made 26.3 against 23.6 files/s at 54 against 57 ms CPU per file; the "
+    "last session's runs of this bench gave 1.08x to 1.16x the older tree's files/s. The cold run's timeline went from 1.39 to 1.59 s to 1.26 to 1.35 s. "
+    "Records (rfwatch/record.py) also cut the start-up's CPU: 65 value classes no longer compile their methods.",
+    "",
+    "Why 25x the official client is still missed on this link (21.9x here): at the official client's 0.80 files/s "
+    "25x means the 24 photos in 1.19 s. The platform's two round trips (the key's workspace, then the version; the "
+    "second needs the first) bring the input size at about 0.43 s; then 24 requests at ``concurrency: 8`` (the "
+    "default) go in three waves, each waiting for answers of 0.15 s latency plus up to 0.05 s jitter, and the "
+    "first wave leaves 0.07 to 0.1 s after the facts (the cores are still decoding the later files early). The "
+    "last answer comes near 1.2 s, and the exit follows. A model id that names its workspace "
+    "(``workspace/project/version``) saves one platform round trip; this bench keeps ``project/version``, as the "
+    "README's examples do. Uploading before the size is known would send pictures not sized to the model, which "
+    "the README promises they are.",
+    "",
+    "CPU per file against the preparation (1.27x here, target 1.15x): in one thread a file costs its preparation "
+    "(46.5 ms in the pipeline against the floor's best-of-3 42.1 ms) plus about 9.5 ms beyond it: 3.1 ms to read "
+    "and hash it (the SHA-256 that names the content), 2.2 ms of journal reads and transactions (four, which make "
+    "a kill -9 safe: rfwatch/processing/steps.py says why none merges), 1.6 ms of HTTP, 0.8 ms of fsyncs and "
+    "1.9 ms of rules, steps and bookkeeping. 1.15x of 42 ms leaves 6.3 ms for all of that.",
 ]
 
 
