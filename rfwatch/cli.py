@@ -463,11 +463,12 @@ def console() -> None:
     """The ``rfwatch`` console script and ``python -m rfwatch``: main(), then the exit.
 
     A read-only command (and ``--help``, ``--version``; not ``status --plugins``, which runs plugin code) ends with
-    os._exit once its output and its log are flushed: the interpreter's teardown (every module and object freed one by one) was about 15 ms of a 90 ms
-    ``status`` (issue 23), and these commands hold nothing that needs it (their journal is closed, nothing is
-    written). A finished ``run --once`` ends the same way once the atexit handlers (the plugins' too) have run,
-    unless a thread the usual exit would wait for is still alive. Every other command exits the usual way. main()
-    itself never does this, so callers in-process (tests, other tools) keep their interpreter.
+    os._exit once its output and its log are flushed: the interpreter's teardown (every module and object freed one
+    by one) was about 15 ms of a 90 ms ``status`` (issue 23), and these commands hold nothing that needs it (their
+    journal is closed, nothing is written). A finished ``run --once`` ends the same way once the atexit handlers
+    have run, unless a thread the usual exit would wait for is still alive or a plugin other than the built-ins was
+    loaded. Every other command exits the usual way. main() itself never does this, so callers in-process (tests,
+    other tools) keep their interpreter.
     """
     argv = sys.argv[1:]
     first = argv[0] if argv else None
@@ -480,16 +481,22 @@ def console() -> None:
     # Not with --plugins: third-party code is loaded then, and its atexit handlers and threads must run as usual.
     if first in _READ_ONLY and "--plugins" not in argv:
         _exit_at_once(code)
-    if first == "run" and "--once" in argv and _only_daemon_threads_left():
+    if first == "run" and "--once" in argv and _only_daemon_threads_left() and not _other_plugins_loaded():
         # A finished one-shot run: its daemon stopped every thread it started and closed the journal. Freeing
         # the interpreter object by object took 50 to 70 ms at the end of a cold run (issue 23: exit does not
-        # wait on what is idle). The plugins' atexit handlers still run; a thread a plugin left running is waited
-        # for by the usual exit instead.
+        # wait on what is idle). The atexit handlers still run. The usual exit instead when a thread it would wait
+        # for is alive, or when a plugin other than the built-ins was loaded (a file it left open is flushed by
+        # the teardown).
         run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
         if run_exit_handlers is not None:
             run_exit_handlers()
             _exit_at_once(code)
     raise SystemExit(code)
+
+
+def _other_plugins_loaded() -> bool:
+    manager = sys.modules.get("rfwatch.host.manager")
+    return manager is not None and manager.others_loaded()
 
 
 def _only_daemon_threads_left() -> bool:

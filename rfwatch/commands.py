@@ -174,8 +174,7 @@ def status_report(config, with_plugins: bool = False) -> dict[str, Any]:
 
 
 def _waiting_reason(journal: Journal) -> str | None:
-    rows = [r for r in journal.files.recent((FileState.DETECTED,), limit=1) if r.last_error]
-    return rows[0].last_error if rows else None
+    return journal.files.latest_error(FileState.DETECTED)
 
 
 def _row_brief(row, threshold: float, journal: Journal) -> dict[str, Any]:

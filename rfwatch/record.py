@@ -14,8 +14,8 @@ the methods below, written once, read the class's fields from a spec built at de
 
 What it costs: ``__init__`` binds its arguments in a loop, about 1 microsecond for a few fields and 3 for twenty,
 against a third of that compiled. Records are made per journal row, prediction or config section, never in a
-per-pixel loop. Refused at decoration (use ``@dataclass``): ``InitVar``, ``kw_only``, and fields with
-``init=False``.
+per-pixel loop. Refused at decoration (use ``@dataclass``): ``InitVar``, ``kw_only``, fields with ``init=False``,
+and a class's own ``__init__``. ``inspect.signature`` of a record is made when first asked for.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ T = TypeVar("T", bound=type)
 class _Spec:
     """What the shared methods need to know of one record class, computed once at decoration."""
 
-    __slots__ = ("cls", "names", "params", "required", "repr_names", "compare_names", "hash_names", "post_init")
+    __slots__ = ("cls", "names", "params", "required", "repr_names", "compare_names", "hash_names")
 
     def __init__(self, cls: type):
         fields = dataclasses.fields(cls)
@@ -50,7 +50,6 @@ class _Spec:
         self.repr_names = tuple(f.name for f in fields if f.repr)
         self.compare_names = tuple(f.name for f in fields if f.compare)
         self.hash_names = tuple(f.name for f in fields if (f.compare if f.hash is None else f.hash))
-        self.post_init = getattr(cls, "__post_init__", None)
 
 
 def _init(self: Any, /, *args: Any, **kwargs: Any) -> None:
@@ -81,8 +80,9 @@ def _init(self: Any, /, *args: Any, **kwargs: Any) -> None:
             raise TypeError(f"{where} missing {len(missing)} required positional argument{plural}: {_quoted(missing)}")
     if kwargs:  # what is left was not a field (a field given by keyword was taken out above)
         raise TypeError(f"{where} got an unexpected keyword argument '{next(iter(kwargs))}'")
-    if spec.post_init is not None:
-        spec.post_init(self)
+    post_init = getattr(self, "__post_init__", None)  # looked up now: a subclass may have its own
+    if post_init is not None:
+        post_init()
 
 
 def _quoted(names: list[str]) -> str:
@@ -123,11 +123,44 @@ def _delattr(self: Any, name: str) -> None:
     super(spec.cls, self).__delattr__(name)
 
 
+class _Signature:
+    """``inspect.signature(SomeRecord)``: the fields as parameters, made when first asked for (building it for
+    every class at import would cost what the records save)."""
+
+    def __get__(self, instance: Any, owner: type) -> Any:
+        import inspect
+
+        spec: _Spec = owner.__record_spec__
+        annotations = {f.name: f.type for f in dataclasses.fields(owner)}
+        # What dataclass shows for a default_factory ("<factory>").
+        factory_mark = getattr(dataclasses, "_HAS_DEFAULT_FACTORY", "<factory>")
+
+        def default_of(default: Any, factory: Any) -> Any:
+            if default is not MISSING:
+                return default
+            return inspect.Parameter.empty if factory is MISSING else factory_mark
+
+        parameters = [
+            inspect.Parameter(
+                name,
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                default=default_of(default, factory),
+                annotation=annotations[name],
+            )
+            for name, default, factory in spec.params
+        ]
+        return inspect.Signature(parameters, return_annotation=None)
+
+
 def record(cls: T) -> T:
     """Make ``cls`` an immutable dataclass, as ``@dataclass(frozen=True)`` does, without compiling any code."""
     for name in ("__setattr__", "__delattr__"):
         if name in cls.__dict__:  # as @dataclass(frozen=True) refuses
             raise TypeError(f"Cannot overwrite attribute {name} in class {cls.__name__}")
+    if "__init__" in cls.__dict__:  # @dataclass would keep it; a record's __init__ is always the shared one
+        raise TypeError(
+            f"@record {cls.__qualname__}: a record makes its own __init__ (use __post_init__, or @dataclass)"
+        )
     # As @dataclass: a __hash__ of the class's own stays, one Python set to None for an __eq__ of its own does not.
     own_hash = cls.__dict__.get("__hash__", MISSING)
     keep_hash = not (own_hash is MISSING or (own_hash is None and "__eq__" in cls.__dict__))
@@ -135,6 +168,11 @@ def record(cls: T) -> T:
     # Not frozen, no init, repr or eq: dataclass then compiles nothing; the shared methods take their place.
     cls = dataclasses.dataclass(cls, init=False, repr=False, eq=False)
     cls.__record_spec__ = _Spec(cls)
+    # What the class is, for dataclass's checks (a @dataclass(frozen=True) may subclass a record) and for readers.
+    params = cls.__dataclass_params__
+    for flag in ("init", "repr", "eq", "frozen"):
+        setattr(params, flag, True)
+    cls.__signature__ = _Signature()
     cls.__init__ = _init
     cls.__setattr__ = _setattr
     cls.__delattr__ = _delattr

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from helpers import DaemonThread, files_under, record_takes, run_cli, unique_jpeg, wait_for, write_config
 from roboflow_server import VALID_KEY
 
@@ -609,6 +610,52 @@ def test_a_file_busy_with_its_actions_holds_no_request_slot(tmp_path, server, mo
             release.set()
         wait_for(lambda: len(files_under(tmp_path / "sorted")) == 4, what="the four files sorted")
     assert most[0] == 1, f"{most[0]} requests in flight at concurrency 1"
+
+
+def test_files_waiting_for_a_request_slot_send_nothing_once_the_api_refused(tmp_path, server):
+    """The workers beyond ``concurrency`` wait for a request slot with a file ready. When the request before theirs
+    finds the quota spent, the gate closes before the slot is handed on: they send nothing (one request, not one per
+    worker) and journal no failed attempt; the files wait, unharmed."""
+    server.latency = 0.3  # the others are at the slot, waiting, when the answer comes
+    server.fail_next(402, count=10_000)
+    cfg = write_config(tmp_path, server, concurrency=1, settle=0.1)
+    for n in range(4):
+        (tmp_path / "inbox" / f"red-{n}.jpg").write_bytes(unique_jpeg(RED, 740 + n))
+    with DaemonThread(cfg) as d:
+        wait_for(lambda: d.daemon.gate.reason, what="the daemon to notice the spent quota")
+        db = sqlite3.connect(tmp_path / "state" / "journal.db")
+        taken = min(4, len(d.daemon._threads))  # a file each for the workers (the gate holds the rest untaken)
+        wait_for(lambda: db.execute("SELECT COUNT(*) FROM files").fetchone()[0] == taken, what="the files taken")
+        time.sleep(1.0)  # the workers at the slot, had they gone ahead, would have sent theirs by now (0.3 s each)
+        assert len(server.inference_requests()) == 1, "files waiting for a slot were sent after the API refused"
+    failed = db.execute("SELECT COUNT(*) FROM files WHERE last_error IS NOT NULL").fetchone()[0]
+    assert failed == 1, f"{failed} files carry a failed attempt; only the one sent was tried"
+    assert len(files_under(tmp_path / "inbox")) == 4
+
+
+def test_waiting_for_a_request_slot_does_not_count_as_stuck(tmp_path, server):
+    """A worker waiting for a slot behind other files' requests is not stuck: its clock (the systemd watchdog's
+    health check) starts again when it gets the slot."""
+    from rfwatch.service.daemon import Daemon
+
+    server.latency = 1.0
+    cfg = write_config(tmp_path, server, concurrency=1, settle=0.1, timeout=2)
+    doc = yaml.safe_load(cfg.read_text())
+    doc["roboflow"]["retries"] = 1
+    cfg.write_text(yaml.safe_dump(doc))
+    for n in range(3):
+        (tmp_path / "inbox" / f"red-{n}.jpg").write_bytes(unique_jpeg(RED, 750 + n))
+    running = DaemonThread(cfg)
+    running.daemon.STUCK_GRACE = 0.5  # stuck once a file is busy for 2 x 1 + 0.5 s; the third waits 2 s for its slot
+    assert Daemon.STUCK_GRACE != 0.5
+    unhealthy = []
+    with running as d:
+        while len(files_under(tmp_path / "sorted")) < 3:
+            if not d.daemon.healthy():
+                unhealthy.append(time.monotonic())
+            time.sleep(0.05)
+            assert d.thread.is_alive()
+    assert not unhealthy, "the daemon said it was stuck while its workers waited for a request slot"
 
 
 def test_a_file_heard_of_after_its_early_hand_off_is_given_back_not_taken(tmp_path, server):

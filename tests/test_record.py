@@ -215,6 +215,15 @@ def test_what_a_record_cannot_be_is_refused_when_the_class_is_made():
         class Hidden:
             a: int = field(default=0, init=False)
 
+    with pytest.raises(TypeError, match="a record makes its own __init__"):
+
+        @record
+        class Parsed:
+            a: int
+
+            def __init__(self, text):
+                object.__setattr__(self, "a", int(text))
+
     with pytest.raises(TypeError, match="Cannot overwrite attribute __setattr__"):
 
         @record
@@ -223,6 +232,40 @@ def test_what_a_record_cannot_be_is_refused_when_the_class_is_made():
 
             def __setattr__(self, name, value):
                 pass
+
+
+def test_a_subclass_s_post_init_is_the_one_that_runs():
+    for deco in (record, FROZEN):
+
+        @deco
+        class Base:
+            a: int
+
+            def __post_init__(self):
+                object.__setattr__(self, "a", self.a + 1)
+
+        class Child(Base):
+            def __post_init__(self):
+                object.__setattr__(self, "a", self.a * 10)
+
+        assert (Base(1).a, Child(1).a) == (2, 10), deco
+
+
+def test_a_frozen_dataclass_may_subclass_a_record_and_the_signature_is_the_fields():
+    import inspect
+
+    for base in (ROW, FROZEN_ROW):
+
+        @FROZEN
+        class Wider(base):
+            more: int = 7
+
+        wide = Wider(1, "a")
+        assert (wide.id, wide.more) == (1, 7)
+        with pytest.raises(FrozenInstanceError):
+            wide.more = 8
+    assert str(inspect.signature(ROW)) == str(inspect.signature(FROZEN_ROW))
+    assert dataclasses.fields(ROW) and ROW.__dataclass_params__.frozen is True
 
 
 def test_rfwatchs_value_classes_are_records():

@@ -183,6 +183,8 @@ def test_a_stuck_worker_stops_the_watchdog_pings(tmp_path, server, monkeypatch):
         assert d.daemon.healthy()
         try:
             (tmp_path / "inbox" / "a.jpg").write_bytes(unique_jpeg(RED, 3))
+            # Its clock starts again with its request slot (a wait for the slot is not stuck): read it after that.
+            wait_for(server.inference_requests, what="the file sent")
             (since,) = wait_for(lambda: list(d.daemon._busy_since.values()), what="a worker on the file")
             stuck_at = since + limit
             wait_for(lambda: ticks[-1] > stuck_at + 1.0, timeout=30, what="the main loop to run on while stuck")

@@ -54,6 +54,16 @@ TRACE_ENV = "RFWATCH_TRACE_PLUGINS"
 
 _GUARDED = "_rfwatch_guarded"
 
+#: Whether a plugin other than the built-ins was loaded in this process (an installed one, or one the config names).
+#: The CLI then ends ``run --once`` the usual way: files such a plugin left open are flushed by the interpreter's
+#: teardown, which the quick exit skips (rfwatch/cli.py console).
+_others_loaded = False
+
+
+def others_loaded() -> bool:
+    """Whether a plugin other than rfwatch's built-ins was loaded in this process."""
+    return _others_loaded
+
 
 @dataclass
 class PluginHost:
@@ -75,6 +85,9 @@ class PluginHost:
             if pm.is_registered(module):
                 continue
             pm.register(module, name=spec)
+        if any(name not in DEFAULT_PLUGINS for name, _ in pm.list_name_plugin()):
+            global _others_loaded
+            _others_loaded = True
         try:
             pm.check_pending()
         except pluggy.PluginValidationError as exc:

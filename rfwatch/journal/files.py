@@ -340,6 +340,18 @@ class Files:
         rows.sort(key=lambda r: (r["updated"], r["id"]), reverse=True)
         return [self._row(r) for r in rows[:limit]]
 
+    def latest_error(self, state: str) -> str | None:
+        """The error of the file changed last among those in ``state`` that carry one (status: why files wait).
+
+        Not simply the newest file's: a daemon puts files back untried while the API refuses (they wait at its
+        gate with no error of their own), so the newest waiting file may have none."""
+        row = self.db.one(
+            "SELECT last_error FROM files WHERE state=? AND last_error IS NOT NULL ORDER BY updated DESC, id DESC"
+            " LIMIT 1",
+            (state,),
+        )
+        return row["last_error"] if row else None
+
     def rows_in_state(self, states: Collection[str], paths: Iterable[Path] | None = None) -> list[FileRow]:
         """Files in one of ``states``: all of them, or the newest row for each of ``paths`` (now or first seen)."""
         marks = ",".join("?" * len(states))

@@ -84,8 +84,9 @@ class ApiBlocked(Exception):
 
 class NotYet(Exception):
     """A journaled file waits for what a cold start is still asking the platform (the model's input size for its
-    upload, the check of the rules' classes for its actions): carried on by its journal row from its last step
-    once that is known. Its worker takes the next file meanwhile (see Daemon: a cold start)."""
+    upload, the check of the rules' classes for its actions), or for the API, refused while it waited for a request
+    slot: carried on by its journal row from its last step once that is known (or the API answers again). Its
+    worker takes the next file meanwhile (see Daemon: a cold start)."""
 
     def __init__(self, file_id: int, what: str = "the model's facts", upload: Upload | None = None):
         self.file_id = file_id
@@ -163,6 +164,12 @@ class Pipeline:
         #: Whether an upload can be sized now without waiting (False while the model's facts are on their way: a
         #: file still settling is then journaled first and prepared once the size is known).
         self.can_size_now: Callable[[], bool] = lambda: True
+        #: Called with a request slot held, right before the request: False keeps it from going (the daemon's API gate
+        #: closed while this worker waited for the slot); the file is put back (NotYet), nothing sent or journaled.
+        self.may_send: Callable[[], bool] = lambda: True
+        #: Called with the slot held when the API refuses to work (down, bad key, quota), before ApiBlocked is
+        #: raised: the daemon closes its gate there.
+        self.on_api_blocked: Callable[[ApiBlocked], None] = lambda blocked: None
         #: Whether an event was heard for a file handed on before it settled, until it did (see watcher.Settler): it
         #: is then given back to settle again, not taken.
         self.heard_since_handed_on: Callable[[Path], bool] = lambda path: False
@@ -453,15 +460,21 @@ class Pipeline:
                     source = prepared if prepared is not None else str(row.path)
                     prepared = client.prepare(source, row.model, str(row.path))
             with self._in_flight:
+                if not self.may_send():
+                    raise NotYet(row.id, "the API to answer again", prepared)
                 self.limiter.acquire()  # right before the request: a turn waited for a core must not bunch requests
                 started = time.monotonic()  # the API's time alone (a turn waited for a core is not the API's)
-                prediction = client.classify_prepared(prepared, str(row.path), model=row.model)
+                try:
+                    prediction = client.classify_prepared(prepared, str(row.path), model=row.model)
+                except (UnavailableError, BlockingError) as exc:
+                    self.journal.files.attempt_failed(row.id, redact(str(exc)))
+                    blocked = ApiBlocked(exc, row.id, row.model)
+                    # With the slot still held: the file next in line for it finds the gate closed (may_send).
+                    self.on_api_blocked(blocked)
+                    raise blocked from None
         except (ImageError, ResponseFormatError) as exc:
             self.journal.files.attempt_failed(row.id, _reason(exc, row.path))
             return None
-        except (UnavailableError, BlockingError) as exc:
-            self.journal.files.attempt_failed(row.id, redact(str(exc)))
-            raise ApiBlocked(exc, row.id, row.model) from None
         except ApiError as exc:  # 400, 413 and the like: this image is the problem
             self.journal.files.attempt_failed(row.id, f"rejected by the API: {redact(str(exc))}")
             return None

@@ -137,6 +137,11 @@ class ApiGate:
                     self._cond.wait(timeout=pause)
         return False
 
+    def lets_through(self) -> bool:
+        """Whether the calling worker may call the API now: the gate is open, or this worker is its probe."""
+        with self._cond:
+            return self.reason is None or self._prober == threading.get_ident()
+
     def may_try(self) -> bool:
         """Whether the service is taken to answer, or it is time to try it again (unlike wait, claims nothing)."""
         with self._cond:
@@ -216,19 +221,24 @@ class Daemon:
         self.changes = self.journal.changes()
         self.facts = facts if facts is not None else ModelFactsService(None, platform_client(self.config))
         self.facts.attach(FactsCache(self.journal.facts))
-        self.facts.on_fetched = self._facts_arrived
         try:
             self._check_rule_classes(self.config, wait=True, defer=True)
         except BaseException:
             self.changes.close()
             self.journal.close()
             raise
+        # Only now: facts that come before the start-up check exists are judged by that check (an early fetch may
+        # land while it is being made), never by both.
+        self.facts.on_fetched = self._facts_arrived
         self.deliveries = Deliveries(self.journal, deliverers=dict(self.runtime.extensions.deliverers))
         if not self.dry_run:
             self.deliveries.remember()
         self.pipeline = Pipeline(self.runtime, self.journal, self.deliveries, dry_run=dry_run)
         self.pipeline.before_acting = self._rules_checked
         self.pipeline.can_size_now = self._can_size_now
+        self.pipeline.may_send = self._may_send
+        if not self.once:  # a run --once stops instead (see _run)
+            self.pipeline.on_api_blocked = self._close_the_gate
         self.stop_event = threading.Event()
         self.reload_event = threading.Event()
         self.gate = ApiGate()
@@ -328,6 +338,15 @@ class Daemon:
             facts = self.facts.get(model)
         return facts
 
+    def _may_send(self) -> bool:
+        """Called with a request slot held: whether the API gate still lets this worker through, and its stuck clock
+        restarted (the wait for the slot was other files' requests, each with a clock of its own)."""
+        me = threading.get_ident()
+        with self._lock:
+            if me in self._busy_since:
+                self._busy_since[me] = time.monotonic()
+        return self.gate.lets_through()
+
     def _can_size_now(self) -> bool:
         check = self.start_check
         if check is None or self.config.roboflow.max_size_set:  # an explicit max_size sizes uploads alone
@@ -358,6 +377,11 @@ class Daemon:
 
         runtime = self.runtime  # as reloaded last
         return Undoer(self.config, journal, runtime.rules, runtime.plugins.actions, self.deliveries)
+
+    def _close_the_gate(self, blocked: ApiBlocked) -> None:
+        """The API refused to work: files wait at the gate, which says why (the platform asked, for a 401/403/404)."""
+        self._explain(blocked)
+        self.gate.blocked(blocked)
 
     def _explain(self, blocked: ApiBlocked) -> None:
         """401/403/404 from inference: ask the platform whether the key or the model is wrong (once per answer)."""
@@ -546,8 +570,7 @@ class Daemon:
                 log.error("stopping: %s; unprocessed files stay for the next run", blocked)
                 self.exit_code = EXIT_API_REJECTED
                 self.stop_event.set()
-            else:
-                self.gate.blocked(blocked)
+            else:  # the gate closed already, as the pipeline raised this (on_api_blocked)
                 if blocked.file_id is not None and blocked.file_id == job.file_id:
                     self._requeue(job)  # still counted as queued: a look at the journal skips it
                     requeued = True

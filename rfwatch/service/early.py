@@ -9,6 +9,9 @@ its plugins loaded and its journal created, about 0.2 s after the process starte
 Only when the journal does not exist yet (a first run: nothing can be cached) and the facts would be waited for
 (rfwatch.roboflow.facts.facts_wanted); on a journal that exists, the daemon reads the cached facts as before and
 asks only for what is missing or stale. A PostgreSQL journal is never judged from here (it may hold the facts).
+
+The ask comes before the daemon builds the rules, so a config it then refuses (a rule naming an unknown action)
+has cost one request to the platform, which the key is for.
 """
 
 from __future__ import annotations
