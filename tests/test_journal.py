@@ -773,3 +773,15 @@ def test_an_upgrade_to_schema_5_counts_a_change_committed_while_it_runs(request)
     finally:
         writer.close()
         watcher.close()
+
+
+def test_why_files_wait_is_the_newest_error_among_them_not_the_newest_files(a):
+    """status's "waiting:" line. A daemon puts files back untried while the API refuses them (they wait at its gate
+    with no error of their own), so the newest waiting file may carry none: the reason is the newest error."""
+    assert a.files.latest_error(FileState.DETECTED) is None
+    tried = take(a, "tried.jpg")
+    a.files.attempt_failed(tried, "HTTP 402: the workspace is out of credits")
+    time.sleep(0.01)  # the untried file is the one changed last
+    untried = take(a, "untried.jpg")
+    assert a.files.recent((FileState.DETECTED,), limit=1)[0].id == untried
+    assert a.files.latest_error(FileState.DETECTED) == "HTTP 402: the workspace is out of credits"
