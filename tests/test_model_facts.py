@@ -403,3 +403,25 @@ def test_the_exiftool_pool_survives_a_killed_exiftool_and_a_newline_in_a_name(tm
         assert read_xmp(tmp_path / "sorted" / name)["subject"] == ["red"], name
     db = sqlite3.connect(tmp_path / "state" / "journal.db")
     assert db.execute("SELECT state, COUNT(*) FROM files GROUP BY state").fetchall() == [("done", 3)]
+
+
+def test_facts_fetched_before_the_journal_is_open_are_kept_in_it(tmp_path, platform):
+    """rfwatch/service/early.py: a first run asks before its journal exists; what came back before the daemon gave
+    the service the journal's cache is put there then, and asked for no second time."""
+    from rfwatch.journal import Journal
+    from rfwatch.roboflow.facts import FactsCache, ModelFactsService
+    from rfwatch.roboflow.platform import PlatformClient
+
+    service = ModelFactsService(None, PlatformClient(VALID_KEY, platform.url))
+    service.refresh(["colors/2"])
+    service.wait(10)
+    assert not service.fetching() and service.get("colors/2") is not None, "the facts did not come"
+    asked = len(platform.requests)
+    journal = Journal.open(str(tmp_path / "journal.db"))
+    try:
+        service.attach(FactsCache(journal.facts))
+        assert journal.facts.get("colors/2")["resize"] == {"width": 224, "height": 224, "format": "Stretch to"}
+        service.refresh(["colors/2"])  # the daemon's own start: nothing to ask
+        assert len(platform.requests) == asked
+    finally:
+        journal.close()
