@@ -616,7 +616,7 @@ def test_files_waiting_for_a_request_slot_send_nothing_once_the_api_refused(tmp_
     """The workers beyond ``concurrency`` wait for a request slot with a file ready. When the request before theirs
     finds the quota spent, the gate closes before the slot is handed on: they send nothing (one request, not one per
     worker) and journal no failed attempt; the files wait, unharmed."""
-    server.latency = 0.3  # the others are at the slot, waiting, when the answer comes
+    server.latency = 1.0  # the others are taken and at the slot, waiting, when the answer comes
     server.fail_next(402, count=10_000)
     cfg = write_config(tmp_path, server, concurrency=1, settle=0.1)
     for n in range(4):
@@ -626,7 +626,7 @@ def test_files_waiting_for_a_request_slot_send_nothing_once_the_api_refused(tmp_
         db = sqlite3.connect(tmp_path / "state" / "journal.db")
         taken = min(4, len(d.daemon._threads))  # a file each for the workers (the gate holds the rest untaken)
         wait_for(lambda: db.execute("SELECT COUNT(*) FROM files").fetchone()[0] == taken, what="the files taken")
-        time.sleep(1.0)  # the workers at the slot, had they gone ahead, would have sent theirs by now (0.3 s each)
+        time.sleep(1.5)  # the workers at the slot, had they gone ahead, would have sent theirs by now (1 s each)
         assert len(server.inference_requests()) == 1, "files waiting for a slot were sent after the API refused"
     failed = db.execute("SELECT COUNT(*) FROM files WHERE last_error IS NOT NULL").fetchone()[0]
     assert failed == 1, f"{failed} files carry a failed attempt; only the one sent was tried"
