@@ -152,6 +152,9 @@ class _Signature:
         return inspect.Signature(parameters, return_annotation=None)
 
 
+_SIGNATURE = _Signature()  # one descriptor for every record: it reads the class it is asked through
+
+
 def record(cls: T) -> T:
     """Make ``cls`` an immutable dataclass, as ``@dataclass(frozen=True)`` does, without compiling any code."""
     for name in ("__setattr__", "__delattr__"):
@@ -172,7 +175,7 @@ def record(cls: T) -> T:
     params = cls.__dataclass_params__
     for flag in ("init", "repr", "eq", "frozen"):
         setattr(params, flag, True)
-    cls.__signature__ = _Signature()
+    cls.__signature__ = _SIGNATURE
     cls.__init__ = _init
     cls.__setattr__ = _setattr
     cls.__delattr__ = _delattr

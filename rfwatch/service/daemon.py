@@ -564,9 +564,9 @@ class Daemon:
                 self._queued_ids.add(later.file_id)
             self._awaiting.append(_Job(file_id=later.file_id, upload=later.upload))
         except ApiBlocked as blocked:
-            self._explain(blocked)
             self.counts["waiting"] += 1
             if self.once:
+                self._explain(blocked)  # a daemon's gate asked already (_close_the_gate, with the slot held)
                 log.error("stopping: %s; unprocessed files stay for the next run", blocked)
                 self.exit_code = EXIT_API_REJECTED
                 self.stop_event.set()
