@@ -6,9 +6,12 @@ scanning one share would: both processes try every file, and the claims must let
 claims (a file taken by both) are counted, and must be zero.
 
     python bench/journal.py [--files 20000] [--processes 2] [--threads 8] [--backend postgresql|sqlite|both]
+                            [--tcp] [--rounds 1]
 
-PostgreSQL comes from a throwaway cluster started here (tests/pg.py: Debian's postgresql package), on its local
-socket directory's TCP port, fsync on. Prints one line per backend; ``--json`` writes the figures.
+PostgreSQL comes from a throwaway cluster started here (tests/pg.py: Debian's postgresql package), fsync on,
+reached over its local socket (one machine: what a daemon beside its database uses), or with ``--tcp`` over
+127.0.0.1 (what a host elsewhere pays, less the network); a fresh database for each run. ``--rounds N`` runs each
+backend N times, round robin. Prints one line per run; ``--json`` writes the figures.
 """
 
 from __future__ import annotations
@@ -186,40 +189,57 @@ def main() -> int:
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--backend", choices=("postgresql", "sqlite", "both"), default="both")
+    ap.add_argument("--tcp", action="store_true", help="reach PostgreSQL over 127.0.0.1, not its local socket")
+    ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    figures = {}
-    if args.backend in ("sqlite", "both"):
-        with tempfile.TemporaryDirectory() as tmp:
-            figures["sqlite"] = run(os.path.join(tmp, "journal.db"), args.files, args.processes, args.threads)
+    figures: dict[str, list[dict]] = {}
+    cluster = None
     if args.backend in ("postgresql", "both"):
         import pg
         from hosts import postmaster_pid, tree_cpu
 
         cluster = pg.Cluster(pg.find_bin()).start()
-        try:
-            server = functools.partial(tree_cpu, postmaster_pid(cluster))
-            figures["postgresql"] = run(cluster.new_database(), args.files, args.processes, args.threads, server)
-        finally:
+    try:
+        for _ in range(args.rounds):
+            if args.backend in ("sqlite", "both"):
+                with tempfile.TemporaryDirectory() as tmp:
+                    f = run(os.path.join(tmp, "journal.db"), args.files, args.processes, args.threads)
+                figures.setdefault("sqlite", []).append(f)
+                report("sqlite", f)
+            if cluster is not None:
+                url = cluster.new_database()
+                if not args.tcp:  # postgresql://postgres@/db?host=/sock&port=N
+                    url = f"postgresql://postgres@/{url.rsplit('/', 1)[1]}?host={cluster.sock}&port={cluster.port}"
+                server = functools.partial(tree_cpu, postmaster_pid(cluster))
+                f = run(url, args.files, args.processes, args.threads, server)
+                name = "postgresql (tcp)" if args.tcp else "postgresql (socket)"
+                figures.setdefault(name, []).append(f)
+                report(name, f)
+    finally:
+        if cluster is not None:
             cluster.destroy()
-    for backend, f in figures.items():
-        print(
-            f"{backend}: {f['files']} files, {f['processes']} processes x {f['threads']} threads: "
-            f"{f['files_per_s']:.0f} files/s ({f['seconds']:.1f} s), double claims {f['double_claims']}, "
-            f"false failures {f['false_failures']}, worked {f['worked']} ({f['per_process']}), "
-            f"done in the journal {f['done_in_journal']}, sorted on disk {f['sorted_on_disk']}, "
-            f"left in the inbox {f['left_in_inbox']}, "
-            f"client CPU {f['client_cpu_s']:.1f} s ({1000 * f['client_cpu_s'] / f['files']:.2f} ms/file)"
-            + (
-                f", server CPU {f['server_cpu_s']:.1f} s ({1000 * f['server_cpu_s'] / f['files']:.2f} ms/file)"
-                if f["server_cpu_s"] is not None
-                else ""
-            )
-            + f", load average {' '.join(f'{x:.2f}' for x in f['load_average'])}"
-        )
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0
+
+
+def report(backend: str, f: dict) -> None:
+    print(
+        f"{backend}: {f['files']} files, {f['processes']} processes x {f['threads']} threads: "
+        f"{f['files_per_s']:.0f} files/s ({f['seconds']:.1f} s), double claims {f['double_claims']}, "
+        f"false failures {f['false_failures']}, worked {f['worked']} ({f['per_process']}), "
+        f"done in the journal {f['done_in_journal']}, sorted on disk {f['sorted_on_disk']}, "
+        f"left in the inbox {f['left_in_inbox']}, "
+        f"client CPU {f['client_cpu_s']:.1f} s ({1000 * f['client_cpu_s'] / f['files']:.2f} ms/file)"
+        + (
+            f", server CPU {f['server_cpu_s']:.1f} s ({1000 * f['server_cpu_s'] / f['files']:.2f} ms/file)"
+            if f["server_cpu_s"] is not None
+            else ""
+        )
+        + f", load average {' '.join(f'{x:.2f}' for x in f['load_average'])}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -111,7 +111,7 @@ def pg_cluster():
         import psycopg  # noqa: F401
     except ImportError:
         pytest.skip("psycopg is not installed (pip install 'rfwatch[postgresql]')")
-    cluster = pg.Cluster(bindir).start()
+    cluster = pg.Cluster(bindir, preload=("pg_stat_statements",)).start()
     yield cluster
     cluster.destroy()
 

@@ -313,11 +313,12 @@ class JournalView:
 
 def back_to_schema_4(tx, dialect: str) -> None:
     """In the caller's transaction: the journal as an rfwatch before schema 5 (file counts, deliverers; and 6,
-    claims) left it."""
+    claims; and 7, the take as a function on PostgreSQL) left it."""
     if dialect == "postgresql":
         tx.run("DROP TRIGGER files_counted_insert ON files")
         tx.run("DROP TRIGGER files_counted_update ON files")
         tx.run("DROP FUNCTION rfwatch_count_files()")
+        tx.run("DROP FUNCTION rfwatch_take")  # schema 7
     else:
         for trigger in ("insert", "update", "delete"):
             tx.run(f"DROP TRIGGER files_counted_{trigger}")

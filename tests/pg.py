@@ -40,8 +40,11 @@ def _free_port() -> int:
 
 
 class Cluster:
-    def __init__(self, bindir: Path):
+    def __init__(self, bindir: Path, preload: tuple[str, ...] = ()):
+        """``preload``: server libraries to load at start (the tests count statements with pg_stat_statements,
+        part of Debian's postgresql package; the benches load none)."""
         self.bindir = bindir
+        self.preload = preload
         self.root = Path(tempfile.mkdtemp(prefix="rfwatch-pg-"))
         self.data = self.root / "data"
         self.sock = self.root / "sock"
@@ -82,6 +85,8 @@ class Cluster:
             f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.sock} -c max_connections=300"
             " -c shared_buffers=32MB -c fsync=on"
         )
+        if self.preload:
+            options += f" -c shared_preload_libraries={','.join(self.preload)}"
         args = [str(self.bindir / "pg_ctl"), "-D", str(self.data), "-w", "-t", "60"]
         if what == "start":
             args += ["-o", options, "-l", str(self.root / "log"), "start"]

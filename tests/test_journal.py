@@ -10,6 +10,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -75,6 +76,108 @@ def test_a_file_finished_meanwhile_is_not_taken_again(a, b):
     assert b.files.screen(INBOX / "x.jpg", 10, 1) == Skip("already unmatched", fid)
     # the same name with other content is a new file
     assert isinstance(take(b, size=11), int)
+
+
+def test_a_file_another_process_finishes_during_the_take_is_not_taken_again(a, b):
+    """B takes the file while A's transaction that finishes it in place is still open: B's insert waits for A's
+    commit, and then finds the finished row (on PostgreSQL its look after the insert needs a snapshot of its own,
+    taken after that wait: one statement's snapshot predates it)."""
+    fid = take(a)
+    a.files.classified(fid, {"top": "red"}, "sha-x.jpg", "colors/1", "red 0.9", {})
+    taken: list[int | Skip] = []
+    with a.db.write() as tx:  # A's finish, under way
+        tx.run("UPDATE files SET state=?, holder=NULL WHERE id=?", (FileState.UNMATCHED, fid))
+        taker = threading.Thread(target=lambda: taken.append(take(b)))
+        taker.start()
+        if a.dialect == "postgresql":
+            waiting = (
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type='Lock' AND datname=current_database()"
+            )
+            wait_for(lambda: a.db.scalar(waiting) == 1, timeout=10, what="B's take to wait for A's transaction")
+        else:
+            time.sleep(0.3)  # (SQLite: B waits at its BEGIN IMMEDIATE; nothing to look at)
+        assert taker.is_alive()
+    taker.join(timeout=30)
+    assert taken == [Skip("already unmatched", fid)]
+    assert b.files.counts() == {"unmatched": 1}
+
+
+def _events(j: Journal, fid: int) -> list[str]:
+    return [message for _, message, _ in j.files.events(fid)]
+
+
+def test_a_transition_of_independent_statements_is_one_transaction_all_or_nothing(a, b):
+    """``transact(..., independent=True)`` (one statement on PostgreSQL): a failed claim check writes nothing of
+    it, wherever the check stands; one that asks for an answer runs as a transaction; its notification wakes
+    the other processes."""
+    fid = take(a)
+    event = "INSERT INTO events (file_id, at, message, host) VALUES (?, 1.0, ?, 'h')"
+
+    def lost(tx):
+        tx.send(event, (fid, "before the check"))
+        tx.check("UPDATE files SET last_error='x' WHERE id=? AND holder=?", (fid, "nobody"), lambda: ClaimLost(fid))
+        tx.send(event, (fid, "after the check"))
+
+    with pytest.raises(ClaimLost):
+        a.db.transact(lost, independent=True)
+    assert _events(a, fid) == ["detected /srv/a/inbox/x.jpg"] and a.files.get(fid).last_error is None
+
+    def asks(tx):
+        tx.send(event, (fid, "one"))
+        return tx.scalar("SELECT COUNT(*) FROM events WHERE file_id=?", (fid,))
+
+    assert a.db.transact(asks, independent=True) == 2
+    feed = b.db.changes()
+    try:
+
+        def quiet() -> bool:  # listening, and what was committed before has been said
+            if feed.changed():
+                return False
+            time.sleep(0.6)
+            return not feed.changed()
+
+        wait_for(quiet, timeout=20, what="the feed to listen")
+
+        def kept(tx):
+            tx.check("UPDATE files SET last_error='y' WHERE id=? AND holder=?", (fid, a.holder.id), Exception)
+            tx.send(event, (fid, "two"))
+            tx.notify()
+
+        assert a.db.transact(kept, independent=True) is None
+        assert _events(b, fid)[-2:] == ["one", "two"] and b.files.get(fid).last_error == "y"
+        wait_for(feed.changed, timeout=10, what="B to hear of A's commit")
+    finally:
+        feed.close()
+
+
+def test_a_file_sorted_by_one_move_costs_five_statements_on_postgresql(pg_cluster):
+    """Each transition of a sorted file is one statement on PostgreSQL (the server's own count, in
+    pg_stat_statements): the look, the take (a function), classified, the move's intent, its result."""
+    journal_url = pg_cluster.new_database()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from journal import sort_by_one_move
+
+    j = open_as(journal_url)
+    try:
+        _ = j.holder
+        j.db.transact(lambda tx: tx.run("CREATE EXTENSION IF NOT EXISTS pg_stat_statements"))
+        take(j, "warm.jpg")  # (the heartbeat's and registering's statements are left out below)
+        counted = (
+            "SELECT COALESCE(SUM(calls), 0) FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE"
+            " datname = current_database()) AND query NOT LIKE '%pg_stat_statements%' AND query NOT LIKE '%holders%'"
+        )
+        j.db.scalar("SELECT pg_stat_statements_reset()")
+        path = INBOX / "x.jpg"
+        assert j.files.screen(path, 10, 1) is None
+        fid = take(j)
+        j.files.classified(fid, {"top": "red"}, "sha-x.jpg", "colors/1", "red 0.9", {})
+        sort_by_one_move(j, fid, INBOX / "sorted" / "x.jpg")
+        assert j.db.scalar(counted) == 5, j.db.all(
+            "SELECT calls, query FROM pg_stat_statements WHERE query NOT LIKE '%pg_stat_statements%'"
+        )
+        assert j.files.get(fid).state == FileState.DONE
+    finally:
+        j.close()
 
 
 def test_known_in_lists_a_folders_own_files_as_screen_would_skip_them(a, tmp_path):
@@ -724,7 +827,7 @@ def test_a_schema_4_journal_is_upgraded_with_its_counts(journal_url):
     j.close()
     again = open_as(journal_url)
     try:
-        assert again.db.scalar("SELECT value FROM meta WHERE key='schema_version'") == str(SCHEMA_VERSION) == "6"
+        assert again.db.scalar("SELECT value FROM meta WHERE key='schema_version'") == str(SCHEMA_VERSION) == "7"
         assert again.files.counts() == {"done": 1, "detected": 1}
         again.files.finish(take(again, "z.jpg"), FileState.FAILED, error="x")
         assert again.files.counts() == _counted(again) == {"done": 1, "detected": 1, "failed": 1}  # triggers too

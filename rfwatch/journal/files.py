@@ -174,10 +174,14 @@ class Files:
         tx.send(f"INSERT INTO events (file_id, at, message, host) VALUES {values}", args)
 
     def _mine(self, tx: Tx, file_id: int, now: float, me: str, sets: dict[str, Any] | None = None) -> None:
-        """Raise ClaimLost unless this process (holder ``me``) still holds the file; touch it and set ``sets``
-        (column names are rfwatch's own, never input) in the same statement. On PostgreSQL the check goes on
+        """Raise ClaimLost unless this process (holder ``me``) still holds the file; set ``sets`` (column names
+        are rfwatch's own, never input) and ``updated`` in the same statement. On PostgreSQL the check goes on
         without waiting, with the transaction's other statements, and ClaimLost is raised before the commit."""
-        cols = {"updated": now, **(sets or {})}
+        # With nothing to set (a step's intent) the update sets the holder to itself: it still locks the row and
+        # checks the claim, but changes no column: ``updated`` says when the file's own columns last changed, and an
+        # update that changes no indexed column may be written beside the old version by PostgreSQL (HOT) instead of
+        # into each of the files table's seven indexes.
+        cols = {"updated": now, **sets} if sets else {"holder": me}
         assign = ", ".join(f"{c}=?" for c in cols)
         tx.check(
             f"UPDATE files SET {assign} WHERE id=? AND holder=?",
@@ -204,15 +208,21 @@ class Files:
         """Before a file is hashed: why it needs no new work (rfwatch wrote it; this very file is known; a row
         rfwatch still works on is at this path), or None."""
         root, rel = self._loc(path)
-        with self.db.read() as tx:
-            if _written_by_rfwatch(tx, root, rel, size, mtime_ns):
-                return Skip("written by rfwatch")
-            row = tx.one(
-                f"SELECT id, state, size, mtime_ns FROM files WHERE path_root=? AND path=?"
-                f" AND (state IN {WORKING_STATES_SQL} OR (size=? AND mtime_ns=?)) ORDER BY id DESC LIMIT 1",
-                (root, rel, size, mtime_ns),
-            )
-        if row is None:
+        # One statement, so one snapshot and one round trip: the step claims and produced marks of the path, and
+        # the newest row at it that rfwatch still works on or that is this very file.
+        row = self.db.one(
+            "SELECT EXISTS (SELECT 1 FROM claims WHERE path_root=? AND path=?) AS claimed,"
+            " p.size AS mark_size, p.mtime_ns AS mark_mtime_ns, f.id, f.state, f.size, f.mtime_ns"
+            " FROM (SELECT 1 AS one) AS one LEFT JOIN produced p ON p.path_root=? AND p.path=?"
+            " LEFT JOIN (SELECT id, state, size, mtime_ns FROM files WHERE path_root=? AND path=?"
+            f" AND (state IN {WORKING_STATES_SQL} OR (size=? AND mtime_ns=?)) ORDER BY id DESC LIMIT 1) AS f ON 1=1",
+            (root, rel, root, rel, root, rel, size, mtime_ns),
+        )
+        assert row is not None
+        mark = row["mark_size"], row["mark_mtime_ns"]
+        if row["claimed"] or mark[0] == ANY_SIZE or mark == (size, mtime_ns):
+            return Skip("written by rfwatch")
+        if row["id"] is None:
             return None
         if (row["size"], row["mtime_ns"]) == (size, mtime_ns):
             return Skip(f"already {row['state']}", row["id"])
@@ -433,6 +443,16 @@ class Files:
         root, rel = self._loc(path)
         now = time.time()
         holder = self._holder()
+        if self.db.dialect == Dialect.POSTGRESQL:  # the same, in one statement (schema.TAKE_FUNCTION)
+            row = self.db.call(
+                "SELECT taken, skip, other FROM rfwatch_take(?,?,?,?,?,?,?,?,?,?)",
+                (root, rel, size, mtime_ns, sha256, model, now, holder, self.host, utf8_text(f"detected {path}")),
+            )
+            assert row is not None
+            if row["taken"] is None:
+                return Skip(row["skip"], row["other"])
+            crash_point("journal.created")
+            return int(row["taken"])
 
         def insert(tx: Tx) -> int | Skip:
             # One statement for the common case: no insert over a file rfwatch wrote itself (its produced mark).
@@ -547,7 +567,7 @@ class Files:
             )
             self.event(tx, file_id, message, at=now)
 
-        self.db.transact(record)
+        self.db.transact(record, independent=True)
         crash_point("journal.classified")
 
     def attempt_failed(self, file_id: int, error: str) -> None:
@@ -563,7 +583,7 @@ class Files:
             )
             self.event(tx, file_id, f"attempt failed: {error}", at=now)
 
-        self.db.transact(record)
+        self.db.transact(record, independent=True)
 
     # --- steps ------------------------------------------------------------------------------
 
@@ -600,8 +620,8 @@ class Files:
                     (*self._loc(claimed), file_id),
                 )
 
-        claims = _output_claims(intent)
-        self.db.transact(record)
+        claims = dict.fromkeys(_output_claims(intent))  # each once (one statement on PostgreSQL)
+        self.db.transact(record, independent=True)
         crash_point("journal.intent")
 
     def finish_step(
@@ -629,7 +649,8 @@ class Files:
         """
         now = time.time()
         doc = self._json(result)
-        marks = [_produced_mark(p) for p in produced]
+        # one mark per path: two writes of one row cannot go in one statement (db.transact's ``independent``)
+        marks = list({m[0]: m for m in map(_produced_mark, produced) if m is not None}.values())
         state = StepState.DONE if ok else StepState.FAILED
 
         me = self._holder()  # resolved before the transaction (registering takes one of its own)
@@ -658,13 +679,12 @@ class Files:
                 (file_id, seq, kind, utf8_text(rule), action, state, doc, now, self.host),
             )
             for mark in marks:
-                if mark is not None:
-                    self._mark_produced(tx, *mark, file_id)
+                self._mark_produced(tx, *mark, file_id)
             if also is not None:
                 also(tx)
             self.event(tx, file_id, *messages, at=now)
 
-        self.db.transact(record)
+        self.db.transact(record, independent=True)
         crash_point("journal.step_finished")
         if final is not None and final in TERMINAL_STATES:
             crash_point("journal.finished")
@@ -704,7 +724,7 @@ class Files:
             tx.send("DELETE FROM claims WHERE file_id=?", (file_id,))  # its round is over (a step left unfinished)
             self.event(tx, file_id, message, at=now)
 
-        self.db.transact(record)
+        self.db.transact(record, independent=True)
 
     def finish(self, file_id: int, state: FileState, error: str | None = None, path: Path | None = None) -> None:
         assert state in TERMINAL_STATES
@@ -722,7 +742,7 @@ class Files:
             tx.send("DELETE FROM claims WHERE file_id=?", (file_id,))
             self.event(tx, file_id, state + (f": {error}" if error else ""), at=now)
 
-        self.db.transact(record)
+        self.db.transact(record, independent=True)
         crash_point("journal.finished")
 
     def requeue(self, file_id: int, states: Collection[str]) -> FileRow | None:
@@ -783,7 +803,7 @@ class Files:
 
     def _mark_produced(self, tx: Tx, path: Path, size: int, mtime_ns: int, file_id: int | None) -> None:
         root, rel = self._loc(path)
-        tx.run(
+        tx.send(
             "INSERT INTO produced (path_root, path, size, mtime_ns, file_id) VALUES (?,?,?,?,?)"
             " ON CONFLICT (path_root, path) DO UPDATE SET size=excluded.size, mtime_ns=excluded.mtime_ns,"
             " file_id=excluded.file_id",

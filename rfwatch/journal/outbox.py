@@ -67,7 +67,7 @@ class Outbox:
         now = time.time()
         for q in queued:
             crash_point("delivery.before_enqueue")
-            tx.run(
+            tx.send(
                 "INSERT INTO outbox (id, plugin, kind, file_id, url, body, state, next_at, created)"
                 " VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
                 (q.key, q.plugin, q.kind, file_id, q.target, q.payload, DeliveryState.PENDING, now, now),

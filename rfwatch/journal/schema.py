@@ -33,7 +33,8 @@ The schema version is in ``meta``; an rfwatch older than the journal refuses it,
 journal written by rfwatch 0.1 (SQLite, ``PRAGMA user_version`` 0-2, absolute paths) is upgraded in place once,
 in one transaction, its paths made relative to the config's named roots. A schema 3 journal is upgraded to 4
 (sequences), a schema 4 journal to 5 (file counts, deliverers) and a schema 5 journal to 6 (claims) in place, in one
-transaction each, by whichever host opens it first.
+transaction each, by whichever host opens it first. Schema 7 adds the PostgreSQL function ``rfwatch_take`` (nothing
+changes on SQLite but the version).
 """
 
 from __future__ import annotations
@@ -44,15 +45,15 @@ from typing import Any
 
 from rfwatch.journal.db import Database, Dialect, SqliteDatabase, Tx
 from rfwatch.journal.locations import Roots
-from rfwatch.states import StepKind
+from rfwatch.states import TERMINAL_STATES, FileState, StepKind
 
 __all__ = ["SCHEMA_VERSION", "SchemaTooNew", "ensure_schema", "WORKING_STATES_SQL"]
 
 log = logging.getLogger(__name__)
 
 #: 1 and 2 were ``PRAGMA user_version`` of rfwatch 0.1's SQLite journal; 3 is the shared layout; 4 adds sequences;
-#: 5 the file counts and the deliverers; 6 the claims.
-SCHEMA_VERSION = 6
+#: 5 the file counts and the deliverers; 6 the claims; 7 the take as one function (PostgreSQL; nothing on SQLite).
+SCHEMA_VERSION = 7
 
 #: States in which rfwatch still owns a file (no two rows may then name one path): the partial unique index.
 WORKING_STATES_SQL = "('detected','classified','decided','review','undoing','waiting')"
@@ -152,6 +153,55 @@ COUNT_TRIGGERS: dict[Dialect, tuple[str, ...]] = {
         " FOR EACH ROW WHEN (OLD.state IS DISTINCT FROM NEW.state) EXECUTE FUNCTION rfwatch_count_files()",
     ),
 }
+
+_TERMINAL = ",".join(f"'{s}'" for s in TERMINAL_STATES)
+
+#: Journal a new file (``Files.take``) on PostgreSQL in one statement: a function, because its second look (a row for
+#: this very file that another process finished meanwhile) needs a snapshot taken after the insert, which waited for
+#: that process's transaction (statements in a PL/pgSQL function take a snapshot each, at READ COMMITTED; one
+#: statement's clauses share one). One round trip instead of three, and one statement of the client's instead of five.
+#: files.py's take does the same on SQLite, statement by statement; the journal's contract tests run both.
+TAKE_FUNCTION = f"""
+CREATE OR REPLACE FUNCTION rfwatch_take(
+    p_root TEXT, p_rel BYTEA, p_size BIGINT, p_mtime_ns BIGINT, p_sha256 TEXT, p_model TEXT,
+    p_now DOUBLE PRECISION, p_holder TEXT, p_host TEXT, p_message TEXT,
+    OUT taken BIGINT, OUT skip TEXT, OUT other BIGINT
+) LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO files (root, source, path_root, path, size, mtime_ns, sha256, model, state, created, updated, holder,
+                       host)
+    SELECT p_root, p_rel, p_root, p_rel, p_size, p_mtime_ns, p_sha256, p_model, '{FileState.DETECTED}', p_now, p_now,
+           p_holder, p_host
+    WHERE NOT EXISTS (SELECT 1 FROM produced WHERE path_root = p_root AND path = p_rel
+                      AND (size = -1 OR (size = p_size AND mtime_ns = p_mtime_ns)))
+      AND NOT EXISTS (SELECT 1 FROM claims WHERE path_root = p_root AND path = p_rel)
+    ON CONFLICT DO NOTHING RETURNING id INTO taken;
+    IF taken IS NULL THEN
+        IF EXISTS (SELECT 1 FROM claims WHERE path_root = p_root AND path = p_rel)
+           OR EXISTS (SELECT 1 FROM produced WHERE path_root = p_root AND path = p_rel
+                      AND (size = -1 OR (size = p_size AND mtime_ns = p_mtime_ns))) THEN
+            skip := 'written by rfwatch';
+        ELSE
+            SELECT id INTO other FROM files WHERE path_root = p_root AND path = p_rel
+                AND state IN {WORKING_STATES_SQL};
+            skip := 'being processed';
+        END IF;
+        RETURN;
+    END IF;
+    SELECT id, 'already ' || state INTO other, skip FROM files WHERE path_root = p_root AND path = p_rel
+        AND size = p_size AND mtime_ns = p_mtime_ns AND id <> taken AND state IN ({_TERMINAL})
+        ORDER BY id DESC LIMIT 1;
+    IF FOUND THEN
+        DELETE FROM files WHERE id = taken;
+        taken := NULL;
+        RETURN;
+    END IF;
+    INSERT INTO events (file_id, at, message, host) VALUES (taken, p_now, p_message, p_host);
+END $$
+"""
+
+#: Functions of the journal's schema, per engine (each one statement).
+FUNCTIONS: dict[Dialect, tuple[str, ...]] = {Dialect.SQLITE: (), Dialect.POSTGRESQL: (TAKE_FUNCTION,)}
 
 TABLES = f"""
 CREATE TABLE IF NOT EXISTS meta (
@@ -313,6 +363,8 @@ def _migration(db: Database, version: int) -> list[str]:
         ]
     if version == 6:
         return _statements(db, CLAIM_TABLES)
+    if version == 7:
+        return list(FUNCTIONS[db.dialect])
     return []
 
 
@@ -378,7 +430,7 @@ def _new_id() -> str:
 def _create_tables(tx: Tx, db: Database) -> None:
     for statement in _statements(db, TABLES):
         tx.run(statement)
-    for statement in COUNT_TRIGGERS[db.dialect]:
+    for statement in (*COUNT_TRIGGERS[db.dialect], *FUNCTIONS[db.dialect]):
         tx.run(statement)
 
 
