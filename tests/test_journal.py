@@ -150,6 +150,29 @@ def test_a_transition_of_independent_statements_is_one_transaction_all_or_nothin
         feed.close()
 
 
+def test_a_step_naming_one_output_twice_or_writing_thousands_is_journaled(a, tmp_path):
+    """One statement on PostgreSQL may write a row once, and carry at most 65,535 parameters: an output spelled two
+    ways is one mark, and a step that wrote 14,000 files (5 parameters a mark) is journaled all the same."""
+    fid = take(a)
+    a.files.classified(fid, {"top": "red"}, "sha-x.jpg", "colors/1", "red 0.9", {})
+    out, again = tmp_path / "out.txt", tmp_path / "sub" / ".." / "out.txt"
+    (tmp_path / "sub").mkdir()
+    a.files.record_intent(fid, 1, StepKind.ACTION, "r", "copy", {"target": str(out), "output_target": str(again)})
+    out.write_bytes(b"copied")
+    a.files.finish_step(fid, 1, StepKind.ACTION, "r", "copy", True, {"outcome": "copied"}, produced=[out, again])
+    many = tmp_path / "many"
+    many.mkdir()
+    outputs = [many / f"{n}.txt" for n in range(14000)]
+    for path in outputs:
+        path.write_bytes(b"x")
+    a.files.record_intent(fid, 2, StepKind.ACTION, "r", "unpack", {})
+    a.files.finish_step(fid, 2, StepKind.ACTION, "r", "unpack", True, {"outcome": "unpacked"}, produced=outputs)
+    for path in (out, outputs[0], outputs[-1]):
+        st = path.stat()
+        assert a.files.screen(path, st.st_size, st.st_mtime_ns) == Skip("written by rfwatch"), path
+    assert [step.state for step in a.files.steps(fid)] == ["done", "done"]
+
+
 def test_a_file_sorted_by_one_move_costs_five_statements_on_postgresql(pg_cluster):
     """Each transition of a sorted file is one statement on PostgreSQL (the server's own count, in
     pg_stat_statements): the look, the take (a function), classified, the move's intent, its result."""

@@ -154,13 +154,17 @@ class Database(ABC):
         self._sql_cache: dict[str, str] = {}
 
     def sql(self, text: str) -> str:
-        """SQL written with ``?`` and ``{now}``, in this engine's own syntax."""
+        """SQL written with ``?`` and ``{now}``, in this engine's own syntax (kept: the journal's texts are few)."""
         out = self._sql_cache.get(text)
         if out is None:
-            out = text.replace("{now}", _NOW[self.dialect])
-            if self.dialect == Dialect.POSTGRESQL:
-                out = out.replace("%", "%%").replace("?", "%s")
-            self._sql_cache[text] = out
+            out = self._sql_cache[text] = self.converted(text)
+        return out
+
+    def converted(self, text: str) -> str:
+        """:meth:`sql` without keeping the text."""
+        out = text.replace("{now}", _NOW[self.dialect])
+        if self.dialect == Dialect.POSTGRESQL:
+            out = out.replace("%", "%%").replace("?", "%s")
         return out
 
     def ddl(self, text: str) -> str:
@@ -602,13 +606,20 @@ class _Gathered(Tx):
         raise _NeedsAnswers()
 
     def send(self, sql: str, args: tuple | list = ()) -> None:
-        self.parts.append((sql, tuple(args)))
+        self._add(sql, tuple(args))
 
     def check(self, sql: str, args: tuple | list, error: Callable[[], Exception]) -> None:
         if self._check is not None:
             raise _NeedsAnswers()  # one division cannot say which of two checks failed
         self._check = (len(self.parts), error)
-        self.parts.append((f"{sql} RETURNING 1", tuple(args)))
+        self._add(f"{sql} RETURNING 1", tuple(args))
+
+    def _add(self, sql: str, args: tuple) -> None:
+        # A step that produced thousands of files would make a statement past PostgreSQL's 65,535 parameters, and
+        # each new count of clauses a new text: past a few, the transition runs as a transaction, one statement each.
+        if len(self.parts) >= _MOST_CLAUSES:
+            raise _NeedsAnswers()
+        self.parts.append((sql, args))
 
     def statement(self) -> tuple[str, tuple, Callable[[], Exception] | None]:
         """The statement, its arguments, and the error to raise when its check fails."""
@@ -620,13 +631,15 @@ class _Gathered(Tx):
             verdict = f"1 / (SELECT COUNT(*) FROM s{check})" if check is not None else "1"
             if self._notify:
                 verdict += f", pg_notify('{PostgresDatabase.CHANNEL}', '')"
-            text = _GATHERED[key] = self.db.sql(f"WITH {clauses} SELECT {verdict}")
+            text = _GATHERED[key] = self.db.converted(f"WITH {clauses} SELECT {verdict}")
         args = tuple(chain.from_iterable(args for _, args in self.parts))
         return text, args, self._check[1] if self._check is not None else None
 
 
 #: Gathered statements by their parts (a transition's statements vary little: a few dozen texts in all).
 _GATHERED: dict[tuple[tuple[str, ...], int | None, bool], str] = {}
+#: The most clauses one gathered statement has (a sorted file's transitions have 3 to 6).
+_MOST_CLAUSES = 16
 
 
 def _pg_reason(exc: Exception) -> str:

@@ -173,15 +173,17 @@ class Files:
         args = [v for m in messages for v in (file_id, at, utf8_text(m), self.host)]
         tx.send(f"INSERT INTO events (file_id, at, message, host) VALUES {values}", args)
 
-    def _mine(self, tx: Tx, file_id: int, now: float, me: str, sets: dict[str, Any] | None = None) -> None:
+    def _mine(
+        self, tx: Tx, file_id: int, now: float, me: str, sets: dict[str, Any] | None = None, touch: bool = True
+    ) -> None:
         """Raise ClaimLost unless this process (holder ``me``) still holds the file; set ``sets`` (column names
-        are rfwatch's own, never input) and ``updated`` in the same statement. On PostgreSQL the check goes on
-        without waiting, with the transaction's other statements, and ClaimLost is raised before the commit."""
-        # With nothing to set (a step's intent) the update sets the holder to itself: it still locks the row and
-        # checks the claim, but changes no column: ``updated`` says when the file's own columns last changed, and an
-        # update that changes no indexed column may be written beside the old version by PostgreSQL (HOT) instead of
-        # into each of the files table's seven indexes.
-        cols = {"updated": now, **sets} if sets else {"holder": me}
+        are rfwatch's own, never input) and, with ``touch``, ``updated`` in the same statement. On PostgreSQL the
+        check goes on without waiting, with the transaction's other statements, and ClaimLost is raised before the
+        commit."""
+        # Without touch (a step's intent, which changes nothing of the file's own) the update sets the holder to
+        # itself: it still locks the row and checks the claim, but changes no indexed column, so PostgreSQL may write
+        # it beside the old version (HOT) instead of into each of the files table's seven indexes.
+        cols = {"updated": now, **(sets or {})} if touch or sets else {"holder": me}
         assign = ", ".join(f"{c}=?" for c in cols)
         tx.check(
             f"UPDATE files SET {assign} WHERE id=? AND holder=?",
@@ -607,7 +609,7 @@ class Files:
         me = self._holder()  # resolved before the transaction (registering takes one of its own)
 
         def record(tx: Tx) -> None:
-            self._mine(tx, file_id, now, me)
+            self._mine(tx, file_id, now, me, touch=False)
             tx.send(
                 "INSERT INTO steps (file_id, seq, kind, rule, action, state, intent, updated, host)"
                 " VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (file_id, seq) DO UPDATE SET intent=excluded.intent,"
@@ -617,10 +619,10 @@ class Files:
             for claimed in claims:  # kept from watchers until the step's result (see schema.CLAIM_TABLES)
                 tx.send(
                     "INSERT INTO claims (path_root, path, file_id) VALUES (?,?,?) ON CONFLICT DO NOTHING",
-                    (*self._loc(claimed), file_id),
+                    (*claimed, file_id),
                 )
 
-        claims = dict.fromkeys(_output_claims(intent))  # each once (one statement on PostgreSQL)
+        claims = {self._loc(path): path for path in _output_claims(intent)}  # each row once (one statement)
         self.db.transact(record, independent=True)
         crash_point("journal.intent")
 
@@ -649,8 +651,9 @@ class Files:
         """
         now = time.time()
         doc = self._json(result)
-        # one mark per path: two writes of one row cannot go in one statement (db.transact's ``independent``)
-        marks = list({m[0]: m for m in map(_produced_mark, produced) if m is not None}.values())
+        # One mark per row (the table's key: two spellings of one path are one row): two writes of one row cannot go
+        # in one statement (db.transact's ``independent``).
+        marks = list({self._loc(m[0]): m for m in map(_produced_mark, produced) if m is not None}.values())
         state = StepState.DONE if ok else StepState.FAILED
 
         me = self._holder()  # resolved before the transaction (registering takes one of its own)
