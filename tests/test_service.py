@@ -96,6 +96,26 @@ def _receive(sock: socket.socket, until: float, enough=None) -> list[tuple[float
     return out
 
 
+SIGNAL_WHILE_WAITING = """
+import os, signal, sys, threading, time
+from rfwatch.service.signals import relay_signals
+stop = threading.Event()
+relay_signals({signal.SIGTERM: stop})
+with stop._cond:  # what Event.wait holds for a moment: the signal arrives right then
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.1)  # the handler runs in this thread, between two bytecodes
+sys.exit(0 if stop.wait(10) else 3)
+"""
+
+
+def test_a_stop_signal_arriving_inside_an_event_wait_stops_the_daemon():
+    """The daemon's main loop waits on its stop event in 20 ms ticks; a SIGTERM whose handler ran while that wait
+    held the event's lock hung the daemon for good (Event.set in the handler waited for its own thread). The
+    handler now takes no lock: the signal is set on the event by a thread of its own."""
+    proc = subprocess.run([sys.executable, "-c", SIGNAL_WHILE_WAITING], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_notify_protocol_with_an_abstract_socket(tmp_path, server):
     """A real rfwatch process: READY=1, STATUS with counts, WATCHDOG=1 at half of WATCHDOG_USEC, STOPPING=1."""
     name = f"rfwatch-test-{os.getpid()}-{time.monotonic_ns()}"

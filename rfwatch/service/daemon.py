@@ -31,6 +31,7 @@ from rfwatch.roboflow.client import ModelId
 from rfwatch.roboflow.facts import FactsCache, ModelFactsService, check_rules, diagnose, facts_wanted, models_in_use
 from rfwatch.service.metrics import start_metrics
 from rfwatch.service.notify import Notifier
+from rfwatch.service.signals import relay_signals
 from rfwatch.service.startcheck import RulesRefused, StartCheck
 from rfwatch.service.watcher import FolderWatcher, WatchLimitError
 from rfwatch.states import FileState, Outcome
@@ -710,10 +711,10 @@ class Daemon:
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
-        signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
-        signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
+        events = {signal.SIGTERM: self.stop_event, signal.SIGINT: self.stop_event}
         if hasattr(signal, "SIGHUP"):
-            signal.signal(signal.SIGHUP, lambda *_: self.reload_event.set())
+            events[signal.SIGHUP] = self.reload_event
+        relay_signals(events)  # (not Event.set in the handler: see rfwatch.service.signals)
 
     def _log_above_the_progress_bar(self) -> None:
         # Each log line first clears the bar's line; the bar is redrawn below it on the next tick.
