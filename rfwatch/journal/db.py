@@ -187,9 +187,14 @@ class Database(ABC):
         :meth:`Tx.check`) are independent of one another: none reads or writes a row another one writes, so
         their order does not matter. PostgreSQL may then run them as one statement (see :class:`_Gathered`);
         ``fn`` may still ask for an answer (``run``, ``one``, ...), and is then run again as usual."""
+        return self._retrying(lambda: self._attempt(fn, independent), retries)
+
+    @staticmethod
+    def _retrying(once: Callable[[], T], retries: int = 5) -> T:
+        """``once()``, again (after a short pause) each time the engine rolled it back and asked for it again."""
         for attempt in range(retries):
             try:
-                return self._attempt(fn, independent)
+                return once()
             except _Retryable:
                 if attempt == retries - 1:
                     raise JournalUnavailable("the journal's database kept refusing a transaction") from None
@@ -447,14 +452,7 @@ class PostgresDatabase(Database):
             return fn(tx)
 
     def call(self, sql: str, args: tuple | list = ()) -> Mapping[str, Any] | None:
-        for attempt in range(5):
-            try:
-                return self._autocommit(self.sql(sql), tuple(args), None)
-            except _Retryable:
-                if attempt == 4:
-                    raise JournalUnavailable("the journal's database kept refusing a transaction") from None
-                time.sleep(0.01 * 2**attempt)
-        raise AssertionError("unreachable")
+        return self._retrying(lambda: self._autocommit(self.sql(sql), tuple(args), None))
 
     def _autocommit(self, sql: str, args: tuple, error: Callable[[], Exception] | None) -> Mapping[str, Any] | None:
         """One statement, its own transaction (the connections are in autocommit mode); its first row.

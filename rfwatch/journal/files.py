@@ -28,7 +28,7 @@ from rfwatch.crashpoints import crash_point
 from rfwatch.journal.db import Database, Dialect, Tx
 from rfwatch.journal.holders import FREE
 from rfwatch.journal.locations import Roots
-from rfwatch.journal.schema import WORKING_STATES_SQL
+from rfwatch.journal.schema import TERMINAL_STATES_SQL, WORKING_STATES_SQL
 from rfwatch.record import record
 from rfwatch.states import (
     ACTIVE_STATES,
@@ -45,7 +45,6 @@ _ACTIVE_SQL = "(" + ",".join(f"'{s}'" for s in ACTIVE_STATES) + ")"
 #: The size (and mtime) of an undo's claim in ``produced``: no watcher takes whatever is at that path (see
 #: rfwatch.journal.undo). A step of a file's rules claims the paths it is about to write in ``claims`` instead.
 ANY_SIZE = -1
-_TERMINAL_SQL = "(" + ",".join(f"'{s}'" for s in TERMINAL_STATES) + ")"
 
 
 def utf8_text(text: str | None) -> str | None:
@@ -210,19 +209,9 @@ class Files:
         """Before a file is hashed: why it needs no new work (rfwatch wrote it; this very file is known; a row
         rfwatch still works on is at this path), or None."""
         root, rel = self._loc(path)
-        # One statement, so one snapshot and one round trip: the step claims and produced marks of the path, and
-        # the newest row at it that rfwatch still works on or that is this very file.
-        row = self.db.one(
-            "SELECT EXISTS (SELECT 1 FROM claims WHERE path_root=? AND path=?) AS claimed,"
-            " p.size AS mark_size, p.mtime_ns AS mark_mtime_ns, f.id, f.state, f.size, f.mtime_ns"
-            " FROM (SELECT 1 AS one) AS one LEFT JOIN produced p ON p.path_root=? AND p.path=?"
-            " LEFT JOIN (SELECT id, state, size, mtime_ns FROM files WHERE path_root=? AND path=?"
-            f" AND (state IN {WORKING_STATES_SQL} OR (size=? AND mtime_ns=?)) ORDER BY id DESC LIMIT 1) AS f ON 1=1",
-            (root, rel, root, rel, root, rel, size, mtime_ns),
-        )
-        assert row is not None
-        mark = row["mark_size"], row["mark_mtime_ns"]
-        if row["claimed"] or mark[0] == ANY_SIZE or mark == (size, mtime_ns):
+        with self.db.read() as tx:
+            row = _look(tx, root, rel, size, mtime_ns)
+        if _written_by_rfwatch(row, size, mtime_ns):
             return Skip("written by rfwatch")
         if row["id"] is None:
             return None
@@ -470,7 +459,7 @@ class Files:
                 ),
             )
             if file_id is None:
-                if _written_by_rfwatch(tx, root, rel, size, mtime_ns):
+                if _written_by_rfwatch(_look(tx, root, rel, size, mtime_ns), size, mtime_ns):
                     return Skip("written by rfwatch")
                 other = tx.one(
                     f"SELECT id, holder FROM files WHERE path_root=? AND path=? AND state IN {WORKING_STATES_SQL}",
@@ -479,7 +468,7 @@ class Files:
                 return Skip("being processed", other["id"] if other else None)
             done = tx.one(
                 f"SELECT id, state FROM files WHERE path_root=? AND path=? AND size=? AND mtime_ns=? AND id != ?"
-                f" AND state IN {_TERMINAL_SQL} ORDER BY id DESC LIMIT 1",
+                f" AND state IN {TERMINAL_STATES_SQL} ORDER BY id DESC LIMIT 1",
                 (root, rel, size, mtime_ns, file_id),
             )
             if done is not None:  # finished by another process between our look and our insert
@@ -826,7 +815,7 @@ class Files:
 
         Each file's row stays: it is what keeps a finished file from being processed again.
         """
-        finished = f"SELECT id FROM files WHERE state IN {_TERMINAL_SQL} AND updated < ?"
+        finished = f"SELECT id FROM files WHERE state IN {TERMINAL_STATES_SQL} AND updated < ?"
         counts: dict[str, int] = {}
         gone = [
             (m["path_root"], m["path"], m["size"], m["mtime_ns"])
@@ -855,14 +844,29 @@ class Files:
         return counts
 
 
-def _written_by_rfwatch(tx: Tx, root: str, rel: bytes, size: int, mtime_ns: int) -> bool:
-    """Whether what is at this path now is rfwatch's: a step is writing there (a claim), an undo is at work there
-    (a mark of ANY_SIZE), or rfwatch wrote exactly this (its mark's size and mtime)."""
-    # claims first: a step's result that commits between the two reads turns its claim into a mark
-    if tx.one("SELECT 1 FROM claims WHERE path_root=? AND path=? LIMIT 1", (root, rel)) is not None:
-        return True
-    mark = tx.one("SELECT size, mtime_ns FROM produced WHERE path_root=? AND path=?", (root, rel))
-    return mark is not None and (mark["size"] == ANY_SIZE or (mark["size"], mark["mtime_ns"]) == (size, mtime_ns))
+#: What the journal knows of a path: whether a step claims it, the mark rfwatch left there, and the newest row at it
+#: that rfwatch still works on or that is this very file (its size and mtime). One statement: one snapshot (a step's
+#: result that turns its claim into a mark is seen whole or not at all) and one round trip.
+_LOOK = (
+    "SELECT EXISTS (SELECT 1 FROM claims WHERE path_root=? AND path=?) AS claimed,"
+    " p.size AS mark_size, p.mtime_ns AS mark_mtime_ns, f.id, f.state, f.size, f.mtime_ns"
+    " FROM (SELECT 1 AS one) AS one LEFT JOIN produced p ON p.path_root=? AND p.path=?"
+    " LEFT JOIN (SELECT id, state, size, mtime_ns FROM files WHERE path_root=? AND path=?"
+    f" AND (state IN {WORKING_STATES_SQL} OR (size=? AND mtime_ns=?)) ORDER BY id DESC LIMIT 1) AS f ON 1=1"
+)
+
+
+def _look(tx: Tx, root: str, rel: bytes, size: int, mtime_ns: int) -> Any:
+    row = tx.one(_LOOK, (root, rel, root, rel, root, rel, size, mtime_ns))
+    assert row is not None  # (one row always: the joins are LEFT)
+    return row
+
+
+def _written_by_rfwatch(look: Any, size: int, mtime_ns: int) -> bool:
+    """Whether what is at this path now is rfwatch's (``look``: a row of _LOOK): a step is writing there (a claim),
+    an undo is at work there (a mark of ANY_SIZE), or rfwatch wrote exactly this (its mark's size and mtime)."""
+    mark = look["mark_size"], look["mark_mtime_ns"]
+    return bool(look["claimed"]) or mark[0] == ANY_SIZE or mark == (size, mtime_ns)
 
 
 def _output_claims(intent: dict[str, Any]) -> list[Path]:

@@ -47,7 +47,7 @@ from rfwatch.journal.db import Database, Dialect, SqliteDatabase, Tx
 from rfwatch.journal.locations import Roots
 from rfwatch.states import TERMINAL_STATES, FileState, StepKind
 
-__all__ = ["SCHEMA_VERSION", "SchemaTooNew", "ensure_schema", "WORKING_STATES_SQL"]
+__all__ = ["SCHEMA_VERSION", "SchemaTooNew", "ensure_schema", "WORKING_STATES_SQL", "TERMINAL_STATES_SQL"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 #: 5 the file counts and the deliverers; 6 the claims; 7 the take as one function (PostgreSQL; nothing on SQLite).
 SCHEMA_VERSION = 7
 
+#: States of a finished file.
+TERMINAL_STATES_SQL = "(" + ",".join(f"'{s}'" for s in TERMINAL_STATES) + ")"
 #: States in which rfwatch still owns a file (no two rows may then name one path): the partial unique index.
 WORKING_STATES_SQL = "('detected','classified','decided','review','undoing','waiting')"
 
@@ -154,7 +156,6 @@ COUNT_TRIGGERS: dict[Dialect, tuple[str, ...]] = {
     ),
 }
 
-_TERMINAL = ",".join(f"'{s}'" for s in TERMINAL_STATES)
 
 #: Journal a new file (``Files.take``) on PostgreSQL in one statement: a function, because its second look (a row for
 #: this very file that another process finished meanwhile) needs a snapshot taken after the insert, which waited for
@@ -189,7 +190,7 @@ BEGIN
         RETURN;
     END IF;
     SELECT id, 'already ' || state INTO other, skip FROM files WHERE path_root = p_root AND path = p_rel
-        AND size = p_size AND mtime_ns = p_mtime_ns AND id <> taken AND state IN ({_TERMINAL})
+        AND size = p_size AND mtime_ns = p_mtime_ns AND id <> taken AND state IN {TERMINAL_STATES_SQL}
         ORDER BY id DESC LIMIT 1;
     IF FOUND THEN
         DELETE FROM files WHERE id = taken;
