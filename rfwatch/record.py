@@ -125,9 +125,15 @@ def _delattr(self: Any, name: str) -> None:
 
 class _Signature:
     """``inspect.signature(SomeRecord)``: the fields as parameters, made when first asked for (building it for
-    every class at import would cost what the records save)."""
+    every class at import would cost what the records save), then kept on the class in the descriptor's place."""
 
     def __get__(self, instance: Any, owner: type) -> Any:
+        signature = self._make(owner)
+        type.__setattr__(owner, "__signature__", signature)
+        return signature
+
+    @staticmethod
+    def _make(owner: type) -> Any:
         import inspect
 
         spec: _Spec = owner.__record_spec__
