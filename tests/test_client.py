@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+from forward_proxy import ForwardProxy
 from PIL import Image, ImageChops, ImageStat
 from roboflow_server import VALID_KEY, RoboflowServer
 
@@ -387,43 +388,22 @@ def test_heic_without_the_extra_says_what_to_install(heic_file):
 
 def test_a_proxy_from_the_environment_carries_the_uploads_unless_no_proxy_names_the_host(server, red, monkeypatch):
     """The environment is read once, when the client is made (not for each upload): proxies and no_proxy hold."""
-    import http.server
-    import threading
-    import urllib.request
-
-    seen: list[str] = []
-
-    class Forward(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 - http.server's name
-            seen.append(self.path)  # an absolute URL: the client spoke to us as to a proxy
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            req = urllib.request.Request(self.path, data=body, headers=dict(self.headers), method="POST")
-            with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(req) as answer:
-                data, status = answer.read(), answer.status
-            self.send_response(status)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forward)
-    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    proxy = ForwardProxy().start()
     try:
-        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_address[1]}")
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
         monkeypatch.delenv("NO_PROXY", raising=False)
         monkeypatch.delenv("no_proxy", raising=False)
         with client_for(server) as client:
             assert client.classify(str(red)).top == "red"
             monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # after the client was made: not seen by it
             assert client.classify(str(red)).top == "red"
+        seen = [target for _, target, _ in proxy.seen]
         assert len(seen) == 2 and seen[0].startswith(server.url + "/colors/1?")
         with client_for(server) as client:
             assert client.classify(str(red)).top == "red"
-        assert len(seen) == 2, "no_proxy names the host: the upload went straight to it"
+        assert len(proxy.seen) == 2, "no_proxy names the host: the upload went straight to it"
     finally:
-        proxy.shutdown()
+        proxy.stop()
 
 
 def test_a_heic_opened_while_another_thread_registers_its_decoder_is_read(heic_file):

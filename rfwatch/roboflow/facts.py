@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from rfwatch.images.sizing import LETTERBOX_FORMATS, UploadSize
 from rfwatch.record import record
-from rfwatch.roboflow.client import ModelId
+from rfwatch.roboflow.ids import ModelId
 from rfwatch.roboflow.platform import KeyRefused, NotFound, PlatformClient, PlatformError, PlatformUnavailable
 
 __all__ = [

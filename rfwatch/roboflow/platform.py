@@ -18,7 +18,8 @@ inference/core/roboflow_api.py):
   has answered 404 "Image not found in dataset." for minutes (luxonis/oak-examples#287).
 
 Calls have short timeouts: rfwatch asks the platform only for facts it can do without (an air-gapped
-self-hosted site never reaches it), and never holds up classification for it.
+self-hosted site never reaches it), and never holds up classification for it. They go over the standard library's
+http.client (rfwatch/roboflow/transport.py says why, and what of the environment it reads), not requests.
 """
 
 from __future__ import annotations
@@ -29,11 +30,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-import requests
-
 from rfwatch.record import record
 from rfwatch.redact import redact, register_secret
 from rfwatch.roboflow.ids import DEFAULT_PLATFORM_URL
+from rfwatch.roboflow.transport import Answer, Transport, TransportError
 
 __all__ = [
     "DEFAULT_PLATFORM_URL",
@@ -80,18 +80,18 @@ class PlatformClient:
     #: Facts are worth a short wait only; uploads may take longer (a 5 MB body on a slow link).
     timeout: float = 5.0
     upload_timeout: float = 120.0
-    _session: requests.Session = field(default_factory=requests.Session, init=False, repr=False)
+    _transport: Transport = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         register_secret(self.api_key)
         self.url = self.url.rstrip("/")
-        self._session.headers["User-Agent"] = "rfwatch/0.1"
+        self._transport = Transport(self.url, "rfwatch/0.1")
 
     def __repr__(self) -> str:  # never the key
         return f"PlatformClient(url={self.url!r})"
 
     def close(self) -> None:
-        self._session.close()
+        self._transport.close()
 
     # --- facts ---------------------------------------------------------------------
 
@@ -172,31 +172,25 @@ class PlatformClient:
         timeout: float,
     ) -> Any:
         where = f"{self.url}{path}"
-        headers = {"Content-Type": content_type} if content_type else {}
         try:
-            resp = self._session.request(
-                method,
-                where,
-                params=[("api_key", self.api_key), *params],
-                data=body,
-                headers=headers,
-                timeout=(min(timeout, 5.0), timeout),
+            resp = self._transport.request(
+                method, path, [("api_key", self.api_key), *params], body, content_type, (min(timeout, 5.0), timeout)
             )
-        except requests.RequestException as exc:
-            raise PlatformUnavailable(f"{where}: no answer ({type(exc).__name__})") from None
-        if resp.status_code == 200:
+        except TransportError as exc:
+            raise PlatformUnavailable(f"{where}: no answer ({exc})") from None
+        if resp.status == 200:
             try:
-                return resp.json()
+                return json.loads(resp.body)
             except ValueError:
                 raise PlatformUnavailable(f"{where}: the answer is not JSON", 200) from None
-        message = f"{where}: HTTP {resp.status_code}: {_message(resp)}"
-        if resp.status_code in (401, 403):
-            raise KeyRefused(message, resp.status_code)
-        if resp.status_code == 404:
+        message = f"{where}: HTTP {resp.status}: {_message(resp)}"
+        if resp.status in (401, 403):
+            raise KeyRefused(message, resp.status)
+        if resp.status == 404:
             raise NotFound(message, 404)
-        if resp.status_code >= 500 or resp.status_code == 429:
-            raise PlatformUnavailable(message, resp.status_code)
-        raise PlatformError(message, resp.status_code)
+        if resp.status >= 500 or resp.status == 429:
+            raise PlatformUnavailable(message, resp.status)
+        raise PlatformError(message, resp.status)
 
 
 def is_already_annotated(exc: PlatformError) -> bool:
@@ -206,12 +200,12 @@ def is_already_annotated(exc: PlatformError) -> bool:
     return exc.status == 409 or (exc.status == 400 and "already annotated" in str(exc).lower())
 
 
-def _message(resp: requests.Response) -> str:
+def _message(resp: Answer) -> str:
     """The platform's error text: ``{"error": {"message"}}``, ``{"error": "..."}`` or ``{"message"}``."""
     try:
-        doc = resp.json()
+        doc = json.loads(resp.body)
     except ValueError:
-        return redact(resp.text.strip()[:300] or resp.reason or "no message")
+        return redact(resp.body.decode("utf-8", "replace").strip()[:300] or resp.reason or "no message")
     if isinstance(doc, dict):
         error = doc.get("error", doc)
         if isinstance(error, dict) and error.get("message"):

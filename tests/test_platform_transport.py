@@ -1,0 +1,251 @@
+"""The platform client's HTTP (rfwatch/roboflow/transport.py): the standard library's http.client, not requests, so
+that a first run's questions to the platform leave before requests is loaded (issue 23, item 2).
+
+What it must keep of requests' behaviour, each shown against real servers on 127.0.0.1: connections kept alive
+(a first run's two round trips share one), a kept connection the server closed replaced, the environment's proxies
+(plain and tunnelled, with the proxy URL's user as Basic authorization) and no_proxy, and certificates verified
+against the bundle requests would use (REQUESTS_CA_BUNDLE, else certifi's).
+"""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+from catalog import VALID_KEY
+from forward_proxy import ForwardProxy
+from helpers import unique_jpeg, write_config
+
+from rfwatch.roboflow.facts import fetch_facts
+from rfwatch.roboflow.platform import KeyRefused, PlatformClient, PlatformUnavailable
+
+
+@pytest.fixture
+def no_proxy_env(monkeypatch):
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+
+
+def test_a_first_runs_two_round_trips_share_one_connection(platform, no_proxy_env):
+    client = PlatformClient(VALID_KEY, platform.url)
+    facts = fetch_facts(client, "colors/2")  # the key's workspace, then the version
+    client.close()
+    assert facts.classes
+    gets = [r for r in platform.requests if r.method == "GET"]
+    assert [r.path for r in gets] == ["/", f"/{platform.catalog.workspace}/colors/2"]
+    assert gets[0].connection == gets[1].connection, "the second round trip opened a new connection"
+    assert gets[0].headers["user-agent"] == "rfwatch/0.1"
+
+
+def test_a_kept_connection_the_platform_closed_is_replaced(platform, no_proxy_env):
+    """Noticed before it is used: an upload (a POST, never sent twice by the transport) on it would be lost."""
+    platform.keepalive_timeout = 0.2  # the server closes a connection idle for 0.2 s
+    client = PlatformClient(VALID_KEY, platform.url)
+    assert client.workspace() == platform.catalog.workspace
+    time.sleep(0.6)
+    assert not client.upload("colors", unique_jpeg((200, 10, 10), 7), "after-a-pause.jpg").duplicate
+    client.close()
+    assert platform.connections == 2
+    assert [u["name"] for u in platform.uploads["colors"]] == ["after-a-pause.jpg"]
+
+
+def test_errors_keep_their_meaning_and_never_show_the_key(platform, no_proxy_env):
+    with pytest.raises(KeyRefused) as refused:
+        PlatformClient("not-a-key-" + "x" * 20, platform.url).workspace()
+    assert refused.value.status == 401 and "not-a-key" not in str(refused.value)
+    platform.fail_next(503)
+    with pytest.raises(PlatformUnavailable) as unavailable:
+        PlatformClient(VALID_KEY, platform.url).workspace()
+    assert unavailable.value.status == 503 and VALID_KEY not in str(unavailable.value)
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    with pytest.raises(PlatformUnavailable, match="no answer .*ConnectionRefusedError") as gone:
+        PlatformClient(VALID_KEY, closed).workspace()
+    assert VALID_KEY not in str(gone.value)
+
+
+@pytest.fixture
+def proxy():
+    srv = ForwardProxy().start()
+    yield srv
+    srv.stop()
+
+
+def test_the_environments_proxy_carries_platform_calls_unless_no_proxy_names_the_host(
+    platform, proxy, no_proxy_env, monkeypatch
+):
+    """As requests reads them (urllib.request.getproxies and proxy_bypass), once, when the client is made."""
+    monkeypatch.setenv("HTTP_PROXY", proxy.url.replace("http://", "http://scanner:s3cret@"))
+    client = PlatformClient(VALID_KEY, platform.url)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # after the client was made: not seen by it
+    assert client.workspace() == platform.catalog.workspace
+    method, target, auth = proxy.seen[0]
+    assert method == "GET" and target.startswith(platform.url + "/?")  # an absolute URL: spoken to as to a proxy
+    assert auth == "Basic " + base64.b64encode(b"scanner:s3cret").decode()
+    assert PlatformClient(VALID_KEY, platform.url).workspace() == platform.catalog.workspace
+    assert len(proxy.seen) == 1, "no_proxy names the host: the call went straight to it"
+
+
+def test_a_socks_or_tls_proxy_is_refused_by_name_not_bypassed(platform, no_proxy_env, monkeypatch):
+    monkeypatch.setenv("HTTP_PROXY", "socks5://user:pw@127.0.0.1:1080")
+    with pytest.raises(PlatformUnavailable, match="socks5:// proxy is not supported") as refused:
+        PlatformClient(VALID_KEY, platform.url).workspace()
+    assert "pw" not in str(refused.value).replace("proxy", "")
+    assert platform.requests == [], "the call must not go around the proxy the environment names"
+
+
+# --- https: certificates verified against the bundle requests would use -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1 (openssl, part of every Debian system)."""
+    folder = tmp_path_factory.mktemp("tls")
+    key, cert = folder / "key.pem", folder / "cert.pem"
+    made = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if made.returncode != 0:
+        pytest.skip(f"openssl could not make a certificate: {made.stderr.strip()[:200]}")
+    return key, cert
+
+
+class _Workspace(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:  # noqa: N802
+        # The platform's answer to GET /?api_key= (rfwatch/testing/platform_server.py has the sources).
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+        ok = query.get("api_key") == [VALID_KEY]
+        data = json.dumps({"workspace": "acme"} if ok else {"error": "unauthorized"}).encode()
+        self.send_response(200 if ok else 401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def https_platform(certificate):
+    key, cert = certificate
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Workspace)
+    srv.daemon_threads = True
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    srv.socket = context.wrap_socket(srv.socket, server_side=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"https://127.0.0.1:{srv.server_address[1]}", cert
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_https_is_verified_against_requests_bundle_directly_and_through_a_tunnel(
+    https_platform, proxy, no_proxy_env, monkeypatch
+):
+    url, cert = https_platform
+    # certifi's bundle (requests' default) does not know this certificate: refused, never trusted blindly
+    with pytest.raises(PlatformUnavailable, match="SSLCertVerificationError"):
+        PlatformClient(VALID_KEY, url).workspace()
+    monkeypatch.setenv("CURL_CA_BUNDLE", str(cert))
+    assert PlatformClient(VALID_KEY, url).workspace() == "acme"
+    monkeypatch.delenv("CURL_CA_BUNDLE")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+    client = PlatformClient(VALID_KEY, url)
+    assert client.workspace() == "acme" and client.workspace() == "acme"
+    # through the environment's proxy: a CONNECT tunnel, the proxy's user in it, TLS with the platform itself
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url.replace("http://", "http://scanner:s3cret@"))
+    assert PlatformClient(VALID_KEY, url).workspace() == "acme"
+    assert proxy.seen == [
+        ("CONNECT", url.removeprefix("https://"), "Basic " + base64.b64encode(b"scanner:s3cret").decode())
+    ]
+
+
+_EARLY_PROBE = """
+import json, sys
+from rfwatch.config import load_config
+from rfwatch.service.early import ask_early
+service = ask_early(load_config(sys.argv[2]))
+service.wait(20)
+facts = service.get("colors/1")
+with open(sys.argv[1], "w") as f:
+    json.dump({"input": list(facts.classes) if facts else None, "modules": sorted(sys.modules)}, f)
+"""
+
+
+def test_a_first_runs_early_questions_need_neither_requests_nor_the_image_or_plugin_stack(
+    tmp_path, server, platform, no_proxy_env
+):
+    """What cmd_run does before importing the daemon (rfwatch/service/early.py) loads none of them: the platform's
+    answers are on their way while those load."""
+    cfg = write_config(tmp_path, server)
+    out = tmp_path / "early.json"
+    env = dict(os.environ, ROBOFLOW_API_KEY=VALID_KEY)
+    ran = subprocess.run(
+        [sys.executable, "-c", _EARLY_PROBE, str(out), str(cfg)], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert ran.returncode == 0, ran.stderr
+    report = json.loads(out.read_text())
+    assert report["input"], "the facts were not fetched"
+    heavy = ("requests", "urllib3", "PIL", "pluggy", "rfwatch.host.manager", "rfwatch.roboflow.client")
+    assert sorted(m for m in report["modules"] if m.split(".")[0] in heavy or m in heavy) == []
+    assert [r.path for r in platform.requests] == ["/", f"/{platform.catalog.workspace}/colors/1"]
+
+
+def test_a_get_on_a_connection_closed_as_it_was_reused_is_sent_again_a_post_is_not(no_proxy_env):
+    """A server (or a load balancer in front of it) may close a kept connection just as the next request arrives:
+    nothing was readable when it was checked. A GET is sent once more on a new connection, as urllib3 does; a
+    POST (an upload) may have reached the server, and is reported, never sent twice by the transport."""
+    answer = json.dumps({"workspace": "acme"}).encode()
+    listener = socket.create_server(("127.0.0.1", 0))
+    served: list[str] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                first = True
+                while True:
+                    data = conn.recv(65536)
+                    if not data:
+                        break
+                    line = data.split(b"\r\n", 1)[0].decode()
+                    if not first:  # the connection's second request: closed without an answer
+                        served.append("closed at " + line.split()[0])
+                        break
+                    first = False
+                    served.append("answered " + line.split()[0])
+                    head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(answer)}\r\n\r\n"
+                    conn.sendall(head.encode() + answer)
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        client = PlatformClient(VALID_KEY, f"http://127.0.0.1:{listener.getsockname()[1]}")
+        assert client.workspace() == "acme"
+        assert client.workspace() == "acme"  # the kept connection was closed on it; sent again on a new one
+        assert served == ["answered GET", "closed at GET", "answered GET"]
+        with pytest.raises(PlatformUnavailable, match="RemoteDisconnected"):
+            client.upload("colors", b"\xff\xd8 not really a jpeg", "x.jpg")
+        assert served[-1] == "closed at POST" and served.count("answered POST") == 0
+    finally:
+        listener.close()
