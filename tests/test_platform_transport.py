@@ -179,7 +179,8 @@ def test_https_is_verified_against_requests_bundle_directly_and_through_a_tunnel
 
 
 _EARLY_PROBE = """
-import json, sys
+import json, logging, sys
+logging.basicConfig(level=logging.DEBUG)  # what -vv shows: each request's line, before any redaction is set up
 from rfwatch.config import load_config
 from rfwatch.service.early import ask_early
 service = ask_early(load_config(sys.argv[2]))
@@ -207,6 +208,7 @@ def test_a_first_runs_early_questions_need_neither_requests_nor_the_image_or_plu
     heavy = ("requests", "urllib3", "PIL", "pluggy", "rfwatch.host.manager", "rfwatch.roboflow.client")
     assert sorted(m for m in report["modules"] if m.split(".")[0] in heavy or m in heavy) == []
     assert [r.path for r in platform.requests] == ["/", f"/{platform.catalog.workspace}/colors/1"]
+    assert '"GET /?api_key=***" 200' in ran.stderr and VALID_KEY not in ran.stderr
 
 
 def test_a_get_on_a_connection_closed_as_it_was_reused_is_sent_again_a_post_is_not(no_proxy_env):
@@ -249,3 +251,54 @@ def test_a_get_on_a_connection_closed_as_it_was_reused_is_sent_again_a_post_is_n
         assert served[-1] == "closed at POST" and served.count("answered POST") == 0
     finally:
         listener.close()
+
+
+_RUN_PROBE = """
+import json, sys
+from rfwatch.cli import main
+code = main(sys.argv[2:])
+with open(sys.argv[1], "w") as f:
+    json.dump({"code": code, "modules": sorted(sys.modules)}, f)
+"""
+
+
+def test_a_run_that_classifies_and_sorts_never_loads_requests(tmp_path, server, platform, no_proxy_env):
+    """Both APIs' calls go over http.client: requests is loaded only by what needs it (webhooks, ``classify URL``)."""
+    cfg = write_config(tmp_path, server)
+    for n, color in enumerate([(230, 10, 10), (10, 230, 10)]):
+        (tmp_path / "inbox" / f"img{n}.jpg").write_bytes(unique_jpeg(color, n))
+    out = tmp_path / "run.json"
+    env = dict(os.environ, ROBOFLOW_API_KEY=VALID_KEY)
+    ran = subprocess.run(
+        [sys.executable, "-c", _RUN_PROBE, str(out), "run", "--once", "-q", "-c", str(cfg)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert ran.returncode == 0, ran.stderr
+    report = json.loads(out.read_text())
+    assert report["code"] == 0
+    assert sorted(p.name for p in (tmp_path / "sorted").rglob("*.jpg")) == ["img0.jpg", "img1.jpg"]
+    assert len(server.inference_requests()) == 2 and platform.requests  # both APIs were asked
+    assert [m for m in report["modules"] if m.split(".")[0] in ("requests", "urllib3")] == []
+
+
+def test_a_netrc_entry_for_the_host_is_sent_as_basic_authorization(tmp_path, server, no_proxy_env, monkeypatch):
+    """A self-hosted inference server behind a reverse proxy that asks for a password: ~/.netrc, as requests reads it."""
+    from rfwatch.roboflow.client import RoboflowClient
+
+    netrc_file = tmp_path / "netrc"
+    netrc_file.write_text("machine 127.0.0.1 login scanner password s3cret\n")
+    netrc_file.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc_file))
+    image = tmp_path / "red.jpg"
+    image.write_bytes(unique_jpeg((230, 10, 10), 1))
+    with RoboflowClient(api_key=VALID_KEY, model="colors/1", api_url=server.url) as client:
+        assert client.classify(str(image)).top == "red"
+    sent = server.inference_requests()[-1].headers
+    assert sent["authorization"] == "Basic " + base64.b64encode(b"scanner:s3cret").decode()
+    monkeypatch.setenv("NETRC", str(tmp_path / "none"))
+    with RoboflowClient(api_key=VALID_KEY, model="colors/1", api_url=server.url) as client:
+        client.classify(str(image))
+    assert "authorization" not in server.inference_requests()[-1].headers

@@ -10,6 +10,8 @@ inference/core/interfaces/http/http_api.py, ``legacy_infer_from_request``)::
 Unlike the official clients this one uploads a small upright JPEG (URLs are fetched
 and prepared the same way), always has timeouts, retries what is worth retrying
 (honouring ``Retry-After``) and never lets the API key into an exception or a log line.
+Its requests go over the standard library's http.client (rfwatch/roboflow/transport.py: what of the
+environment it reads, as requests would, and why not requests).
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from __future__ import annotations
 import base64
 import dataclasses
 import email.utils
+import json
 import logging
-import os
 import random
 import re
 import time
@@ -26,15 +28,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import requests
-from requests.adapters import HTTPAdapter
-
 from rfwatch.images.prepare import DecodedImage, ImageError, PreparedImage, decode_image, prepare_image, size_decoded
 from rfwatch.images.sizing import UploadSize
 from rfwatch.record import record
 from rfwatch.redact import install_log_redaction, redact, register_secret
 from rfwatch.roboflow.ids import DEFAULT_API_URL, ModelId, is_url
 from rfwatch.roboflow.result import DEFAULT_MULTI_LABEL_THRESHOLD, Prediction, ResponseFormatError
+from rfwatch.roboflow.transport import Answer, Failure, Transport, TransportError
 
 __all__ = [
     "DEFAULT_API_URL",
@@ -195,7 +195,7 @@ class RoboflowClient:
     on_retry: Callable[[int, float, ApiError], None] | None = None
     #: The upload size for a model (its input, from the platform's facts); None: ``max_size`` for all.
     upload_sizes: Callable[[ModelId], UploadSize] | None = None
-    _session: requests.Session = field(init=False, repr=False)
+    _transport: Transport = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.api_key:
@@ -205,12 +205,8 @@ class RoboflowClient:
         if isinstance(self.model, str):
             self.model = ModelId.parse(self.model)
         self.api_url = self.api_url.rstrip("/")
-        self._session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=max(1, self.pool_size), max_retries=0)
-        self._session.mount("http://", adapter)
-        self._session.mount("https://", adapter)
-        self._session.headers["User-Agent"] = "rfwatch/0.1"
-        _read_environment_once(self._session, self.api_url)
+        # Retries are this client's own (_post), with its backoff and Retry-After; the transport sends once.
+        self._transport = Transport(self.api_url, "rfwatch/0.1", max_idle=self.pool_size)
 
     def __repr__(self) -> str:  # the dataclass repr would print the key
         return f"RoboflowClient(model={self.model}, api_url={self.api_url!r})"
@@ -221,7 +217,7 @@ class RoboflowClient:
         return self._model(None).key
 
     def close(self) -> None:
-        self._session.close()
+        self._transport.close()
 
     def __enter__(self) -> RoboflowClient:
         return self
@@ -302,15 +298,14 @@ class RoboflowClient:
         return params
 
     def _post(self, model: ModelId, body: bytes) -> tuple[dict[str, Any], dict[str, str]]:
-        url = f"{self.api_url}/{model.project}/{model.version}"
-        params = self._params()
-        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        path = f"/{model.project}/{model.version}"
+        params = list(self._params().items())
         started = time.monotonic()
         attempt = 0
         while True:
             attempt += 1
             try:
-                return self._once(url, params, headers, body, model)
+                return self._once(path, params, body, model)
             except ApiError as error:
                 if not error.retryable:
                     raise
@@ -332,42 +327,29 @@ class RoboflowClient:
         return random.uniform(ceiling / 2, ceiling)  # jitter keeps workers from retrying in lockstep
 
     def _once(
-        self, url: str, params: dict[str, str], headers: dict[str, str], body: bytes, model: ModelId
+        self, path: str, params: list[tuple[str, str]], body: bytes, model: ModelId
     ) -> tuple[dict[str, Any], dict[str, str]]:
         where = f"{self.api_url}/{model.project}/{model.version}"
         try:
-            resp = self._session.post(
-                url, params=params, data=body, headers=headers, timeout=(self.connect_timeout, self.timeout)
+            resp = self._transport.request(
+                "POST", path, params, body, "application/x-www-form-urlencoded", (self.connect_timeout, self.timeout)
             )
-        except requests.Timeout:
-            raise UnavailableError(f"{where}: no answer within {self.timeout:g}s") from None
-        except requests.ConnectionError as exc:
-            raise UnavailableError(f"{where}: cannot connect ({_reason(exc)})") from None
-        except requests.RequestException as exc:
-            raise UnavailableError(f"{where}: request failed ({_reason(exc)})") from None
-        if resp.status_code == 200:
+        except TransportError as exc:
+            reason = redact(str(exc))[:200]
+            if exc.failure is Failure.TIMEOUT:
+                raise UnavailableError(f"{where}: no answer within {self.timeout:g}s") from None
+            if exc.failure is Failure.CONNECT:
+                raise UnavailableError(f"{where}: cannot connect ({reason})") from None
+            raise UnavailableError(f"{where}: request failed ({reason})") from None
+        if resp.status == 200:
             try:
-                doc = resp.json()
+                doc = json.loads(resp.body)
             except ValueError:
                 raise RejectedError(f"{where}: answer is not JSON: {resp.text[:200]!r}", 200) from None
             return doc, _support(resp, doc)
-        error = _error_for(resp.status_code, where, model, _server_message(resp))
+        error = _error_for(resp.status, where, model, _server_message(resp))
         error.retry_after = _retry_after(resp.headers.get("Retry-After"))  # type: ignore[attr-defined]
         raise error
-
-
-def _read_environment_once(session: requests.Session, url: str) -> None:
-    """What requests takes from the environment for ``url`` (proxies and no_proxy, the CA bundle, ~/.netrc), read
-    now, for the one host the session talks to. Left to requests, every upload reads every environment variable
-    again (a fifth of the client's CPU per request); a proxy set after start is not seen, as with any setting."""
-    session.proxies.update(requests.utils.get_environ_proxies(url))
-    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-    if bundle:
-        session.verify = bundle
-    netrc = requests.utils.get_netrc_auth(url)
-    if netrc:
-        session.auth = netrc
-    session.trust_env = False
 
 
 #: Response headers worth keeping for Roboflow support (request ids, processing time, engine), when present.
@@ -377,7 +359,7 @@ _SUPPORT_HEADER = re.compile(
 )
 
 
-def _support(resp: requests.Response, doc: Any) -> dict[str, str]:
+def _support(resp: Answer, doc: Any) -> dict[str, str]:
     """What to quote to Roboflow support about this answer: the inference_id and identifying headers."""
     support = {k.lower(): redact(v)[:200] for k, v in resp.headers.items() if _SUPPORT_HEADER.match(k)}
     if isinstance(doc, dict) and doc.get("inference_id"):
@@ -397,6 +379,8 @@ def fetch_image(url: str, max_bytes: int = MAX_FETCH_BYTES, timeout: float = FET
 
     Its own session: the Roboflow key is never sent to another host.
     """
+    import requests  # only ``classify URL`` fetches a picture: the daemon never loads requests for it
+
     deadline = time.monotonic() + timeout
     try:
         with requests.get(url, stream=True, timeout=(min(10.0, timeout), timeout)) as resp:
@@ -418,9 +402,9 @@ def fetch_image(url: str, max_bytes: int = MAX_FETCH_BYTES, timeout: float = FET
     return b"".join(chunks)
 
 
-def _server_message(resp: requests.Response) -> str:
+def _server_message(resp: Answer) -> str:
     try:
-        doc = resp.json()
+        doc = json.loads(resp.body)
     except ValueError:
         doc = None
     if isinstance(doc, dict) and doc.get("message"):
