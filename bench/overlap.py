@@ -185,6 +185,17 @@ NOTES: list[str] = [
     "and hash it (the SHA-256 that names the content), 2.2 ms of journal reads and transactions (four, which make "
     "a kill -9 safe: rfwatch/processing/steps.py says why none merges), 1.6 ms of HTTP, 0.8 ms of fsyncs and "
     "1.9 ms of rules, steps and bookkeeping. 1.15x of 42 ms leaves 6.3 ms for all of that.",
+    "",
+    "Seventh session (2026-12-07): both APIs over the standard library's http.client (rfwatch/roboflow/transport.py), not requests. A first run's first question to the platform had waited for requests to load (about 0.1 s of CPU: urllib3, chardet, charset_normalizer, idna); in a timeline of 6 cold runs round robin with the tree before (6a3b91d) it reached the platform at 0.10 to 0.14 s instead of 0.17 to 0.25 s, and the first upload left 0.06 to 0.08 s sooner. `python bench/overlap.py --official --old-python <6a3b91d> --runs 7 --daemon-runs 5` then gave (medians; the official client 0.78 files/s; the preparation alone 44.9 ms per photo in that run):",
+    "",
+    "| tree | empty inbox start+exit s | its CPU s | cold run, 24 photos s | files/s | x official | cold run CPU s | daemon CPU ms/file | daemon files/s |",
+    "|---|---|---|---|---|---|---|---|---|",
+    "| http.client | 0.27 | 0.24 | 1.48 (1.43 to 1.64) | 16.24 | 20.9x | 1.90 | 59 | 26.11 |",
+    "| requests (6a3b91d) | 0.37 | 0.31 | 1.57 (1.47 to 1.75) | 15.25 | 19.6x | 1.96 | 57 | 26.18 |",
+    "",
+    "The daemon's runs moved with the machine (this tree 63, 60, 59, 51, 53 ms per file; the tree before 64, 63, 57, 54, 54 ms, round robin): no difference shows there. In one thread (the split's way, measured in this run) the HTTP request went from 1.6 ms (the table above) to 0.77 ms per file: an upload costs the client's thread about 0.7 ms of CPU instead of 1.7 ms through requests (bench-free check: 300 POSTs of 40 kB to a local server, thread CPU). Earlier in the day, with the platform's client alone on http.client (uploads still through requests) and a slower machine (the preparation 51.8 ms), the same A/B gave 1.63 against 1.69 s (19.0x against 18.4x).",
+    "",
+    "Why the cold run stays near 21x here: it is bound by CPU once the facts have come. Its 1.9 s of CPU over 1.48 s on two cores is 24 preparations (about 1.1 s), the start (0.24 s), the early decodes redone at the real size, the hashes, the journal and the threads' bookkeeping; the start runs on one core while the platform's two round trips (0.3 s of latency, the second needing the first) pass. At the official client's 0.78 files/s, 25x means the 24 photos in 1.23 s.",
 ]
 
 
