@@ -30,11 +30,9 @@ FactsLookup = Callable[[str], "ModelFacts | None"]
 
 def platform_client(config: Config) -> PlatformClient | None:
     """A client for the platform API with the configured key; None without a key."""
-    from rfwatch.roboflow.platform import PlatformClient
+    from rfwatch.roboflow.platform import platform_client as make  # loaded only by what asks the platform
 
-    if not config.roboflow.api_key:
-        return None
-    return PlatformClient(config.roboflow.api_key, config.roboflow.platform_url)
+    return make(config)
 
 
 def make_client(

@@ -44,6 +44,7 @@ __all__ = [
     "PlatformUnavailable",
     "Uploaded",
     "is_already_annotated",
+    "platform_client",
 ]
 
 log = logging.getLogger(__name__)
@@ -193,6 +194,15 @@ class PlatformClient:
         raise PlatformError(message, resp.status)
 
 
+def platform_client(config: Any) -> PlatformClient | None:
+    """A client for the platform API with the config's key (``roboflow.api_key``, ``roboflow.platform_url``); None
+    without a key. Here, not in the plugin host, so that a first run can ask before the host has loaded
+    (rfwatch/service/early.py); rfwatch.host.runtime.platform_client is this one."""
+    if not config.roboflow.api_key:
+        return None
+    return PlatformClient(config.roboflow.api_key, config.roboflow.platform_url)
+
+
 def is_already_annotated(exc: PlatformError) -> bool:
     """The annotate route's "this image has a label": any 409 there (inference maps every 409 of the route to
     RoboflowAPIIAlreadyAnnotatedError), or a 400 whose message says so, with or without its hint
@@ -205,7 +215,7 @@ def _message(resp: Answer) -> str:
     try:
         doc = json.loads(resp.body)
     except ValueError:
-        return redact(resp.body.decode("utf-8", "replace").strip()[:300] or resp.reason or "no message")
+        return redact(resp.text.strip()[:300] or resp.reason or "no message")
     if isinstance(doc, dict):
         error = doc.get("error", doc)
         if isinstance(error, dict) and error.get("message"):

@@ -180,7 +180,8 @@ class Transport:
         route = self._route
         target = self._prefix + path + ("?" + urllib.parse.urlencode(params) if params else "")
         if route.proxy is not None and route.scheme == "http":  # a plain proxy is asked for the absolute URL
-            return f"http://{route.host}:{route.port}{target}"
+            host = f"[{route.host}]" if ":" in route.host else route.host  # an IPv6 literal keeps its brackets
+            return f"http://{host}:{route.port}{target}"
         return target
 
     def _exchange(

@@ -35,10 +35,9 @@ def ask_early(config: Config) -> ModelFactsService | None:
 
     if not config.watch or not facts_wanted(config):
         return None
-    from rfwatch.roboflow.platform import PlatformClient
+    # From the platform's module, not rfwatch.host.runtime: what is loaded before the first request delays it.
+    from rfwatch.roboflow.platform import platform_client
 
-    # Made here as rfwatch.host.runtime.platform_client makes it (this module has checked the key), without
-    # importing the plugin host first: what is loaded before the first request delays it.
-    service = ModelFactsService(None, PlatformClient(config.roboflow.api_key, config.roboflow.platform_url))
+    service = ModelFactsService(None, platform_client(config))
     service.refresh(models_in_use(config))
     return service
