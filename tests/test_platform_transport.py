@@ -15,6 +15,7 @@ import json
 import os
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import threading
@@ -27,8 +28,9 @@ from catalog import VALID_KEY
 from forward_proxy import ForwardProxy
 from helpers import unique_jpeg, write_config
 
+from rfwatch.roboflow.client import ApiError
 from rfwatch.roboflow.facts import fetch_facts
-from rfwatch.roboflow.platform import KeyRefused, PlatformClient, PlatformUnavailable
+from rfwatch.roboflow.platform import KeyRefused, PlatformClient, PlatformError, PlatformUnavailable
 
 
 @pytest.fixture
@@ -213,8 +215,9 @@ def test_a_first_runs_early_questions_need_neither_requests_nor_the_image_or_plu
 
 def test_a_get_on_a_connection_closed_as_it_was_reused_is_sent_again_a_post_is_not(no_proxy_env):
     """A server (or a load balancer in front of it) may close a kept connection just as the next request arrives:
-    nothing was readable when it was checked. A GET is sent once more on a new connection, as urllib3 does; a
-    POST (an upload) may have reached the server, and is reported, never sent twice by the transport."""
+    nothing was readable when it was checked. A GET is sent once more on a new connection (requests, with no
+    retries, reported it instead); a POST (an upload) may have reached the server, and is reported, never sent twice
+    by the transport."""
     answer = json.dumps({"workspace": "acme"}).encode()
     listener = socket.create_server(("127.0.0.1", 0))
     served: list[str] = []
@@ -302,3 +305,149 @@ def test_a_netrc_entry_for_the_host_is_sent_as_basic_authorization(tmp_path, ser
     with RoboflowClient(api_key=VALID_KEY, model="colors/1", api_url=server.url) as client:
         client.classify(str(image))
     assert "authorization" not in server.inference_requests()[-1].headers
+
+
+# --- what requests did and the transport must too (a review of the change found each one missing) -----------------
+
+
+def _raw_server(serve):
+    """A server on 127.0.0.1 speaking raw HTTP as ``serve(conn, number)`` scripts it, one thread per connection."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def accept() -> None:
+        number = 0
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            number += 1
+            threading.Thread(target=serve, args=(conn, number), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return f"http://127.0.0.1:{listener.getsockname()[1]}", listener.close
+
+
+def _read_head(conn: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_an_answer_sent_before_a_large_body_was_read_is_the_answer_reported(no_proxy_env):
+    """A server refusing a body too large (413) answers after the headers and closes without reading the rest: the
+    413 is what the caller is told (a refusal, for good), not a broken send (an outage, retried for ever)."""
+    from rfwatch.roboflow.client import RejectedError, RetryPolicy, RoboflowClient
+
+    def serve(conn: socket.socket, number: int) -> None:
+        with conn:
+            _read_head(conn)
+            doc = b'{"message": "Request Entity Too Large"}'
+            conn.sendall(b"HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(doc), doc))  # fmt: skip
+            conn.shutdown(socket.SHUT_WR)
+            time.sleep(0.2)  # then closed with the body unread: the client's send breaks
+
+    url, stop = _raw_server(serve)
+    try:
+        with pytest.raises(PlatformError) as refused:
+            PlatformClient(VALID_KEY, url).upload("colors", os.urandom(8 * 1024 * 1024), "huge.jpg")
+        assert refused.value.status == 413 and not isinstance(refused.value, PlatformUnavailable)
+        client = RoboflowClient(api_key=VALID_KEY, model="colors/1", api_url=url, retry=RetryPolicy(attempts=3))
+        with pytest.raises(RejectedError) as rejected:
+            client._post(client._model(None), base64.b64encode(os.urandom(6 * 1024 * 1024)))
+        assert rejected.value.status == 413
+    finally:
+        stop()
+
+
+def test_no_proxy_ranges_and_ports_are_read_as_requests_reads_them(proxy, no_proxy_env, monkeypatch):
+    """requests checks no_proxy itself (CIDR ranges for addresses, ``host:port`` suffixes) before urllib's check."""
+    from rfwatch.roboflow.transport import Transport
+
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    for no_proxy, url, direct in [
+        ("127.0.0.0/8", "http://127.0.0.1:8080", True),
+        ("10.0.0.0/8", "http://127.0.0.1:8080", False),
+        ("localhost:8080", "http://localhost:8080", True),
+        ("localhost:9090", "http://localhost:8080", False),
+        (".example.com", "http://infer.example.com", True),
+        ("", "http://infer.example.com", False),
+    ]:
+        monkeypatch.setenv("NO_PROXY", no_proxy)
+        route = Transport(url, "t")._route
+        assert (route.proxy is None) == direct, (no_proxy, url)
+
+
+def test_paths_are_percent_encoded_and_the_key_stays_out_of_errors_and_logs(server, no_proxy_env, caplog):
+    """A project name with a space, a non-ASCII letter or a ``?`` reaches the server percent-encoded (as requests
+    sent it): the server's answer (here: no such model) is what the caller hears, and the key is in no message."""
+    import logging
+
+    from rfwatch.roboflow.client import RoboflowClient
+
+    caplog.set_level(logging.DEBUG, logger="rfwatch.roboflow.transport")
+    image = unique_jpeg((230, 10, 10), 3)
+    for model in ("my project/3", "café/3", "odd?x/3"):
+        client = RoboflowClient(api_key=VALID_KEY, model=model, api_url=server.url)
+        with pytest.raises(ApiError) as answered:
+            client._post(client._model(None), base64.b64encode(image))
+        assert answered.value.status in (403, 404) and VALID_KEY not in str(answered.value), model
+    paths = [r.path for r in server.inference_requests()[-3:]]
+    assert paths == ["/my%20project/3", "/caf%C3%A9/3", "/odd%3Fx/3"]
+    assert "/odd%3Fx/3?api_key=***" in caplog.text and VALID_KEY not in caplog.text
+
+
+def test_a_user_and_password_in_the_url_are_sent_and_netrc_comes_first(tmp_path, platform, no_proxy_env, monkeypatch):
+    host = platform.url.removeprefix("http://")
+    client = PlatformClient(VALID_KEY, f"http://scanner:s3cret@{host}")
+    assert client.workspace() == platform.catalog.workspace
+    assert platform.requests[-1].headers["authorization"] == "Basic " + base64.b64encode(b"scanner:s3cret").decode()
+    netrc_file = tmp_path / "netrc"
+    netrc_file.write_text("machine 127.0.0.1 login other password pw2\n")
+    netrc_file.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc_file))
+    PlatformClient(VALID_KEY, f"http://scanner:s3cret@{host}").workspace()
+    assert platform.requests[-1].headers["authorization"] == "Basic " + base64.b64encode(b"other:pw2").decode()
+
+
+def test_a_proxy_url_that_cannot_be_read_fails_every_call_without_showing_it(platform, no_proxy_env, monkeypatch):
+    monkeypatch.setenv("HTTP_PROXY", "http://scanner:pa/ss99@127.0.0.1:3128")  # an unencoded "/" in the password
+    with pytest.raises(PlatformUnavailable, match="proxy URL cannot be read") as refused:
+        PlatformClient(VALID_KEY, platform.url).workspace()
+    assert "scanner" not in str(refused.value) and "ss99" not in str(refused.value) and platform.requests == []
+
+
+def test_a_get_whose_answer_had_begun_is_not_sent_again(no_proxy_env):
+    """Only a GET that got no answer at all on a kept connection is sent once more: one whose status line came and
+    whose connection broke during the body reached the server."""
+    seen: list[str] = []
+
+    def serve(conn: socket.socket, number: int) -> None:
+        with conn:
+            doc = json.dumps({"workspace": "acme"}).encode()
+            for request in (1, 2):
+                if not _read_head(conn):
+                    return
+                seen.append(f"conn{number} req{request}")
+                if request == 1:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(doc), doc))
+                else:  # a status line and headers, then the connection cut mid-body
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{")
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    return
+
+    url, stop = _raw_server(serve)
+    try:
+        client = PlatformClient(VALID_KEY, url)
+        assert client.workspace() == "acme"
+        with pytest.raises(PlatformUnavailable):
+            client.workspace()
+        time.sleep(0.2)
+        assert seen == ["conn1 req1", "conn1 req2"]
+    finally:
+        stop()

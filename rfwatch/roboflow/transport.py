@@ -10,22 +10,30 @@ answer on 127.0.0.1). Both APIs' calls are plain: a GET or a POST with a body, a
 It takes from the environment what requests would, read once when the transport is made (not for each request,
 which is what requests does: a proxy set after start is not seen, as with any setting):
 
-- proxies: ``https_proxy``/``http_proxy``/``all_proxy`` and ``no_proxy`` (``urllib.request.getproxies`` and
-  ``proxy_bypass``, the functions requests itself calls); an HTTPS request through a proxy is tunnelled
-  (CONNECT), with the proxy URL's user and password as Basic proxy authorization. Only an ``http://`` proxy URL
-  (the usual kind): one that speaks TLS itself (``https://``) or SOCKS fails every call, saying so;
+- proxies: ``https_proxy``/``http_proxy``/``all_proxy`` (``urllib.request.getproxies``, which requests calls) and
+  ``no_proxy`` as requests reads it (CIDR ranges for addresses, ``host:port`` and domain suffixes, then urllib's
+  ``proxy_bypass``); an HTTPS request through a proxy is tunnelled (CONNECT), with the proxy URL's user and password
+  as Basic proxy authorization. Only an ``http://`` proxy URL (the usual kind): one that speaks TLS itself
+  (``https://``), SOCKS, or a URL that cannot be read fails every call, saying so without showing the URL;
 - the CA bundle: ``REQUESTS_CA_BUNDLE``, else ``CURL_CA_BUNDLE``, else certifi's (requests' default);
   certificates and host names are always verified;
 - ~/.netrc (or ``$NETRC``): a machine entry for the host is sent as Basic authorization (a self-hosted inference
-  server behind a reverse proxy that asks for it), as requests does.
+  server behind a reverse proxy that asks for it), before a user and password in the URL itself, as requests does.
 
-What it does not do, unlike requests: follow redirects (no source says either API redirects; a 3xx is an answer
-the caller reports with its status), or ask for gzip (the answers are small JSON).
+Paths are percent-encoded (a project name with a space or a ``?``), as requests did. An answer the server sends
+before it has read a large body (a 413, then the connection closed) is the answer reported, not the broken send.
+
+Where it differs from requests (no source shows Roboflow's servers depending on any of it): redirects are not followed (a 3xx is an
+answer the caller reports with its status); a body is sent under the read timeout, not the connect timeout;
+error bodies are decoded as UTF-8; a repeated header keeps its last value; ~/_netrc is not read; gzip is not
+asked for (the answers are small JSON) and ``Accept`` is ``application/json``; and a GET that found its kept
+connection closed before any answer is sent once more on a new one (requests, with no retries, reported it).
 
 Connections are kept alive and reused, one request at a time each, by any thread (at most ``max_idle`` kept
 idle, like requests' pool): the second round trip of a first run reuses the first's connection (no second TCP
-and TLS handshake). An idle connection the server has closed is noticed before reuse, and a GET that finds it
-closed anyway is sent once more on a new one (a POST is not: it may have reached the server).
+and TLS handshake). An idle connection the server has closed is noticed before reuse. A POST is never sent twice
+by the transport (it may have reached the server; the inference client's own retries decide), nor is a GET whose
+answer had begun.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from __future__ import annotations
 import base64
 import enum
 import http.client
+import ipaddress
 import logging
 import netrc
 import os
@@ -42,7 +51,7 @@ import ssl
 import threading
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["Answer", "Failure", "Transport", "TransportError"]
 
@@ -77,13 +86,20 @@ class Answer:
 
 
 @dataclass(frozen=True)
+class _Proxy:
+    host: str
+    port: int
+    authorization: str | None = field(default=None, repr=False)  # Basic, from the proxy URL's user and password
+
+
+@dataclass(frozen=True)
 class _Route:
     """How to reach one origin: directly, or through a proxy (tunnelled for https)."""
 
     scheme: str
     host: str
     port: int
-    proxy: urllib.parse.SplitResult | None
+    proxy: _Proxy | None
 
 
 class Transport:
@@ -93,34 +109,30 @@ class Transport:
             raise ValueError(f"not an http(s) URL: {base_url}")
         self.user_agent = user_agent
         self._prefix = parts.path.rstrip("/")
+        #: A proxy this transport cannot speak to (TLS to the proxy itself, SOCKS) or cannot read: every request
+        #: fails, saying so (never going around it).
+        self._unsupported: str | None = None
         proxy = None
-        proxies = urllib.request.getproxies()
-        if not urllib.request.proxy_bypass(parts.hostname):
+        found = None
+        if not _bypasses_proxy(parts.hostname, parts.port):
+            proxies = urllib.request.getproxies()
             found = proxies.get(parts.scheme) or proxies.get("all")
-            if found:
-                proxy = urllib.parse.urlsplit(found if "://" in found else f"http://{found}")
-        #: Basic proxy authorization from the proxy URL's user and password: in the CONNECT for https, in each
-        #: request for http.
-        self._proxy_auth: dict[str, str] = {}
-        if proxy is not None and proxy.username:
-            pair = f"{urllib.parse.unquote(proxy.username)}:{urllib.parse.unquote(proxy.password or '')}"
-            self._proxy_auth["Proxy-Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
-        self._route = _Route(
-            parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), proxy
-        )
-        #: A proxy this transport cannot speak to (TLS to the proxy itself, SOCKS): every request fails, saying so.
-        self._unsupported = None
-        if proxy is not None and proxy.scheme != "http":
-            self._unsupported = (
-                f"the environment's {proxy.scheme}:// proxy is not supported for the platform API (an http:// proxy "
-                "URL is: https is tunnelled through it)"
-            )
+        if found:
+            try:
+                proxy = _read_proxy(found)
+            except ValueError as exc:
+                self._unsupported = str(exc)
+        default_port = 443 if parts.scheme == "https" else 80
+        self._route = _Route(parts.scheme, parts.hostname, parts.port or default_port, proxy)
         #: Made at the first https connection: loading the CA bundle takes tens of ms, which then pass in the thread
         #: that connects, with the GIL released (a first run's platform thread, while rfwatch is still loading).
         self._context: ssl.SSLContext | None = None
-        self._auth = _netrc_auth(parts.hostname)
+        self._context_lock = threading.Lock()
+        # requests' order: a ~/.netrc entry for the host, else the URL's own user and password.
+        self._auth = _netrc_auth(parts.hostname) or _basic(parts.username, parts.password)
         self._max_idle = max(1, max_idle)
         self._idle: list[http.client.HTTPConnection] = []
+        self._closed = False
         self._lock = threading.Lock()
 
     def request(
@@ -132,53 +144,63 @@ class Transport:
         content_type: str | None,
         timeout: tuple[float, float],
     ) -> Answer:
-        """``path`` below the base URL, with ``params`` as its query; ``timeout``: (connect, read) seconds."""
+        """``path`` below the base URL (percent-encoded here, as requests does), with ``params`` as its query;
+        ``timeout``: (connect, read) seconds."""
         if self._unsupported:
             raise TransportError(self._unsupported)
-        target = self._target(path, params)
+        quoted = urllib.parse.quote(self._prefix + path, safe=_PATH_SAFE)
+        target = self._target(quoted, params)
         headers = {"User-Agent": self.user_agent, "Accept": "application/json", "Connection": "keep-alive"}
         if body is not None:
             headers["Content-Type"] = content_type or "application/octet-stream"
-        if self._route.scheme == "http":
-            headers.update(self._proxy_auth)  # empty unless a plain proxy with a user
+        proxy = self._route.proxy
+        if proxy is not None and proxy.authorization and self._route.scheme == "http":
+            headers["Proxy-Authorization"] = proxy.authorization  # a plain proxy reads it from each request
         if self._auth:
             headers["Authorization"] = self._auth
         conn, reused = self._connection(timeout)
         try:
-            return self._exchange(conn, method, target, body, headers, timeout)
+            answer = self._exchange(conn, method, target, body, headers, timeout)
+        except _Connecting as connecting:
+            conn.close()
+            raise _failure(connecting.cause, connecting=True) from None
+        except _Answered as answered:  # the status line had come: never sent again
+            conn.close()
+            raise _failure(answered.cause, connecting=False) from None
         except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
             conn.close()
             if not (reused and method == "GET"):
                 raise _failure(exc, connecting=False) from None
-            # A kept connection the server closed as it was reused: once more on a new one (only a GET: a POST
-            # may have reached the server).
-        except _Connecting as connecting:
-            conn.close()
-            raise _failure(connecting.cause, connecting=True) from None
+            # A kept connection the server closed as it was reused, before any answer: once more on a new one
+            # (only a GET: a POST may have reached the server).
+            conn = self._new_connection(timeout)
+            try:
+                answer = self._exchange(conn, method, target, body, headers, timeout)
+            except (_Connecting, _Answered) as failed:
+                conn.close()
+                raise _failure(failed.cause, connecting=isinstance(failed, _Connecting)) from None
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                raise _failure(exc, connecting=False) from None
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
             raise _failure(exc, connecting=False) from None
-        conn = self._new_connection(timeout)
-        try:
-            return self._exchange(conn, method, target, body, headers, timeout)
-        except _Connecting as connecting:
-            conn.close()
-            raise _failure(connecting.cause, connecting=True) from None
-        except (OSError, http.client.HTTPException) as exc:
-            conn.close()
-            raise _failure(exc, connecting=False) from None
+        if log.isEnabledFor(logging.DEBUG):  # as urllib3 logs each request (-vv), the key masked
+            log.debug('"%s %s" %d %d', method, _logged(quoted, params), answer.status, len(answer.body))
+        return answer
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True  # a request still out closes its connection instead of keeping it
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
 
     # --- plumbing ----------------------------------------------------------------------
 
-    def _target(self, path: str, params: list[tuple[str, str]]) -> str:
+    def _target(self, quoted: str, params: list[tuple[str, str]]) -> str:
         route = self._route
-        target = self._prefix + path + ("?" + urllib.parse.urlencode(params) if params else "")
+        target = quoted + ("?" + urllib.parse.urlencode(params) if params else "")
         if route.proxy is not None and route.scheme == "http":  # a plain proxy is asked for the absolute URL
             host = f"[{route.host}]" if ":" in route.host else route.host  # an IPv6 literal keeps its brackets
             return f"http://{host}:{route.port}{target}"
@@ -200,16 +222,26 @@ class Transport:
             except (OSError, http.client.HTTPException) as exc:
                 raise _Connecting(exc) from None
         conn.sock.settimeout(timeout[1])
-        conn.request(method, target, body=body, headers=headers)
-        resp = conn.getresponse()
-        data = resp.read()
+        try:
+            conn.request(method, target, body=body, headers=headers)
+        except (BrokenPipeError, ConnectionResetError) as sending:
+            # A server may answer before it has read the whole body (a 413 for a body too large, a 401) and close:
+            # that answer is the one to report, as requests does, not the broken send.
+            try:
+                resp = conn.getresponse()
+            except (OSError, http.client.HTTPException):
+                raise sending from None
+        else:
+            resp = conn.getresponse()
+        try:
+            data = resp.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise _Answered(exc) from None
         answer = Answer(resp.status, resp.reason or "", data, resp.headers)
-        if log.isEnabledFor(logging.DEBUG):  # as urllib3 logs each request (-vv), the key masked here already
-            log.debug('"%s %s" %d %d', method, _masked(target), resp.status, len(data))
         keep = not resp.will_close
         if keep:
             with self._lock:
-                keep = len(self._idle) < self._max_idle
+                keep = not self._closed and len(self._idle) < self._max_idle
                 if keep:
                     self._idle.append(conn)
         if not keep:
@@ -229,32 +261,104 @@ class Transport:
     def _new_connection(self, timeout: tuple[float, float]) -> http.client.HTTPConnection:
         route = self._route
         if route.scheme == "https" and self._context is None:
-            context = ssl.create_default_context(cafile=_ca_bundle())
-            with self._lock:
-                self._context = self._context or context
-        if route.proxy is None:
+            with self._context_lock:  # once, whichever thread comes first (each build costs ~20 ms of CPU)
+                if self._context is None:
+                    self._context = ssl.create_default_context(cafile=_ca_bundle())
+        proxy = route.proxy
+        if proxy is None:
             if route.scheme == "https":
                 return http.client.HTTPSConnection(route.host, route.port, timeout=timeout[0], context=self._context)
             return http.client.HTTPConnection(route.host, route.port, timeout=timeout[0])
-        proxy = route.proxy
-        if route.scheme == "https":  # CONNECT through the proxy, then TLS with the platform itself
+        if route.scheme == "https":  # CONNECT through the proxy, then TLS with the host itself
             conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-                proxy.hostname, proxy.port or 80, timeout=timeout[0], context=self._context
+                proxy.host, proxy.port, timeout=timeout[0], context=self._context
             )
-            conn.set_tunnel(route.host, route.port, headers=self._proxy_auth)
+            tunnel = {"Proxy-Authorization": proxy.authorization} if proxy.authorization else None
+            conn.set_tunnel(route.host, route.port, headers=tunnel)
+            return conn
+        return http.client.HTTPConnection(proxy.host, proxy.port, timeout=timeout[0])
+
+
+#: What a request's path keeps as it is when percent-encoded (requests' requote_uri keeps these too).
+_PATH_SAFE = "/:@!$&'()*+,;=-._~%"
+
+
+def _read_proxy(url: str) -> _Proxy:
+    """The environment's proxy URL; ValueError, with a message that holds no part of the URL, if unusable."""
+    try:
+        parts = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
+        scheme, host, port = parts.scheme, parts.hostname, parts.port
+    except ValueError:
+        raise ValueError(
+            "the environment's proxy URL cannot be read (its port, or a character in its user or password that "
+            "should be percent-encoded)"
+        ) from None
+    if scheme != "http":
+        raise ValueError(
+            f"the environment's {scheme}:// proxy is not supported for Roboflow's APIs (an http:// proxy URL is: "
+            "https is tunnelled through it)"
+        )
+    if not host:
+        raise ValueError("the environment's proxy URL names no host")
+    return _Proxy(host, port or 80, _basic(parts.username, parts.password))
+
+
+def _basic(user: str | None, password: str | None) -> str | None:
+    if not user:
+        return None
+    pair = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password or '')}"
+    return "Basic " + base64.b64encode(pair.encode()).decode("ascii")
+
+
+def _bypasses_proxy(host: str, port: int | None) -> bool:
+    """Whether ``no_proxy`` sends ``host`` straight to it, as requests decides (requests/utils.py
+    should_bypass_proxies): an IPv4 address against each entry's CIDR range or address, a name (with its port, when
+    the URL has one) against each entry as a suffix; then urllib's proxy_bypass (which requests calls too)."""
+    no_proxy = os.environ.get("no_proxy") or os.environ.get("NO_PROXY")
+    if no_proxy:
+        entries = [entry for entry in no_proxy.replace(" ", "").split(",") if entry]
+        address = _ipv4(host)
+        if address is not None:
+            for entry in entries:
+                if "/" in entry:
+                    try:
+                        if address in ipaddress.IPv4Network(entry, strict=False):
+                            return True
+                    except ValueError:
+                        continue
+                elif entry == host:
+                    return True
         else:
-            conn = http.client.HTTPConnection(proxy.hostname, proxy.port or 80, timeout=timeout[0])
-        return conn
+            with_port = f"{host}:{port}" if port else host
+            if any(host.endswith(entry) or with_port.endswith(entry) for entry in entries):
+                return True
+    try:
+        return bool(urllib.request.proxy_bypass(host))
+    except (TypeError, OSError):
+        return False
 
 
-def _masked(target: str) -> str:
-    """A request's target for a log line: the ``api_key`` value masked (this may run before the log's redaction is
+def _ipv4(host: str) -> ipaddress.IPv4Address | None:
+    try:
+        return ipaddress.IPv4Address(host)
+    except ValueError:
+        return None
+
+
+def _logged(quoted: str, params: list[tuple[str, str]]) -> str:
+    """A request's target for a log line, the ``api_key`` value masked (this may run before the log's redaction is
     installed: a first run's platform questions)."""
-    path, _, query = target.partition("?")
-    if not query:
-        return path
-    pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
-    return path + "?" + "&".join(f"{k}={'***' if k == 'api_key' else urllib.parse.quote(v)}" for k, v in pairs)
+    if not params:
+        return quoted
+    return quoted + "?" + "&".join(f"{k}={'***' if k == 'api_key' else urllib.parse.quote(v)}" for k, v in params)
+
+
+class _Answered(Exception):
+    """Raised by _exchange when the connection broke after the answer's status line: the request reached the
+    server, so it is never sent again."""
+
+    def __init__(self, cause: BaseException) -> None:
+        self.cause = cause
 
 
 class _Connecting(Exception):
