@@ -159,32 +159,23 @@ class Transport:
         if self._auth:
             headers["Authorization"] = self._auth
         conn, reused = self._connection(timeout)
-        try:
-            answer = self._exchange(conn, method, target, body, headers, timeout)
-        except _Connecting as connecting:
-            conn.close()
-            raise _failure(connecting.cause, connecting=True) from None
-        except _Answered as answered:  # the status line had come: never sent again
-            conn.close()
-            raise _failure(answered.cause, connecting=False) from None
-        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
-            conn.close()
-            if not (reused and method == "GET"):
-                raise _failure(exc, connecting=False) from None
-            # A kept connection the server closed as it was reused, before any answer: once more on a new one
-            # (only a GET: a POST may have reached the server).
-            conn = self._new_connection(timeout)
+        while True:
             try:
                 answer = self._exchange(conn, method, target, body, headers, timeout)
-            except (_Connecting, _Answered) as failed:
+                break
+            except (_Connecting, _Answered) as failed:  # no connection; or the answer had begun: never resent
                 conn.close()
                 raise _failure(failed.cause, connecting=isinstance(failed, _Connecting)) from None
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
+                conn.close()
+                if not (reused and method == "GET"):
+                    raise _failure(exc, connecting=False) from None
+                # A kept connection the server closed as it was reused, before any answer: once more on a new one
+                # (only a GET: a POST may have reached the server).
+                conn, reused = self._new_connection(timeout), False
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
                 raise _failure(exc, connecting=False) from None
-        except (OSError, http.client.HTTPException) as exc:
-            conn.close()
-            raise _failure(exc, connecting=False) from None
         if log.isEnabledFor(logging.DEBUG):  # as urllib3 logs each request (-vv), the key masked
             log.debug('"%s %s" %d %d', method, _logged(quoted, params), answer.status, len(answer.body))
         return answer
