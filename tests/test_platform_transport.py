@@ -404,14 +404,18 @@ def test_paths_are_percent_encoded_and_the_key_stays_out_of_errors_and_logs(serv
 
 def test_a_user_and_password_in_the_url_are_sent_and_netrc_comes_first(tmp_path, platform, no_proxy_env, monkeypatch):
     host = platform.url.removeprefix("http://")
-    client = PlatformClient(VALID_KEY, f"http://scanner:s3cret@{host}")
+    client = PlatformClient(VALID_KEY, f"http://scanner:s3cret-pw@{host}")
     assert client.workspace() == platform.catalog.workspace
-    assert platform.requests[-1].headers["authorization"] == "Basic " + base64.b64encode(b"scanner:s3cret").decode()
+    platform.fail_next(503)
+    with pytest.raises(PlatformUnavailable) as unavailable:  # its message quotes the URL: the password masked
+        client.workspace()
+    assert "s3cret-pw" not in str(unavailable.value) and "scanner:***@" in str(unavailable.value)
+    assert platform.requests[0].headers["authorization"] == "Basic " + base64.b64encode(b"scanner:s3cret-pw").decode()
     netrc_file = tmp_path / "netrc"
     netrc_file.write_text("machine 127.0.0.1 login other password pw2\n")
     netrc_file.chmod(0o600)
     monkeypatch.setenv("NETRC", str(netrc_file))
-    PlatformClient(VALID_KEY, f"http://scanner:s3cret@{host}").workspace()
+    PlatformClient(VALID_KEY, f"http://scanner:s3cret-pw@{host}").workspace()
     assert platform.requests[-1].headers["authorization"] == "Basic " + base64.b64encode(b"other:pw2").decode()
 
 

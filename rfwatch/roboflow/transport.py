@@ -53,6 +53,8 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 
+from rfwatch.redact import register_secret
+
 __all__ = ["Answer", "Failure", "Transport", "TransportError"]
 
 log = logging.getLogger(__name__)
@@ -128,7 +130,10 @@ class Transport:
         #: that connects, with the GIL released (a first run's platform thread, while rfwatch is still loading).
         self._context: ssl.SSLContext | None = None
         self._context_lock = threading.Lock()
-        # requests' order: a ~/.netrc entry for the host, else the URL's own user and password.
+        # requests' order: a ~/.netrc entry for the host, else the URL's own user and password (masked from now on
+        # wherever rfwatch's messages and logs are redacted, like the key: the URL itself is quoted in messages).
+        if parts.password:
+            register_secret(urllib.parse.unquote(parts.password))
         self._auth = _netrc_auth(parts.hostname) or _basic(parts.username, parts.password)
         self._max_idle = max(1, max_idle)
         self._idle: list[http.client.HTTPConnection] = []
@@ -291,6 +296,8 @@ def _read_proxy(url: str) -> _Proxy:
         )
     if not host:
         raise ValueError("the environment's proxy URL names no host")
+    if parts.password:
+        register_secret(urllib.parse.unquote(parts.password))
     return _Proxy(host, port or 80, _basic(parts.username, parts.password))
 
 
