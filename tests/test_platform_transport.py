@@ -213,39 +213,59 @@ def test_a_first_runs_early_questions_need_neither_requests_nor_the_image_or_plu
     assert '"GET /?api_key=***" 200' in ran.stderr and VALID_KEY not in ran.stderr
 
 
+def _raw_server(serve):
+    """A server on 127.0.0.1 speaking raw HTTP as ``serve(conn, number)`` scripts it, one thread per connection."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def accept() -> None:
+        number = 0
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            number += 1
+            threading.Thread(target=serve, args=(conn, number), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return f"http://127.0.0.1:{listener.getsockname()[1]}", listener.close
+
+
+def _read_head(conn: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def test_a_get_on_a_connection_closed_as_it_was_reused_is_sent_again_a_post_is_not(no_proxy_env):
     """A server (or a load balancer in front of it) may close a kept connection just as the next request arrives:
     nothing was readable when it was checked. A GET is sent once more on a new connection (requests, with no
     retries, reported it instead); a POST (an upload) may have reached the server, and is reported, never sent twice
     by the transport."""
     answer = json.dumps({"workspace": "acme"}).encode()
-    listener = socket.create_server(("127.0.0.1", 0))
     served: list[str] = []
 
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            with conn:
-                first = True
-                while True:
-                    data = conn.recv(65536)
-                    if not data:
-                        break
-                    line = data.split(b"\r\n", 1)[0].decode()
-                    if not first:  # the connection's second request: closed without an answer
-                        served.append("closed at " + line.split()[0])
-                        break
-                    first = False
-                    served.append("answered " + line.split()[0])
-                    head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(answer)}\r\n\r\n"
-                    conn.sendall(head.encode() + answer)
+    def serve(conn: socket.socket, number: int) -> None:
+        with conn:
+            for request in (1, 2):
+                head = _read_head(conn)
+                if not head:
+                    return
+                method = head.split(b" ", 1)[0].decode()
+                if request == 2:  # the connection's second request: closed without an answer
+                    served.append("closed at " + method)
+                    return
+                served.append("answered " + method)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                             % (len(answer), answer))  # fmt: skip
 
-    threading.Thread(target=serve, daemon=True).start()
+    url, stop = _raw_server(serve)
     try:
-        client = PlatformClient(VALID_KEY, f"http://127.0.0.1:{listener.getsockname()[1]}")
+        client = PlatformClient(VALID_KEY, url)
         assert client.workspace() == "acme"
         assert client.workspace() == "acme"  # the kept connection was closed on it; sent again on a new one
         assert served == ["answered GET", "closed at GET", "answered GET"]
@@ -253,7 +273,7 @@ def test_a_get_on_a_connection_closed_as_it_was_reused_is_sent_again_a_post_is_n
             client.upload("colors", b"\xff\xd8 not really a jpeg", "x.jpg")
         assert served[-1] == "closed at POST" and served.count("answered POST") == 0
     finally:
-        listener.close()
+        stop()
 
 
 _RUN_PROBE = """
@@ -308,34 +328,6 @@ def test_a_netrc_entry_for_the_host_is_sent_as_basic_authorization(tmp_path, ser
 
 
 # --- what requests did and the transport must too (a review of the change found each one missing) -----------------
-
-
-def _raw_server(serve):
-    """A server on 127.0.0.1 speaking raw HTTP as ``serve(conn, number)`` scripts it, one thread per connection."""
-    listener = socket.create_server(("127.0.0.1", 0))
-
-    def accept() -> None:
-        number = 0
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            number += 1
-            threading.Thread(target=serve, args=(conn, number), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-    return f"http://127.0.0.1:{listener.getsockname()[1]}", listener.close
-
-
-def _read_head(conn: socket.socket) -> bytes:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = conn.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def test_an_answer_sent_before_a_large_body_was_read_is_the_answer_reported(no_proxy_env):
@@ -410,6 +402,7 @@ def test_a_user_and_password_in_the_url_are_sent_and_netrc_comes_first(tmp_path,
     with pytest.raises(PlatformUnavailable) as unavailable:  # its message quotes the URL: the password masked
         client.workspace()
     assert "s3cret-pw" not in str(unavailable.value) and "scanner:***@" in str(unavailable.value)
+    assert "s3cret-pw" not in repr(client)
     assert platform.requests[0].headers["authorization"] == "Basic " + base64.b64encode(b"scanner:s3cret-pw").decode()
     netrc_file = tmp_path / "netrc"
     netrc_file.write_text("machine 127.0.0.1 login other password pw2\n")

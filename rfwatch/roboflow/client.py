@@ -209,7 +209,7 @@ class RoboflowClient:
         self._transport = Transport(self.api_url, "rfwatch/0.1", max_idle=self.pool_size)
 
     def __repr__(self) -> str:  # the dataclass repr would print the key
-        return f"RoboflowClient(model={self.model}, api_url={self.api_url!r})"
+        return f"RoboflowClient(model={self.model}, api_url={redact(self.api_url)!r})"  # a password in it masked
 
     @property
     def model_key(self) -> str:

@@ -89,7 +89,7 @@ class PlatformClient:
         self._transport = Transport(self.url, "rfwatch/0.1")
 
     def __repr__(self) -> str:  # never the key
-        return f"PlatformClient(url={self.url!r})"
+        return f"PlatformClient(url={redact(self.url)!r})"  # a password in it masked
 
     def close(self) -> None:
         self._transport.close()

@@ -108,7 +108,7 @@ class Transport:
     def __init__(self, base_url: str, user_agent: str, max_idle: int = 4) -> None:
         parts = urllib.parse.urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an http(s) URL: {base_url}")
+            raise ValueError(f"not an http(s) URL (scheme {parts.scheme!r})")  # the URL may hold a password
         self.user_agent = user_agent
         self._prefix = parts.path.rstrip("/")
         #: A proxy this transport cannot speak to (TLS to the proxy itself, SOCKS) or cannot read: every request
