@@ -164,6 +164,7 @@ SORT_POINTS = [
     ("place.after_rename", 3),
     ("place.after_rename", 6),  # green's annotated copy in place (quarantine, move + sidecar, copy + sidecar first)
     ("place.after_copy", 1),
+    ("place.after_copy", 2),  # the copy's sidecar (its temporary file named in the intent before it exists)
     ("place.after_fsync", 1),
     ("quarantine.before_move", 1),
     ("quarantine.after_move", 1),

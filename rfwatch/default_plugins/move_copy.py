@@ -55,13 +55,15 @@ class PlaceAction:
         if resumed.get("target") and resumed.get("src") == str(src):
             target = Path(resumed["target"])
             tmp = Path(resumed["tmp"]) if resumed.get("tmp") else None
+            if resumed.get("sidecar_tmp"):  # a sidecar's copy cut short by the crash (see _carry_sidecar)
+                Path(resumed["sidecar_tmp"]).unlink(missing_ok=True)
             if recover_placement(src, target, tmp, ctx.sha256, self.keep_source):
                 if resumed.get("duplicate"):
                     # What is there was there before us (on_conflict: dedupe): never claimed as ours, so
                     # undo restores a copy and leaves it alone.
                     return self._done(ctx, src, target, "duplicate", [], True)
                 # The crash may have come between the file and its sidecars.
-                carried = [self._carry_sidecar(src, s, target) for s in sidecars_of(src)]
+                carried = [self._carry_sidecar(ctx, resumed, src, s, target) for s in sidecars_of(src)]
                 made = resumed.get("made_dirs") or []
                 return self._done(
                     ctx, src, target, "copied" if self.keep_source else "moved", carried, True, made_dirs=made
@@ -70,21 +72,37 @@ class PlaceAction:
         sidecars = sidecars_of(src)
         made = _missing_folders(dst.parent)  # the folders this placement creates: undo removes them when empty
 
+        intent: dict[str, Any] = {}
+
         def record(**detail: Any) -> None:
-            ctx.intent(src=str(src), made_dirs=made, **detail)
+            intent.clear()
+            intent.update(src=str(src), made_dirs=made, **detail)
+            ctx.intent(**intent)
 
         placed = place_file(
             src, dst, keep_source=self.keep_source, on_conflict=self.on_conflict, src_hash=ctx.sha256, record=record
         )
         carried = []
         if placed.outcome in ("moved", "copied"):
-            carried = [self._carry_sidecar(src, sidecar, placed.path) for sidecar in sidecars]
+            carried = [self._carry_sidecar(ctx, intent, src, sidecar, placed.path) for sidecar in sidecars]
         return self._done(ctx, src, placed.path, placed.outcome, carried, made_dirs=made)
 
-    def _carry_sidecar(self, src: Path, sidecar: Path, placed: Path) -> dict[str, str] | None:
+    def _carry_sidecar(
+        self, ctx: FileContext, intent: dict[str, Any], src: Path, sidecar: Path, placed: Path
+    ) -> dict[str, str] | None:
+        """Place ``sidecar`` beside ``placed``. A copy goes through a temporary file: its name joins the step's
+        ``intent`` (the placement's own, which recovery still needs) before the file exists, so that a kill -9
+        meanwhile leaves nothing the restart does not remove."""
+
+        def record(**detail: Any) -> None:
+            if detail.get("tmp"):
+                ctx.intent(**{**intent, "sidecar_tmp": detail["tmp"]})
+
         name = placed.name + ".xmp" if sidecar.name == src.name + ".xmp" else placed.stem + sidecar.suffix
         try:
-            moved = place_file(sidecar, placed.with_name(name), keep_source=self.keep_source, on_conflict="overwrite")
+            moved = place_file(
+                sidecar, placed.with_name(name), keep_source=self.keep_source, on_conflict="overwrite", record=record
+            )
         except OSError as exc:
             log.warning("%s: sidecar %s not carried along: %s", src, sidecar.name, exc)
             return None
