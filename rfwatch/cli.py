@@ -133,11 +133,17 @@ def _save_annotated(source: str, image: str | bytes, prediction, save: str, many
     if many or out.is_dir() or save.endswith(os.sep):
         name = Path(source.split("?", 1)[0]).name if is_url(source) else Path(source).name
         out = out / (name or "image.jpg")
+    # A temporary name beside the copy, renamed over it once whole: an interrupted save leaves no half picture.
+    # Its suffix is the copy's, since the suffix chooses the format.
+    tmp = out.with_name(f".{out.stem}.rfwatch-tmp{out.suffix}")
     try:
-        annotate_image(image, prediction, out, name=source)
-    except ImageError as exc:
+        annotate_image(image, prediction, tmp, name=source)
+        os.replace(tmp, out)
+    except (ImageError, OSError) as exc:
         print(f"rfwatch: {exc}", file=sys.stderr)
         return 1
+    finally:
+        tmp.unlink(missing_ok=True)
     return 0
 
 

@@ -36,6 +36,8 @@ POINTS: dict[str, str] = {
     "place.after_fsync": "across filesystems: the temporary copy fsynced, not yet renamed into place",
     "place.after_tmp_rename": "across filesystems: the copy renamed into place, the source still there",
     "place.after_unlink": "across filesystems: the source removed, its folder not yet fsynced",
+    # derived files (rfwatch/host/annotate.py)
+    "annotate.after_save": "an annotated copy written to the name it was given (write_output's temporary one), not placed",
     # failed files
     "quarantine.before_move": "a failed file: about to be moved into failed:",
     "quarantine.after_move": "a failed file: moved into failed:, the step not yet finished",

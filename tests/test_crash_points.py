@@ -166,6 +166,7 @@ SORT_POINTS = [
     ("place.after_copy", 1),
     ("place.after_copy", 2),  # the copy's sidecar (its temporary file named in the intent before it exists)
     ("place.after_fsync", 1),
+    ("annotate.after_save", 1),  # red's annotated copy written, not yet placed (no second temporary file of its own)
     ("quarantine.before_move", 1),
     ("quarantine.after_move", 1),
     ("delivery.before_enqueue", 1),

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from rfwatch.crashpoints import crash_point
 from rfwatch.images.prepare import ImageError, Source, _to_rgb, open_image
 from rfwatch.roboflow.result import Prediction
 
@@ -34,9 +35,12 @@ _KEEPS_METADATA = {"JPEG", "PNG", "TIFF", "WEBP"}
 def annotate_image(
     source: Source, prediction: Prediction, out: str | os.PathLike[str], name: str | None = None
 ) -> Path:
-    """Write an upright copy of ``source`` with the label drawn on a banner; the source is only read.
+    """Write an upright copy of ``source`` with the label drawn on a banner to ``out``; the source is only read.
 
-    The copy keeps the original's ICC profile (an Adobe RGB or P3 photo must not shift colour) and its EXIF
+    ``out`` is written in place, with no temporary file of its own: the caller owns durability. An action
+    passes ``write_output``'s temporary name, which the step's intent names before it exists, so a kill -9
+    mid-write leaves nothing the redone step does not remove (a second, unjournaled temporary name here was
+    left behind by such a kill). ``classify --save`` writes through its own temporary name. The copy keeps the original's ICC profile (an Adobe RGB or P3 photo must not shift colour) and its EXIF
     (with the orientation tag gone, since the pixels are now upright). ``source`` may be bytes named ``name``.
     """
     out = Path(out)
@@ -55,15 +59,13 @@ def annotate_image(
     draw.rectangle((0, 0, right - left + 2 * pad, bottom - top + 2 * pad), fill=(0, 0, 0))
     draw.text((pad - left, pad - top), text, fill=(255, 255, 255), font=font)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.rfwatch-tmp")
     fmt = Image.registered_extensions().get(out.suffix.lower(), "JPEG")
     try:
         options: dict[str, object] = {"quality": 90} if fmt == "JPEG" else {}
         if fmt in _KEEPS_METADATA:
             options.update({k: canvas.info[k] for k in ("icc_profile", "exif") if canvas.info.get(k)})
-        canvas.save(tmp, format=fmt, **options)
-        os.replace(tmp, out)
+        canvas.save(out, format=fmt, **options)
+        crash_point("annotate.after_save")
     except (OSError, ValueError) as exc:
-        tmp.unlink(missing_ok=True)
         raise ImageError(out, f"cannot write annotated copy: {exc}") from None
     return out
