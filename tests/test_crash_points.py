@@ -297,6 +297,43 @@ def test_every_crash_point_while_restoring_an_original(tmp_path, server, api_key
     assert _walk(RESTORE_POINTS, _restore, tmp_path, server) == {p for p, _ in RESTORE_POINTS}
 
 
+UNDO_ACROSS_POINTS = [
+    ("place.after_tmp_rename", 1),  # the file back in the inbox, its copy on the other filesystem still there
+    ("place.after_copy", 2),  # the sidecar's temporary copy written (named in the intent before it exists)
+    ("place.after_tmp_rename", 2),  # the sidecar back, its old copy still there: no second "red (1).jpg.xmp"
+]
+
+_SIDECAR = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"/></x:xmpmeta>'
+
+
+def _undo_across(run: Run) -> None:
+    other = Path("/dev/shm") / f"rfwatch-test-{uuid.uuid4().hex[:8]}"
+    try:
+        cfg = run.config(rules=[{"then": [{"move": f"{other}/{{class}}/{{name}}"}]}])
+        run.inbox(**{"red.jpg": unique_jpeg(RED, 7)})
+        (run.root / "inbox" / "red.jpg.xmp").write_bytes(_SIDECAR)  # the photographer's own sidecar
+        assert run.cli("run", "-c", str(cfg), "--once").returncode == 0
+        assert sorted(p.name for p in files_under(other)) == ["red.jpg", "red.jpg.xmp"]
+        run.crashed(run.cli("undo", "-c", str(cfg), crash=True))
+        again = run.cli("undo", "-c", str(cfg))
+        assert again.returncode == 0, again.stdout + again.stderr
+        _once_placed(run, {"red.jpg": ("inbox/red.jpg",)})
+        inbox = sorted(p.name for p in (run.root / "inbox").iterdir())
+        assert inbox == ["red.jpg", "red.jpg.xmp"], f"{run.point}: {inbox}"
+        assert (run.root / "inbox" / "red.jpg.xmp").read_bytes() == _SIDECAR, run.point
+        assert files_under(other) == [], f"{run.point}: left on the other filesystem: {files_under(other)}"
+        assert [str(r.state) for r in run.journal().rows()] == ["undone"], run.point
+    finally:
+        shutil.rmtree(other, ignore_errors=True)
+
+
+def test_every_crash_point_undoing_a_move_across_filesystems(tmp_path, server, api_key):
+    """Undo moves the file and its sidecar back from another filesystem, each through a temporary copy."""
+    if os.stat(tmp_path).st_dev == os.stat("/dev/shm").st_dev:
+        pytest.skip("/dev/shm is on the same filesystem as the test folder here: no cross-filesystem move")
+    assert _walk(UNDO_ACROSS_POINTS, _undo_across, tmp_path, server) == {p for p, _ in UNDO_ACROSS_POINTS}
+
+
 UNDO_POINTS = [
     ("undo.step_begun", 1),
     ("undo.intent", 1),

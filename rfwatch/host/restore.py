@@ -21,7 +21,11 @@ def move_back(ctx: FileContext, result: dict[str, Any]) -> dict[str, Any]:
     wanted = Path(result["from"])
     resumed = ctx.resume or {}
     now_at: Path | None = None
+    intent: dict[str, Any] = {}
     if resumed.get("target") and resumed.get("src") == str(ctx.path):
+        if resumed.get("sidecar_tmp"):  # a sidecar's copy across filesystems cut short by the crash
+            Path(resumed["sidecar_tmp"]).unlink(missing_ok=True)
+        intent = {k: v for k, v in resumed.items() if k != "sidecar_tmp"}
         target = Path(resumed["target"])
         tmp = Path(resumed["tmp"]) if resumed.get("tmp") else None  # a copy across filesystems, half made
         if recover_placement(ctx.path, target, tmp, ctx.sha256, keep_source=False):
@@ -31,7 +35,9 @@ def move_back(ctx: FileContext, result: dict[str, Any]) -> dict[str, Any]:
             raise FileNotFoundError(f"{ctx.path} is no longer there: nothing to move back")
 
         def record(**detail: Any) -> None:
-            ctx.intent(src=str(ctx.path), **detail)
+            intent.clear()
+            intent.update(src=str(ctx.path), **detail)
+            ctx.intent(**intent)
 
         placed = place_file(
             ctx.path, wanted, keep_source=False, on_conflict=ConflictMode.RENAME, src_hash=ctx.sha256, record=record
@@ -44,11 +50,25 @@ def move_back(ctx: FileContext, result: dict[str, Any]) -> dict[str, Any]:
         here = Path(sidecar["to"])
         if here.exists():  # named after the file, wherever it went back to: "x (1).jpg.xmp" too
             name = now_at.name + ".xmp" if here.name == moved_from.name + ".xmp" else now_at.stem + here.suffix
-            place_file(here, now_at.with_name(name), keep_source=False, on_conflict=ConflictMode.RENAME)
+            _sidecar_back(ctx, intent, here, now_at.with_name(name))
     detail = f"moved back to {now_at}"
     if now_at != wanted:
         detail += f" ({wanted} is taken by other content)"
     return {"outcome": "undone", "detail": detail, "to": str(now_at)}
+
+
+def _sidecar_back(ctx: FileContext, intent: dict[str, Any], here: Path, wanted: Path) -> None:
+    """Move a sidecar back beside its file. Across filesystems it goes through a temporary copy, whose name
+    joins the step's intent (the file's own placement, which recovery still needs) before it exists, so a
+    kill -9 meanwhile leaves nothing the redone step does not remove. A crash after the copy was in place and
+    before the sidecar left ``here`` finds the same content at ``wanted``: ``dedupe`` drops the leftover
+    instead of making a second sidecar ``name (1).xmp``; other content there is never replaced."""
+
+    def record(**detail: Any) -> None:
+        if detail.get("tmp"):
+            ctx.intent(**{**intent, "sidecar_tmp": detail["tmp"]})
+
+    place_file(here, wanted, keep_source=False, on_conflict=ConflictMode.DEDUPE, record=record)
 
 
 def copy_back(ctx: FileContext, result: dict[str, Any]) -> dict[str, Any]:
