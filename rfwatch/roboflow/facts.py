@@ -253,14 +253,17 @@ class ModelFactsService:
         (or one that found the platform unreachable) stands for the daemon's first one.
         """
 
-        def due(model: str) -> bool:
+        def stale(model: str) -> bool:
             facts = self.get(model)
-            fresh = facts is not None and time.time() - facts.fetched <= self.max_age
-            return force or (not fresh and model not in self._asked)
+            return facts is None or time.time() - facts.fetched > self.max_age
 
-        wanted = [m for m in models if due(m)]
-        if wanted and self.platform is not None:
+        candidates = [m for m in models if force or stale(m)]
+        with self._lock:  # checked and marked at once: two threads refreshing together start one fetch
+            wanted = [m for m in candidates if force or m not in self._asked]
+            if self.platform is None:
+                wanted = []
             self._asked.update(wanted)
+        if wanted:
             thread = threading.Thread(target=self._fetch_all, args=(wanted,), name="rfwatch-model-facts", daemon=True)
             self._thread = thread
             thread.start()
