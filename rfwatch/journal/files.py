@@ -642,7 +642,7 @@ class Files:
         doc = self._json(result)
         # One mark per row (the table's key: two spellings of one path are one row): two writes of one row cannot go
         # in one statement (db.transact's ``independent``).
-        marks = list({self._loc(m[0]): m for m in map(_produced_mark, produced) if m is not None}.values())
+        marks = {self._loc(m[0]): m[1:] for m in map(_produced_mark, produced) if m is not None}
         state = StepState.DONE if ok else StepState.FAILED
 
         me = self._holder()  # resolved before the transaction (registering takes one of its own)
@@ -670,8 +670,8 @@ class Files:
                 " result=excluded.result, updated=excluded.updated, host=excluded.host",
                 (file_id, seq, kind, utf8_text(rule), action, state, doc, now, self.host),
             )
-            for mark in marks:
-                self._mark_produced(tx, *mark, file_id)
+            for (root, rel), (size, mtime_ns) in marks.items():
+                self._mark_located(tx, root, rel, size, mtime_ns, file_id)
             if also is not None:
                 also(tx)
             self.event(tx, file_id, *messages, at=now)
@@ -794,7 +794,9 @@ class Files:
     # --- files rfwatch wrote --------------------------------------------------------------------
 
     def _mark_produced(self, tx: Tx, path: Path, size: int, mtime_ns: int, file_id: int | None) -> None:
-        root, rel = self._loc(path)
+        self._mark_located(tx, *self._loc(path), size, mtime_ns, file_id)
+
+    def _mark_located(self, tx: Tx, root: str, rel: bytes, size: int, mtime_ns: int, file_id: int | None) -> None:
         tx.send(
             "INSERT INTO produced (path_root, path, size, mtime_ns, file_id) VALUES (?,?,?,?,?)"
             " ON CONFLICT (path_root, path) DO UPDATE SET size=excluded.size, mtime_ns=excluded.mtime_ns,"
