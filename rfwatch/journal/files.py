@@ -642,7 +642,8 @@ class Files:
         doc = self._json(result)
         # One mark per row (the table's key: two spellings of one path are one row): two writes of one row cannot go
         # in one statement (db.transact's ``independent``).
-        marks = {self._loc(m[0]): m[1:] for m in map(_produced_mark, produced) if m is not None}
+        located = ((*self._loc(m[0]), *m[1:]) for m in map(_produced_mark, produced) if m is not None)
+        marks = list({mark[:2]: mark for mark in located}.values())  # (root, rel, size, mtime_ns), by root and rel
         state = StepState.DONE if ok else StepState.FAILED
 
         me = self._holder()  # resolved before the transaction (registering takes one of its own)
@@ -670,8 +671,8 @@ class Files:
                 " result=excluded.result, updated=excluded.updated, host=excluded.host",
                 (file_id, seq, kind, utf8_text(rule), action, state, doc, now, self.host),
             )
-            for (root, rel), (size, mtime_ns) in marks.items():
-                self._mark_located(tx, root, rel, size, mtime_ns, file_id)
+            for mark in marks:
+                self._mark_located(tx, *mark, file_id)
             if also is not None:
                 also(tx)
             self.event(tx, file_id, *messages, at=now)
