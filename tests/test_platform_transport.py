@@ -209,6 +209,8 @@ def test_a_first_runs_early_questions_need_neither_requests_nor_the_image_or_plu
     assert report["input"], "the facts were not fetched"
     heavy = ("requests", "urllib3", "PIL", "pluggy", "rfwatch.host.manager", "rfwatch.roboflow.client")
     assert sorted(m for m in report["modules"] if m.split(".")[0] in heavy or m in heavy) == []
+    # nor the journal's package (about 20 ms), nor urllib.request with no proxy in the environment (about 6 ms)
+    assert sorted(m for m in report["modules"] if m.startswith("rfwatch.journal") or m == "urllib.request") == []
     assert [r.path for r in platform.requests] == ["/", f"/{platform.catalog.workspace}/colors/1"]
     assert '"GET /?api_key=***" 200' in ran.stderr and VALID_KEY not in ran.stderr
 
@@ -373,6 +375,17 @@ def test_no_proxy_ranges_and_ports_are_read_as_requests_reads_them(proxy, no_pro
         monkeypatch.setenv("NO_PROXY", no_proxy)
         route = Transport(url, "t")._route
         assert (route.proxy is None) == direct, (no_proxy, url)
+
+
+def test_proxy_variables_in_lower_case_are_read_too(proxy, no_proxy_env, monkeypatch):
+    """``http_proxy`` and ``no_proxy`` as curl and most shells' users write them, read as requests reads them."""
+    from rfwatch.roboflow.transport import Transport
+
+    assert Transport("http://infer.example.com", "t")._route.proxy is None  # no variable: straight there
+    monkeypatch.setenv("http_proxy", proxy.url)
+    assert Transport("http://infer.example.com", "t")._route.proxy is not None
+    monkeypatch.setenv("no_proxy", ".example.com")
+    assert Transport("http://infer.example.com", "t")._route.proxy is None
 
 
 def test_paths_are_percent_encoded_and_the_key_stays_out_of_errors_and_logs(server, no_proxy_env, caplog):

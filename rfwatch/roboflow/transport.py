@@ -43,14 +43,13 @@ import enum
 import http.client
 import ipaddress
 import logging
-import netrc
 import os
 import select
 import socket
 import ssl
+import sys
 import threading
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
 
 from rfwatch.redact import register_secret
@@ -115,10 +114,10 @@ class Transport:
         #: fails, saying so (never going around it).
         self._unsupported: str | None = None
         proxy = None
-        found = None
-        if not _bypasses_proxy(parts.hostname, parts.port):
-            proxies = urllib.request.getproxies()
-            found = proxies.get(parts.scheme) or proxies.get("all")
+        proxies = _environment_proxies()
+        found = proxies.get(parts.scheme) or proxies.get("all")
+        if found and _bypasses_proxy(parts.hostname, parts.port):
+            found = None
         if found:
             try:
                 proxy = _read_proxy(found)
@@ -308,6 +307,17 @@ def _basic(user: str | None, password: str | None) -> str | None:
     return "Basic " + base64.b64encode(pair.encode()).decode("ascii")
 
 
+def _environment_proxies() -> dict[str, str]:
+    """``urllib.request.getproxies()``, which requests calls. Elsewhere than macOS and Windows it reads the
+    environment alone, and only variables named ``*_proxy``: without one there is nothing to read, and
+    urllib.request (about 6 ms of imports, before a first run's first request to the platform) is not loaded."""
+    if sys.platform not in ("darwin", "win32") and not any(name.lower().endswith("_proxy") for name in os.environ):
+        return {}
+    import urllib.request
+
+    return urllib.request.getproxies()
+
+
 def _bypasses_proxy(host: str, port: int | None) -> bool:
     """Whether ``no_proxy`` sends ``host`` straight to it, as requests decides (requests/utils.py
     should_bypass_proxies): an IPv4 address against each entry's CIDR range or address, a name (with its port, when
@@ -330,6 +340,8 @@ def _bypasses_proxy(host: str, port: int | None) -> bool:
             with_port = f"{host}:{port}" if port else host
             if any(host.endswith(entry) or with_port.endswith(entry) for entry in entries):
                 return True
+    import urllib.request  # loaded already: a proxy was found (_environment_proxies)
+
     try:
         return bool(urllib.request.proxy_bypass(host))
     except (TypeError, OSError):
@@ -381,6 +393,8 @@ def _netrc_auth(host: str) -> str | None:
     path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
     if not os.path.exists(path):
         return None
+    import netrc  # only when there is a file to read
+
     try:
         found = netrc.netrc(path).authenticators(host)
     except (netrc.NetrcParseError, OSError):

@@ -16,7 +16,6 @@ has cost one request to the platform, which the key is for.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -26,10 +25,9 @@ if TYPE_CHECKING:
 
 def ask_early(config: Config) -> ModelFactsService | None:
     """A facts service already asking the platform about the config's models, or None (see the module)."""
-    from rfwatch.journal.db import is_postgres_url
-
-    url = config.journal_url
-    if is_postgres_url(url) or Path(url).exists() or not config.roboflow.api_key:
+    # config.state_url, not rfwatch.journal's is_postgres_url: importing the journal's package (about 20 ms) would
+    # delay the request; the daemon imports it while the answer is on its way.
+    if config.state_url is not None or config.state_path.exists() or not config.roboflow.api_key:
         return None
     from rfwatch.roboflow.facts import ModelFactsService, facts_wanted, models_in_use
 
