@@ -19,7 +19,7 @@ from rfwatch.redact import redact
 from rfwatch.states import ACTIVE_STATES, FileState
 
 if TYPE_CHECKING:  # imported where used: `rfwatch --help` loads no journal (issue 23, item 1)
-    from rfwatch.journal import Journal
+    from rfwatch.journal import FileRow, Journal
 
 __all__ = ["add_commands"]
 
@@ -271,6 +271,14 @@ def cmd_retry(args: argparse.Namespace) -> int:
     try:
         rows = journal.files.rows_in_state(states, [Path(os.path.abspath(p)) for p in args.paths] or None)
         for row in rows:
+            cut = _undo_cut_short(journal, row) if row.state == FileState.UNDOING else None
+            if cut is not None:
+                print(
+                    f"rfwatch: {row.path}: an rfwatch undo was cut short while moving it ({cut}): run rfwatch undo "
+                    "on it again to finish that; retry gives up only an undo that cannot go on",
+                    file=sys.stderr,
+                )
+                continue
             if row.state == FileState.UNDOING and not journal.undo.give_up(row):
                 print(f"rfwatch: {row.path}: an rfwatch undo is working on it: retry when it ends", file=sys.stderr)
                 continue
@@ -289,6 +297,29 @@ def cmd_retry(args: argparse.Namespace) -> int:
         )
     print(f"{queued} file(s) queued again: a running rfwatch takes them within seconds, else the next run")
     return 1 if queued < len(rows) or (args.paths and len(rows) < len(args.paths)) else 0
+
+
+def _undo_cut_short(journal: Journal, row: FileRow) -> str | None:
+    """What an undo step cut short by a crash left half done (a temporary copy, the file at its new place), which only
+    ``rfwatch undo`` run again settles; None when nothing is (the step failed before it moved anything).
+
+    ``retry PATH`` gives up an undo that cannot finish, with the file where the journal says it is: given up after
+    such a crash, the temporary copy would stay for ever, or the file would be in two places (the copy in the inbox
+    then taken as a new file) or where the journal does not look for it."""
+    from rfwatch.files.place import sha256_file
+
+    for intent in journal.undo.pending_intents(row.id):
+        for key in ("tmp", "sidecar_tmp"):
+            if isinstance(intent.get(key), str) and os.path.lexists(intent[key]):
+                return f"its temporary copy {intent[key]} is still there"
+        target, content = intent.get("target"), intent.get("sha256") or row.sha256
+        if isinstance(target, str) and target != str(row.path) and os.path.isfile(target):
+            try:
+                if sha256_file(Path(target)) == content:
+                    return f"it is at {target} already"
+            except OSError:
+                continue
+    return None
 
 
 def _retry_uploads(journal: Journal) -> None:

@@ -297,6 +297,64 @@ def test_every_crash_point_while_restoring_an_original(tmp_path, server, api_key
     assert _walk(RESTORE_POINTS, _restore, tmp_path, server) == {p for p, _ in RESTORE_POINTS}
 
 
+@pytest.mark.parametrize("point", ["place.after_copy", "place.after_tmp_rename"])
+def test_retry_does_not_give_up_an_undo_cut_short_mid_move(tmp_path, server, api_key, point):
+    """``rfwatch retry PATH`` on a file an undo left ``undoing`` mid-move (its temporary copy in the inbox; or back in
+    the inbox, its old copy on the other filesystem still there) must not give the undo up: the copy would stay for
+    ever, or the file in two places and the inbox's copy taken as a new file. It says to run undo again, which
+    finishes the move."""
+    if os.stat(tmp_path).st_dev == os.stat("/dev/shm").st_dev:
+        pytest.skip("/dev/shm is on the same filesystem as the test folder here: no cross-filesystem move")
+    run = Run(tmp_path, server, point, 1)
+    other = Path("/dev/shm") / f"rfwatch-test-{uuid.uuid4().hex[:8]}"
+    try:
+        cfg = run.config(rules=[{"then": [{"move": f"{other}/{{class}}/{{name}}"}]}])
+        run.inbox(**{"red.jpg": unique_jpeg(RED, 10)})
+        assert run.cli("run", "-c", str(cfg), "--once").returncode == 0
+        run.crashed(run.cli("undo", "-c", str(cfg), crash=True))
+        retried = run.cli("retry", "-c", str(cfg), str(run.root / "inbox" / "red.jpg"))
+        assert retried.returncode == 1 and "run rfwatch undo on it again" in retried.stderr, retried.stderr
+        assert [str(r.state) for r in run.journal().rows()] == ["undoing"]
+        assert run.cli("run", "-c", str(cfg), "--once").returncode == 0  # takes nothing: the inbox's copy is claimed
+        assert len(run.journal().rows()) == 1
+        again = run.cli("undo", "-c", str(cfg))
+        assert again.returncode == 0, again.stdout + again.stderr
+        _once_placed(run, {"red.jpg": ("inbox/red.jpg",)})
+        assert files_under(other) == [], f"left on the other filesystem: {files_under(other)}"
+        assert [str(r.state) for r in run.journal().rows()] == ["undone"]
+    finally:
+        run.receiver.stop()
+        shutil.rmtree(other, ignore_errors=True)
+
+
+# One file at a time: each file's sidecar intent (the third and the fifth; the walk fails there on a tag whose sidecar
+# intent drops the embed's).
+BOTH_POINTS = [("journal.intent", 3), ("journal.intent", 5)]
+
+
+def _both(run: Run) -> None:
+    """tag ``mode: both``: the sidecar's intent carries the embed's on, so a resume after a kill between them does
+    not take the tagged image for the original; undo then gives every byte back and keeps no copy of it."""
+    cfg = run.config(rules=[{"then": [{"tag": {"mode": "both"}}, {"move": "sorted/{name}"}]}], concurrency=1)
+    tiff = (Path(__file__).parent / "data" / "exif-samples" / "tiff" / "Arbitro.tiff").read_bytes()
+    run.inbox(**{"red.jpg": unique_jpeg(RED, 9, size=(96, 64)), "photo.tiff": tiff})
+    run.crashed(run.cli("run", "-c", str(cfg), "--once", crash=True))
+    assert run.cli("run", "-c", str(cfg), "--once").returncode == 0
+    for moved in ("sorted/red.jpg", "sorted/photo.tiff"):  # tagged, each with its one class
+        assert len(read_xmp(run.root / moved)["subject"]) == 1, (run.point, moved, read_xmp(run.root / moved))
+    undone = run.cli("undo", "-c", str(cfg))
+    assert undone.returncode == 0, undone.stdout + undone.stderr
+    _once_placed(run, {"red.jpg": ("inbox/red.jpg",), "photo.tiff": ("inbox/photo.tiff",)})  # byte for byte
+    assert not list(run.root.glob("inbox/*.xmp")), f"{run.point}: a sidecar rfwatch created is still there"
+    kept = files_under(run.root / "state" / "plugins") if (run.root / "state" / "plugins").exists() else []
+    assert kept == [], f"{run.point}: copies of originals nobody will use again: {kept}"
+
+
+@needs_exiftool
+def test_every_crash_point_while_tagging_image_and_sidecar(tmp_path, server, api_key):
+    assert _walk(BOTH_POINTS, _both, tmp_path, server) == {p for p, _ in BOTH_POINTS}
+
+
 UNDO_ACROSS_POINTS = [
     ("place.after_tmp_rename", 1),  # the file back in the inbox, its copy on the other filesystem still there
     ("place.after_copy", 2),  # the sidecar's temporary copy written (named in the intent before it exists)

@@ -182,6 +182,9 @@ class TagAction:
             )
             mode = "sidecar"
             result["fallback"] = "sidecar"
+        #: The embed's part of the intent: the sidecar's intent (mode both) must carry it on, since each intent
+        #: replaces the one before; a resume that found none would read "before" from the tagged file.
+        embed_intent: dict[str, Any] = {}
         if mode in ("embed", "both"):
             iptc = EMBEDDABLE[path.suffix.lower()] == "JPEG"
             # What the file held before rfwatch wrote into it: read once, before the first attempt.
@@ -192,6 +195,7 @@ class TagAction:
                 # What undo needs for the very same bytes, journaled before the write (tag_original.py).
                 original = keep_original(ctx.config, path)
                 ctx.intent(embed=str(path), embed_before=before, embed_original=original)
+            embed_intent = {"embed": str(path), "embed_before": before, "embed_original": original}
             wanted = self._wanted(ctx, iptc)
             crash_point("tag.before_embed")
             args = self._args(ctx, wanted, iptc)
@@ -217,7 +221,7 @@ class TagAction:
             if before is None:
                 before = _EMPTY_STATE if created else read_state(sidecar, self.timeout)
             ctx.intent(
-                **{k: v for k, v in resumed.items() if k in ("embed", "embed_before", "embed_original")},
+                **embed_intent,
                 sidecar=str(sidecar),
                 sidecar_created=created,
                 sidecar_before=before,
@@ -313,8 +317,15 @@ def _restore(path: Path, before: dict[str, Any], added: dict[str, list[str]], ti
     if wipe and not before.get("has_xmp") and not before.get("has_iptc"):
         # Nothing was there: remove the blocks rfwatch created, leaving EXIF, ICC and the image as they are.
         if path.suffix.lower() == ".xmp":
-            path.write_text(_EMPTY_XMP, encoding="utf-8")  # a sidecar rfwatch did not create, empty again
-            _fsync(path)
+            # A sidecar rfwatch did not create, empty again: written beside it and renamed over it, never truncated
+            # in place (a kill -9 between the truncation and the write left 0 bytes, which exiftool then refused
+            # to write to: the redone undo failed for ever). A redone undo writes the same temporary name again.
+            tmp = _new_sidecar_tmp(path)
+            tmp.write_text(_EMPTY_XMP, encoding="utf-8")
+            os.chmod(tmp, path.stat().st_mode & 0o7777)
+            fsync_file(tmp)
+            os.replace(tmp, path)
+            fsync_dir(path.parent)
             return
         _exiftool(["-XMP:all=", "-IPTC:all="], path, timeout)
         _fsync(path)

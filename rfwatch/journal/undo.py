@@ -51,6 +51,14 @@ class UndoRecords:
         doc = row["result"] if state == UndoState.DONE else row["intent"]
         return state, self.files.roots.from_portable(json.loads(doc)) if doc else None
 
+    def pending_intents(self, file_id: int) -> list[dict[str, Any]]:
+        """The intents of the file's undo steps begun and never finished (cut by a crash, or failed)."""
+        rows = self.db.all(
+            "SELECT intent FROM undo_steps WHERE file_id=? AND state=? AND intent IS NOT NULL ORDER BY seq",
+            (file_id, UndoState.PENDING),
+        )
+        return [self.files.roots.from_portable(json.loads(r["intent"])) for r in rows]
+
     # --- the file -------------------------------------------------------------------------
 
     def claim(self, row: FileRow) -> bool:
