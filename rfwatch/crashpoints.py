@@ -38,6 +38,8 @@ POINTS: dict[str, str] = {
     "place.after_unlink": "across filesystems: the source removed, its folder not yet fsynced",
     # derived files (rfwatch/host/annotate.py)
     "annotate.after_save": "an annotated copy written to the name it was given (write_output's temporary one), not placed",
+    # exports (rfwatch/exports/camtrap_dp.py)
+    "export.tables_written": "a Camtrap DP export: an earlier descriptor removed, two tables replaced, not the third",
     # failed files
     "quarantine.before_move": "a failed file: about to be moved into failed:",
     "quarantine.after_move": "a failed file: moved into failed:, the step not yet finished",

@@ -217,6 +217,28 @@ def check(request):
     return lambda descriptor: check_official(descriptor, folder)
 
 
+def test_an_export_killed_midway_leaves_a_package_without_its_descriptor_and_the_next_one_whole(tmp_path, card):
+    """Re-exported into the same folder and killed (kill -9, at a crash point) after two of the three tables: the old
+    descriptor is gone, so the half-new package does not pass for whole; each table is whole, old or new; the next
+    export completes it and leaves no temporary file."""
+    from rfwatch.crashpoints import CRASH_EXIT
+
+    out = tmp_path / "package"
+    export(card, "camtrap-dp", out)
+    export(card, "camtrap-dp", out, code=CRASH_EXIT, env={"RFWATCH_CRASH_AT": "export.tables_written"})
+    assert not (out / "datapackage.json").exists()
+    for table in ("deployments.csv", "media.csv", "observations.csv"):
+        assert len(read_rows(out / table)) in (2, 5), table  # header and every row: never cut short
+    export(card, "camtrap-dp", out)
+    assert validate_package(out / "datapackage.json") == []
+    assert sorted(p.name for p in out.iterdir()) == [
+        "datapackage.json",
+        "deployments.csv",
+        "media.csv",
+        "observations.csv",
+    ]
+
+
 def test_a_broken_package_fails_validation(tmp_path, card, check):
     out = tmp_path / "package"
     export(card, "camtrap-dp", out)

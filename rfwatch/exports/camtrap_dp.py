@@ -21,7 +21,9 @@ from typing import Any
 
 from rfwatch import __version__
 from rfwatch.config import ConfigError
+from rfwatch.crashpoints import crash_point
 from rfwatch.exports.events import Event, group_events
+from rfwatch.exports.output import replaced
 from rfwatch.exports.records import PERSON, FileRecord
 from rfwatch.exports.settings import (
     CAPTURE_METHODS,
@@ -30,6 +32,7 @@ from rfwatch.exports.settings import (
     Deployment,
     ExportSettings,
 )
+from rfwatch.files.place import fsync_dir
 
 __all__ = ["write_camtrap_dp", "PROFILE_URL", "SCHEMA_URLS"]
 
@@ -102,7 +105,7 @@ def _cell(value: Any) -> str:
 
 
 def _write_csv(path: Path, columns: list[str], rows: Iterable[dict[str, Any]]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with replaced(path) as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(columns)
         for row in rows:
@@ -291,11 +294,16 @@ def write_camtrap_dp(records: list[FileRecord], settings: ExportSettings, out: P
         "taxonomic": [{"scientificName": settings.taxa[c].scientific_name, **settings.taxa[c].extra} for c in used],
     }
     out.mkdir(parents=True, exist_ok=True)
+    # A package whose datapackage.json exists is whole: an earlier export's goes first (the tables below are each
+    # replaced whole, but not all at once), and the new one comes last.
+    descriptor = out / "datapackage.json"
+    if descriptor.exists():
+        descriptor.unlink()
+        fsync_dir(out)
     _write_csv(out / "deployments.csv", list(DEPLOYMENT_COLUMNS), deployment_rows)
     _write_csv(out / "media.csv", MEDIA_COLUMNS, media_rows)
+    crash_point("export.tables_written")
     _write_csv(out / "observations.csv", OBSERVATION_COLUMNS, observation_rows)
-    # The descriptor last: a package whose datapackage.json exists is whole.
-    tmp = out / "datapackage.json.tmp"
-    tmp.write_text(json.dumps(package, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(out / "datapackage.json")
+    with replaced(descriptor) as f:
+        f.write(json.dumps(package, indent=2, ensure_ascii=False) + "\n")
     return {"deployments": len(deployment_rows), "media": len(media_rows), "observations": len(observation_rows)}

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from rfwatch.exports.camtrap_dp import file_path
+from rfwatch.exports.output import replaced
 from rfwatch.exports.records import PERSON, FileRecord
 from rfwatch.exports.settings import ExportSettings
 
@@ -78,8 +79,6 @@ def megadetector_document(records: list[FileRecord], settings: ExportSettings) -
 def write_megadetector(records: list[FileRecord], settings: ExportSettings, out: Path) -> dict[str, int]:
     """Write the JSON file ``out``; return counts."""
     doc = megadetector_document(records, settings)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(out)
+    with replaced(out) as f:
+        f.write(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
     return {"images": len(doc["images"]), "detections": sum(len(i["detections"]) for i in doc["images"])}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from rfwatch.exports.output import replaced
 from rfwatch.exports.records import FileRecord
 
 __all__ = ["write_csv", "COLUMNS"]
@@ -29,9 +30,7 @@ COLUMNS = [
 def write_csv(records: list[FileRecord], out: Path) -> dict[str, int]:
     """``file`` is where the file is now; ``class``/``confidence`` what stands (a sequence's label when the file
     has one); ``decided_by`` model or person."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with replaced(out) as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(COLUMNS)
         for r in records:
@@ -56,5 +55,4 @@ def write_csv(records: list[FileRecord], out: Path) -> dict[str, int]:
                     r.state,
                 ]
             )
-    tmp.replace(out)
     return {"files": len(records)}
