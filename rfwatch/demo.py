@@ -96,8 +96,11 @@ def prepare_folder(folder: Path) -> None:
     for name in ("inbox", "samples"):
         (folder / name).mkdir(parents=True, exist_ok=True)
     for name, data in sample_images().items():
-        if not (folder / "samples" / name).exists():
-            (folder / "samples" / name).write_bytes(data)
+        sample = folder / "samples" / name
+        if not sample.exists():  # written beside it and renamed: a sample cut short would be kept for good
+            tmp = sample.with_name(f".{name}.rfwatch-tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, sample)
 
 
 def sample_images() -> dict[str, bytes]:
