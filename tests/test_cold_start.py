@@ -243,8 +243,13 @@ def test_a_first_run_asks_the_platform_before_its_journal_exists_and_only_once(t
     daemon is still being loaded (its journal is created after that); the daemon takes that fetch over instead of
     asking again, and the journal keeps the facts it brought (tests/test_model_facts.py: a second run asks
     nothing)."""
-    platform.delay = 0.3  # still on its way when the daemon, loaded, looks for the facts
-    cfg = write_config(tmp_path, server, model="colors/2")
+    platform.delay = 1.0  # still on its way when the daemon, loaded, looks for the facts
+    # A plugin that takes a second to load (the daemon loads its plugins before it makes its journal): the request
+    # must be a second ahead of the journal, not the few tens of ms the daemon's own loading takes, which a loaded
+    # CI machine could swallow between the request's arrival and the stand-in noting it.
+    slow = tmp_path / "slow_plugin.py"
+    slow.write_text("import time\n\ntime.sleep(1.0)\n")
+    cfg = write_config(tmp_path, server, model="colors/2", plugins=[str(slow)])
     photos(tmp_path / "inbox", 2)
     db = tmp_path / "state" / "journal.db"
     appeared: list[float] = []

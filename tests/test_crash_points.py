@@ -156,7 +156,9 @@ SORT_POINTS = [
     ("journal.intent", 2),
     ("journal.step_finished", 2),
     ("journal.finished", 1),
-    # one file at a time (concurrency 1), in name order: broken.jpg first (into failed:), then green.jpg
+    # concurrency 1: one request in flight, but a worker per core beyond it (three here), so the n-th arrival at a
+    # point may come from any file's worker; the numbers below name what it usually is (broken.jpg into failed:,
+    # then green.jpg's steps), and the checks hold whichever file it was
     ("place.before_rename", 1),
     ("place.before_rename", 2),
     ("place.after_rename", 1),
@@ -327,8 +329,8 @@ def test_retry_does_not_give_up_an_undo_cut_short_mid_move(tmp_path, server, api
         shutil.rmtree(other, ignore_errors=True)
 
 
-# One file at a time: each file's sidecar intent (the third and the fifth; the walk fails there on a tag whose sidecar
-# intent drops the embed's).
+# Each file's sidecar intent, usually the third and the fifth (a worker per core takes files beside the one request
+# slot, so the order can vary); the walk fails there on a tag whose sidecar intent drops the embed's.
 BOTH_POINTS = [("journal.intent", 3), ("journal.intent", 5)]
 
 

@@ -650,7 +650,9 @@ def test_waiting_for_a_request_slot_does_not_count_as_stuck(tmp_path, server):
     assert Daemon.STUCK_GRACE != 0.5
     unhealthy = []
     with running as d:
+        deadline = time.monotonic() + 60  # a file failed (its request outlasted the 2 s timeout): fail, never hang
         while len(files_under(tmp_path / "sorted")) < 3:
+            assert time.monotonic() < deadline, f"not all sorted: {files_under(tmp_path)}"
             if not d.daemon.healthy():
                 unhealthy.append(time.monotonic())
             time.sleep(0.05)
@@ -658,13 +660,18 @@ def test_waiting_for_a_request_slot_does_not_count_as_stuck(tmp_path, server):
     assert not unhealthy, "the daemon said it was stuck while its workers waited for a request slot"
 
 
-def test_a_file_heard_of_after_its_early_hand_off_is_given_back_not_taken(tmp_path, server):
+def test_a_file_heard_of_after_its_early_hand_off_is_given_back_not_taken(tmp_path, server, monkeypatch):
     """A file renamed in complete is handed on before it has been watched MIN_OBSERVATION long; an event heard
     for it in that time (a write queued late) keeps its worker from taking it: nothing is journaled or sent."""
+    import rfwatch.service.watcher as watcher
     from rfwatch.service.daemon import Daemon
     from rfwatch.states import Outcome
 
-    cfg = write_config(tmp_path, server, settle=1.0)
+    # Handed on 1.5 s before it settles (0.15 s by default): the test's steps between the hand-off and the check
+    # that it came early must fit in that lead however slow a loaded machine is.
+    monkeypatch.setattr(watcher, "MIN_OBSERVATION", 2.0)
+    monkeypatch.setattr(watcher, "EARLY_LEAD", 1.5)
+    cfg = write_config(tmp_path, server, settle=4.0)
     path = tmp_path / "inbox" / "a.jpg"
     path.write_bytes(unique_jpeg(RED, 600))
     hour_ago = time.time() - 3600

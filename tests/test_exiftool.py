@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import wait_for
 from PIL import Image
 
 from rfwatch.images.exiftool import (
@@ -173,7 +174,9 @@ def test_process_killed_during_a_call_fails_that_call(jpeg, pool):
     outcome: list[BaseException | object] = []
     th = threading.Thread(target=lambda: outcome.append(_call(pool, add("lost"), jpeg, 30)))
     th.start()
-    time.sleep(0.3)
+    # The request written (it waits in the pipe), whatever the time that takes on a loaded machine: killed before
+    # that, the process would be found dead and replaced, and the call would succeed.
+    wait_for(lambda: _in_pipe(proc.stdin.fileno()) > 0, what="the request in exiftool's pipe")
     started = time.monotonic()
     os.kill(proc.pid, signal.SIGKILL)
     th.join(10)
@@ -182,6 +185,15 @@ def test_process_killed_during_a_call_fails_that_call(jpeg, pool):
     assert isinstance(exc, ExifToolError) and "exited" in str(exc) and "a.jpg" in str(exc)
     assert pool.run(add("after"), jpeg, 10).updated == 1
     assert subject(jpeg) == ["before", "after"]
+
+
+def _in_pipe(fd: int) -> int:
+    """Bytes waiting in a pipe (FIONREAD answers for either end on Linux)."""
+    import fcntl
+    import struct
+    import termios
+
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
 
 
 def _call(pool: ExifToolPool, args: list[str], target: Path, timeout: float) -> BaseException | object:

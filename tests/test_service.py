@@ -171,7 +171,8 @@ def test_ready_is_sent_only_once_the_watches_exist(tmp_path, server):
 
     holder = DaemonThread(cfg, notifier=Snapshot({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"}))
     with holder:
-        messages = [m for _, m in _receive(sock, time.monotonic() + 2.5)]
+        pinged = lambda ms: sum(m == "WATCHDOG=1" for _, m in ms) >= 4  # noqa: E731 - (not a fixed time: see above)
+        messages = [m for _, m in _receive(sock, time.monotonic() + 30, pinged)]
         wait_for(lambda: (tmp_path / "sorted" / "red" / "early.jpg").exists(), what="start-up scan result")
     assert at_ready[0][0] == 1 and at_ready[0][1], "READY=1 before the observer ran"
     assert at_ready[0][2] >= 1, "READY=1 before the start-up scan was queued"
@@ -207,10 +208,11 @@ def test_a_stuck_worker_stops_the_watchdog_pings(tmp_path, server, monkeypatch):
             wait_for(server.inference_requests, what="the file sent")
             (since,) = wait_for(lambda: list(d.daemon._busy_since.values()), what="a worker on the file")
             stuck_at = since + limit
-            wait_for(lambda: ticks[-1] > stuck_at + 1.0, timeout=30, what="the main loop to run on while stuck")
+            wait_for(lambda: ticks[-1] > stuck_at + 2.0, timeout=30, what="the main loop to run on while stuck")
             assert not d.daemon.healthy() and list(d.daemon._busy_since.values()) == [since], "not stuck in the hook"
-            # The last ping may go out as the limit is reached; none after (pings came every 0.1 s before).
-            late = [round(p - stuck_at, 3) for p in pings if p > stuck_at + 0.25]
+            # The last ping may go out as the limit is reached (noted late on a loaded machine); none a second after
+            # (pings came every 0.1 s before: a daemon that kept pinging would have sent about ten since).
+            late = [round(p - stuck_at, 3) for p in pings if p > stuck_at + 1.0]
             assert late == [], f"WATCHDOG=1 sent while a worker was stuck (seconds past the limit: {late})"
         finally:
             released = time.monotonic()
@@ -325,7 +327,7 @@ def test_a_bad_key_makes_files_wait_and_they_resume_with_a_good_one(tmp_path, se
         sent = len(server.inference_requests())
         # One request per file before the gate closed (3 files), then only the gate's probes, 0.5 s apart.
         assert sent <= 3 + len(probes) and sent <= 3 + 6, "files are not hammering the API one by one"
-        assert min(b - a for a, b in zip(probes, probes[1:])) >= 0.5, probes
+        assert min(b - a for a, b in zip(probes, probes[1:])) >= 0.45, probes  # 0.5 s apart, less a late note
         # the key is re-enabled (or the quota topped up) on Roboflow's side: the same key works again
         server.valid_keys.add("expired-key")
         wait_for(lambda: len(files_under(tmp_path / "sorted")) == 3, timeout=30, what="resumed")

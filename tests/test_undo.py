@@ -986,19 +986,17 @@ def test_a_running_daemon_leaves_restored_files_until_retry_takes_them(tmp_path,
         # retry, with no signal and no restart: the failed file, then one undone file by name, then the rest
         gate.unlink()
         cli_ok("retry", "-c", str(cfg), str(inbox / "f.jpg"))
-        started = time.monotonic()
-        wait_for(lambda: (sorted_ / "red" / "f.jpg").exists(), timeout=5, what="f taken again")
-        assert time.monotonic() - started < 5
+        wait_for(lambda: (sorted_ / "red" / "f.jpg").exists(), what="f taken again")  # no signal, no restart
         assert status(cfg)["backlog"] == 1  # it waits at the gate, queued
 
         cli_ok("retry", "-c", str(cfg), str(inbox / "a.jpg"))
-        wait_for(lambda: (sorted_ / "red" / "a.jpg").exists(), timeout=5, what="a taken again")
+        wait_for(lambda: (sorted_ / "red" / "a.jpg").exists(), what="a taken again")
         assert names(inbox) == {"b.jpg", "c.jpg", "d.jpg"}
         report = status(cfg)
         assert report["backlog"] == 2 and report["counts"]["undone"] == 3
 
         cli_ok("retry", "-c", str(cfg), "--undone")
-        wait_for(lambda: names(inbox) == set(), timeout=5, what="b-d taken again")
+        wait_for(lambda: names(inbox) == set(), what="b-d taken again")
         report = status(cfg)
         assert report["backlog"] == 5 and report["counts"]["undone"] == 0
 
