@@ -21,8 +21,9 @@ import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -224,6 +225,21 @@ def test_every_crash_point_while_sorting(tmp_path, server, api_key, backend, req
     assert walked == {p for p, _ in SORT_POINTS}
 
 
+def _skip_without_another_filesystem(tmp_path: Path) -> None:
+    if os.stat(tmp_path).st_dev == os.stat("/dev/shm").st_dev:
+        pytest.skip("/dev/shm is on the same filesystem as the test folder here: no cross-filesystem move")
+
+
+@contextmanager
+def _another_filesystem() -> Iterator[Path]:
+    """A folder (not made yet) on /dev/shm, another filesystem than the test's: removed afterwards."""
+    other = Path("/dev/shm") / f"rfwatch-test-{uuid.uuid4().hex[:8]}"
+    try:
+        yield other
+    finally:
+        shutil.rmtree(other, ignore_errors=True)
+
+
 CROSS_FS_POINTS = [
     ("place.after_copy", 1),
     ("place.after_fsync", 1),
@@ -233,8 +249,7 @@ CROSS_FS_POINTS = [
 
 
 def _across(run: Run) -> None:
-    other = Path("/dev/shm") / f"rfwatch-test-{uuid.uuid4().hex[:8]}"
-    try:
+    with _another_filesystem() as other:
         cfg = run.config(rules=[{"then": [{"move": f"{other}/{{class}}/{{name}}"}]}])
         run.inbox(**{"red.jpg": unique_jpeg(RED, 3)})
         run.crashed(run.cli("run", "-c", str(cfg), "--once", crash=True))
@@ -244,13 +259,10 @@ def _across(run: Run) -> None:
         assert not (run.root / "inbox" / "red.jpg").exists(), f"{run.point}: the source is still there"
         assert [p.name for p in files_under(other)] == ["red.jpg"], f"{run.point}: {files_under(other)}"
         _all_finished(run)
-    finally:
-        shutil.rmtree(other, ignore_errors=True)
 
 
 def test_every_crash_point_moving_across_filesystems(tmp_path, server, api_key):
-    if os.stat(tmp_path).st_dev == os.stat("/dev/shm").st_dev:
-        pytest.skip("/dev/shm is on the same filesystem as the test folder here: no cross-filesystem move")
+    _skip_without_another_filesystem(tmp_path)
     assert _walk(CROSS_FS_POINTS, _across, tmp_path, server) == {p for p, _ in CROSS_FS_POINTS}
 
 
@@ -305,28 +317,27 @@ def test_retry_does_not_give_up_an_undo_cut_short_mid_move(tmp_path, server, api
     the inbox, its old copy on the other filesystem still there) must not give the undo up: the copy would stay for
     ever, or the file in two places and the inbox's copy taken as a new file. It says to run undo again, which
     finishes the move."""
-    if os.stat(tmp_path).st_dev == os.stat("/dev/shm").st_dev:
-        pytest.skip("/dev/shm is on the same filesystem as the test folder here: no cross-filesystem move")
+    _skip_without_another_filesystem(tmp_path)
     run = Run(tmp_path, server, point, 1)
-    other = Path("/dev/shm") / f"rfwatch-test-{uuid.uuid4().hex[:8]}"
     try:
-        cfg = run.config(rules=[{"then": [{"move": f"{other}/{{class}}/{{name}}"}]}])
-        run.inbox(**{"red.jpg": unique_jpeg(RED, 10)})
-        assert run.cli("run", "-c", str(cfg), "--once").returncode == 0
-        run.crashed(run.cli("undo", "-c", str(cfg), crash=True))
-        retried = run.cli("retry", "-c", str(cfg), str(run.root / "inbox" / "red.jpg"))
-        assert retried.returncode == 1 and "run rfwatch undo on it again" in retried.stderr, retried.stderr
-        assert [str(r.state) for r in run.journal().rows()] == ["undoing"]
-        assert run.cli("run", "-c", str(cfg), "--once").returncode == 0  # takes nothing: the inbox's copy is claimed
-        assert len(run.journal().rows()) == 1
-        again = run.cli("undo", "-c", str(cfg))
-        assert again.returncode == 0, again.stdout + again.stderr
-        _once_placed(run, {"red.jpg": ("inbox/red.jpg",)})
-        assert files_under(other) == [], f"left on the other filesystem: {files_under(other)}"
-        assert [str(r.state) for r in run.journal().rows()] == ["undone"]
+        with _another_filesystem() as other:
+            cfg = run.config(rules=[{"then": [{"move": f"{other}/{{class}}/{{name}}"}]}])
+            run.inbox(**{"red.jpg": unique_jpeg(RED, 10)})
+            assert run.cli("run", "-c", str(cfg), "--once").returncode == 0
+            run.crashed(run.cli("undo", "-c", str(cfg), crash=True))
+            retried = run.cli("retry", "-c", str(cfg), str(run.root / "inbox" / "red.jpg"))
+            assert retried.returncode == 1 and "run rfwatch undo on it again" in retried.stderr, retried.stderr
+            assert [str(r.state) for r in run.journal().rows()] == ["undoing"]
+            # the inbox's copy is claimed by the undo: a run takes nothing
+            assert run.cli("run", "-c", str(cfg), "--once").returncode == 0
+            assert len(run.journal().rows()) == 1
+            again = run.cli("undo", "-c", str(cfg))
+            assert again.returncode == 0, again.stdout + again.stderr
+            _once_placed(run, {"red.jpg": ("inbox/red.jpg",)})
+            assert files_under(other) == [], f"left on the other filesystem: {files_under(other)}"
+            assert [str(r.state) for r in run.journal().rows()] == ["undone"]
     finally:
         run.receiver.stop()
-        shutil.rmtree(other, ignore_errors=True)
 
 
 # Each file's sidecar intent, usually the third and the fifth (a worker per core takes files beside the one request
@@ -367,8 +378,7 @@ _SIDECAR = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.
 
 
 def _undo_across(run: Run) -> None:
-    other = Path("/dev/shm") / f"rfwatch-test-{uuid.uuid4().hex[:8]}"
-    try:
+    with _another_filesystem() as other:
         cfg = run.config(rules=[{"then": [{"move": f"{other}/{{class}}/{{name}}"}]}])
         run.inbox(**{"red.jpg": unique_jpeg(RED, 7)})
         (run.root / "inbox" / "red.jpg.xmp").write_bytes(_SIDECAR)  # the photographer's own sidecar
@@ -383,14 +393,11 @@ def _undo_across(run: Run) -> None:
         assert (run.root / "inbox" / "red.jpg.xmp").read_bytes() == _SIDECAR, run.point
         assert files_under(other) == [], f"{run.point}: left on the other filesystem: {files_under(other)}"
         assert [str(r.state) for r in run.journal().rows()] == ["undone"], run.point
-    finally:
-        shutil.rmtree(other, ignore_errors=True)
 
 
 def test_every_crash_point_undoing_a_move_across_filesystems(tmp_path, server, api_key):
     """Undo moves the file and its sidecar back from another filesystem, each through a temporary copy."""
-    if os.stat(tmp_path).st_dev == os.stat("/dev/shm").st_dev:
-        pytest.skip("/dev/shm is on the same filesystem as the test folder here: no cross-filesystem move")
+    _skip_without_another_filesystem(tmp_path)
     assert _walk(UNDO_ACROSS_POINTS, _undo_across, tmp_path, server) == {p for p, _ in UNDO_ACROSS_POINTS}
 
 
