@@ -167,7 +167,7 @@ SORT_POINTS = [
     ("place.after_rename", 3),
     ("place.after_rename", 6),  # green's annotated copy in place (quarantine, move + sidecar, copy + sidecar first)
     ("place.after_copy", 1),
-    ("place.after_copy", 2),  # the copy's sidecar (its temporary file named in the intent before it exists)
+    ("place.after_copy", 2),  # usually the copy's sidecar (COPY_POINTS below makes sure of it, with one file)
     ("place.after_fsync", 1),
     ("annotate.after_save", 1),  # red's annotated copy written, not yet placed (no second temporary file of its own)
     ("quarantine.before_move", 1),
@@ -212,6 +212,27 @@ def _sort(run: Run) -> None:
     ids = run.webhook_ids()
     assert set(ids) == {"file.processed red.jpg", "file.processed green.jpg"}, (run.point, ids)
     assert all(len(v) == 1 for v in ids.values()), f"{run.point}: an event queued twice: {ids}"
+
+
+COPY_POINTS = [("place.after_copy", 1), ("place.after_copy", 2)]
+
+
+def _copy_with_sidecar(run: Run) -> None:
+    """One file, so that the second arrival at place.after_copy is its sidecar's copy, whichever worker runs: that
+    copy's temporary file is named in the step's intent before it exists, and a restart removes it."""
+    cfg = run.config(rules=[{"then": [{"tag": {"mode": "sidecar"}}, {"copy": "copies/{name}"}]}])
+    run.inbox(**{"red.jpg": unique_jpeg(RED, 11)})
+    run.crashed(run.cli("run", "-c", str(cfg), "--once", crash=True))
+    assert run.cli("run", "-c", str(cfg), "--once").returncode == 0
+    _once_placed(run, {"red.jpg": ("copies/red.jpg", "inbox/red.jpg")})  # no temporary file left either
+    for where in ("inbox", "copies"):
+        assert read_xmp(run.root / where / "red.jpg.xmp")["subject"] == ["red"], (run.point, where)
+    _all_finished(run, {"red.jpg": "done"})
+
+
+@needs_exiftool
+def test_every_crash_point_while_copying_a_file_and_its_sidecar(tmp_path, server, api_key):
+    assert _walk(COPY_POINTS, _copy_with_sidecar, tmp_path, server) == {p for p, _ in COPY_POINTS}
 
 
 def _journals(request: Any, backend: str) -> Callable[[], str] | None:
@@ -651,6 +672,7 @@ def test_the_walks_cover_every_crash_point():
 
 _GROUPS = [
     ("sort", SORT_POINTS),
+    ("copy", COPY_POINTS),
     ("dedupe", DEDUPE_POINTS),
     ("across", CROSS_FS_POINTS),
     ("embed", EMBED_POINTS),
