@@ -200,7 +200,10 @@ def test_a_first_runs_early_questions_need_neither_requests_nor_the_image_or_plu
     answers are on their way while those load."""
     cfg = write_config(tmp_path, server)
     out = tmp_path / "early.json"
-    env = dict(os.environ, ROBOFLOW_API_KEY=VALID_KEY)
+    # No *_proxy variable of any name (the machine's own, for its package mirror, say): with one, urllib.request is
+    # rightly loaded to read it.
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    env["ROBOFLOW_API_KEY"] = VALID_KEY
     ran = subprocess.run(
         [sys.executable, "-c", _EARLY_PROBE, str(out), str(cfg)], capture_output=True, text=True, env=env, timeout=60
     )
