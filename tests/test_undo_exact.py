@@ -119,3 +119,32 @@ def test_file_undone_after_an_interrupted_undo_still_names_where_it_was(tmp_path
     (event,) = [json.loads(d.body) for d in receiver.ok() if json.loads(d.body)["type"] == "file.undone"]
     assert event["data"]["undone_from"] == str(tmp_path / "sorted" / "red" / "a.jpg")
     assert event["data"]["path"] == str(tmp_path / "inbox" / "a.jpg")
+
+
+EMPTY_PACKET = (
+    '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"/>'
+    "</x:xmpmeta>\n"
+)
+
+
+@needs_exiftool
+@pytest.mark.parametrize("crash", [False, True])
+def test_a_sidecar_of_the_users_that_held_nothing_holds_nothing_again_after_undo(tmp_path, server, api_key, crash):
+    """A photographer's own sidecar with no metadata in it: tagged, then undone, it is an empty packet again (never
+    truncated in place: killed while it is put back, the undo run again finishes it and leaves no temporary file)."""
+    from rfwatch.crashpoints import CRASH_EXIT
+
+    cfg = write_config(tmp_path, server, rules=[{"name": "t", "then": [{"tag": {"mode": "sidecar"}}]}])
+    inbox = tmp_path / "inbox"
+    (inbox / "a.jpg").write_bytes(unique_jpeg((230, 10, 10), 1))
+    (inbox / "a.jpg.xmp").write_text(EMPTY_PACKET)
+    assert run_cli("run", "-c", str(cfg), "--once").returncode == 0
+    assert read_xmp(inbox / "a.jpg.xmp")["subject"] == ["red"]
+    if crash:
+        killed = run_cli("undo", "-c", str(cfg), env={"RFWATCH_CRASH_AT": "tag.before_restore"})
+        assert killed.returncode == CRASH_EXIT, killed.stderr
+    undone = run_cli("undo", "-c", str(cfg))
+    assert undone.returncode == 0, undone.stdout + undone.stderr
+    assert read_xmp(inbox / "a.jpg.xmp")["subject"] == []
+    assert "rfwatch" not in _exiftool("-XMP:all", str(inbox / "a.jpg.xmp")).lower()
+    assert sorted(p.name for p in inbox.iterdir()) == ["a.jpg", "a.jpg.xmp"]  # no temporary file left

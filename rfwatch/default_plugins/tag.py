@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from rfwatch.default_plugins.tag_original import forget_original, keep_original, restore_original
+from rfwatch.default_plugins.tag_original import forget_original, keep_original, restore_original, write_durably
 from rfwatch.plugin import (
     ExifToolError,
     FileContext,
@@ -42,7 +42,7 @@ declare_crash_points(
     {
         "tag.before_embed": "tag: intent recorded, exiftool not yet run on the image",
         "tag.after_embed": "tag: exiftool rewrote the image, not yet fsynced",
-        "tag.before_restore": "tag undo: the original's bytes written beside the image and fsynced, not yet renamed",
+        "tag.before_restore": "tag undo: the original's bytes (or an emptied sidecar) written beside it and fsynced, not yet renamed",
         "tag.after_restore": "tag undo: the original renamed over the tagged image, the step not yet finished",
     }
 )
@@ -317,15 +317,10 @@ def _restore(path: Path, before: dict[str, Any], added: dict[str, list[str]], ti
     if wipe and not before.get("has_xmp") and not before.get("has_iptc"):
         # Nothing was there: remove the blocks rfwatch created, leaving EXIF, ICC and the image as they are.
         if path.suffix.lower() == ".xmp":
-            # A sidecar rfwatch did not create, empty again: written beside it and renamed over it, never truncated
-            # in place (a kill -9 between the truncation and the write left 0 bytes, which exiftool then refused
-            # to write to: the redone undo failed for ever). A redone undo writes the same temporary name again.
-            tmp = _new_sidecar_tmp(path)
-            tmp.write_text(_EMPTY_XMP, encoding="utf-8")
-            os.chmod(tmp, path.stat().st_mode & 0o7777)
-            fsync_file(tmp)
-            os.replace(tmp, path)
-            fsync_dir(path.parent)
+            # A sidecar rfwatch did not create, empty again: written beside it and renamed over it as an original is
+            # put back, never truncated in place (a kill -9 between the truncation and the write left 0 bytes, which
+            # exiftool then refused to write to: the redone undo failed for ever).
+            write_durably(path, _EMPTY_XMP.encode("utf-8"), None, mode_of=path)
             return
         _exiftool(["-XMP:all=", "-IPTC:all="], path, timeout)
         _fsync(path)

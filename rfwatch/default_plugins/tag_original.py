@@ -26,7 +26,7 @@ from typing import Any
 
 from rfwatch.plugin import TMP_PREFIX, crash_point, fsync_dir, fsync_file, state_dir
 
-__all__ = ["keep_original", "restore_original", "forget_original"]
+__all__ = ["keep_original", "restore_original", "forget_original", "write_durably"]
 
 #: A JPEG head larger than this (a huge ICC profile, a big preview) is kept as a whole copy instead.
 JPEG_HEAD_LIMIT = 1 << 20
@@ -71,7 +71,7 @@ def keep_original(config: Any, path: Path) -> dict[str, Any]:
     folder.mkdir(exist_ok=True)
     copy = folder / record["sha256"]
     if not (copy.exists() and _sha256(copy.read_bytes()) == record["sha256"]):
-        _write_durably(copy, data, None)
+        write_durably(copy, data, None)
     record["copy"] = str(copy)
     return record
 
@@ -98,7 +98,7 @@ def restore_original(path: Path, original: dict[str, Any], tagged_sha256: str | 
             return False, "the copy of its original is not on this host"
     if _sha256(data) != original["sha256"]:
         return False, "exiftool changed more than its metadata segments"
-    _write_durably(path, data, original.get("mtime_ns"), mode_of=path)
+    write_durably(path, data, original.get("mtime_ns"), mode_of=path)
     return True, f"{path.name} restored byte for byte"
 
 
@@ -108,7 +108,10 @@ def forget_original(original: dict[str, Any]) -> None:
         Path(original["copy"]).unlink(missing_ok=True)
 
 
-def _write_durably(path: Path, data: bytes, mtime_ns: int | None, mode_of: Path | None = None) -> None:
+def write_durably(path: Path, data: bytes, mtime_ns: int | None, mode_of: Path | None = None) -> None:
+    """``path`` holds ``data`` whole or as it was: written beside it under a fixed name (a redo writes it again),
+    fsynced, renamed over it. ``mode_of``: a file put back by undo (it keeps that file's permissions, and passes the
+    crash points ``tag.before_restore`` and ``tag.after_restore``)."""
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}.restore")
     with open(tmp, "wb") as f:
         f.write(data)
