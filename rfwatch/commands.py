@@ -306,19 +306,12 @@ def _undo_cut_short(journal: Journal, row: FileRow) -> str | None:
     ``retry PATH`` gives up an undo that cannot finish, with the file where the journal says it is: given up after
     such a crash, the temporary copy would stay for ever, or the file would be in two places (the copy in the inbox
     then taken as a new file) or where the journal does not look for it."""
-    from rfwatch.files.place import sha256_file
+    from rfwatch.host.restore import left_half_done  # where those intents are written
 
     for intent in journal.undo.pending_intents(row.id):
-        for key in ("tmp", "sidecar_tmp"):
-            if isinstance(intent.get(key), str) and os.path.lexists(intent[key]):
-                return f"its temporary copy {intent[key]} is still there"
-        target, content = intent.get("target"), intent.get("sha256") or row.sha256
-        if isinstance(target, str) and target != str(row.path) and os.path.isfile(target):
-            try:
-                if sha256_file(Path(target)) == content:
-                    return f"it is at {target} already"
-            except OSError:
-                continue
+        found = left_half_done(intent, row.path, row.sha256)
+        if found is not None:
+            return found
     return None
 
 

@@ -7,13 +7,14 @@ interrupted by a crash finishes the move instead of making a second one.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from rfwatch.files.place import ConflictMode, place_file, recover_placement, sha256_file
 from rfwatch.host.context import FileContext
 
-__all__ = ["move_back", "copy_back"]
+__all__ = ["move_back", "copy_back", "left_half_done"]
 
 
 def move_back(ctx: FileContext, result: dict[str, Any]) -> dict[str, Any]:
@@ -100,3 +101,21 @@ def copy_back(ctx: FileContext, result: dict[str, Any]) -> dict[str, Any]:
     if now_at != wanted:
         detail += f" ({wanted} is taken by other content)"
     return {"outcome": "undone", "detail": detail, "to": str(now_at)}
+
+
+def left_half_done(intent: dict[str, Any], path: Path, sha256: str) -> str | None:
+    """What a move back or copy back whose ``intent`` this is (the file at ``path`` with content ``sha256`` when it
+    began) left behind when a crash cut it short: a temporary copy (the file's or a sidecar's), or the file at its
+    target already. Only the step run again settles that (recover_placement, and the temporary files removed);
+    None when the intent shows nothing done."""
+    for key in ("tmp", "sidecar_tmp"):
+        if isinstance(intent.get(key), str) and os.path.lexists(intent[key]):
+            return f"its temporary copy {intent[key]} is still there"
+    target = intent.get("target")
+    if isinstance(target, str) and target != str(path) and os.path.isfile(target):
+        try:
+            if sha256_file(Path(target)) == (intent.get("sha256") or sha256):
+                return f"it is at {target} already"
+        except OSError:
+            return None
+    return None
