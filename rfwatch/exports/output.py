@@ -16,10 +16,10 @@ from typing import TextIO
 
 from rfwatch.files.place import fsync_dir
 
-__all__ = ["replaced", "tmp_name"]
+__all__ = ["replaced"]
 
 
-def tmp_name(out: Path) -> Path:
+def _tmp_name(out: Path) -> Path:
     return out.with_name(f".{out.name}.rfwatch-tmp")
 
 
@@ -27,7 +27,7 @@ def tmp_name(out: Path) -> Path:
 def replaced(out: Path) -> Iterator[TextIO]:
     """A text file (UTF-8, newlines as written) that becomes ``out`` once the block ends without an error."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_name(out)
+    tmp = _tmp_name(out)
     try:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             yield f

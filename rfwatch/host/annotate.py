@@ -40,7 +40,9 @@ def annotate_image(
     ``out`` is written in place, with no temporary file of its own: the caller owns durability. An action
     passes ``write_output``'s temporary name, which the step's intent names before it exists, so a kill -9
     mid-write leaves nothing the redone step does not remove (a second, unjournaled temporary name here was
-    left behind by such a kill). ``classify --save`` writes through its own temporary name. The copy keeps the original's ICC profile (an Adobe RGB or P3 photo must not shift colour) and its EXIF
+    left behind by such a kill). ``classify --save`` writes through its own temporary name.
+
+    The copy keeps the original's ICC profile (an Adobe RGB or P3 photo must not shift colour) and its EXIF
     (with the orientation tag gone, since the pixels are now upright). ``source`` may be bytes named ``name``.
     """
     out = Path(out)

@@ -259,9 +259,7 @@ class ModelFactsService:
 
         candidates = [m for m in models if force or stale(m)]
         with self._lock:  # checked and marked at once: two threads refreshing together start one fetch
-            wanted = [m for m in candidates if force or m not in self._asked]
-            if self.platform is None:
-                wanted = []
+            wanted = [m for m in candidates if force or m not in self._asked] if self.platform is not None else []
             self._asked.update(wanted)
         if wanted:
             thread = threading.Thread(target=self._fetch_all, args=(wanted,), name="rfwatch-model-facts", daemon=True)
