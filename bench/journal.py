@@ -1,7 +1,7 @@
 """The journal alone: how many files per second it takes, steps and finishes, with many workers in two processes.
 
 No images, no API: each worker does what the daemon does to the journal for one file sorted by one move (look,
-take, classified, the move's intent, its result with the final state), on one shared list of paths, as two hosts
+take, classified, the move's intent (which commits the classification), its result with the final state), on one shared list of paths, as two hosts
 scanning one share would: both processes try every file, and the claims must let exactly one take each. Double
 claims (a file taken by both) are counted, and must be zero.
 
@@ -99,7 +99,10 @@ def _worker_process(url: str, host: str, share: str, names: list[str], threads: 
             if not path.exists():
                 journal.files.drop(fid)
                 continue
-            journal.files.classified(fid, {"top": "red", "confidence": 0.9}, "sha-" + name, "colors/1", "red 0.90", {})
+            # As the daemon does (no sequences): the classification is committed with the move's intent.
+            journal.files.classified(
+                fid, {"top": "red", "confidence": 0.9}, "sha-" + name, "colors/1", "red 0.90", {}, defer=True
+            )
             target = root / "archive" / "red" / name
             if not sort_by_one_move(journal, fid, target, functools.partial(_rename, path, target)):
                 gone.append(name)

@@ -16,7 +16,16 @@ import time
 
 import pytest
 import yaml
-from helpers import UNREACHABLE_PLATFORM, VALID_KEY, DaemonThread, files_under, run_cli, wait_for, write_config
+from helpers import (
+    UNREACHABLE_PLATFORM,
+    VALID_KEY,
+    DaemonThread,
+    JournalView,
+    files_under,
+    run_cli,
+    wait_for,
+    write_config,
+)
 from PIL import Image
 
 from rfwatch.service.daemon import Daemon
@@ -341,3 +350,28 @@ def test_run_once_with_a_plugin_of_someone_else_exits_the_usual_way(tmp_path, se
     run = run_cli("run", "-c", str(cfg), "--once")
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "notes.txt").read_text() == "started\n"
+
+
+def test_an_answer_waiting_for_the_check_of_the_rules_classes_is_journaled_meanwhile(tmp_path, server, slow_platform):
+    """With ``max_size`` set, uploads go out before the platform answers, and the actions wait for the check of the
+    rules' classes. A worker's job then ends between the model's answer and the file's first step: the answer,
+    which otherwise waits for that step's transaction (rfwatch.journal.files), is journaled alone meanwhile, so
+    `status` says classified, and a stop (or a crash) then costs no second request to the API."""
+    slow_platform.delay = 8.0
+    rules = [{"name": "reds", "when": {"class": "red"}, "then": [{"move": "sorted/{name}"}]}]
+    cfg = write_config(tmp_path, server, rules, model="colors/2", concurrency=2)
+    doc = yaml.safe_load(cfg.read_text())
+    doc["roboflow"]["max_size"] = 640
+    cfg.write_text(yaml.safe_dump(doc))
+    photos(tmp_path / "inbox", count=1)
+    view = JournalView(cfg)
+    with DaemonThread(cfg) as d:
+        wait_for(lambda: view.state("p0.jpg") == "classified", what="the answer journaled while the check waits")
+        assert d.daemon.facts.get("colors/2") is None, "the platform answered: the check did not hold the actions"
+        assert view.file("p0.jpg").prediction["top"] == "red"
+        d.stop()
+    assert len(server.inference_requests()) == 1
+    slow_platform.delay = 0.0
+    assert run_cli("run", "-c", str(cfg), "--once").returncode == 0
+    assert [p.name for p in files_under(tmp_path / "sorted")] == ["p0.jpg"]
+    assert len(server.inference_requests()) == 1, "the answer journaled before the stop was asked for again"

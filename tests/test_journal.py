@@ -173,9 +173,10 @@ def test_a_step_naming_one_output_twice_or_writing_thousands_is_journaled(a, tmp
     assert [step.state for step in a.files.steps(fid)] == ["done", "done"]
 
 
-def test_a_file_sorted_by_one_move_costs_five_statements_on_postgresql(pg_cluster):
+def test_a_file_sorted_by_one_move_costs_four_statements_on_postgresql(pg_cluster):
     """Each transition of a sorted file is one statement on PostgreSQL (the server's own count, in
-    pg_stat_statements): the look, the take (a function), classified, the move's intent, its result."""
+    pg_stat_statements): the look, the take (a function), the move's intent (which commits the classification, as
+    the daemon has it wait for that: see test_a_classification_waits_for_the_files_next_transition), its result."""
     journal_url = pg_cluster.new_database()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
     from journal import sort_by_one_move
@@ -193,14 +194,85 @@ def test_a_file_sorted_by_one_move_costs_five_statements_on_postgresql(pg_cluste
         path = INBOX / "x.jpg"
         assert j.files.screen(path, 10, 1) is None
         fid = take(j)
-        j.files.classified(fid, {"top": "red"}, "sha-x.jpg", "colors/1", "red 0.9", {})
+        j.files.classified(fid, {"top": "red"}, "sha-x.jpg", "colors/1", "red 0.9", {}, defer=True)
         sort_by_one_move(j, fid, INBOX / "sorted" / "x.jpg")
-        assert j.db.scalar(counted) == 5, j.db.all(
+        assert j.db.scalar(counted) == 4, j.db.all(
             "SELECT calls, query FROM pg_stat_statements WHERE query NOT LIKE '%pg_stat_statements%'"
         )
         assert j.files.get(fid).state == FileState.DONE
     finally:
         j.close()
+
+
+def test_a_classification_waits_for_the_files_next_transition(a, b):
+    """``classified(defer=True)``: the answer is this process's until the file's next transition commits it with
+    its own writes; a process that dies before that leaves the file detected (classified again, nothing else)."""
+    fid = take(a)
+    a.files.classified(fid, {"top": "red"}, "sha-x.jpg", "colors/1", "red 0.9", {"inference_id": "i-1"}, defer=True)
+    mine, theirs = a.files.get(fid), b.files.get(fid)
+    assert (mine.state, mine.prediction, mine.attempts, mine.support) == (
+        FileState.CLASSIFIED,
+        {"top": "red"},
+        1,
+        {"inference_id": "i-1"},
+    )
+    assert (theirs.state, theirs.prediction, theirs.attempts) == (FileState.DETECTED, None, 0)
+    assert a.files.cached_prediction("sha-x.jpg", "colors/1") == {"top": "red"}  # identical content, here
+    assert b.files.cached_prediction("sha-x.jpg", "colors/1") is None
+    a.files.record_intent(fid, 1, StepKind.ACTION, "sort", "move", {"target": str(INBOX / "red" / "x.jpg")})
+    theirs = b.files.get(fid)
+    assert (theirs.state, theirs.prediction, theirs.attempts) == (FileState.CLASSIFIED, {"top": "red"}, 1)
+    assert theirs.support == {"inference_id": "i-1"}
+    assert b.files.cached_prediction("sha-x.jpg", "colors/1") == {"top": "red"}
+    a.files.finish_step(fid, 1, StepKind.ACTION, "sort", "move", True, {"outcome": "moved"}, final=FileState.DONE)
+    assert b.files.get(fid).attempts == 1  # committed once: the result's transition carries nothing more
+    lines = [m for _, m, _ in b.files.events(fid)]
+    assert lines[0].startswith("detected") and lines[1] == "classified red 0.9 (inference_id i-1)", lines
+    assert lines[2].startswith("move done") and lines[3] == "done", lines
+
+    # The next transition may be the final state itself (no rule matched): the same, in one statement.
+    other = take(a, "y.jpg")
+    a.files.classified(other, {"top": "blue"}, "sha-y.jpg", "colors/1", "blue 0.8", {}, defer=True)
+    a.files.finish(other, FileState.UNMATCHED)
+    row = b.files.get(other)
+    assert (row.state, row.prediction, row.attempts) == (FileState.UNMATCHED, {"top": "blue"}, 1)
+    assert [m for _, m, _ in b.files.events(other)][1:] == ["classified blue 0.8", "unmatched"]
+
+
+def test_a_classification_lost_with_its_process_leaves_the_file_detected(journal_url):
+    """A crash before the file's next transition: the answer was never journaled; another process resumes the
+    file from detected (it asks the API again), and nothing says it was classified."""
+    a = open_as(journal_url, "host-a", lease=0.5)
+    fid = take(a)
+    a.files.classified(fid, {"top": "red"}, "sha-x.jpg", "colors/1", "red 0.9", {}, defer=True)
+    a.close()  # (its heartbeat stops: as a process killed)
+    b = open_as(journal_url, "host-b", lease=0.5)
+    try:
+        time.sleep(1.0)
+        row = b.files.claim(fid)
+        assert row is not None and (row.state, row.prediction, row.attempts) == (FileState.DETECTED, None, 0)
+        assert b.files.cached_prediction("sha-x.jpg", "colors/1") is None
+        assert [m for _, m, _ in b.files.events(fid)] == [f"detected {INBOX / 'x.jpg'}"]
+    finally:
+        b.close()
+
+
+def test_a_waiting_classification_is_settled_alone_and_forgotten_when_the_file_was_taken_over(a, b):
+    fid = take(a)
+    a.files.classified(fid, {"top": "red"}, "sha-x.jpg", "colors/1", "red 0.9", {}, defer=True)
+    a.files.settle(fid)  # the job ends without a transition: committed alone
+    assert b.files.get(fid).state == FileState.CLASSIFIED
+    assert b.files.cached_prediction("sha-x.jpg", "colors/1") == {"top": "red"}
+    a.files.settle(fid)  # nothing waits any more: nothing written
+    assert b.files.get(fid).attempts == 1
+
+    other = take(a, "y.jpg")
+    a.files.classified(other, {"top": "blue"}, "sha-y.jpg", "colors/1", "blue 0.8", {}, defer=True)
+    a.db.transact(lambda tx: tx.run("UPDATE files SET holder=NULL WHERE id=?", (other,)))  # (taken over meanwhile)
+    with pytest.raises(ClaimLost):
+        a.files.settle(other)
+    assert a.files.get(other).state == FileState.DETECTED  # not this process's answer to keep any more
+    assert a.files.cached_prediction("sha-y.jpg", "colors/1") is None
 
 
 def test_known_in_lists_a_folders_own_files_as_screen_would_skip_them(a, tmp_path):

@@ -99,6 +99,17 @@ class Tx:
         self.db = db
         self.dialect = db.dialect
         self._notify = False
+        self._on_commit: list[Callable[[], None]] = []
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` once this transaction has committed (not if it rolls back, nor on an attempt the engine
+        asked to run again: that attempt calls its own)."""
+        self._on_commit.append(fn)
+
+    def committed(self) -> None:
+        """Run what :meth:`after_commit` was given (by :meth:`Database.transact`, once the commit returned)."""
+        for fn in self._on_commit:
+            fn()
 
     def _execute(self, sql: str, args: tuple | list) -> Any:
         """Execute; the cursor that holds the statement's answer."""
@@ -203,7 +214,9 @@ class Database(ABC):
 
     def _attempt(self, fn: Callable[[Tx], T], independent: bool) -> T:
         with self.write() as tx:
-            return fn(tx)
+            value = fn(tx)
+        tx.committed()
+        return value
 
     def call(self, sql: str, args: tuple | list = ()) -> Mapping[str, Any] | None:
         """Run one writing statement (a function of the journal's schema) as a transaction of its own; its first
@@ -447,9 +460,12 @@ class PostgresDatabase(Database):
                 if gathered.parts:
                     sql, args, error = gathered.statement()
                     self._autocommit(sql, args, error)
+                gathered.committed()
                 return value
         with self.write() as tx:
-            return fn(tx)
+            value = fn(tx)
+        tx.committed()
+        return value
 
     def call(self, sql: str, args: tuple | list = ()) -> Mapping[str, Any] | None:
         return self._retrying(lambda: self._autocommit(self.sql(sql), tuple(args), None))

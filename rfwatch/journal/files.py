@@ -13,6 +13,15 @@ the deliveries it queued, in one transaction. A step is written first with its i
 recorded none: a row saying only "begun" would tell recovery nothing (a step without an intent is redone either
 way), so it would cost a transaction per step for nothing. The last step of a round commits the file's final state
 with its own result.
+
+A file's classification (the model's answer) may wait in memory for the file's next transition and be committed
+with it (``classified(..., defer=True)``): the first step's intent, the final state when no rule matched, or a
+failure. Nothing outside the journal is done between the two (the rules are evaluated; no file is touched), so a
+crash in between loses only the answer: the file is found as detected and classified again, one more request to
+the API and nothing else, as when a crash came during the request itself. It saves a file one transaction (a
+commit, and on SQLite an fsync). Until it is committed the answer is this process's alone: its reads of the row
+(:meth:`Files.get`) and of the prediction kept for identical content see it; another process sees the file as
+detected, held by this one.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +118,19 @@ class StepRow:
     host: str | None
 
 
+@dataclass(slots=True)
+class _Unjournaled:
+    """A classification waiting for its file's next transition (see the module's docstring)."""
+
+    #: The file's columns as ``classified`` sets them (``attempts`` is counted up besides).
+    columns: dict[str, Any]
+    sha256: str
+    model: str
+    doc: str
+    at: float
+    message: str
+
+
 class Files:
     def __init__(self, db: Database, roots: Roots, host: str, holder: Callable[[], str], lease: float):
         self.db = db
@@ -115,10 +138,17 @@ class Files:
         self.host = host
         self._holder = holder  # the holder id, registered at the first claim
         self.lease = lease
+        # By file id, and its prediction by content (sha256, model); each file's entry is touched only by the worker
+        # that has the file (single dict operations: no lock needed).
+        self._unjournaled: dict[int, _Unjournaled] = {}
+        self._unjournaled_content: dict[tuple[str, str], str] = {}
 
     # --- rows -------------------------------------------------------------------------
 
     def _row(self, r: Any) -> FileRow:
+        waiting = self._unjournaled.get(r["id"]) if self._unjournaled else None
+        if waiting is not None:  # this process's classification, not committed yet: what the row will say
+            r = {**r, **waiting.columns, "attempts": r["attempts"] + 1}
         return FileRow(
             id=r["id"],
             path=self.roots.resolve(r["path_root"], r["path"]),
@@ -168,27 +198,65 @@ class Files:
         if not all(isinstance(m, str) for m in messages):  # a time passed where a line goes (at= is keyword-only)
             raise TypeError(f"event lines must be text: {messages!r}")
         at = at or time.time()
-        values = ",".join(["(?,?,?,?)"] * len(messages))
-        args = [v for m in messages for v in (file_id, at, utf8_text(m), self.host)]
+        self._lines(tx, file_id, [(at, m) for m in messages])
+
+    def _lines(self, tx: Tx, file_id: int, lines: list[tuple[float, str]]) -> None:
+        """History lines (time, text), in this order, in one statement."""
+        values = ",".join(["(?,?,?,?)"] * len(lines))
+        args = [v for at, m in lines for v in (file_id, at, utf8_text(m), self.host)]
         tx.send(f"INSERT INTO events (file_id, at, message, host) VALUES {values}", args)
 
     def _mine(
-        self, tx: Tx, file_id: int, now: float, me: str, sets: dict[str, Any] | None = None, touch: bool = True
+        self,
+        tx: Tx,
+        file_id: int,
+        now: float,
+        me: str,
+        sets: dict[str, Any] | None = None,
+        touch: bool = True,
+        messages: Iterable[str] = (),
     ) -> None:
         """Raise ClaimLost unless this process (holder ``me``) still holds the file; set ``sets`` (column names
-        are rfwatch's own, never input) and, with ``touch``, ``updated`` in the same statement. On PostgreSQL the
-        check goes on without waiting, with the transaction's other statements, and ClaimLost is raised before the
-        commit."""
+        are rfwatch's own, never input) and, with ``touch``, ``updated`` in the same statement; add ``messages`` to
+        its history. On PostgreSQL the check goes on without waiting, with the transaction's other statements, and
+        ClaimLost is raised before the commit.
+
+        A classification of the file waiting to be journaled (``classified(..., defer=True)``) is committed here,
+        with the transition: its columns in the same UPDATE (one row is written once per statement on PostgreSQL),
+        its line before ``messages`` in the same INSERT (the history keeps its order)."""
         # Without touch (a step's intent, which changes nothing of the file's own) the update sets the holder to
         # itself: it still locks the row and checks the claim, but changes no indexed column, so PostgreSQL may write
         # it beside the old version (HOT) instead of into each of the files table's seven indexes.
-        cols = {"updated": now, **(sets or {})} if touch or sets else {"holder": me}
-        assign = ", ".join(f"{c}=?" for c in cols)
+        waiting = self._unjournaled.get(file_id)
+        lines = [(now, m) for m in messages]
+        counted = ""
+        if waiting is not None:
+            cols = {**waiting.columns, "updated": now, **(sets or {})}
+            counted = ", attempts=attempts+1"
+            lines.insert(0, (waiting.at, waiting.message))
+            tx.send(
+                "INSERT INTO predictions (sha256, model, prediction, created) VALUES (?,?,?,?) ON CONFLICT DO NOTHING",
+                (waiting.sha256, waiting.model, waiting.doc, waiting.at),
+            )
+            tx.after_commit(lambda: self._forget(file_id, waiting))  # the journal answers for it now
+        else:
+            cols = {"updated": now, **(sets or {})} if touch or sets else {"holder": me}
+        assign = ", ".join(f"{c}=?" for c in cols) + counted
         tx.check(
             f"UPDATE files SET {assign} WHERE id=? AND holder=?",
             (*cols.values(), file_id, me),
             lambda: ClaimLost(file_id),
         )
+        if lines:
+            self._lines(tx, file_id, lines)
+
+    def _forget(self, file_id: int, waiting: _Unjournaled) -> None:
+        """Let go of a waiting classification (committed, or not to be): unless a newer one replaced it."""
+        if self._unjournaled.get(file_id) is waiting:
+            del self._unjournaled[file_id]
+        key = (waiting.sha256, waiting.model)
+        if self._unjournaled_content.get(key) is waiting.doc:
+            del self._unjournaled_content[key]
 
     def _final_sets(self, state: FileState, error: str | None = None) -> dict[str, Any]:
         """The file's columns for a new state; a process lets go of a file that is finished or waits for a person."""
@@ -257,7 +325,9 @@ class Files:
         )
 
     def cached_prediction(self, sha256: str, model: str) -> dict[str, Any] | None:
-        doc = self.db.scalar("SELECT prediction FROM predictions WHERE sha256=? AND model=?", (sha256, model))
+        doc = self._unjournaled_content.get((sha256, model)) or self.db.scalar(
+            "SELECT prediction FROM predictions WHERE sha256=? AND model=?", (sha256, model)
+        )
         return json.loads(doc) if doc else None
 
     def claimable(self) -> list[int]:
@@ -533,9 +603,12 @@ class Files:
         model: str,
         summary: str,
         support: dict[str, str] | None = None,
+        *,
+        defer: bool = False,
     ) -> None:
         """The file has its prediction (kept for identical content too). ``support``: ids for Roboflow support
-        (None: the prediction was reused)."""
+        (None: the prediction was reused). ``defer``: commit it with the file's next transition (the module's
+        docstring says when that is safe); :meth:`settle` commits it alone."""
         now = time.time()
         doc = json.dumps(prediction)
         if support is None:
@@ -543,23 +616,40 @@ class Files:
         else:
             ids = "; ".join(f"{k} {v}" for k, v in support.items())
             message = f"classified {summary}" + (f" ({ids})" if ids else "")
-        me = self._holder()
-
-        def record(tx: Tx) -> None:
-            tx.check(
-                "UPDATE files SET state=?, prediction=?, support=?, attempts=attempts+1, last_error=NULL, updated=?"
-                " WHERE id=? AND holder=?",
-                (FileState.CLASSIFIED, doc, json.dumps(support) if support else None, now, file_id, me),
-                lambda: ClaimLost(file_id),
-            )
-            tx.send(
-                "INSERT INTO predictions (sha256, model, prediction, created) VALUES (?,?,?,?) ON CONFLICT DO NOTHING",
-                (sha256, model, doc, now),
-            )
-            self.event(tx, file_id, message, at=now)
-
-        self.db.transact(record, independent=True)
+        columns = {
+            "state": FileState.CLASSIFIED,
+            "prediction": doc,
+            "support": json.dumps(support) if support else None,
+            "last_error": None,
+            "updated": now,
+        }
+        waiting = _Unjournaled(columns, sha256, model, doc, now, message)
+        self._unjournaled[file_id] = waiting
+        if defer:
+            self._unjournaled_content[(sha256, model)] = doc
+        else:
+            try:
+                self._commit_waiting(file_id, waiting)
+            except BaseException:
+                self._forget(file_id, waiting)  # not journaled: raised to the caller, as any failed transition
+                raise
         crash_point("journal.classified")
+
+    def settle(self, file_id: int) -> None:
+        """Commit the file's classification if it still waits for a transition (its job ends without one: a step
+        waits for a plugin, say); a file another process took over meanwhile is not ours to write: forgotten."""
+        waiting = self._unjournaled.get(file_id)
+        if waiting is None:
+            return
+        try:
+            self._commit_waiting(file_id, waiting)
+        except ClaimLost:
+            self._forget(file_id, waiting)  # the process that has the file now classifies it
+            raise
+
+    def _commit_waiting(self, file_id: int, waiting: _Unjournaled) -> None:
+        me = self._holder()
+        self.db.transact(lambda tx: self._mine(tx, file_id, waiting.at, me), independent=True)
 
     def attempt_failed(self, file_id: int, error: str) -> None:
         """A transient failure: the file stays queued."""
@@ -598,7 +688,7 @@ class Files:
         me = self._holder()  # resolved before the transaction (registering takes one of its own)
 
         def record(tx: Tx) -> None:
-            self._mine(tx, file_id, now, me, touch=False)
+            self._mine(tx, file_id, now, me, touch=False)  # (with a classification waiting for it: see _mine)
             tx.send(
                 "INSERT INTO steps (file_id, seq, kind, rule, action, state, intent, updated, host)"
                 " VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (file_id, seq) DO UPDATE SET intent=excluded.intent,"
@@ -662,7 +752,7 @@ class Files:
             messages.append(final_message or final)
 
         def record(tx: Tx) -> None:
-            self._mine(tx, file_id, now, me, sets)
+            self._mine(tx, file_id, now, me, sets, messages=messages)
             # The step's claims (record_intent) give way to the files it wrote, exactly as they are now.
             tx.send("DELETE FROM claims WHERE file_id=?", (file_id,))
             tx.send(
@@ -675,7 +765,6 @@ class Files:
                 self._mark_located(tx, *mark, file_id)
             if also is not None:
                 also(tx)
-            self.event(tx, file_id, *messages, at=now)
 
         self.db.transact(record, independent=True)
         crash_point("journal.step_finished")
@@ -691,9 +780,8 @@ class Files:
     def hold_for_sequence(self, tx: Tx, file_id: int, me: str, message: str) -> None:
         """Inside the caller's transaction: a classified frame waits for its sequence (no process holds it)."""
         now = time.time()
-        self._mine(tx, file_id, now, me)
+        self._mine(tx, file_id, now, me, messages=[message])
         tx.run("UPDATE files SET state=?, last_error=NULL, holder=NULL WHERE id=?", (FileState.WAITING, file_id))
-        self.event(tx, file_id, message, at=now)
 
     def release_from_sequence(self, tx: Tx, file_ids: list[int], message: str) -> None:
         """Inside the caller's transaction: the frames of a sequence that closed are classified files again, with
@@ -713,9 +801,8 @@ class Files:
         me = self._holder()  # resolved before the transaction (registering takes one of its own)
 
         def record(tx: Tx) -> None:
-            self._mine(tx, file_id, now, me, self._final_sets(FileState.REVIEW))
+            self._mine(tx, file_id, now, me, self._final_sets(FileState.REVIEW), messages=[message])
             tx.send("DELETE FROM claims WHERE file_id=?", (file_id,))  # its round is over (a step left unfinished)
-            self.event(tx, file_id, message, at=now)
 
         self.db.transact(record, independent=True)
 
@@ -730,10 +817,9 @@ class Files:
             sets["path_root"], sets["path"] = self._loc(path)
 
         def record(tx: Tx) -> None:
-            self._mine(tx, file_id, now, me, sets)
+            self._mine(tx, file_id, now, me, sets, messages=[state + (f": {error}" if error else "")])
             # A step begun and never finished (the rules changed across a crash): what it claimed is let go.
             tx.send("DELETE FROM claims WHERE file_id=?", (file_id,))
-            self.event(tx, file_id, state + (f": {error}" if error else ""), at=now)
 
         self.db.transact(record, independent=True)
         crash_point("journal.finished")

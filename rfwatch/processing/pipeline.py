@@ -34,7 +34,7 @@ from rfwatch.host.rules import matching_rules
 from rfwatch.host.runtime import Runtime
 from rfwatch.host.sequence import SequenceFacts
 from rfwatch.images.prepare import DecodedImage, ImageError, PreparedImage
-from rfwatch.journal import ClaimLost, Decision, DecisionKind, FileRow, Journal, Skip
+from rfwatch.journal import ClaimLost, Decision, DecisionKind, FileRow, Journal, JournalUnavailable, Skip
 from rfwatch.processing.decisions import labelled_prediction
 from rfwatch.processing.delivery import Deliveries
 from rfwatch.processing.sequences import Sequencer, sequence_prediction
@@ -376,6 +376,19 @@ class Pipeline:
             # Our lease ran out (the journal was away) and another process carries the file on now.
             log.warning("%s: another rfwatch process took this file over; leaving it to that one", row.path)
             return Attempt(Outcome.SKIPPED, row.id, "taken over by another process")
+        finally:
+            self._settle(row)
+
+    def _settle(self, row: FileRow) -> None:
+        """A classification still waiting for a transition when the file's job ends (it waits for a plugin, or the
+        journal went away) is committed alone; if the journal cannot take it now, it stays in memory, and the file's
+        next job (it is journaled as detected, held by this process) finds it there instead of asking the API."""
+        try:
+            self.journal.files.settle(row.id)
+        except ClaimLost:
+            pass  # (another process has the file: _process said so)
+        except JournalUnavailable as exc:
+            log.debug("%s: its classification waits for the journal: %s", row.path, exc)
 
     def _carry_on(self, row: FileRow, prepared: Upload | None) -> Attempt:
         files = self.journal.files
@@ -425,7 +438,9 @@ class Pipeline:
             doc = self.journal.files.cached_prediction(*key)
             if doc is not None:
                 prediction = self._prediction(dict(doc, image_path=str(row.path)))
-                self.journal.files.classified(row.id, prediction.json(), row.sha256, row.model, prediction.summary())
+                self.journal.files.classified(
+                    row.id, prediction.json(), row.sha256, row.model, prediction.summary(), defer=self._defers(row)
+                )
                 return prediction
             with self._lock:
                 waiter = self._inflight.get(key)
@@ -438,14 +453,27 @@ class Pipeline:
             if answer is None:
                 return None
             prediction = self._prediction(dict(answer.json(), image_path=str(row.path)))
-            # The prediction is kept by content in the same transaction: waiters find it when they wake.
+            # The prediction is kept by content (in memory while it waits for the file's next transition, then in the
+            # journal): waiters find it when they wake.
             self.journal.files.classified(
-                row.id, prediction.json(), row.sha256, row.model, prediction.summary(), answer.support or {}
+                row.id,
+                prediction.json(),
+                row.sha256,
+                row.model,
+                prediction.summary(),
+                answer.support or {},
+                defer=self._defers(row),
             )
             return prediction
         finally:
             with self._lock:
                 self._inflight.pop(key).set()
+
+    def _defers(self, row: FileRow) -> bool:
+        """Whether the file's classification may wait to be committed with its next transition (rfwatch.journal.files
+        says why that is safe): not in a dry run, where no transition follows, nor for a frame of a sequence, whose
+        label other frames' jobs read from the journal when the sequence closes."""
+        return not self.dry_run and self.sequencer.config_for_root(row.root) is None
 
     def _call_api(self, row: FileRow, prepared: Upload | None) -> Prediction | None:
         """The API's answer for the file; None (attempt journaled) when this image is the problem."""

@@ -26,20 +26,22 @@ __all__ = ["StepLog", "ActionLog", "UndoLog", "StepRunner", "StepFailed"]
 
 # Why a file costs the journal transactions it does, and why none of them can be merged further (issue 23 item 3).
 #
-# A new file sorted by one move writes four transactions: take (the row, its hash, the claim), classified (the
-# prediction, kept by content), the move's intent, and the move's result with the file's final state. Each is
-# the only record of a fact that exists outside the journal from that instant on, and a kill -9 may come between
-# any two (tests/test_crash_points.py stops the process at each):
+# A new file sorted by one move writes three transactions: take (the row, its hash, the claim), the move's intent
+# (with the prediction, kept by content), and the move's result with the file's final state. Each is the only record
+# of a fact that exists outside the journal from that instant on, and a kill -9 may come between any two
+# (tests/test_crash_points.py stops the process at each):
 #
 # * take comes before anything is asked or done for the file: it is what lets a restart (or another process,
 #   through the claim) carry the file on instead of finding it again as new. It needs the hash, so it comes after
 #   the read; nothing before it has an effect outside this process.
-# * classified commits the API's answer before any action reads it: a restart acts on the same answer (and pays
-#   for no second call, and every host on the journal finds the answer by content). It could only be merged
-#   into the first step's intent for a file whose rules run an action (an unmatched file is finished after it,
-#   a file held for review waits with it); that would make the intent the first record of the answer, and a
-#   crash between the answer and the intent would pay for the call again: kept, as the answer costs more than
-#   the transaction (about a millisecond against the API's round trip).
+# * the API's answer is committed with the file's next transition, not alone (rfwatch.journal.files,
+#   ``classified(defer=True)``): the first step's intent, or the final state of a file no rule matched, or its
+#   failure. Between the answer and that transition the rules are evaluated and nothing outside the journal is
+#   done, so a crash there loses only the answer: a restart finds the file detected and asks the API again. Until
+#   2026-12-07 it had a transaction of its own, so that such a crash would not pay for a second call; but every file
+#   paid that transaction (a commit, an fsync on SQLite), and the window it guarded is a few milliseconds of rule
+#   evaluation. Frames of sequences still commit it alone: other frames' jobs read it from the journal when their
+#   sequence closes.
 # * an action's intent is written before its side effect starts (place_file records the temporary name and the
 #   target before it writes a byte): after a crash, the half-done move is finished or rolled back from it
 #   (recover_placement), never redone blind and never lost. It cannot move into the previous transaction, as the
@@ -52,7 +54,7 @@ __all__ = ["StepLog", "ActionLog", "UndoLog", "StepRunner", "StepFailed"]
 #
 # Between the intent and the result of one step is the one side effect; between two steps, the next intent must
 # follow the previous result, because the next action's intent names the place the previous one left the file in.
-# Hence 2 + 2 x (actions) transactions per file, the minimum for "intent before each action, result after".
+# Hence 1 + 2 x (actions) transactions per file, the minimum for "intent before each action, result after".
 
 
 class StepFailed(Exception):
