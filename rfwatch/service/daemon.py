@@ -43,6 +43,8 @@ log = logging.getLogger("rfwatch.service.daemon")
 EXIT_API_REJECTED = 3
 #: As the CLI's exit for a ConfigError: a rule refused once the model's facts came, after start-up.
 EXIT_CONFIG = 2
+#: Workers beyond the request slots, per core: files prepared while every slot waits on the API (see run()).
+PREPARED_AHEAD = 4
 
 
 @dataclass(eq=False)  # one job is one object: removed from a queue by identity
@@ -744,12 +746,16 @@ class Daemon:
                 return 1
         self.runtime.plugins.hook.startup(config=self.config)
         threading.Thread(target=warm_up, name="rfwatch-warm-up", daemon=True).start()
-        # `concurrency` requests in flight (the pipeline's slots), and a worker per core beyond them: a file busy
-        # with its actions (a move's fsyncs, exiftool, a slow share) or with its journal does not hold a slot
-        # while the next file could be on its way.
+        # `concurrency` requests in flight (the pipeline's slots), and workers beyond them: a file busy with its
+        # actions (a move's fsyncs, exiftool, a slow share) or with its journal does not hold a slot while the next
+        # file could be on its way, and while every slot waits on the API the cores go on preparing the next files
+        # (one per core at a time: Pipeline._cores), each then waiting for a slot with its small upload. A 12 MP
+        # photo takes a core about 50 ms, an answer 150 to 200 ms on a real link: four files a core per round trip.
+        # With one worker a core beyond the slots, a burst's first wave filled every slot and the cores idled
+        # until its answers came (0.1 s at half a core in a cold run of 24 photos; docs/benchmarks.md).
         self._threads = [
             threading.Thread(target=self._worker, name=f"rfwatch-worker-{i}", daemon=True)
-            for i in range(self.config.concurrency + usable_cores())
+            for i in range(self.config.concurrency + PREPARED_AHEAD * usable_cores())
         ]
         for t in self._threads:
             t.start()
