@@ -80,7 +80,7 @@ class Cluster:
         self._pg_ctl("start")
         return self
 
-    def _pg_ctl(self, what: str) -> None:
+    def _pg_ctl(self, what: str, mode: str = "fast") -> None:
         options = (
             f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.sock} -c max_connections=300"
             " -c shared_buffers=32MB -c fsync=on"
@@ -91,12 +91,13 @@ class Cluster:
         if what == "start":
             args += ["-o", options, "-l", str(self.root / "log"), "start"]
         else:
-            args += ["-m", "fast", "stop"]
+            args += ["-m", mode, "stop"]
         self._as_postgres(args, timeout=90)
 
-    def stop(self) -> None:
-        """Stop the server (a test may start it again: ``start_again``)."""
-        self._pg_ctl("stop")
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server (a test may start it again: ``start_again``). ``mode``: pg_ctl's; ``immediate`` is a crash
+        (no checkpoint, every backend killed at once: the restart recovers from the WAL)."""
+        self._pg_ctl("stop", mode)
 
     def start_again(self) -> None:
         self._pg_ctl("start")

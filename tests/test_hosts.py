@@ -16,6 +16,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
 import yaml
 from helpers import DaemonProcess, JournalView, files_under, rfwatch_cmd, run_cli, unique_jpeg, wait_for, write_burst
 from roboflow_server import VALID_KEY
@@ -149,9 +150,11 @@ def test_a_daemon_and_run_once_on_one_journal_classify_each_file_once(tmp_path, 
         assert "No such file" not in log and ": failed:" not in log
 
 
-def test_postgresql_stopped_mid_burst_loses_nothing(tmp_path, server, request):
-    """The database goes away for 10 s mid-burst (PostgreSQL restarted): work waits, the status line says why,
-    nothing fails or is lost, and it resumes by itself."""
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+def test_postgresql_stopped_mid_burst_loses_nothing(tmp_path, server, request, mode):
+    """The database goes away for 10 s mid-burst (PostgreSQL restarted, or ``immediate``: crashed, so that commits
+    under way when it went are in doubt to rfwatch, and the restart recovers from the WAL): work waits, the status
+    line says why, nothing fails or is lost, and it resumes by itself."""
     cluster = request.getfixturevalue("pg_cluster")
     url = cluster.new_database()
     share = _share(tmp_path)
@@ -162,7 +165,7 @@ def test_postgresql_stopped_mid_burst_loses_nothing(tmp_path, server, request):
         daemon.wait_ready()
         n = write_burst(share / "inbox", written, 0, 60, 3000)
         wait_for(lambda: len(files_under(share / "archive")) >= 20, timeout=60, what="a third sorted")
-        cluster.stop()
+        cluster.stop(mode)
         try:
             n = write_burst(share / "inbox", written, n, 40, 3000)
             wait_for(
