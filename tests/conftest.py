@@ -11,6 +11,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from ports import free_port
 from webhook_receiver import Receiver  # noqa: E402
 
 from rfwatch.testing import VALID_KEY, PlatformServer, RoboflowServer, catalog, platform_server, roboflow_server  # noqa: E402
@@ -50,7 +51,7 @@ def _no_systemd_journal(monkeypatch):
 @pytest.fixture
 def server():
     """The inference stand-in, as classify.roboflow.com (v1) answers."""
-    srv = RoboflowServer().start()
+    srv = RoboflowServer(port=free_port()).start()  # (its port is kept when a test takes it down and up)
     yield srv
     srv.stop()
 
@@ -66,7 +67,7 @@ def receiver():
 @pytest.fixture
 def platform(server):
     """The platform API stand-in (api.roboflow.com), serving the same account as ``server``."""
-    srv = PlatformServer(catalog=server.catalog).start()
+    srv = PlatformServer(catalog=server.catalog, port=free_port()).start()
     server.platform_url = srv.url  # write_config points roboflow.platform_url here
     yield srv
     srv.stop()

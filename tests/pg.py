@@ -12,12 +12,13 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 import uuid
 from pathlib import Path
+
+from ports import free_port
 
 __all__ = ["Cluster", "find_bin", "SKIP_REASON"]
 
@@ -33,12 +34,6 @@ def find_bin() -> Path | None:
     return Path(on_path).parent if on_path else None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Cluster:
     def __init__(self, bindir: Path, preload: tuple[str, ...] = ()):
         """``preload``: server libraries to load at start (the tests count statements with pg_stat_statements,
@@ -48,7 +43,7 @@ class Cluster:
         self.root = Path(tempfile.mkdtemp(prefix="rfwatch-pg-"))
         self.data = self.root / "data"
         self.sock = self.root / "sock"
-        self.port = _free_port()
+        self.port = free_port()  # (kept across a stop and a start_again)
         self.user = None
         if os.geteuid() == 0:
             self.user = pwd.getpwnam("postgres")  # created by Debian's package

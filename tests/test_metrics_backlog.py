@@ -3,11 +3,11 @@ failed deliveries per plugin (uploads are the review plugin's deliveries), every
 
 from __future__ import annotations
 
-import socket
 import urllib.request
 
 import pytest
 from helpers import DaemonThread, unique_jpeg, wait_for, write_config
+from ports import free_port
 
 GRAY = (128, 128, 128)
 RULES = [
@@ -18,16 +18,10 @@ REVIEW = "rfwatch.default_plugins.review"
 WEBHOOK = "rfwatch.default_plugins.webhook"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_review_backlog_and_deliveries_per_plugin_have_series_from_the_start(tmp_path, server, api_key):
     pytest.importorskip("prometheus_client")
     server.classifier = lambda image: {"red": 0.4, "green": 0.35, "blue": 0.25}  # unsure: the file goes to review
-    port = _free_port()
+    port = free_port()
     cfg = write_config(tmp_path, server, rules=RULES, review={"upload": {}}, metrics={"listen": f"127.0.0.1:{port}"})
 
     def scrape() -> str:
@@ -58,7 +52,7 @@ def test_open_sequences_and_waiting_frames_are_gauges_from_zero(tmp_path, server
     from test_sequences import DEER, EMPTY_UNSURE, FOX_UNSURE, burst, classify
 
     server.classifier = classify
-    port = _free_port()
+    port = free_port()
     cfg = write_config(
         tmp_path,
         server,

@@ -27,6 +27,7 @@ import pytest
 from catalog import VALID_KEY
 from forward_proxy import ForwardProxy
 from helpers import unique_jpeg, write_config
+from ports import free_port
 
 from rfwatch.roboflow.client import ApiError
 from rfwatch.roboflow.facts import fetch_facts
@@ -71,9 +72,7 @@ def test_errors_keep_their_meaning_and_never_show_the_key(platform, no_proxy_env
     with pytest.raises(PlatformUnavailable) as unavailable:
         PlatformClient(VALID_KEY, platform.url).workspace()
     assert unavailable.value.status == 503 and VALID_KEY not in str(unavailable.value)
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    closed = f"http://127.0.0.1:{free_port()}"  # a port nobody listens on
     with pytest.raises(PlatformUnavailable, match="no answer .*ConnectionRefusedError") as gone:
         PlatformClient(VALID_KEY, closed).workspace()
     assert VALID_KEY not in str(gone.value)

@@ -35,6 +35,7 @@ from helpers import (
     write_config,
 )
 from PIL import Image, ImageChops, ImageStat
+from ports import free_port
 from roboflow_server import VALID_KEY, color_scores
 
 GRAY = (128, 128, 128)
@@ -61,12 +62,6 @@ def unsure_when_gray(image: Image.Image) -> dict[str, float]:
 
 def gray_jpeg(seed: int) -> bytes:
     return unique_jpeg(GRAY, seed)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def review_config(

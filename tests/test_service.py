@@ -27,6 +27,7 @@ from helpers import (
     wait_for,
     write_config,
 )
+from ports import free_port
 from roboflow_server import VALID_KEY, RoboflowServer
 
 from rfwatch.service.notify import Notifier
@@ -358,9 +359,7 @@ def test_rescan_interval_takes_files_the_watcher_missed(tmp_path, server):
 
 def test_metrics_endpoint(tmp_path, server):
     pytest.importorskip("prometheus_client")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     cfg = write_config(tmp_path, server, metrics={"listen": f"127.0.0.1:{port}"})
     server.fail_next(503, count=1, retry_after="0")
     with DaemonThread(cfg):

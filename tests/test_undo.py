@@ -14,7 +14,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from helpers import (
     write_config,
 )
 from metadata_reader import iptc_keywords, jpeg_non_xmp_segments, jpeg_parts, photoshop_resources, read_xmp, xmp_bytes
+from ports import free_port
 from roboflow_server import VALID_KEY
 from standardwebhooks import Webhook
 
@@ -1040,14 +1040,8 @@ def _waiting(api: str) -> list[dict]:
         return []
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_files_in_review_and_labelled_in_review_go_back(tmp_path, server):
-    port = _free_port()
+    port = free_port()
     rules = [
         {"name": "unsure", "when": {"max_confidence": 0.95}, "then": [{"review": "review/{name}"}]},
         {"name": "sorted", "then": [{"move": "sorted/{class}/{name}"}]},

@@ -7,6 +7,8 @@ import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from ports import free_port
+
 
 @dataclass
 class Delivery:
@@ -19,8 +21,8 @@ class Delivery:
 
 
 class Receiver:
-    def __init__(self, port: int = 0):
-        self.port = port
+    def __init__(self, port: int | None = None):
+        self.port = port if port is not None else free_port()  # (kept when a test stops it and starts it again)
         self.deliveries: list[Delivery] = []
         self.status = 204
         self.retry_after: str | None = None
