@@ -290,6 +290,38 @@ def test_a_crashed_process_takes_its_exiftools_with_it(jpeg):
     assert not _running(pid), f"exiftool {pid} outlived the process that started it"
 
 
+CRASHING_ONESHOT_USER = """
+import sys
+from rfwatch.images.exiftool import run_oneshot
+run_oneshot(["-XMP-dc:Subject+=x"], sys.argv[1], 60, executable=sys.argv[2])  # killed with us, mid-write
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_one_shot_exiftool_dies_with_the_process_that_ran_it(tmp_path):
+    """A one-shot exiftool (a file name the argfile cannot carry) still running when rfwatch is killed must not go
+    on writing the file while a restarted rfwatch carries the same step on. Here "exiftool" is a stand-in that
+    says its pid and then takes its time, as a write of a large file does."""
+    target = tmp_path / "two\nlines.jpg"
+    make_jpeg(target)
+    pidfile = tmp_path / "exiftool.pid"
+    slow = tmp_path / "slow-exiftool"
+    slow.write_text(f"#!/bin/sh\necho $$ > {pidfile}\nexec sleep 60\n")
+    slow.chmod(0o755)
+    user = subprocess.Popen([sys.executable, "-c", CRASHING_ONESHOT_USER, str(target), str(slow)])
+    try:
+        wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), timeout=30, what="the one-shot started")
+        pid = int(pidfile.read_text())
+        assert _running(pid)
+    finally:
+        user.kill()  # kill -9
+        user.wait()
+    deadline = time.monotonic() + 10
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(pid), f"the one-shot exiftool {pid} outlived the rfwatch that ran it"
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_an_exiftool_whose_rfwatch_died_before_it_started_exits_at_once():
     """The parent-death signal is set after the fork: if rfwatch died in between, nobody would send it."""

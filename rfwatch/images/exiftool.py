@@ -44,7 +44,9 @@ The protocol has sharp edges, each handled here (exiftool 12.57's ``exiftool`` s
   A process that dies without either (kill -9, a crash) must take its exiftools with it: on Linux they
   are started through a few lines of Python that set PR_SET_PDEATHSIG (the kernel kills the child when
   the thread that forked it ends) and check the parent is still there, always from one spawner thread
-  that lives as long as the process. Elsewhere systemd's cgroup kill takes them when the service stops.
+  that lives as long as the process. A one-shot process goes the same way, forked by the thread that waits
+  for it: a write it had begun cannot go on after rfwatch died, beside the restarted rfwatch that carries the
+  step on. Elsewhere systemd's cgroup kill takes them when the service stops.
 
 POSIX only: elsewhere every call runs one-shot.
 """
@@ -314,7 +316,9 @@ def run_oneshot(
     cmd += [*encoded, b"--", name]
     start = time.monotonic()
     try:
-        proc = subprocess.run(cmd, capture_output=True, timeout=timeout)
+        # Forked by this thread, which waits for it: a kill -9 of rfwatch takes it too, so that it cannot go on
+        # writing the file while a restarted rfwatch carries the same step on (two writers of one file).
+        proc = subprocess.run(_dying_with_rfwatch(cmd), capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         _remove_tmp(name)  # subprocess.run killed it, possibly in the middle of writing
         raise ExifToolError(
@@ -392,12 +396,21 @@ _DIE_WITH_PARENT = (
 _spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="exiftool-spawner")
 
 
-def _spawn(cmd: list[str]) -> subprocess.Popen[bytes]:
+def _dying_with_rfwatch(cmd: Sequence[str | bytes]) -> list[str | bytes]:
+    """``cmd`` run through :data:`_DIE_WITH_PARENT` where the kernel can do it (Linux): killed with the thread
+    that forks it."""
     if sys.platform.startswith("linux"):
-        cmd = [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT, str(os.getpid()), *cmd]
+        return [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT, str(os.getpid()), *cmd]
+    return list(cmd)
+
+
+def _spawn(cmd: list[str]) -> subprocess.Popen[bytes]:
+    wrapped = _dying_with_rfwatch(cmd)
 
     def start() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+        return subprocess.Popen(
+            wrapped, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0
+        )
 
     return _spawner.submit(start).result()
 
