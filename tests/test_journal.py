@@ -269,6 +269,7 @@ def test_a_waiting_classification_is_settled_alone_and_forgotten_when_the_file_w
     other = take(a, "y.jpg")
     a.files.classified(other, {"top": "blue"}, "sha-y.jpg", "colors/1", "blue 0.8", {}, defer=True)
     a.db.transact(lambda tx: tx.run("UPDATE files SET holder=NULL WHERE id=?", (other,)))  # (taken over meanwhile)
+    assert a.files.get(other).state == FileState.DETECTED  # the row moved on without it: not shown as ours
     with pytest.raises(ClaimLost):
         a.files.settle(other)
     assert a.files.get(other).state == FileState.DETECTED  # not this process's answer to keep any more

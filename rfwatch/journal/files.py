@@ -30,7 +30,6 @@ import json
 import os
 import time
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -118,12 +117,14 @@ class StepRow:
     host: str | None
 
 
-@dataclass(slots=True)
+@record
 class _Unjournaled:
     """A classification waiting for its file's next transition (see the module's docstring)."""
 
     #: The file's columns as ``classified`` sets them (``attempts`` is counted up besides).
     columns: dict[str, Any]
+    #: This process's holder id, which the file's row names while the classification may be committed.
+    holder: str
     sha256: str
     model: str
     doc: str
@@ -147,7 +148,9 @@ class Files:
 
     def _row(self, r: Any) -> FileRow:
         waiting = self._unjournaled.get(r["id"]) if self._unjournaled else None
-        if waiting is not None:  # this process's classification, not committed yet: what the row will say
+        # This process's classification, not committed yet: what the row will say. Not once the row has moved on
+        # without it (another process took the file over while this one could not reach the journal).
+        if waiting is not None and r["state"] == FileState.DETECTED and r["holder"] == waiting.holder:
             r = {**r, **waiting.columns, "attempts": r["attempts"] + 1}
         return FileRow(
             id=r["id"],
@@ -623,7 +626,7 @@ class Files:
             "last_error": None,
             "updated": now,
         }
-        waiting = _Unjournaled(columns, sha256, model, doc, now, message)
+        waiting = _Unjournaled(columns, self._holder(), sha256, model, doc, now, message)
         self._unjournaled[file_id] = waiting
         if defer:
             self._unjournaled_content[(sha256, model)] = doc
@@ -648,8 +651,7 @@ class Files:
             raise
 
     def _commit_waiting(self, file_id: int, waiting: _Unjournaled) -> None:
-        me = self._holder()
-        self.db.transact(lambda tx: self._mine(tx, file_id, waiting.at, me), independent=True)
+        self.db.transact(lambda tx: self._mine(tx, file_id, waiting.at, waiting.holder), independent=True)
 
     def attempt_failed(self, file_id: int, error: str) -> None:
         """A transient failure: the file stays queued."""
