@@ -1,9 +1,9 @@
 """The journal alone: how many files per second it takes, steps and finishes, with many workers in two processes.
 
 No images, no API: each worker does what the daemon does to the journal for one file sorted by one move (look,
-take, classified, the move's intent (which commits the classification), its result with the final state), on one shared list of paths, as two hosts
-scanning one share would: both processes try every file, and the claims must let exactly one take each. Double
-claims (a file taken by both) are counted, and must be zero.
+take, classified, the move's intent, which commits the classification, and its result with the final state), on one
+shared list of paths, as two hosts scanning one share would: both processes try every file, and the claims must let
+exactly one take each. Double claims (a file taken by both) are counted, and must be zero.
 
     python bench/journal.py [--files 20000] [--processes 2] [--threads 8] [--backend postgresql|sqlite|both]
                             [--tcp] [--rounds 1]
