@@ -157,7 +157,7 @@ SORT_POINTS = [
     ("journal.intent", 2),
     ("journal.step_finished", 2),
     ("journal.finished", 1),
-    # concurrency 1: one request in flight, but workers beyond it (PREPARED_AHEAD a core: nine here), so the n-th
+    # concurrency 1: one request in flight, but a worker a core beside it (three workers here), so the n-th
     # arrival at a point may come from any file's worker; the numbers below name what it usually is (broken.jpg into
     # failed:, then green.jpg's steps), and the checks hold whichever file it was
     ("place.before_rename", 1),

@@ -47,6 +47,13 @@ EXIT_CONFIG = 2
 PREPARED_AHEAD = 4
 
 
+def workers_beyond_slots(concurrency: int, cores: int) -> int:
+    """How many workers run beside the ``concurrency`` request slots: one a core at least, so that a file busy with
+    its actions holds no slot; and up to PREPARED_AHEAD a core, but never more files prepared ahead than the next
+    wave of requests can take (``concurrency``): on many cores or one slot, more would only wait with their uploads."""
+    return max(cores, min(PREPARED_AHEAD * cores, concurrency))
+
+
 @dataclass(eq=False)  # one job is one object: removed from a queue by identity
 class _Job:
     path: Path | None = None
@@ -753,9 +760,10 @@ class Daemon:
         # photo takes a core about 50 ms, an answer 150 to 200 ms on a real link: four files a core per round trip.
         # With one worker a core beyond the slots, a burst's first wave filled every slot and the cores idled
         # until its answers came (0.1 s at half a core in a cold run of 24 photos; docs/benchmarks.md).
+        beyond = workers_beyond_slots(self.config.concurrency, usable_cores())
         self._threads = [
             threading.Thread(target=self._worker, name=f"rfwatch-worker-{i}", daemon=True)
-            for i in range(self.config.concurrency + PREPARED_AHEAD * usable_cores())
+            for i in range(self.config.concurrency + beyond)
         ]
         for t in self._threads:
             t.start()
