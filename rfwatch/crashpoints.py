@@ -23,12 +23,13 @@ CRASH_EXIT = 86
 POINTS: dict[str, str] = {
     # the journal, after each committed write
     "journal.created": "a new file's row committed (state detected)",
-    "journal.classified": "the prediction committed (state classified)",
+    "journal.classified": "the model's answer taken (committed already, or waiting for the file's next transition)",
     "journal.step_begun": "a step about to run, nothing of it journaled or done yet",
     "journal.intent": "an action's intent committed, before its side effect",
     "journal.step_finished": "a step's result committed (with its queued deliveries)",
     "journal.finished": "the file's final state committed",
     # moving and copying (rfwatch/files/place.py)
+    "place.made_folders": "a move or copy: its target's folders made (a new one journaled first), nothing placed",
     "place.before_rename": "a move: intent recorded, nothing renamed yet",
     "place.after_rename": "a move: renamed into place, folders not yet fsynced",
     "place.duplicate": "dedupe: identical content found at the target and recorded, the source not yet removed",

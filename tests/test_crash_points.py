@@ -389,6 +389,28 @@ def test_every_crash_point_while_tagging_image_and_sidecar(tmp_path, server, api
     assert _walk(BOTH_POINTS, _both, tmp_path, server) == {p for p, _ in BOTH_POINTS}
 
 
+MADE_FOLDERS_POINTS = [("place.made_folders", 1)]
+
+
+def _made_folders(run: Run) -> None:
+    """Killed right after a move made its class folder: the restart's move finds the folder there, yet undo still
+    removes it (and the folder above it), as it would have without the crash."""
+    cfg = run.config(rules=[{"then": [{"move": "sorted/{class}/{name}"}]}])
+    run.inbox(**{"red.jpg": unique_jpeg(RED, 21)})
+    run.crashed(run.cli("run", "-c", str(cfg), "--once", crash=True))
+    assert (run.root / "sorted" / "red").is_dir() and not (run.root / "sorted" / "red" / "red.jpg").exists()
+    assert run.cli("run", "-c", str(cfg), "--once").returncode == 0
+    _once_placed(run, {"red.jpg": ("sorted/red/red.jpg",)})
+    undone = run.cli("undo", "-c", str(cfg))
+    assert undone.returncode == 0, undone.stdout + undone.stderr
+    _once_placed(run, {"red.jpg": ("inbox/red.jpg",)})
+    assert not (run.root / "sorted").exists(), f"{run.point}: undo left the folders the move made: {undone.stdout}"
+
+
+def test_a_crash_right_after_a_move_made_its_folders_leaves_them_undo_s_to_remove(tmp_path, server, api_key):
+    assert _walk(MADE_FOLDERS_POINTS, _made_folders, tmp_path, server) == {p for p, _ in MADE_FOLDERS_POINTS}
+
+
 UNDO_ACROSS_POINTS = [
     ("place.after_tmp_rename", 1),  # the file back in the inbox, its copy on the other filesystem still there
     ("place.after_copy", 2),  # the sidecar's temporary copy written (named in the intent before it exists)

@@ -71,6 +71,8 @@ class PlaceAction:
         dst = self.destination(ctx)
         sidecars = sidecars_of(src)
         made = _missing_folders(dst.parent)  # the folders this placement creates: undo removes them when empty
+        if resumed.get("src") == str(src):  # made before a crash (the intent says so), there now: still ours
+            made = list(dict.fromkeys([*made, *(resumed.get("made_dirs") or [])]))
 
         intent: dict[str, Any] = {}
 

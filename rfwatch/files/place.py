@@ -175,7 +175,12 @@ def place_file(
     if on_conflict not in CONFLICT_MODES:
         raise ValueError(f"on_conflict must be one of {', '.join(CONFLICT_MODES)}")
     on_conflict = ConflictMode(on_conflict)
+    if record is not None and not dst.parent.is_dir():
+        # Folders are a side effect too: journaled first, so that a crash right after making them leaves an intent
+        # that says whose they are (undo removes the ones a placement made, while empty).
+        record(target=str(dst), tmp=None)
     dst.parent.mkdir(parents=True, exist_ok=True)
+    crash_point("place.made_folders")
     if not keep_source:
         fsync_file(src)
     tmp: Path | None = None
