@@ -703,6 +703,7 @@ _GROUPS = [
     ("review", REVIEW_POINTS),
     ("sequence", SEQUENCE_POINTS),
     ("take back", TAKE_BACK_POINTS),
+    ("made folders", MADE_FOLDERS_POINTS),
     # walked in tests/test_exports.py (an export killed midway), where the exported project is built
     ("export", [("export.tables_written", 1)]),
 ]
