@@ -191,6 +191,20 @@ def _red_or_green(image):
     return {"red": 0.8765, "green": 0.1235} if r > g else {"green": 0.6543, "red": 0.3457}
 
 
+def test_a_log_line_cut_short_before_is_not_glued_to_the_next_record(tmp_path, server):
+    """A power cut (or a full disk) can leave the log's last line cut short: the next record starts a line of its
+    own, so it stays whole and parseable, and the cut line stays what it was."""
+    cfg = write_config(tmp_path, server, rules=[{"then": [{"log": {"path": "results.jsonl"}}]}])
+    earlier = json.dumps({"event": "before", "top": "red"})
+    cut = '{"event": "cut", "top": "gre'
+    (tmp_path / "results.jsonl").write_text(earlier + "\n" + cut)
+    (tmp_path / "inbox" / "a.jpg").write_bytes(unique_jpeg(RED, 90))
+    assert run_cli("run", "-c", str(cfg), "--once").returncode == 0
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    assert lines[:2] == [earlier, cut], lines
+    assert [json.loads(line)["source"] for line in lines[2:]] == [str(tmp_path / "inbox" / "a.jpg")], lines
+
+
 def test_annotate_log_and_command(tmp_path, server):
     server.classifier = _red_or_green
     script = _env_recorder(tmp_path)

@@ -1,12 +1,14 @@
 """The ``log`` action: one JSON line (or CSV row) per file, appended atomically.
 
 Each record is written with a single ``write()`` on an ``O_APPEND`` descriptor,
-so concurrent workers never interleave lines.
+so concurrent workers never interleave lines. A line cut short before (a power cut, a full disk) is not glued to
+the next record: that record starts on a line of its own. A write the disk cut short fails the step.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
@@ -78,11 +80,16 @@ class LogAction:
 
 
 def _append(target: Path, data: bytes, header: str | None = None) -> None:
-    fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(target, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        if header is not None and os.fstat(fd).st_size == 0:
+        size = os.fstat(fd).st_size
+        if header is not None and size == 0:
             data = header.encode() + data
-        os.write(fd, data)
+        elif size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data  # the last line was cut short: this record is not glued to it
+        written = os.write(fd, data)
+        if written != len(data):  # a full disk (or quota): the record is cut; say so rather than report it written
+            raise OSError(errno.ENOSPC, f"only {written} of {len(data)} bytes of the record were written", str(target))
         os.fsync(fd)
     finally:
         os.close(fd)
