@@ -20,6 +20,7 @@ import yaml
 from PIL import Image, ImageDraw
 
 from rfwatch.config import ConfigError
+from rfwatch.files.whole import replaced
 from rfwatch.service.notify import Notifier
 from rfwatch.testing import AUTO_ORIENT, Catalog, Project, StandIns, is_loopback_url, resize
 
@@ -97,10 +98,9 @@ def prepare_folder(folder: Path) -> None:
         (folder / name).mkdir(parents=True, exist_ok=True)
     for name, data in sample_images().items():
         sample = folder / "samples" / name
-        if not sample.exists():  # written beside it and renamed: a sample cut short would be kept for good
-            tmp = sample.with_name(f".{name}.rfwatch-tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, sample)
+        if not sample.exists():  # written whole: a sample cut short would be kept for good
+            with replaced(sample, binary=True) as f:
+                f.write(data)
 
 
 def sample_images() -> dict[str, bytes]:

@@ -23,7 +23,6 @@ from rfwatch import __version__
 from rfwatch.config import ConfigError
 from rfwatch.crashpoints import crash_point
 from rfwatch.exports.events import Event, group_events
-from rfwatch.exports.output import replaced
 from rfwatch.exports.records import PERSON, FileRecord
 from rfwatch.exports.settings import (
     CAPTURE_METHODS,
@@ -33,6 +32,7 @@ from rfwatch.exports.settings import (
     ExportSettings,
 )
 from rfwatch.files.place import fsync_dir
+from rfwatch.files.whole import replaced
 
 __all__ = ["write_camtrap_dp", "PROFILE_URL", "SCHEMA_URLS"]
 

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from rfwatch.exports.camtrap_dp import file_path
-from rfwatch.exports.output import replaced
 from rfwatch.exports.records import PERSON, FileRecord
 from rfwatch.exports.settings import ExportSettings
+from rfwatch.files.whole import replaced
 
 __all__ = ["write_megadetector", "FORMAT_VERSION"]
 

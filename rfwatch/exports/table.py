@@ -5,8 +5,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from rfwatch.exports.output import replaced
 from rfwatch.exports.records import FileRecord
+from rfwatch.files.whole import replaced
 
 __all__ = ["write_csv", "COLUMNS"]
 
