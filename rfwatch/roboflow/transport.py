@@ -308,9 +308,10 @@ def _basic(user: str | None, password: str | None) -> str | None:
 
 
 def _environment_proxies() -> dict[str, str]:
-    """``urllib.request.getproxies()``, which requests calls. Elsewhere than macOS and Windows it reads the
-    environment alone, and only variables named ``*_proxy``: without one there is nothing to read, and
-    urllib.request (about 6 ms of imports, before a first run's first request to the platform) is not loaded."""
+    """``urllib.request.getproxies()``, the lookup requests makes (and rfwatch made through it, before
+    http.client). Elsewhere than macOS and Windows it reads the environment alone, and only variables named
+    ``*_proxy``: without one there is nothing to read, and urllib.request (about 6 ms of imports, before a first
+    run's first request to the platform) is not loaded."""
     if sys.platform not in ("darwin", "win32") and not any(name.lower().endswith("_proxy") for name in os.environ):
         return {}
     import urllib.request

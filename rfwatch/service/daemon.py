@@ -48,9 +48,15 @@ PREPARED_AHEAD = 4
 
 
 def workers_beyond_slots(concurrency: int, cores: int) -> int:
-    """How many workers run beside the ``concurrency`` request slots: one a core at least, so that a file busy with
-    its actions holds no slot; and up to PREPARED_AHEAD a core, but never more files prepared ahead than the next
-    wave of requests can take (``concurrency``): on many cores or one slot, more would only wait with their uploads."""
+    """How many workers run beside the ``concurrency`` request slots.
+
+    One a core at least: a file busy with its actions (a move's fsyncs, exiftool, a slow share) or its journal holds
+    no slot while the next file could be on its way. Up to PREPARED_AHEAD a core, so that while every slot waits on
+    the API the cores go on preparing the next files (one per core at a time: Pipeline._cores), each then waiting
+    for a slot with its small upload: a 12 MP photo takes a core about 50 ms, an answer 150 to 200 ms on a real
+    link. With one a core, a burst's first wave filled every slot and the cores idled until its answers came (0.1 s
+    at half a core in a cold run of 24 photos; docs/benchmarks.md). But never more prepared ahead than the next wave
+    can take (``concurrency``): on many cores, or with one slot, more would only wait with their uploads."""
     return max(cores, min(PREPARED_AHEAD * cores, concurrency))
 
 
@@ -753,13 +759,7 @@ class Daemon:
                 return 1
         self.runtime.plugins.hook.startup(config=self.config)
         threading.Thread(target=warm_up, name="rfwatch-warm-up", daemon=True).start()
-        # `concurrency` requests in flight (the pipeline's slots), and workers beyond them: a file busy with its
-        # actions (a move's fsyncs, exiftool, a slow share) or with its journal does not hold a slot while the next
-        # file could be on its way, and while every slot waits on the API the cores go on preparing the next files
-        # (one per core at a time: Pipeline._cores), each then waiting for a slot with its small upload. A 12 MP
-        # photo takes a core about 50 ms, an answer 150 to 200 ms on a real link: four files a core per round trip.
-        # With one worker a core beyond the slots, a burst's first wave filled every slot and the cores idled
-        # until its answers came (0.1 s at half a core in a cold run of 24 photos; docs/benchmarks.md).
+        # `concurrency` requests in flight (the pipeline's slots), and workers beyond them (workers_beyond_slots).
         beyond = workers_beyond_slots(self.config.concurrency, usable_cores())
         self._threads = [
             threading.Thread(target=self._worker, name=f"rfwatch-worker-{i}", daemon=True)
