@@ -170,7 +170,7 @@ def test_killed_idle_process_is_restarted(jpeg, pool):
 def test_process_killed_during_a_call_fails_that_call(jpeg, pool):
     pool.run(add("before"), jpeg, 10)
     proc = the_process(pool)
-    os.kill(proc.pid, signal.SIGSTOP)  # the request waits in the pipe
+    _stop(proc.pid)  # the request waits in the pipe
     outcome: list[BaseException | object] = []
     th = threading.Thread(target=lambda: outcome.append(_call(pool, add("lost"), jpeg, 30)))
     th.start()
@@ -185,6 +185,13 @@ def test_process_killed_during_a_call_fails_that_call(jpeg, pool):
     assert isinstance(exc, ExifToolError) and "exited" in str(exc) and "a.jpg" in str(exc)
     assert pool.run(add("after"), jpeg, 10).updated == 1
     assert subject(jpeg) == ["before", "after"]
+
+
+def _stop(pid: int) -> None:
+    """SIGSTOP, and wait until the kernel has stopped it: the signal is delivered asynchronously, and a process
+    still running for a moment could read the next request itself, leaving nothing in its pipe."""
+    os.kill(pid, signal.SIGSTOP)
+    wait_for(lambda: Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T", what="it stopped")
 
 
 def _in_pipe(fd: int) -> int:
@@ -206,7 +213,7 @@ def _call(pool: ExifToolPool, args: list[str], target: Path, timeout: float) -> 
 def test_timeout_on_a_stopped_process_kills_it_and_the_next_call_works(jpeg, pool):
     pool.run(add("before"), jpeg, 10)
     proc = the_process(pool)
-    os.kill(proc.pid, signal.SIGSTOP)
+    _stop(proc.pid)
     started = time.monotonic()
     with pytest.raises(ExifToolError, match=r"timed out after 0.5s on .*a\.jpg"):
         pool.run(add("late"), jpeg, 0.5)
@@ -354,7 +361,7 @@ def test_close_kills_a_process_that_does_not_exit(jpeg):
     pool = ExifToolPool(1)
     pool.run(add("x"), jpeg, 10)
     proc = the_process(pool)
-    os.kill(proc.pid, signal.SIGSTOP)
+    _stop(proc.pid)
     pool.close(timeout=0.5)
     assert proc.returncode == -signal.SIGKILL
 
