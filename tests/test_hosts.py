@@ -150,6 +150,30 @@ def test_a_daemon_and_run_once_on_one_journal_classify_each_file_once(tmp_path, 
         assert "No such file" not in log and ": failed:" not in log
 
 
+def test_a_second_scanning_process_starts_its_scan_half_way_through_a_shared_folder(tmp_path, server):
+    """With another scanning process live on the journal (a daemon of host "a-host": first by holder id), `run
+    --once` of host "z-host" is second of two: its start-up scan begins half-way through the inbox, so the two would
+    split a backlog instead of hashing and racing for the same files. Its first take is of a file of the second
+    half; it still sorts every file."""
+    from rfwatch.journal import Journal
+
+    share = _share(tmp_path)
+    for n in range(20):
+        (share / "inbox" / f"{n:02}.jpg").write_bytes(unique_jpeg(RED, 4000 + n))
+    url = str(tmp_path / "journal.db")
+    host = Host(tmp_path, "z-host", "mnt", server, url, [{"then": [{"move": "ARCHIVE/{name}"}]}])
+    other = Journal.open(url, host="a-host", kind="daemon")
+    try:
+        _ = other.holder  # registered, its heartbeat running: a live scanner
+        once = host.cli("run", "--once")
+        assert once.returncode == 0, once.stderr[-2000:]
+    finally:
+        other.close()
+    rows = sorted(JournalView(host.config).rows(), key=lambda r: r.id)
+    assert len(rows) == 20 and len(files_under(share / "archive")) == 20
+    assert Path(rows[0].source).name >= "10.jpg", [Path(r.source).name for r in rows[:5]]
+
+
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
 def test_postgresql_stopped_mid_burst_loses_nothing(tmp_path, server, request, mode):
     """The database goes away for 10 s mid-burst (PostgreSQL restarted, or ``immediate``: crashed, so that commits

@@ -68,6 +68,26 @@ def test_a_file_is_taken_by_one_process(a, b):
     assert a.files.get(first).holder == a.holder.id and a.files.get(first).host == "host-a"
 
 
+def test_processes_that_scan_take_turns_by_their_place_among_the_live_scanners(journal_url):
+    """Two scanning processes (a daemon, a run --once) get turns 0 and 1 of 2, so their scans of a shared folder
+    start at different points; a command that does not scan is not counted, and a scanner alone again scans from
+    the start."""
+    daemon = Journal.open(journal_url, host="host-a", roots=Roots({"inbox": INBOX}), kind="daemon")
+    once = Journal.open(journal_url, host="host-b", roots=Roots({"inbox": INBOX}), kind="run --once")
+    command = Journal.open(journal_url, host="host-b", roots=Roots({"inbox": INBOX}), kind="command")
+    try:
+        _ = daemon.holder, once.holder, command.holder  # all three registered
+        turns = {daemon.holder.id: daemon.scan_turn(), once.holder.id: once.scan_turn()}
+        assert sorted(turns.values()) == [(0, 2), (1, 2)]
+        assert turns[min(turns)] == (0, 2)  # by holder id: every process works out the same order
+        assert command.scan_turn() == (0, 1)
+        daemon.close()
+        assert once.scan_turn() == (0, 1)
+    finally:
+        for j in (daemon, once, command):
+            j.close()
+
+
 def test_a_file_finished_meanwhile_is_not_taken_again(a, b):
     fid = take(a)
     a.files.classified(fid, {"top": "red"}, "sha-x.jpg", "colors/1", "red 0.9", {})

@@ -185,6 +185,34 @@ def test_an_excluded_folder_name_keeps_its_files_out(tmp_path):
         watcher.stop()
 
 
+def test_a_scan_starts_each_folder_at_its_turn_and_wraps_round(tmp_path):
+    """The second of two scanning hosts starts every folder half-way in and ends where the first began; alone, a
+    scan hands files on in name order. Each file once either way."""
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        for n in range(6):
+            _file(tmp_path / folder, f"{n}.jpg", mtime=time.time() - 60)  # settled long ago: handed on at once
+    watch = WatchConfig(path=tmp_path, settle=0.05)
+
+    def handed_on(turn) -> list[str]:
+        ready: list[Path] = []
+        watcher = FolderWatcher((watch,), lambda p, w, at: ready.append(p), turn=turn)
+        watcher.start(observe=False)
+        try:
+            wait_for(lambda: not watcher.scanning(), what="the start-up scan")
+        finally:
+            watcher.stop()
+        return [p.relative_to(tmp_path).as_posix() for p in ready]
+
+    alone = handed_on(None)
+    second = handed_on(lambda: (1, 2))
+    by_folder = {f: [p for p in alone if p.startswith(f + "/")] for f in ("a", "b")}
+    assert by_folder["a"] == [f"a/{n}.jpg" for n in range(6)] and by_folder["b"] == [f"b/{n}.jpg" for n in range(6)]
+    assert [p for p in second if p.startswith("a/")] == [f"a/{n}.jpg" for n in (3, 4, 5, 0, 1, 2)]
+    assert [p for p in second if p.startswith("b/")] == [f"b/{n}.jpg" for n in (3, 4, 5, 0, 1, 2)]
+    assert sorted(second) == sorted(alone) and len(alone) == 12
+
+
 def test_an_event_heard_for_a_file_handed_on_early_is_remembered_for_its_worker(tmp_path):
     """Handed on before it settled, a file is taken only if nothing was heard of it until it did: an event in
     that time (a write or a close queued late) makes its worker give it back to settle again."""

@@ -141,6 +141,10 @@ class Journal:
                 self._holder, self._heartbeat = holder, Heartbeat(self.holders, holder)
             return self._holder
 
+    def scan_turn(self) -> tuple[int, int]:
+        """This process's place among the live processes that scan (``(rank, of)``; see watcher.scan)."""
+        return self.holders.turn(self.holder)
+
     def fresh(self) -> bool:
         """Whether this process's claims surely still hold (its heartbeat reached the database lately)."""
         return self._heartbeat is None or self._heartbeat.fresh()

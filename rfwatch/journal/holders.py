@@ -27,12 +27,15 @@ import time
 from rfwatch.journal.db import Database, JournalUnavailable
 from rfwatch.record import record
 
-__all__ = ["Holder", "Holders", "Heartbeat", "DEFAULT_LEASE", "default_host", "FREE"]
+__all__ = ["Holder", "Holders", "Heartbeat", "DEFAULT_LEASE", "SCANNERS", "default_host", "FREE"]
 
 log = logging.getLogger(__name__)
 
 #: Seconds without a heartbeat after which a holder's claims are free (config ``lease:``).
 DEFAULT_LEASE = 60.0
+
+#: Kinds of holder that scan the watch roots (rfwatch/service/daemon.py opens its journal with one of them).
+SCANNERS = ("daemon", "run --once")
 
 #: SQL: whether the claim in column ``{col}`` is free for holder ``?`` (args: me, lease). A claim is free when
 #: nobody holds it, it is ours already, or its holder's heartbeat is older than the lease.
@@ -137,6 +140,17 @@ class Holders:
             (self.lease,),
         )
         return [dict(r) for r in rows]
+
+    def turn(self, holder: Holder, kinds: tuple[str, ...] = SCANNERS) -> tuple[int, int]:
+        """Where ``holder`` stands among the live holders of ``kinds`` (by id): ``(rank, of)``, ``(0, 1)`` when it
+        is alone or not registered. Scans use it to start each host at a different point of a shared folder."""
+        marks = ",".join("?" * len(kinds))
+        rows = self.db.all(
+            f"SELECT id FROM holders WHERE kind IN ({marks}) AND heartbeat > {{now}} - ? ORDER BY id",
+            (*kinds, self.lease),
+        )
+        ids = [r["id"] for r in rows]
+        return (ids.index(holder.id), len(ids)) if holder.id in ids else (0, 1)
 
     def forget_dead(self, older_than: float = 7 * 86400.0) -> int:
         """Drop holders silent for ``older_than`` seconds (their claims were free long ago)."""

@@ -280,7 +280,11 @@ class Daemon:
         self.exit_code = 0
         self.counts: collections.Counter[str] = collections.Counter()
         self.watcher = FolderWatcher(
-            self.config.watch, self._enqueue_path, was_taken=self._was_taken, known=self.journal.files.known_in
+            self.config.watch,
+            self._enqueue_path,
+            was_taken=self._was_taken,
+            known=self.journal.files.known_in,
+            turn=self.journal.scan_turn,
         )
         self.pipeline.heard_since_handed_on = self.watcher.settler.heard_since_handed_on
         self.metrics = start_metrics(

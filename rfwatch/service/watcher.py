@@ -91,8 +91,16 @@ class FileFilter:
         return any(fnmatch.fnmatchcase(name, p) for p in self.include)
 
 
-def scan(watch: WatchConfig, folder: Path | None = None) -> Iterator[tuple[Path, os.stat_result]]:
-    """Every candidate file below ``folder`` (default: the watch root), lazily, in constant memory."""
+def scan(
+    watch: WatchConfig, folder: Path | None = None, turn: tuple[int, int] = (0, 1)
+) -> Iterator[tuple[Path, os.stat_result]]:
+    """Every candidate file below ``folder`` (default: the watch root), lazily, in constant memory.
+
+    Each folder's entries come in name order, starting ``rank/of`` of the way in (``turn``: this process's place
+    among the live scanning processes, :meth:`Journal.scan_turn`) and wrapping round. Hosts scanning one share at
+    once then split a backlog between them and meet at the end, instead of hashing every file and racing for its
+    claim side by side; alone, a process scans in plain name order.
+    """
     filt = FileFilter(watch)
     stack = [folder or watch.path]
     while stack:
@@ -105,7 +113,9 @@ def scan(watch: WatchConfig, folder: Path | None = None) -> Iterator[tuple[Path,
                 log.warning("cannot list %s: %s", current, exc.strerror or exc)
             continue
         entries.sort(key=lambda e: e.name)
-        for entry in entries:
+        rank, of = turn
+        start = rank * len(entries) // of
+        for entry in entries[start:] + entries[:start]:
             try:
                 if entry.is_dir(follow_symlinks=False):
                     if filt.accepts(Path(entry.path)):
@@ -389,11 +399,14 @@ class FolderWatcher:
         ready: Ready,
         was_taken: Callable[[Path], bool] = lambda path: False,
         known: Callable[[Path], Mapping[str, set[tuple[int, int]]]] | None = None,
+        turn: Callable[[], tuple[int, int]] | None = None,
     ):
         self.watches = watches
         self.ready = ready
         #: The journal's files in a folder, by name (size, mtime_ns): a scan hands on only the others.
         self.known = known
+        #: This process's place among the live scanning processes, asked at each scan (see :func:`scan`).
+        self.turn = turn
         #: Files the scans passed over as known (a restart over a large tree finds most files done).
         self.known_found = 0
         self.plans = Plans()
@@ -485,7 +498,7 @@ class FolderWatcher:
                 now = time.time()
                 here: Path | None = None
                 known: Mapping[str, set[tuple[int, int]]] = {}
-                for path, st in scan(watch, folder):
+                for path, st in scan(watch, folder, self._turn()):
                     if self._stop.is_set():
                         break
                     if self.known is not None:
@@ -513,6 +526,13 @@ class FolderWatcher:
             finally:
                 with self._lock:
                     self._scanning -= 1
+
+    def _turn(self) -> tuple[int, int]:
+        try:
+            return self.turn() if self.turn is not None else (0, 1)
+        except Exception as exc:  # noqa: BLE001 - the journal away: name order, as alone
+            log.debug("cannot ask the journal who else scans: %s", exc)
+            return (0, 1)
 
     def _known_in(self, folder: Path) -> Mapping[str, set[tuple[int, int]]]:
         try:
