@@ -2,11 +2,14 @@
 
 No images, no API: each worker does what the daemon does to the journal for one file sorted by one move (look,
 take, classified, the move's intent, which commits the classification, and its result with the final state), on one
-shared list of paths, as two hosts scanning one share would: both processes try every file, and the claims must let
-exactly one take each. Double claims (a file taken by both) are counted, and must be zero.
+shared inbox, as two hosts scanning one share would: each process lists the inbox with the daemon's own scan
+(rfwatch/service/watcher.py ``scan``) in its turn among the live scanning processes (``Journal.scan_turn``: the second
+of two starts each folder half-way in), both try every file, and the claims must let exactly one take each. Double
+claims (a file taken by both) are counted, and must be zero. ``--lockstep`` gives every process the same turn (the
+order of rfwatch before turns: every file raced for by both).
 
     python bench/journal.py [--files 20000] [--processes 2] [--threads 8] [--backend postgresql|sqlite|both]
-                            [--tcp] [--rounds 1]
+                            [--tcp] [--rounds 1] [--lockstep]
 
 PostgreSQL comes from a throwaway cluster started here (tests/pg.py: Debian's postgresql package), fsync on,
 reached over its local socket (one machine: what a daemon beside its database uses), or with ``--tcp`` over
@@ -64,15 +67,23 @@ def _rename(source: Path, target: Path) -> bool:
         return False
 
 
-def _worker_process(url: str, host: str, share: str, names: list[str], threads: int, start, out) -> None:
+def _worker_process(url: str, host: str, share: str, lockstep: bool, threads: int, start, go, out) -> None:
+    from rfwatch.config import WatchConfig
     from rfwatch.journal import Journal, Roots, Skip
+    from rfwatch.service.watcher import scan
 
     root = Path(share)
-    journal = Journal.open(url, host=host, roots=Roots({"share": root}), synchronous="FULL")
+    journal = Journal.open(url, host=host, roots=Roots({"share": root}), synchronous="FULL", kind="daemon")
     _ = journal.holder  # register before the clock starts
     todo: queue.SimpleQueue[str] = queue.SimpleQueue()
-    for name in names:
-        todo.put(name)
+    start.wait()  # every process registered: each knows its turn
+    turn = (0, 1) if lockstep else journal.scan_turn()
+    # Listed before the clock starts (run() waits for every process's list): the journal's pace is measured, not
+    # the listing's.
+    for path, _st in scan(WatchConfig(root / "inbox"), turn=turn):
+        todo.put(path.relative_to(root / "inbox").as_posix())
+    out.put({"listed": host})
+    go.wait()
     worked: list[str] = []
     lost: list[str] = []  # a move whose source was gone: a false failure in the daemon
     lock = threading.Lock()
@@ -113,7 +124,6 @@ def _worker_process(url: str, host: str, share: str, names: list[str], threads: 
             lost.extend(gone)
 
     pool = [threading.Thread(target=work) for _ in range(threads)]
-    start.wait()
     began = time.perf_counter()
     cpu = time.process_time()
     for t in pool:
@@ -132,7 +142,7 @@ def _worker_process(url: str, host: str, share: str, names: list[str], threads: 
     journal.close()
 
 
-def run(url: str, files: int, processes: int, threads: int, server_cpu=None) -> dict:
+def run(url: str, files: int, processes: int, threads: int, server_cpu=None, lockstep: bool = False) -> dict:
     """``server_cpu``: a function giving the database server's CPU seconds so far (PostgreSQL), or None."""
     names = [f"cam{n % 50:02}/IMG_{n:07}.jpg" for n in range(files)]
     with tempfile.TemporaryDirectory(prefix="rfwatch-bench-share-") as share:
@@ -142,17 +152,23 @@ def run(url: str, files: int, processes: int, threads: int, server_cpu=None) -> 
         for name in names:
             (Path(share) / "inbox" / name).write_bytes(name.encode())
         ctx = mp.get_context("spawn")
-        start, out = ctx.Event(), ctx.Queue()
+        start, go, out = ctx.Event(), ctx.Event(), ctx.Queue()
         procs = [
-            ctx.Process(target=_worker_process, args=(url, f"host-{i}", share, names, threads, start, out))
+            ctx.Process(
+                target=_worker_process,
+                args=(url, f"host-{i}", share, lockstep, threads, start, go, out),
+            )
             for i in range(processes)
         ]
         for p in procs:
             p.start()
         time.sleep(2.0)  # every process connected and registered
+        start.set()
+        for _ in procs:
+            out.get(timeout=600)  # its list made
         server_cpu0 = server_cpu() if server_cpu else 0.0
         began = time.perf_counter()
-        start.set()
+        go.set()
         results = [out.get(timeout=3600) for _ in procs]
         wall = time.perf_counter() - began
         server_cpu_s = (server_cpu() - server_cpu0) if server_cpu else None
@@ -170,6 +186,7 @@ def run(url: str, files: int, processes: int, threads: int, server_cpu=None) -> 
         "files": files,
         "processes": processes,
         "threads": threads,
+        "lockstep": lockstep,
         "seconds": wall,
         "files_per_s": files / wall,
         # a file worked by two workers (both journaled it done), whichever process they were in
@@ -194,6 +211,7 @@ def main() -> int:
     ap.add_argument("--backend", choices=("postgresql", "sqlite", "both"), default="both")
     ap.add_argument("--tcp", action="store_true", help="reach PostgreSQL over 127.0.0.1, not its local socket")
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--lockstep", action="store_true", help="every process scans in the same order (no turns)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     figures: dict[str, list[dict]] = {}
@@ -207,7 +225,13 @@ def main() -> int:
         for _ in range(args.rounds):
             if args.backend in ("sqlite", "both"):
                 with tempfile.TemporaryDirectory() as tmp:
-                    f = run(os.path.join(tmp, "journal.db"), args.files, args.processes, args.threads)
+                    f = run(
+                        os.path.join(tmp, "journal.db"),
+                        args.files,
+                        args.processes,
+                        args.threads,
+                        lockstep=args.lockstep,
+                    )
                 figures.setdefault("sqlite", []).append(f)
                 report("sqlite", f)
             if cluster is not None:
@@ -215,7 +239,7 @@ def main() -> int:
                 if not args.tcp:  # postgresql://postgres@/db?host=/sock&port=N
                     url = f"postgresql://postgres@/{url.rsplit('/', 1)[1]}?host={cluster.sock}&port={cluster.port}"
                 server = functools.partial(tree_cpu, postmaster_pid(cluster))
-                f = run(url, args.files, args.processes, args.threads, server)
+                f = run(url, args.files, args.processes, args.threads, server, lockstep=args.lockstep)
                 name = "postgresql (tcp)" if args.tcp else "postgresql (socket)"
                 figures.setdefault(name, []).append(f)
                 report(name, f)
@@ -229,7 +253,8 @@ def main() -> int:
 
 def report(backend: str, f: dict) -> None:
     print(
-        f"{backend}: {f['files']} files, {f['processes']} processes x {f['threads']} threads: "
+        f"{backend}: {f['files']} files, {f['processes']} processes x {f['threads']} threads"
+        f"{' in lockstep' if f['lockstep'] else ''}: "
         f"{f['files_per_s']:.0f} files/s ({f['seconds']:.1f} s), double claims {f['double_claims']}, "
         f"false failures {f['false_failures']}, worked {f['worked']} ({f['per_process']}), "
         f"done in the journal {f['done_in_journal']}, sorted on disk {f['sorted_on_disk']}, "
