@@ -27,6 +27,16 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLES = Path(os.environ.get("RFWATCH_SAMPLES") or REPO / "tests" / "data") / "exif-samples"
 
 
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "long: a drill of 10 s or more; run first (see pytest_collection_modifyitems)")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """The long drills first, the rest in their usual order. Under ``pytest -n 2`` each worker is handed tests in
+    collection order: a 40 s drill handed out last keeps one worker busy while the other has nothing left to do."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)  # a stable sort
+
+
 @pytest.fixture(scope="session")
 def samples() -> Path:
     if not SAMPLES.is_dir():

@@ -240,6 +240,7 @@ def _journals(request: Any, backend: str) -> Callable[[], str] | None:
     return request.getfixturevalue("pg_cluster").new_database if backend == "postgresql" else None
 
 
+@pytest.mark.long
 @needs_exiftool
 def test_every_crash_point_while_sorting(tmp_path, server, api_key, backend, request):
     walked = _walk(SORT_POINTS, _sort, tmp_path, server, _journals(request, backend))
@@ -506,6 +507,7 @@ def test_every_crash_point_deduplicating(tmp_path, server, api_key):
     assert _walk(DEDUPE_POINTS, _dedupe, tmp_path, server) == {p for p, _ in DEDUPE_POINTS}
 
 
+@pytest.mark.long
 @needs_exiftool
 def test_every_crash_point_while_undoing(tmp_path, server, api_key, backend, request):
     walked = _walk(UNDO_POINTS, _undo, tmp_path, server, _journals(request, backend))
@@ -570,6 +572,7 @@ def _review(run: Run) -> None:
     _one_image_labelled(run, "green")
 
 
+@pytest.mark.long
 def test_every_crash_point_while_applying_a_review_decision(tmp_path, server, platform, api_key, backend, request):
     server.platform = platform
     walked = _walk(REVIEW_POINTS, _review, tmp_path, server, _journals(request, backend))
@@ -670,6 +673,7 @@ def _one_image_labelled(run: Run, label: str) -> None:
     assert platform.annotations["colors"].get(mine[0]["id"]) == label, run.point
 
 
+@pytest.mark.long
 def test_every_crash_point_while_taking_a_decision_back(tmp_path, server, platform, api_key, backend, request):
     server.platform = platform
     walked = _walk(TAKE_BACK_POINTS, _take_back, tmp_path, server, _journals(request, backend))

@@ -57,6 +57,7 @@ def test_faulty_api_every_file_classified_and_moved_exactly_once(tmp_path, serve
     assert db.execute("SELECT state, COUNT(*) FROM files GROUP BY state").fetchall() == [("done", 120)]
 
 
+@pytest.mark.long
 def test_kill_9_storm_with_move_tag_and_webhook(tmp_path, server):
     """At least 20 kill -9s at random moments during a burst of 300 files."""
     receiver = Receiver().start()

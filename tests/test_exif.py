@@ -129,6 +129,7 @@ def test_values_in_paths_go_through_path_safety(tmp_path, no_exiftool):
     assert Template("{exif:Model}").render_text(values) == "cam/ one"  # metadata: as it is, control chars spaced
 
 
+@pytest.mark.long
 @needs_exiftool
 def test_without_exiftool_the_standard_tags_are_exactly_what_exiftool_gives(samples, tmp_path, monkeypatch):
     """Every standard tag Pillow reads from every sample equals exiftool -n's value of that EXIF tag, so rules

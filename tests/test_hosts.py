@@ -88,6 +88,7 @@ def _each_once(share: Path, written: dict[str, bytes]) -> None:
 SORT_AND_NOTIFY = [{"name": "sort", "then": [{"move": "ARCHIVE/sorted/{class}/{name}"}, {"webhook": "RECEIVER"}]}]
 
 
+@pytest.mark.long
 def test_two_hosts_share_one_inbox_and_the_survivor_finishes_a_killed_hosts_files(
     tmp_path, server, receiver, journal_url
 ):
@@ -174,6 +175,7 @@ def test_a_second_scanning_process_starts_its_scan_half_way_through_a_shared_fol
     assert Path(rows[0].source).name >= "10.jpg", [Path(r.source).name for r in rows[:5]]
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
 def test_postgresql_stopped_mid_burst_loses_nothing(tmp_path, server, request, mode):
     """The database goes away for 10 s mid-burst (PostgreSQL restarted, or ``immediate``: crashed, so that commits
@@ -209,6 +211,7 @@ def test_postgresql_stopped_mid_burst_loses_nothing(tmp_path, server, request, m
     assert "the journal answers again" in text or "journal answers again" in text, text[-3000:]
 
 
+@pytest.mark.long
 def test_run_once_waits_for_postgresql_stopped_mid_run(tmp_path, server, request):
     """`run --once` with the database away mid-run waits for it, as the daemon does, and finishes every file. It
     ended (exit 0, files left in the inbox): a file a worker held while waiting for the journal was counted
