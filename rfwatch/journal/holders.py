@@ -27,15 +27,16 @@ import time
 from rfwatch.journal.db import Database, JournalUnavailable
 from rfwatch.record import record
 
-__all__ = ["Holder", "Holders", "Heartbeat", "DEFAULT_LEASE", "SCANNERS", "default_host", "FREE"]
+__all__ = ["Holder", "Holders", "Heartbeat", "DEFAULT_LEASE", "DAEMON", "RUN_ONCE", "SCANNERS", "default_host", "FREE"]
 
 log = logging.getLogger(__name__)
 
 #: Seconds without a heartbeat after which a holder's claims are free (config ``lease:``).
 DEFAULT_LEASE = 60.0
 
-#: Kinds of holder that scan the watch roots (rfwatch/service/daemon.py opens its journal with one of them).
-SCANNERS = ("daemon", "run --once")
+#: Kinds of holder that scan the watch roots: the daemon, and ``run --once`` (rfwatch/service/daemon.py).
+DAEMON, RUN_ONCE = "daemon", "run --once"
+SCANNERS = (DAEMON, RUN_ONCE)
 
 #: SQL: whether the claim in column ``{col}`` is free for holder ``?`` (args: me, lease). A claim is free when
 #: nobody holds it, it is ours already, or its holder's heartbeat is older than the lease.

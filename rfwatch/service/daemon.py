@@ -25,6 +25,7 @@ from rfwatch.config import Config, ConfigError, WatchConfig, load_config
 from rfwatch.host.runtime import Runtime, build_runtime, platform_client
 from rfwatch.images.prepare import warm_up
 from rfwatch.journal import JournalUnavailable, open_journal
+from rfwatch.journal.holders import DAEMON, RUN_ONCE
 from rfwatch.processing.delivery import Deliveries
 from rfwatch.processing.pipeline import ApiBlocked, NotYet, Pipeline, RateLimiter, Upload, usable_cores
 from rfwatch.roboflow.client import ModelId
@@ -233,7 +234,7 @@ class Daemon:
         self.start_check: StartCheck | None = None
         # Built first: a config that cannot run (no key, a bad rule) must not leave a journal behind.
         self.runtime: Runtime = build_runtime(self.config, facts=self._facts_for_upload)
-        self.journal = open_journal(self.config, kind="run --once" if once else "daemon")
+        self.journal = open_journal(self.config, kind=RUN_ONCE if once else DAEMON)
         self.changes = self.journal.changes()
         self.facts = facts if facts is not None else ModelFactsService(None, platform_client(self.config))
         self.facts.attach(FactsCache(self.journal.facts))
