@@ -15,8 +15,8 @@ way), so it would cost a transaction per step for nothing. The last step of a ro
 with its own result.
 
 A file's classification (the model's answer) may wait in memory for the file's next transition and be committed
-with it (``classified(..., defer=True)``): the first step's intent, the final state when no rule matched, or a
-failure. Nothing outside the journal is done between the two (the rules are evaluated; no file is touched), so a
+with it (``classified(..., defer=True)``): the first step's intent, the final state when no rule matched, a
+failure, or a frame's wait for its sequence (:meth:`Files.hold_for_sequence`). Nothing outside the journal is done between the two (the rules are evaluated; no file is touched), so a
 crash in between loses only the answer: the file is found as detected and classified again, one more request to
 the API and nothing else, as when a crash came during the request itself. It saves a file one transaction (a
 commit, and on SQLite an fsync). Until it is committed the answer is this process's alone: its reads of the row

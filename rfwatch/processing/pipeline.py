@@ -439,7 +439,7 @@ class Pipeline:
             if doc is not None:
                 prediction = self._prediction(dict(doc, image_path=str(row.path)))
                 self.journal.files.classified(
-                    row.id, prediction.json(), row.sha256, row.model, prediction.summary(), defer=self._defers(row)
+                    row.id, prediction.json(), row.sha256, row.model, prediction.summary(), defer=self._defers()
                 )
                 return prediction
             with self._lock:
@@ -462,18 +462,19 @@ class Pipeline:
                 row.model,
                 prediction.summary(),
                 answer.support or {},
-                defer=self._defers(row),
+                defer=self._defers(),
             )
             return prediction
         finally:
             with self._lock:
                 self._inflight.pop(key).set()
 
-    def _defers(self, row: FileRow) -> bool:
+    def _defers(self) -> bool:
         """Whether the file's classification may wait to be committed with its next transition (rfwatch.journal.files
-        says why that is safe): not in a dry run, where no transition follows, nor for a frame of a sequence, whose
-        label other frames' jobs read from the journal when the sequence closes."""
-        return not self.dry_run and self.sequencer.config_for_root(row.root) is None
+        says why that is safe): not in a dry run, where no transition follows. A frame of a sequence defers too: its
+        next transition is its wait for the sequence (Files.hold_for_sequence), and a sequence closes only once all
+        its frames wait, so no job reads a frame's label from the journal before it is there."""
+        return not self.dry_run
 
     def _call_api(self, row: FileRow, prepared: Upload | None) -> Prediction | None:
         """The API's answer for the file; None (attempt journaled) when this image is the problem."""

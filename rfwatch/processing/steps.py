@@ -40,8 +40,9 @@ __all__ = ["StepLog", "ActionLog", "UndoLog", "StepRunner", "StepFailed"]
 #   done, so a crash there loses only the answer: a restart finds the file detected and asks the API again. Until
 #   2026-12-07 it had a transaction of its own, so that such a crash would not pay for a second call; but every file
 #   paid that transaction (a commit, an fsync on SQLite), and the window it guarded is a few milliseconds of rule
-#   evaluation. Frames of sequences still commit it alone: other frames' jobs read it from the journal when their
-#   sequence closes.
+#   evaluation. A frame of a sequence commits it with its wait for the sequence (a sequence closes only once
+#   every frame waits: no other job reads a frame's label before then), or, taken after its sequence closed,
+#   with its first step's intent.
 # * an action's intent is written before its side effect starts (place_file records the temporary name and the
 #   target before it writes a byte): after a crash, the half-done move is finished or rolled back from it
 #   (recover_placement), never redone blind and never lost. It cannot move into the previous transaction, as the
