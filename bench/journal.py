@@ -70,10 +70,11 @@ def _rename(source: Path, target: Path) -> bool:
 def _worker_process(url: str, host: str, share: str, lockstep: bool, threads: int, start, go, out) -> None:
     from rfwatch.config import WatchConfig
     from rfwatch.journal import Journal, Roots, Skip
+    from rfwatch.journal.holders import DAEMON
     from rfwatch.service.watcher import scan
 
     root = Path(share)
-    journal = Journal.open(url, host=host, roots=Roots({"share": root}), synchronous="FULL", kind="daemon")
+    journal = Journal.open(url, host=host, roots=Roots({"share": root}), synchronous="FULL", kind=DAEMON)
     _ = journal.holder  # register before the clock starts
     todo: queue.SimpleQueue[str] = queue.SimpleQueue()
     start.wait()  # every process registered: each knows its turn

@@ -186,8 +186,8 @@ def test_an_excluded_folder_name_keeps_its_files_out(tmp_path):
 
 
 def test_a_scan_starts_each_folder_at_its_turn_and_wraps_round(tmp_path):
-    """The second of two scanning hosts starts every folder half-way in and ends where the first began; alone, a
-    scan hands files on in name order. Each file once either way."""
+    """The second of two scanning hosts starts every folder half-way in and ends where the first began; alone, or
+    when the journal cannot say who else scans, a scan hands files on in name order. Each file once either way."""
     for folder in ("a", "b"):
         (tmp_path / folder).mkdir()
         for n in range(6):
@@ -204,8 +204,12 @@ def test_a_scan_starts_each_folder_at_its_turn_and_wraps_round(tmp_path):
             watcher.stop()
         return [p.relative_to(tmp_path).as_posix() for p in ready]
 
+    def journal_away() -> tuple[int, int]:
+        raise OSError("the journal's database is unreachable")
+
     alone = handed_on(None)
     second = handed_on(lambda: (1, 2))
+    assert handed_on(journal_away) == alone, "a scan whose turn cannot be asked goes in name order, not nowhere"
     by_folder = {f: [p for p in alone if p.startswith(f + "/")] for f in ("a", "b")}
     assert by_folder["a"] == [f"a/{n}.jpg" for n in range(6)] and by_folder["b"] == [f"b/{n}.jpg" for n in range(6)]
     assert [p for p in second if p.startswith("a/")] == [f"a/{n}.jpg" for n in (3, 4, 5, 0, 1, 2)]
